@@ -1,0 +1,18 @@
+//! The service side of the event stream (`filament.v1.EventStream`).
+//!
+//! A domain service (api, presence, voice) publishes each event once, after
+//! its change committed. [`Fanout`] asks the registry which gateways hold the
+//! event's audience and queues the event on the stream of each of those
+//! gateways, under a per-stream sequence number.
+//!
+//! Nothing is silently lost: an event that cannot reach a gateway (no stream,
+//! stream too slow, no acknowledgement in time) is counted against that
+//! gateway, and the count is sent in the `Welcome` of its next stream so the
+//! gateway knows it missed something and resynchronises its sockets. See
+//! docs/adr/0001-event-stream.md.
+
+mod hub;
+mod service;
+
+pub use hub::{Fanout, FanoutConfig, PublishReport};
+pub use service::EventStreamService;

@@ -1,0 +1,280 @@
+//! The Redis registry: the routing table shared by every gateway and domain
+//! service of a multi-process deployment.
+//!
+//! Key layout, all under `config.key_prefix` (`{p}`):
+//! - `{p}gw:{gateway}`: liveness, `SET … PX ttl` on every heartbeat and hold;
+//! - `{p}guild:{guild_id}`, `{p}user:{user_id}`: sets of the gateways holding
+//!   that guild or user, read by lookups;
+//! - `{p}gw-guilds:{gateway}`, `{p}gw-users:{gateway}`: what one gateway
+//!   holds, read by `deregister`. They expire with the liveness key, so a
+//!   crashed gateway leaves nothing permanent there.
+//!
+//! The variable part is always last and follows a fixed head, so no two kinds
+//! of key can collide whatever the ids contain.
+//!
+//! Each call is one round trip on one shared [`ConnectionManager`], so a
+//! process holds a fixed number of connections however many sockets it
+//! serves. Lookups run a Lua script that filters out gateways whose liveness
+//! key has expired and removes them from the sets it read: a crashed
+//! gateway's entries go away as they are met, with no `KEYS` or `SCAN`.
+//!
+//! The scripts read liveness keys they were not given as `KEYS`, which a
+//! single Redis (or a Sentinel set-up) allows and Redis Cluster does not.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use crate::{GatewayId, Registry, RegistryConfig, RegistryResult, Scope};
+
+/// KEYS: the guild and user sets to read. ARGV[1]: the liveness key prefix.
+/// Returns the live gateway ids, without duplicates, in no order: Lua sorts
+/// by the server's locale, so the caller sorts.
+const LIVE_HOLDERS_LUA: &str = r"
+local liveness_prefix = ARGV[1]
+local is_alive = {}
+local live = {}
+for _, holders_key in ipairs(KEYS) do
+    local dead = {}
+    for _, gateway in ipairs(redis.call('SMEMBERS', holders_key)) do
+        local alive = is_alive[gateway]
+        if alive == nil then
+            alive = redis.call('EXISTS', liveness_prefix .. gateway) == 1
+            is_alive[gateway] = alive
+            if alive then
+                live[#live + 1] = gateway
+            end
+        end
+        if not alive then
+            dead[#dead + 1] = gateway
+        end
+    end
+    if #dead > 0 then
+        redis.call('SREM', holders_key, unpack(dead))
+    end
+end
+return live
+";
+
+/// KEYS[1]: liveness key; KEYS[2], KEYS[3]: what the gateway holds (guilds,
+/// users). ARGV[1]: the gateway id; ARGV[2], ARGV[3]: the guild and user set
+/// prefixes. A script rather than read-then-write so that a hold racing
+/// with the shutdown cannot slip between the two.
+const DEREGISTER_LUA: &str = r"
+local gateway = ARGV[1]
+for i = 2, 3 do
+    local holders_prefix = ARGV[i]
+    for _, id in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+        redis.call('SREM', holders_prefix .. id, gateway)
+    end
+end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+return 0
+";
+
+pub struct RedisRegistry {
+    conn: ConnectionManager,
+    keys: Keys,
+    /// The TTL in Redis' unit. At least 1: Redis rejects `PX 0`.
+    ttl_ms: u64,
+    live_holders: Script,
+    deregister: Script,
+}
+
+impl RedisRegistry {
+    /// Connects, and loads the scripts so that a Redis that cannot run them
+    /// fails start-up rather than the first lookup.
+    pub async fn connect(url: &str, config: RegistryConfig) -> RegistryResult<Self> {
+        let client = redis::Client::open(url)?;
+        let mut conn = ConnectionManager::new(client).await?;
+        let live_holders = Script::new(LIVE_HOLDERS_LUA);
+        let deregister = Script::new(DEREGISTER_LUA);
+        live_holders.load_async(&mut conn).await?;
+        deregister.load_async(&mut conn).await?;
+        Ok(Self {
+            conn,
+            keys: Keys {
+                prefix: config.key_prefix,
+            },
+            ttl_ms: u64::try_from(config.ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            live_holders,
+            deregister,
+        })
+    }
+
+    /// Queues the liveness writes shared by `heartbeat` and the holds.
+    fn queue_heartbeat(&self, pipe: &mut redis::Pipeline, gateway: &GatewayId) {
+        pipe.cmd("SET")
+            .arg(self.keys.liveness(gateway))
+            .arg(1)
+            .arg("PX")
+            .arg(self.ttl_ms)
+            .ignore();
+        for scope in [Scope::Guild, Scope::User] {
+            pipe.cmd("PEXPIRE")
+                .arg(self.keys.held(scope, gateway))
+                .arg(self.ttl_ms)
+                .ignore();
+        }
+    }
+
+    async fn hold(&self, scope: Scope, gateway: &GatewayId, ids: &[String]) -> RegistryResult<()> {
+        let mut pipe = redis::pipe();
+        // MULTI/EXEC: both indexes change together or not at all, so
+        // `deregister` always finds what the lookups can see.
+        pipe.atomic();
+        if !ids.is_empty() {
+            for id in ids {
+                pipe.sadd(self.keys.holders(scope, id), gateway.as_str())
+                    .ignore();
+            }
+            pipe.sadd(self.keys.held(scope, gateway), ids).ignore();
+        }
+        // After the SADDs, so that a reverse set created just now gets its
+        // TTL in the same transaction.
+        self.queue_heartbeat(&mut pipe, gateway);
+        pipe.exec_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    async fn release(
+        &self,
+        scope: Scope,
+        gateway: &GatewayId,
+        ids: &[String],
+    ) -> RegistryResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for id in ids {
+            pipe.srem(self.keys.holders(scope, id), gateway.as_str())
+                .ignore();
+        }
+        pipe.srem(self.keys.held(scope, gateway), ids).ignore();
+        pipe.exec_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    async fn live_holders(
+        &self,
+        wanted: [(Scope, &[String]); 2],
+    ) -> RegistryResult<Vec<GatewayId>> {
+        // Deduplicated so that the script reads each set once.
+        let holders_keys: BTreeSet<String> = wanted
+            .iter()
+            .flat_map(|(scope, ids)| ids.iter().map(|id| self.keys.holders(*scope, id)))
+            .collect();
+        if holders_keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut invocation = self.live_holders.prepare_invoke();
+        for key in &holders_keys {
+            invocation.key(key);
+        }
+        invocation.arg(self.keys.liveness_prefix());
+        let mut live: Vec<String> = invocation.invoke_async(&mut self.conn.clone()).await?;
+        live.sort_unstable();
+        live.dedup();
+        Ok(live.into_iter().map(GatewayId::new).collect())
+    }
+}
+
+/// Builds every key from the prefix, so the layout lives in one place.
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn liveness_prefix(&self) -> String {
+        format!("{}gw:", self.prefix)
+    }
+
+    fn liveness(&self, gateway: &GatewayId) -> String {
+        format!("{}gw:{gateway}", self.prefix)
+    }
+
+    fn holders_prefix(&self, scope: Scope) -> String {
+        match scope {
+            Scope::Guild => format!("{}guild:", self.prefix),
+            Scope::User => format!("{}user:", self.prefix),
+        }
+    }
+
+    /// The set of gateways holding one guild or user.
+    fn holders(&self, scope: Scope, id: &str) -> String {
+        format!("{}{id}", self.holders_prefix(scope))
+    }
+
+    /// The set of guilds or users one gateway holds.
+    fn held(&self, scope: Scope, gateway: &GatewayId) -> String {
+        match scope {
+            Scope::Guild => format!("{}gw-guilds:{gateway}", self.prefix),
+            Scope::User => format!("{}gw-users:{gateway}", self.prefix),
+        }
+    }
+}
+
+#[async_trait]
+impl Registry for RedisRegistry {
+    async fn heartbeat(&self, gateway: &GatewayId) -> RegistryResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        self.queue_heartbeat(&mut pipe, gateway);
+        pipe.exec_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    async fn hold_guilds(&self, gateway: &GatewayId, guild_ids: &[String]) -> RegistryResult<()> {
+        self.hold(Scope::Guild, gateway, guild_ids).await
+    }
+
+    async fn release_guilds(
+        &self,
+        gateway: &GatewayId,
+        guild_ids: &[String],
+    ) -> RegistryResult<()> {
+        self.release(Scope::Guild, gateway, guild_ids).await
+    }
+
+    async fn hold_users(&self, gateway: &GatewayId, user_ids: &[String]) -> RegistryResult<()> {
+        self.hold(Scope::User, gateway, user_ids).await
+    }
+
+    async fn release_users(&self, gateway: &GatewayId, user_ids: &[String]) -> RegistryResult<()> {
+        self.release(Scope::User, gateway, user_ids).await
+    }
+
+    async fn gateways_for_guild(&self, guild_id: &str) -> RegistryResult<Vec<GatewayId>> {
+        let guild_ids = [guild_id.to_owned()];
+        self.live_holders([(Scope::Guild, &guild_ids), (Scope::User, &[])])
+            .await
+    }
+
+    async fn gateways_for_audience(
+        &self,
+        user_ids: &[String],
+        guild_ids: &[String],
+    ) -> RegistryResult<Vec<GatewayId>> {
+        self.live_holders([(Scope::User, user_ids), (Scope::Guild, guild_ids)])
+            .await
+    }
+
+    async fn deregister(&self, gateway: &GatewayId) -> RegistryResult<()> {
+        self.deregister
+            .key(self.keys.liveness(gateway))
+            .key(self.keys.held(Scope::Guild, gateway))
+            .key(self.keys.held(Scope::User, gateway))
+            .arg(gateway.as_str())
+            .arg(self.keys.holders_prefix(Scope::Guild))
+            .arg(self.keys.holders_prefix(Scope::User))
+            .invoke_async::<()>(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+}

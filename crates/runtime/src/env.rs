@@ -1,0 +1,148 @@
+//! Typed configuration from environment variables.
+//!
+//! Binaries read the process environment once, at start-up, into an [`Env`];
+//! tests build an [`Env`] from pairs and never touch the process environment.
+//! Every error names the variable, so a bad deployment stops with a message
+//! that says what to fix.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::str::FromStr;
+
+/// A snapshot of environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is required but not set")]
+    Missing { name: &'static str },
+    #[error("{name}={value:?} is invalid: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+impl Env {
+    /// The environment of this process.
+    pub fn from_process() -> Self {
+        Self::from_pairs(std::env::vars())
+    }
+
+    pub fn from_pairs<K, V>(pairs: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// The raw value, if set and not empty.
+    pub fn raw(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The parsed value, or `None` when unset or empty.
+    pub fn optional<T>(&self, name: &'static str) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        self.raw(name)
+            .map(|value| {
+                value.parse().map_err(|err: T::Err| ConfigError::Invalid {
+                    name,
+                    value: value.to_owned(),
+                    reason: err.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// The parsed value, or `default` when unset or empty.
+    pub fn or<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        Ok(self.optional(name)?.unwrap_or(default))
+    }
+
+    /// The parsed value; unset is an error.
+    pub fn required<T>(&self, name: &'static str) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        self.optional(name)?.ok_or(ConfigError::Missing { name })
+    }
+
+    /// A comma-separated list; unset gives an empty list.
+    pub fn list<T>(&self, name: &'static str) -> Result<Vec<T>, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let Some(raw) = self.raw(name) else {
+            return Ok(Vec::new());
+        };
+        raw.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.parse().map_err(|err: T::Err| ConfigError::Invalid {
+                    name,
+                    value: raw.to_owned(),
+                    reason: err.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// A duration in whole seconds.
+    pub fn secs_or(
+        &self,
+        name: &'static str,
+        default: std::time::Duration,
+    ) -> Result<std::time::Duration, ConfigError> {
+        Ok(self
+            .optional::<u64>(name)?
+            .map_or(default, std::time::Duration::from_secs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_defaults_and_names_the_bad_variable() {
+        let env = Env::from_pairs([("PORT", "80"), ("BAD", "x"), ("EMPTY", "")]);
+        assert_eq!(env.or::<u16>("PORT", 1).unwrap(), 80);
+        assert_eq!(env.or::<u16>("EMPTY", 7).unwrap(), 7);
+        assert_eq!(env.or::<u16>("UNSET", 7).unwrap(), 7);
+        let err = env.or::<u16>("BAD", 1).unwrap_err().to_string();
+        assert!(err.starts_with("BAD=\"x\" is invalid"), "{err}");
+        let err = env.required::<u16>("UNSET").unwrap_err().to_string();
+        assert_eq!(err, "UNSET is required but not set");
+    }
+
+    #[test]
+    fn lists_are_comma_separated() {
+        let env = Env::from_pairs([("L", "a, b,,c")]);
+        assert_eq!(env.list::<String>("L").unwrap(), ["a", "b", "c"]);
+        assert!(env.list::<String>("NONE").unwrap().is_empty());
+    }
+}

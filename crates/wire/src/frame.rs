@@ -1,0 +1,126 @@
+//! The outbound entry point: a proto [`Event`] becomes one serialized
+//! `{"v":1,"t":"…","d":{…}}` frame.
+//!
+//! The gateway encodes each event once and shares the resulting [`Bytes`]
+//! across every socket in the audience, so all the checks happen here, once:
+//! conversion (fail closed), serialization, and the frame size cap that the
+//! client enforces too (a frame it would ignore is never sent).
+
+use bytes::Bytes;
+use filament_proto::v1::Event;
+use filament_proto::v1::event::Payload;
+use serde::Serialize;
+
+use crate::PROTOCOL_VERSION;
+use crate::convert::ConvertError;
+use crate::events::{self, PayloadVisitor, WireEvent};
+
+/// One serialized outbound frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The frame's `t`, for metrics and logs.
+    pub event_type: &'static str,
+    /// The complete JSON text of the frame; cheap to clone and share.
+    pub bytes: Bytes,
+}
+
+/// Why an event produced no frame.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    /// The frame is larger than the limit; the client would ignore it.
+    #[error("{event_type} frame is {size} bytes, over the {max}-byte limit")]
+    Oversized {
+        event_type: &'static str,
+        size: usize,
+        max: usize,
+    },
+    /// The payload has no valid wire shape, or did not serialize.
+    #[error("{event_type} payload cannot be encoded: {source}")]
+    Serialize {
+        event_type: &'static str,
+        source: SerializeError,
+    },
+    /// A gateway-internal control payload (`access_changed`).
+    #[error("control payload is not for clients")]
+    NotForClients,
+    /// The event carries no payload at all.
+    #[error("event has no payload")]
+    MissingPayload,
+}
+
+/// The cause of [`EncodeError::Serialize`].
+#[derive(Debug, thiserror::Error)]
+pub enum SerializeError {
+    /// A bad enum value or a missing sub-message in the proto payload.
+    #[error(transparent)]
+    Convert(#[from] ConvertError),
+    /// `serde_json` refused the value.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+/// Encodes `event` as one frame of at most `max_frame_bytes` bytes.
+///
+/// # Errors
+/// [`EncodeError`]: no payload, a control payload, a payload that does not
+/// convert, or a frame over `max_frame_bytes`.
+pub fn encode_event(event: &Event, max_frame_bytes: usize) -> Result<Frame, EncodeError> {
+    let payload = event.payload.as_ref().ok_or(EncodeError::MissingPayload)?;
+    events::visit(payload, Encoder { max_frame_bytes }).ok_or(EncodeError::NotForClients)?
+}
+
+/// The wire type `t` of a payload; `None` for control payloads.
+#[must_use]
+pub fn event_type(payload: &Payload) -> Option<&'static str> {
+    events::visit(payload, EventTypeOf)
+}
+
+/// The envelope, serialized in the order `v`, `t`, `d`.
+#[derive(Serialize)]
+struct Envelope<'a, D> {
+    v: u8,
+    t: &'static str,
+    d: &'a D,
+}
+
+struct EventTypeOf;
+
+impl PayloadVisitor for EventTypeOf {
+    type Output = &'static str;
+
+    fn visit<E: WireEvent>(self, _proto: &E::Proto) -> &'static str {
+        E::EVENT_TYPE
+    }
+}
+
+struct Encoder {
+    max_frame_bytes: usize,
+}
+
+impl PayloadVisitor for Encoder {
+    type Output = Result<Frame, EncodeError>;
+
+    fn visit<E: WireEvent>(self, proto: &E::Proto) -> Self::Output {
+        let event_type = E::EVENT_TYPE;
+        let serialize_error =
+            |source: SerializeError| EncodeError::Serialize { event_type, source };
+        let d = E::from_proto(proto).map_err(|err| serialize_error(err.into()))?;
+        let envelope = Envelope {
+            v: PROTOCOL_VERSION,
+            t: event_type,
+            d: &d,
+        };
+        let bytes = serde_json::to_vec(&envelope).map_err(|err| serialize_error(err.into()))?;
+        if bytes.len() > self.max_frame_bytes {
+            return Err(EncodeError::Oversized {
+                event_type,
+                size: bytes.len(),
+                max: self.max_frame_bytes,
+            });
+        }
+        Ok(Frame {
+            event_type,
+            bytes: Bytes::from(bytes),
+        })
+    }
+}

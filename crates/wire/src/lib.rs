@@ -1,0 +1,42 @@
+//! The JSON shapes of Filament's gateway protocol, in one place.
+//!
+//! Clients see `{"v":1,"t":"<type>","d":{…}}` frames (contract §5.2) and
+//! validate every field strictly. Services describe events as typed protobuf
+//! messages (`filament_proto::v1`); this crate is the only code that turns
+//! them into the JSON clients see, so each shape exists exactly once:
+//!
+//! - the shared shapes of contract §3.0 ([`Message`], [`Channel`], [`Role`],
+//!   …), which the api also returns from REST routes;
+//! - [`events`]: one `d` struct per gateway event (contract §5.5);
+//! - [`encode_event`]: a proto `Event` to one shared, size-checked [`Frame`].
+//!
+//! Conversions fail closed: an unknown or unspecified enum value, or a
+//! missing sub-message, is an error and never a default, because a
+//! well-formed but wrong payload is worse than a dropped one.
+//!
+//! `docs/events.json` and `docs/GATEWAY_EVENTS.md` are generated from the proto
+//! event catalogue by `tests/manifest.rs`.
+
+mod convert;
+mod enums;
+pub mod events;
+mod frame;
+mod markdown;
+mod shapes;
+
+pub use convert::ConvertError;
+pub use enums::{
+    ChannelKind, FriendRequestState, IpBanAction, LegacyRole, MemberRemoveReason,
+    OverrideTargetKind, Permission, PresenceStatus, ReactionOperation, Visibility, VoiceStream,
+};
+pub use events::WireEvent;
+pub use frame::{EncodeError, Frame, SerializeError, encode_event, event_type};
+pub use markdown::MarkdownToken;
+pub use shapes::{Attachment, Channel, Guild, Message, Profile, Reaction, Role, VoiceParticipant};
+
+/// The envelope's `v`.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// The frame size limit of the contract (64 KiB), in both directions. The
+/// web client ignores larger frames, so the gateway never sends one.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;

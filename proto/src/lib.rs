@@ -1,0 +1,8 @@
+//! Generated protobuf and gRPC code for the `filament.v1` package: the event
+//! catalogue, the event stream between services and gateways, and the edge
+//! access service. `proto/filament/v1/*.proto` is the single source of truth.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("filament.v1");
+}

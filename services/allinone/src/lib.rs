@@ -1,0 +1,243 @@
+//! Every Filament service in one process: api, gateways, presence, voice and
+//! search, each on its own loopback port and talking real gRPC, plus one
+//! public origin that routes like the production ingress (`/api/*` to the
+//! api with the prefix stripped, `/gateway/ws` to a gateway).
+//!
+//! The `filament` binary runs a [`Stack`] on embedded defaults (SQLite in a
+//! data directory, the in-memory registry); the end-to-end tests run the
+//! same [`Stack`] on port 0, on SQLite or Postgres, with the in-memory or
+//! the Redis registry.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use filament_registry::{MemoryRegistry, RedisRegistry, Registry, RegistryConfig};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Which registry the stack's services share.
+#[derive(Debug, Clone)]
+pub enum RegistryChoice {
+    /// One in-memory registry shared by every service of this process.
+    Memory,
+    /// Redis; each service gets its own connection, as separate processes
+    /// would.
+    Redis { url: String, key_prefix: String },
+}
+
+#[derive(Clone)]
+pub struct StackConfig {
+    /// The public origin (`/api/*` and `/gateway/ws`).
+    pub public_addr: SocketAddr,
+    /// Where each internal service listens; port 0 picks a free port.
+    pub internal_ip: std::net::IpAddr,
+    pub database_url: String,
+    /// An already opened store to use instead of opening `database_url`
+    /// (tests use it to put each run in its own Postgres schema).
+    pub store: Option<Arc<dyn filament_api::store::Store>>,
+    pub registry: RegistryChoice,
+    pub registry_ttl: Duration,
+    pub token_secret: Vec<u8>,
+    /// How many gateway instances to run.
+    pub gateways: usize,
+    pub password_hashing: filament_api::PasswordHashing,
+    /// Applied to every gateway's config.
+    pub tune_gateway: fn(&mut filament_gateway::Config),
+}
+
+impl StackConfig {
+    /// Loopback everywhere, port 0 everywhere, one gateway.
+    pub fn new(database_url: impl Into<String>, token_secret: Vec<u8>) -> Self {
+        Self {
+            public_addr: ([127, 0, 0, 1], 0).into(),
+            internal_ip: [127, 0, 0, 1].into(),
+            database_url: database_url.into(),
+            store: None,
+            registry: RegistryChoice::Memory,
+            registry_ttl: RegistryConfig::default().ttl,
+            token_secret,
+            gateways: 1,
+            password_hashing: filament_api::PasswordHashing::default(),
+            tune_gateway: |_| {},
+        }
+    }
+}
+
+/// A running stack.
+pub struct Stack {
+    pub public_addr: SocketAddr,
+    pub api_http_addr: SocketAddr,
+    pub api_grpc_addr: SocketAddr,
+    /// One websocket address per gateway.
+    pub gateway_addrs: Vec<SocketAddr>,
+    pub presence_grpc_addr: SocketAddr,
+    pub voice_grpc_addr: SocketAddr,
+    pub search_grpc_addr: SocketAddr,
+    pub gateway_metrics: Vec<Arc<filament_gateway::Metrics>>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
+}
+
+impl Stack {
+    /// Binds every listener, starts every service, and waits until the
+    /// gateways have their event streams open.
+    pub async fn start(config: StackConfig) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let ip = config.internal_ip;
+        let memory: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(registry_config(&config)));
+        let registry = || connect_registry(&config, &memory);
+
+        let store = match &config.store {
+            Some(store) => Arc::clone(store),
+            None => filament_api::store::connect(&config.database_url)
+                .await
+                .context("opening the database")?,
+        };
+        let mut api_config = filament_api::Config::new(
+            (ip, 0).into(),
+            (ip, 0).into(),
+            config.database_url.clone(),
+            config.token_secret.clone(),
+        );
+        api_config.password_hashing = config.password_hashing;
+        let api = filament_api::bind(api_config, store, registry().await?).await?;
+        let api_http_addr = api.http_addr()?;
+        let api_grpc_addr = api.grpc_addr()?;
+        let api_router = api.router();
+        tasks.spawn(named("api", api.run(shutdown.clone())));
+
+        let presence = filament_presence::bind(filament_presence::Config {
+            grpc_addr: (ip, 0).into(),
+        })
+        .await?;
+        let presence_grpc_addr = presence.grpc_addr()?;
+        tasks.spawn(named("presence", presence.run(shutdown.clone())));
+        let voice = filament_voice::bind(filament_voice::Config {
+            grpc_addr: (ip, 0).into(),
+        })
+        .await?;
+        let voice_grpc_addr = voice.grpc_addr()?;
+        tasks.spawn(named("voice", voice.run(shutdown.clone())));
+        let search = filament_search::bind(filament_search::Config {
+            grpc_addr: (ip, 0).into(),
+        })
+        .await?;
+        let search_grpc_addr = search.grpc_addr()?;
+        tasks.spawn(named("search", search.run(shutdown.clone())));
+
+        let mut gateway_addrs = Vec::new();
+        let mut gateway_metrics = Vec::new();
+        let mut readiness = Vec::new();
+        let mut public_gateway = None;
+        for _ in 0..config.gateways.max(1) {
+            let mut gateway_config =
+                filament_gateway::Config::new((ip, 0).into(), format!("http://{api_grpc_addr}"));
+            gateway_config.registry_ttl = config.registry_ttl;
+            (config.tune_gateway)(&mut gateway_config);
+            let gateway = filament_gateway::bind(gateway_config, registry().await?).await?;
+            gateway_addrs.push(gateway.local_addr()?);
+            gateway_metrics.push(gateway.metrics());
+            readiness.push(gateway.readiness());
+            public_gateway.get_or_insert_with(|| gateway.router());
+            tasks.spawn(named("gateway", gateway.run(shutdown.clone())));
+        }
+
+        // The ingress: the api under /api (prefix stripped), the first
+        // gateway at /gateway/ws.
+        let origin = Router::new()
+            .nest_service("/api", api_router)
+            .merge(public_gateway.unwrap_or_default());
+        let public = TcpListener::bind(config.public_addr).await?;
+        let public_addr = public.local_addr()?;
+        let origin_shutdown = shutdown.clone();
+        tasks.spawn(named("origin", async move {
+            axum::serve(public, origin)
+                .with_graceful_shutdown(origin_shutdown.cancelled_owned())
+                .await
+                .map_err(Into::into)
+        }));
+
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !readiness.iter().all(filament_gateway::Readiness::is_ready) {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "gateways did not connect to the api within 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+
+        Ok(Self {
+            public_addr,
+            api_http_addr,
+            api_grpc_addr,
+            gateway_addrs,
+            presence_grpc_addr,
+            voice_grpc_addr,
+            search_grpc_addr,
+            gateway_metrics,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// A token that stops the stack when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until every service stopped (after the shutdown token was
+    /// cancelled, or because one failed, which stops the rest).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let (name, result) = joined.context("a service task panicked")?;
+            if let Err(err) = result {
+                tracing::error!(service = name, error = %err, "service failed; stopping the stack");
+                self.shutdown.cancel();
+                first_error.get_or_insert(err.context(name));
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Stops every service and waits for them to drain.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+fn registry_config(config: &StackConfig) -> RegistryConfig {
+    let key_prefix = match &config.registry {
+        RegistryChoice::Redis { key_prefix, .. } => key_prefix.clone(),
+        RegistryChoice::Memory => RegistryConfig::default().key_prefix,
+    };
+    RegistryConfig {
+        ttl: config.registry_ttl,
+        key_prefix,
+    }
+}
+
+async fn connect_registry(
+    config: &StackConfig,
+    memory: &Arc<dyn Registry>,
+) -> anyhow::Result<Arc<dyn Registry>> {
+    Ok(match &config.registry {
+        RegistryChoice::Memory => Arc::clone(memory),
+        RegistryChoice::Redis { url, .. } => {
+            Arc::new(RedisRegistry::connect(url, registry_config(config)).await?)
+        }
+    })
+}
+
+async fn named<F>(name: &'static str, future: F) -> (&'static str, anyhow::Result<()>)
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    (name, future.await)
+}

@@ -1,0 +1,63 @@
+//! `filament`: the whole system in one process on embedded defaults.
+//! Prints where to connect, runs until ctrl-c or SIGTERM, then drains.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use filament_allinone::{RegistryChoice, Stack, StackConfig};
+use filament_runtime::Env;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    filament_runtime::telemetry::init();
+    let env = Env::from_process();
+    let data_dir: PathBuf = env.or("FILAMENT_DATA_DIR", PathBuf::from("data"))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating FILAMENT_DATA_DIR {}", data_dir.display()))?;
+    let database_url = env.or(
+        "DATABASE_URL",
+        format!("sqlite://{}", data_dir.join("filament.db").display()),
+    )?;
+    let token_secret = match env.raw("FILAMENT_TOKEN_SECRET") {
+        Some(secret) if secret.len() >= 32 => secret.as_bytes().to_vec(),
+        Some(_) => anyhow::bail!("FILAMENT_TOKEN_SECRET must be at least 32 bytes"),
+        None => {
+            tracing::warn!("FILAMENT_TOKEN_SECRET unset: using a random key; sessions end at restart");
+            ulid::Ulid::generate()
+                .to_string()
+                .into_bytes()
+                .into_iter()
+                .chain(ulid::Ulid::generate().to_string().into_bytes())
+                .collect()
+        }
+    };
+    let mut config = StackConfig::new(database_url, token_secret);
+    config.public_addr = env.or("FILAMENT_PUBLIC_ADDR", ([127, 0, 0, 1], 8080).into())?;
+    if let Some(url) = env.raw("REDIS_URL") {
+        config.registry = RegistryChoice::Redis {
+            url: url.to_owned(),
+            key_prefix: env.or("FILAMENT_REGISTRY_PREFIX", "filament:".to_owned())?,
+        };
+    }
+
+    let stack = Stack::start(config).await?;
+    println!();
+    println!("Filament is running.");
+    println!("  web clients: http://{}  (REST under /api, websocket at /gateway/ws)", stack.public_addr);
+    println!("  api REST:    http://{}", stack.api_http_addr);
+    println!("  api gRPC:    http://{}", stack.api_grpc_addr);
+    for addr in &stack.gateway_addrs {
+        println!("  gateway:     ws://{addr}/gateway/ws");
+    }
+    println!("  presence:    http://{}", stack.presence_grpc_addr);
+    println!("  voice:       http://{}", stack.voice_grpc_addr);
+    println!("  search:      http://{}", stack.search_grpc_addr);
+    println!("Press ctrl-c to stop.");
+
+    let shutdown = stack.shutdown_token();
+    tokio::spawn(async move {
+        filament_runtime::shutdown::signal().await;
+        shutdown.cancel();
+    });
+    stack.wait().await
+}

@@ -1,0 +1,89 @@
+//! The api's error type and its one mapping to HTTP (`{"error":"<code>"}`
+//! with the contract's status) and to gRPC statuses.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::store::StoreError;
+
+/// Every way a request can fail, as the contract names it.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid request")]
+    InvalidRequest,
+    /// The body did not have the expected shape (unknown, missing or
+    /// mistyped field): 422 like the reference server, with a JSON body.
+    #[error("invalid request body")]
+    UnprocessableBody,
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("guild creation limit reached")]
+    GuildCreationLimitReached,
+    #[error("not found")]
+    NotFound,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("rate limited")]
+    RateLimited,
+    #[error("internal error: {0}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::UnprocessableBody => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::GuildCreationLimitReached => {
+                (StatusCode::FORBIDDEN, "guild_creation_limit_reached")
+            }
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        Self::Internal(err.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let Self::Internal(err) = &self {
+            tracing::error!(error = %err, "request failed");
+        }
+        (status, Json(serde_json::json!({ "error": code }))).into_response()
+    }
+}
+
+impl From<ApiError> for tonic::Status {
+    fn from(err: ApiError) -> Self {
+        match err {
+            ApiError::InvalidRequest | ApiError::UnprocessableBody | ApiError::PayloadTooLarge => {
+                Self::invalid_argument(err.to_string())
+            }
+            ApiError::InvalidCredentials => Self::unauthenticated(err.to_string()),
+            ApiError::Forbidden | ApiError::GuildCreationLimitReached => {
+                Self::permission_denied(err.to_string())
+            }
+            ApiError::NotFound => Self::not_found(err.to_string()),
+            ApiError::RateLimited => Self::resource_exhausted(err.to_string()),
+            ApiError::Internal(inner) => {
+                tracing::error!(error = %inner, "rpc failed");
+                Self::internal("internal error")
+            }
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

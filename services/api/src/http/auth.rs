@@ -1,0 +1,194 @@
+//! `/auth/*`: register, login, refresh, logout, me.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use filament_wire::Profile;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::RefreshToken;
+use crate::clock::now_unix;
+use crate::domain::{Password, Username};
+use crate::error::{ApiError, ApiResult};
+use crate::http::extract::{AuthUser, JsonBody};
+use crate::state::AppState;
+use crate::store::{NewSession, NewUser, RotateOutcome, StoreError, UserRecord};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterDto {
+    username: String,
+    password: String,
+    /// Only checked when hCaptcha is configured; ignored otherwise.
+    #[serde(default)]
+    #[allow(dead_code)]
+    captcha_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginDto {
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshDto {
+    refresh_token: String,
+}
+
+#[derive(Serialize)]
+pub struct Accepted {
+    accepted: bool,
+}
+
+#[derive(Serialize)]
+pub struct TokenPair {
+    access_token: String,
+    refresh_token: String,
+    expires_in_secs: u64,
+}
+
+/// The contract's Profile shape of a stored user.
+pub fn profile(user: &UserRecord) -> ApiResult<Profile> {
+    let tokens = crate::markdown::tokenize(&user.about_markdown)
+        .iter()
+        .map(filament_wire::MarkdownToken::try_from)
+        .collect::<Result<_, _>>()
+        .map_err(|err| ApiError::Internal(anyhow::anyhow!("markdown token: {err}")))?;
+    Ok(Profile {
+        user_id: user.user_id.to_string(),
+        username: user.username.clone(),
+        about_markdown: user.about_markdown.clone(),
+        about_markdown_tokens: tokens,
+        avatar_version: user.avatar_version,
+        banner_version: user.banner_version,
+    })
+}
+
+/// Always answers `{accepted:true}` for a well-formed request, so the
+/// response does not tell whether a username exists.
+pub async fn register(
+    State(state): State<AppState>,
+    JsonBody(dto): JsonBody<RegisterDto>,
+) -> ApiResult<Json<Accepted>> {
+    let username = Username::try_from(dto.username)?;
+    let password = Password::try_from(dto.password)?;
+    let password_hash = state.passwords().hash(password.expose()).await?;
+    let user = NewUser {
+        user_id: state.new_id(),
+        username: username.as_str().to_owned(),
+        password_hash,
+        created_at_unix: now_unix(),
+    };
+    match state.store().create_user(user).await {
+        Ok(()) | Err(StoreError::Conflict(_)) => Ok(Json(Accepted { accepted: true })),
+        Err(err) => Err(err.into()),
+    }
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    JsonBody(dto): JsonBody<LoginDto>,
+) -> ApiResult<Json<TokenPair>> {
+    // A malformed username or password is a failed login, not a 400.
+    let (Ok(username), Ok(password)) = (Username::try_from(dto.username), Password::try_from(dto.password))
+    else {
+        return Err(ApiError::InvalidCredentials);
+    };
+    if state.lockout().is_locked(username.as_str()) {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let user = state.store().user_by_username(username.as_str()).await?;
+    let stored_hash = user.as_ref().map(|u| u.password_hash.as_str());
+    let valid = state.passwords().verify(password.expose(), stored_hash).await?;
+    let Some(user) = user.filter(|_| valid) else {
+        state.lockout().record_failure(username.as_str());
+        return Err(ApiError::InvalidCredentials);
+    };
+    state.lockout().record_success(username.as_str());
+    let refresh = RefreshToken::generate(state.new_id());
+    state
+        .store()
+        .create_session(NewSession {
+            session_id: refresh.session_id,
+            user_id: user.user_id,
+            refresh_token_hash: refresh.hash(),
+            expires_at_unix: now_unix() + session_ttl(&state),
+        })
+        .await?;
+    token_pair(&state, &user, &refresh)
+}
+
+pub async fn refresh(
+    State(state): State<AppState>,
+    JsonBody(dto): JsonBody<RefreshDto>,
+) -> ApiResult<Json<TokenPair>> {
+    let presented = RefreshToken::parse(&dto.refresh_token).ok_or(ApiError::InvalidCredentials)?;
+    let next = RefreshToken::generate(presented.session_id);
+    let now = now_unix();
+    let outcome = state
+        .store()
+        .rotate_session(
+            presented.session_id,
+            &presented.hash(),
+            &next.hash(),
+            now + session_ttl(&state),
+            now,
+        )
+        .await?;
+    let user_id = match outcome {
+        RotateOutcome::Rotated { user_id } => user_id,
+        RotateOutcome::Replayed => {
+            tracing::warn!(session = %presented.session_id, "refresh token replayed; session revoked");
+            return Err(ApiError::InvalidCredentials);
+        }
+        RotateOutcome::Invalid => return Err(ApiError::InvalidCredentials),
+    };
+    let user = state
+        .store()
+        .user_by_id(user_id)
+        .await?
+        .ok_or(ApiError::InvalidCredentials)?;
+    token_pair(&state, &user, &next)
+}
+
+pub async fn logout(
+    State(state): State<AppState>,
+    JsonBody(dto): JsonBody<RefreshDto>,
+) -> ApiResult<StatusCode> {
+    let presented = RefreshToken::parse(&dto.refresh_token).ok_or(ApiError::InvalidCredentials)?;
+    if state
+        .store()
+        .revoke_session(presented.session_id, &presented.hash())
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::InvalidCredentials)
+    }
+}
+
+pub async fn me(AuthUser(user): AuthUser) -> ApiResult<Json<Profile>> {
+    profile(&user).map(Json)
+}
+
+fn session_ttl(state: &AppState) -> i64 {
+    i64::try_from(state.config().session_ttl.as_secs()).unwrap_or(i64::MAX / 2)
+}
+
+fn token_pair(state: &AppState, user: &UserRecord, refresh: &RefreshToken) -> ApiResult<Json<TokenPair>> {
+    let ttl = state.config().access_token_ttl.as_secs();
+    let access_token = state.tokens().issue(
+        user.user_id,
+        &user.username,
+        now_unix(),
+        i64::try_from(ttl).unwrap_or(900),
+    )?;
+    Ok(Json(TokenPair {
+        access_token,
+        refresh_token: refresh.expose(),
+        expires_in_secs: ttl,
+    }))
+}

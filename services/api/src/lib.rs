@@ -1,0 +1,117 @@
+//! The Filament api: the REST contract on axum, storage on sqlx (SQLite or
+//! Postgres), and two gRPC services for the edge — `EdgeAccess` (who is
+//! this token, may they subscribe) and `EventStream` (the events each
+//! gateway needs, published after every commit).
+
+pub mod config;
+pub mod permissions;
+pub mod store;
+
+mod auth;
+mod clock;
+mod domain;
+mod error;
+mod events;
+mod grpc;
+mod http;
+mod markdown;
+mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use filament_fanout::{Fanout, FanoutConfig};
+use filament_registry::Registry;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, PasswordHashing};
+pub use error::ApiError;
+
+use crate::state::AppState;
+
+/// An api with its listeners bound, ready to run.
+pub struct BoundApi {
+    http: TcpListener,
+    grpc: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+}
+
+/// Connects nothing and binds both listeners; [`BoundApi::run`] serves.
+pub async fn bind(
+    config: Config,
+    store: Arc<dyn store::Store>,
+    registry: Arc<dyn Registry>,
+) -> anyhow::Result<BoundApi> {
+    let http = TcpListener::bind(config.http_addr).await?;
+    let grpc = TcpListener::bind(config.grpc_addr).await?;
+    let fanout = Fanout::new("api", registry, FanoutConfig::default());
+    let state = AppState::new(config, store, fanout)?;
+    Ok(BoundApi {
+        http,
+        grpc,
+        state,
+        shutdown: CancellationToken::new(),
+    })
+}
+
+impl BoundApi {
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// The REST routes, to serve under another prefix too (the all-in-one
+    /// origin mounts them at `/api`).
+    pub fn router(&self) -> Router {
+        let draining = self.shutdown.clone();
+        http::router(self.state.clone(), move || !draining.is_cancelled())
+    }
+
+    /// Serves until `shutdown`, then drains: in-flight requests finish and
+    /// publish their events, the event streams end cleanly after the last
+    /// event, and only then does gRPC stop.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let router = self.router();
+        let Self {
+            http,
+            grpc,
+            state,
+            shutdown: draining,
+        } = self;
+        tracing::info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, "api listening");
+
+        let grpc_stop = CancellationToken::new();
+        let grpc_server = tonic::transport::Server::builder()
+            .add_service(filament_runtime::probes::grpc_health("filament.v1.EdgeAccess").await)
+            .add_service(grpc::EdgeAccessService::server(state.clone()))
+            .add_service(state.fanout().grpc_service().into_server())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_stop.clone().cancelled_owned());
+        let grpc_task = tokio::spawn(grpc_server);
+
+        let http_shutdown = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                draining.cancel();
+            }
+        };
+        let http_result = axum::serve(http, router)
+            .with_graceful_shutdown(http_shutdown)
+            .await;
+
+        state.fanout().close();
+        grpc_stop.cancel();
+        let grpc_result = grpc_task.await?;
+        http_result?;
+        grpc_result?;
+        tracing::info!("api stopped");
+        Ok(())
+    }
+}

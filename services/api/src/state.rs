@@ -1,0 +1,83 @@
+//! The state every handler and RPC shares.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use filament_fanout::Fanout;
+use ulid::Ulid;
+
+use crate::auth::{Lockout, PasswordHasher, TokenKeys};
+use crate::config::Config;
+use crate::permissions::Authorizer;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    store: Arc<dyn Store>,
+    authorizer: Authorizer,
+    tokens: TokenKeys,
+    passwords: PasswordHasher,
+    lockout: Lockout,
+    fanout: Fanout,
+    /// Monotonic within a millisecond, so ids created in the same
+    /// millisecond still sort in creation order (message pagination relies
+    /// on it).
+    ids: Mutex<ulid::Generator>,
+}
+
+impl AppState {
+    pub fn new(config: Config, store: Arc<dyn Store>, fanout: Fanout) -> anyhow::Result<Self> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                authorizer: Authorizer::new(Arc::clone(&store), config.server_owner),
+                tokens: TokenKeys::new(&config.token_secret),
+                passwords: PasswordHasher::new(config.password_hashing)?,
+                lockout: Lockout::default(),
+                ids: Mutex::new(ulid::Generator::new()),
+                config,
+                store,
+                fanout,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+
+    pub fn authorizer(&self) -> &Authorizer {
+        &self.inner.authorizer
+    }
+
+    pub fn tokens(&self) -> &TokenKeys {
+        &self.inner.tokens
+    }
+
+    pub fn passwords(&self) -> &PasswordHasher {
+        &self.inner.passwords
+    }
+
+    pub fn lockout(&self) -> &Lockout {
+        &self.inner.lockout
+    }
+
+    pub fn fanout(&self) -> &Fanout {
+        &self.inner.fanout
+    }
+
+    /// A new id, greater than every id this process minted before.
+    pub fn new_id(&self) -> Ulid {
+        let mut generator = self.inner.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        // Overflow needs 2^80 ids in one millisecond; fall back to a random
+        // id rather than fail.
+        generator.generate().unwrap_or_else(|_| Ulid::generate())
+    }
+}

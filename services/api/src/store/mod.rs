@@ -1,0 +1,273 @@
+//! Durable state of the api: users, sessions, guilds, members, channels and
+//! messages. [`Store`] is the one seam between the HTTP handlers and SQL; it
+//! has a SQLite and a Postgres implementation that share their queries
+//! (`sql.rs`) but each have their own connection setup and migrations, and
+//! one conformance suite (`tests`) that runs against both.
+//!
+//! Every method is one transaction. Callers publish events only after a
+//! method returned `Ok`, so an event never describes a write that did not
+//! commit.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ulid::Ulid;
+
+mod postgres;
+mod sql;
+mod sqlite;
+#[cfg(test)]
+mod tests;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+/// Opens the store a database URL names: `sqlite:` for SQLite,
+/// `postgres://` or `postgresql://` for Postgres. Migrations are applied
+/// before this returns.
+pub async fn connect(database_url: &str) -> StoreResult<Arc<dyn Store>> {
+    if database_url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(database_url).await?))
+    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresStore::connect(database_url).await?))
+    } else {
+        // Only the scheme is echoed: the rest of a URL may hold a password.
+        let scheme = database_url
+            .split_once(':')
+            .map_or("", |(scheme, _)| scheme);
+        Err(StoreError::UnsupportedUrl {
+            scheme: scheme.to_owned(),
+        })
+    }
+}
+
+/// Errors a store can report. Anything not listed is `Backend`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was violated (e.g. the username is taken).
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// The database failed or is unreachable.
+    #[error("database error: {0}")]
+    Backend(#[from] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database URL names no backend this build supports.
+    #[error(
+        "unsupported database url scheme {scheme:?}: expected `sqlite:`, `postgres://` or `postgresql://`"
+    )]
+    UnsupportedUrl { scheme: String },
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub user_id: Ulid,
+    pub username: String,
+    pub password_hash: String,
+    pub about_markdown: String,
+    pub avatar_version: i64,
+    pub banner_version: i64,
+    pub created_at_unix: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser {
+    pub user_id: Ulid,
+    pub username: String,
+    pub password_hash: String,
+    pub created_at_unix: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSession {
+    pub session_id: Ulid,
+    pub user_id: Ulid,
+    /// SHA-256 of the refresh token's secret part, lowercase hex.
+    pub refresh_token_hash: String,
+    pub expires_at_unix: i64,
+}
+
+/// What happened when a refresh token was presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The token matched: the session now holds the new hash and expiry.
+    Rotated { user_id: Ulid },
+    /// The session exists but the hash did not match: the token was rotated
+    /// before (a replay) or forged. The session is now revoked.
+    Replayed,
+    /// No live session: unknown, expired or already revoked.
+    Invalid,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    Private,
+    Public,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Private => "private",
+            Self::Public => "public",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "private" => Some(Self::Private),
+            "public" => Some(Self::Public),
+            _ => None,
+        }
+    }
+}
+
+/// The built-in membership role of the contract ("legacy role").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MemberRole {
+    Member,
+    Moderator,
+    Owner,
+}
+
+impl MemberRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Member => "member",
+            Self::Moderator => "moderator",
+            Self::Owner => "owner",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "member" => Some(Self::Member),
+            "moderator" => Some(Self::Moderator),
+            "owner" => Some(Self::Owner),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuildRecord {
+    pub guild_id: Ulid,
+    pub name: String,
+    pub visibility: Visibility,
+    pub created_by: Ulid,
+    pub created_at_unix: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub guild_id: Ulid,
+    pub user_id: Ulid,
+    pub role: MemberRole,
+    pub joined_at_unix: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelKind {
+    Text,
+    Voice,
+}
+
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::Voice => "voice",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "text" => Some(Self::Text),
+            "voice" => Some(Self::Voice),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRecord {
+    pub channel_id: Ulid,
+    pub guild_id: Ulid,
+    pub name: String,
+    pub kind: ChannelKind,
+    pub created_at_unix: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord {
+    pub message_id: Ulid,
+    pub guild_id: Ulid,
+    pub channel_id: Ulid,
+    pub author_id: Ulid,
+    pub content: String,
+    pub created_at_unix: i64,
+}
+
+/// The durable state of the api. One implementation per database.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // --- users -----------------------------------------------------------
+    /// `Conflict("username")` when the username is taken.
+    async fn create_user(&self, user: NewUser) -> StoreResult<()>;
+    async fn user_by_id(&self, user_id: Ulid) -> StoreResult<Option<UserRecord>>;
+    async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>>;
+
+    // --- sessions --------------------------------------------------------
+    async fn create_session(&self, session: NewSession) -> StoreResult<()>;
+    /// Atomically checks `presented_hash` against the live session and, on a
+    /// match, stores `new_hash` and `new_expires_at_unix`. A mismatch revokes
+    /// the session. A session is live while not revoked and `now_unix <
+    /// expires_at_unix`.
+    async fn rotate_session(
+        &self,
+        session_id: Ulid,
+        presented_hash: &str,
+        new_hash: &str,
+        new_expires_at_unix: i64,
+        now_unix: i64,
+    ) -> StoreResult<RotateOutcome>;
+    /// Revokes the session if its hash matches and it is not revoked yet.
+    /// Returns whether it did. Expiry is not checked: the trait has no clock
+    /// here, and revoking an expired session is harmless.
+    async fn revoke_session(&self, session_id: Ulid, presented_hash: &str) -> StoreResult<bool>;
+
+    // --- guilds and members ---------------------------------------------
+    /// Creates the guild and makes its creator a member with role `Owner`.
+    async fn create_guild(&self, guild: GuildRecord) -> StoreResult<()>;
+    async fn guild(&self, guild_id: Ulid) -> StoreResult<Option<GuildRecord>>;
+    /// Guilds where the user is a member, newest first, at most `limit`.
+    async fn guilds_for_user(&self, user_id: Ulid, limit: u32) -> StoreResult<Vec<GuildRecord>>;
+    async fn count_guilds_created_by(&self, user_id: Ulid) -> StoreResult<u64>;
+    /// The membership, if the user is a member.
+    async fn member(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<Option<MemberRecord>>;
+    /// Adds the membership as given (handlers pass role `Member`). Returns
+    /// false, changing nothing, if the user is already a member.
+    async fn add_member(&self, member: MemberRecord) -> StoreResult<bool>;
+
+    // --- channels --------------------------------------------------------
+    async fn create_channel(&self, channel: ChannelRecord) -> StoreResult<()>;
+    async fn channel(&self, guild_id: Ulid, channel_id: Ulid)
+    -> StoreResult<Option<ChannelRecord>>;
+    /// Channels of a guild in creation order, at most `limit`.
+    async fn channels(&self, guild_id: Ulid, limit: u32) -> StoreResult<Vec<ChannelRecord>>;
+
+    // --- messages --------------------------------------------------------
+    async fn create_message(&self, message: MessageRecord) -> StoreResult<()>;
+    /// Messages of a channel, newest first, strictly older than `before`
+    /// (by message id) when given, at most `limit`.
+    async fn messages(
+        &self,
+        guild_id: Ulid,
+        channel_id: Ulid,
+        before: Option<Ulid>,
+        limit: u32,
+    ) -> StoreResult<Vec<MessageRecord>>;
+}

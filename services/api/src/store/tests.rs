@@ -1,0 +1,794 @@
+//! The store conformance suite: each case is written once against `dyn Store`
+//! and runs on SQLite (in memory) and on Postgres (in a fresh schema), so the
+//! two backends cannot drift apart.
+//!
+//! Postgres runs when `TEST_DATABASE_URL` names a server, as in CI. Without
+//! it the Postgres half of each case passes after saying loudly that it was
+//! skipped, so a green local run without Postgres is not mistaken for a full
+//! one.
+
+use std::future::Future;
+use std::io::Write as _;
+use std::sync::{Arc, Once};
+
+use sqlx::{Connection as _, Executor as _, PgConnection};
+use ulid::Ulid;
+
+use super::postgres::quote_identifier;
+use super::{
+    ChannelKind, ChannelRecord, GuildRecord, MemberRecord, MemberRole, MessageRecord, NewSession,
+    NewUser, PostgresStore, RotateOutcome, SqliteStore, Store, StoreError, UserRecord, Visibility,
+};
+
+const POSTGRES_URL_VAR: &str = "TEST_DATABASE_URL";
+
+/// A fixed "now" keeps expiry arithmetic readable and the cases
+/// deterministic.
+const NOW: i64 = 1_700_000_000;
+
+/// Declares each case once per backend: `store::tests::sqlite::<case>` and
+/// `store::tests::postgres::<case>`.
+macro_rules! conformance {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::on_sqlite(super::$case).await;
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::on_postgres(super::$case).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    user_create_and_lookup,
+    duplicate_username_is_a_conflict,
+    rotate_session_happy_path,
+    replayed_refresh_token_revokes_the_session,
+    expired_or_unknown_session_is_invalid,
+    concurrent_double_use_rotates_once_and_revokes,
+    revoke_session_needs_the_current_hash,
+    create_guild_makes_the_creator_owner,
+    create_guild_is_atomic,
+    guilds_for_user_newest_first_limited_members_only,
+    add_member_is_idempotent,
+    channels_in_creation_order,
+    messages_paginate_newest_first,
+    count_guilds_created_by,
+);
+
+// --- harness -----------------------------------------------------------------
+
+async fn on_sqlite<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let store = SqliteStore::in_memory()
+        .await
+        .expect("open in-memory SQLite store");
+    case(Arc::new(store)).await;
+}
+
+async fn on_postgres<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(url) = std::env::var(POSTGRES_URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty())
+    else {
+        announce_postgres_skipped();
+        return;
+    };
+    let schema = format!("test_{}", Ulid::generate().to_string().to_lowercase());
+    let store = Arc::new(
+        PostgresStore::connect_in_schema(&url, &schema)
+            .await
+            .expect("connect to TEST_DATABASE_URL in a fresh schema"),
+    );
+    // Spawned so that a failing case is caught here and its schema is still
+    // dropped before the panic is passed on.
+    let outcome = tokio::spawn(case(store.clone())).await;
+    store.close().await;
+    drop_schema(&url, &schema).await;
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
+fn announce_postgres_skipped() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Written to the real stderr, not with `eprintln!`, which the test
+        // harness captures and hides for passing tests.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: {POSTGRES_URL_VAR} is unset; Postgres store conformance not run"
+        );
+    });
+}
+
+/// Best effort: a leftover schema only costs space in a test database.
+async fn drop_schema(url: &str, schema: &str) {
+    let dropped = async {
+        let mut connection = PgConnection::connect(url).await?;
+        let statement = format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_identifier(schema));
+        connection.execute(sqlx::AssertSqlSafe(statement)).await?;
+        connection.close().await
+    };
+    if let Err(error) = dropped.await {
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: could not drop schema {schema}: {error}"
+        );
+    }
+}
+
+// --- fixtures ----------------------------------------------------------------
+
+async fn create_user(store: &dyn Store, username: &str) -> Ulid {
+    let user_id = Ulid::generate();
+    store
+        .create_user(NewUser {
+            user_id,
+            username: username.to_owned(),
+            password_hash: format!("hash-of-{username}"),
+            created_at_unix: NOW,
+        })
+        .await
+        .expect("create user");
+    user_id
+}
+
+fn guild_record(guild_id: Ulid, created_by: Ulid, created_at_unix: i64) -> GuildRecord {
+    GuildRecord {
+        guild_id,
+        name: format!("guild {guild_id}"),
+        visibility: Visibility::Private,
+        created_by,
+        created_at_unix,
+    }
+}
+
+async fn create_guild(store: &dyn Store, created_by: Ulid, created_at_unix: i64) -> GuildRecord {
+    let guild = guild_record(Ulid::generate(), created_by, created_at_unix);
+    store
+        .create_guild(guild.clone())
+        .await
+        .expect("create guild");
+    guild
+}
+
+async fn create_channel(
+    store: &dyn Store,
+    channel_id: Ulid,
+    guild_id: Ulid,
+    created_at_unix: i64,
+) -> ChannelRecord {
+    let channel = ChannelRecord {
+        channel_id,
+        guild_id,
+        name: format!("channel-{created_at_unix}"),
+        kind: ChannelKind::Text,
+        created_at_unix,
+    };
+    store
+        .create_channel(channel.clone())
+        .await
+        .expect("create channel");
+    channel
+}
+
+async fn create_session(
+    store: &dyn Store,
+    user_id: Ulid,
+    hash: &str,
+    expires_at_unix: i64,
+) -> Ulid {
+    let session_id = Ulid::generate();
+    store
+        .create_session(NewSession {
+            session_id,
+            user_id,
+            refresh_token_hash: hash.to_owned(),
+            expires_at_unix,
+        })
+        .await
+        .expect("create session");
+    session_id
+}
+
+/// Makes the pool open a second connection now, so that two racing calls
+/// that follow really run at the same time instead of one finishing while
+/// the other is still connecting.
+async fn open_two_connections(store: &dyn Store, user_id: Ulid) {
+    let (first, second) = tokio::join!(store.user_by_id(user_id), store.user_by_id(user_id));
+    first.expect("warm-up query");
+    second.expect("warm-up query");
+}
+
+/// Ids whose order is chosen by the test: ULIDs sort by their time part.
+fn ulid_at(timestamp_ms: u64) -> Ulid {
+    Ulid::from_parts(timestamp_ms, 0)
+}
+
+async fn rotate(
+    store: &dyn Store,
+    session_id: Ulid,
+    presented: &str,
+    new: &str,
+    now: i64,
+) -> RotateOutcome {
+    store
+        .rotate_session(session_id, presented, new, now + 3600, now)
+        .await
+        .expect("rotate session")
+}
+
+// --- users -------------------------------------------------------------------
+
+async fn user_create_and_lookup(store: Arc<dyn Store>) {
+    let user_id = create_user(&*store, "alice").await;
+    let expected = UserRecord {
+        user_id,
+        username: "alice".to_owned(),
+        password_hash: "hash-of-alice".to_owned(),
+        about_markdown: String::new(),
+        avatar_version: 0,
+        banner_version: 0,
+        created_at_unix: NOW,
+    };
+
+    let by_id = store.user_by_id(user_id).await.expect("user by id");
+    assert_eq!(by_id, Some(expected.clone()));
+    let by_name = store.user_by_username("alice").await.expect("user by name");
+    assert_eq!(by_name, Some(expected));
+
+    assert_eq!(
+        store
+            .user_by_id(Ulid::generate())
+            .await
+            .expect("unknown id"),
+        None
+    );
+    assert_eq!(
+        store.user_by_username("bob").await.expect("unknown name"),
+        None
+    );
+}
+
+async fn duplicate_username_is_a_conflict(store: Arc<dyn Store>) {
+    let first = create_user(&*store, "alice").await;
+    let second = store
+        .create_user(NewUser {
+            user_id: Ulid::generate(),
+            username: "alice".to_owned(),
+            password_hash: "other".to_owned(),
+            created_at_unix: NOW,
+        })
+        .await;
+    assert!(
+        matches!(second, Err(StoreError::Conflict("username"))),
+        "expected Conflict(\"username\"), got {second:?}"
+    );
+    let kept = store.user_by_username("alice").await.expect("lookup");
+    assert_eq!(kept.map(|user| user.user_id), Some(first));
+}
+
+// --- sessions ----------------------------------------------------------------
+
+async fn rotate_session_happy_path(store: Arc<dyn Store>) {
+    let user_id = create_user(&*store, "alice").await;
+    let session_id = create_session(&*store, user_id, "h1", NOW + 100).await;
+
+    assert_eq!(
+        rotate(&*store, session_id, "h1", "h2", NOW).await,
+        RotateOutcome::Rotated { user_id }
+    );
+    // Past the original expiry but within the one the rotation stored.
+    assert_eq!(
+        rotate(&*store, session_id, "h2", "h3", NOW + 1000).await,
+        RotateOutcome::Rotated { user_id }
+    );
+}
+
+async fn replayed_refresh_token_revokes_the_session(store: Arc<dyn Store>) {
+    let user_id = create_user(&*store, "alice").await;
+    let session_id = create_session(&*store, user_id, "h1", NOW + 100).await;
+    assert_eq!(
+        rotate(&*store, session_id, "h1", "h2", NOW).await,
+        RotateOutcome::Rotated { user_id }
+    );
+
+    assert_eq!(
+        rotate(&*store, session_id, "h1", "h-replay", NOW).await,
+        RotateOutcome::Replayed
+    );
+    // The replay revoked the session: the legitimate latest token is dead too.
+    assert_eq!(
+        rotate(&*store, session_id, "h2", "h3", NOW).await,
+        RotateOutcome::Invalid
+    );
+    assert!(
+        !store
+            .revoke_session(session_id, "h2")
+            .await
+            .expect("revoke"),
+        "the session should already be revoked"
+    );
+}
+
+async fn expired_or_unknown_session_is_invalid(store: Arc<dyn Store>) {
+    let user_id = create_user(&*store, "alice").await;
+    let session_id = create_session(&*store, user_id, "h1", NOW + 10).await;
+
+    // Live means now < expires_at: at the expiry second it is dead, and a
+    // wrong hash on a dead session is not a replay.
+    assert_eq!(
+        rotate(&*store, session_id, "wrong", "h2", NOW + 10).await,
+        RotateOutcome::Invalid
+    );
+    assert_eq!(
+        rotate(&*store, session_id, "h1", "h2", NOW + 10).await,
+        RotateOutcome::Invalid
+    );
+    // Neither attempt revoked it: a moment earlier it was still live.
+    assert_eq!(
+        rotate(&*store, session_id, "h1", "h2", NOW + 9).await,
+        RotateOutcome::Rotated { user_id }
+    );
+
+    assert_eq!(
+        rotate(&*store, Ulid::generate(), "h1", "h2", NOW).await,
+        RotateOutcome::Invalid
+    );
+}
+
+async fn concurrent_double_use_rotates_once_and_revokes(store: Arc<dyn Store>) {
+    let user_id = create_user(&*store, "alice").await;
+    let session_id = create_session(&*store, user_id, "h1", NOW + 100).await;
+    open_two_connections(&*store, user_id).await;
+
+    let (first, second) = tokio::join!(
+        rotate(&*store, session_id, "h1", "h-a", NOW),
+        rotate(&*store, session_id, "h1", "h-b", NOW),
+    );
+    let mut outcomes = [first, second];
+    outcomes.sort_by_key(|outcome| matches!(outcome, RotateOutcome::Replayed));
+    assert_eq!(
+        outcomes,
+        [RotateOutcome::Rotated { user_id }, RotateOutcome::Replayed]
+    );
+    for hash in ["h-a", "h-b"] {
+        assert_eq!(
+            rotate(&*store, session_id, hash, "h-next", NOW).await,
+            RotateOutcome::Invalid,
+            "the double use must leave the session revoked"
+        );
+    }
+}
+
+async fn revoke_session_needs_the_current_hash(store: Arc<dyn Store>) {
+    let user_id = create_user(&*store, "alice").await;
+    let session_id = create_session(&*store, user_id, "h1", NOW + 100).await;
+
+    assert!(
+        !store
+            .revoke_session(session_id, "wrong")
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        !store
+            .revoke_session(Ulid::generate(), "h1")
+            .await
+            .expect("revoke")
+    );
+    // A failed logout leaves the session alone.
+    assert_eq!(
+        rotate(&*store, session_id, "h1", "h2", NOW).await,
+        RotateOutcome::Rotated { user_id }
+    );
+    // The rotated-away hash no longer logs out.
+    assert!(
+        !store
+            .revoke_session(session_id, "h1")
+            .await
+            .expect("revoke")
+    );
+
+    assert!(
+        store
+            .revoke_session(session_id, "h2")
+            .await
+            .expect("revoke")
+    );
+    assert!(
+        !store
+            .revoke_session(session_id, "h2")
+            .await
+            .expect("revoke twice")
+    );
+    assert_eq!(
+        rotate(&*store, session_id, "h2", "h3", NOW).await,
+        RotateOutcome::Invalid
+    );
+}
+
+// --- guilds and members --------------------------------------------------------
+
+async fn create_guild_makes_the_creator_owner(store: Arc<dyn Store>) {
+    let owner = create_user(&*store, "alice").await;
+    let stranger = create_user(&*store, "bob").await;
+    let guild = create_guild(&*store, owner, NOW).await;
+
+    assert_eq!(
+        store.guild(guild.guild_id).await.expect("guild"),
+        Some(guild.clone())
+    );
+    assert_eq!(
+        store.member(guild.guild_id, owner).await.expect("member"),
+        Some(MemberRecord {
+            guild_id: guild.guild_id,
+            user_id: owner,
+            role: MemberRole::Owner,
+            joined_at_unix: NOW,
+        })
+    );
+    assert_eq!(
+        store
+            .member(guild.guild_id, stranger)
+            .await
+            .expect("member"),
+        None
+    );
+    assert_eq!(
+        store.guild(Ulid::generate()).await.expect("unknown guild"),
+        None
+    );
+
+    let again = store.create_guild(guild.clone()).await;
+    assert!(
+        matches!(again, Err(StoreError::Conflict("guild_id"))),
+        "expected Conflict(\"guild_id\"), got {again:?}"
+    );
+}
+
+async fn create_guild_is_atomic(store: Arc<dyn Store>) {
+    // The owner membership cannot be inserted for a user that does not
+    // exist, so the guild row written before it must be rolled back.
+    let guild = guild_record(Ulid::generate(), Ulid::generate(), NOW);
+    let created = store.create_guild(guild.clone()).await;
+    assert!(created.is_err(), "expected an error, got {created:?}");
+    assert_eq!(store.guild(guild.guild_id).await.expect("guild"), None);
+}
+
+async fn guilds_for_user_newest_first_limited_members_only(store: Arc<dyn Store>) {
+    let alice = create_user(&*store, "alice").await;
+    let bob = create_user(&*store, "bob").await;
+    let oldest = create_guild(&*store, alice, NOW + 100).await;
+    // Two guilds created in the same second: the larger id comes first.
+    let tied_low = guild_record(ulid_at(1_000), alice, NOW + 300);
+    let tied_high = guild_record(ulid_at(2_000), alice, NOW + 300);
+    for guild in [&tied_high, &tied_low] {
+        store
+            .create_guild(guild.clone())
+            .await
+            .expect("create guild");
+    }
+    let middle = create_guild(&*store, alice, NOW + 200).await;
+    let bobs = create_guild(&*store, bob, NOW + 400).await;
+
+    let listed = store.guilds_for_user(alice, 10).await.expect("guilds");
+    assert_eq!(
+        listed,
+        vec![
+            tied_high.clone(),
+            tied_low.clone(),
+            middle.clone(),
+            oldest.clone()
+        ]
+    );
+    let limited = store.guilds_for_user(alice, 2).await.expect("guilds");
+    assert_eq!(limited, vec![tied_high.clone(), tied_low]);
+    assert_eq!(
+        store.guilds_for_user(bob, 10).await.expect("guilds"),
+        vec![bobs.clone()]
+    );
+    assert_eq!(
+        store
+            .guilds_for_user(Ulid::generate(), 10)
+            .await
+            .expect("guilds"),
+        vec![]
+    );
+
+    let joined = store
+        .add_member(MemberRecord {
+            guild_id: bobs.guild_id,
+            user_id: alice,
+            role: MemberRole::Member,
+            joined_at_unix: NOW + 500,
+        })
+        .await
+        .expect("add member");
+    assert!(joined);
+    let listed = store.guilds_for_user(alice, 2).await.expect("guilds");
+    assert_eq!(listed, vec![bobs, tied_high]);
+}
+
+async fn add_member_is_idempotent(store: Arc<dyn Store>) {
+    let owner = create_user(&*store, "alice").await;
+    let joiner = create_user(&*store, "bob").await;
+    let guild = create_guild(&*store, owner, NOW).await;
+    let membership = MemberRecord {
+        guild_id: guild.guild_id,
+        user_id: joiner,
+        role: MemberRole::Member,
+        joined_at_unix: NOW + 10,
+    };
+
+    assert!(store.add_member(membership.clone()).await.expect("add"));
+    assert_eq!(
+        store.member(guild.guild_id, joiner).await.expect("member"),
+        Some(membership.clone())
+    );
+
+    // A second add changes nothing, not even the role or the join time.
+    let again = MemberRecord {
+        role: MemberRole::Moderator,
+        joined_at_unix: NOW + 20,
+        ..membership.clone()
+    };
+    assert!(!store.add_member(again).await.expect("add again"));
+    assert_eq!(
+        store.member(guild.guild_id, joiner).await.expect("member"),
+        Some(membership)
+    );
+    let owner_again = MemberRecord {
+        guild_id: guild.guild_id,
+        user_id: owner,
+        role: MemberRole::Member,
+        joined_at_unix: NOW + 30,
+    };
+    assert!(!store.add_member(owner_again).await.expect("add owner"));
+    let owner_membership = store.member(guild.guild_id, owner).await.expect("member");
+    assert_eq!(
+        owner_membership.map(|member| member.role),
+        Some(MemberRole::Owner)
+    );
+}
+
+async fn count_guilds_created_by(store: Arc<dyn Store>) {
+    let alice = create_user(&*store, "alice").await;
+    let bob = create_user(&*store, "bob").await;
+    assert_eq!(
+        store.count_guilds_created_by(alice).await.expect("count"),
+        0
+    );
+
+    create_guild(&*store, alice, NOW).await;
+    create_guild(&*store, alice, NOW + 1).await;
+    let bobs = create_guild(&*store, bob, NOW + 2).await;
+    // Membership is not creation.
+    store
+        .add_member(MemberRecord {
+            guild_id: bobs.guild_id,
+            user_id: alice,
+            role: MemberRole::Member,
+            joined_at_unix: NOW + 3,
+        })
+        .await
+        .expect("add member");
+
+    assert_eq!(
+        store.count_guilds_created_by(alice).await.expect("count"),
+        2
+    );
+    assert_eq!(store.count_guilds_created_by(bob).await.expect("count"), 1);
+    assert_eq!(
+        store
+            .count_guilds_created_by(Ulid::generate())
+            .await
+            .expect("count"),
+        0
+    );
+}
+
+// --- channels ------------------------------------------------------------------
+
+async fn channels_in_creation_order(store: Arc<dyn Store>) {
+    let owner = create_user(&*store, "alice").await;
+    let guild = create_guild(&*store, owner, NOW).await;
+    let other_guild = create_guild(&*store, owner, NOW).await;
+
+    // Inserted out of order; two share a second and are ordered by id.
+    let late_high = create_channel(&*store, ulid_at(3_000), guild.guild_id, NOW + 20).await;
+    let early = create_channel(&*store, ulid_at(9_000), guild.guild_id, NOW + 10).await;
+    let late_low = create_channel(&*store, ulid_at(2_000), guild.guild_id, NOW + 20).await;
+    let elsewhere = create_channel(&*store, ulid_at(1_000), other_guild.guild_id, NOW).await;
+
+    let listed = store.channels(guild.guild_id, 10).await.expect("channels");
+    assert_eq!(listed, vec![early.clone(), late_low.clone(), late_high]);
+    let limited = store.channels(guild.guild_id, 2).await.expect("channels");
+    assert_eq!(limited, vec![early.clone(), late_low]);
+
+    assert_eq!(
+        store
+            .channel(guild.guild_id, early.channel_id)
+            .await
+            .expect("channel"),
+        Some(early.clone())
+    );
+    // A channel is only found through its own guild.
+    assert_eq!(
+        store
+            .channel(other_guild.guild_id, early.channel_id)
+            .await
+            .expect("channel"),
+        None
+    );
+    assert_eq!(
+        store
+            .channels(other_guild.guild_id, 10)
+            .await
+            .expect("channels"),
+        vec![elsewhere]
+    );
+
+    let duplicate = store.create_channel(early).await;
+    assert!(
+        matches!(duplicate, Err(StoreError::Conflict("channel_id"))),
+        "expected Conflict(\"channel_id\"), got {duplicate:?}"
+    );
+}
+
+// --- messages ------------------------------------------------------------------
+
+async fn messages_paginate_newest_first(store: Arc<dyn Store>) {
+    let author = create_user(&*store, "alice").await;
+    let guild = create_guild(&*store, author, NOW).await;
+    let channel = create_channel(&*store, Ulid::generate(), guild.guild_id, NOW).await;
+    let other_channel = create_channel(&*store, Ulid::generate(), guild.guild_id, NOW).await;
+
+    let message = |message_id: Ulid, channel_id: Ulid| MessageRecord {
+        message_id,
+        guild_id: guild.guild_id,
+        channel_id,
+        author_id: author,
+        content: format!("message {message_id}"),
+        created_at_unix: NOW,
+    };
+    // Five messages, inserted out of order, interleaved with two in another
+    // channel that must never show up.
+    let ours: Vec<MessageRecord> = (0..5)
+        .map(|i| message(ulid_at(10_000 + i * 10), channel.channel_id))
+        .collect();
+    let theirs = [
+        message(ulid_at(10_015), other_channel.channel_id),
+        message(ulid_at(10_055), other_channel.channel_id),
+    ];
+    for record in [
+        &ours[3], &theirs[0], &ours[0], &ours[4], &theirs[1], &ours[1], &ours[2],
+    ] {
+        store
+            .create_message(record.clone())
+            .await
+            .expect("create message");
+    }
+    let page = |before: Option<Ulid>, limit: u32| {
+        let store = store.clone();
+        async move {
+            store
+                .messages(guild.guild_id, channel.channel_id, before, limit)
+                .await
+                .expect("messages")
+        }
+    };
+
+    let first = page(None, 2).await;
+    assert_eq!(first, vec![ours[4].clone(), ours[3].clone()]);
+    let second = page(Some(ours[3].message_id), 2).await;
+    assert_eq!(second, vec![ours[2].clone(), ours[1].clone()]);
+    let third = page(Some(ours[1].message_id), 2).await;
+    assert_eq!(third, vec![ours[0].clone()]);
+    assert_eq!(page(Some(ours[0].message_id), 2).await, vec![]);
+
+    let everything = page(None, 100).await;
+    let newest_first: Vec<MessageRecord> = ours.iter().rev().cloned().collect();
+    assert_eq!(everything, newest_first);
+    // `before` need not be a message of this channel: it is only a bound.
+    let before_theirs = page(Some(theirs[1].message_id), 100).await;
+    assert_eq!(before_theirs, newest_first);
+
+    let other = store
+        .messages(guild.guild_id, other_channel.channel_id, None, 100)
+        .await
+        .expect("messages");
+    assert_eq!(other, vec![theirs[1].clone(), theirs[0].clone()]);
+    let wrong_guild = store
+        .messages(Ulid::generate(), channel.channel_id, None, 100)
+        .await
+        .expect("messages");
+    assert_eq!(wrong_guild, vec![]);
+}
+
+// --- connect -------------------------------------------------------------------
+
+#[tokio::test]
+async fn connect_rejects_an_unknown_scheme_without_echoing_the_url() {
+    let error = match super::connect("mysql://admin:secret@db/filament").await {
+        Ok(_) => panic!("a mysql url must be rejected"),
+        Err(error) => error,
+    };
+    assert!(
+        matches!(&error, StoreError::UnsupportedUrl { scheme } if scheme == "mysql"),
+        "got {error:?}"
+    );
+    assert!(!error.to_string().contains("secret"), "{error}");
+}
+
+#[tokio::test]
+async fn connect_opens_sqlite_urls() {
+    let store = super::connect("sqlite::memory:")
+        .await
+        .expect("connect sqlite");
+    let user_id = create_user(&*store, "alice").await;
+    let found = store.user_by_id(user_id).await.expect("user by id");
+    assert_eq!(found.map(|user| user.username), Some("alice".to_owned()));
+}
+
+// --- SQLite on a file ------------------------------------------------------------
+
+/// The conformance cases use one pinned in-memory connection; this one runs
+/// the racy path across real connections to a WAL file, where the loser must
+/// wait on the busy timeout rather than fail with "database is locked".
+#[tokio::test]
+async fn sqlite_file_rotates_once_across_connections_and_reopens() {
+    let path = std::env::temp_dir().join(format!("filament-store-{}.db", Ulid::generate()));
+    let url = format!("sqlite://{}", path.display());
+    let store = SqliteStore::connect(&url)
+        .await
+        .expect("create the database file");
+    let user_id = create_user(&store, "alice").await;
+    let session_id = create_session(&store, user_id, "h1", NOW + 100).await;
+    open_two_connections(&store, user_id).await;
+
+    let (first, second) = tokio::join!(
+        rotate(&store, session_id, "h1", "h-a", NOW),
+        rotate(&store, session_id, "h1", "h-b", NOW),
+    );
+    let mut outcomes = [first, second];
+    outcomes.sort_by_key(|outcome| matches!(outcome, RotateOutcome::Replayed));
+    assert_eq!(
+        outcomes,
+        [RotateOutcome::Rotated { user_id }, RotateOutcome::Replayed]
+    );
+    let wal = path.with_extension("db-wal");
+    assert!(wal.exists(), "expected WAL journal {}", wal.display());
+    store.close().await;
+
+    // Reopening finds the data and the migrations already applied.
+    let reopened = SqliteStore::connect(&url)
+        .await
+        .expect("reopen the database file");
+    let found = reopened.user_by_id(user_id).await.expect("user by id");
+    assert_eq!(found.map(|user| user.username), Some("alice".to_owned()));
+    reopened.close().await;
+
+    for suffix in ["db", "db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(path.with_extension(suffix));
+    }
+}

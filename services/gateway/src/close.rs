@@ -1,0 +1,111 @@
+//! Why the gateway closes a socket: one enum, with the websocket close code
+//! and reason that clients see. docs/GATEWAY_EVENTS.md lists the same table.
+
+/// A reason to close a socket, as a close code and a short reason string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The server is shutting down; reconnect elsewhere.
+    ServerShutdown,
+    /// The client did not read its frames fast enough.
+    SlowConsumer,
+    /// An inbound frame exceeded the size cap.
+    FrameTooLarge,
+    /// A binary frame; the protocol is JSON text.
+    BinaryFrame,
+    /// Not a `{v,t,d}` envelope: bad JSON, a bad `t`, or extra keys.
+    InvalidEnvelope,
+    /// A `v` other than 1.
+    UnsupportedVersion,
+    /// A `t` the gateway does not accept from clients.
+    UnknownEvent,
+    /// A known `t` with a `d` that does not decode.
+    InvalidPayload,
+    /// Too many frames in the ingress window.
+    RateLimited,
+    /// The access token expired; reconnect with a fresh one.
+    TokenExpired,
+    /// Nothing received for longer than the idle timeout.
+    IdleTimeout,
+    /// The gateway may have missed events for this socket; reconnect to
+    /// resynchronise.
+    Resync,
+    /// The membership behind this socket was revoked.
+    AccessRevoked,
+    /// An upstream service could not answer.
+    UpstreamUnavailable,
+}
+
+impl CloseReason {
+    pub const ALL: [Self; 14] = [
+        Self::ServerShutdown,
+        Self::SlowConsumer,
+        Self::FrameTooLarge,
+        Self::BinaryFrame,
+        Self::InvalidEnvelope,
+        Self::UnsupportedVersion,
+        Self::UnknownEvent,
+        Self::InvalidPayload,
+        Self::RateLimited,
+        Self::TokenExpired,
+        Self::IdleTimeout,
+        Self::Resync,
+        Self::AccessRevoked,
+        Self::UpstreamUnavailable,
+    ];
+
+    pub fn code(self) -> u16 {
+        match self {
+            Self::ServerShutdown => 1001,
+            Self::BinaryFrame => 1003,
+            Self::SlowConsumer => 1008,
+            Self::FrameTooLarge => 1009,
+            Self::UpstreamUnavailable => 1011,
+            Self::InvalidEnvelope => 4001,
+            Self::UnknownEvent => 4002,
+            Self::InvalidPayload => 4003,
+            Self::UnsupportedVersion => 4004,
+            Self::RateLimited => 4008,
+            Self::IdleTimeout => 4009,
+            Self::TokenExpired => 4010,
+            Self::Resync => 4011,
+            Self::AccessRevoked => 4012,
+        }
+    }
+
+    /// The close reason string; also the metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ServerShutdown => "server_shutdown",
+            Self::SlowConsumer => "slow_consumer",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::BinaryFrame => "binary_frame",
+            Self::InvalidEnvelope => "invalid_envelope",
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::UnknownEvent => "unknown_event",
+            Self::InvalidPayload => "invalid_payload",
+            Self::RateLimited => "rate_limited",
+            Self::TokenExpired => "token_expired",
+            Self::IdleTimeout => "idle_timeout",
+            Self::Resync => "resync",
+            Self::AccessRevoked => "access_revoked",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_reasons_are_unique() {
+        let mut codes: Vec<_> = CloseReason::ALL.iter().map(|r| r.code()).collect();
+        let mut names: Vec<_> = CloseReason::ALL.iter().map(|r| r.as_str()).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(codes.len(), CloseReason::ALL.len());
+        assert_eq!(names.len(), CloseReason::ALL.len());
+    }
+}

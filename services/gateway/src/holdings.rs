@@ -1,0 +1,98 @@
+//! Keeps the registry in step with the local indexes: this gateway is listed
+//! for a guild (or user) while it has a socket there.
+//!
+//! A guild is registered before the socket's `subscribed` is sent, so every
+//! event published after that reaches this gateway. Releases happen lazily,
+//! in the periodic sweep; one async mutex orders registrations against the
+//! sweep, so a sweep can never release a guild that a concurrent subscribe
+//! just relied on.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use filament_registry::{GatewayId, Registry, RegistryResult};
+use tokio::sync::Mutex;
+
+use crate::ids::{GuildId, UserId};
+use crate::index::Index;
+
+#[derive(Default)]
+struct Held {
+    guilds: HashSet<GuildId>,
+    users: HashSet<UserId>,
+}
+
+pub(crate) struct Holdings {
+    gateway: GatewayId,
+    registry: Arc<dyn Registry>,
+    held: Mutex<Held>,
+}
+
+impl Holdings {
+    pub(crate) fn new(gateway: GatewayId, registry: Arc<dyn Registry>) -> Self {
+        Self {
+            gateway,
+            registry,
+            held: Mutex::new(Held::default()),
+        }
+    }
+
+    pub(crate) fn gateway(&self) -> &GatewayId {
+        &self.gateway
+    }
+
+    pub(crate) async fn hold_guild(&self, guild: GuildId) -> RegistryResult<()> {
+        let mut held = self.held.lock().await;
+        if !held.guilds.contains(&guild) {
+            self.registry
+                .hold_guilds(&self.gateway, &[guild.to_string()])
+                .await?;
+            held.guilds.insert(guild);
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn hold_user(&self, user: UserId) -> RegistryResult<()> {
+        let mut held = self.held.lock().await;
+        if !held.users.contains(&user) {
+            self.registry
+                .hold_users(&self.gateway, &[user.to_string()])
+                .await?;
+            held.users.insert(user);
+        }
+        Ok(())
+    }
+
+    /// Heartbeats, and releases what no local socket needs any more.
+    pub(crate) async fn sweep(&self, index: &Index) -> RegistryResult<()> {
+        let mut held = self.held.lock().await;
+        self.registry.heartbeat(&self.gateway).await?;
+        let (live_guilds, live_users) = index.holdings();
+        let stale_guilds: Vec<_> = held.guilds.difference(&live_guilds).copied().collect();
+        let stale_users: Vec<_> = held.users.difference(&live_users).copied().collect();
+        if !stale_guilds.is_empty() {
+            let ids: Vec<_> = stale_guilds.iter().map(ToString::to_string).collect();
+            self.registry.release_guilds(&self.gateway, &ids).await?;
+            for guild in &stale_guilds {
+                held.guilds.remove(guild);
+            }
+        }
+        if !stale_users.is_empty() {
+            let ids: Vec<_> = stale_users.iter().map(ToString::to_string).collect();
+            self.registry.release_users(&self.gateway, &ids).await?;
+            for user in &stale_users {
+                held.users.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves the registry (graceful shutdown).
+    pub(crate) async fn deregister(&self) -> RegistryResult<()> {
+        let mut held = self.held.lock().await;
+        self.registry.deregister(&self.gateway).await?;
+        held.guilds.clear();
+        held.users.clear();
+        Ok(())
+    }
+}

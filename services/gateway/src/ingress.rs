@@ -1,0 +1,172 @@
+//! Typed ingress: a client frame becomes a [`Command`] or an
+//! [`IngressError`], never anything in between.
+//!
+//! The envelope and every payload are DTOs with `deny_unknown_fields`;
+//! each payload converts into its domain command with `TryFrom`, which is
+//! where ids are validated. Decoding is table-driven: one row per event type
+//! a client may send.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::close::CloseReason;
+use crate::ids::{ChannelId, GuildId};
+
+/// Something a client asked for, fully validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Command {
+    Subscribe { guild: GuildId, channel: ChannelId },
+}
+
+/// Why a frame was rejected. Each maps to one close reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum IngressError {
+    #[error("not a valid {{v,t,d}} envelope")]
+    InvalidEnvelope,
+    #[error("unsupported protocol version")]
+    UnsupportedVersion,
+    #[error("unknown event type")]
+    UnknownEvent,
+    #[error("invalid payload")]
+    InvalidPayload,
+}
+
+impl IngressError {
+    pub(crate) fn close_reason(self) -> CloseReason {
+        match self {
+            Self::InvalidEnvelope => CloseReason::InvalidEnvelope,
+            Self::UnsupportedVersion => CloseReason::UnsupportedVersion,
+            Self::UnknownEvent => CloseReason::UnknownEvent,
+            Self::InvalidPayload => CloseReason::InvalidPayload,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvelopeDto<'a> {
+    v: u64,
+    #[serde(borrow)]
+    t: &'a str,
+    #[serde(borrow)]
+    d: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeDto<'a> {
+    guild_id: &'a str,
+    channel_id: &'a str,
+}
+
+impl TryFrom<SubscribeDto<'_>> for Command {
+    type Error = IngressError;
+
+    fn try_from(dto: SubscribeDto<'_>) -> Result<Self, Self::Error> {
+        Ok(Self::Subscribe {
+            guild: dto.guild_id.parse().map_err(|_| IngressError::InvalidPayload)?,
+            channel: dto.channel_id.parse().map_err(|_| IngressError::InvalidPayload)?,
+        })
+    }
+}
+
+type Decoder = fn(&RawValue) -> Result<Command, IngressError>;
+
+/// The event types clients may send, and how to decode each.
+const DECODERS: &[(&str, Decoder)] = &[("subscribe", |d| decode_payload::<SubscribeDto<'_>>(d))];
+
+/// Decodes one text frame.
+pub(crate) fn decode(text: &str) -> Result<Command, IngressError> {
+    let envelope: EnvelopeDto<'_> =
+        serde_json::from_str(text).map_err(|_| IngressError::InvalidEnvelope)?;
+    if !is_valid_event_type(envelope.t) {
+        return Err(IngressError::InvalidEnvelope);
+    }
+    if envelope.v != u64::from(filament_wire::PROTOCOL_VERSION) {
+        return Err(IngressError::UnsupportedVersion);
+    }
+    let (_, decoder) = DECODERS
+        .iter()
+        .find(|(name, _)| *name == envelope.t)
+        .ok_or(IngressError::UnknownEvent)?;
+    decoder(envelope.d)
+}
+
+fn decode_payload<'a, T>(raw: &'a RawValue) -> Result<Command, IngressError>
+where
+    T: Deserialize<'a>,
+    Command: TryFrom<T, Error = IngressError>,
+{
+    let dto: T = serde_json::from_str(raw.get()).map_err(|_| IngressError::InvalidPayload)?;
+    Command::try_from(dto)
+}
+
+/// `t` must match `[a-z0-9_.]{1,64}`.
+pub(crate) fn is_valid_event_type(t: &str) -> bool {
+    (1..=64).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: &str = "01HZ0000000000000000000000";
+    const C: &str = "01HZ0000000000000000000001";
+
+    fn subscribe() -> String {
+        format!(r#"{{"v":1,"t":"subscribe","d":{{"guild_id":"{G}","channel_id":"{C}"}}}}"#)
+    }
+
+    #[test]
+    fn decodes_a_subscribe() {
+        let command = decode(&subscribe()).unwrap();
+        assert_eq!(
+            command,
+            Command::Subscribe {
+                guild: G.parse().unwrap(),
+                channel: C.parse().unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_frame_with_its_reason() {
+        use IngressError::*;
+        let cases: &[(&str, IngressError)] = &[
+            ("", InvalidEnvelope),
+            ("not json", InvalidEnvelope),
+            ("[]", InvalidEnvelope),
+            (r#"{"v":1,"t":"subscribe"}"#, InvalidEnvelope),
+            (r#"{"v":1,"t":"subscribe","d":{},"x":1}"#, InvalidEnvelope),
+            (r#"{"v":"1","t":"subscribe","d":{}}"#, InvalidEnvelope),
+            (r#"{"v":1,"t":"Subscribe","d":{}}"#, InvalidEnvelope),
+            (r#"{"v":1,"t":"","d":{}}"#, InvalidEnvelope),
+            (r#"{"v":1e999,"t":"subscribe","d":{}}"#, InvalidEnvelope),
+            (r#"{"v":2,"t":"subscribe","d":{}}"#, UnsupportedVersion),
+            (r#"{"v":1,"t":"explode","d":{}}"#, UnknownEvent),
+            (r#"{"v":1,"t":"subscribe","d":{}}"#, InvalidPayload),
+            (r#"{"v":1,"t":"subscribe","d":[]}"#, InvalidPayload),
+            (
+                r#"{"v":1,"t":"subscribe","d":{"guild_id":"x","channel_id":"y"}}"#,
+                InvalidPayload,
+            ),
+        ];
+        for (frame, expected) in cases {
+            assert_eq!(decode(frame), Err(*expected), "frame: {frame}");
+        }
+        let extra = subscribe().replace(r#""}}"#, r#"","extra":true}}"#);
+        assert_eq!(decode(&extra), Err(InvalidPayload));
+        let lower = subscribe().replace(G, &G.to_lowercase());
+        assert_eq!(decode(&lower), Err(InvalidPayload));
+    }
+
+    #[test]
+    fn event_type_pattern() {
+        assert!(is_valid_event_type("message_create"));
+        assert!(is_valid_event_type("a.b_9"));
+        assert!(!is_valid_event_type(&"a".repeat(65)));
+        assert!(!is_valid_event_type("a-b"));
+    }
+}

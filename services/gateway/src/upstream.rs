@@ -1,0 +1,130 @@
+//! Following the event streams of the domain services.
+//!
+//! One task per service URL keeps a `filament.v1.EventStream/Open` stream
+//! open, reconnecting with backoff. Events are applied in sequence order and
+//! acknowledged when the service asked for it. Any sign of a lost event — a
+//! sequence gap, a stream that broke instead of ending cleanly, or a
+//! `Welcome` that reports missed events — makes the gateway resynchronise:
+//! it closes every socket so clients reconnect and refetch, rather than
+//! leaving them silently stale.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use filament_proto::v1::event_stream_client::EventStreamClient;
+use filament_proto::v1::{Ack, GatewayMessage, Hello, gateway_message, service_message};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use crate::Shared;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How a stream ended.
+enum StreamEnd {
+    /// The service drained and closed it: nothing was lost.
+    Clean,
+    /// It broke, or showed a gap: events may have been lost.
+    Lossy(String),
+}
+
+/// Follows the stream at `url` until `shutdown`. `slot` is this stream's
+/// index in the gateway's readiness table.
+pub(crate) async fn follow(shared: Arc<Shared>, url: String, slot: usize, shutdown: CancellationToken) {
+    let mut backoff = MIN_BACKOFF;
+    while !shutdown.is_cancelled() {
+        let end = tokio::select! {
+            end = run_stream(&shared, &url, slot) => end,
+            () = shutdown.cancelled() => break,
+        };
+        shared.set_upstream_ready(slot, false);
+        match end {
+            Ok(StreamEnd::Clean) => {
+                tracing::info!(%url, "event stream ended cleanly; reconnecting");
+                backoff = MIN_BACKOFF;
+            }
+            Ok(StreamEnd::Lossy(why)) => {
+                tracing::warn!(%url, %why, "event stream lost events; resynchronising sockets");
+                shared.resync();
+                backoff = MIN_BACKOFF;
+            }
+            Err(err) => {
+                tracing::debug!(%url, %err, "cannot open event stream");
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => break,
+        }
+    }
+}
+
+async fn run_stream(shared: &Shared, url: &str, slot: usize) -> anyhow::Result<StreamEnd> {
+    let channel = Endpoint::from_shared(url.to_owned())?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(GatewayMessage {
+        kind: Some(gateway_message::Kind::Hello(Hello {
+            gateway_id: shared.holdings.gateway().to_string(),
+        })),
+    })
+    .await?;
+    let mut inbound = EventStreamClient::new(channel)
+        .max_decoding_message_size(4 * 1024 * 1024)
+        .open(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+
+    let welcome = match inbound.message().await?.and_then(|m| m.kind) {
+        Some(service_message::Kind::Welcome(welcome)) => welcome,
+        _ => anyhow::bail!("the first message was not a welcome"),
+    };
+    tracing::info!(
+        %url,
+        service = %welcome.service,
+        instance = %welcome.instance_id,
+        missed = welcome.missed_events,
+        "event stream open"
+    );
+    if welcome.missed_events > 0 {
+        shared.resync();
+    }
+    shared.set_upstream_ready(slot, true);
+
+    let mut expected_seq = 1;
+    loop {
+        let message = match inbound.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => return Ok(StreamEnd::Clean),
+            Err(status) => return Ok(StreamEnd::Lossy(status.to_string())),
+        };
+        let Some(service_message::Kind::Event(streamed)) = message.kind else {
+            return Ok(StreamEnd::Lossy("unexpected message kind".into()));
+        };
+        if streamed.seq != expected_seq {
+            return Ok(StreamEnd::Lossy(format!(
+                "expected seq {expected_seq}, got {}",
+                streamed.seq
+            )));
+        }
+        expected_seq += 1;
+        if let Some(event) = streamed.event {
+            shared.dispatch(event).await;
+        }
+        if streamed.ack_requested {
+            let ack = GatewayMessage {
+                kind: Some(gateway_message::Kind::Ack(Ack { seq: streamed.seq })),
+            };
+            if tx.send(ack).await.is_err() {
+                return Ok(StreamEnd::Lossy("ack channel closed".into()));
+            }
+        }
+    }
+}
