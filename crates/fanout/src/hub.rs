@@ -206,7 +206,9 @@ impl Fanout {
             Some(audience::Target::Channel(channel)) => {
                 registry.gateways_for_guild(&channel.guild_id).await
             }
-            Some(audience::Target::Guild(guild)) => registry.gateways_for_guild(&guild.guild_id).await,
+            Some(audience::Target::Guild(guild)) => {
+                registry.gateways_for_guild(&guild.guild_id).await
+            }
             Some(audience::Target::Users(users)) => {
                 registry
                     .gateways_for_audience(&users.user_ids, &users.guild_ids)
@@ -222,7 +224,11 @@ impl Fanout {
     /// Registers a new stream for `gateway`, replacing (and ending) an older
     /// one. Returns the stream and the missed count to report in `Welcome`,
     /// or `None` when the fanout is closed.
-    pub(crate) fn attach(&self, gateway: GatewayId, tx: Outbound) -> Option<(Arc<GatewayStream>, u64)> {
+    pub(crate) fn attach(
+        &self,
+        gateway: GatewayId,
+        tx: Outbound,
+    ) -> Option<(Arc<GatewayStream>, u64)> {
         let generation = self.inner.next_generation.fetch_add(1, Ordering::Relaxed);
         let stream = Arc::new(GatewayStream {
             generation,
@@ -264,7 +270,12 @@ impl Fanout {
 
     fn record_missed(&self, gateway: &GatewayId, missed: u64) {
         let mut state = self.lock();
-        Self::add_missed(&mut state, gateway, missed, self.inner.config.max_tracked_gateways);
+        Self::add_missed(
+            &mut state,
+            gateway,
+            missed,
+            self.inner.config.max_tracked_gateways,
+        );
     }
 
     fn add_missed(state: &mut State, gateway: &GatewayId, missed: u64, cap: usize) {
@@ -281,7 +292,10 @@ impl Fanout {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

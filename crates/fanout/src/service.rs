@@ -5,7 +5,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use filament_proto::v1::event_stream_server::{EventStream, EventStreamServer};
-use filament_proto::v1::{GatewayMessage, ServiceMessage, Welcome, gateway_message, service_message};
+use filament_proto::v1::{
+    GatewayMessage, ServiceMessage, Welcome, gateway_message, service_message,
+};
 use filament_registry::GatewayId;
 use futures_util::Stream;
 use tokio::sync::mpsc;

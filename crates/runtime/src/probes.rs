@@ -35,8 +35,7 @@ where
 /// whole, the empty name) as serving.
 pub async fn grpc_health(
     service_name: &str,
-) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>
-{
+) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health> {
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter
         .set_service_status(service_name, tonic_health::ServingStatus::Serving)

@@ -22,7 +22,9 @@ async fn main() -> anyhow::Result<()> {
         Some(secret) if secret.len() >= 32 => secret.as_bytes().to_vec(),
         Some(_) => anyhow::bail!("FILAMENT_TOKEN_SECRET must be at least 32 bytes"),
         None => {
-            tracing::warn!("FILAMENT_TOKEN_SECRET unset: using a random key; sessions end at restart");
+            tracing::warn!(
+                "FILAMENT_TOKEN_SECRET unset: using a random key; sessions end at restart"
+            );
             ulid::Ulid::generate()
                 .to_string()
                 .into_bytes()
@@ -43,7 +45,10 @@ async fn main() -> anyhow::Result<()> {
     let stack = Stack::start(config).await?;
     println!();
     println!("Filament is running.");
-    println!("  web clients: http://{}  (REST under /api, websocket at /gateway/ws)", stack.public_addr);
+    println!(
+        "  web clients: http://{}  (REST under /api, websocket at /gateway/ws)",
+        stack.public_addr
+    );
     println!("  api REST:    http://{}", stack.api_http_addr);
     println!("  api gRPC:    http://{}", stack.api_grpc_addr);
     for addr in &stack.gateway_addrs {

@@ -7,27 +7,48 @@ use support::{Backends, PASSWORD, TestStack};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_failures_are_documented_and_write_nothing() {
-    let t = TestStack::start(Backends::Embedded, 1).await.expect("embedded");
+    let t = TestStack::start(Backends::Embedded, 1)
+        .await
+        .expect("embedded");
     let a = t.user("alice").await;
 
     // A wrong password.
     let (status, body) = t
-        .post("/auth/login", None, json!({"username": a.username, "password": "wrong password!!"}))
+        .post(
+            "/auth/login",
+            None,
+            json!({"username": a.username, "password": "wrong password!!"}),
+        )
         .await;
-    assert_eq!((status, body), (401, json!({"error": "invalid_credentials"})));
+    assert_eq!(
+        (status, body),
+        (401, json!({"error": "invalid_credentials"}))
+    );
 
     // A duplicate username: accepted (existence is not disclosed) but
     // nothing is written: the old password still works, the new one not.
     let (status, body) = t
-        .post("/auth/register", None, json!({"username": a.username, "password": "another password"}))
+        .post(
+            "/auth/register",
+            None,
+            json!({"username": a.username, "password": "another password"}),
+        )
         .await;
     assert_eq!((status, body), (200, json!({"accepted": true})));
     let (status, _) = t
-        .post("/auth/login", None, json!({"username": a.username, "password": "another password"}))
+        .post(
+            "/auth/login",
+            None,
+            json!({"username": a.username, "password": "another password"}),
+        )
         .await;
     assert_eq!(status, 401);
     let (status, _) = t
-        .post("/auth/login", None, json!({"username": a.username, "password": PASSWORD}))
+        .post(
+            "/auth/login",
+            None,
+            json!({"username": a.username, "password": PASSWORD}),
+        )
         .await;
     assert_eq!(status, 200);
 
@@ -38,38 +59,64 @@ async fn auth_failures_are_documented_and_write_nothing() {
         json!({"username": "fine_name", "password": "short"}),
     ] {
         let (status, body) = t.post("/auth/register", None, bad.clone()).await;
-        assert_eq!((status, body), (400, json!({"error": "invalid_request"})), "{bad}");
+        assert_eq!(
+            (status, body),
+            (400, json!({"error": "invalid_request"})),
+            "{bad}"
+        );
     }
 
     // A missing token, a malformed one, and an expired one.
     let (status, body) = t.get("/auth/me", None).await;
-    assert_eq!((status, body), (401, json!({"error": "invalid_credentials"})));
-    let (status, _) = t.get("/auth/me", Some("not-a-token-but-long-enough-to-check")).await;
+    assert_eq!(
+        (status, body),
+        (401, json!({"error": "invalid_credentials"}))
+    );
+    let (status, _) = t
+        .get("/auth/me", Some("not-a-token-but-long-enough-to-check"))
+        .await;
     assert_eq!(status, 401);
     let expired = expired_token(&a.id);
     let (status, body) = t.get("/auth/me", Some(&expired)).await;
-    assert_eq!((status, body), (401, json!({"error": "invalid_credentials"})));
+    assert_eq!(
+        (status, body),
+        (401, json!({"error": "invalid_credentials"}))
+    );
 
     t.stack.stop().await.expect("clean shutdown");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_tokens_rotate_and_a_replay_revokes_the_session() {
-    let t = TestStack::start(Backends::Embedded, 1).await.expect("embedded");
+    let t = TestStack::start(Backends::Embedded, 1)
+        .await
+        .expect("embedded");
     let a = t.user("alice").await;
     let (status, first) = t
-        .post("/auth/refresh", None, json!({"refresh_token": a.refresh_token}))
+        .post(
+            "/auth/refresh",
+            None,
+            json!({"refresh_token": a.refresh_token}),
+        )
         .await;
     assert_eq!(status, 200);
     assert_ne!(first["refresh_token"], a.refresh_token.as_str());
     // Replaying the rotated token fails and revokes the whole session...
     let (status, _) = t
-        .post("/auth/refresh", None, json!({"refresh_token": a.refresh_token}))
+        .post(
+            "/auth/refresh",
+            None,
+            json!({"refresh_token": a.refresh_token}),
+        )
         .await;
     assert_eq!(status, 401);
     // ...so even the newest token no longer works.
     let (status, _) = t
-        .post("/auth/refresh", None, json!({"refresh_token": first["refresh_token"]}))
+        .post(
+            "/auth/refresh",
+            None,
+            json!({"refresh_token": first["refresh_token"]}),
+        )
         .await;
     assert_eq!(status, 401);
     t.stack.stop().await.expect("clean shutdown");
@@ -77,23 +124,45 @@ async fn refresh_tokens_rotate_and_a_replay_revokes_the_session() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_bodies_are_rejected_and_write_nothing() {
-    let t = TestStack::start(Backends::Embedded, 1).await.expect("embedded");
+    let t = TestStack::start(Backends::Embedded, 1)
+        .await
+        .expect("embedded");
     let a = t.user("alice").await;
     let (guild, channel) = t.guild_with_channel(&a, "private").await;
     let messages = format!("/guilds/{guild}/channels/{channel}/messages");
 
     // Content of 2001 bytes.
     let (status, body) = t
-        .post(&messages, Some(&a.token), json!({"content": "x".repeat(2001)}))
+        .post(
+            &messages,
+            Some(&a.token),
+            json!({"content": "x".repeat(2001)}),
+        )
+        .await;
+    assert_eq!((status, body), (400, json!({"error": "invalid_request"})));
+    // Legal content whose event would not fit in a 64 KiB gateway frame
+    // (2000 bytes of nested list markers make ~4000 markdown tokens).
+    let (status, body) = t
+        .post(
+            &messages,
+            Some(&a.token),
+            json!({"content": format!("{}x", "- ".repeat(999))}),
+        )
         .await;
     assert_eq!((status, body), (400, json!({"error": "invalid_request"})));
     // An unknown JSON field.
     let (status, body) = t
-        .post(&messages, Some(&a.token), json!({"content": "hi", "pinned": true}))
+        .post(
+            &messages,
+            Some(&a.token),
+            json!({"content": "hi", "pinned": true}),
+        )
         .await;
     assert_eq!((status, body), (422, json!({"error": "invalid_request"})));
     // A wrong type.
-    let (status, _) = t.post(&messages, Some(&a.token), json!({"content": 7})).await;
+    let (status, _) = t
+        .post(&messages, Some(&a.token), json!({"content": 7}))
+        .await;
     assert_eq!(status, 422);
     // Malformed JSON.
     let (status, body) = t.post_raw(&messages, Some(&a.token), "{\"content\":").await;
@@ -105,7 +174,11 @@ async fn bad_bodies_are_rejected_and_write_nothing() {
 
     // An unknown field on guild creation writes no guild.
     let (status, _) = t
-        .post("/guilds", Some(&a.token), json!({"name": "G2", "owner": "me"}))
+        .post(
+            "/guilds",
+            Some(&a.token),
+            json!({"name": "G2", "owner": "me"}),
+        )
         .await;
     assert_eq!(status, 422);
     let (_, guilds) = t.get("/guilds", Some(&a.token)).await;
@@ -113,7 +186,9 @@ async fn bad_bodies_are_rejected_and_write_nothing() {
 
     // A non-member can neither read nor write the channel.
     let b = t.user("bob").await;
-    let (status, body) = t.post(&messages, Some(&b.token), json!({"content": "hi"})).await;
+    let (status, body) = t
+        .post(&messages, Some(&b.token), json!({"content": "hi"}))
+        .await;
     assert_eq!((status, body), (403, json!({"error": "forbidden"})));
     let (status, _) = t.get(&messages, Some(&b.token)).await;
     assert_eq!(status, 403);
@@ -122,7 +197,9 @@ async fn bad_bodies_are_rejected_and_write_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_refuses_missing_forged_and_expired_tokens_before_upgrading() {
-    let t = TestStack::start(Backends::Embedded, 1).await.expect("embedded");
+    let t = TestStack::start(Backends::Embedded, 1)
+        .await
+        .expect("embedded");
     let a = t.user("alice").await;
     let gateway = t.stack.gateway_addrs[0];
     let forged = {

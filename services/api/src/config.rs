@@ -88,8 +88,14 @@ impl Config {
         )?;
         config.server_owner = env.optional("FILAMENT_SERVER_OWNER_USER_ID")?;
         config.password_hashing = PasswordHashing {
-            memory_kib: env.or("FILAMENT_ARGON2_MEMORY_KIB", config.password_hashing.memory_kib)?,
-            iterations: env.or("FILAMENT_ARGON2_ITERATIONS", config.password_hashing.iterations)?,
+            memory_kib: env.or(
+                "FILAMENT_ARGON2_MEMORY_KIB",
+                config.password_hashing.memory_kib,
+            )?,
+            iterations: env.or(
+                "FILAMENT_ARGON2_ITERATIONS",
+                config.password_hashing.iterations,
+            )?,
         };
         Ok(config)
     }

@@ -2,9 +2,12 @@
 //! store call that made the change returned `Ok`, so an event never
 //! describes a write that did not commit.
 
-use filament_proto::v1::{self as pb, Audience, ChannelAudience, Event, GuildAudience, audience, event};
+use filament_proto::v1::{
+    self as pb, Audience, ChannelAudience, Event, GuildAudience, audience, event,
+};
 
 use crate::clock::now_unix_ms;
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// An event for the sockets subscribed to one channel.
@@ -35,6 +38,18 @@ fn event_with(target: audience::Target, payload: event::Payload) -> Event {
         }),
         published_at_unix_ms: now_unix_ms(),
         payload: Some(payload),
+    }
+}
+
+/// Refuses a change whose event would not fit in a gateway frame: better a
+/// clear 400 now than subscribers silently missing it later.
+pub fn ensure_deliverable(event: &Event) -> ApiResult<()> {
+    match filament_wire::encode_event(event, filament_wire::MAX_FRAME_BYTES) {
+        Ok(_) => Ok(()),
+        Err(filament_wire::EncodeError::Oversized { .. }) => Err(ApiError::InvalidRequest),
+        Err(err) => Err(ApiError::Internal(anyhow::anyhow!(
+            "event does not encode: {err}"
+        ))),
     }
 }
 

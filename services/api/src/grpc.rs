@@ -22,7 +22,10 @@ impl EdgeAccessService {
 
 #[tonic::async_trait]
 impl EdgeAccess for EdgeAccessService {
-    async fn identify(&self, request: Request<IdentifyRequest>) -> Result<Response<IdentifyResponse>, Status> {
+    async fn identify(
+        &self,
+        request: Request<IdentifyRequest>,
+    ) -> Result<Response<IdentifyResponse>, Status> {
         let token = request.into_inner().access_token;
         let claims = self
             .state

@@ -92,7 +92,10 @@ impl BoundApi {
             .add_service(filament_runtime::probes::grpc_health("filament.v1.EdgeAccess").await)
             .add_service(grpc::EdgeAccessService::server(state.clone()))
             .add_service(state.fanout().grpc_service().into_server())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), grpc_stop.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(grpc),
+                grpc_stop.clone().cancelled_owned(),
+            );
         let grpc_task = tokio::spawn(grpc_server);
 
         let http_shutdown = {

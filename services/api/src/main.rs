@@ -15,7 +15,10 @@ async fn main() -> anyhow::Result<()> {
         &env.required::<String>("REDIS_URL")?,
         RegistryConfig {
             ttl: env.secs_or("FILAMENT_REGISTRY_TTL_SECS", RegistryConfig::default().ttl)?,
-            key_prefix: env.or("FILAMENT_REGISTRY_PREFIX", RegistryConfig::default().key_prefix)?,
+            key_prefix: env.or(
+                "FILAMENT_REGISTRY_PREFIX",
+                RegistryConfig::default().key_prefix,
+            )?,
         },
     )
     .await?;

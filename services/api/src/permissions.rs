@@ -106,7 +106,10 @@ pub struct Authorizer {
 
 impl Authorizer {
     pub fn new(store: Arc<dyn Store>, server_owner: Option<Ulid>) -> Self {
-        Self { store, server_owner }
+        Self {
+            store,
+            server_owner,
+        }
     }
 
     /// The user's access to the guild; `Forbidden` for non-members (and for
@@ -156,7 +159,12 @@ impl Authorizer {
 
     /// Whether the user may view (and so subscribe to) the channel. Any
     /// failure to decide is an error, never a yes.
-    pub async fn can_view_channel(&self, guild_id: Ulid, channel_id: Ulid, user_id: Ulid) -> ApiResult<bool> {
+    pub async fn can_view_channel(
+        &self,
+        guild_id: Ulid,
+        channel_id: Ulid,
+        user_id: Ulid,
+    ) -> ApiResult<bool> {
         match self.channel(guild_id, channel_id, user_id).await {
             Ok(_) => Ok(true),
             Err(ApiError::Forbidden | ApiError::NotFound) => Ok(false),

@@ -75,7 +75,11 @@ impl AppState {
 
     /// A new id, greater than every id this process minted before.
     pub fn new_id(&self) -> Ulid {
-        let mut generator = self.inner.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut generator = self
+            .inner
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         // Overflow needs 2^80 ids in one millisecond; fall back to a random
         // id rather than fail.
         generator.generate().unwrap_or_else(|_| Ulid::generate())

@@ -58,10 +58,15 @@ impl Config {
         );
         let config = Self {
             event_service_urls: env.list("FILAMENT_GATEWAY_EVENT_SERVICE_URLS")?,
-            max_frame_bytes: env.or("FILAMENT_GATEWAY_MAX_FRAME_BYTES", defaults.max_frame_bytes)?,
+            max_frame_bytes: env
+                .or("FILAMENT_GATEWAY_MAX_FRAME_BYTES", defaults.max_frame_bytes)?,
             outbound_queue: env.or("FILAMENT_GATEWAY_OUTBOUND_QUEUE", defaults.outbound_queue)?,
-            ping_interval: env.secs_or("FILAMENT_GATEWAY_PING_INTERVAL_SECS", defaults.ping_interval)?,
-            idle_timeout: env.secs_or("FILAMENT_GATEWAY_IDLE_TIMEOUT_SECS", defaults.idle_timeout)?,
+            ping_interval: env.secs_or(
+                "FILAMENT_GATEWAY_PING_INTERVAL_SECS",
+                defaults.ping_interval,
+            )?,
+            idle_timeout: env
+                .secs_or("FILAMENT_GATEWAY_IDLE_TIMEOUT_SECS", defaults.idle_timeout)?,
             upstream_timeout: defaults.upstream_timeout,
             allowed_origins: env.list("FILAMENT_GATEWAY_ALLOWED_ORIGINS")?,
             registry_ttl: env.secs_or("FILAMENT_REGISTRY_TTL_SECS", defaults.registry_ttl)?,

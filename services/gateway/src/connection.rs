@@ -36,7 +36,14 @@ pub(crate) async fn run(
         .index
         .register(identity.user, shared.config.outbound_queue);
     shared.metrics.connection_opened();
-    let outcome = serve(&mut socket, &shared, &identity, &mut registration, &shutdown).await;
+    let outcome = serve(
+        &mut socket,
+        &shared,
+        &identity,
+        &mut registration,
+        &shutdown,
+    )
+    .await;
     shared.index.unregister(registration.id);
     shared.metrics.connection_closed();
     if let Some(reason) = outcome {
@@ -123,7 +130,10 @@ fn read_error(shared: &Shared, err: &axum::Error) -> Option<CloseReason> {
     // axum wraps tungstenite's error; a capacity error is the only one the
     // client can still be told about.
     let text = err.to_string();
-    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") {
+    if text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("Message too big")
+    {
         shared.metrics.rejected(CloseReason::FrameTooLarge.as_str());
         return Some(CloseReason::FrameTooLarge);
     }

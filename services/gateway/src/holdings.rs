@@ -9,9 +9,11 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use filament_registry::{GatewayId, Registry, RegistryResult};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use crate::ids::{GuildId, UserId};
 use crate::index::Index;
@@ -20,19 +22,33 @@ use crate::index::Index;
 struct Held {
     guilds: HashSet<GuildId>,
     users: HashSet<UserId>,
+    /// When the registry last confirmed this gateway alive.
+    last_heartbeat: Option<Instant>,
+}
+
+/// What a sweep found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sweep {
+    Alive,
+    /// The registry had stopped seeing this gateway (heartbeats failed for
+    /// longer than the TTL). Its entries are registered again, but events
+    /// routed while it was missing went elsewhere: resynchronise.
+    Lapsed,
 }
 
 pub(crate) struct Holdings {
     gateway: GatewayId,
     registry: Arc<dyn Registry>,
+    ttl: Duration,
     held: Mutex<Held>,
 }
 
 impl Holdings {
-    pub(crate) fn new(gateway: GatewayId, registry: Arc<dyn Registry>) -> Self {
+    pub(crate) fn new(gateway: GatewayId, registry: Arc<dyn Registry>, ttl: Duration) -> Self {
         Self {
             gateway,
             registry,
+            ttl,
             held: Mutex::new(Held::default()),
         }
     }
@@ -64,10 +80,25 @@ impl Holdings {
     }
 
     /// Heartbeats, and releases what no local socket needs any more.
-    pub(crate) async fn sweep(&self, index: &Index) -> RegistryResult<()> {
+    pub(crate) async fn sweep(&self, index: &Index) -> RegistryResult<Sweep> {
         let mut held = self.held.lock().await;
         self.registry.heartbeat(&self.gateway).await?;
+        let now = Instant::now();
+        let lapsed = held
+            .last_heartbeat
+            .replace(now)
+            .is_some_and(|last| now.duration_since(last) > self.ttl);
         let (live_guilds, live_users) = index.holdings();
+        if lapsed {
+            // The registry may have forgotten everything: hold it all again.
+            let guilds: Vec<_> = live_guilds.iter().map(ToString::to_string).collect();
+            let users: Vec<_> = live_users.iter().map(ToString::to_string).collect();
+            self.registry.hold_guilds(&self.gateway, &guilds).await?;
+            self.registry.hold_users(&self.gateway, &users).await?;
+            held.guilds = live_guilds;
+            held.users = live_users;
+            return Ok(Sweep::Lapsed);
+        }
         let stale_guilds: Vec<_> = held.guilds.difference(&live_guilds).copied().collect();
         let stale_users: Vec<_> = held.users.difference(&live_users).copied().collect();
         if !stale_guilds.is_empty() {
@@ -84,7 +115,7 @@ impl Holdings {
                 held.users.remove(user);
             }
         }
-        Ok(())
+        Ok(Sweep::Alive)
     }
 
     /// Leaves the registry (graceful shutdown).

@@ -190,11 +190,19 @@ impl Index {
     }
 
     /// Drops the subscriptions of `user`'s sockets to these channels.
-    pub(crate) fn revoke_channels(&self, user: UserId, channels: &HashSet<(GuildId, ChannelId)>) -> usize {
+    pub(crate) fn revoke_channels(
+        &self,
+        user: UserId,
+        channels: &HashSet<(GuildId, ChannelId)>,
+    ) -> usize {
         self.remove_subscriptions(user, |g, c| channels.contains(&(g, c)))
     }
 
-    fn remove_subscriptions(&self, user: UserId, matches: impl Fn(GuildId, ChannelId) -> bool) -> usize {
+    fn remove_subscriptions(
+        &self,
+        user: UserId,
+        matches: impl Fn(GuildId, ChannelId) -> bool,
+    ) -> usize {
         let mut state = self.write();
         let State {
             connections,
@@ -236,7 +244,11 @@ impl Index {
     }
 
     /// The subscriptions of `user`'s sockets within `guild`.
-    pub(crate) fn subscriptions_of(&self, user: UserId, guild: GuildId) -> HashSet<(GuildId, ChannelId)> {
+    pub(crate) fn subscriptions_of(
+        &self,
+        user: UserId,
+        guild: GuildId,
+    ) -> HashSet<(GuildId, ChannelId)> {
         let state = self.read();
         state
             .by_user
@@ -282,16 +294,26 @@ impl Index {
         let state = self.read();
         let mut delivered = 0;
         let mut push = |id: &ConnectionId| {
-            if let Some(entry) = state.connections.get(id) {
-                if self.push(entry, frame.clone()) {
-                    delivered += 1;
-                }
+            if let Some(entry) = state.connections.get(id)
+                && self.push(entry, frame.clone())
+            {
+                delivered += 1;
             }
         };
         match target {
             Target::Connection(id) => push(id),
-            Target::Channel(channel) => state.by_channel.get(channel).into_iter().flatten().for_each(push),
-            Target::Guild(guild) => state.by_guild.get(guild).into_iter().flat_map(HashMap::keys).for_each(push),
+            Target::Channel(channel) => state
+                .by_channel
+                .get(channel)
+                .into_iter()
+                .flatten()
+                .for_each(push),
+            Target::Guild(guild) => state
+                .by_guild
+                .get(guild)
+                .into_iter()
+                .flat_map(HashMap::keys)
+                .for_each(push),
             Target::Audience { users, guilds } => {
                 let mut seen = HashSet::new();
                 let from_users = users.iter().filter_map(|u| state.by_user.get(u)).flatten();
@@ -369,7 +391,11 @@ mod tests {
     use ulid::Ulid;
 
     fn ids() -> (UserId, GuildId, ChannelId) {
-        (UserId(Ulid::generate()), GuildId(Ulid::generate()), ChannelId(Ulid::generate()))
+        (
+            UserId(Ulid::generate()),
+            GuildId(Ulid::generate()),
+            ChannelId(Ulid::generate()),
+        )
     }
 
     fn frame(text: &'static str) -> Utf8Bytes {
@@ -384,7 +410,10 @@ mod tests {
         let mut a = index.register(alice, 8);
         let mut b = index.register(bob, 8);
         let epoch = index.revocation_epoch();
-        assert_eq!(index.subscribe(a.id, guild, channel, epoch), SubscribeOutcome::Subscribed);
+        assert_eq!(
+            index.subscribe(a.id, guild, channel, epoch),
+            SubscribeOutcome::Subscribed
+        );
         assert_eq!(
             index.subscribe(b.id, other_guild, other_channel, epoch),
             SubscribeOutcome::Subscribed
@@ -416,13 +445,19 @@ mod tests {
 
         assert_eq!(index.revoke_guild(guild, alice), 2);
         // An authorization from before the revocation no longer counts.
-        assert_eq!(index.subscribe(a.id, guild, channel, 0), SubscribeOutcome::Stale);
+        assert_eq!(
+            index.subscribe(a.id, guild, channel, 0),
+            SubscribeOutcome::Stale
+        );
         assert_eq!(index.deliver(&Target::Channel(channel), &frame("x")), 0);
         assert_eq!(index.deliver(&Target::Guild(guild), &frame("x")), 0);
         assert!(index.users_in_guild(guild).is_empty());
 
         let epoch = index.revocation_epoch();
-        assert_eq!(index.subscribe(a.id, guild, channel, epoch), SubscribeOutcome::Subscribed);
+        assert_eq!(
+            index.subscribe(a.id, guild, channel, epoch),
+            SubscribeOutcome::Subscribed
+        );
         index.unregister(a.id);
         let (guilds, users) = index.holdings();
         assert!(guilds.is_empty() && users.is_empty());

@@ -64,8 +64,14 @@ impl TryFrom<SubscribeDto<'_>> for Command {
 
     fn try_from(dto: SubscribeDto<'_>) -> Result<Self, Self::Error> {
         Ok(Self::Subscribe {
-            guild: dto.guild_id.parse().map_err(|_| IngressError::InvalidPayload)?,
-            channel: dto.channel_id.parse().map_err(|_| IngressError::InvalidPayload)?,
+            guild: dto
+                .guild_id
+                .parse()
+                .map_err(|_| IngressError::InvalidPayload)?,
+            channel: dto
+                .channel_id
+                .parse()
+                .map_err(|_| IngressError::InvalidPayload)?,
         })
     }
 }

@@ -52,7 +52,9 @@ pub(crate) struct Shared {
 impl Shared {
     /// Ready to accept sockets: every upstream stream is open.
     pub(crate) fn is_ready(&self) -> bool {
-        self.upstream_ready.iter().all(|r| r.load(Ordering::Acquire))
+        self.upstream_ready
+            .iter()
+            .all(|r| r.load(Ordering::Acquire))
     }
 
     pub(crate) fn set_upstream_ready(&self, slot: usize, ready: bool) {
@@ -118,7 +120,11 @@ impl Shared {
         let users: Vec<UserId> = if change.user_ids.is_empty() {
             self.index.users_in_guild(guild)
         } else {
-            change.user_ids.iter().filter_map(|u| u.parse().ok()).collect()
+            change
+                .user_ids
+                .iter()
+                .filter_map(|u| u.parse().ok())
+                .collect()
         };
         for user in users {
             if change.membership_revoked {
@@ -136,7 +142,8 @@ impl Shared {
                         // Cannot confirm access: fail closed for this user.
                         tracing::warn!(%err, %user, "cannot re-check access; closing the user's sockets");
                         self.index.revoke_guild(guild, user);
-                        self.index.close_user(user, CloseReason::UpstreamUnavailable);
+                        self.index
+                            .close_user(user, CloseReason::UpstreamUnavailable);
                         break;
                     }
                 }

@@ -15,10 +15,15 @@ async fn main() -> anyhow::Result<()> {
         &env.required::<String>("REDIS_URL")?,
         RegistryConfig {
             ttl: config.registry_ttl,
-            key_prefix: env.or("FILAMENT_REGISTRY_PREFIX", RegistryConfig::default().key_prefix)?,
+            key_prefix: env.or(
+                "FILAMENT_REGISTRY_PREFIX",
+                RegistryConfig::default().key_prefix,
+            )?,
         },
     )
     .await?;
     let gateway = filament_gateway::bind(config, Arc::new(registry)).await?;
-    gateway.run(filament_runtime::shutdown::token_on_signal()).await
+    gateway
+        .run(filament_runtime::shutdown::token_on_signal())
+        .await
 }

@@ -67,7 +67,11 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         let prefixed = registry.sub_registry_with_prefix("filament_gateway");
-        prefixed.register("connections", "Open websocket connections", self.connections.clone());
+        prefixed.register(
+            "connections",
+            "Open websocket connections",
+            self.connections.clone(),
+        );
         prefixed.register(
             "events_emitted",
             "Frames queued to sockets, by event type",
@@ -78,7 +82,11 @@ impl Metrics {
             "Frames not delivered, by reason",
             self.events_dropped.clone(),
         );
-        prefixed.register("closes", "Sockets closed by the server, by reason", self.closes.clone());
+        prefixed.register(
+            "closes",
+            "Sockets closed by the server, by reason",
+            self.closes.clone(),
+        );
         prefixed.register(
             "ingress_rejected",
             "Inbound frames rejected, by reason",

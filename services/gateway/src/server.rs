@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{Access, AccessError};
-use crate::holdings::Holdings;
+use crate::holdings::{Holdings, Sweep};
 use crate::index::Index;
 use crate::{Config, Metrics, Shared, connection, upstream};
 
@@ -58,7 +58,7 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
     let shared = Arc::new(Shared {
         access: Access::new(&config.api_url, config.upstream_timeout)?,
         index: Index::new(Arc::clone(&metrics)),
-        holdings: Holdings::new(gateway_id, registry),
+        holdings: Holdings::new(gateway_id, registry, config.registry_ttl),
         metrics,
         upstream_ready: (0..upstreams).map(|_| AtomicBool::new(false)).collect(),
         config,
@@ -93,7 +93,11 @@ impl BoundGateway {
     /// The routes of this gateway (`/gateway/ws`, `/healthz`, `/readyz`),
     /// for serving them on another listener too (the all-in-one origin).
     pub fn router(&self) -> Router {
-        router(Arc::clone(&self.shared), self.tracker.clone(), self.sockets_shutdown.clone())
+        router(
+            Arc::clone(&self.shared),
+            self.tracker.clone(),
+            self.sockets_shutdown.clone(),
+        )
     }
 
     /// Serves until `shutdown` is cancelled, then drains.
@@ -108,12 +112,21 @@ impl BoundGateway {
         let mut urls = vec![shared.config.api_url.clone()];
         urls.extend(shared.config.event_service_urls.iter().cloned());
         for (slot, url) in urls.into_iter().enumerate() {
-            tokio::spawn(upstream::follow(Arc::clone(&shared), url, slot, background.clone()));
+            tokio::spawn(upstream::follow(
+                Arc::clone(&shared),
+                url,
+                slot,
+                background.clone(),
+            ));
         }
         tokio::spawn(heartbeat(Arc::clone(&shared), background.clone()));
 
         tracing::info!(addr = %listener.local_addr()?, gateway = %shared.holdings.gateway(), "gateway listening");
-        let app = router(Arc::clone(&shared), tracker.clone(), sockets_shutdown.clone());
+        let app = router(
+            Arc::clone(&shared),
+            tracker.clone(),
+            sockets_shutdown.clone(),
+        );
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
@@ -230,11 +243,14 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(shared.config.registry_ttl / 3);
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                if let Err(err) = shared.holdings.sweep(&shared.index).await {
-                    tracing::warn!(%err, "registry heartbeat failed");
+            _ = tick.tick() => match shared.holdings.sweep(&shared.index).await {
+                Ok(Sweep::Alive) => {}
+                Ok(Sweep::Lapsed) => {
+                    tracing::warn!("registry lost this gateway for longer than the TTL; resynchronising");
+                    shared.resync();
                 }
-            }
+                Err(err) => tracing::warn!(%err, "registry heartbeat failed"),
+            },
             () = stop.cancelled() => return,
         }
     }

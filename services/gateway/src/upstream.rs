@@ -33,7 +33,12 @@ enum StreamEnd {
 
 /// Follows the stream at `url` until `shutdown`. `slot` is this stream's
 /// index in the gateway's readiness table.
-pub(crate) async fn follow(shared: Arc<Shared>, url: String, slot: usize, shutdown: CancellationToken) {
+pub(crate) async fn follow(
+    shared: Arc<Shared>,
+    url: String,
+    slot: usize,
+    shutdown: CancellationToken,
+) {
     let mut backoff = MIN_BACKOFF;
     while !shutdown.is_cancelled() {
         let end = tokio::select! {

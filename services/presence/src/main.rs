@@ -7,5 +7,7 @@ async fn main() -> anyhow::Result<()> {
     filament_runtime::telemetry::init();
     let config = filament_presence::Config::from_env(&Env::from_process())?;
     let service = filament_presence::bind(config).await?;
-    service.run(filament_runtime::shutdown::token_on_signal()).await
+    service
+        .run(filament_runtime::shutdown::token_on_signal())
+        .await
 }

@@ -112,13 +112,22 @@ impl TestStack {
 
     /// Registers and logs in a fresh user; returns (user_id, access_token).
     pub async fn user(&self, name: &str) -> User {
-        let username = format!("{name}_{}", &ulid::Ulid::generate().to_string()[20..]).to_lowercase();
+        let username =
+            format!("{name}_{}", &ulid::Ulid::generate().to_string()[20..]).to_lowercase();
         let (status, _) = self
-            .post("/auth/register", None, json!({"username": username, "password": PASSWORD}))
+            .post(
+                "/auth/register",
+                None,
+                json!({"username": username, "password": PASSWORD}),
+            )
             .await;
         assert_eq!(status, 200);
         let (status, body) = self
-            .post("/auth/login", None, json!({"username": username, "password": PASSWORD}))
+            .post(
+                "/auth/login",
+                None,
+                json!({"username": username, "password": PASSWORD}),
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         let token = body["access_token"].as_str().expect("token").to_owned();
@@ -132,10 +141,16 @@ impl TestStack {
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        self.send(self.http.post(self.api(path)).json(&body), token).await
+        self.send(self.http.post(self.api(path)).json(&body), token)
+            .await
     }
 
-    pub async fn post_raw(&self, path: &str, token: Option<&str>, body: &'static str) -> (u16, Value) {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &'static str,
+    ) -> (u16, Value) {
         let request = self
             .http
             .post(self.api(path))
@@ -167,15 +182,29 @@ impl TestStack {
     /// Creates a guild and a text channel in it; returns their ids.
     pub async fn guild_with_channel(&self, owner: &User, visibility: &str) -> (String, String) {
         let (status, guild) = self
-            .post("/guilds", Some(&owner.token), json!({"name": "Test Guild", "visibility": visibility}))
+            .post(
+                "/guilds",
+                Some(&owner.token),
+                json!({"name": "Test Guild", "visibility": visibility}),
+            )
             .await;
         assert_eq!(status, 200, "{guild}");
         let guild_id = guild["guild_id"].as_str().expect("guild id").to_owned();
         let (status, channel) = self
-            .post(&format!("/guilds/{guild_id}/channels"), Some(&owner.token), json!({"name": "general"}))
+            .post(
+                &format!("/guilds/{guild_id}/channels"),
+                Some(&owner.token),
+                json!({"name": "general"}),
+            )
             .await;
         assert_eq!(status, 200, "{channel}");
-        (guild_id, channel["channel_id"].as_str().expect("channel id").to_owned())
+        (
+            guild_id,
+            channel["channel_id"]
+                .as_str()
+                .expect("channel id")
+                .to_owned(),
+        )
     }
 
     /// Connects to gateway `n` (0-based) directly.
@@ -184,7 +213,9 @@ impl TestStack {
             "ws://{}/gateway/ws?access_token={}",
             self.stack.gateway_addrs[n], user.token
         );
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connects");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connects");
         let mut socket = Socket { ws };
         let ready = socket.next_event().await;
         assert_eq!(ready["t"], "ready");
@@ -260,6 +291,9 @@ impl Socket {
         self.subscribe(guild_id, channel_id).await;
         let ack = self.next_event().await;
         assert_eq!(ack["t"], "subscribed", "{ack}");
-        assert_eq!(ack["d"], json!({"guild_id": guild_id, "channel_id": channel_id}));
+        assert_eq!(
+            ack["d"],
+            json!({"guild_id": guild_id, "channel_id": channel_id})
+        );
     }
 }

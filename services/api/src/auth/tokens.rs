@@ -47,7 +47,13 @@ impl TokenKeys {
         }
     }
 
-    pub fn issue(&self, user_id: Ulid, username: &str, now: i64, ttl_secs: i64) -> anyhow::Result<String> {
+    pub fn issue(
+        &self,
+        user_id: Ulid,
+        username: &str,
+        now: i64,
+        ttl_secs: i64,
+    ) -> anyhow::Result<String> {
         let claims = AccessClaims {
             sub: user_id.to_string(),
             username: username.to_owned(),
@@ -133,7 +139,9 @@ mod tests {
         assert!(keys.verify(&not_yet).is_none(), "nbf in the future");
         let expired = keys.issue(user, "alice", now - 1000, 900).unwrap();
         assert!(keys.verify(&expired).is_none());
-        let forged = TokenKeys::new(&[8; 32]).issue(user, "alice", now, 900).unwrap();
+        let forged = TokenKeys::new(&[8; 32])
+            .issue(user, "alice", now, 900)
+            .unwrap();
         assert!(keys.verify(&forged).is_none());
         assert!(keys.verify("short").is_none());
     }

@@ -93,8 +93,10 @@ pub async fn login(
     JsonBody(dto): JsonBody<LoginDto>,
 ) -> ApiResult<Json<TokenPair>> {
     // A malformed username or password is a failed login, not a 400.
-    let (Ok(username), Ok(password)) = (Username::try_from(dto.username), Password::try_from(dto.password))
-    else {
+    let (Ok(username), Ok(password)) = (
+        Username::try_from(dto.username),
+        Password::try_from(dto.password),
+    ) else {
         return Err(ApiError::InvalidCredentials);
     };
     if state.lockout().is_locked(username.as_str()) {
@@ -102,7 +104,10 @@ pub async fn login(
     }
     let user = state.store().user_by_username(username.as_str()).await?;
     let stored_hash = user.as_ref().map(|u| u.password_hash.as_str());
-    let valid = state.passwords().verify(password.expose(), stored_hash).await?;
+    let valid = state
+        .passwords()
+        .verify(password.expose(), stored_hash)
+        .await?;
     let Some(user) = user.filter(|_| valid) else {
         state.lockout().record_failure(username.as_str());
         return Err(ApiError::InvalidCredentials);
@@ -178,7 +183,11 @@ fn session_ttl(state: &AppState) -> i64 {
     i64::try_from(state.config().session_ttl.as_secs()).unwrap_or(i64::MAX / 2)
 }
 
-fn token_pair(state: &AppState, user: &UserRecord, refresh: &RefreshToken) -> ApiResult<Json<TokenPair>> {
+fn token_pair(
+    state: &AppState,
+    user: &UserRecord,
+    refresh: &RefreshToken,
+) -> ApiResult<Json<TokenPair>> {
     let ttl = state.config().access_token_ttl.as_secs();
     let access_token = state.tokens().issue(
         user.user_id,

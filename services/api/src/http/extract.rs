@@ -18,7 +18,10 @@ pub struct AuthUser(pub UserRecord);
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -107,6 +110,8 @@ where
             .iter()
             .map(|segment| crate::domain::parse_id(segment))
             .collect::<Result<_, _>>()?;
-        ids.try_into().map(Self).map_err(|_| ApiError::InvalidRequest)
+        ids.try_into()
+            .map(Self)
+            .map_err(|_| ApiError::InvalidRequest)
     }
 }

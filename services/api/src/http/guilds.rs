@@ -74,7 +74,10 @@ pub async fn create(
     Ok(Json(wire_guild(&guild)))
 }
 
-pub async fn list(State(state): State<AppState>, AuthUser(user): AuthUser) -> ApiResult<Json<GuildList>> {
+pub async fn list(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> ApiResult<Json<GuildList>> {
     let guilds = state
         .store()
         .guilds_for_user(user.user_id, GUILD_LIST_LIMIT)

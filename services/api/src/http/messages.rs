@@ -58,10 +58,12 @@ pub async fn create(
         content: content.into_string(),
         created_at_unix: now_unix(),
     };
-    state.store().create_message(record.clone()).await?;
     let message = proto_message(&record);
     let body = wire_message(&message)?;
-    events::publish(&state, events::message_create(message)).await;
+    let event = events::message_create(message);
+    events::ensure_deliverable(&event)?;
+    state.store().create_message(record).await?;
+    events::publish(&state, event).await;
     Ok(Json(body))
 }
 

@@ -27,7 +27,10 @@ pub fn router(state: AppState, ready: impl Fn() -> bool + Clone + Send + Sync + 
     let timeout = state.config().request_timeout;
     let body_limit = state.config().max_body_bytes;
     Router::new()
-        .route("/health", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+        .route(
+            "/health",
+            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+        )
         .route("/auth/register", post(auth::register))
         .route("/auth/login", post(auth::login))
         .route("/auth/refresh", post(auth::refresh))
@@ -46,7 +49,10 @@ pub fn router(state: AppState, ready: impl Fn() -> bool + Clone + Send + Sync + 
         .with_state(state)
         .merge(filament_runtime::probes::http_routes(ready))
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ))
         .layer(TraceLayer::new_for_http())
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
