@@ -13,11 +13,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ulid::Ulid;
 
+mod audit;
 mod postgres;
 mod sql;
 mod sqlite;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
+
+pub use audit::{AuditEntry, AuditPage, AuditStore, NewAuditEntry};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -211,9 +214,10 @@ pub struct MessageRecord {
     pub created_at_unix: i64,
 }
 
-/// The durable state of the api. One implementation per database.
+/// Users, sessions, guilds, members, channels and messages: the core that
+/// every other area builds on.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait CoreStore: Send + Sync + 'static {
     // --- users -----------------------------------------------------------
     /// `Conflict("username")` when the username is taken.
     async fn create_user(&self, user: NewUser) -> StoreResult<()>;
@@ -271,3 +275,11 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<MessageRecord>>;
 }
+
+/// The durable state of the api: every area's trait, implemented by
+/// [`SqlStore`](sql::SqlStore) for SQLite and Postgres. An area adds its
+/// trait here (and its file under `store/`, with its records, its SQL and
+/// its conformance cases).
+pub trait Store: CoreStore + AuditStore {}
+
+impl<T> Store for T where T: CoreStore + AuditStore {}

@@ -14,8 +14,8 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 use ulid::Ulid;
 
 use super::{
-    ChannelKind, ChannelRecord, GuildRecord, MemberRecord, MemberRole, MessageRecord, NewSession,
-    NewUser, RotateOutcome, Store, StoreError, StoreResult, UserRecord, Visibility,
+    ChannelKind, ChannelRecord, CoreStore, GuildRecord, MemberRecord, MemberRole, MessageRecord,
+    NewSession, NewUser, RotateOutcome, StoreError, StoreResult, UserRecord, Visibility,
 };
 
 /// A [`Store`] over a pool of one sqlx backend. Named through the
@@ -24,7 +24,7 @@ use super::{
 /// backend's constructors.
 #[derive(Debug, Clone)]
 pub struct SqlStore<DB: Database> {
-    pool: Pool<DB>,
+    pub(super) pool: Pool<DB>,
 }
 
 impl<DB: Database> SqlStore<DB> {
@@ -40,8 +40,10 @@ impl<DB: Database> SqlStore<DB> {
     }
 }
 
+// Every area's `impl<DB> XStore for SqlStore<DB>` repeats this where-clause:
+// Rust does not carry such bounds from a helper trait to its users.
 #[async_trait]
-impl<DB> Store for SqlStore<DB>
+impl<DB> CoreStore for SqlStore<DB>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -362,7 +364,7 @@ where
 
 /// Maps a unique violation to `Conflict(what)`; anything else stays a
 /// backend error.
-fn conflict_on(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+pub(super) fn conflict_on(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |error| match &error {
         sqlx::Error::Database(database) if database.is_unique_violation() => {
             StoreError::Conflict(what)
@@ -459,7 +461,7 @@ where
     })
 }
 
-fn decode_ulid<R>(row: &R, column: &str) -> Result<Ulid, sqlx::Error>
+pub(super) fn decode_ulid<R>(row: &R, column: &str) -> Result<Ulid, sqlx::Error>
 where
     R: Row,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
@@ -472,7 +474,11 @@ where
     })
 }
 
-fn decode_enum<R, T>(row: &R, column: &str, parse: fn(&str) -> Option<T>) -> Result<T, sqlx::Error>
+pub(super) fn decode_enum<R, T>(
+    row: &R,
+    column: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, sqlx::Error>
 where
     R: Row,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,

@@ -16,8 +16,9 @@ use ulid::Ulid;
 
 use super::postgres::quote_identifier;
 use super::{
-    ChannelKind, ChannelRecord, GuildRecord, MemberRecord, MemberRole, MessageRecord, NewSession,
-    NewUser, PostgresStore, RotateOutcome, SqliteStore, Store, StoreError, UserRecord, Visibility,
+    ChannelKind, ChannelRecord, CoreStore as _, GuildRecord, MemberRecord, MemberRole,
+    MessageRecord, NewSession, NewUser, PostgresStore, RotateOutcome, SqliteStore, Store,
+    StoreError, UserRecord, Visibility,
 };
 
 const POSTGRES_URL_VAR: &str = "TEST_DATABASE_URL";
@@ -34,7 +35,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    super::on_sqlite(super::$case).await;
+                    $crate::store::tests::on_sqlite(super::$case).await;
                 }
             )+
         }
@@ -43,12 +44,14 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    super::on_postgres(super::$case).await;
+                    $crate::store::tests::on_postgres(super::$case).await;
                 }
             )+
         }
     };
 }
+
+pub(crate) use conformance;
 
 conformance!(
     user_create_and_lookup,
@@ -69,7 +72,7 @@ conformance!(
 
 // --- harness -----------------------------------------------------------------
 
-async fn on_sqlite<F, Fut>(case: F)
+pub(crate) async fn on_sqlite<F, Fut>(case: F)
 where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: Future<Output = ()>,
@@ -80,7 +83,7 @@ where
     case(Arc::new(store)).await;
 }
 
-async fn on_postgres<F, Fut>(case: F)
+pub(crate) async fn on_postgres<F, Fut>(case: F)
 where
     F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
