@@ -157,6 +157,33 @@ impl Authorizer {
         Ok((access, channel))
     }
 
+    /// Members of the guild who hold `permission` at guild level (plus the
+    /// server owner), for events only they may see.
+    pub async fn members_with_permission(
+        &self,
+        guild_id: Ulid,
+        permission: Permission,
+    ) -> ApiResult<Vec<Ulid>> {
+        const PAGE: u32 = 1000;
+        let mut holders: Vec<Ulid> = self.server_owner.into_iter().collect();
+        let mut after = None;
+        loop {
+            let page = self.store.members(guild_id, after, PAGE).await?;
+            holders.extend(
+                page.iter()
+                    .filter(|m| Permissions::of_role(m.role).contains(permission))
+                    .map(|m| m.user_id),
+            );
+            match page.last() {
+                Some(last) if page.len() == PAGE as usize => after = Some(last.user_id),
+                _ => break,
+            }
+        }
+        holders.sort_unstable();
+        holders.dedup();
+        Ok(holders)
+    }
+
     /// Whether the user may view (and so subscribe to) the channel. Any
     /// failure to decide is an error, never a yes.
     pub async fn can_view_channel(

@@ -1,8 +1,10 @@
 //! `/auth/*`: register, login, refresh, logout, me.
 
 use axum::Json;
+use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::routing::{get, post};
 use filament_wire::Profile;
 use serde::{Deserialize, Serialize};
 
@@ -200,4 +202,13 @@ fn token_pair(
         refresh_token: refresh.expose(),
         expires_in_secs: ttl,
     }))
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/auth/register", post(register))
+        .route("/auth/login", post(login))
+        .route("/auth/refresh", post(refresh))
+        .route("/auth/logout", post(logout))
+        .route("/auth/me", get(me))
 }

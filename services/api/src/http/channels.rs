@@ -1,7 +1,9 @@
 //! `/guilds/{g}/channels`: create and list.
 
 use axum::Json;
+use axum::Router;
 use axum::extract::State;
+use axum::routing::post;
 use filament_proto::v1 as pb;
 use filament_wire::Channel;
 use serde::{Deserialize, Serialize};
@@ -101,4 +103,8 @@ pub fn proto_channel(channel: &ChannelRecord) -> pb::Channel {
         }
         .into(),
     }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/guilds/{guild_id}/channels", post(create).get(list))
 }

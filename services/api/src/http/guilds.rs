@@ -1,7 +1,9 @@
 //! `/guilds`: create, list, join.
 
 use axum::Json;
+use axum::Router;
 use axum::extract::State;
+use axum::routing::post;
 use filament_wire::Guild;
 use serde::{Deserialize, Serialize};
 
@@ -123,4 +125,10 @@ pub async fn join(
         guild_id,
         outcome: if added { "accepted" } else { "already_member" },
     }))
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/guilds", post(create).get(list))
+        .route("/guilds/{guild_id}/join", post(join))
 }

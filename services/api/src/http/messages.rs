@@ -1,7 +1,9 @@
 //! `/guilds/{g}/channels/{c}/messages`: create and list.
 
 use axum::Json;
+use axum::Router;
 use axum::extract::State;
+use axum::routing::post;
 use filament_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 
@@ -112,4 +114,11 @@ pub fn proto_message(record: &MessageRecord) -> pb::Message {
 fn wire_message(message: &pb::Message) -> ApiResult<filament_wire::Message> {
     filament_wire::Message::try_from(message)
         .map_err(|err| ApiError::Internal(anyhow::anyhow!("message shape: {err}")))
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route(
+        "/guilds/{guild_id}/channels/{channel_id}/messages",
+        post(create).get(list),
+    )
 }

@@ -11,7 +11,7 @@ mod messages;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, StatusCode};
-use axum::routing::{get, post};
+use axum::routing::get;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -31,21 +31,11 @@ pub fn router(state: AppState, ready: impl Fn() -> bool + Clone + Send + Sync + 
             "/health",
             get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
         )
-        .route("/auth/register", post(auth::register))
-        .route("/auth/login", post(auth::login))
-        .route("/auth/refresh", post(auth::refresh))
-        .route("/auth/logout", post(auth::logout))
-        .route("/auth/me", get(auth::me))
-        .route("/guilds", post(guilds::create).get(guilds::list))
-        .route("/guilds/{guild_id}/join", post(guilds::join))
-        .route(
-            "/guilds/{guild_id}/channels",
-            post(channels::create).get(channels::list),
-        )
-        .route(
-            "/guilds/{guild_id}/channels/{channel_id}/messages",
-            post(messages::create).get(messages::list),
-        )
+        // One line per area; each area module owns its routes.
+        .merge(auth::routes())
+        .merge(guilds::routes())
+        .merge(channels::routes())
+        .merge(messages::routes())
         .with_state(state)
         .merge(filament_runtime::probes::http_routes(ready))
         .layer(DefaultBodyLimit::max(body_limit))

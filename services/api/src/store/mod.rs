@@ -252,6 +252,14 @@ pub trait CoreStore: Send + Sync + 'static {
     async fn count_guilds_created_by(&self, user_id: Ulid) -> StoreResult<u64>;
     /// The membership, if the user is a member.
     async fn member(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<Option<MemberRecord>>;
+    /// Members of a guild by user id ascending, strictly after `after`, at
+    /// most `limit`.
+    async fn members(
+        &self,
+        guild_id: Ulid,
+        after: Option<Ulid>,
+        limit: u32,
+    ) -> StoreResult<Vec<MemberRecord>>;
     /// Adds the membership as given (handlers pass role `Member`). Returns
     /// false, changing nothing, if the user is already a member.
     async fn add_member(&self, member: MemberRecord) -> StoreResult<bool>;

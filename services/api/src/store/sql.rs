@@ -249,6 +249,24 @@ where
         Ok(row.as_ref().map(decode_member).transpose()?)
     }
 
+    async fn members(
+        &self,
+        guild_id: Ulid,
+        after: Option<Ulid>,
+        limit: u32,
+    ) -> StoreResult<Vec<MemberRecord>> {
+        let rows = sqlx::query(
+            "SELECT guild_id, user_id, role, joined_at_unix FROM guild_members \
+             WHERE guild_id = $1 AND user_id > $2 ORDER BY user_id LIMIT $3",
+        )
+        .bind(guild_id.to_string())
+        .bind(after.map(|id| id.to_string()).unwrap_or_default())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(decode_member).collect::<Result<_, _>>()?)
+    }
+
     async fn add_member(&self, member: MemberRecord) -> StoreResult<bool> {
         // DO NOTHING keeps an existing membership (and its role) untouched;
         // RETURNING yields a row only when the insert happened.

@@ -65,6 +65,7 @@ conformance!(
     create_guild_is_atomic,
     guilds_for_user_newest_first_limited_members_only,
     add_member_is_idempotent,
+    members_page_by_user_id,
     channels_in_creation_order,
     messages_paginate_newest_first,
     count_guilds_created_by,
@@ -794,4 +795,47 @@ async fn sqlite_file_rotates_once_across_connections_and_reopens() {
     for suffix in ["db", "db-wal", "db-shm"] {
         let _ = std::fs::remove_file(path.with_extension(suffix));
     }
+}
+
+async fn members_page_by_user_id(store: Arc<dyn Store>) {
+    let owner = create_user(store.as_ref(), "pager").await;
+    let guild_id = Ulid::generate();
+    store
+        .create_guild(GuildRecord {
+            guild_id,
+            name: "Paged".to_owned(),
+            visibility: Visibility::Public,
+            created_by: owner,
+            created_at_unix: NOW,
+        })
+        .await
+        .expect("create guild");
+    let mut expected = vec![owner];
+    for n in 0..3 {
+        let user = create_user(store.as_ref(), &format!("pagee{n}")).await;
+        store
+            .add_member(MemberRecord {
+                guild_id,
+                user_id: user,
+                role: MemberRole::Member,
+                joined_at_unix: NOW,
+            })
+            .await
+            .expect("add member");
+        expected.push(user);
+    }
+    expected.sort();
+    let first = store.members(guild_id, None, 3).await.expect("page");
+    let ids: Vec<_> = first.iter().map(|m| m.user_id).collect();
+    assert_eq!(ids, expected[..3]);
+    let rest = store
+        .members(guild_id, Some(ids[2]), 3)
+        .await
+        .expect("page");
+    let ids: Vec<_> = rest.iter().map(|m| m.user_id).collect();
+    assert_eq!(ids, expected[3..]);
+    assert_eq!(
+        first.iter().find(|m| m.user_id == owner).map(|m| m.role),
+        Some(MemberRole::Owner)
+    );
 }
