@@ -341,3 +341,268 @@ impl GatewayStream {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use filament_proto::v1::{Audience, GuildAudience, MessageDelete, audience, event};
+    use filament_registry::{MemoryRegistry, RegistryConfig};
+
+    use super::*;
+
+    type Rx = mpsc::Receiver<Result<ServiceMessage, Status>>;
+
+    fn fanout(registry: Arc<dyn Registry>, config: FanoutConfig) -> Fanout {
+        Fanout::new("test", registry, config)
+    }
+
+    fn memory() -> Arc<MemoryRegistry> {
+        Arc::new(MemoryRegistry::new(RegistryConfig::default()))
+    }
+
+    fn gateway() -> GatewayId {
+        GatewayId::new(ulid::Ulid::generate().to_string())
+    }
+
+    fn guild_event(guild_id: &str, message_id: &str) -> Event {
+        Event {
+            audience: Some(Audience {
+                target: Some(audience::Target::Guild(GuildAudience {
+                    guild_id: guild_id.to_owned(),
+                })),
+            }),
+            published_at_unix_ms: 0,
+            payload: Some(event::Payload::MessageDelete(MessageDelete {
+                message_id: message_id.to_owned(),
+                ..MessageDelete::default()
+            })),
+        }
+    }
+
+    fn attach(
+        fanout: &Fanout,
+        gateway: &GatewayId,
+        capacity: usize,
+    ) -> (Arc<GatewayStream>, u64, Rx) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let (stream, missed) = fanout.attach(gateway.clone(), tx).expect("open");
+        (stream, missed, rx)
+    }
+
+    /// The (seq, message id, ack requested) of every event queued so far.
+    fn drain(rx: &mut Rx) -> Vec<(u64, String, bool)> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|message| match message.expect("ok").kind {
+                Some(service_message::Kind::Event(e)) => {
+                    let Some(event::Payload::MessageDelete(payload)) =
+                        e.event.and_then(|e| e.payload)
+                    else {
+                        panic!("unexpected payload");
+                    };
+                    (e.seq, payload.message_id, e.ack_requested)
+                }
+                other => panic!("unexpected message {other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn routes_only_to_gateways_holding_the_guild_in_sequence() {
+        let registry = memory();
+        let fanout = fanout(registry.clone(), FanoutConfig::default());
+        let (holder, other) = (gateway(), gateway());
+        registry
+            .hold_guilds(&holder, &["G".to_owned()])
+            .await
+            .unwrap();
+        registry.heartbeat(&other).await.unwrap();
+        let (_s1, _, mut rx_holder) = attach(&fanout, &holder, 8);
+        let (_s2, _, mut rx_other) = attach(&fanout, &other, 8);
+
+        for id in ["a", "b"] {
+            let report = fanout.publish(guild_event("G", id)).await;
+            assert_eq!(
+                report,
+                PublishReport {
+                    queued: 1,
+                    missed: 0,
+                    registry_degraded: false
+                }
+            );
+        }
+        assert_eq!(
+            drain(&mut rx_holder),
+            [(1, "a".to_owned(), false), (2, "b".to_owned(), false)]
+        );
+        assert!(drain(&mut rx_other).is_empty());
+    }
+
+    #[tokio::test]
+    async fn events_for_a_gateway_without_stream_are_reported_in_its_next_welcome() {
+        let registry = memory();
+        let fanout = fanout(registry.clone(), FanoutConfig::default());
+        let gw = gateway();
+        registry.hold_guilds(&gw, &["G".to_owned()]).await.unwrap();
+        let report = fanout.publish(guild_event("G", "lost")).await;
+        assert_eq!(report.missed, 1);
+        let (_stream, missed, _rx) = attach(&fanout, &gw, 8);
+        assert_eq!(missed, 1);
+        // Reported once: the next stream starts clean.
+        let (_stream, missed, _rx) = attach(&fanout, &gw, 8);
+        assert_eq!(missed, 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_stream_is_cut_and_counted() {
+        let registry = memory();
+        let fanout = fanout(registry.clone(), FanoutConfig::default());
+        let gw = gateway();
+        registry.hold_guilds(&gw, &["G".to_owned()]).await.unwrap();
+        let (_stream, _, mut rx) = attach(&fanout, &gw, 1);
+        assert_eq!(fanout.publish(guild_event("G", "fits")).await.queued, 1);
+        assert_eq!(
+            fanout.publish(guild_event("G", "overflows")).await.missed,
+            1
+        );
+        assert!(fanout.connected_gateways().is_empty(), "the stream was cut");
+        assert_eq!(drain(&mut rx), [(1, "fits".to_owned(), false)]);
+        assert!(rx.recv().await.is_none(), "the gateway sees its stream end");
+        let (_stream, missed, _rx) = attach(&fanout, &gw, 8);
+        assert_eq!(missed, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn publish_acked_waits_for_the_ack_and_cuts_a_silent_gateway() {
+        let registry = memory();
+        let config = FanoutConfig {
+            ack_timeout: Duration::from_secs(2),
+            ..FanoutConfig::default()
+        };
+        let fanout = fanout(registry.clone(), config);
+        let (acking, silent) = (gateway(), gateway());
+        registry
+            .hold_guilds(&acking, &["G".to_owned()])
+            .await
+            .unwrap();
+        registry
+            .hold_guilds(&silent, &["G".to_owned()])
+            .await
+            .unwrap();
+        let (acking_stream, _, mut acking_rx) = attach(&fanout, &acking, 8);
+        let (_silent_stream, _, mut silent_rx) = attach(&fanout, &silent, 8);
+
+        let publishing = tokio::spawn({
+            let fanout = fanout.clone();
+            async move { fanout.publish_acked(guild_event("G", "revoke")).await }
+        });
+        tokio::task::yield_now().await;
+        let queued = drain(&mut acking_rx);
+        assert_eq!(queued, [(1, "revoke".to_owned(), true)]);
+        acking_stream.acknowledge(1);
+        assert!(
+            !publishing.is_finished(),
+            "still waiting for the silent gateway"
+        );
+
+        let report = publishing.await.unwrap();
+        assert_eq!(report.queued, 2);
+        assert_eq!(fanout.connected_gateways(), [acking.clone()]);
+        assert_eq!(drain(&mut silent_rx).len(), 1);
+        assert!(
+            silent_rx.recv().await.is_none(),
+            "the silent gateway's stream ended"
+        );
+        let (_stream, missed, _rx) = attach(&fanout, &silent, 8);
+        assert_eq!(missed, 1, "so it resynchronises on reconnect");
+    }
+
+    #[tokio::test]
+    async fn close_ends_streams_after_what_is_queued_and_refuses_new_ones() {
+        let registry = memory();
+        let fanout = fanout(registry.clone(), FanoutConfig::default());
+        let gw = gateway();
+        registry.hold_guilds(&gw, &["G".to_owned()]).await.unwrap();
+        let (_stream, _, mut rx) = attach(&fanout, &gw, 8);
+        fanout.publish(guild_event("G", "last")).await;
+        fanout.close();
+        assert_eq!(drain(&mut rx), [(1, "last".to_owned(), false)]);
+        assert!(rx.recv().await.is_none());
+        let (tx, _rx) = mpsc::channel(1);
+        assert!(fanout.attach(gw, tx).is_none());
+    }
+
+    /// A registry that cannot answer.
+    struct Down;
+
+    #[async_trait::async_trait]
+    impl Registry for Down {
+        async fn heartbeat(&self, _: &GatewayId) -> filament_registry::RegistryResult<()> {
+            Err(down())
+        }
+        async fn hold_guilds(
+            &self,
+            _: &GatewayId,
+            _: &[String],
+        ) -> filament_registry::RegistryResult<()> {
+            Err(down())
+        }
+        async fn release_guilds(
+            &self,
+            _: &GatewayId,
+            _: &[String],
+        ) -> filament_registry::RegistryResult<()> {
+            Err(down())
+        }
+        async fn hold_users(
+            &self,
+            _: &GatewayId,
+            _: &[String],
+        ) -> filament_registry::RegistryResult<()> {
+            Err(down())
+        }
+        async fn release_users(
+            &self,
+            _: &GatewayId,
+            _: &[String],
+        ) -> filament_registry::RegistryResult<()> {
+            Err(down())
+        }
+        async fn gateways_for_guild(
+            &self,
+            _: &str,
+        ) -> filament_registry::RegistryResult<Vec<GatewayId>> {
+            Err(down())
+        }
+        async fn gateways_for_audience(
+            &self,
+            _: &[String],
+            _: &[String],
+        ) -> filament_registry::RegistryResult<Vec<GatewayId>> {
+            Err(down())
+        }
+        async fn deregister(&self, _: &GatewayId) -> filament_registry::RegistryResult<()> {
+            Err(down())
+        }
+    }
+
+    fn down() -> filament_registry::RegistryError {
+        filament_registry::RegistryError::Redis(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "registry down",
+        )))
+    }
+
+    #[tokio::test]
+    async fn without_a_registry_every_gateway_gets_the_event() {
+        let fanout = fanout(Arc::new(Down), FanoutConfig::default());
+        let (a, b) = (gateway(), gateway());
+        let (_sa, _, mut rx_a) = attach(&fanout, &a, 8);
+        let (_sb, _, mut rx_b) = attach(&fanout, &b, 8);
+        let report = fanout.publish(guild_event("G", "x")).await;
+        assert!(report.registry_degraded);
+        assert_eq!(report.queued, 2);
+        assert_eq!(drain(&mut rx_a).len(), 1);
+        assert_eq!(drain(&mut rx_b).len(), 1);
+    }
+}
