@@ -2,48 +2,45 @@
 //! [`CancellationToken`]; libraries only ever see the token, so tests and the
 //! all-in-one runner can stop services without signals.
 
-use std::time::Duration;
-
 use tokio_util::sync::CancellationToken;
 
-/// Default time a service gets to drain after the signal.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
-
-/// Resolves on SIGTERM or ctrl-c.
-pub async fn signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(%err, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(%err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("ctrl-c received, shutting down"),
-        () = terminate => tracing::info!("SIGTERM received, shutting down"),
-    }
-}
-
 /// A token that is cancelled when the process receives SIGTERM or ctrl-c.
+///
+/// The handlers are installed before this returns, so a signal that arrives
+/// right after start-up still drains instead of killing the process. Call it
+/// first thing in `main`.
 pub fn token_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
-    let child = token.clone();
+    let cancel = token.clone();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut terminate), Ok(mut interrupt)) => {
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+                        _ = interrupt.recv() => tracing::info!("ctrl-c received, shutting down"),
+                    }
+                    cancel.cancel();
+                });
+            }
+            (Err(err), _) | (_, Err(err)) => {
+                // Only possible without a signal driver; the process then
+                // stops on the default signal action, without draining.
+                tracing::error!(%err, "cannot install signal handlers");
+            }
+        }
+    }
+    #[cfg(not(unix))]
     tokio::spawn(async move {
-        signal().await;
-        child.cancel();
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("ctrl-c received, shutting down");
+            cancel.cancel();
+        }
     });
     token
 }

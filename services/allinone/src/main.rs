@@ -10,6 +10,7 @@ use filament_runtime::Env;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     filament_runtime::telemetry::init();
+    let signalled = filament_runtime::shutdown::token_on_signal();
     let env = Env::from_process();
     let data_dir: PathBuf = env.or("FILAMENT_DATA_DIR", PathBuf::from("data"))?;
     std::fs::create_dir_all(&data_dir)
@@ -61,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = stack.shutdown_token();
     tokio::spawn(async move {
-        filament_runtime::shutdown::signal().await;
+        signalled.cancelled().await;
         shutdown.cancel();
     });
     stack.wait().await
