@@ -5,6 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "filament/v1/events.proto",
         "filament/v1/stream.proto",
         "filament/v1/access.proto",
+        "filament/v1/presence.proto",
+        "filament/v1/voice.proto",
+        "filament/v1/search.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

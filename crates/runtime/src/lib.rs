@@ -1,9 +1,11 @@
 //! Process plumbing that every Filament deployable shares: typed config read
-//! from an injected environment, tracing set-up, the shutdown signal, and the
-//! probe endpoints Kubernetes calls.
+//! from an injected environment, tracing set-up, the shutdown signal, the
+//! probe endpoints Kubernetes calls, and the admin listener that serves
+//! metrics away from the public port.
 //!
 //! Nothing domain-specific lives here.
 
+pub mod admin;
 pub mod env;
 pub mod probes;
 pub mod shutdown;

@@ -9,6 +9,7 @@
 //! the Redis registry.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +48,16 @@ pub struct StackConfig {
     pub password_hashing: filament_api::PasswordHashing,
     /// Applied to every gateway's config.
     pub tune_gateway: fn(&mut filament_gateway::Config),
+    /// Applied to the api's config.
+    pub tune_api: fn(&mut filament_api::Config),
+    /// Where attachment files go; `None` is a fresh temp directory that is
+    /// removed with the stack.
+    pub attachment_root: Option<PathBuf>,
+    /// The LiveKit deployment voice signs tokens for; `None` is a dev key
+    /// with a random secret per start (tokens no real LiveKit accepts).
+    pub livekit: Option<filament_voice::LiveKit>,
+    /// Applied to the voice service's config.
+    pub tune_voice: fn(&mut filament_voice::Config),
 }
 
 impl StackConfig {
@@ -63,6 +74,10 @@ impl StackConfig {
             gateways: 1,
             password_hashing: filament_api::PasswordHashing::default(),
             tune_gateway: |_| {},
+            tune_api: |_| {},
+            attachment_root: None,
+            livekit: None,
+            tune_voice: |_| {},
         }
     }
 }
@@ -78,6 +93,14 @@ pub struct Stack {
     pub voice_grpc_addr: SocketAddr,
     pub search_grpc_addr: SocketAddr,
     pub gateway_metrics: Vec<Arc<filament_gateway::Metrics>>,
+    pub voice_metrics: Arc<filament_voice::VoiceMetrics>,
+    /// `/metrics` of the api and of each gateway, on loopback admin
+    /// listeners apart from the public origin.
+    pub api_admin_addr: Option<SocketAddr>,
+    pub gateway_admin_addrs: Vec<Option<SocketAddr>>,
+    /// Where the api keeps attachment files.
+    pub attachment_root: PathBuf,
+    _attachment_dir: Option<RemoveOnDrop>,
     shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
 }
@@ -98,6 +121,40 @@ impl Stack {
                 .await
                 .context("opening the database")?,
         };
+        // Voice and presence are bound before the api and the gateways,
+        // which call them; presence tells voice who went offline.
+        let livekit = match config.livekit.clone() {
+            Some(livekit) => livekit,
+            None => dev_livekit()?,
+        };
+        let mut voice_config = filament_voice::Config::new((ip, 0).into(), livekit);
+        (config.tune_voice)(&mut voice_config);
+        let voice = filament_voice::bind(voice_config, registry().await?).await?;
+        let voice_grpc_addr = voice.grpc_addr()?;
+        let voice_metrics = voice.metrics();
+        tasks.spawn(named("voice", voice.run(shutdown.clone())));
+        let mut presence_config = filament_presence::Config::new((ip, 0).into());
+        presence_config.store.lease_ttl = config.registry_ttl;
+        presence_config.voice_grpc_url = Some(format!("http://{voice_grpc_addr}"));
+        let presence_redis = match &config.registry {
+            RegistryChoice::Redis { url, key_prefix } => {
+                presence_config.store.key_prefix = format!("{key_prefix}presence:");
+                Some(url.as_str())
+            }
+            RegistryChoice::Memory => None,
+        };
+        let presence_store =
+            filament_presence::open_store(&presence_config.store, presence_redis).await?;
+        let presence =
+            filament_presence::bind(presence_config, registry().await?, presence_store).await?;
+        let presence_grpc_addr = presence.grpc_addr()?;
+        tasks.spawn(named("presence", presence.run(shutdown.clone())));
+
+        // Search is bound first so the api knows its address; it follows the
+        // api's message feed once the api is bound (`with_feed_url` below).
+        let search_config = filament_search::Config::new((ip, 0).into(), String::new());
+        let search = filament_search::bind(search_config).await?;
+        let search_grpc_addr = search.grpc_addr()?;
         let mut api_config = filament_api::Config::new(
             (ip, 0).into(),
             (ip, 0).into(),
@@ -105,41 +162,40 @@ impl Stack {
             config.token_secret.clone(),
         );
         api_config.password_hashing = config.password_hashing;
+        let (attachment_root, attachment_dir) = attachment_root(&config);
+        api_config.attachment_root.clone_from(&attachment_root);
+        api_config.admin_addr = Some((ip, 0).into());
+        api_config.search_url = Some(format!("http://{search_grpc_addr}"));
+        api_config.voice_url = Some(format!("http://{voice_grpc_addr}"));
+        (config.tune_api)(&mut api_config);
         let api = filament_api::bind(api_config, store, registry().await?).await?;
+        let api_admin_addr = api.admin_addr();
         let api_http_addr = api.http_addr()?;
         let api_grpc_addr = api.grpc_addr()?;
         let api_router = api.router();
         tasks.spawn(named("api", api.run(shutdown.clone())));
-
-        let presence = filament_presence::bind(filament_presence::Config {
-            grpc_addr: (ip, 0).into(),
-        })
-        .await?;
-        let presence_grpc_addr = presence.grpc_addr()?;
-        tasks.spawn(named("presence", presence.run(shutdown.clone())));
-        let voice = filament_voice::bind(filament_voice::Config {
-            grpc_addr: (ip, 0).into(),
-        })
-        .await?;
-        let voice_grpc_addr = voice.grpc_addr()?;
-        tasks.spawn(named("voice", voice.run(shutdown.clone())));
-        let search = filament_search::bind(filament_search::Config {
-            grpc_addr: (ip, 0).into(),
-        })
-        .await?;
-        let search_grpc_addr = search.grpc_addr()?;
+        let search = search.with_feed_url(format!("http://{api_grpc_addr}"));
         tasks.spawn(named("search", search.run(shutdown.clone())));
 
         let mut gateway_addrs = Vec::new();
         let mut gateway_metrics = Vec::new();
+        let mut gateway_admin_addrs = Vec::new();
         let mut readiness = Vec::new();
         let mut public_gateway = None;
         for _ in 0..config.gateways.max(1) {
             let mut gateway_config =
                 filament_gateway::Config::new((ip, 0).into(), format!("http://{api_grpc_addr}"));
             gateway_config.registry_ttl = config.registry_ttl;
+            gateway_config.event_service_urls = vec![
+                format!("http://{presence_grpc_addr}"),
+                format!("http://{voice_grpc_addr}"),
+            ];
+            gateway_config.admin_addr = Some((ip, 0).into());
+            gateway_config.presence_url = Some(format!("http://{presence_grpc_addr}"));
+            gateway_config.voice_url = Some(format!("http://{voice_grpc_addr}"));
             (config.tune_gateway)(&mut gateway_config);
             let gateway = filament_gateway::bind(gateway_config, registry().await?).await?;
+            gateway_admin_addrs.push(gateway.admin_addr());
             gateway_addrs.push(gateway.local_addr()?);
             gateway_metrics.push(gateway.metrics());
             readiness.push(gateway.readiness());
@@ -156,10 +212,14 @@ impl Stack {
         let public_addr = public.local_addr()?;
         let origin_shutdown = shutdown.clone();
         tasks.spawn(named("origin", async move {
-            axum::serve(public, origin)
-                .with_graceful_shutdown(origin_shutdown.cancelled_owned())
-                .await
-                .map_err(Into::into)
+            // Connect info: the per-IP limits of both need the peer.
+            axum::serve(
+                public,
+                origin.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(origin_shutdown.cancelled_owned())
+            .await
+            .map_err(Into::into)
         }));
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -180,6 +240,11 @@ impl Stack {
             voice_grpc_addr,
             search_grpc_addr,
             gateway_metrics,
+            voice_metrics,
+            api_admin_addr,
+            gateway_admin_addrs,
+            attachment_root,
+            _attachment_dir: attachment_dir,
             shutdown,
             tasks,
         })
@@ -209,6 +274,43 @@ impl Stack {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.wait().await
+    }
+}
+
+/// A LiveKit key pair for development: a fixed key and a random secret, so
+/// the all-in-one runs without LiveKit configured.
+fn dev_livekit() -> anyhow::Result<filament_voice::LiveKit> {
+    tracing::warn!("FILAMENT_LIVEKIT_API_KEY/_SECRET unset: voice tokens use a random dev secret");
+    let secret = format!("{}{}", ulid::Ulid::generate(), ulid::Ulid::generate());
+    Ok(filament_voice::LiveKit::new(
+        "filament-dev",
+        secret,
+        "ws://127.0.0.1:7880",
+    )?)
+}
+
+/// The configured attachment root, or a fresh temp directory and the guard
+/// that removes it.
+fn attachment_root(config: &StackConfig) -> (PathBuf, Option<RemoveOnDrop>) {
+    match &config.attachment_root {
+        Some(root) => (root.clone(), None),
+        None => {
+            let dir = std::env::temp_dir().join(format!(
+                "filament-attachments-{}",
+                ulid::Ulid::generate().to_string().to_lowercase()
+            ));
+            (dir.clone(), Some(RemoveOnDrop(dir)))
+        }
+    }
+}
+
+/// A directory removed, with its contents, on drop.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        // It may never have been created (no upload); nothing to report.
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

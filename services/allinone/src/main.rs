@@ -35,12 +35,24 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let mut config = StackConfig::new(database_url, token_secret);
+    config.attachment_root =
+        Some(env.or("FILAMENT_ATTACHMENT_ROOT", data_dir.join("attachments"))?);
     config.public_addr = env.or("FILAMENT_PUBLIC_ADDR", ([127, 0, 0, 1], 8080).into())?;
     if let Some(url) = env.raw("REDIS_URL") {
         config.registry = RegistryChoice::Redis {
             url: url.to_owned(),
             key_prefix: env.or("FILAMENT_REGISTRY_PREFIX", "filament:".to_owned())?,
         };
+    }
+    if let (Some(key), Some(secret)) = (
+        env.raw("FILAMENT_LIVEKIT_API_KEY"),
+        env.raw("FILAMENT_LIVEKIT_API_SECRET"),
+    ) {
+        config.livekit = Some(filament_voice::livekit_from(
+            key.to_owned(),
+            secret.to_owned(),
+            env.or("FILAMENT_LIVEKIT_URL", "ws://127.0.0.1:7880".to_owned())?,
+        )?);
     }
 
     let stack = Stack::start(config).await?;
@@ -58,6 +70,13 @@ async fn main() -> anyhow::Result<()> {
     println!("  presence:    http://{}", stack.presence_grpc_addr);
     println!("  voice:       http://{}", stack.voice_grpc_addr);
     println!("  search:      http://{}", stack.search_grpc_addr);
+    for addr in stack
+        .api_admin_addr
+        .iter()
+        .chain(stack.gateway_admin_addrs.iter().flatten())
+    {
+        println!("  metrics:     http://{addr}/metrics");
+    }
     println!("Press ctrl-c to stop.");
 
     let shutdown = stack.shutdown_token();

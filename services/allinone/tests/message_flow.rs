@@ -114,7 +114,10 @@ async fn the_public_origin_serves_rest_and_the_gateway() {
     let (ws, _) = tokio_tungstenite::connect_async(url)
         .await
         .expect("connects");
-    let mut socket = support::Socket { ws };
+    let mut socket = support::Socket {
+        ws,
+        hide_presence: true,
+    };
     assert_eq!(socket.next_event().await["t"], "ready");
     socket.subscribed(&guild, &channel).await;
     let (status, health) = t.get("/health", None).await;

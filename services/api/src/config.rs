@@ -1,6 +1,7 @@
 //! Api configuration, read once from the environment.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use filament_runtime::{ConfigError, Env};
@@ -11,6 +12,12 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// gRPC listener: edge access and the event stream.
     pub grpc_addr: SocketAddr,
+    /// Where `/metrics` is served (`FILAMENT_API_ADMIN_ADDR`); `None`
+    /// serves no metrics. Never the public listener.
+    pub admin_addr: Option<SocketAddr>,
+    /// The global REST limiter: requests per minute per user, or per IP
+    /// for anonymous calls (`FILAMENT_RATE_LIMIT_REQUESTS_PER_MINUTE`).
+    pub rate_limit_per_minute: u32,
     /// `sqlite:…` or `postgres://…`.
     pub database_url: String,
     /// HS256 key for access tokens, at least 32 bytes.
@@ -24,6 +31,25 @@ pub struct Config {
     /// Largest JSON body accepted.
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// The search service (`FILAMENT_SEARCH_GRPC_URL`); unset, the search
+    /// routes answer 500.
+    pub search_url: Option<String>,
+    /// The voice service (`FILAMENT_VOICE_GRPC_URL`); unset, the voice
+    /// routes answer 500.
+    pub voice_url: Option<String>,
+    /// Where attachment files live (`FILAMENT_ATTACHMENT_ROOT`).
+    pub attachment_root: PathBuf,
+    /// Directory joins per minute and client IP, and per user
+    /// (`FILAMENT_DIRECTORY_JOIN_REQUESTS_PER_MINUTE_PER_IP`, `…_PER_USER`).
+    pub directory_join_per_minute_per_ip: u32,
+    pub directory_join_per_minute_per_user: u32,
+    /// Largest `limit` of `GET /guilds/{g}/audit` (`FILAMENT_AUDIT_LIST_LIMIT_MAX`).
+    pub audit_list_limit_max: u32,
+    /// Active IP bans per guild (`FILAMENT_GUILD_IP_BAN_MAX_ENTRIES`).
+    pub guild_ip_ban_max_entries: u32,
+    /// Peers whose `CF-Connecting-IP` / `X-Forwarded-For` are believed
+    /// (`FILAMENT_TRUSTED_PROXY_CIDRS`); empty trusts no header.
+    pub trusted_proxy_cidrs: Vec<ipnet::IpNet>,
 }
 
 /// Argon2id cost. The defaults are OWASP's; tests lower them.
@@ -54,6 +80,8 @@ impl Config {
         Self {
             http_addr,
             grpc_addr,
+            admin_addr: None,
+            rate_limit_per_minute: 600,
             database_url: database_url.into(),
             token_secret,
             access_token_ttl: Duration::from_secs(900),
@@ -63,6 +91,14 @@ impl Config {
             password_hashing: PasswordHashing::default(),
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(10),
+            search_url: None,
+            voice_url: None,
+            attachment_root: PathBuf::from("./data/attachments"),
+            directory_join_per_minute_per_ip: 60,
+            directory_join_per_minute_per_user: 30,
+            audit_list_limit_max: 100,
+            guild_ip_ban_max_entries: 4096,
+            trusted_proxy_cidrs: Vec::new(),
         }
     }
 
@@ -87,6 +123,22 @@ impl Config {
             config.max_created_guilds_per_user,
         )?;
         config.server_owner = env.optional("FILAMENT_SERVER_OWNER_USER_ID")?;
+        config.search_url = env.optional("FILAMENT_SEARCH_GRPC_URL")?;
+        config.voice_url = env.optional("FILAMENT_VOICE_GRPC_URL")?;
+        config.admin_addr = env.optional("FILAMENT_API_ADMIN_ADDR")?;
+        config.rate_limit_per_minute = env.or(
+            "FILAMENT_RATE_LIMIT_REQUESTS_PER_MINUTE",
+            config.rate_limit_per_minute,
+        )?;
+        if config.rate_limit_per_minute == 0 {
+            return Err(ConfigError::Invalid {
+                name: "FILAMENT_RATE_LIMIT_REQUESTS_PER_MINUTE",
+                value: "0".to_owned(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        config.attachment_root = env.or("FILAMENT_ATTACHMENT_ROOT", config.attachment_root)?;
+        crate::http::moderation_config_from_env(&mut config, env)?;
         config.password_hashing = PasswordHashing {
             memory_kib: env.or(
                 "FILAMENT_ARGON2_MEMORY_KIB",

@@ -22,10 +22,18 @@ pub enum ApiError {
     Forbidden,
     #[error("guild creation limit reached")]
     GuildCreationLimitReached,
+    #[error("audit access denied")]
+    AuditAccessDenied,
+    #[error("directory join refused: user banned")]
+    DirectoryJoinUserBanned,
+    #[error("directory join refused: ip banned")]
+    DirectoryJoinIpBanned,
     #[error("not found")]
     NotFound,
     #[error("payload too large")]
     PayloadTooLarge,
+    #[error("quota exceeded")]
+    QuotaExceeded,
     #[error("rate limited")]
     RateLimited,
     #[error("internal error: {0}")]
@@ -42,8 +50,12 @@ impl ApiError {
             Self::GuildCreationLimitReached => {
                 (StatusCode::FORBIDDEN, "guild_creation_limit_reached")
             }
+            Self::AuditAccessDenied => (StatusCode::FORBIDDEN, "audit_access_denied"),
+            Self::DirectoryJoinUserBanned => (StatusCode::FORBIDDEN, "directory_join_user_banned"),
+            Self::DirectoryJoinIpBanned => (StatusCode::FORBIDDEN, "directory_join_ip_banned"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::QuotaExceeded => (StatusCode::CONFLICT, "quota_exceeded"),
             Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -73,11 +85,15 @@ impl From<ApiError> for tonic::Status {
                 Self::invalid_argument(err.to_string())
             }
             ApiError::InvalidCredentials => Self::unauthenticated(err.to_string()),
-            ApiError::Forbidden | ApiError::GuildCreationLimitReached => {
-                Self::permission_denied(err.to_string())
-            }
+            ApiError::Forbidden
+            | ApiError::GuildCreationLimitReached
+            | ApiError::AuditAccessDenied
+            | ApiError::DirectoryJoinUserBanned
+            | ApiError::DirectoryJoinIpBanned => Self::permission_denied(err.to_string()),
             ApiError::NotFound => Self::not_found(err.to_string()),
-            ApiError::RateLimited => Self::resource_exhausted(err.to_string()),
+            ApiError::RateLimited | ApiError::QuotaExceeded => {
+                Self::resource_exhausted(err.to_string())
+            }
             ApiError::Internal(inner) => {
                 tracing::error!(error = %inner, "rpc failed");
                 Self::internal("internal error")

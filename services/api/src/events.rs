@@ -31,6 +31,18 @@ pub fn for_guild(guild_id: &str, payload: event::Payload) -> Event {
     )
 }
 
+/// An event for every socket of these users, and every socket present in
+/// these guilds (profile changes reach friends and guild-mates).
+pub fn for_users(user_ids: Vec<String>, guild_ids: Vec<String>, payload: event::Payload) -> Event {
+    event_with(
+        audience::Target::Users(pb::UserAudience {
+            user_ids,
+            guild_ids,
+        }),
+        payload,
+    )
+}
+
 fn event_with(target: audience::Target, payload: event::Payload) -> Event {
     Event {
         audience: Some(Audience {
@@ -58,6 +70,56 @@ pub async fn publish(state: &AppState, event: Event) {
     let report = state.fanout().publish(event).await;
     if report.missed > 0 {
         tracing::debug!(?report, "event missed some gateways");
+    }
+}
+
+/// Tells every gateway holding the guild that these users' access shrank,
+/// and returns only once each gateway dropped what the users can no longer
+/// see (or had its stream cut and so resynchronises). Call it after the
+/// commit and before the REST call returns. An empty `user_ids` re-checks
+/// everyone present in the guild.
+pub async fn revoke_access(
+    state: &AppState,
+    guild_id: &str,
+    user_ids: Vec<String>,
+    membership_revoked: bool,
+) {
+    let event = for_guild(
+        guild_id,
+        event::Payload::AccessChanged(pb::AccessChanged {
+            guild_id: guild_id.to_owned(),
+            user_ids,
+            membership_revoked,
+        }),
+    );
+    let report = state.fanout().publish_acked(event).await;
+    if report.missed > 0 {
+        tracing::warn!(
+            ?report,
+            "access change missed some gateways; they will resynchronise"
+        );
+    }
+}
+
+/// Records an audit entry for a committed change. The change stands even if
+/// the entry cannot be written; that failure is logged loudly.
+pub async fn audit(
+    state: &AppState,
+    guild_id: ulid::Ulid,
+    actor_user_id: ulid::Ulid,
+    target_user_id: Option<ulid::Ulid>,
+    action: &'static str,
+) {
+    let entry = crate::store::NewAuditEntry {
+        audit_id: state.new_id(),
+        guild_id,
+        actor_user_id,
+        target_user_id,
+        action,
+        created_at_unix: crate::clock::now_unix(),
+    };
+    if let Err(err) = state.store().record_audit(entry).await {
+        tracing::error!(%err, action, "cannot write audit entry");
     }
 }
 

@@ -7,11 +7,14 @@ pub mod config;
 pub mod permissions;
 pub mod store;
 
+mod admin;
+mod attachments;
 mod auth;
 mod clock;
 mod domain;
 mod error;
 mod events;
+mod feed;
 mod grpc;
 mod http;
 mod markdown;
@@ -38,6 +41,7 @@ pub struct BoundApi {
     grpc: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
+    admin: admin::Admin,
 }
 
 /// Connects nothing and binds both listeners; [`BoundApi::run`] serves.
@@ -49,12 +53,14 @@ pub async fn bind(
     let http = TcpListener::bind(config.http_addr).await?;
     let grpc = TcpListener::bind(config.grpc_addr).await?;
     let fanout = Fanout::new("api", registry, FanoutConfig::default());
+    let admin = admin::Admin::bind(&config).await?;
     let state = AppState::new(config, store, fanout)?;
     Ok(BoundApi {
         http,
         grpc,
         state,
         shutdown: CancellationToken::new(),
+        admin,
     })
 }
 
@@ -67,11 +73,17 @@ impl BoundApi {
         self.grpc.local_addr()
     }
 
+    /// Where `/metrics` is served, when an admin address was configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr()
+    }
+
     /// The REST routes, to serve under another prefix too (the all-in-one
     /// origin mounts them at `/api`).
     pub fn router(&self) -> Router {
         let draining = self.shutdown.clone();
         http::router(self.state.clone(), move || !draining.is_cancelled())
+            .layer(self.admin.extension())
     }
 
     /// Serves until `shutdown`, then drains: in-flight requests finish and
@@ -84,7 +96,9 @@ impl BoundApi {
             grpc,
             state,
             shutdown: draining,
+            admin,
         } = self;
+        admin.spawn(shutdown.clone());
         tracing::info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, "api listening");
 
         let grpc_stop = CancellationToken::new();
@@ -92,6 +106,10 @@ impl BoundApi {
             .add_service(filament_runtime::probes::grpc_health("filament.v1.EdgeAccess").await)
             .add_service(grpc::EdgeAccessService::server(state.clone()))
             .add_service(state.fanout().grpc_service().into_server())
+            .add_service(feed::MessageFeedService::server(
+                state.clone(),
+                grpc_stop.clone(),
+            ))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(grpc),
                 grpc_stop.clone().cancelled_owned(),
@@ -105,9 +123,12 @@ impl BoundApi {
                 draining.cancel();
             }
         };
-        let http_result = axum::serve(http, router)
-            .with_graceful_shutdown(http_shutdown)
-            .await;
+        let http_result = axum::serve(
+            http,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(http_shutdown)
+        .await;
 
         state.fanout().close();
         grpc_stop.cancel();

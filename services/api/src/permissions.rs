@@ -1,15 +1,23 @@
-//! The permission model of the contract (§4): twelve bits, the built-in
-//! roles, and who may do what in a guild or channel.
+//! The permission model of the contract (§4): twelve bits, the roles that
+//! grant them, the channel overrides that adjust them, and so who may do what
+//! in a guild or channel.
 //!
 //! Every check goes through [`Authorizer`], so REST handlers and the gateway's
-//! subscribe check (over gRPC) can never disagree.
+//! subscribe check (over gRPC) can never disagree. It reads the roles,
+//! assignments and overrides fresh from the store on every question: a
+//! change applies to the very next request, on every backend.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use filament_proto::v1 as pb;
 use ulid::Ulid;
 
 use crate::error::{ApiError, ApiResult};
-use crate::store::{ChannelRecord, MemberRole, Store};
+use crate::store::{
+    BuiltinRole, ChannelRecord, MemberRole, OverrideRecord, OverrideTarget, RoleRecord, Store,
+    WORKSPACE_OWNER_POSITION,
+};
 
 /// One permission bit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,6 +56,43 @@ impl Permission {
     pub fn bit(self) -> u64 {
         1 << (self as u64)
     }
+
+    /// The same permission as the wire names it.
+    pub fn wire(self) -> filament_wire::Permission {
+        // Both enums are declared in bit order; a test checks it.
+        filament_wire::Permission::ALL[self as usize]
+    }
+
+    /// The proto enum value: the bit index plus one.
+    pub fn proto(self) -> i32 {
+        self as i32 + 1
+    }
+
+    /// Parses a wire name such as `"create_message"`. The names are the
+    /// proto catalogue's (`PERMISSION_CREATE_MESSAGE`), which the wire
+    /// crate also serializes from, so they are spelled in one place.
+    pub fn from_name(name: &str) -> Option<Self> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return None;
+        }
+        let proto =
+            pb::Permission::from_str_name(&format!("PERMISSION_{}", name.to_ascii_uppercase()))?;
+        let index = usize::try_from(i32::from(proto)).ok()?.checked_sub(1)?;
+        Self::ALL.get(index).copied()
+    }
+
+    /// Parses a list of wire names, keeping the first occurrence of each in
+    /// request order. Any unknown name is a 400.
+    pub fn parse_list(names: &[String]) -> ApiResult<Vec<Self>> {
+        let mut parsed = Vec::with_capacity(names.len());
+        for name in names {
+            let permission = Self::from_name(name).ok_or(ApiError::InvalidRequest)?;
+            if !parsed.contains(&permission) {
+                parsed.push(permission);
+            }
+        }
+        Ok(parsed)
+    }
 }
 
 /// A set of permission bits.
@@ -55,7 +100,9 @@ impl Permission {
 pub struct Permissions(u64);
 
 impl Permissions {
+    pub const NONE: Self = Self(0);
     pub const EVERYONE: Self = Self(2304);
+    pub const MEMBER: Self = Self(2304);
     pub const MODERATOR: Self = Self(4090);
     pub const ALL: Self = Self(4095);
 
@@ -67,24 +114,78 @@ impl Permissions {
         self.0
     }
 
-    /// The permissions a built-in membership role grants in a guild.
+    /// A stored mask with any bit this build does not know dropped.
+    pub fn from_stored(raw: u64) -> Self {
+        Self(raw & Self::ALL.0)
+    }
+
+    /// The bits of a stored mask that [`Permissions::from_stored`] drops.
+    pub fn unknown_bits(raw: u64) -> u64 {
+        raw & !Self::ALL.0
+    }
+
+    pub fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    pub fn intersects(self, other: Self) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// One override layer (contract §4.3 step 5): allow bits that the layer
+    /// also denies are dropped, then the denies are cleared, then the allows
+    /// set.
+    pub fn apply_override(self, allow: Self, deny: Self) -> Self {
+        let allow = allow.0 & !deny.0;
+        Self((self.0 & !deny.0) | allow)
+    }
+
+    /// The permissions in bit order.
+    pub fn iter(self) -> impl Iterator<Item = Permission> {
+        Permission::ALL
+            .into_iter()
+            .filter(move |p| self.contains(*p))
+    }
+
+    pub fn to_wire(self) -> Vec<filament_wire::Permission> {
+        self.iter().map(Permission::wire).collect()
+    }
+
+    pub fn to_proto(self) -> Vec<i32> {
+        self.iter().map(Permission::proto).collect()
+    }
+
+    /// The default permissions of a built-in membership role's role.
     pub fn of_role(role: MemberRole) -> Self {
         match role {
             MemberRole::Owner => Self::ALL,
             MemberRole::Moderator => Self::MODERATOR,
-            MemberRole::Member => Self::EVERYONE,
+            MemberRole::Member => Self::MEMBER,
         }
     }
 }
 
-/// What one user may do in one guild.
+impl FromIterator<Permission> for Permissions {
+    fn from_iter<I: IntoIterator<Item = Permission>>(iter: I) -> Self {
+        Self(iter.into_iter().fold(0, |bits, p| bits | p.bit()))
+    }
+}
+
+/// What one user may do in one guild, or in one channel when it comes from
+/// [`Authorizer::channel`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuildAccess {
     pub user_id: Ulid,
     pub guild_id: Ulid,
-    /// The membership role; `Owner` for the server owner.
+    /// The legacy membership role; `Owner` for the server owner.
     pub role: MemberRole,
     pub permissions: Permissions,
+    /// The highest position among the user's roles, for the hierarchy rules.
+    pub highest_position: i64,
+    /// Holds `workspace_owner` (explicitly or as a legacy owner).
+    pub workspace_owner: bool,
+    /// The server owner (`FILAMENT_SERVER_OWNER_USER_ID`).
+    pub server_owner: bool,
 }
 
 impl GuildAccess {
@@ -95,6 +196,31 @@ impl GuildAccess {
             Err(ApiError::Forbidden)
         }
     }
+
+    /// Whether the user may edit, delete or reorder this role (contract
+    /// §3.5 "Hierarchy"): the server owner any role; nobody else the system
+    /// roles; workspace owners every other role; everyone else only roles
+    /// below their highest.
+    pub fn can_manage_role(&self, role: &RoleRecord) -> bool {
+        if self.server_owner {
+            return true;
+        }
+        if role.is_system() {
+            return false;
+        }
+        self.workspace_owner || role.position < self.highest_position
+    }
+
+    /// Whether a role at `position` is below the user, or the user is above
+    /// the hierarchy (a workspace or server owner).
+    pub fn outranks(&self, position: i64) -> bool {
+        self.server_owner || self.workspace_owner || position < self.highest_position
+    }
+
+    /// The legacy owner rule of the legacy override route.
+    pub fn is_legacy_owner(&self) -> bool {
+        self.server_owner || self.role == MemberRole::Owner
+    }
 }
 
 /// Answers permission questions from the store.
@@ -102,6 +228,65 @@ impl GuildAccess {
 pub struct Authorizer {
     store: Arc<dyn Store>,
     server_owner: Option<Ulid>,
+}
+
+/// A member's roles in one guild, ready to evaluate channels against.
+struct Standing {
+    access: GuildAccess,
+    everyone_role: Option<Ulid>,
+    /// Explicit assignments plus the built-in role of the legacy role.
+    assigned: HashSet<Ulid>,
+}
+
+impl Standing {
+    /// Channel-level permissions (contract §4.3 step 5) from the guild
+    /// permissions and the overrides that may apply to this user.
+    fn channel_permissions<'a>(
+        &self,
+        overrides: impl Iterator<Item = &'a OverrideRecord>,
+    ) -> Permissions {
+        if self.access.server_owner || self.access.workspace_owner {
+            return Permissions::ALL;
+        }
+        let mut everyone = None;
+        let (mut role_allow, mut role_deny) = (Permissions::NONE, Permissions::NONE);
+        let mut member = None;
+        for entry in overrides {
+            let allow = stored(entry.allow);
+            let deny = stored(entry.deny);
+            match entry.target {
+                OverrideTarget::Role(id) if Some(id) == self.everyone_role => {
+                    everyone = Some((allow, deny));
+                }
+                OverrideTarget::Role(id) if self.assigned.contains(&id) => {
+                    role_allow = role_allow.union(allow);
+                    role_deny = role_deny.union(deny);
+                }
+                OverrideTarget::Member(id) if id == self.access.user_id => {
+                    member = Some((allow, deny));
+                }
+                OverrideTarget::Role(_) | OverrideTarget::Member(_) => {}
+            }
+        }
+        let mut bits = self.access.permissions;
+        if let Some((allow, deny)) = everyone {
+            bits = bits.apply_override(allow, deny);
+        }
+        bits = bits.apply_override(role_allow, role_deny);
+        if let Some((allow, deny)) = member {
+            bits = bits.apply_override(allow, deny);
+        }
+        bits
+    }
+}
+
+/// A stored mask, with unknown bits dropped (and noted in the log).
+fn stored(raw: u64) -> Permissions {
+    let unknown = Permissions::unknown_bits(raw);
+    if unknown != 0 {
+        tracing::warn!(unknown, "stored permission mask has unknown bits; masked");
+    }
+    Permissions::from_stored(raw)
 }
 
 impl Authorizer {
@@ -112,53 +297,68 @@ impl Authorizer {
         }
     }
 
-    /// The user's access to the guild; `Forbidden` for non-members (and for
+    /// The user's guild-level access; `Forbidden` for non-members (and for
     /// unknown guilds, so guild ids cannot be probed).
     pub async fn guild(&self, guild_id: Ulid, user_id: Ulid) -> ApiResult<GuildAccess> {
-        if self.server_owner == Some(user_id) {
-            if self.store.guild(guild_id).await?.is_none() {
-                return Err(ApiError::NotFound);
-            }
-            return Ok(GuildAccess {
-                user_id,
-                guild_id,
-                role: MemberRole::Owner,
-                permissions: Permissions::ALL,
-            });
-        }
-        let member = self
-            .store
-            .member(guild_id, user_id)
-            .await?
-            .ok_or(ApiError::Forbidden)?;
-        Ok(GuildAccess {
-            user_id,
-            guild_id,
-            role: member.role,
-            permissions: Permissions::of_role(member.role),
-        })
+        Ok(self.standing(guild_id, user_id).await?.access)
     }
 
     /// The user's access to a channel, which must exist in the guild
-    /// (`NotFound` otherwise) and be visible to the user (`Forbidden`).
+    /// (`NotFound` otherwise) and be visible to the user (`Forbidden`). The
+    /// returned permissions are the channel-level ones.
     pub async fn channel(
         &self,
         guild_id: Ulid,
         channel_id: Ulid,
         user_id: Ulid,
     ) -> ApiResult<(GuildAccess, ChannelRecord)> {
-        let access = self.guild(guild_id, user_id).await?;
+        let standing = self.standing(guild_id, user_id).await?;
         let channel = self
             .store
             .channel(guild_id, channel_id)
             .await?
             .ok_or(ApiError::NotFound)?;
+        let overrides = self
+            .store
+            .overrides_for(guild_id, Some(channel_id), user_id)
+            .await?;
+        let permissions = standing.channel_permissions(overrides.iter());
+        let access = GuildAccess {
+            permissions,
+            ..standing.access
+        };
         access.require(Permission::CreateMessage)?;
         Ok((access, channel))
     }
 
+    /// The guild's channels the user can view (channel-level
+    /// `create_message`), in creation order, from the first `limit`.
+    pub async fn visible_channels(
+        &self,
+        guild_id: Ulid,
+        user_id: Ulid,
+        limit: u32,
+    ) -> ApiResult<Vec<ChannelRecord>> {
+        let standing = self.standing(guild_id, user_id).await?;
+        let channels = self.store.channels(guild_id, limit).await?;
+        let overrides = self.store.overrides_for(guild_id, None, user_id).await?;
+        let mut by_channel: HashMap<Ulid, Vec<&OverrideRecord>> = HashMap::new();
+        for entry in &overrides {
+            by_channel.entry(entry.channel_id).or_default().push(entry);
+        }
+        Ok(channels
+            .into_iter()
+            .filter(|channel| {
+                let entries = by_channel.get(&channel.channel_id);
+                standing
+                    .channel_permissions(entries.into_iter().flatten().copied())
+                    .contains(Permission::CreateMessage)
+            })
+            .collect())
+    }
+
     /// Members of the guild who hold `permission` at guild level (plus the
-    /// server owner), for events only they may see.
+    /// server owner), for events only they may see. Read a page at a time.
     pub async fn members_with_permission(
         &self,
         guild_id: Ulid,
@@ -168,14 +368,13 @@ impl Authorizer {
         let mut holders: Vec<Ulid> = self.server_owner.into_iter().collect();
         let mut after = None;
         loop {
-            let page = self.store.members(guild_id, after, PAGE).await?;
-            holders.extend(
-                page.iter()
-                    .filter(|m| Permissions::of_role(m.role).contains(permission))
-                    .map(|m| m.user_id),
-            );
+            let page = self
+                .store
+                .members_with_permission_bits(guild_id, permission.bit(), after, PAGE)
+                .await?;
+            holders.extend(&page);
             match page.last() {
-                Some(last) if page.len() == PAGE as usize => after = Some(last.user_id),
+                Some(last) if page.len() == PAGE as usize => after = Some(*last),
                 _ => break,
             }
         }
@@ -198,6 +397,68 @@ impl Authorizer {
             Err(err) => Err(err),
         }
     }
+
+    /// Contract §4.3 steps 1–4.
+    async fn standing(&self, guild_id: Ulid, user_id: Ulid) -> ApiResult<Standing> {
+        if self.server_owner == Some(user_id) {
+            if self.store.guild(guild_id).await?.is_none() {
+                return Err(ApiError::NotFound);
+            }
+            return Ok(Standing {
+                access: GuildAccess {
+                    user_id,
+                    guild_id,
+                    role: MemberRole::Owner,
+                    permissions: Permissions::ALL,
+                    highest_position: WORKSPACE_OWNER_POSITION,
+                    workspace_owner: true,
+                    server_owner: true,
+                },
+                everyone_role: None,
+                assigned: HashSet::new(),
+            });
+        }
+        let member = self
+            .store
+            .member(guild_id, user_id)
+            .await?
+            .ok_or(ApiError::Forbidden)?;
+        let roles = self.store.roles(guild_id).await?;
+        let explicit = self.store.assigned_role_ids(guild_id, user_id).await?;
+        let implied = BuiltinRole::of_member_role(member.role);
+        let mut standing = Standing {
+            access: GuildAccess {
+                user_id,
+                guild_id,
+                role: member.role,
+                permissions: Permissions::NONE,
+                highest_position: 0,
+                workspace_owner: false,
+                server_owner: false,
+            },
+            everyone_role: None,
+            assigned: HashSet::new(),
+        };
+        let access = &mut standing.access;
+        for role in &roles {
+            if role.builtin == Some(BuiltinRole::Everyone) {
+                standing.everyone_role = Some(role.role_id);
+                access.permissions = access.permissions.union(stored(role.permissions));
+                continue;
+            }
+            if !(explicit.contains(&role.role_id) || role.builtin == Some(implied)) {
+                continue;
+            }
+            standing.assigned.insert(role.role_id);
+            access.permissions = access.permissions.union(stored(role.permissions));
+            access.highest_position = access.highest_position.max(role.position);
+            access.workspace_owner |= role.builtin == Some(BuiltinRole::WorkspaceOwner);
+        }
+        if access.workspace_owner {
+            access.permissions = Permissions::ALL;
+        }
+        Ok(standing)
+    }
 }
 
 #[cfg(test)]
@@ -216,5 +477,373 @@ mod tests {
         assert!(!Permissions::MODERATOR.contains(Permission::ManageWorkspaceRoles));
         assert!(Permissions::MODERATOR.contains(Permission::ManageChannelOverrides));
         assert_eq!(count(Permissions::MODERATOR), 10);
+    }
+
+    #[test]
+    fn names_come_from_the_catalogue_and_match_the_wire() {
+        for permission in Permission::ALL {
+            let name = serde_json::to_value(permission.wire()).expect("serializes");
+            let name = name.as_str().expect("a string");
+            assert_eq!(Permission::from_name(name), Some(permission), "{name}");
+            assert_eq!(
+                pb::Permission::try_from(permission.proto()).map(|p| p.as_str_name()),
+                Ok(format!("PERMISSION_{}", name.to_ascii_uppercase()).as_str())
+            );
+        }
+        for bad in [
+            "",
+            "CREATE_MESSAGE",
+            "Create_message",
+            "unspecified",
+            "admin",
+        ] {
+            assert_eq!(Permission::from_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn lists_keep_request_order_without_duplicates() {
+        let names = ["subscribe_streams", "create_message", "subscribe_streams"];
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        assert_eq!(
+            Permission::parse_list(&names).expect("valid"),
+            [Permission::SubscribeStreams, Permission::CreateMessage]
+        );
+        assert!(Permission::parse_list(&["nope".to_owned()]).is_err());
+    }
+
+    #[test]
+    fn an_override_layer_drops_allows_it_also_denies() {
+        let base: Permissions = [Permission::CreateMessage, Permission::SubscribeStreams]
+            .into_iter()
+            .collect();
+        let both: Permissions = [Permission::CreateMessage, Permission::PublishVideo]
+            .into_iter()
+            .collect();
+        let deny: Permissions = [Permission::CreateMessage].into_iter().collect();
+        let after = base.apply_override(both, deny);
+        assert!(!after.contains(Permission::CreateMessage));
+        assert!(after.contains(Permission::PublishVideo));
+        assert!(after.contains(Permission::SubscribeStreams));
+    }
+
+    /// §4.3 against a real store: layers, immunity, and that every answer
+    /// reads the current data (a change applies to the next question).
+    mod evaluation {
+        use std::sync::Arc;
+
+        use super::*;
+        use crate::store::{
+            ChannelKind, GuildRecord, MemberRecord, NewUser, RoleChanges, SqliteStore, Visibility,
+        };
+
+        const NOW: i64 = 1_700_000_000;
+
+        struct World {
+            store: Arc<dyn Store>,
+            guild: Ulid,
+            owner: Ulid,
+            channel: Ulid,
+        }
+
+        impl World {
+            async fn new() -> Self {
+                let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().await.unwrap());
+                let owner = user(&*store).await;
+                let guild = Ulid::generate();
+                store
+                    .create_guild(GuildRecord {
+                        guild_id: guild,
+                        name: "g".to_owned(),
+                        visibility: Visibility::Private,
+                        created_by: owner,
+                        created_at_unix: NOW,
+                    })
+                    .await
+                    .unwrap();
+                let channel = Ulid::generate();
+                store
+                    .create_channel(ChannelRecord {
+                        channel_id: channel,
+                        guild_id: guild,
+                        name: "c".to_owned(),
+                        kind: ChannelKind::Text,
+                        created_at_unix: NOW,
+                    })
+                    .await
+                    .unwrap();
+                Self {
+                    store,
+                    guild,
+                    owner,
+                    channel,
+                }
+            }
+
+            async fn member(&self) -> Ulid {
+                let user_id = user(&*self.store).await;
+                self.store
+                    .add_member(MemberRecord {
+                        guild_id: self.guild,
+                        user_id,
+                        role: MemberRole::Member,
+                        joined_at_unix: NOW,
+                    })
+                    .await
+                    .unwrap();
+                user_id
+            }
+
+            async fn builtin(&self, which: BuiltinRole) -> Ulid {
+                let roles = self.store.roles(self.guild).await.unwrap();
+                roles
+                    .iter()
+                    .find(|r| r.builtin == Some(which))
+                    .unwrap()
+                    .role_id
+            }
+
+            async fn set_override(
+                &self,
+                target: OverrideTarget,
+                allow: &[Permission],
+                deny: &[Permission],
+            ) {
+                self.store
+                    .upsert_override(OverrideRecord {
+                        guild_id: self.guild,
+                        channel_id: self.channel,
+                        target,
+                        allow: allow.iter().copied().collect::<Permissions>().bits(),
+                        deny: deny.iter().copied().collect::<Permissions>().bits(),
+                    })
+                    .await
+                    .unwrap();
+            }
+
+            async fn can_view(&self, authorizer: &Authorizer, user_id: Ulid) -> bool {
+                authorizer
+                    .can_view_channel(self.guild, self.channel, user_id)
+                    .await
+                    .unwrap()
+            }
+        }
+
+        async fn user(store: &dyn Store) -> Ulid {
+            let user_id = Ulid::generate();
+            store
+                .create_user(NewUser {
+                    user_id,
+                    username: format!("u{}", &user_id.to_string()[16..]).to_lowercase(),
+                    password_hash: "hash".to_owned(),
+                    created_at_unix: NOW,
+                })
+                .await
+                .unwrap();
+            user_id
+        }
+
+        #[tokio::test]
+        async fn layers_apply_in_order_and_owners_are_immune() {
+            let world = World::new().await;
+            let authorizer = Authorizer::new(Arc::clone(&world.store), None);
+            let member = world.member().await;
+            let everyone = world.builtin(BuiltinRole::Everyone).await;
+            let member_role = world.builtin(BuiltinRole::Member).await;
+            assert!(world.can_view(&authorizer, member).await);
+
+            // (a) @everyone denies; the owner is immune.
+            world
+                .set_override(
+                    OverrideTarget::Role(everyone),
+                    &[],
+                    &[Permission::CreateMessage],
+                )
+                .await;
+            assert!(!world.can_view(&authorizer, member).await);
+            assert!(world.can_view(&authorizer, world.owner).await);
+            let (owner_access, _) = authorizer
+                .channel(world.guild, world.channel, world.owner)
+                .await
+                .unwrap();
+            assert_eq!(owner_access.permissions, Permissions::ALL);
+
+            // (b) a role the member holds (here implied by the legacy role)
+            // allows it back.
+            world
+                .set_override(
+                    OverrideTarget::Role(member_role),
+                    &[Permission::CreateMessage],
+                    &[],
+                )
+                .await;
+            assert!(world.can_view(&authorizer, member).await);
+
+            // (c) the member's own override has the last word.
+            world
+                .set_override(
+                    OverrideTarget::Member(member),
+                    &[],
+                    &[Permission::CreateMessage],
+                )
+                .await;
+            assert!(!world.can_view(&authorizer, member).await);
+            assert!(matches!(
+                authorizer.channel(world.guild, world.channel, member).await,
+                Err(ApiError::Forbidden)
+            ));
+            // Guild-level permissions ignore channel overrides.
+            let access = authorizer.guild(world.guild, member).await.unwrap();
+            assert!(access.permissions.contains(Permission::CreateMessage));
+        }
+
+        #[tokio::test]
+        async fn merged_role_overrides_let_deny_win() {
+            let world = World::new().await;
+            let authorizer = Authorizer::new(Arc::clone(&world.store), None);
+            let member = world.member().await;
+            let member_role = world.builtin(BuiltinRole::Member).await;
+            let moderator = world.builtin(BuiltinRole::Moderator).await;
+            // An explicit `member` assignment, then `moderator` on top.
+            world
+                .store
+                .set_legacy_role(world.guild, member, MemberRole::Member, NOW)
+                .await
+                .unwrap();
+            world
+                .store
+                .assign_role(world.guild, member, moderator, NOW, 16)
+                .await
+                .unwrap();
+            world
+                .set_override(
+                    OverrideTarget::Role(moderator),
+                    &[Permission::CreateMessage],
+                    &[],
+                )
+                .await;
+            world
+                .set_override(
+                    OverrideTarget::Role(member_role),
+                    &[],
+                    &[Permission::CreateMessage],
+                )
+                .await;
+            // Holds both member (explicitly) and moderator: the merged layer
+            // allows and denies create_message, so the deny wins.
+            assert!(!world.can_view(&authorizer, member).await);
+        }
+
+        #[tokio::test]
+        async fn role_permission_changes_apply_to_the_next_question() {
+            let world = World::new().await;
+            let authorizer = Authorizer::new(Arc::clone(&world.store), None);
+            let member = world.member().await;
+            let everyone = world.builtin(BuiltinRole::Everyone).await;
+            let member_role = world.builtin(BuiltinRole::Member).await;
+            let strip = RoleChanges {
+                permissions: Some(0),
+                ..RoleChanges::default()
+            };
+            world
+                .store
+                .update_role(world.guild, everyone, strip.clone())
+                .await
+                .unwrap();
+            assert!(
+                world.can_view(&authorizer, member).await,
+                "member role still grants it"
+            );
+            world
+                .store
+                .update_role(world.guild, member_role, strip)
+                .await
+                .unwrap();
+            assert!(!world.can_view(&authorizer, member).await);
+            let listed = authorizer
+                .visible_channels(world.guild, member, 500)
+                .await
+                .unwrap();
+            assert!(listed.is_empty());
+            assert_eq!(
+                authorizer
+                    .members_with_permission(world.guild, Permission::CreateMessage)
+                    .await
+                    .unwrap(),
+                [world.owner]
+            );
+        }
+
+        #[tokio::test]
+        async fn the_server_owner_has_everything_everywhere() {
+            let world = World::new().await;
+            let stranger = user(&*world.store).await;
+            let authorizer = Authorizer::new(Arc::clone(&world.store), Some(stranger));
+            let access = authorizer.guild(world.guild, stranger).await.unwrap();
+            assert_eq!(
+                (access.role, access.permissions),
+                (MemberRole::Owner, Permissions::ALL)
+            );
+            assert!(world.can_view(&authorizer, stranger).await);
+            assert!(matches!(
+                authorizer.guild(Ulid::generate(), stranger).await,
+                Err(ApiError::NotFound)
+            ));
+            // Everyone else who is not a member is refused, known guild or not.
+            let other = user(&*world.store).await;
+            assert!(matches!(
+                authorizer.guild(world.guild, other).await,
+                Err(ApiError::Forbidden)
+            ));
+            assert!(matches!(
+                authorizer
+                    .channel(world.guild, Ulid::generate(), world.owner)
+                    .await,
+                Err(ApiError::NotFound)
+            ));
+        }
+
+        #[tokio::test]
+        async fn hierarchy_follows_the_highest_role() {
+            let world = World::new().await;
+            let authorizer = Authorizer::new(Arc::clone(&world.store), None);
+            let member = world.member().await;
+            let moderator = world.builtin(BuiltinRole::Moderator).await;
+            world
+                .store
+                .assign_role(world.guild, member, moderator, NOW, 16)
+                .await
+                .unwrap();
+            let access = authorizer.guild(world.guild, member).await.unwrap();
+            assert_eq!(
+                (access.role, access.highest_position),
+                (MemberRole::Moderator, 100)
+            );
+            assert!(access.outranks(99) && !access.outranks(100));
+            let roles = world.store.roles(world.guild).await.unwrap();
+            let manageable: Vec<_> = roles
+                .iter()
+                .filter(|r| access.can_manage_role(r))
+                .map(|r| r.name.as_str())
+                .collect();
+            assert_eq!(manageable, ["member"]);
+            let owner = authorizer.guild(world.guild, world.owner).await.unwrap();
+            let manageable: Vec<_> = roles
+                .iter()
+                .filter(|r| owner.can_manage_role(r))
+                .map(|r| r.name.as_str())
+                .collect();
+            assert_eq!(manageable, ["moderator", "member"]);
+        }
+    }
+
+    #[test]
+    fn unknown_stored_bits_are_masked() {
+        let raw = (1 << 20) | Permission::CreateMessage.bit();
+        assert_eq!(Permissions::unknown_bits(raw), 1 << 20);
+        assert_eq!(
+            Permissions::from_stored(raw).bits(),
+            Permission::CreateMessage.bit()
+        );
     }
 }

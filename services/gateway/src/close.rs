@@ -2,7 +2,7 @@
 //! and reason that clients see. docs/GATEWAY_EVENTS.md lists the same table.
 
 /// A reason to close a socket, as a close code and a short reason string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseReason {
     /// The server is shutting down; reconnect elsewhere.
     ServerShutdown,
@@ -12,6 +12,11 @@ pub enum CloseReason {
     FrameTooLarge,
     /// A binary frame; the protocol is JSON text.
     BinaryFrame,
+    /// A text frame that is not valid UTF-8.
+    InvalidUtf8,
+    /// A frame that breaks the websocket protocol (reserved bits, a stray
+    /// continuation, a fragmented control frame).
+    ProtocolError,
     /// Not a `{v,t,d}` envelope: bad JSON, a bad `t`, or extra keys.
     InvalidEnvelope,
     /// A `v` other than 1.
@@ -36,11 +41,13 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 16] = [
         Self::ServerShutdown,
         Self::SlowConsumer,
         Self::FrameTooLarge,
         Self::BinaryFrame,
+        Self::InvalidUtf8,
+        Self::ProtocolError,
         Self::InvalidEnvelope,
         Self::UnsupportedVersion,
         Self::UnknownEvent,
@@ -56,7 +63,9 @@ impl CloseReason {
     pub fn code(self) -> u16 {
         match self {
             Self::ServerShutdown => 1001,
+            Self::ProtocolError => 1002,
             Self::BinaryFrame => 1003,
+            Self::InvalidUtf8 => 1007,
             Self::SlowConsumer => 1008,
             Self::FrameTooLarge => 1009,
             Self::UpstreamUnavailable => 1011,
@@ -79,6 +88,8 @@ impl CloseReason {
             Self::SlowConsumer => "slow_consumer",
             Self::FrameTooLarge => "frame_too_large",
             Self::BinaryFrame => "binary_frame",
+            Self::InvalidUtf8 => "invalid_utf8",
+            Self::ProtocolError => "protocol_error",
             Self::InvalidEnvelope => "invalid_envelope",
             Self::UnsupportedVersion => "unsupported_version",
             Self::UnknownEvent => "unknown_event",

@@ -4,7 +4,8 @@
 //! request (eviction, resync, revocation), shutdown, token expiry, idle
 //! timeout, the socket's outbound queue, inbound frames, and the ping timer.
 //! Writes race the close request, so a client that stops reading is evicted
-//! even while a write to it is stuck.
+//! even while a write to it is stuck. Every inbound data frame counts
+//! against the socket's ingress window before it is decoded.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use filament_proto::v1::{Event, Ready, Subscribed, event};
 use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
@@ -20,17 +22,20 @@ use crate::close::CloseReason;
 use crate::ids::{ChannelId, GuildId};
 use crate::index::{Registration, SubscribeOutcome, Target};
 use crate::ingress::{self, Command};
+use crate::limits::{IngressLimiter, IpPermit};
+use crate::metrics::IngressRejection;
 
-/// How long a close frame may take to send before the socket is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many times a subscribe is re-authorized when access changes under it.
 const MAX_AUTHORIZE_ATTEMPTS: usize = 3;
 
+/// Serves one upgraded socket. `_permit` holds the client IP's connection
+/// slot until the socket is gone.
 pub(crate) async fn run(
     mut socket: WebSocket,
     shared: Arc<Shared>,
     identity: Identity,
     shutdown: CancellationToken,
+    _permit: IpPermit,
 ) {
     let mut registration = shared
         .index
@@ -46,13 +51,31 @@ pub(crate) async fn run(
     .await;
     shared.index.unregister(registration.id);
     shared.metrics.connection_closed();
+    // Presence publishes the offline transitions and takes the user out of
+    // voice if this was their last connection anywhere.
+    shared.peers.disconnected(registration.id).await;
     if let Some(reason) = outcome {
         shared.metrics.closed(reason);
-        let frame = CloseFrame {
-            code: reason.code(),
-            reason: Utf8Bytes::from_static(reason.as_str()),
-        };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(shared.config.close_timeout, close(&mut socket, reason)).await;
+    }
+}
+
+/// The closing handshake: our close frame, then whatever the client still
+/// sends, discarded, up to its close frame. Dropping the socket with unread
+/// input would make the kernel reset the connection, which can destroy
+/// the close frame before the client reads it.
+async fn close(socket: &mut WebSocket, reason: CloseReason) {
+    let frame = CloseFrame {
+        code: reason.code(),
+        reason: Utf8Bytes::from_static(reason.as_str()),
+    };
+    if socket.send(Message::Close(Some(frame))).await.is_err() {
+        return;
+    }
+    while let Some(Ok(message)) = socket.recv().await {
+        if matches!(message, Message::Close(_)) {
+            return;
+        }
     }
 }
 
@@ -69,6 +92,7 @@ async fn serve(
         tracing::warn!(%err, "registry unavailable; refusing socket");
         return Some(CloseReason::UpstreamUnavailable);
     }
+    shared.peers.connected(registration.id, identity.user).await;
     let ready = connection_event(event::Payload::Ready(Ready {
         user_id: identity.user.to_string(),
     }));
@@ -80,6 +104,7 @@ async fn serve(
     let idle = sleep_until(Instant::now() + config.idle_timeout);
     tokio::pin!(idle);
     let mut ping = tokio::time::interval(config.ping_interval);
+    let mut ingress = IngressLimiter::new(config.ingress_events_per_window, config.ingress_window);
     let closer = Arc::clone(&registration.closer);
 
     loop {
@@ -98,22 +123,29 @@ async fn serve(
                 }
             }
             inbound = socket.recv() => {
-                idle.as_mut().reset(Instant::now() + config.idle_timeout);
-                match inbound? {
-                    Ok(Message::Text(text)) => {
-                        if let Err(reason) = handle_text(shared, identity, registration, &text).await {
+                let now = Instant::now();
+                idle.as_mut().reset(now + config.idle_timeout);
+                let message = match inbound? {
+                    Ok(message) => message,
+                    Err(err) => return read_error(shared, err),
+                };
+                let is_data = matches!(message, Message::Text(_) | Message::Binary(_));
+                if is_data && !ingress.admit(now) {
+                    return Some(refuse(shared, CloseReason::RateLimited));
+                }
+                match message {
+                    Message::Text(text) => {
+                        // Boxed: a subscribe's RPC state is kilobytes that
+                        // every idle socket would otherwise carry.
+                        if let Err(reason) = Box::pin(handle_text(shared, identity, registration, &text)).await {
                             return Some(reason);
                         }
                     }
-                    Ok(Message::Binary(_)) => {
-                        shared.metrics.rejected(CloseReason::BinaryFrame.as_str());
-                        return Some(CloseReason::BinaryFrame);
-                    }
+                    Message::Binary(_) => return Some(refuse(shared, CloseReason::BinaryFrame)),
                     // Pings are answered by the websocket layer; pongs only
                     // prove liveness.
-                    Ok(Message::Ping(_) | Message::Pong(_)) => {}
-                    Ok(Message::Close(_)) => return None,
-                    Err(err) => return read_error(shared, &err),
+                    Message::Ping(_) | Message::Pong(_) => {}
+                    Message::Close(_) => return None,
                 }
             }
             _ = ping.tick() => {
@@ -126,19 +158,38 @@ async fn serve(
     }
 }
 
-fn read_error(shared: &Shared, err: &axum::Error) -> Option<CloseReason> {
-    // axum wraps tungstenite's error; a capacity error is the only one the
-    // client can still be told about.
-    let text = err.to_string();
-    if text.contains("Space limit exceeded")
-        || text.contains("too long")
-        || text.contains("Message too big")
-    {
-        shared.metrics.rejected(CloseReason::FrameTooLarge.as_str());
-        return Some(CloseReason::FrameTooLarge);
-    }
-    tracing::debug!(%err, "socket read failed");
-    None
+/// Counts a frame that closes the socket, and returns the reason.
+fn refuse(shared: &Shared, reason: CloseReason) -> CloseReason {
+    shared.metrics.rejected(IngressRejection::Closed(reason));
+    reason
+}
+
+/// What a failed read means: a hostile frame the client is told about, or
+/// a client that went away (`None`).
+fn read_error(shared: &Shared, err: axum::Error) -> Option<CloseReason> {
+    let reason = match err.into_inner().downcast::<tungstenite::Error>() {
+        Ok(err) => match *err {
+            // Over the frame or message cap, fragmented or not.
+            tungstenite::Error::Capacity(_) => CloseReason::FrameTooLarge,
+            tungstenite::Error::Utf8(_) => CloseReason::InvalidUtf8,
+            tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            ) => return None,
+            tungstenite::Error::Protocol(err) => {
+                tracing::debug!(%err, "websocket protocol violation");
+                CloseReason::ProtocolError
+            }
+            err => {
+                tracing::debug!(%err, "socket read failed");
+                return None;
+            }
+        },
+        Err(err) => {
+            tracing::debug!(%err, "socket read failed");
+            return None;
+        }
+    };
+    Some(refuse(shared, reason))
 }
 
 async fn handle_text(
@@ -147,11 +198,7 @@ async fn handle_text(
     registration: &Registration,
     text: &str,
 ) -> Result<(), CloseReason> {
-    let command = ingress::decode(text).map_err(|err| {
-        let reason = err.close_reason();
-        shared.metrics.rejected(reason.as_str());
-        reason
-    })?;
+    let command = ingress::decode(text).map_err(|err| refuse(shared, err.close_reason()))?;
     match command {
         Command::Subscribe { guild, channel } => {
             subscribe(shared, identity, registration, guild, channel).await
@@ -178,7 +225,7 @@ async fn subscribe(
             })?;
         if !allowed {
             // The contract: a subscribe the user may not make is ignored.
-            shared.metrics.rejected("subscribe_denied");
+            shared.metrics.rejected(IngressRejection::SubscribeDenied);
             return Ok(());
         }
         match shared
@@ -190,18 +237,36 @@ async fn subscribe(
                     tracing::warn!(%err, "registry unavailable");
                     CloseReason::UpstreamUnavailable
                 })?;
+                // The contract's order: presence_sync, subscribed, then
+                // voice_participant_sync.
+                let here = Target::Connection(registration.id);
+                if let Some(sync) = shared
+                    .peers
+                    .entered(registration.id, identity.user, guild)
+                    .await
+                {
+                    shared.send(&here, &connection_event(event::Payload::PresenceSync(sync)));
+                }
                 let subscribed = connection_event(event::Payload::Subscribed(Subscribed {
                     guild_id: guild.to_string(),
                     channel_id: channel.to_string(),
                 }));
-                shared.send(&Target::Connection(registration.id), &subscribed);
+                shared.send(&here, &subscribed);
+                if let Some(roster) = shared.peers.voice_roster(guild, channel).await {
+                    shared.send(
+                        &here,
+                        &connection_event(event::Payload::VoiceParticipantSync(roster)),
+                    );
+                }
                 return Ok(());
             }
             SubscribeOutcome::Stale => continue,
             SubscribeOutcome::Gone => return Ok(()),
         }
     }
-    shared.metrics.rejected("subscribe_contended");
+    shared
+        .metrics
+        .rejected(IngressRejection::SubscribeContended);
     Ok(())
 }
 

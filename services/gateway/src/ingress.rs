@@ -169,10 +169,138 @@ mod tests {
     }
 
     #[test]
+    fn hostile_shapes_are_refused_without_recursing() {
+        use IngressError::*;
+        let deep = format!("{}1{}", "[".repeat(50_000), "]".repeat(50_000));
+        assert_eq!(decode(&deep), Err(InvalidEnvelope));
+        let deep_d = format!(r#"{{"v":1,"t":"subscribe","d":{deep}}}"#);
+        assert!(decode(&deep_d).is_err());
+        let huge = format!(r#"{{"v":1{},"t":"subscribe","d":{{}}}}"#, "0".repeat(400));
+        assert_eq!(decode(&huge), Err(InvalidEnvelope));
+        let huge_d = format!(
+            r#"{{"v":1,"t":"subscribe","d":{{"guild_id":1{},"channel_id":"{C}"}}}}"#,
+            "0".repeat(400)
+        );
+        assert_eq!(decode(&huge_d), Err(InvalidPayload));
+        let dup = r#"{"v":1,"v":1,"t":"subscribe","d":{}}"#;
+        assert_eq!(decode(dup), Err(InvalidEnvelope));
+    }
+
+    #[test]
     fn event_type_pattern() {
         assert!(is_valid_event_type("message_create"));
         assert!(is_valid_event_type("a.b_9"));
         assert!(!is_valid_event_type(&"a".repeat(65)));
         assert!(!is_valid_event_type("a-b"));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Every rejection carries one of the ingress close codes.
+        fn assert_reasoned(result: &Result<Command, IngressError>) {
+            if let Err(err) = result {
+                let reason = err.close_reason();
+                assert!((4001..=4004).contains(&reason.code()), "{err:?}");
+                assert!(!reason.as_str().is_empty());
+            }
+        }
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            use serde_json::Value;
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                ".{0,40}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(6, 64, 8, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-z_]{0,12}", inner, 0..8)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn ulid() -> impl Strategy<Value = ulid::Ulid> {
+            any::<u128>().prop_map(ulid::Ulid)
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_text_never_panics(text in ".{0,300}") {
+                assert_reasoned(&decode(&text));
+            }
+
+            #[test]
+            fn arbitrary_bytes_as_text_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+                let text = String::from_utf8_lossy(&bytes);
+                assert_reasoned(&decode(&text));
+            }
+
+            #[test]
+            fn arbitrary_json_is_refused_with_a_reason(value in json_value()) {
+                let result = decode(&value.to_string());
+                assert_reasoned(&result);
+                prop_assert!(result.is_err(), "a random value is not a subscribe: {value}");
+            }
+
+            #[test]
+            fn envelope_fields_decide_the_reason(
+                v in prop_oneof![Just(1_u64), any::<u64>()],
+                t in prop_oneof![Just("subscribe".to_owned()), "[a-z0-9_.]{1,64}", ".{0,70}"],
+                d in json_value(),
+            ) {
+                let frame = serde_json::json!({"v": v, "t": t, "d": d}).to_string();
+                let result = decode(&frame);
+                assert_reasoned(&result);
+                let expected = if !is_valid_event_type(&t) {
+                    Some(IngressError::InvalidEnvelope)
+                } else if v != 1 {
+                    Some(IngressError::UnsupportedVersion)
+                } else if t != "subscribe" {
+                    Some(IngressError::UnknownEvent)
+                } else {
+                    None
+                };
+                match expected {
+                    Some(err) => prop_assert_eq!(result, Err(err)),
+                    // A random `d` for a subscribe decodes only by chance.
+                    None => prop_assert!(matches!(result, Ok(_) | Err(IngressError::InvalidPayload))),
+                }
+            }
+
+            #[test]
+            fn valid_subscribes_round_trip(guild in ulid(), channel in ulid()) {
+                let frame = serde_json::json!({
+                    "v": 1,
+                    "t": "subscribe",
+                    "d": {"guild_id": guild.to_string(), "channel_id": channel.to_string()},
+                })
+                .to_string();
+                prop_assert_eq!(
+                    decode(&frame),
+                    Ok(Command::Subscribe { guild: GuildId(guild), channel: ChannelId(channel) })
+                );
+            }
+
+            #[test]
+            fn mutated_subscribes_never_panic(
+                cut in 0_usize..120,
+                at in 0_usize..120,
+                byte in any::<u8>(),
+            ) {
+                let frame = subscribe();
+                let cut = cut.min(frame.len());
+                assert_reasoned(&decode(&frame[..cut]));
+                let mut bytes = frame.into_bytes();
+                let at = at % bytes.len();
+                bytes[at] = byte;
+                assert_reasoned(&decode(&String::from_utf8_lossy(&bytes)));
+            }
+        }
     }
 }

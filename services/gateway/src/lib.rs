@@ -6,10 +6,13 @@
 //! need them, follows each service's event stream ([`upstream`]), and turns
 //! each event into one shared `{v,t,d}` frame ([`filament_wire`]) that it
 //! queues on the bounded queue of every socket in the event's audience.
+//! At the edge it enforces the limits ([`limits`]): frame size, ingress
+//! rate, per-IP sockets and handshakes, queue depth.
 //!
 //! docs/ARCHITECTURE.md walks the whole path from a REST call to a frame.
 
 mod access;
+mod client_ip;
 mod close;
 mod config;
 mod connection;
@@ -17,7 +20,9 @@ mod holdings;
 mod ids;
 mod index;
 mod ingress;
+mod limits;
 mod metrics;
+mod peers;
 mod server;
 mod upstream;
 
@@ -28,15 +33,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::extract::ws::Utf8Bytes;
 use filament_proto::v1::{AccessChanged, Event, audience, event};
 
+pub use client_ip::{Cidr, CidrError};
 pub use close::CloseReason;
 pub use config::Config;
-pub use metrics::{DropReason, Metrics};
+pub use metrics::{DropReason, IngressRejection, Metrics, UpgradeRejection};
 pub use server::{BoundGateway, Readiness, bind};
 
 use crate::access::Access;
 use crate::holdings::Holdings;
 use crate::ids::{ChannelId, GuildId, UserId};
 use crate::index::{Index, Target};
+use crate::limits::IpLimits;
+
+/// Decodes one client text frame exactly as a socket does: `Ok` for a
+/// command the gateway would act on, else the close reason. For the fuzz
+/// target (services/gateway/fuzz); sockets call the ingress module directly.
+#[doc(hidden)]
+pub fn decode_client_frame(text: &str) -> Result<(), CloseReason> {
+    ingress::decode(text)
+        .map(drop)
+        .map_err(ingress::IngressError::close_reason)
+}
 
 /// State shared by every task of one gateway process.
 pub(crate) struct Shared {
@@ -44,6 +61,8 @@ pub(crate) struct Shared {
     access: Access,
     index: Index,
     holdings: Holdings,
+    peers: peers::Peers,
+    ip_limits: Arc<IpLimits>,
     metrics: Arc<Metrics>,
     /// One flag per upstream event stream: open and welcomed.
     upstream_ready: Vec<AtomicBool>,
@@ -170,4 +189,132 @@ fn target_of(event: &Event) -> Option<Target> {
 
 fn parse_all<T: std::str::FromStr>(raw: &[String]) -> Option<Vec<T>> {
     raw.iter().map(|id| id.parse().ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use filament_proto::v1::{Audience, ChannelAudience, MessageDelete, PresenceUpdate};
+    use filament_registry::{GatewayId, MemoryRegistry, RegistryConfig};
+    use ulid::Ulid;
+
+    use crate::metrics::DropReason;
+
+    fn shared(max_frame_bytes: usize) -> Shared {
+        let mut config = Config::new(([127, 0, 0, 1], 0).into(), "http://127.0.0.1:9");
+        config.max_frame_bytes = max_frame_bytes;
+        let metrics = Arc::new(Metrics::default());
+        let registry = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
+        Shared {
+            access: Access::new(&config.api_url, config.upstream_timeout).unwrap(),
+            index: Index::new(Arc::clone(&metrics)),
+            peers: peers::Peers::new(None, None, "test", config.upstream_timeout)
+                .expect("no peers"),
+            holdings: Holdings::new(GatewayId::new("test"), registry, config.registry_ttl),
+            ip_limits: Arc::new(IpLimits::new(1, 1)),
+            metrics,
+            upstream_ready: Vec::new(),
+            config,
+        }
+    }
+
+    fn message_delete(guild: GuildId, channel: ChannelId, message_id: String) -> Event {
+        Event {
+            audience: Some(Audience {
+                target: Some(audience::Target::Channel(ChannelAudience {
+                    guild_id: guild.to_string(),
+                    channel_id: channel.to_string(),
+                })),
+            }),
+            published_at_unix_ms: 0,
+            payload: Some(event::Payload::MessageDelete(MessageDelete {
+                guild_id: guild.to_string(),
+                channel_id: channel.to_string(),
+                message_id,
+                deleted_at_unix: 1_767_225_600,
+            })),
+        }
+    }
+
+    fn ids() -> (UserId, GuildId, ChannelId) {
+        (
+            UserId(Ulid::generate()),
+            GuildId(Ulid::generate()),
+            ChannelId(Ulid::generate()),
+        )
+    }
+
+    #[tokio::test]
+    async fn one_encode_is_shared_by_every_socket() {
+        let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
+        let (user, guild, channel) = ids();
+        let mut a = shared.index.register(user, 8);
+        let mut b = shared.index.register(user, 8);
+        shared.index.subscribe(a.id, guild, channel, 0);
+        shared.index.subscribe(b.id, guild, channel, 0);
+
+        let event = message_delete(guild, channel, Ulid::generate().to_string());
+        assert_eq!(shared.send(&Target::Channel(channel), &event), 2);
+        let (a, b) = (a.frames.try_recv().unwrap(), b.frames.try_recv().unwrap());
+        assert_eq!(a.as_bytes(), b.as_bytes());
+        // Not two equal encodings: the very same bytes, encoded once.
+        assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
+        assert!(
+            a.as_str()
+                .starts_with(r#"{"v":1,"t":"message_delete","d":{"#)
+        );
+        assert_eq!(shared.metrics.emitted_count("message_delete"), 2);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_never_queued_and_is_counted() {
+        let shared = shared(1024);
+        let (user, guild, channel) = ids();
+        let mut socket = shared.index.register(user, 8);
+        shared.index.subscribe(socket.id, guild, channel, 0);
+
+        let big = message_delete(guild, channel, "x".repeat(1024));
+        assert_eq!(shared.send(&Target::Channel(channel), &big), 0);
+        assert!(socket.frames.try_recv().is_err());
+        assert_eq!(
+            shared.metrics.dropped_count(DropReason::OversizedOutbound),
+            1
+        );
+        // Just under the cap still goes out.
+        let small = message_delete(guild, channel, Ulid::generate().to_string());
+        assert_eq!(shared.send(&Target::Channel(channel), &small), 1);
+    }
+
+    #[tokio::test]
+    async fn an_event_without_a_wire_shape_is_counted_as_a_serialize_error() {
+        let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
+        let (user, guild, _) = ids();
+        let mut socket = shared.index.register(user, 8);
+        // `UNSPECIFIED` has no JSON value: the event cannot be encoded.
+        let event = Event {
+            audience: None,
+            published_at_unix_ms: 0,
+            payload: Some(event::Payload::PresenceUpdate(PresenceUpdate {
+                guild_id: guild.to_string(),
+                user_id: user.to_string(),
+                status: 0,
+            })),
+        };
+        assert_eq!(shared.send(&Target::Connection(socket.id), &event), 0);
+        assert!(socket.frames.try_recv().is_err());
+        assert_eq!(shared.metrics.dropped_count(DropReason::SerializeError), 1);
+    }
+
+    #[tokio::test]
+    async fn a_send_to_a_closed_socket_is_counted() {
+        let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
+        let (user, guild, channel) = ids();
+        let socket = shared.index.register(user, 8);
+        shared.index.subscribe(socket.id, guild, channel, 0);
+        // The socket task ended but has not unregistered yet.
+        drop(socket.frames);
+        let event = message_delete(guild, channel, Ulid::generate().to_string());
+        assert_eq!(shared.send(&Target::Channel(channel), &event), 0);
+        assert_eq!(shared.metrics.dropped_count(DropReason::Closed), 1);
+    }
 }

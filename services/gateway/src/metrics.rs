@@ -1,5 +1,7 @@
 //! Gateway metrics. Every metric name and label value is a constant here;
-//! no label ever carries an id, so cardinality is bounded.
+//! no label ever carries an id, so cardinality is bounded. They are served
+//! only on the admin listener (`FILAMENT_GATEWAY_ADMIN_ADDR`), never on the
+//! public port.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +25,13 @@ pub enum DropReason {
 }
 
 impl DropReason {
+    pub const ALL: [Self; 4] = [
+        Self::SerializeError,
+        Self::OversizedOutbound,
+        Self::FullQueue,
+        Self::Closed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::SerializeError => "serialize_error",
@@ -33,8 +42,56 @@ impl DropReason {
     }
 }
 
+/// Why an upgrade request was refused before it became a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpgradeRejection {
+    /// The `Origin` is not on the allowlist.
+    OriginForbidden,
+    /// No access token in the query or the `Authorization` header.
+    MissingToken,
+    /// The api did not accept the token (bad, forged, expired, no user).
+    InvalidToken,
+    /// The client IP already has the maximum number of open sockets.
+    IpConnectionLimit,
+    /// Upgrades from the client IP arrive too fast.
+    HandshakeRateLimited,
+}
+
+impl UpgradeRejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OriginForbidden => "origin_forbidden",
+            Self::MissingToken => "missing_token",
+            Self::InvalidToken => "invalid_token",
+            Self::IpConnectionLimit => "ip_connection_limit",
+            Self::HandshakeRateLimited => "handshake_rate_limited",
+        }
+    }
+}
+
+/// Why a client frame (or what it asked for) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IngressRejection {
+    /// The frame closed the socket; the label is the close reason.
+    Closed(CloseReason),
+    /// A subscribe the user may not make (ignored, as the contract says).
+    SubscribeDenied,
+    /// A subscribe that kept racing revocations and was given up.
+    SubscribeContended,
+}
+
+impl IngressRejection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed(reason) => reason.as_str(),
+            Self::SubscribeDenied => "subscribe_denied",
+            Self::SubscribeContended => "subscribe_contended",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct DropLabels {
+struct ReasonLabels {
     reason: &'static str,
 }
 
@@ -43,24 +100,16 @@ struct EventLabels {
     event_type: &'static str,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct CloseLabels {
-    reason: &'static str,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct RejectLabels {
-    reason: &'static str,
-}
-
 /// The gateway's metrics, registered once per process.
 #[derive(Debug, Default)]
 pub struct Metrics {
     connections: Gauge,
     events_emitted: Family<EventLabels, Counter>,
-    events_dropped: Family<DropLabels, Counter>,
-    closes: Family<CloseLabels, Counter>,
-    ingress_rejected: Family<RejectLabels, Counter>,
+    events_dropped: Family<ReasonLabels, Counter>,
+    closes: Family<ReasonLabels, Counter>,
+    upgrades_rejected: Family<ReasonLabels, Counter>,
+    ingress_rejected: Family<ReasonLabels, Counter>,
+    unknown_events: Counter,
     resyncs: Counter,
 }
 
@@ -88,9 +137,19 @@ impl Metrics {
             self.closes.clone(),
         );
         prefixed.register(
+            "upgrades_rejected",
+            "Upgrade requests refused before the socket opened, by reason",
+            self.upgrades_rejected.clone(),
+        );
+        prefixed.register(
             "ingress_rejected",
             "Inbound frames rejected, by reason",
             self.ingress_rejected.clone(),
+        );
+        prefixed.register(
+            "unknown_events",
+            "Inbound frames whose event type clients may not send",
+            self.unknown_events.clone(),
         );
         prefixed.register(
             "resyncs",
@@ -107,43 +166,128 @@ impl Metrics {
         self.connections.dec();
     }
 
+    /// Sockets open right now.
+    pub fn open_connections(&self) -> i64 {
+        self.connections.get()
+    }
+
     pub fn emitted(&self, event_type: &'static str, count: u64) {
         self.events_emitted
             .get_or_create(&EventLabels { event_type })
             .inc_by(count);
     }
 
+    /// Frames of `event_type` queued so far.
+    pub fn emitted_count(&self, event_type: &'static str) -> u64 {
+        self.events_emitted
+            .get_or_create(&EventLabels { event_type })
+            .get()
+    }
+
     pub fn dropped(&self, reason: DropReason) {
         self.events_dropped
-            .get_or_create(&DropLabels {
-                reason: reason.as_str(),
-            })
+            .get_or_create(&reason_labels(reason.as_str()))
             .inc();
     }
 
     pub fn dropped_count(&self, reason: DropReason) -> u64 {
         self.events_dropped
-            .get_or_create(&DropLabels {
-                reason: reason.as_str(),
-            })
+            .get_or_create(&reason_labels(reason.as_str()))
             .get()
     }
 
     pub fn closed(&self, reason: CloseReason) {
         self.closes
-            .get_or_create(&CloseLabels {
-                reason: reason.as_str(),
-            })
+            .get_or_create(&reason_labels(reason.as_str()))
             .inc();
     }
 
-    pub fn rejected(&self, reason: &'static str) {
-        self.ingress_rejected
-            .get_or_create(&RejectLabels { reason })
+    pub fn closed_count(&self, reason: CloseReason) -> u64 {
+        self.closes
+            .get_or_create(&reason_labels(reason.as_str()))
+            .get()
+    }
+
+    pub fn upgrade_rejected(&self, reason: UpgradeRejection) {
+        self.upgrades_rejected
+            .get_or_create(&reason_labels(reason.as_str()))
             .inc();
+    }
+
+    pub fn upgrade_rejected_count(&self, reason: UpgradeRejection) -> u64 {
+        self.upgrades_rejected
+            .get_or_create(&reason_labels(reason.as_str()))
+            .get()
+    }
+
+    pub fn rejected(&self, reason: IngressRejection) {
+        if reason == IngressRejection::Closed(CloseReason::UnknownEvent) {
+            self.unknown_events.inc();
+        }
+        self.ingress_rejected
+            .get_or_create(&reason_labels(reason.as_str()))
+            .inc();
+    }
+
+    pub fn rejected_count(&self, reason: IngressRejection) -> u64 {
+        self.ingress_rejected
+            .get_or_create(&reason_labels(reason.as_str()))
+            .get()
+    }
+
+    pub fn unknown_events_count(&self) -> u64 {
+        self.unknown_events.get()
     }
 
     pub fn resynced(&self) {
         self.resyncs.inc();
+    }
+}
+
+fn reason_labels(reason: &'static str) -> ReasonLabels {
+    ReasonLabels { reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(metrics: &Metrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn exports_every_family_with_bounded_labels() {
+        let metrics = Metrics::default();
+        metrics.connection_opened();
+        metrics.emitted("message_create", 3);
+        for reason in DropReason::ALL {
+            metrics.dropped(reason);
+        }
+        metrics.closed(CloseReason::SlowConsumer);
+        metrics.upgrade_rejected(UpgradeRejection::OriginForbidden);
+        metrics.rejected(IngressRejection::Closed(CloseReason::UnknownEvent));
+        metrics.rejected(IngressRejection::SubscribeDenied);
+        let text = encoded(&metrics);
+        for line in [
+            "filament_gateway_connections 1",
+            "filament_gateway_events_emitted_total{event_type=\"message_create\"} 3",
+            "filament_gateway_events_dropped_total{reason=\"serialize_error\"} 1",
+            "filament_gateway_events_dropped_total{reason=\"oversized_outbound\"} 1",
+            "filament_gateway_events_dropped_total{reason=\"full_queue\"} 1",
+            "filament_gateway_events_dropped_total{reason=\"closed\"} 1",
+            "filament_gateway_closes_total{reason=\"slow_consumer\"} 1",
+            "filament_gateway_upgrades_rejected_total{reason=\"origin_forbidden\"} 1",
+            "filament_gateway_ingress_rejected_total{reason=\"unknown_event\"} 1",
+            "filament_gateway_ingress_rejected_total{reason=\"subscribe_denied\"} 1",
+            "filament_gateway_unknown_events_total 1",
+            "filament_gateway_resyncs_total 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
     }
 }

@@ -1,27 +1,38 @@
 //! Binding and running a gateway: the HTTP listener with `/gateway/ws` and
-//! the probes, the upstream stream followers, and the registry heartbeat.
-//! Shutdown closes every socket with a close frame, waits for the socket
-//! tasks within the grace period, and leaves the registry.
+//! the probes, the admin listener with `/metrics`, the upstream stream
+//! followers, and the registry heartbeat. Shutdown closes every socket with
+//! a close frame, waits for the socket tasks within the grace period, and
+//! leaves the registry.
+//!
+//! An upgrade is checked cheapest first — the client IP's limits, the
+//! Origin, the token — and refused with an HTTP status and a JSON error,
+//! so nothing hostile ever becomes a socket.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use axum::Router;
+use axum::extract::connect_info::ConnectInfo;
 use axum::extract::{Query, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use filament_registry::{GatewayId, Registry};
+use filament_runtime::admin::AdminListener;
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{Access, AccessError};
+use crate::client_ip::client_ip;
 use crate::holdings::{Holdings, Sweep};
 use crate::index::Index;
+use crate::limits::{IpLimits, IpRefusal};
+use crate::metrics::UpgradeRejection;
 use crate::{Config, Metrics, Shared, connection, upstream};
 
 /// Read buffer per socket. Inbound frames are small (a subscribe is ~120
@@ -31,9 +42,11 @@ const READ_BUFFER_BYTES: usize = 4 * 1024;
 /// Frames are written eagerly; the queue is ours, not tungstenite's.
 const WRITE_BUFFER_BYTES: usize = 0;
 
-/// A gateway with its listener bound, ready to run.
+/// A gateway with its listeners bound, ready to run.
 pub struct BoundGateway {
     listener: TcpListener,
+    admin: Option<AdminListener>,
+    metrics_registry: Arc<prometheus_client::registry::Registry>,
     shared: Arc<Shared>,
     tracker: TaskTracker,
     sockets_shutdown: CancellationToken,
@@ -52,19 +65,37 @@ impl Readiness {
 /// Binds the listener; nothing runs until [`BoundGateway::run`].
 pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result<BoundGateway> {
     let listener = TcpListener::bind(config.listen_addr).await?;
+    let admin = match config.admin_addr {
+        Some(addr) => Some(AdminListener::bind(addr).await?),
+        None => None,
+    };
     let gateway_id = GatewayId::new(ulid::Ulid::generate().to_string());
     let metrics = Arc::new(Metrics::default());
+    let mut metrics_registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut metrics_registry);
     let upstreams = 1 + config.event_service_urls.len();
     let shared = Arc::new(Shared {
         access: Access::new(&config.api_url, config.upstream_timeout)?,
         index: Index::new(Arc::clone(&metrics)),
+        peers: crate::peers::Peers::new(
+            config.presence_url.as_deref(),
+            config.voice_url.as_deref(),
+            &gateway_id.to_string(),
+            config.upstream_timeout,
+        )?,
         holdings: Holdings::new(gateway_id, registry, config.registry_ttl),
+        ip_limits: Arc::new(IpLimits::new(
+            config.max_connections_per_ip,
+            config.handshakes_per_ip_per_minute,
+        )),
         metrics,
         upstream_ready: (0..upstreams).map(|_| AtomicBool::new(false)).collect(),
         config,
     });
     Ok(BoundGateway {
         listener,
+        admin,
+        metrics_registry: Arc::new(metrics_registry),
         shared,
         tracker: TaskTracker::new(),
         sockets_shutdown: CancellationToken::new(),
@@ -74,6 +105,11 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
 impl BoundGateway {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `/metrics` is served, when an admin address was configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
     pub fn gateway_id(&self) -> GatewayId {
@@ -92,6 +128,8 @@ impl BoundGateway {
 
     /// The routes of this gateway (`/gateway/ws`, `/healthz`, `/readyz`),
     /// for serving them on another listener too (the all-in-one origin).
+    /// Serve it with `into_make_service_with_connect_info::<SocketAddr>()`:
+    /// without the peer address, every client shares one IP's limits.
     pub fn router(&self) -> Router {
         router(
             Arc::clone(&self.shared),
@@ -104,11 +142,22 @@ impl BoundGateway {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
             listener,
+            admin,
+            metrics_registry,
             shared,
             tracker,
             sockets_shutdown,
         } = self;
         let background = CancellationToken::new();
+        if let Some(admin) = admin {
+            tracing::info!(addr = %admin.local_addr()?, "gateway metrics listening");
+            let stop = background.clone();
+            tokio::spawn(async move {
+                if let Err(err) = admin.serve(metrics_registry, stop).await {
+                    tracing::error!(%err, "admin listener failed");
+                }
+            });
+        }
         let mut urls = vec![shared.config.api_url.clone()];
         urls.extend(shared.config.event_service_urls.iter().cloned());
         for (slot, url) in urls.into_iter().enumerate() {
@@ -127,9 +176,12 @@ impl BoundGateway {
             tracker.clone(),
             sockets_shutdown.clone(),
         );
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await?;
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await?;
 
         // New upgrades are refused from here on; close the open sockets.
         sockets_shutdown.cancel();
@@ -175,11 +227,13 @@ struct UpgradeQuery {
     access_token: Option<String>,
 }
 
-/// `GET /gateway/ws`: checks Origin and the token before upgrading, so a
-/// refused client gets an HTTP status and a JSON error, not a websocket.
+/// `GET /gateway/ws`: checks the client IP's limits, the Origin and the
+/// token before upgrading, so a refused client gets an HTTP status and a
+/// JSON error, not a websocket.
 async fn upgrade(
     State(state): State<Upgrade>,
     Query(query): Query<UpgradeQuery>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -187,18 +241,52 @@ async fn upgrade(
     if state.shutdown.is_cancelled() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "internal_error");
     }
+    // Without the peer address (a router served without connect info) all
+    // clients share one bucket: stricter, never looser.
+    let peer = peer.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |p| p.0.0.ip());
+    let ip = client_ip(peer, &headers, &shared.config.trusted_proxies);
+    let permit = match shared.ip_limits.admit(ip, Instant::now()) {
+        Ok(permit) => permit,
+        Err(IpRefusal::TooManyConnections) => {
+            shared
+                .metrics
+                .upgrade_rejected(UpgradeRejection::IpConnectionLimit);
+            return rate_limited(Duration::from_secs(1));
+        }
+        Err(IpRefusal::HandshakeRate { retry_after }) => {
+            shared
+                .metrics
+                .upgrade_rejected(UpgradeRejection::HandshakeRateLimited);
+            return rate_limited(retry_after);
+        }
+    };
     if !origin_allowed(&shared.config.allowed_origins, &headers) {
-        shared.metrics.rejected("origin_forbidden");
+        shared
+            .metrics
+            .upgrade_rejected(UpgradeRejection::OriginForbidden);
         return error(StatusCode::FORBIDDEN, "forbidden");
     }
     let Some(token) = query.access_token.or_else(|| bearer(&headers)) else {
-        shared.metrics.rejected("missing_token");
+        shared
+            .metrics
+            .upgrade_rejected(UpgradeRejection::MissingToken);
         return error(StatusCode::UNAUTHORIZED, "invalid_credentials");
     };
-    let identity = match shared.access.identify(&token).await {
+    // The contract bounds tokens to 32–4096 visible ASCII characters; a
+    // token outside that is refused here, without a call to the api.
+    let plausible =
+        (32..=4096).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic());
+    let identified = if plausible {
+        shared.access.identify(&token).await
+    } else {
+        Err(AccessError::Unauthenticated)
+    };
+    let identity = match identified {
         Ok(identity) => identity,
         Err(AccessError::Unauthenticated) => {
-            shared.metrics.rejected("invalid_token");
+            shared
+                .metrics
+                .upgrade_rejected(UpgradeRejection::InvalidToken);
             return error(StatusCode::UNAUTHORIZED, "invalid_credentials");
         }
         Err(err @ AccessError::Unavailable(_)) => {
@@ -214,9 +302,13 @@ async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
-            state
-                .tracker
-                .track_future(connection::run(socket, shared, identity, state.shutdown))
+            state.tracker.track_future(connection::run(
+                socket,
+                shared,
+                identity,
+                state.shutdown,
+                permit,
+            ))
         })
 }
 
@@ -239,18 +331,35 @@ fn error(status: StatusCode, code: &'static str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": code }))).into_response()
 }
 
+/// 429 with the contract's error body and when to try again (whole
+/// seconds, rounded up).
+fn rate_limited(retry_after: Duration) -> Response {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    response
+}
+
 async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(shared.config.registry_ttl / 3);
     loop {
         tokio::select! {
-            _ = tick.tick() => match shared.holdings.sweep(&shared.index).await {
-                Ok(Sweep::Alive) => {}
-                Ok(Sweep::Lapsed) => {
-                    tracing::warn!("registry lost this gateway for longer than the TTL; resynchronising");
+            _ = tick.tick() => {
+                match shared.holdings.sweep(&shared.index).await {
+                    Ok(Sweep::Alive) => {}
+                    Ok(Sweep::Lapsed) => {
+                        tracing::warn!("registry lost this gateway for longer than the TTL; resynchronising");
+                        shared.resync();
+                    }
+                    Err(err) => tracing::warn!(%err, "registry heartbeat failed"),
+                }
+                if shared.peers.heartbeat().await {
+                    tracing::warn!("presence let this gateway's lease lapse; resynchronising");
                     shared.resync();
                 }
-                Err(err) => tracing::warn!(%err, "registry heartbeat failed"),
-            },
+            }
             () = stop.cancelled() => return,
         }
     }

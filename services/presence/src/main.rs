@@ -1,13 +1,30 @@
-//! `filament-presence`: the presence service as its own process.
+//! `filament-presence`: the presence service as its own process. Needs
+//! `REDIS_URL` (the routing registry and the presence state); see README.md.
 
+use std::sync::Arc;
+
+use filament_registry::{RedisRegistry, RegistryConfig};
 use filament_runtime::Env;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     filament_runtime::telemetry::init();
-    let config = filament_presence::Config::from_env(&Env::from_process())?;
-    let service = filament_presence::bind(config).await?;
-    service
-        .run(filament_runtime::shutdown::token_on_signal())
-        .await
+    let shutdown = filament_runtime::shutdown::token_on_signal();
+    let env = Env::from_process();
+    let config = filament_presence::Config::from_env(&env)?;
+    let redis_url: String = env.required("REDIS_URL")?;
+    let registry = RedisRegistry::connect(
+        &redis_url,
+        RegistryConfig {
+            ttl: config.store.lease_ttl,
+            key_prefix: env.or(
+                "FILAMENT_REGISTRY_PREFIX",
+                RegistryConfig::default().key_prefix,
+            )?,
+        },
+    )
+    .await?;
+    let store = filament_presence::open_store(&config.store, Some(&redis_url)).await?;
+    let service = filament_presence::bind(config, Arc::new(registry), store).await?;
+    service.run(shutdown).await
 }

@@ -1,11 +1,39 @@
-//! The Filament search service. Search: a tantivy index of messages, fed by the event stream. Today it serves `grpc.health.v1`; indexing and queries arrive with their issue.
+//! The Filament search service: a tantivy index of messages, and the
+//! `filament.v1.Search` gRPC service that queries it.
+//!
+//! The index is fed only by the api's message change log, followed over
+//! gRPC (`MessageFeed.Follow`) from the position recorded in the index's
+//! last commit: it never reads the database itself. Index writes and
+//! searches run on the blocking pool, never on the reactor. See
+//! docs/adr/0002-search-feed.md.
+
+mod error;
+mod grpc;
+mod index;
+mod indexer;
+pub mod query;
+mod service;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
+use filament_proto::v1::message_feed_client::MessageFeedClient;
 use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+pub use error::SearchError;
+pub use index::{
+    DocChange, Hit, IndexError, IndexLocation, IndexedDoc, MessageIndex, SearchRequest,
+    WriterConfig,
+};
+pub use indexer::{IndexerConfig, IndexerStats, Reconciled};
+pub use service::{Engine, QueryRequest, SearchService};
 
 /// The gRPC service name this process reports as serving.
 pub const SERVICE_NAME: &str = "filament.v1.Search";
@@ -13,24 +41,99 @@ pub const SERVICE_NAME: &str = "filament.v1.Search";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub grpc_addr: SocketAddr,
+    /// The api's gRPC address, whose `MessageFeed` feeds the index.
+    pub feed_url: String,
+    /// Where the index lives; `Ram` keeps it in memory and rebuilds it from
+    /// the log at every start.
+    pub index: IndexLocation,
+    pub writer: WriterConfig,
+    pub indexer: IndexerConfig,
+    /// The query budget (contract §6: 200 ms).
+    pub query_timeout: Duration,
+    /// Searches running at once; more wait (within their budget).
+    pub max_concurrent_queries: usize,
 }
 
 impl Config {
+    /// An in-memory index fed from `feed_url`, with the contract's limits.
+    pub fn new(grpc_addr: SocketAddr, feed_url: impl Into<String>) -> Self {
+        Self {
+            grpc_addr,
+            feed_url: feed_url.into(),
+            index: IndexLocation::Ram,
+            writer: WriterConfig::default(),
+            indexer: IndexerConfig {
+                commit_interval: Duration::from_millis(100),
+            },
+            query_timeout: Duration::from_millis(200),
+            max_concurrent_queries: 8,
+        }
+    }
+
+    /// Reads the service's variables; see README.md for the list.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Ok(Self {
-            grpc_addr: env.or("FILAMENT_SEARCH_GRPC_ADDR", ([0, 0, 0, 0], 50054).into())?,
-        })
+        let mut config = Self::new(
+            env.or("FILAMENT_SEARCH_GRPC_ADDR", ([0, 0, 0, 0], 50054).into())?,
+            env.required::<String>("FILAMENT_API_GRPC_URL")?,
+        );
+        if let Some(dir) = env.optional::<PathBuf>("FILAMENT_SEARCH_INDEX_DIR")? {
+            config.index = IndexLocation::Dir(dir);
+        }
+        let commit_ms: u64 = env.or("FILAMENT_SEARCH_COMMIT_INTERVAL_MS", 100)?;
+        if commit_ms == 0 {
+            return Err(ConfigError::Invalid {
+                name: "FILAMENT_SEARCH_COMMIT_INTERVAL_MS",
+                value: "0".to_owned(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        config.indexer.commit_interval = Duration::from_millis(commit_ms);
+        let memory_mb: usize = env.or("FILAMENT_SEARCH_WRITER_MEMORY_MB", 64)?;
+        config.writer.threads = env.or("FILAMENT_SEARCH_WRITER_THREADS", 1)?;
+        if memory_mb < 16 * config.writer.threads.max(1) {
+            return Err(ConfigError::Invalid {
+                name: "FILAMENT_SEARCH_WRITER_MEMORY_MB",
+                value: memory_mb.to_string(),
+                reason: "tantivy needs at least 16 MB per writer thread".to_owned(),
+            });
+        }
+        config.writer.memory_bytes = memory_mb * 1024 * 1024;
+        Ok(config)
     }
 }
 
-/// The service with its listener bound.
+/// The service with its listener bound and its index open.
 pub struct BoundSearch {
     listener: TcpListener,
+    config: Config,
+    index: MessageIndex,
+    engine: Engine,
+    commands: mpsc::Receiver<indexer::Command>,
+    stats: Arc<IndexerStats>,
 }
 
+/// Binds the listener and opens (or creates) the index.
 pub async fn bind(config: Config) -> anyhow::Result<BoundSearch> {
+    let listener = TcpListener::bind(config.grpc_addr).await?;
+    let (location, writer) = (config.index.clone(), config.writer);
+    let index =
+        tokio::task::spawn_blocking(move || MessageIndex::open(&location, writer)).await??;
+    let (commands_tx, commands) = mpsc::channel(16);
+    let stats = Arc::new(IndexerStats::default());
+    let engine = Engine::new(
+        index.clone(),
+        commands_tx,
+        Arc::clone(&stats),
+        config.max_concurrent_queries,
+        config.query_timeout,
+    );
     Ok(BoundSearch {
-        listener: TcpListener::bind(config.grpc_addr).await?,
+        listener,
+        config,
+        index,
+        engine,
+        commands,
+        stats,
     })
 }
 
@@ -39,16 +142,48 @@ impl BoundSearch {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown`.
+    /// The service itself, to call without gRPC (tests, the all-in-one).
+    pub fn engine(&self) -> Engine {
+        self.engine.clone()
+    }
+
+    /// Follows the feed at `url` instead of the configured one (the
+    /// all-in-one binds search before it knows the api's address).
+    #[must_use]
+    pub fn with_feed_url(mut self, url: impl Into<String>) -> Self {
+        self.config.feed_url = url.into();
+        self
+    }
+
+    /// Indexes and serves until `shutdown`; then stops serving, and commits
+    /// what was indexed so that the next start resumes from there.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let feed = MessageFeedClient::new(
+            Endpoint::from_shared(self.config.feed_url.clone())?
+                .connect_timeout(Duration::from_secs(2))
+                .connect_lazy(),
+        )
+        // A batch of full messages can exceed the 4 MiB default.
+        .max_decoding_message_size(64 * 1024 * 1024);
+        let indexer = indexer::Indexer::new(
+            self.index,
+            feed,
+            self.commands,
+            self.config.indexer,
+            self.stats,
+        )?;
+        let indexing = tokio::spawn(indexer.run(shutdown.clone()));
         tracing::info!(grpc = %self.listener.local_addr()?, "search listening");
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             .add_service(filament_runtime::probes::grpc_health(SERVICE_NAME).await)
+            .add_service(grpc::SearchGrpc::server(Arc::new(self.engine)))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(self.listener),
                 shutdown.cancelled_owned(),
             )
-            .await?;
+            .await;
+        indexing.await?;
+        served?;
         tracing::info!("search stopped");
         Ok(())
     }

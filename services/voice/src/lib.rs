@@ -1,11 +1,49 @@
-//! The Filament voice service. Voice: participants, streams and LiveKit join tokens. Today it serves `grpc.health.v1`; its state and events arrive with their issue.
+//! The Filament voice service: who is in which voice channel, what they
+//! publish, and LiveKit join tokens.
+//!
+//! The api authorizes a caller (membership, channel visibility, channel
+//! kind, grants from permissions) and calls `filament.v1.Voice.Join`
+//! (`proto/filament/v1/voice.proto`); this service registers the participant
+//! in its [`roster::Roster`] and signs a LiveKit access token with the key
+//! and secret that only it holds. Every change — join, leave, flag updates,
+//! streams published and unpublished — is published as a channel event on
+//! the service's own event stream ([`filament_fanout::Fanout`]), which the
+//! gateways follow, so only sockets that may see the channel receive it.
+//!
+//! Participants are removed by an explicit leave, by a kick or ban
+//! (`RemoveUser`), when their last connection anywhere closes (presence
+//! calls `ConnectionClosed`), when LiveKit reports they left (the optional
+//! webhook receiver, [`webhook`]), and when their TTL runs out without a
+//! renewal (a token, a state update, a webhook about them). Every removal
+//! unpublishes their streams, then announces the leave.
+//!
+//! The roster is in memory: one voice instance per deployment.
+
+pub mod client;
+mod grpc;
+pub mod livekit;
+pub mod metrics;
+pub mod roster;
+mod service;
+pub mod webhook;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use filament_fanout::{Fanout, FanoutConfig};
+use filament_registry::Registry;
+use filament_runtime::admin::AdminListener;
 use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+
+pub use livekit::LiveKit;
+pub use metrics::VoiceMetrics;
+pub use service::{EventSink, Join, JoinGrant, Observed, TOKEN_TTL_SECS, VoiceService};
+
+use crate::roster::{Limits, Roster};
 
 /// The gRPC service name this process reports as serving.
 pub const SERVICE_NAME: &str = "filament.v1.Voice";
@@ -13,42 +51,229 @@ pub const SERVICE_NAME: &str = "filament.v1.Voice";
 #[derive(Debug, Clone)]
 pub struct Config {
     pub grpc_addr: SocketAddr,
+    pub livekit: LiveKit,
+    /// How long a participant stays without a renewal.
+    pub participant_ttl: Duration,
+    pub limits: Limits,
+    /// Where the LiveKit webhook receiver listens; unset: no receiver.
+    pub webhook_addr: Option<SocketAddr>,
+    /// Where `/metrics` is served; unset: nowhere.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 impl Config {
+    /// Defaults (contract §6) for a voice service on `grpc_addr`.
+    pub fn new(grpc_addr: SocketAddr, livekit: LiveKit) -> Self {
+        Self {
+            grpc_addr,
+            livekit,
+            participant_ttl: Duration::from_secs(300),
+            limits: Limits::default(),
+            webhook_addr: None,
+            admin_addr: None,
+        }
+    }
+
+    /// Reads the voice variables; see README.md for the list. The secret is
+    /// never echoed in an error.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        Ok(Self {
-            grpc_addr: env.or("FILAMENT_VOICE_GRPC_ADDR", ([0, 0, 0, 0], 50053).into())?,
-        })
+        let key: String = env.required("FILAMENT_LIVEKIT_API_KEY")?;
+        let secret: String = env.required("FILAMENT_LIVEKIT_API_SECRET")?;
+        let url: String = env.or("FILAMENT_LIVEKIT_URL", "ws://127.0.0.1:7880".to_owned())?;
+        let livekit = livekit_from(key, secret, url)?;
+        let mut config = Self::new(
+            env.or("FILAMENT_VOICE_GRPC_ADDR", ([0, 0, 0, 0], 50053).into())?,
+            livekit,
+        );
+        config.participant_ttl = env.secs_or(
+            "FILAMENT_VOICE_PARTICIPANT_TTL_SECS",
+            config.participant_ttl,
+        )?;
+        let limits = &mut config.limits;
+        limits.max_channels = env.or("FILAMENT_VOICE_MAX_CHANNELS", limits.max_channels)?;
+        limits.max_participants_per_channel = env.or(
+            "FILAMENT_VOICE_MAX_PARTICIPANTS_PER_CHANNEL",
+            limits.max_participants_per_channel,
+        )?;
+        limits.max_participants =
+            env.or("FILAMENT_VOICE_MAX_PARTICIPANTS", limits.max_participants)?;
+        config.webhook_addr = env.optional("FILAMENT_VOICE_WEBHOOK_ADDR")?;
+        config.admin_addr = env.optional("FILAMENT_VOICE_ADMIN_ADDR")?;
+        for (name, value) in [
+            ("FILAMENT_VOICE_MAX_CHANNELS", config.limits.max_channels),
+            (
+                "FILAMENT_VOICE_MAX_PARTICIPANTS_PER_CHANNEL",
+                config.limits.max_participants_per_channel,
+            ),
+            (
+                "FILAMENT_VOICE_MAX_PARTICIPANTS",
+                config.limits.max_participants,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(name, "0".to_owned(), "must be at least 1"));
+            }
+        }
+        if config.participant_ttl.is_zero() {
+            return Err(invalid(
+                "FILAMENT_VOICE_PARTICIPANT_TTL_SECS",
+                "0".to_owned(),
+                "must be at least 1",
+            ));
+        }
+        Ok(config)
+    }
+
+    /// How often expired participants are pruned: a tenth of the TTL,
+    /// between 100 ms and 5 s.
+    pub fn prune_interval(&self) -> Duration {
+        (self.participant_ttl / 10).clamp(Duration::from_millis(100), Duration::from_secs(5))
     }
 }
 
-/// The service with its listener bound.
-pub struct BoundVoice {
-    listener: TcpListener,
+/// The LiveKit settings from their variables, naming the bad one.
+pub fn livekit_from(key: String, secret: String, url: String) -> Result<LiveKit, ConfigError> {
+    use livekit::LiveKitConfigError as E;
+    LiveKit::new(key.clone(), secret, url.clone()).map_err(|err| match err {
+        E::BadKey => invalid("FILAMENT_LIVEKIT_API_KEY", key, &err.to_string()),
+        E::ShortSecret => invalid(
+            "FILAMENT_LIVEKIT_API_SECRET",
+            "<redacted>".to_owned(),
+            &err.to_string(),
+        ),
+        E::BadUrl => invalid("FILAMENT_LIVEKIT_URL", url, &err.to_string()),
+    })
 }
 
-pub async fn bind(config: Config) -> anyhow::Result<BoundVoice> {
+fn invalid(name: &'static str, value: String, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        value,
+        reason: reason.to_owned(),
+    }
+}
+
+/// The service with its listeners bound.
+pub struct BoundVoice {
+    grpc: TcpListener,
+    webhook: Option<TcpListener>,
+    admin: Option<AdminListener>,
+    service: VoiceService,
+    fanout: Fanout,
+    prune_interval: Duration,
+    metrics: Arc<VoiceMetrics>,
+}
+
+/// Binds the listeners; nothing runs until [`BoundVoice::run`]. `registry`
+/// routes events to the gateways that hold each channel's guild.
+pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result<BoundVoice> {
+    let grpc = TcpListener::bind(config.grpc_addr).await?;
+    let webhook = match config.webhook_addr {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let admin = match config.admin_addr {
+        Some(addr) => Some(AdminListener::bind(addr).await?),
+        None => None,
+    };
+    let fanout = Fanout::new("voice", registry, FanoutConfig::default());
+    let metrics = Arc::new(VoiceMetrics::default());
+    let prune_interval = config.prune_interval();
+    let service = VoiceService::new(
+        config.livekit,
+        Roster::new(config.limits, config.participant_ttl),
+        Arc::new(fanout.clone()),
+        Arc::clone(&metrics),
+    );
     Ok(BoundVoice {
-        listener: TcpListener::bind(config.grpc_addr).await?,
+        grpc,
+        webhook,
+        admin,
+        service,
+        fanout,
+        prune_interval,
+        metrics,
     })
 }
 
 impl BoundVoice {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.grpc.local_addr()
     }
 
-    /// Serves until `shutdown`.
+    /// Where the LiveKit webhook receiver listens, if configured.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn metrics(&self) -> Arc<VoiceMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Serves until `shutdown`, then ends the event streams cleanly after
+    /// the events already queued, and stops.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(grpc = %self.listener.local_addr()?, "voice listening");
-        tonic::transport::Server::builder()
+        let Self {
+            grpc,
+            webhook,
+            admin,
+            service,
+            fanout,
+            prune_interval,
+            metrics,
+        } = self;
+        tracing::info!(grpc = %grpc.local_addr()?, "voice listening");
+        let background = CancellationToken::new();
+        tokio::spawn(
+            service
+                .clone()
+                .run_pruner(prune_interval, background.clone()),
+        );
+        if let Some(listener) = webhook {
+            tracing::info!(addr = %listener.local_addr()?, "LiveKit webhook receiver listening");
+            let app = webhook::router(service.clone());
+            let stop = background.clone();
+            tokio::spawn(async move {
+                if let Err(err) = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+                {
+                    tracing::error!(%err, "webhook receiver failed");
+                }
+            });
+        }
+        if let Some(admin) = admin {
+            let mut registry = prometheus_client::registry::Registry::default();
+            metrics.register(&mut registry);
+            tokio::spawn(admin.serve(Arc::new(registry), background.clone()));
+        }
+
+        let grpc_stop = CancellationToken::new();
+        let server = tonic::transport::Server::builder()
             .add_service(filament_runtime::probes::grpc_health(SERVICE_NAME).await)
+            .add_service(grpc::VoiceGrpc::server(service))
+            .add_service(fanout.grpc_service().into_server())
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.listener),
-                shutdown.cancelled_owned(),
-            )
-            .await?;
+                TcpListenerStream::new(grpc),
+                grpc_stop.clone().cancelled_owned(),
+            );
+        let mut server = tokio::spawn(server);
+        let early = tokio::select! {
+            result = &mut server => Some(result),
+            () = shutdown.cancelled() => None,
+        };
+        background.cancel();
+        fanout.close();
+        grpc_stop.cancel();
+        let result = match early {
+            Some(result) => result,
+            None => server.await,
+        };
+        result??;
         tracing::info!("voice stopped");
         Ok(())
     }

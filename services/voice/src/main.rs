@@ -1,13 +1,29 @@
-//! `filament-voice`: the voice service as its own process.
+//! `filament-voice`: the voice service as its own process. Needs
+//! `REDIS_URL` (the routing registry) and the LiveKit key, secret and URL;
+//! see README.md.
 
+use std::sync::Arc;
+
+use filament_registry::{RedisRegistry, RegistryConfig};
 use filament_runtime::Env;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     filament_runtime::telemetry::init();
-    let config = filament_voice::Config::from_env(&Env::from_process())?;
-    let service = filament_voice::bind(config).await?;
-    service
-        .run(filament_runtime::shutdown::token_on_signal())
-        .await
+    let shutdown = filament_runtime::shutdown::token_on_signal();
+    let env = Env::from_process();
+    let config = filament_voice::Config::from_env(&env)?;
+    let registry = RedisRegistry::connect(
+        &env.required::<String>("REDIS_URL")?,
+        RegistryConfig {
+            ttl: env.secs_or("FILAMENT_REGISTRY_TTL_SECS", RegistryConfig::default().ttl)?,
+            key_prefix: env.or(
+                "FILAMENT_REGISTRY_PREFIX",
+                RegistryConfig::default().key_prefix,
+            )?,
+        },
+    )
+    .await?;
+    let service = filament_voice::bind(config, Arc::new(registry)).await?;
+    service.run(shutdown).await
 }

@@ -217,7 +217,10 @@ impl TestStack {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("ws connects");
-        let mut socket = Socket { ws };
+        let mut socket = Socket {
+            ws,
+            hide_presence: true,
+        };
         let ready = socket.next_event().await;
         assert_eq!(ready["t"], "ready");
         assert_eq!(ready["d"]["user_id"], user.id.as_str());
@@ -270,6 +273,11 @@ pub struct User {
 
 pub struct Socket {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Skip `presence_sync` and `presence_update` frames in
+    /// [`next_event`](Self::next_event). Presence updates arrive whenever
+    /// anyone in a shared guild comes or goes, so tests of other events
+    /// ignore them; presence tests turn this off.
+    pub hide_presence: bool,
 }
 
 impl Socket {
@@ -282,7 +290,15 @@ impl Socket {
                 .expect("socket open")
                 .expect("frame readable");
             match frame {
-                Message::Text(text) => return serde_json::from_str(&text).expect("json frame"),
+                Message::Text(text) => {
+                    let event: Value = serde_json::from_str(&text).expect("json frame");
+                    let presence = event["t"]
+                        .as_str()
+                        .is_some_and(|t| t.starts_with("presence_"));
+                    if !(presence && self.hide_presence) {
+                        return event;
+                    }
+                }
                 Message::Ping(_) | Message::Pong(_) => {}
                 other => panic!("unexpected frame: {other:?}"),
             }
@@ -319,6 +335,8 @@ impl Socket {
     }
 
     /// Subscribes and waits for the acknowledgement.
+    /// Subscribes and waits for the acknowledgement and the channel's voice
+    /// roster that follows it (contract §5.3).
     pub async fn subscribed(&mut self, guild_id: &str, channel_id: &str) {
         self.subscribe(guild_id, channel_id).await;
         let ack = self.next_event().await;
@@ -327,5 +345,8 @@ impl Socket {
             ack["d"],
             json!({"guild_id": guild_id, "channel_id": channel_id})
         );
+        let roster = self.next_event().await;
+        assert_eq!(roster["t"], "voice_participant_sync", "{roster}");
+        assert_eq!(roster["d"]["channel_id"], channel_id);
     }
 }

@@ -1,10 +1,15 @@
-//! `/guilds/{g}/channels`: create and list.
+//! `/guilds/{g}/channels…`: create, list (only the channels the caller can
+//! view), rename, delete, and the caller's own channel permissions.
+//!
+//! A deleted channel is announced, then access is revoked before the call
+//! returns, so no gateway keeps a subscription to a channel that is gone.
 
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::routing::post;
-use filament_proto::v1 as pb;
+use axum::http::StatusCode;
+use axum::routing::{get, patch, post};
+use filament_proto::v1::{self as pb, event};
 use filament_wire::Channel;
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +20,7 @@ use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::permissions::Permission;
 use crate::state::AppState;
-use crate::store::{ChannelKind, ChannelRecord};
+use crate::store::{ChannelKind, ChannelRecord, MemberRole};
 
 /// The most channels `GET /guilds/{g}/channels` returns.
 const CHANNEL_LIST_LIMIT: u32 = 500;
@@ -43,6 +48,20 @@ fn wire_channel(channel: &ChannelRecord) -> Channel {
 #[derive(Serialize)]
 pub struct ChannelList {
     channels: Vec<Channel>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateChannelDto {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `GET …/permissions/self`.
+#[derive(Serialize)]
+pub struct SelfPermissions {
+    role: filament_wire::LegacyRole,
+    permissions: Vec<filament_wire::Permission>,
 }
 
 pub async fn create(
@@ -82,14 +101,101 @@ pub async fn list(
     AuthUser(user): AuthUser,
     Ids([guild_id]): Ids<1>,
 ) -> ApiResult<Json<ChannelList>> {
-    let access = state.authorizer().guild(guild_id, user.user_id).await?;
-    let channels = if access.permissions.contains(Permission::CreateMessage) {
-        state.store().channels(guild_id, CHANNEL_LIST_LIMIT).await?
-    } else {
-        Vec::new()
-    };
+    let channels = state
+        .authorizer()
+        .visible_channels(guild_id, user.user_id, CHANNEL_LIST_LIMIT)
+        .await?;
     Ok(Json(ChannelList {
         channels: channels.iter().map(wire_channel).collect(),
+    }))
+}
+
+/// Renames a channel; channel-level `manage_channel_overrides`.
+pub async fn update(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([guild_id, channel_id]): Ids<2>,
+    JsonBody(dto): JsonBody<UpdateChannelDto>,
+) -> ApiResult<Json<Channel>> {
+    let name = Name::try_from(dto.name.ok_or(ApiError::InvalidRequest)?)?;
+    let (access, _) = state
+        .authorizer()
+        .channel(guild_id, channel_id, user.user_id)
+        .await?;
+    access.require(Permission::ManageChannelOverrides)?;
+    let change = state
+        .store()
+        .rename_channel(guild_id, channel_id, name.into_string())
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if change.after.name != change.before.name {
+        let guild = guild_id.to_string();
+        let event = events::for_guild(
+            &guild,
+            event::Payload::ChannelUpdate(pb::ChannelUpdate {
+                guild_id: guild.clone(),
+                channel_id: channel_id.to_string(),
+                updated_fields: Some(pb::ChannelFields {
+                    name: Some(change.after.name.clone()),
+                }),
+                updated_at_unix: now_unix(),
+                actor_user_id: Some(user.user_id.to_string()),
+            }),
+        );
+        events::publish(&state, event).await;
+    }
+    Ok(Json(wire_channel(&change.after)))
+}
+
+/// Deletes a channel with its messages; channel-level
+/// `manage_channel_overrides`. 204 like the other deletes of content.
+pub async fn delete(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([guild_id, channel_id]): Ids<2>,
+) -> ApiResult<StatusCode> {
+    let (access, _) = state
+        .authorizer()
+        .channel(guild_id, channel_id, user.user_id)
+        .await?;
+    access.require(Permission::ManageChannelOverrides)?;
+    if !state.store().delete_channel(guild_id, channel_id).await? {
+        return Err(ApiError::NotFound);
+    }
+    let guild = guild_id.to_string();
+    // The event first: a socket whose only subscription was this channel is
+    // no longer present in the guild once access is revoked.
+    let event = events::for_guild(
+        &guild,
+        event::Payload::ChannelDelete(pb::ChannelDelete {
+            guild_id: guild.clone(),
+            channel_id: channel_id.to_string(),
+            deleted_at_unix: now_unix(),
+            actor_user_id: Some(user.user_id.to_string()),
+        }),
+    );
+    events::publish(&state, event).await;
+    events::revoke_access(&state, &guild, Vec::new(), false).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's legacy role and channel-level permissions, in bit order.
+pub async fn permissions_self(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([guild_id, channel_id]): Ids<2>,
+) -> ApiResult<Json<SelfPermissions>> {
+    let (access, _) = state
+        .authorizer()
+        .channel(guild_id, channel_id, user.user_id)
+        .await?;
+    Ok(Json(SelfPermissions {
+        role: match access.role {
+            MemberRole::Owner => filament_wire::LegacyRole::Owner,
+            MemberRole::Moderator => filament_wire::LegacyRole::Moderator,
+            MemberRole::Member => filament_wire::LegacyRole::Member,
+        },
+        permissions: access.permissions.to_wire(),
     }))
 }
 
@@ -106,5 +212,14 @@ pub fn proto_channel(channel: &ChannelRecord) -> pb::Channel {
 }
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/guilds/{guild_id}/channels", post(create).get(list))
+    Router::new()
+        .route("/guilds/{guild_id}/channels", post(create).get(list))
+        .route(
+            "/guilds/{guild_id}/channels/{channel_id}",
+            patch(update).delete(delete),
+        )
+        .route(
+            "/guilds/{guild_id}/channels/{channel_id}/permissions/self",
+            get(permissions_self),
+        )
 }

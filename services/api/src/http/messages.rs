@@ -1,19 +1,35 @@
-//! `/guilds/{g}/channels/{c}/messages`: create and list.
+//! `/guilds/{g}/channels/{c}/messages`: create (optionally with uploaded
+//! attachments), list (with attachments and the caller's view of the
+//! reactions), edit and delete.
+//!
+//! Edits and deletes are the author's, or a moderator's (channel
+//! `delete_message`); a moderator acting on someone else's message leaves
+//! an audit entry.
+
+use std::collections::HashMap;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::routing::post;
-use filament_proto::v1 as pb;
+use axum::http::StatusCode;
+use axum::routing::{patch, post};
+use filament_proto::v1::{self as pb, event};
 use serde::{Deserialize, Serialize};
+use ulid::Ulid;
 
 use crate::clock::now_unix;
 use crate::domain::{MessageContent, page_limit, parse_id};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
+use crate::http::attachments::{proto_attachment, remove_file, storage};
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
+use crate::http::reactions::proto_reaction;
+use crate::permissions::{GuildAccess, Permission};
 use crate::state::AppState;
-use crate::store::MessageRecord;
+use crate::store::{MessageInsert, MessageRecord};
+
+/// Attachments one message may carry.
+const MAX_ATTACHMENTS: usize = 5;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +37,12 @@ pub struct CreateMessageDto {
     content: String,
     #[serde(default)]
     attachment_ids: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessageDto {
+    content: String,
 }
 
 #[derive(Deserialize)]
@@ -36,35 +58,92 @@ pub struct MessagePage {
     next_before: Option<String>,
 }
 
+/// A new message's content and attachments, validated together: the
+/// content may be empty only when something is attached.
+struct NewMessage {
+    content: String,
+    attachment_ids: Vec<Ulid>,
+}
+
+impl TryFrom<CreateMessageDto> for NewMessage {
+    type Error = ApiError;
+
+    fn try_from(dto: CreateMessageDto) -> Result<Self, Self::Error> {
+        let raw_ids = dto.attachment_ids.unwrap_or_default();
+        if raw_ids.len() > MAX_ATTACHMENTS {
+            return Err(ApiError::InvalidRequest);
+        }
+        let attachment_ids = raw_ids
+            .iter()
+            .map(|id| parse_id(id))
+            .collect::<ApiResult<Vec<_>>>()?;
+        let mut unique = attachment_ids.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.len() != attachment_ids.len() {
+            return Err(ApiError::InvalidRequest);
+        }
+        let content = if dto.content.is_empty() && !attachment_ids.is_empty() {
+            dto.content
+        } else {
+            MessageContent::try_from(dto.content)?.into_string()
+        };
+        Ok(Self {
+            content,
+            attachment_ids,
+        })
+    }
+}
+
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Ids([guild_id, channel_id]): Ids<2>,
     JsonBody(dto): JsonBody<CreateMessageDto>,
 ) -> ApiResult<Json<filament_wire::Message>> {
-    if dto.attachment_ids.is_some_and(|ids| !ids.is_empty()) {
-        // Attachments arrive with the attachments routes; until then a
-        // message that names one cannot be honoured.
-        return Err(ApiError::InvalidRequest);
-    }
-    let content = MessageContent::try_from(dto.content)?;
+    let new = NewMessage::try_from(dto)?;
     state
         .authorizer()
         .channel(guild_id, channel_id, user.user_id)
         .await?;
+    let mut attachments = Vec::with_capacity(new.attachment_ids.len());
+    for attachment_id in &new.attachment_ids {
+        // Only the author's own, unused uploads to this channel.
+        let attachment = state
+            .store()
+            .attachment(guild_id, channel_id, *attachment_id)
+            .await?
+            .filter(|a| a.owner_id == user.user_id && a.message_id.is_none())
+            .ok_or(ApiError::InvalidRequest)?;
+        attachments.push(proto_attachment(&attachment));
+    }
     let record = MessageRecord {
         message_id: state.new_id(),
         guild_id,
         channel_id,
         author_id: user.user_id,
-        content: content.into_string(),
+        content: new.content,
         created_at_unix: now_unix(),
     };
-    let message = proto_message(&record);
+    let message = pb::Message {
+        attachments,
+        ..proto_message(&record)
+    };
     let body = wire_message(&message)?;
     let event = events::message_create(message);
     events::ensure_deliverable(&event)?;
-    state.store().create_message(record).await?;
+    if new.attachment_ids.is_empty() {
+        state.store().create_message(record).await?;
+    } else {
+        let inserted = state
+            .store()
+            .create_message_with_attachments(record, &new.attachment_ids)
+            .await?;
+        if inserted == MessageInsert::AttachmentUnavailable {
+            // Another message took an upload since it was checked above.
+            return Err(ApiError::InvalidRequest);
+        }
+    }
     events::publish(&state, event).await;
     Ok(Json(body))
 }
@@ -86,9 +165,10 @@ pub async fn list(
         .messages(guild_id, channel_id, before, limit)
         .await?;
     let next_before = records.last().map(|m| m.message_id.to_string());
-    let messages = records
+    let messages = full_messages(&state, &records, user.user_id)
+        .await?
         .iter()
-        .map(|record| wire_message(&proto_message(record)))
+        .map(wire_message)
         .collect::<ApiResult<_>>()?;
     Ok(Json(MessagePage {
         messages,
@@ -96,6 +176,140 @@ pub async fn list(
     }))
 }
 
+pub async fn edit(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([guild_id, channel_id, message_id]): Ids<3>,
+    JsonBody(dto): JsonBody<EditMessageDto>,
+) -> ApiResult<Json<filament_wire::Message>> {
+    let content = MessageContent::try_from(dto.content)?.into_string();
+    let (access, _) = state
+        .authorizer()
+        .channel(guild_id, channel_id, user.user_id)
+        .await?;
+    let mut record = state
+        .store()
+        .message(guild_id, channel_id, message_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let moderated = may_change(&access, &record)?;
+    record.content = content;
+    let event = message_update(&record, now_unix());
+    events::ensure_deliverable(&event)?;
+    let edited = state
+        .store()
+        .edit_message(guild_id, channel_id, message_id, &record.content)
+        .await?;
+    if !edited {
+        return Err(ApiError::NotFound);
+    }
+    events::publish(&state, event).await;
+    if moderated {
+        let action = "message.edit.moderation";
+        events::audit(
+            &state,
+            guild_id,
+            user.user_id,
+            Some(record.author_id),
+            action,
+        )
+        .await;
+    }
+    let full = full_messages(&state, std::slice::from_ref(&record), user.user_id).await?;
+    full.first()
+        .map(wire_message)
+        .transpose()?
+        .map(Json)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("edited message vanished")))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([guild_id, channel_id, message_id]): Ids<3>,
+) -> ApiResult<StatusCode> {
+    let (access, _) = state
+        .authorizer()
+        .channel(guild_id, channel_id, user.user_id)
+        .await?;
+    let record = state
+        .store()
+        .message(guild_id, channel_id, message_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let moderated = may_change(&access, &record)?;
+    let event = message_delete(&record, now_unix());
+    events::ensure_deliverable(&event)?;
+    let attachments = state
+        .store()
+        .delete_message(guild_id, channel_id, message_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let storage = storage(&state);
+    for attachment in &attachments {
+        remove_file(&storage, attachment.attachment_id).await;
+    }
+    events::publish(&state, event).await;
+    if moderated {
+        let action = "message.delete.moderation";
+        events::audit(
+            &state,
+            guild_id,
+            user.user_id,
+            Some(record.author_id),
+            action,
+        )
+        .await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether `access` may edit or delete the message: its author may, and so
+/// may whoever holds channel `delete_message`. Returns whether that is a
+/// moderation (someone else's message).
+fn may_change(access: &GuildAccess, message: &MessageRecord) -> ApiResult<bool> {
+    if message.author_id == access.user_id {
+        return Ok(false);
+    }
+    access.require(Permission::DeleteMessage)?;
+    Ok(true)
+}
+
+/// The messages with their attachments and reactions, as `viewer` sees
+/// them, in the order given.
+pub(super) async fn full_messages(
+    state: &AppState,
+    records: &[MessageRecord],
+    viewer: Ulid,
+) -> ApiResult<Vec<pb::Message>> {
+    let ids: Vec<Ulid> = records.iter().map(|m| m.message_id).collect();
+    let mut attachments: HashMap<Ulid, Vec<pb::Attachment>> = HashMap::new();
+    for attachment in state.store().attachments_of(&ids).await? {
+        if let Some(message_id) = attachment.message_id {
+            attachments
+                .entry(message_id)
+                .or_default()
+                .push(proto_attachment(&attachment));
+        }
+    }
+    let mut reactions: HashMap<Ulid, Vec<pb::Reaction>> = HashMap::new();
+    for summary in state.store().reactions_of(&ids, viewer).await? {
+        reactions
+            .entry(summary.message_id)
+            .or_default()
+            .push(proto_reaction(&summary));
+    }
+    Ok(records
+        .iter()
+        .map(|record| pb::Message {
+            attachments: attachments.remove(&record.message_id).unwrap_or_default(),
+            reactions: reactions.remove(&record.message_id).unwrap_or_default(),
+            ..proto_message(record)
+        })
+        .collect())
+}
+
+/// A message as stored, without attachments or reactions.
 pub fn proto_message(record: &MessageRecord) -> pb::Message {
     pb::Message {
         message_id: record.message_id.to_string(),
@@ -110,15 +324,52 @@ pub fn proto_message(record: &MessageRecord) -> pb::Message {
     }
 }
 
+fn message_update(record: &MessageRecord, updated_at_unix: i64) -> pb::Event {
+    let (guild_id, channel_id) = (record.guild_id.to_string(), record.channel_id.to_string());
+    events::for_channel(
+        &guild_id,
+        &channel_id,
+        event::Payload::MessageUpdate(pb::MessageUpdate {
+            guild_id: guild_id.clone(),
+            channel_id: channel_id.clone(),
+            message_id: record.message_id.to_string(),
+            updated_fields: Some(pb::MessageContentFields {
+                content: record.content.clone(),
+                markdown_tokens: crate::markdown::tokenize(&record.content),
+            }),
+            updated_at_unix,
+        }),
+    )
+}
+
+fn message_delete(record: &MessageRecord, deleted_at_unix: i64) -> pb::Event {
+    let (guild_id, channel_id) = (record.guild_id.to_string(), record.channel_id.to_string());
+    events::for_channel(
+        &guild_id,
+        &channel_id,
+        event::Payload::MessageDelete(pb::MessageDelete {
+            guild_id: guild_id.clone(),
+            channel_id: channel_id.clone(),
+            message_id: record.message_id.to_string(),
+            deleted_at_unix,
+        }),
+    )
+}
+
 /// The REST body of a message: the same JSON shape the gateway sends.
-fn wire_message(message: &pb::Message) -> ApiResult<filament_wire::Message> {
+pub(super) fn wire_message(message: &pb::Message) -> ApiResult<filament_wire::Message> {
     filament_wire::Message::try_from(message)
         .map_err(|err| ApiError::Internal(anyhow::anyhow!("message shape: {err}")))
 }
 
 pub fn routes() -> Router<AppState> {
-    Router::new().route(
-        "/guilds/{guild_id}/channels/{channel_id}/messages",
-        post(create).get(list),
-    )
+    Router::new()
+        .route(
+            "/guilds/{guild_id}/channels/{channel_id}/messages",
+            post(create).get(list),
+        )
+        .route(
+            "/guilds/{guild_id}/channels/{channel_id}/messages/{message_id}",
+            patch(edit).delete(delete),
+        )
 }

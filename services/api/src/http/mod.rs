@@ -2,11 +2,24 @@
 //! each parses its input into domain values, calls the store, and publishes
 //! the resulting events after the store call returned.
 
+mod attachments;
 mod auth;
 mod channels;
+mod client_ip;
 mod extract;
+mod friends;
 mod guilds;
+mod members;
 mod messages;
+mod moderation;
+mod overrides;
+mod profiles;
+pub(crate) mod rate_limit;
+mod reactions;
+mod roles;
+mod search;
+mod voice;
+mod workspace;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -17,6 +30,8 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use extract::authenticate;
+
+pub(crate) use client_ip::moderation_config_from_env;
 
 use crate::state::AppState;
 
@@ -34,8 +49,28 @@ pub fn router(state: AppState, ready: impl Fn() -> bool + Clone + Send + Sync + 
         // One line per area; each area module owns its routes.
         .merge(auth::routes())
         .merge(guilds::routes())
+        .merge(members::routes())
+        .merge(moderation::routes())
         .merge(channels::routes())
         .merge(messages::routes())
+        .merge(roles::routes())
+        .merge(overrides::routes())
+        .merge(workspace::routes())
+        .merge(reactions::routes())
+        .merge(attachments::routes())
+        .merge(profiles::routes())
+        .merge(friends::routes())
+        .merge(search::routes(&state))
+        .merge(voice::routes(&state))
+        // The contract's "IP" column: one gate for every guild route it marks.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            client_ip::refuse_ip_banned,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::enforce,
+        ))
         .with_state(state)
         .merge(filament_runtime::probes::http_routes(ready))
         .layer(DefaultBodyLimit::max(body_limit))

@@ -14,13 +14,35 @@ use async_trait::async_trait;
 use ulid::Ulid;
 
 mod audit;
+mod members;
+mod message_log;
+mod messages;
 mod postgres;
+mod roles;
+mod social;
 mod sql;
 mod sqlite;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use audit::{AuditEntry, AuditPage, AuditStore, NewAuditEntry};
+pub use audit::{AuditCursor, AuditEntry, AuditPage, AuditStore, NewAuditEntry};
+pub use members::{
+    AddMemberOutcome, IpBanCursor, IpBanOutcome, IpBanRecord, MemberStore, NewGuildBan,
+    NewIpBansByUser,
+};
+pub use message_log::{ChangeKind, LoggedChange, MessageLogStore};
+pub use messages::{
+    AttachmentInsert, AttachmentRecord, MAX_REACTION_EMOJI, MAX_REACTOR_IDS, MessageInsert,
+    MessageStore, ReactionChange, ReactionKey, ReactionSummary,
+};
+pub use roles::{
+    AssignOutcome, BuiltinRole, ChannelChange, CreateRoleOutcome, GuildChange, OverrideRecord,
+    OverrideTarget, RoleChanges, RoleRecord, RoleStore, UnassignOutcome, WORKSPACE_OWNER_POSITION,
+};
+pub use social::{
+    AcceptedFriendRequest, FriendRecord, FriendRequestParties, FriendRequestRecord, ImageKind,
+    NewFriendRequest, ProfileAudience, ProfileChange, ProfileImage, SocialStore, UserSummary,
+};
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -288,6 +310,18 @@ pub trait CoreStore: Send + Sync + 'static {
 /// [`SqlStore`](sql::SqlStore) for SQLite and Postgres. An area adds its
 /// trait here (and its file under `store/`, with its records, its SQL and
 /// its conformance cases).
-pub trait Store: CoreStore + AuditStore {}
+pub trait Store:
+    CoreStore + AuditStore + SocialStore + MessageStore + RoleStore + MessageLogStore + MemberStore
+{
+}
 
-impl<T> Store for T where T: CoreStore + AuditStore {}
+impl<T> Store for T where
+    T: CoreStore
+        + AuditStore
+        + SocialStore
+        + MessageStore
+        + RoleStore
+        + MessageLogStore
+        + MemberStore
+{
+}

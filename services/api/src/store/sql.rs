@@ -25,12 +25,17 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct SqlStore<DB: Database> {
     pub(super) pool: Pool<DB>,
+    /// Wakes message-log followers after a change commits (`message_log.rs`).
+    pub(super) log_signal: super::message_log::LogSignal,
 }
 
 impl<DB: Database> SqlStore<DB> {
     /// Wraps a pool whose database is already migrated.
     pub(super) fn from_migrated_pool(pool: Pool<DB>) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            log_signal: super::message_log::LogSignal::default(),
+        }
     }
 
     /// Closes the pool and waits for its connections to close, so that a
@@ -192,12 +197,15 @@ where
             "INSERT INTO guild_members (guild_id, user_id, role, joined_at_unix) \
              VALUES ($1, $2, $3, $4)",
         )
-        .bind(guild_id)
-        .bind(created_by)
+        .bind(guild_id.clone())
+        .bind(created_by.clone())
         .bind(MemberRole::Owner.as_str().to_owned())
         .bind(guild.created_at_unix)
         .execute(&mut *tx)
         .await?;
+        // The default roles come with the guild: permission checks need them.
+        super::roles::seed_guild_roles(&mut *tx, &guild_id, &created_by, guild.created_at_unix)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -331,6 +339,7 @@ where
     }
 
     async fn create_message(&self, message: MessageRecord) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO messages \
              (message_id, guild_id, channel_id, author_id, content, created_at_unix) \
@@ -342,10 +351,18 @@ where
         .bind(message.author_id.to_string())
         .bind(message.content)
         .bind(message.created_at_unix)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(conflict_on("message_id"))?;
-        Ok(())
+        let kind = super::message_log::ChangeKind::Upsert;
+        self.commit_logged(
+            tx,
+            kind,
+            message.guild_id,
+            message.channel_id,
+            message.message_id,
+        )
+        .await
     }
 
     async fn messages(

@@ -1,0 +1,306 @@
+//! `/guilds/{g}/channels/{c}/attachments`: upload, download, delete.
+//!
+//! An upload is a raw body (no JSON, exempt from the JSON body limit) that
+//! becomes an unbound attachment; a message binds it later through
+//! `attachment_ids`. The type is sniffed from the bytes and must agree with
+//! the declared `Content-Type`; the bytes go to [`AttachmentStorage`], the
+//! description to the store, where the owner's quota is charged.
+
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use filament_proto::v1 as pb;
+use serde::Deserialize;
+use ulid::Ulid;
+
+use crate::attachments::{
+    AttachmentStorage, LocalStorage, MAX_ATTACHMENT_BYTES, StageError, USER_QUOTA_BYTES,
+};
+use crate::clock::now_unix;
+use crate::error::{ApiError, ApiResult};
+use crate::http::extract::{AuthUser, Ids, QueryParams};
+use crate::state::AppState;
+use crate::store::{AttachmentInsert, AttachmentRecord, MemberRole};
+
+/// The file name an upload gets when it names none.
+const DEFAULT_FILENAME: &str = "upload.bin";
+const MAX_FILENAME_BYTES: usize = 128;
+
+/// The storage of this api's attachments: local files under the configured
+/// root. The one place that picks the implementation.
+pub fn storage(state: &AppState) -> LocalStorage {
+    LocalStorage::new(&state.config().attachment_root)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    filename: Option<String>,
+}
+
+/// 1–128 bytes, no path separators, no control characters (which includes
+/// NUL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Filename(String);
+
+impl TryFrom<Option<String>> for Filename {
+    type Error = ApiError;
+
+    fn try_from(raw: Option<String>) -> Result<Self, Self::Error> {
+        let raw = raw.unwrap_or_else(|| DEFAULT_FILENAME.to_owned());
+        let valid = (1..=MAX_FILENAME_BYTES).contains(&raw.len())
+            && !raw.chars().any(|c| c == '/' || c == '\\' || c.is_control());
+        if valid {
+            Ok(Self(raw))
+        } else {
+            Err(ApiError::InvalidRequest)
+        }
+    }
+}
+
+/// The declared media type without parameters, lowercased; `None` when the
+/// request declares none.
+fn declared_type(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    headers
+        .get(header::CONTENT_TYPE)
+        .map(|value| {
+            let value = value.to_str().map_err(|_| ApiError::InvalidRequest)?;
+            let essence = value.split(';').next().unwrap_or_default().trim();
+            Ok(essence.to_ascii_lowercase())
+        })
+        .transpose()
+}
+
+pub async fn upload(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([guild_id, channel_id]): Ids<2>,
+    QueryParams(query): QueryParams<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<filament_wire::Attachment>> {
+    let filename = Filename::try_from(query.filename)?;
+    let declared = declared_type(&headers)?;
+    // Authorized before a byte is read, so strangers cannot fill the disk.
+    state
+        .authorizer()
+        .channel(guild_id, channel_id, user.user_id)
+        .await?;
+    // A body that says up front it is too large is refused unread.
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > MAX_ATTACHMENT_BYTES) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let storage = storage(&state);
+    let staged = storage
+        .stage(body, MAX_ATTACHMENT_BYTES)
+        .await
+        .map_err(|err| match err {
+            StageError::TooLarge { .. } => ApiError::PayloadTooLarge,
+            StageError::Body(_) => ApiError::InvalidRequest,
+            StageError::Io(err) => ApiError::Internal(err.into()),
+        })?;
+    let size_bytes = i64::try_from(staged.size_bytes).map_err(|_| ApiError::PayloadTooLarge)?;
+    if size_bytes == 0 {
+        return Err(ApiError::InvalidRequest);
+    }
+    let mime_type = infer::get(&staged.head)
+        .ok_or(ApiError::InvalidRequest)?
+        .mime_type();
+    if declared.is_some_and(|declared| declared != mime_type) {
+        return Err(ApiError::InvalidRequest);
+    }
+    let record = AttachmentRecord {
+        attachment_id: state.new_id(),
+        guild_id,
+        channel_id,
+        owner_id: user.user_id,
+        message_id: None,
+        filename: filename.0,
+        mime_type: mime_type.to_owned(),
+        size_bytes,
+        sha256_hex: staged.sha256_hex.clone(),
+        created_at_unix: now_unix(),
+    };
+    // The file is in place before the row exists, so a row always has its
+    // bytes; if the row is refused the file goes again.
+    storage
+        .commit(staged, record.attachment_id)
+        .await
+        .map_err(|err| ApiError::Internal(err.into()))?;
+    let outcome = state
+        .store()
+        .create_attachment(record.clone(), USER_QUOTA_BYTES)
+        .await;
+    match outcome {
+        Ok(AttachmentInsert::Created) => Ok(Json(filament_wire::Attachment::from(
+            &proto_attachment(&record),
+        ))),
+        Ok(AttachmentInsert::QuotaExceeded) => {
+            remove_file(&storage, record.attachment_id).await;
+            Err(ApiError::QuotaExceeded)
+        }
+        Err(err) => {
+            remove_file(&storage, record.attachment_id).await;
+            Err(err.into())
+        }
+    }
+}
+
+pub async fn download(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([guild_id, channel_id, attachment_id]): Ids<3>,
+) -> ApiResult<Response> {
+    state
+        .authorizer()
+        .channel(guild_id, channel_id, user.user_id)
+        .await?;
+    let attachment = state
+        .store()
+        .attachment(guild_id, channel_id, attachment_id)
+        .await?
+        // An upload no message has used yet is its owner's draft.
+        .filter(|a| a.message_id.is_some() || a.owner_id == user.user_id)
+        .ok_or(ApiError::NotFound)?;
+    let body = storage(&state)
+        .open(attachment_id)
+        .await
+        .map_err(|err| match err.kind() {
+            // Deleted between the lookup and the open.
+            std::io::ErrorKind::NotFound => ApiError::NotFound,
+            _ => ApiError::Internal(err.into()),
+        })?;
+    let content_type = HeaderValue::from_str(&attachment.mime_type)
+        .map_err(|err| ApiError::Internal(err.into()))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_LENGTH,
+                HeaderValue::from(attachment.size_bytes),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([guild_id, channel_id, attachment_id]): Ids<3>,
+) -> ApiResult<StatusCode> {
+    let (access, _) = state
+        .authorizer()
+        .channel(guild_id, channel_id, user.user_id)
+        .await?;
+    let moderator = access.role >= MemberRole::Moderator;
+    let attachment = state
+        .store()
+        .attachment(guild_id, channel_id, attachment_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let own = attachment.owner_id == user.user_id;
+    if !own && !moderator {
+        // Someone else's draft is invisible; a sent one is visible but not
+        // the caller's to delete.
+        return Err(if attachment.message_id.is_none() {
+            ApiError::NotFound
+        } else {
+            ApiError::Forbidden
+        });
+    }
+    state
+        .store()
+        .delete_attachment(guild_id, channel_id, attachment_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    remove_file(&storage(&state), attachment_id).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes an attachment's file after its row is gone (or never came). A
+/// failure leaves an orphan file, never a row without bytes, so it is
+/// logged rather than failing the request.
+pub async fn remove_file(storage: &dyn AttachmentStorage, attachment_id: Ulid) {
+    if let Err(err) = storage.remove(attachment_id).await {
+        tracing::error!(%attachment_id, %err, "cannot remove attachment file");
+    }
+}
+
+pub fn proto_attachment(attachment: &AttachmentRecord) -> pb::Attachment {
+    pb::Attachment {
+        attachment_id: attachment.attachment_id.to_string(),
+        guild_id: attachment.guild_id.to_string(),
+        channel_id: attachment.channel_id.to_string(),
+        owner_id: attachment.owner_id.to_string(),
+        filename: attachment.filename.clone(),
+        mime_type: attachment.mime_type.clone(),
+        size_bytes: attachment.size_bytes,
+        sha256_hex: attachment.sha256_hex.clone(),
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/guilds/{guild_id}/channels/{channel_id}/attachments",
+            // The upload streams under its own 25 MiB cap. The 1 MiB JSON
+            // limit only binds buffering extractors, which this handler
+            // does not use; disabled here so that it never will.
+            post(upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/guilds/{guild_id}/channels/{channel_id}/attachments/{attachment_id}",
+            get(download).delete(delete),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filenames() {
+        assert_eq!(
+            Filename::try_from(None).unwrap(),
+            Filename("upload.bin".into())
+        );
+        assert!(Filename::try_from(Some("photo 1.png".into())).is_ok());
+        assert!(Filename::try_from(Some("é".repeat(64))).is_ok());
+        assert!(Filename::try_from(Some("x".repeat(129))).is_err());
+        assert!(Filename::try_from(Some(String::new())).is_err());
+        for bad in ["a/b", "a\\b", "a\0b", "a\nb"] {
+            assert!(Filename::try_from(Some(bad.into())).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn declared_types_lose_parameters_and_case() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(declared_type(&headers).unwrap(), None);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("Image/PNG; charset=binary"),
+        );
+        assert_eq!(
+            declared_type(&headers).unwrap().as_deref(),
+            Some("image/png")
+        );
+    }
+}

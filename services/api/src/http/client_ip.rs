@@ -1,0 +1,409 @@
+//! Who is calling, by network address, and the guild IP-ban gate built on
+//! it.
+//!
+//! [`ClientIp`] is the peer address of the connection, or, only when that
+//! peer is a proxy listed in `FILAMENT_TRUSTED_PROXY_CIDRS`, the address the
+//! proxy forwarded (`CF-Connecting-IP`, else the first `X-Forwarded-For`
+//! entry). Anyone else could write those headers, to dodge an IP ban or to
+//! get someone else's address banned, so they are ignored from untrusted
+//! peers. The router must be served with
+//! `into_make_service_with_connect_info::<SocketAddr>()`; without the peer
+//! address the extractor fails closed with a 500 rather than guess.
+//!
+//! [`refuse_ip_banned`] enforces the contract's "IP" column in one place: it
+//! is layered on the whole router (`http/mod.rs`), recognises the routes
+//! under `/guilds/{g}/channels…` and `/guilds/{g}/search…` — exactly the
+//! routes the contract marks IP — and answers `403 forbidden` (auditing
+//! `moderation.ip_ban.hit`) when the caller's address matches an active ban
+//! of that guild. Handlers of those routes need no code of their own: a new
+//! IP route only has to live under one of those two prefixes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use filament_runtime::{ConfigError, Env};
+use ipnet::IpNet;
+use ulid::Ulid;
+
+use crate::clock::now_unix;
+use crate::config::Config;
+use crate::error::{ApiError, ApiResult};
+use crate::events;
+use crate::http::extract::AuthUser;
+use crate::state::AppState;
+
+/// Longest `X-Forwarded-For` header considered; a longer one is ignored.
+const MAX_FORWARDED_HEADER_BYTES: usize = 512;
+/// Longest single forwarded address considered.
+const MAX_FORWARDED_ENTRY_BYTES: usize = 64;
+
+/// The audit action of a request refused by an IP ban.
+pub const IP_BAN_HIT: &str = "moderation.ip_ban.hit";
+
+/// The caller's address, IPv4-mapped IPv6 folded to IPv4 so that one
+/// client has one address whichever way the listener is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let ConnectInfo(peer) = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .copied()
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!(
+                    "no peer address: serve the api with into_make_service_with_connect_info"
+                ))
+            })?;
+        Ok(Self(resolve(
+            peer.ip(),
+            &parts.headers,
+            &state.config().trusted_proxy_cidrs,
+        )))
+    }
+}
+
+/// The client's address: the peer's, or the forwarded one when the peer is
+/// a trusted proxy and sent a well-formed header. A malformed header from a
+/// trusted proxy leaves the proxy's own address, never a guess.
+pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusted.iter().any(|net| net.contains(&peer)) {
+        return peer;
+    }
+    forwarded(headers).unwrap_or(peer)
+}
+
+fn forwarded(headers: &HeaderMap) -> Option<IpAddr> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(ip) = header("cf-connecting-ip").and_then(parse_entry) {
+        return Some(ip);
+    }
+    let chain = header("x-forwarded-for")?;
+    if chain.len() > MAX_FORWARDED_HEADER_BYTES {
+        return None;
+    }
+    parse_entry(chain.split(',').next()?)
+}
+
+/// One forwarded address: `ip`, `ip:port` or `[ipv6]:port`.
+fn parse_entry(raw: &str) -> Option<IpAddr> {
+    let raw = raw.trim();
+    if raw.len() > MAX_FORWARDED_ENTRY_BYTES {
+        return None;
+    }
+    raw.parse::<IpAddr>()
+        .ok()
+        .or_else(|| raw.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// A trusted proxy network as the operator writes it: CIDR notation, or a
+/// bare address for one host (as the gateway accepts the same variable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrustedProxy(pub IpNet);
+
+impl FromStr for TrustedProxy {
+    type Err = ipnet::AddrParseError;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw.parse::<IpAddr>() {
+            Ok(host) => Ok(Self(IpNet::from(host.to_canonical()))),
+            Err(_) => raw.parse::<IpNet>().map(|net| Self(net.trunc())),
+        }
+    }
+}
+
+/// Reads this area's variables into `config` (contract §6): the directory
+/// join limits, the audit page cap, the IP-ban cap and the trusted proxies.
+pub fn moderation_config_from_env(config: &mut Config, env: &Env) -> Result<(), ConfigError> {
+    let positive = |name: &'static str, default: u32| -> Result<u32, ConfigError> {
+        let value = env.or(name, default)?;
+        if value == 0 {
+            return Err(ConfigError::Invalid {
+                name,
+                value: "0".to_owned(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        Ok(value)
+    };
+    config.directory_join_per_minute_per_ip = positive(
+        "FILAMENT_DIRECTORY_JOIN_REQUESTS_PER_MINUTE_PER_IP",
+        config.directory_join_per_minute_per_ip,
+    )?;
+    config.directory_join_per_minute_per_user = positive(
+        "FILAMENT_DIRECTORY_JOIN_REQUESTS_PER_MINUTE_PER_USER",
+        config.directory_join_per_minute_per_user,
+    )?;
+    config.audit_list_limit_max =
+        positive("FILAMENT_AUDIT_LIST_LIMIT_MAX", config.audit_list_limit_max)?;
+    config.guild_ip_ban_max_entries = positive(
+        "FILAMENT_GUILD_IP_BAN_MAX_ENTRIES",
+        config.guild_ip_ban_max_entries,
+    )?;
+    config.trusted_proxy_cidrs = env
+        .list::<TrustedProxy>("FILAMENT_TRUSTED_PROXY_CIDRS")?
+        .into_iter()
+        .map(|proxy| proxy.0)
+        .collect();
+    Ok(())
+}
+
+/// The guild of a request to a route the contract marks IP, if this is one:
+/// `/guilds/{g}/channels…` or `/guilds/{g}/search…`. Segments are
+/// percent-decoded the way axum's `Path` decodes the id for the handler, so
+/// an encoded path cannot slip past the gate to a handler that accepts it.
+fn ip_checked_guild(path: &str) -> Option<Ulid> {
+    let mut segments = path.strip_prefix('/')?.split('/').map(percent_decode);
+    if segments.next()?.as_deref()? != "guilds" {
+        return None;
+    }
+    let guild = segments.next()??;
+    if !matches!(segments.next()?.as_deref()?, "channels" | "search") {
+        return None;
+    }
+    crate::domain::parse_id(&guild).ok()
+}
+
+/// `%XX` sequences to bytes; `None` if the result is not UTF-8. Malformed
+/// sequences stay as they are, as in axum's decoding.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|pair| std::str::from_utf8(pair).ok())
+            .and_then(|pair| u8::from_str_radix(pair, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+/// The middleware: refuses callers whose address an active ban of the
+/// guild covers. Other requests pass untouched after one indexed lookup.
+pub async fn refuse_ip_banned(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(guild_id) = ip_checked_guild(request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let (mut parts, body) = request.into_parts();
+    match check_ip_ban(&state, guild_id, &mut parts).await {
+        Ok(()) => next.run(Request::from_parts(parts, body)).await,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn check_ip_ban(state: &AppState, guild_id: Ulid, parts: &mut Parts) -> ApiResult<()> {
+    let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+    if !state.store().ip_banned(guild_id, ip, now_unix()).await? {
+        return Ok(());
+    }
+    // Only an authenticated caller learns that a ban matched; anyone else
+    // gets the 401 the route would have given them.
+    let AuthUser(user) = AuthUser::from_request_parts(parts, state).await?;
+    events::audit(
+        state,
+        guild_id,
+        user.user_id,
+        Some(user.user_id),
+        IP_BAN_HIT,
+    )
+    .await;
+    Err(ApiError::Forbidden)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn nets(raw: &[&str]) -> Vec<IpNet> {
+        raw.iter()
+            .map(|net| net.parse::<TrustedProxy>().expect("network").0)
+            .collect()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).expect("header value"));
+        }
+        map
+    }
+
+    fn ip(raw: &str) -> IpAddr {
+        raw.parse().expect("address")
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_from_trusted_peers() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let xff = headers(&[("x-forwarded-for", "198.51.100.7, 10.0.0.3")]);
+        assert_eq!(resolve(ip("10.0.0.2"), &xff, &trusted), ip("198.51.100.7"));
+        assert_eq!(
+            resolve(ip("203.0.113.9"), &xff, &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(resolve(ip("10.0.0.2"), &xff, &[]), ip("10.0.0.2"));
+        // A dual-stack listener reports IPv4 peers as mapped addresses.
+        assert_eq!(
+            resolve(ip("::ffff:10.0.0.2"), &xff, &trusted),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            resolve(ip("::ffff:203.0.113.9"), &HeaderMap::new(), &[]),
+            ip("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn cf_connecting_ip_wins_over_x_forwarded_for() {
+        let trusted = nets(&["10.0.0.2"]);
+        let both = headers(&[
+            ("cf-connecting-ip", "2001:db8::5"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        assert_eq!(resolve(ip("10.0.0.2"), &both, &trusted), ip("2001:db8::5"));
+        let bad_cf = headers(&[
+            ("cf-connecting-ip", "garbage"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        assert_eq!(
+            resolve(ip("10.0.0.2"), &bad_cf, &trusted),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn malformed_or_oversized_headers_leave_the_peer() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let peer = ip("10.0.0.2");
+        let long_header = format!("198.51.100.7,{}", "1".repeat(MAX_FORWARDED_HEADER_BYTES));
+        // Parses as an address, but is longer than any entry we accept.
+        let long_entry = "[0000:0000:0000:0000:0000:0000:0000:0001]:00000000000000000000000443";
+        assert!(long_entry.len() > MAX_FORWARDED_ENTRY_BYTES);
+        assert!(long_entry.parse::<SocketAddr>().is_ok());
+        for value in ["", "not-an-ip", "999.1.1.1", &long_header, long_entry] {
+            let map = headers(&[("x-forwarded-for", value)]);
+            assert_eq!(resolve(peer, &map, &trusted), peer, "{value:?}");
+        }
+        let with_port = headers(&[("x-forwarded-for", "[2001:db8::9]:443, 10.0.0.1")]);
+        assert_eq!(resolve(peer, &with_port, &trusted), ip("2001:db8::9"));
+    }
+
+    #[test]
+    fn trusted_proxies_parse_networks_and_hosts() {
+        assert_eq!(
+            nets(&["10.1.2.3/8", "192.0.2.1", "fd00::1"]),
+            vec![
+                "10.0.0.0/8".parse::<IpNet>().expect("net"),
+                "192.0.2.1/32".parse::<IpNet>().expect("net"),
+                "fd00::1/128".parse::<IpNet>().expect("net"),
+            ]
+        );
+        for bad in ["", "10.0.0.0/33", "x", "10.0.0/8"] {
+            assert!(bad.parse::<TrustedProxy>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_reads_the_variables_and_names_a_bad_one() {
+        let mut config = Config::new(
+            ([127, 0, 0, 1], 0).into(),
+            ([127, 0, 0, 1], 0).into(),
+            "sqlite::memory:",
+            vec![0; 32],
+        );
+        let env = Env::from_pairs([
+            ("FILAMENT_TRUSTED_PROXY_CIDRS", "10.0.0.0/8, 192.0.2.7"),
+            ("FILAMENT_GUILD_IP_BAN_MAX_ENTRIES", "12"),
+        ]);
+        moderation_config_from_env(&mut config, &env).expect("valid");
+        assert_eq!(config.trusted_proxy_cidrs.len(), 2);
+        assert_eq!(config.guild_ip_ban_max_entries, 12);
+        assert_eq!(config.directory_join_per_minute_per_ip, 60);
+        assert_eq!(config.directory_join_per_minute_per_user, 30);
+        assert_eq!(config.audit_list_limit_max, 100);
+
+        let bad = Env::from_pairs([("FILAMENT_TRUSTED_PROXY_CIDRS", "10.0.0.0/99")]);
+        let err = moderation_config_from_env(&mut config, &bad).expect_err("invalid");
+        assert!(
+            err.to_string().contains("FILAMENT_TRUSTED_PROXY_CIDRS"),
+            "{err}"
+        );
+        let zero = Env::from_pairs([("FILAMENT_AUDIT_LIST_LIMIT_MAX", "0")]);
+        let err = moderation_config_from_env(&mut config, &zero).expect_err("invalid");
+        assert!(
+            err.to_string().contains("FILAMENT_AUDIT_LIST_LIMIT_MAX"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_gate_recognises_exactly_the_ip_routes() {
+        let guild = Ulid::generate();
+        let g = guild.to_string();
+        for path in [
+            format!("/guilds/{g}/channels"),
+            format!("/guilds/{g}/channels/{g}/messages"),
+            format!("/guilds/{g}/search"),
+            format!("/guilds/{g}/search/rebuild"),
+        ] {
+            assert_eq!(ip_checked_guild(&path), Some(guild), "{path}");
+        }
+        for path in [
+            format!("/guilds/{g}"),
+            format!("/guilds/{g}/members"),
+            format!("/guilds/{g}/join"),
+            format!("/guilds/{g}/roles"),
+            format!("/guilds/{g}/ip-bans"),
+            format!("/guilds/{g}/audit"),
+            "/guilds/public".to_owned(),
+            "/guilds/not-an-id/channels".to_owned(),
+            format!("/users/{g}/channels"),
+        ] {
+            assert_eq!(ip_checked_guild(&path), None, "{path}");
+        }
+        // Percent-encoding the id does not get past the gate.
+        let encoded: String = g.bytes().map(|b| format!("%{b:02X}")).collect();
+        assert_eq!(
+            ip_checked_guild(&format!("/guilds/{encoded}/channels")),
+            Some(guild)
+        );
+        assert_eq!(
+            ip_checked_guild(&format!("/%67uilds/{g}/%63hannels/{g}")),
+            Some(guild)
+        );
+        assert_eq!(percent_decode("a%2"), Some("a%2".to_owned()));
+        assert_eq!(percent_decode("%zz"), Some("%zz".to_owned()));
+        assert_eq!(percent_decode("%FF"), None);
+    }
+}

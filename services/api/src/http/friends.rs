@@ -1,0 +1,267 @@
+//! `/friends`: the friend list, friend requests (send, list, accept, cancel
+//! or decline) and unfriending.
+//!
+//! Every change is told to both parties' sockets. Where the payload names
+//! "the other party" (`friend_request_update`, `friend_remove`) each party
+//! gets its own copy, addressed to that party alone.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get, post};
+use filament_proto::v1::{self as pb, event};
+use filament_wire::events::FriendRequestCreate;
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+use crate::clock::now_unix;
+use crate::domain::parse_id;
+use crate::error::{ApiError, ApiResult};
+use crate::events;
+use crate::http::extract::{AuthUser, Ids, JsonBody};
+use crate::state::AppState;
+use crate::store::{AcceptedFriendRequest, FriendRequestRecord, NewFriendRequest};
+
+/// The state `friend_request_update` reports; the only one there is.
+const ACCEPTED: &str = "accepted";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequestDto {
+    recipient_user_id: String,
+}
+
+#[derive(Serialize)]
+pub struct FriendList {
+    friends: Vec<Friend>,
+}
+
+#[derive(Serialize)]
+pub struct Friend {
+    user_id: String,
+    username: String,
+    created_at_unix: i64,
+}
+
+/// The body of `POST /friends/requests` (no usernames, unlike the lists).
+#[derive(Serialize)]
+pub struct CreatedRequest {
+    request_id: String,
+    sender_user_id: String,
+    recipient_user_id: String,
+    created_at_unix: i64,
+}
+
+/// `GET /friends/requests`. Each entry has exactly the fields of
+/// `friend_request_create`, so it reuses that shape.
+#[derive(Serialize)]
+pub struct RequestLists {
+    incoming: Vec<FriendRequestCreate>,
+    outgoing: Vec<FriendRequestCreate>,
+}
+
+#[derive(Serialize)]
+pub struct Accepted {
+    accepted: bool,
+}
+
+pub async fn list_friends(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> ApiResult<Json<FriendList>> {
+    let friends = state.store().friends(user.user_id).await?;
+    Ok(Json(FriendList {
+        friends: friends
+            .into_iter()
+            .map(|friend| Friend {
+                user_id: friend.user_id.to_string(),
+                username: friend.username,
+                created_at_unix: friend.created_at_unix,
+            })
+            .collect(),
+    }))
+}
+
+pub async fn create_request(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    JsonBody(dto): JsonBody<CreateRequestDto>,
+) -> ApiResult<Json<CreatedRequest>> {
+    let recipient = parse_id(&dto.recipient_user_id)?;
+    if recipient == user.user_id {
+        return Err(ApiError::InvalidRequest);
+    }
+    // Unknown recipient, already friends, or pending either way: the
+    // contract answers all of them with the same 400.
+    let record = state
+        .store()
+        .create_friend_request(NewFriendRequest {
+            request_id: state.new_id(),
+            sender_user_id: user.user_id,
+            recipient_user_id: recipient,
+            created_at_unix: now_unix(),
+        })
+        .await?
+        .ok_or(ApiError::InvalidRequest)?;
+    let body = CreatedRequest {
+        request_id: record.request_id.to_string(),
+        sender_user_id: record.sender_user_id.to_string(),
+        recipient_user_id: record.recipient_user_id.to_string(),
+        created_at_unix: record.created_at_unix,
+    };
+    let parties = vec![body.sender_user_id.clone(), body.recipient_user_id.clone()];
+    let payload = event::Payload::FriendRequestCreate(proto_request(&record));
+    events::publish(&state, events::for_users(parties, Vec::new(), payload)).await;
+    Ok(Json(body))
+}
+
+pub async fn list_requests(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+) -> ApiResult<Json<RequestLists>> {
+    let requests = state.store().friend_requests(user.user_id).await?;
+    let (incoming, outgoing): (Vec<_>, Vec<_>) = requests
+        .iter()
+        .partition(|request| request.recipient_user_id == user.user_id);
+    let wire = |requests: Vec<&FriendRequestRecord>| {
+        requests
+            .into_iter()
+            .map(|request| FriendRequestCreate {
+                request_id: request.request_id.to_string(),
+                sender_user_id: request.sender_user_id.to_string(),
+                sender_username: request.sender_username.clone(),
+                recipient_user_id: request.recipient_user_id.to_string(),
+                recipient_username: request.recipient_username.clone(),
+                created_at_unix: request.created_at_unix,
+            })
+            .collect()
+    };
+    Ok(Json(RequestLists {
+        incoming: wire(incoming),
+        outgoing: wire(outgoing),
+    }))
+}
+
+/// Only the recipient may accept; for anyone else the request does not
+/// exist (404), so ids cannot be probed.
+pub async fn accept_request(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([request_id]): Ids<1>,
+) -> ApiResult<Json<Accepted>> {
+    let now = now_unix();
+    let accepted = state
+        .store()
+        .accept_friend_request(request_id, user.user_id, now)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    for copy in request_update_copies(&accepted, user.user_id, now) {
+        events::publish(&state, copy).await;
+    }
+    Ok(Json(Accepted { accepted: true }))
+}
+
+/// Cancels (sender) or declines (recipient) a request.
+pub async fn delete_request(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([request_id]): Ids<1>,
+) -> ApiResult<StatusCode> {
+    let parties = state
+        .store()
+        .delete_friend_request(request_id, user.user_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let payload = event::Payload::FriendRequestDelete(pb::FriendRequestDelete {
+        request_id: request_id.to_string(),
+        deleted_at_unix: now_unix(),
+        actor_user_id: Some(user.user_id.to_string()),
+    });
+    let audience = vec![
+        parties.sender_user_id.to_string(),
+        parties.recipient_user_id.to_string(),
+    ];
+    events::publish(&state, events::for_users(audience, Vec::new(), payload)).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Idempotent: unfriending someone who is not a friend (or does not exist)
+/// is a 204 that changes nothing and tells nobody.
+pub async fn remove_friend(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([friend_id]): Ids<1>,
+) -> ApiResult<StatusCode> {
+    if friend_id == user.user_id {
+        return Err(ApiError::InvalidRequest);
+    }
+    if state.store().remove_friend(user.user_id, friend_id).await? {
+        let now = now_unix();
+        for (receiver, other) in [(user.user_id, friend_id), (friend_id, user.user_id)] {
+            let payload = event::Payload::FriendRemove(pb::FriendRemove {
+                user_id: receiver.to_string(),
+                friend_user_id: other.to_string(),
+                removed_at_unix: now,
+                actor_user_id: Some(user.user_id.to_string()),
+            });
+            events::publish(&state, to_one_user(receiver, payload)).await;
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn proto_request(record: &FriendRequestRecord) -> pb::FriendRequestCreate {
+    pb::FriendRequestCreate {
+        request_id: record.request_id.to_string(),
+        sender_user_id: record.sender_user_id.to_string(),
+        sender_username: record.sender_username.clone(),
+        recipient_user_id: record.recipient_user_id.to_string(),
+        recipient_username: record.recipient_username.clone(),
+        created_at_unix: record.created_at_unix,
+    }
+}
+
+/// One `friend_request_update` per party: `user_id` is the party receiving
+/// it and `friend_*` the other one.
+fn request_update_copies(
+    accepted: &AcceptedFriendRequest,
+    actor: Ulid,
+    now: i64,
+) -> [pb::Event; 2] {
+    let request = &accepted.request;
+    let sender = (request.sender_user_id, request.sender_username.as_str());
+    let recipient = (
+        request.recipient_user_id,
+        request.recipient_username.as_str(),
+    );
+    [(sender, recipient), (recipient, sender)].map(|((receiver, _), (friend, friend_name))| {
+        let payload = event::Payload::FriendRequestUpdate(pb::FriendRequestUpdate {
+            request_id: request.request_id.to_string(),
+            state: ACCEPTED.to_owned(),
+            user_id: receiver.to_string(),
+            friend_user_id: friend.to_string(),
+            friend_username: friend_name.to_owned(),
+            friendship_created_at_unix: accepted.friendship_created_at_unix,
+            updated_at_unix: now,
+            actor_user_id: Some(actor.to_string()),
+        });
+        to_one_user(receiver, payload)
+    })
+}
+
+fn to_one_user(user_id: Ulid, payload: event::Payload) -> pb::Event {
+    events::for_users(vec![user_id.to_string()], Vec::new(), payload)
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/friends", get(list_friends))
+        .route("/friends/requests", post(create_request).get(list_requests))
+        .route(
+            "/friends/requests/{request_id}/accept",
+            post(accept_request),
+        )
+        .route("/friends/requests/{request_id}", delete(delete_request))
+        .route("/friends/{user_id}", delete(remove_friend))
+}

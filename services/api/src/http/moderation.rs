@@ -1,0 +1,574 @@
+//! Moderation (contract §3.4): kick, ban, the audit log, and guild IP bans.
+//!
+//! Kick and ban are the system's core teardown. After the store committed,
+//! and before the call returns, the removed user's access is gone
+//! everywhere: `workspace_member_ban` (ban only) and `workspace_member_remove`
+//! go to the guild and to the removed user's own sockets, then
+//! [`events::revoke_access`] makes every gateway drop the user's
+//! subscriptions in the guild and acknowledge it. A later message in the
+//! guild cannot reach them.
+//!
+//! IP bans never show an address: the list, the responses and the
+//! `workspace_ip_ban_sync` summary carry ids, counts and times only, and the
+//! summary goes only to the users who may manage IP bans.
+
+use axum::extract::State;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use filament_proto::v1::{self as pb, event};
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+use crate::clock::now_unix;
+use crate::domain::{page_limit, parse_id};
+use crate::error::{ApiError, ApiResult};
+use crate::events;
+use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
+use crate::http::roles::{ACK, Ack};
+use crate::permissions::Permission;
+use crate::state::AppState;
+use crate::store::{
+    AuditCursor, AuditEntry, IpBanCursor, IpBanOutcome, IpBanRecord, MemberRole, NewGuildBan,
+    NewIpBansByUser,
+};
+
+const MEMBER_KICK: &str = "member.kick";
+const MEMBER_BAN: &str = "member.ban";
+const IP_BAN_ADD: &str = "moderation.ip_ban.add";
+const IP_BAN_REMOVE: &str = "moderation.ip_ban.remove";
+
+const AUDIT_DEFAULT_LIMIT: u32 = 20;
+const IP_BAN_DEFAULT_LIMIT: u32 = 20;
+const IP_BAN_MAX_LIMIT: u32 = 100;
+const MAX_CURSOR_BYTES: usize = 128;
+const MAX_ACTION_PREFIX_BYTES: usize = 64;
+const MAX_REASON_BYTES: usize = 240;
+/// 180 days.
+const MAX_IP_BAN_SECS: u64 = 15_552_000;
+
+// --- kick and ban -------------------------------------------------------------
+
+/// Why a member left, for `workspace_member_remove`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    Kick,
+    Ban,
+}
+
+/// `POST /guilds/{g}/members/{u}/kick`.
+pub async fn kick(
+    State(state): State<AppState>,
+    AuthUser(actor): AuthUser,
+    Ids([guild_id, target]): Ids<2>,
+) -> ApiResult<Json<Ack>> {
+    let actor_role = moderator_role(&state, guild_id, actor.user_id).await?;
+    let target_role = state
+        .store()
+        .member(guild_id, target)
+        .await?
+        .ok_or(ApiError::NotFound)?
+        .role;
+    if !may_remove(actor_role, target_role) {
+        return Err(ApiError::Forbidden);
+    }
+    if !state.store().remove_member(guild_id, target).await? {
+        // Someone else removed them first; their teardown ran.
+        return Err(ApiError::NotFound);
+    }
+    tear_down(&state, guild_id, target, actor.user_id, Removal::Kick).await;
+    events::audit(&state, guild_id, actor.user_id, Some(target), MEMBER_KICK).await;
+    Ok(Json(ACK))
+}
+
+/// `POST /guilds/{g}/members/{u}/ban`. Non-members can be banned too, so
+/// they can never join.
+pub async fn ban(
+    State(state): State<AppState>,
+    AuthUser(actor): AuthUser,
+    Ids([guild_id, target]): Ids<2>,
+) -> ApiResult<Json<Ack>> {
+    let actor_role = moderator_role(&state, guild_id, actor.user_id).await?;
+    if state.store().user_by_id(target).await?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    let member = state.store().member(guild_id, target).await?;
+    if member.is_some_and(|member| !may_remove(actor_role, member.role)) {
+        return Err(ApiError::Forbidden);
+    }
+    let ban = NewGuildBan {
+        guild_id,
+        user_id: target,
+        banned_by: actor.user_id,
+        created_at_unix: now_unix(),
+    };
+    state.store().ban_member(ban).await?;
+    // Torn down even if they were not a member (any more): a socket that
+    // slipped in through a concurrent join must not outlive the ban.
+    tear_down(&state, guild_id, target, actor.user_id, Removal::Ban).await;
+    events::audit(&state, guild_id, actor.user_id, Some(target), MEMBER_BAN).await;
+    Ok(Json(ACK))
+}
+
+/// The actor's legacy role, which must be moderator or owner.
+async fn moderator_role(state: &AppState, guild_id: Ulid, actor: Ulid) -> ApiResult<MemberRole> {
+    let access = state.authorizer().guild(guild_id, actor).await?;
+    if access.role < MemberRole::Moderator {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(access.role)
+}
+
+/// The legacy rule of kick and ban: owners are never removed, and the actor
+/// outranks the target.
+fn may_remove(actor: MemberRole, target: MemberRole) -> bool {
+    target != MemberRole::Owner && actor > target
+}
+
+/// Tells the guild and the removed user, then revokes the user's access on
+/// every gateway and waits for each to acknowledge.
+async fn tear_down(state: &AppState, guild_id: Ulid, user_id: Ulid, actor: Ulid, removal: Removal) {
+    let (guild, user, actor) = (guild_id.to_string(), user_id.to_string(), actor.to_string());
+    let now = now_unix();
+    if removal == Removal::Ban {
+        let ban = pb::WorkspaceMemberBan {
+            guild_id: guild.clone(),
+            user_id: user.clone(),
+            banned_at_unix: now,
+            actor_user_id: Some(actor.clone()),
+        };
+        events::publish(
+            state,
+            events::for_guild(&guild, event::Payload::WorkspaceMemberBan(ban)),
+        )
+        .await;
+    }
+    let reason = match removal {
+        Removal::Kick => pb::MemberRemoveReason::Kick,
+        Removal::Ban => pb::MemberRemoveReason::Ban,
+    };
+    let remove = pb::WorkspaceMemberRemove {
+        guild_id: guild.clone(),
+        user_id: user.clone(),
+        reason: reason.into(),
+        removed_at_unix: now,
+        actor_user_id: Some(actor),
+    };
+    // The removed user hears it on every socket, wherever it is subscribed.
+    let event = events::for_users(
+        vec![user.clone()],
+        vec![guild.clone()],
+        event::Payload::WorkspaceMemberRemove(remove),
+    );
+    events::publish(state, event).await;
+    events::revoke_access(state, &guild, vec![user], true).await;
+}
+
+// --- the audit log ------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    cursor: Option<String>,
+    limit: Option<u32>,
+    action_prefix: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct AuditEvent {
+    audit_id: String,
+    actor_user_id: String,
+    target_user_id: Option<String>,
+    action: String,
+    created_at_unix: i64,
+    ip_ban_match: bool,
+}
+
+impl From<&AuditEntry> for AuditEvent {
+    fn from(entry: &AuditEntry) -> Self {
+        Self {
+            audit_id: entry.audit_id.to_string(),
+            actor_user_id: entry.actor_user_id.to_string(),
+            target_user_id: entry.target_user_id.map(|id| id.to_string()),
+            action: entry.action.clone(),
+            created_at_unix: entry.created_at_unix,
+            ip_ban_match: entry.ip_ban_match(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct AuditList {
+    events: Vec<AuditEvent>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /guilds/{g}/audit`: newest first. Refusals say
+/// `audit_access_denied`, as the reference server does.
+pub async fn audit(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([guild_id]): Ids<1>,
+    QueryParams(query): QueryParams<AuditQuery>,
+) -> ApiResult<Json<AuditList>> {
+    let max = state.config().audit_list_limit_max;
+    let limit = page_limit(query.limit, AUDIT_DEFAULT_LIMIT.min(max), max)?;
+    let cursor = query.cursor.as_deref().map(parse_cursor).transpose()?.map(
+        |(created_at_unix, audit_id)| AuditCursor {
+            created_at_unix,
+            audit_id,
+        },
+    );
+    let prefix = query
+        .action_prefix
+        .as_deref()
+        .map(action_prefix)
+        .transpose()?;
+    if state.store().guild(guild_id).await?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    let access = match state.authorizer().guild(guild_id, user.user_id).await {
+        Ok(access) => access,
+        Err(ApiError::Forbidden) => return Err(ApiError::AuditAccessDenied),
+        Err(err) => return Err(err),
+    };
+    if !access.permissions.contains(Permission::ViewAuditLog) {
+        return Err(ApiError::AuditAccessDenied);
+    }
+    let mut entries = state
+        .store()
+        .audit_entries(guild_id, cursor, prefix, limit + 1)
+        .await?
+        .entries;
+    let more = entries.len() > limit as usize;
+    entries.truncate(limit as usize);
+    Ok(Json(AuditList {
+        next_cursor: entries.last().filter(|_| more).map(AuditEntry::cursor),
+        events: entries.iter().map(AuditEvent::from).collect(),
+    }))
+}
+
+/// `<created_at_unix>_<id>`: ≤128 bytes of `[A-Za-z0-9_-]`.
+fn parse_cursor(raw: &str) -> ApiResult<(i64, Ulid)> {
+    let charset = raw
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if raw.is_empty() || raw.len() > MAX_CURSOR_BYTES || !charset {
+        return Err(ApiError::InvalidRequest);
+    }
+    let (created, id) = raw.split_once('_').ok_or(ApiError::InvalidRequest)?;
+    let created = created.parse().map_err(|_| ApiError::InvalidRequest)?;
+    Ok((created, parse_id(id)?))
+}
+
+/// 1–64 bytes of `[a-z0-9._]`.
+fn action_prefix(raw: &str) -> ApiResult<&str> {
+    let charset = raw
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_');
+    if raw.is_empty() || raw.len() > MAX_ACTION_PREFIX_BYTES || !charset {
+        return Err(ApiError::InvalidRequest);
+    }
+    Ok(raw)
+}
+
+// --- IP bans ------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpBanQuery {
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// A ban as clients see it. The client rejects any key containing `ip` or
+/// `cidr`; the address never leaves the store anyway.
+#[derive(Serialize)]
+pub struct IpBan {
+    ban_id: String,
+    source_user_id: Option<String>,
+    reason: Option<String>,
+    created_at_unix: i64,
+    expires_at_unix: Option<i64>,
+}
+
+impl From<&IpBanRecord> for IpBan {
+    fn from(ban: &IpBanRecord) -> Self {
+        Self {
+            ban_id: ban.ban_id.to_string(),
+            source_user_id: ban.source_user_id.map(|id| id.to_string()),
+            reason: ban.reason.clone(),
+            created_at_unix: ban.created_at_unix,
+            expires_at_unix: ban.expires_at_unix,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct IpBanList {
+    bans: Vec<IpBan>,
+    next_cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpBanByUserDto {
+    target_user_id: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    expires_in_secs: Option<u64>,
+}
+
+/// A validated ban-by-user request.
+#[derive(Debug)]
+struct IpBanByUser {
+    target_user_id: Ulid,
+    /// 1–240 bytes, not blank.
+    reason: Option<String>,
+    /// 1 s – 180 days.
+    expires_in_secs: Option<i64>,
+}
+
+impl TryFrom<IpBanByUserDto> for IpBanByUser {
+    type Error = ApiError;
+
+    fn try_from(dto: IpBanByUserDto) -> Result<Self, Self::Error> {
+        let reason = match dto.reason {
+            Some(reason) if reason.trim().is_empty() || reason.len() > MAX_REASON_BYTES => {
+                return Err(ApiError::InvalidRequest);
+            }
+            reason => reason,
+        };
+        let expires_in_secs = match dto.expires_in_secs {
+            None => None,
+            Some(secs @ 1..=MAX_IP_BAN_SECS) => Some(secs.cast_signed()),
+            Some(_) => return Err(ApiError::InvalidRequest),
+        };
+        Ok(Self {
+            target_user_id: parse_id(&dto.target_user_id)?,
+            reason,
+            expires_in_secs,
+        })
+    }
+}
+
+#[derive(Serialize)]
+pub struct IpBansCreated {
+    created_count: usize,
+    ban_ids: Vec<String>,
+}
+
+/// `GET /guilds/{g}/ip-bans`: active bans, newest first.
+pub async fn ip_bans(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([guild_id]): Ids<1>,
+    QueryParams(query): QueryParams<IpBanQuery>,
+) -> ApiResult<Json<IpBanList>> {
+    let limit = page_limit(query.limit, IP_BAN_DEFAULT_LIMIT, IP_BAN_MAX_LIMIT)?;
+    let cursor =
+        query
+            .cursor
+            .as_deref()
+            .map(parse_cursor)
+            .transpose()?
+            .map(|(created_at_unix, ban_id)| IpBanCursor {
+                created_at_unix,
+                ban_id,
+            });
+    require_ip_ban_manager(&state, guild_id, user.user_id).await?;
+    let mut bans = state
+        .store()
+        .ip_bans(guild_id, cursor, now_unix(), limit + 1)
+        .await?;
+    let more = bans.len() > limit as usize;
+    bans.truncate(limit as usize);
+    let next_cursor = bans.last().filter(|_| more).map(|last| {
+        let cursor = last.cursor();
+        format!("{}_{}", cursor.created_at_unix, cursor.ban_id)
+    });
+    Ok(Json(IpBanList {
+        bans: bans.iter().map(IpBan::from).collect(),
+        next_cursor,
+    }))
+}
+
+/// `POST /guilds/{g}/ip-bans/by-user`: bans every address the target made
+/// directory joins from.
+pub async fn ban_ips_by_user(
+    State(state): State<AppState>,
+    AuthUser(actor): AuthUser,
+    Ids([guild_id]): Ids<1>,
+    JsonBody(dto): JsonBody<IpBanByUserDto>,
+) -> ApiResult<Json<IpBansCreated>> {
+    let request = IpBanByUser::try_from(dto)?;
+    require_ip_ban_manager(&state, guild_id, actor.user_id).await?;
+    let now = now_unix();
+    let outcome = state
+        .store()
+        .ban_user_ips(NewIpBansByUser {
+            guild_id,
+            target_user_id: request.target_user_id,
+            reason: request.reason,
+            created_by: actor.user_id,
+            created_at_unix: now,
+            expires_at_unix: request.expires_in_secs.map(|secs| now.saturating_add(secs)),
+            max_entries: state.config().guild_ip_ban_max_entries,
+        })
+        .await?;
+    let IpBanOutcome::Created(ban_ids) = outcome else {
+        return Err(ApiError::QuotaExceeded);
+    };
+    if !ban_ids.is_empty() {
+        let target = Some(request.target_user_id);
+        events::audit(&state, guild_id, actor.user_id, target, IP_BAN_ADD).await;
+        let count = ban_ids.len();
+        publish_ip_ban_sync(
+            &state,
+            guild_id,
+            pb::IpBanAction::Upsert,
+            count,
+            actor.user_id,
+        )
+        .await;
+    }
+    Ok(Json(IpBansCreated {
+        created_count: ban_ids.len(),
+        ban_ids: ban_ids.iter().map(Ulid::to_string).collect(),
+    }))
+}
+
+/// `DELETE /guilds/{g}/ip-bans/{id}`.
+pub async fn remove_ip_ban(
+    State(state): State<AppState>,
+    AuthUser(actor): AuthUser,
+    Ids([guild_id, ban_id]): Ids<2>,
+) -> ApiResult<Json<Ack>> {
+    require_ip_ban_manager(&state, guild_id, actor.user_id).await?;
+    let removed = state
+        .store()
+        .remove_ip_ban(guild_id, ban_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let target = removed.source_user_id;
+    events::audit(&state, guild_id, actor.user_id, target, IP_BAN_REMOVE).await;
+    publish_ip_ban_sync(&state, guild_id, pb::IpBanAction::Remove, 1, actor.user_id).await;
+    Ok(Json(ACK))
+}
+
+async fn require_ip_ban_manager(state: &AppState, guild_id: Ulid, user_id: Ulid) -> ApiResult<()> {
+    state
+        .authorizer()
+        .guild(guild_id, user_id)
+        .await?
+        .require(Permission::ManageIpBans)
+}
+
+/// Sends the redacted summary to every socket of the users who may manage
+/// IP bans in the guild, and nobody else.
+async fn publish_ip_ban_sync(
+    state: &AppState,
+    guild_id: Ulid,
+    action: pb::IpBanAction,
+    changed: usize,
+    actor: Ulid,
+) {
+    let holders = match state
+        .authorizer()
+        .members_with_permission(guild_id, Permission::ManageIpBans)
+        .await
+    {
+        Ok(holders) => holders,
+        Err(err) => {
+            tracing::error!(%err, %guild_id, "cannot find who manages IP bans; sync event not sent");
+            return;
+        }
+    };
+    let guild = guild_id.to_string();
+    let sync = pb::WorkspaceIpBanSync {
+        guild_id: guild,
+        summary: Some(pb::IpBanSummary {
+            action: action.into(),
+            changed_count: i64::try_from(changed).unwrap_or(i64::MAX),
+        }),
+        updated_at_unix: now_unix(),
+        actor_user_id: Some(actor.to_string()),
+    };
+    let event = events::for_users(
+        holders.iter().map(Ulid::to_string).collect(),
+        Vec::new(),
+        event::Payload::WorkspaceIpBanSync(sync),
+    );
+    events::publish(state, event).await;
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/guilds/{guild_id}/members/{user_id}/kick", post(kick))
+        .route("/guilds/{guild_id}/members/{user_id}/ban", post(ban))
+        .route("/guilds/{guild_id}/audit", get(audit))
+        .route("/guilds/{guild_id}/ip-bans", get(ip_bans))
+        .route("/guilds/{guild_id}/ip-bans/by-user", post(ban_ips_by_user))
+        .route("/guilds/{guild_id}/ip-bans/{ban_id}", delete(remove_ip_ban))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_are_never_removed_and_the_actor_must_outrank() {
+        use MemberRole::{Member, Moderator, Owner};
+        assert!(may_remove(Owner, Moderator));
+        assert!(may_remove(Owner, Member));
+        assert!(may_remove(Moderator, Member));
+        assert!(!may_remove(Moderator, Moderator));
+        assert!(!may_remove(Owner, Owner));
+        assert!(!may_remove(Member, Member));
+    }
+
+    #[test]
+    fn cursors_and_prefixes_are_validated() {
+        let id = Ulid::generate();
+        assert_eq!(parse_cursor(&format!("1700_{id}")).ok(), Some((1700, id)));
+        for bad in [
+            String::new(),
+            "1700".to_owned(),
+            format!("x_{id}"),
+            format!("1700_{id} "),
+            format!("1700_{}", id.to_string().to_lowercase()),
+            format!("{}_{id}", "1".repeat(MAX_CURSOR_BYTES)),
+        ] {
+            assert!(parse_cursor(&bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(action_prefix("member.").ok(), Some("member."));
+        assert_eq!(
+            action_prefix("directory.join_").ok(),
+            Some("directory.join_")
+        );
+        for bad in ["", "Member", "member-", &"a".repeat(65)] {
+            assert!(action_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ban_by_user_requests_are_validated() {
+        let dto = |reason: Option<&str>, secs: Option<u64>| IpBanByUserDto {
+            target_user_id: Ulid::generate().to_string(),
+            reason: reason.map(str::to_owned),
+            expires_in_secs: secs,
+        };
+        assert!(IpBanByUser::try_from(dto(None, None)).is_ok());
+        assert!(IpBanByUser::try_from(dto(Some(&"r".repeat(240)), Some(15_552_000))).is_ok());
+        assert!(IpBanByUser::try_from(dto(Some(&"r".repeat(241)), None)).is_err());
+        assert!(IpBanByUser::try_from(dto(Some("  "), None)).is_err());
+        assert!(IpBanByUser::try_from(dto(None, Some(0))).is_err());
+        assert!(IpBanByUser::try_from(dto(None, Some(15_552_001))).is_err());
+        let bad_id = IpBanByUserDto {
+            target_user_id: "nope".to_owned(),
+            reason: None,
+            expires_in_secs: None,
+        };
+        assert!(IpBanByUser::try_from(bad_id).is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! `PATCH /guilds/{g}`: the workspace's name and visibility (contract §3.4),
+//! announced with `workspace_update` when something actually changed.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::routing::patch;
+use filament_proto::v1::{self as pb, event};
+use filament_wire::Guild;
+use serde::Deserialize;
+
+use crate::clock::now_unix;
+use crate::domain::Name;
+use crate::error::{ApiError, ApiResult};
+use crate::events;
+use crate::http::extract::{AuthUser, Ids, JsonBody};
+use crate::permissions::Permission;
+use crate::state::AppState;
+use crate::store::{GuildRecord, Visibility};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGuildDto {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    visibility: Option<String>,
+}
+
+/// A validated guild update: at least one field.
+struct GuildUpdate {
+    name: Option<Name>,
+    visibility: Option<Visibility>,
+}
+
+impl TryFrom<UpdateGuildDto> for GuildUpdate {
+    type Error = ApiError;
+
+    fn try_from(dto: UpdateGuildDto) -> Result<Self, Self::Error> {
+        if dto.name.is_none() && dto.visibility.is_none() {
+            return Err(ApiError::InvalidRequest);
+        }
+        Ok(Self {
+            name: dto.name.map(Name::try_from).transpose()?,
+            visibility: dto
+                .visibility
+                .map(|raw| Visibility::parse(&raw).ok_or(ApiError::InvalidRequest))
+                .transpose()?,
+        })
+    }
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    AuthUser(user): AuthUser,
+    Ids([guild_id]): Ids<1>,
+    JsonBody(dto): JsonBody<UpdateGuildDto>,
+) -> ApiResult<Json<Guild>> {
+    let update = GuildUpdate::try_from(dto)?;
+    state
+        .authorizer()
+        .guild(guild_id, user.user_id)
+        .await?
+        .require(Permission::ManageRoles)?;
+    let change = state
+        .store()
+        .update_guild(
+            guild_id,
+            update.name.map(Name::into_string),
+            update.visibility,
+        )
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let (before, after) = (&change.before, &change.after);
+    let fields = pb::WorkspaceFields {
+        name: (after.name != before.name).then(|| after.name.clone()),
+        visibility: (after.visibility != before.visibility)
+            .then(|| proto_visibility(after.visibility).into()),
+    };
+    if fields.name.is_some() || fields.visibility.is_some() {
+        let guild = guild_id.to_string();
+        let event = events::for_guild(
+            &guild,
+            event::Payload::WorkspaceUpdate(pb::WorkspaceUpdate {
+                guild_id: guild.clone(),
+                updated_fields: Some(fields),
+                updated_at_unix: now_unix(),
+                actor_user_id: Some(user.user_id.to_string()),
+            }),
+        );
+        events::publish(&state, event).await;
+    }
+    Ok(Json(wire_guild(after)))
+}
+
+fn proto_visibility(visibility: Visibility) -> pb::Visibility {
+    match visibility {
+        Visibility::Private => pb::Visibility::Private,
+        Visibility::Public => pb::Visibility::Public,
+    }
+}
+
+fn wire_guild(guild: &GuildRecord) -> Guild {
+    Guild {
+        guild_id: guild.guild_id.to_string(),
+        name: guild.name.clone(),
+        visibility: match guild.visibility {
+            Visibility::Private => filament_wire::Visibility::Private,
+            Visibility::Public => filament_wire::Visibility::Public,
+        },
+    }
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/guilds/{guild_id}", patch(update))
+}

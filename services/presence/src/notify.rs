@@ -1,0 +1,75 @@
+//! Tells the voice service when a user has no connection left anywhere, so
+//! it removes them from voice (contract §5.1: the user's last socket closing
+//! frees their voice state). Only presence knows "last anywhere": a gateway
+//! only sees its own sockets, and a crashed gateway tells nobody.
+//!
+//! Calls run on a background task behind a bounded queue, so a slow or
+//! absent voice service never slows presence down. A notification that
+//! cannot be queued or delivered is logged and dropped: the voice
+//! participant TTL removes the user later anyway.
+
+use std::time::Duration;
+
+use filament_proto::v1::VoiceConnectionClosedRequest;
+use filament_proto::v1::voice_client::VoiceClient;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::service::OfflineListener;
+
+const QUEUE: usize = 4096;
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct VoiceNotifier {
+    queue: mpsc::Sender<(String, i64)>,
+}
+
+impl VoiceNotifier {
+    /// Starts the delivery task for the voice service at `url`. The channel
+    /// connects lazily, so a voice service that starts later is fine.
+    pub fn spawn(url: &str, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(CALL_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .connect_lazy();
+        let (queue, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(deliver(VoiceClient::new(channel), rx, shutdown));
+        Ok(Self { queue })
+    }
+}
+
+impl OfflineListener for VoiceNotifier {
+    fn user_offline(&self, user_id: &str, at_unix_ms: i64) {
+        if self
+            .queue
+            .try_send((user_id.to_owned(), at_unix_ms))
+            .is_err()
+        {
+            tracing::warn!("voice notification queue full; the voice TTL will clean up");
+        }
+    }
+}
+
+async fn deliver(
+    mut voice: VoiceClient<Channel>,
+    mut rx: mpsc::Receiver<(String, i64)>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (user_id, closed_at_unix_ms) = tokio::select! {
+            next = rx.recv() => match next {
+                Some(next) => next,
+                None => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let request = VoiceConnectionClosedRequest {
+            user_id,
+            closed_at_unix_ms,
+        };
+        if let Err(status) = voice.connection_closed(request).await {
+            tracing::warn!(%status, "cannot tell voice that a user went offline");
+        }
+    }
+}

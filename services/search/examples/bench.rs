@@ -1,0 +1,238 @@
+//! Indexing throughput and query latency of the message index, at a size
+//! that matters: by default one million messages in an on-disk index, as
+//! production runs it, then two thousand queries of every kind the query
+//! language has.
+//!
+//! ```sh
+//! cargo run --release -p filament-search --example bench
+//! cargo run --release -p filament-search --example bench -- --messages 200000 --queries 500
+//! ```
+//!
+//! Bounded: a fixed number of messages and queries, a deterministic
+//! generator (same corpus every run), and a temporary directory removed at
+//! the end. It measures the index itself (`MessageIndex`), as the indexer
+//! and the query service drive it: changes applied in batches of 1024, a
+//! commit every 50 000, and each query run alone on one thread.
+
+use std::time::{Duration, Instant};
+
+use filament_search::{
+    DocChange, IndexLocation, IndexedDoc, MessageIndex, SearchRequest, WriterConfig, query,
+};
+use ulid::Ulid;
+
+const GUILDS: usize = 10;
+const CHANNELS_PER_GUILD: usize = 10;
+const VOCABULARY: usize = 20_000;
+const APPLY_BATCH: usize = 1024;
+const COMMIT_BATCH: usize = 50_000;
+
+/// Makes one query of a kind.
+type QueryMaker = fn(&mut Rng) -> String;
+
+/// xorshift64*: a small, deterministic generator, so every run indexes the
+/// same corpus and asks the same queries.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// Roughly Zipf-distributed word ranks: a few words are very common,
+    /// most are rare, as in chat.
+    fn word_rank(&mut self) -> usize {
+        let uniform = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        ((VOCABULARY as f64).powf(uniform) as usize).saturating_sub(1)
+    }
+}
+
+/// Pronounceable made-up words: `w(0)` = "ba", `w(1)` = "be", …
+fn word(rank: usize) -> String {
+    const CONSONANTS: &[u8] = b"bdfgklmnprstvz";
+    const VOWELS: &[u8] = b"aeiou";
+    let mut n = rank;
+    let mut out = String::new();
+    loop {
+        out.push(CONSONANTS[n % CONSONANTS.len()] as char);
+        n /= CONSONANTS.len();
+        out.push(VOWELS[n % VOWELS.len()] as char);
+        n /= VOWELS.len();
+        if n == 0 {
+            break;
+        }
+    }
+    out
+}
+
+struct Args {
+    messages: usize,
+    queries: usize,
+    threads: usize,
+}
+
+fn args() -> Args {
+    let mut parsed = Args {
+        messages: 1_000_000,
+        queries: 2_000,
+        threads: 1,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().and_then(|v| v.parse().ok());
+        match (flag.as_str(), value) {
+            ("--messages", Some(v)) => parsed.messages = v,
+            ("--queries", Some(v)) => parsed.queries = v,
+            ("--threads", Some(v)) => parsed.threads = v,
+            _ => {
+                eprintln!("usage: bench [--messages N] [--queries N] [--threads N]");
+                std::process::exit(2);
+            }
+        }
+    }
+    parsed
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = args();
+    let dir = std::env::temp_dir().join(format!("filament-search-bench-{}", Ulid::generate()));
+    let result = run(&args, &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run(args: &Args, dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let writer = WriterConfig {
+        memory_bytes: 64 * 1024 * 1024 * args.threads.max(1),
+        threads: args.threads,
+    };
+    let index = MessageIndex::open(&IndexLocation::Dir(dir.to_path_buf()), writer)?;
+    let guilds: Vec<Ulid> = (0..GUILDS).map(|_| Ulid::generate()).collect();
+    let channels: Vec<Vec<Ulid>> = guilds
+        .iter()
+        .map(|_| (0..CHANNELS_PER_GUILD).map(|_| Ulid::generate()).collect())
+        .collect();
+    println!(
+        "indexing {} messages ({GUILDS} guilds, {} channels, {VOCABULARY}-word vocabulary), \
+         {} writer thread(s), on disk at {}",
+        args.messages,
+        GUILDS * CHANNELS_PER_GUILD,
+        writer.threads,
+        dir.display()
+    );
+
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut ids = ulid::Generator::new();
+    let mut batch = Vec::with_capacity(APPLY_BATCH);
+    let mut bytes = 0usize;
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    for n in 1..=args.messages {
+        let guild = rng.below(GUILDS);
+        let length = 3 + rng.below(15);
+        let content = (0..length)
+            .map(|_| word(rng.word_rank()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        bytes += content.len();
+        batch.push(DocChange::Upsert(IndexedDoc {
+            message_id: ids.generate().map_err(|err| err.to_string())?,
+            guild_id: guilds[guild],
+            channel_id: channels[guild][rng.below(CHANNELS_PER_GUILD)],
+            content,
+        }));
+        if batch.len() == APPLY_BATCH {
+            index.apply(&batch)?;
+            batch.clear();
+        }
+        if n % COMMIT_BATCH == 0 {
+            index.apply(&batch)?;
+            batch.clear();
+            index.commit(n as u64)?;
+            if last_report.elapsed() > Duration::from_secs(10) {
+                println!("  {n} indexed, {:.0?} so far", started.elapsed());
+                last_report = Instant::now();
+            }
+        }
+    }
+    index.apply(&batch)?;
+    index.commit(args.messages as u64)?;
+    let indexing = started.elapsed();
+    println!(
+        "indexed {} messages ({:.1} MB of text) in {:.1?}: {:.0} messages/s",
+        index.num_docs(),
+        bytes as f64 / 1e6,
+        indexing,
+        args.messages as f64 / indexing.as_secs_f64()
+    );
+
+    let kinds: [(&str, QueryMaker); 6] = [
+        ("common word", |rng| word(rng.below(20))),
+        ("two words", |rng| {
+            format!("{} {}", word(rng.below(200)), word(rng.below(200)))
+        }),
+        ("rare word", |rng| {
+            word(1_000 + rng.below(VOCABULARY - 1_000))
+        }),
+        ("phrase", |rng| {
+            format!("\"{} {}\"", word(rng.below(50)), word(rng.below(50)))
+        }),
+        ("wildcard", |rng| {
+            format!("{}*", &word(100 + rng.below(900))[..3])
+        }),
+        ("fuzzy", |rng| format!("{}~", word(100 + rng.below(2_000)))),
+    ];
+    let mut all = Vec::with_capacity(args.queries);
+    let mut per_kind: Vec<Vec<Duration>> = vec![Vec::new(); kinds.len()];
+    let mut total_hits = 0usize;
+    for n in 0..args.queries {
+        let kind = n % kinds.len();
+        let text = (kinds[kind].1)(&mut rng);
+        let request = SearchRequest {
+            guild_id: guilds[rng.below(GUILDS)],
+            query: query::parse(&text)?,
+            limit: 20,
+            channel_id: None,
+            exclude_channel_ids: Vec::new(),
+        };
+        let started = Instant::now();
+        total_hits += index.search(&request)?.len();
+        let took = started.elapsed();
+        all.push(took);
+        per_kind[kind].push(took);
+    }
+    println!(
+        "{} queries (limit 20, one guild each, {:.1} hits on average):",
+        args.queries,
+        total_hits as f64 / args.queries.max(1) as f64
+    );
+    println!(
+        "  all          p50 {:>9.2?}  p99 {:>9.2?}",
+        pct(&mut all, 50),
+        pct(&mut all, 99)
+    );
+    for ((name, _), took) in kinds.iter().zip(per_kind.iter_mut()) {
+        println!(
+            "  {name:<12} p50 {:>9.2?}  p99 {:>9.2?}",
+            pct(took, 50),
+            pct(took, 99)
+        );
+    }
+    Ok(())
+}
+
+fn pct(samples: &mut [Duration], percentile: usize) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let rank = (samples.len() * percentile).div_ceil(100).max(1) - 1;
+    samples[rank.min(samples.len() - 1)]
+}
