@@ -20,8 +20,8 @@ use ipnet::IpNet;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
 use ulid::Ulid;
 
-use super::sql::{SqlStore, decode_enum, decode_ulid};
-use super::{GuildRecord, MemberRecord, StoreResult, Visibility};
+use super::sql::{SqlStore, decode_guild, decode_ulid};
+use super::{GuildRecord, MemberRecord, StoreResult};
 
 /// Addresses kept per user for bans by user; older ones are forgotten.
 pub const MAX_OBSERVED_IPS_PER_USER: u32 = 32;
@@ -467,22 +467,6 @@ where
     Ok(())
 }
 
-fn decode_guild<R>(row: &R) -> Result<GuildRecord, sqlx::Error>
-where
-    R: Row,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'i> &'i str: ColumnIndex<R>,
-{
-    Ok(GuildRecord {
-        guild_id: decode_ulid(row, "guild_id")?,
-        name: row.try_get("name")?,
-        visibility: decode_enum(row, "visibility", Visibility::parse)?,
-        created_by: decode_ulid(row, "created_by")?,
-        created_at_unix: row.try_get("created_at_unix")?,
-    })
-}
-
 fn decode_ip_ban<R>(row: &R) -> Result<IpBanRecord, sqlx::Error>
 where
     R: Row,
@@ -523,6 +507,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::store::Visibility;
     use crate::store::tests::conformance;
     use crate::store::{MemberRole, NewUser, Store};
 

@@ -15,7 +15,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, 
 use ulid::Ulid;
 
 use super::message_log::ChangeKind;
-use super::sql::{SqlStore, decode_ulid};
+use super::sql::{SqlStore, decode_message, decode_ulid};
 use super::{MessageRecord, StoreResult};
 
 /// Distinct emoji one message may carry.
@@ -651,23 +651,6 @@ where
             .await?;
     }
     Ok(())
-}
-
-fn decode_message<R>(row: &R) -> Result<MessageRecord, sqlx::Error>
-where
-    R: Row,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'i> &'i str: ColumnIndex<R>,
-{
-    Ok(MessageRecord {
-        message_id: decode_ulid(row, "message_id")?,
-        guild_id: decode_ulid(row, "guild_id")?,
-        channel_id: decode_ulid(row, "channel_id")?,
-        author_id: decode_ulid(row, "author_id")?,
-        content: row.try_get("content")?,
-        created_at_unix: row.try_get("created_at_unix")?,
-    })
 }
 
 fn decode_attachment<R>(row: &R) -> Result<AttachmentRecord, sqlx::Error>

@@ -15,7 +15,7 @@ use sqlx::{
 };
 use ulid::Ulid;
 
-use super::sql::{SqlStore, conflict_on, decode_ulid};
+use super::sql::{SqlStore, conflict_on, decode_ulid, decode_user};
 use super::{StoreResult, UserRecord};
 
 /// How many ids one lookup query takes. Shorter lists are padded with an id
@@ -565,23 +565,6 @@ where
 
 // `sql.rs` keeps its user decoder private; this area returns users from its
 // own statements, so it decodes them here.
-fn decode_user<R>(row: &R) -> Result<UserRecord, sqlx::Error>
-where
-    R: Row,
-    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
-    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
-    for<'i> &'i str: ColumnIndex<R>,
-{
-    Ok(UserRecord {
-        user_id: decode_ulid(row, "user_id")?,
-        username: row.try_get("username")?,
-        password_hash: row.try_get("password_hash")?,
-        about_markdown: row.try_get("about_markdown")?,
-        avatar_version: row.try_get("avatar_version")?,
-        banner_version: row.try_get("banner_version")?,
-        created_at_unix: row.try_get("created_at_unix")?,
-    })
-}
 
 fn decode_request<R>(row: &R) -> Result<FriendRequestRecord, sqlx::Error>
 where

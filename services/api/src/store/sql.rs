@@ -414,7 +414,7 @@ pub(super) fn conflict_on(what: &'static str) -> impl FnOnce(sqlx::Error) -> Sto
 // value that does not parse (a bad ULID or enum text) is reported like any
 // other undecodable column, naming the column.
 
-fn decode_user<R>(row: &R) -> Result<UserRecord, sqlx::Error>
+pub(super) fn decode_user<R>(row: &R) -> Result<UserRecord, sqlx::Error>
 where
     R: Row,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
@@ -432,7 +432,7 @@ where
     })
 }
 
-fn decode_guild<R>(row: &R) -> Result<GuildRecord, sqlx::Error>
+pub(super) fn decode_guild<R>(row: &R) -> Result<GuildRecord, sqlx::Error>
 where
     R: Row,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
@@ -448,7 +448,7 @@ where
     })
 }
 
-fn decode_member<R>(row: &R) -> Result<MemberRecord, sqlx::Error>
+pub(super) fn decode_member<R>(row: &R) -> Result<MemberRecord, sqlx::Error>
 where
     R: Row,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
@@ -463,7 +463,7 @@ where
     })
 }
 
-fn decode_channel<R>(row: &R) -> Result<ChannelRecord, sqlx::Error>
+pub(super) fn decode_channel<R>(row: &R) -> Result<ChannelRecord, sqlx::Error>
 where
     R: Row,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
@@ -479,7 +479,7 @@ where
     })
 }
 
-fn decode_message<R>(row: &R) -> Result<MessageRecord, sqlx::Error>
+pub(super) fn decode_message<R>(row: &R) -> Result<MessageRecord, sqlx::Error>
 where
     R: Row,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
