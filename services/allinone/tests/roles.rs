@@ -1068,6 +1068,9 @@ async fn channel_rename_delete_list_and_own_permissions() {
     let mut b = t.connect(1, &g.member).await;
     subscribed(&mut a, &g.id, &g.general).await;
     subscribed(&mut b, &g.id, &g.general).await;
+    // Channel updates go to the channel's subscribers, who may view it.
+    subscribed(&mut a, &g.id, &doomed).await;
+    subscribed(&mut b, &g.id, &doomed).await;
 
     // Lists are filtered by channel-level create_message, in creation order.
     let names = |list: &Value| -> Vec<String> {
@@ -1105,7 +1108,7 @@ async fn channel_rename_delete_list_and_own_permissions() {
     assert_eq!(get(&t, &own(&unknown), &g.member).await.0, 404);
     assert_eq!(get(&t, &own("nope"), &g.member).await.0, 400);
 
-    // Rename: the event carries the new name, to the guild.
+    // Rename: the event carries the new name, to the channel's subscribers.
     let doomed_path = g.path(&format!("/channels/{doomed}"));
     let (status, channel) = patch(&t, &doomed_path, &moderator, json!({"name": "renamed"})).await;
     assert_eq!(status, 200);
@@ -1118,6 +1121,18 @@ async fn channel_rename_delete_list_and_own_permissions() {
         assert_eq!(d["channel_id"], doomed.as_str());
         assert_eq!(d["updated_fields"], json!({"name": "renamed"}));
         assert_eq!(d["actor_user_id"], moderator.id.as_str());
+    }
+    // Renaming a channel the member cannot view tells them nothing: the
+    // next thing they hear is a later message in a channel they can see.
+    let hidden_path = g.path(&format!("/channels/{hidden}"));
+    let (status, _) = patch(&t, &hidden_path, &g.owner, json!({"name": "secret plans"})).await;
+    assert_eq!(status, 200);
+    let sentinel = g
+        .say(&t, &g.owner, &g.general, "after the secret rename")
+        .await;
+    for socket in [&mut a, &mut b] {
+        let d = expect_event(socket, "message_create").await;
+        assert_eq!(d["message_id"], sentinel["message_id"]);
     }
     assert_eq!(
         patch(&t, &doomed_path, &g.member, json!({"name": "mine"}))
@@ -1153,7 +1168,7 @@ async fn channel_rename_delete_list_and_own_permissions() {
     let (_, list) = get(&t, &g.path("/channels"), &g.owner).await;
     assert_eq!(
         names(&list),
-        ["general", "renamed", "hidden"],
+        ["general", "renamed", "secret plans"],
         "bad renames wrote nothing"
     );
 
@@ -1168,6 +1183,8 @@ async fn channel_rename_delete_list_and_own_permissions() {
     let (status, body) = delete(&t, &doomed_path, &g.owner).await;
     assert_eq!((status, body), (204, Value::Null));
     for socket in [&mut a, &mut b] {
+        expect_event(socket, "message_create").await;
+        expect_event(socket, "message_reaction").await;
         let d = expect_event(socket, "channel_delete").await;
         assert_eq!(
             (d["channel_id"].as_str(), d["actor_user_id"].as_str()),
@@ -1178,7 +1195,7 @@ async fn channel_rename_delete_list_and_own_permissions() {
     let history = g.path(&format!("/channels/{doomed}/messages"));
     assert_eq!(get(&t, &history, &g.owner).await.0, 404);
     let (_, list) = get(&t, &g.path("/channels"), &g.owner).await;
-    assert_eq!(names(&list), ["general", "hidden"]);
+    assert_eq!(names(&list), ["general", "secret plans"]);
 
     outsider.saw_nothing_else(&t).await;
     t.stack.stop().await.expect("clean shutdown");
@@ -1452,13 +1469,17 @@ async fn channel_deletion_drops_its_subscriptions(backends: Backends) {
     let (own_guild, own_channel) = t.guild_with_channel(&g.member, "private").await;
     let mut owner = t.connect(0, &g.owner).await;
     subscribed(&mut owner, &g.id, &g.general).await;
+    // Channel events go to the channel's subscribers, who may view it.
+    subscribed(&mut owner, &g.id, &doomed).await;
     let mut member = t.connect(1, &g.member).await;
     subscribed(&mut member, &g.id, &doomed).await;
     subscribed(&mut member, &own_guild, &own_channel).await;
     // The channel goes with its messages.
     let last = g.say(&t, &g.owner, &doomed, "last words").await;
-    let d = expect_event(&mut member, "message_create").await;
-    assert_eq!(d["message_id"], last["message_id"]);
+    for socket in [&mut owner, &mut member] {
+        let d = expect_event(socket, "message_create").await;
+        assert_eq!(d["message_id"], last["message_id"]);
+    }
 
     let (status, _) = delete(&t, &g.path(&format!("/channels/{doomed}")), &g.owner).await;
     assert_eq!(status, 204);

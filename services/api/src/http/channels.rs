@@ -130,8 +130,12 @@ pub async fn update(
         .ok_or(ApiError::NotFound)?;
     if change.after.name != change.before.name {
         let guild = guild_id.to_string();
-        let event = events::for_guild(
+        // Only sockets subscribed to the channel: they were authorized to
+        // see it, while a guild-wide event would show a private channel's
+        // name to members who cannot view it.
+        let event = events::for_channel(
             &guild,
+            &channel_id.to_string(),
             event::Payload::ChannelUpdate(pb::ChannelUpdate {
                 guild_id: guild.clone(),
                 channel_id: channel_id.to_string(),
@@ -163,10 +167,12 @@ pub async fn delete(
         return Err(ApiError::NotFound);
     }
     let guild = guild_id.to_string();
-    // The event first: a socket whose only subscription was this channel is
-    // no longer present in the guild once access is revoked.
-    let event = events::for_guild(
+    // The event first, to the channel's subscribers only (see `update`): a
+    // socket whose only subscription was this channel is no longer present
+    // in the guild once access is revoked.
+    let event = events::for_channel(
         &guild,
+        &channel_id.to_string(),
         event::Payload::ChannelDelete(pb::ChannelDelete {
             guild_id: guild.clone(),
             channel_id: channel_id.to_string(),
