@@ -824,3 +824,48 @@ async fn closing_the_last_socket_leaves_voice() {
     }
     t.stack.stop().await.expect("clean shutdown");
 }
+
+/// A kick takes the member out of voice at once: the others see the streams
+/// unpublished and the participant leave, before the token would expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_member_leaves_voice() {
+    let t = TestStack::start(Backends::Embedded, 1)
+        .await
+        .expect("embedded");
+    let (alice, bob) = (t.user("alice").await, t.user("bob").await);
+    let (guild, voice, _) = voice_guild(&t, &alice).await;
+    join_guild(&t, &guild, &bob).await;
+    let mut watcher = Client {
+        socket: t.connect(0, &alice).await,
+        roster: Roster::default(),
+    };
+    watcher.socket.subscribed(&guild, &voice).await;
+    let (status, _) = t
+        .post(
+            &voice_path(&guild, &voice, "token"),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    watcher
+        .expect(&["voice_participant_join", "voice_stream_publish"])
+        .await;
+
+    let (status, _) = t
+        .post(
+            &format!("/guilds/{guild}/members/{}/kick", bob.id),
+            Some(&alice.token),
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let removed = watcher.socket.next_event().await;
+    assert_eq!(removed["t"], "workspace_member_remove", "{removed}");
+    let frames = watcher
+        .expect(&["voice_stream_unpublish", "voice_participant_leave"])
+        .await;
+    assert_eq!(frames[1]["d"]["user_id"], bob.id.as_str());
+    assert!(!watcher.roster.participants.contains_key(&bob.id));
+    t.stack.stop().await.expect("clean shutdown");
+}

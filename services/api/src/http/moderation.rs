@@ -160,7 +160,8 @@ async fn tear_down(state: &AppState, guild_id: Ulid, user_id: Ulid, actor: Ulid,
         event::Payload::WorkspaceMemberRemove(remove),
     );
     events::publish(state, event).await;
-    events::revoke_access(state, &guild, vec![user], true).await;
+    events::revoke_access(state, &guild, vec![user.clone()], true).await;
+    crate::http::voice::remove_from_voice(state, &guild, &user).await;
 }
 
 // --- the audit log ------------------------------------------------------------

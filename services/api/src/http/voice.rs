@@ -330,6 +330,23 @@ impl VoiceBackend {
     }
 }
 
+/// Takes a user who lost access to a guild (kick, ban) out of its voice
+/// channels, so the other participants see them leave at once rather than
+/// when their token expires. Best effort: the gateway teardown already
+/// stopped the user's own events; a failure here is logged.
+pub(super) async fn remove_from_voice(state: &AppState, guild_id: &str, user_id: &str) {
+    let Some(mut client) = VoiceBackend::new(state.config().voice_url.as_deref()).client else {
+        return;
+    };
+    let request = pb::VoiceRemoveUserRequest {
+        guild_id: guild_id.to_owned(),
+        user_id: user_id.to_owned(),
+    };
+    if let Err(status) = client.remove_user(request).await {
+        tracing::warn!(%status, "cannot remove a removed member from voice");
+    }
+}
+
 /// A full channel or registry is the caller's 429; a refusal of what the
 /// api itself validated, or the service being down, is ours.
 fn voice_error(status: tonic::Status) -> ApiError {
