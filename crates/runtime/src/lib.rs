@@ -6,6 +6,7 @@
 //! Nothing domain-specific lives here.
 
 pub mod admin;
+pub mod client_ip;
 pub mod env;
 pub mod probes;
 pub mod shutdown;

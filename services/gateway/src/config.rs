@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use filament_runtime::{ConfigError, Env};
 
-use crate::client_ip::Cidr;
+use filament_runtime::client_ip::TrustedProxy;
+use ipnet::IpNet;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -52,7 +53,7 @@ pub struct Config {
     /// Upgrades one client IP may start per minute (a bucket of as many).
     pub handshakes_per_ip_per_minute: u32,
     /// Proxies whose forwarding headers name the client IP.
-    pub trusted_proxies: Vec<Cidr>,
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Config {
@@ -122,7 +123,11 @@ impl Config {
                 "FILAMENT_GATEWAY_HANDSHAKES_PER_IP_PER_MINUTE",
                 defaults.handshakes_per_ip_per_minute,
             )?,
-            trusted_proxies: env.list("FILAMENT_TRUSTED_PROXY_CIDRS")?,
+            trusted_proxies: env
+                .list::<TrustedProxy>("FILAMENT_TRUSTED_PROXY_CIDRS")?
+                .into_iter()
+                .map(|proxy| proxy.0)
+                .collect(),
             ..defaults
         };
         config.validate()

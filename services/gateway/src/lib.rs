@@ -12,7 +12,6 @@
 //! docs/ARCHITECTURE.md walks the whole path from a REST call to a frame.
 
 mod access;
-mod client_ip;
 mod close;
 mod config;
 mod connection;
@@ -33,7 +32,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::extract::ws::Utf8Bytes;
 use filament_proto::v1::{AccessChanged, Event, audience, event};
 
-pub use client_ip::{Cidr, CidrError};
 pub use close::CloseReason;
 pub use config::Config;
 pub use metrics::{DropReason, IngressRejection, Metrics, UpgradeRejection};

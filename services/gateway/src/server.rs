@@ -28,12 +28,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::access::{Access, AccessError};
-use crate::client_ip::client_ip;
 use crate::holdings::{Holdings, Sweep};
 use crate::index::Index;
 use crate::limits::{IpLimits, IpRefusal};
 use crate::metrics::UpgradeRejection;
 use crate::{Config, Metrics, Shared, connection, upstream};
+use filament_runtime::client_ip::resolve as client_ip;
 
 /// Read buffer per socket. Inbound frames are small (a subscribe is ~120
 /// bytes), and tungstenite grows the buffer up to the frame cap when needed;
