@@ -175,6 +175,7 @@ fn access_changed_is_not_for_clients() {
         guild_id: GUILD.into(),
         user_ids: vec![USER.into()],
         membership_revoked: true,
+        ip_bans_changed: false,
     });
     assert_eq!(event_type(&payload), None);
     assert!(matches!(

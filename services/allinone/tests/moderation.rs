@@ -1350,6 +1350,71 @@ async fn forwarded_headers_from_untrusted_peers_are_ignored() {
 // --- small helpers ---------------------------------------------------------------
 
 /// `value` without one key, to compare objects with a timestamp in them.
+/// §5.3: an IP-banned address cannot subscribe. Adding the ban closes the
+/// sockets from that address present in the guild (on either gateway)
+/// before the REST call returns, with 4013 `ip_banned`; a later subscribe
+/// from the address, by anyone, is closed the same way. Other addresses
+/// and other guilds are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ip_ban_closes_and_refuses_sockets_from_the_address() {
+    let t = TestStack::start_with(Backends::Embedded, 2, |config| {
+        config.tune_api = |api| {
+            api.trusted_proxy_cidrs = vec!["127.0.0.0/8".parse().expect("network")];
+        };
+        config.tune_gateway = |gateway| {
+            gateway.trusted_proxies = vec!["127.0.0.0/8".parse().expect("network")];
+        };
+    })
+    .await
+    .expect("embedded");
+    let (owner, member, victim) = (
+        t.user("owner").await,
+        t.user("member").await,
+        t.user("victim").await,
+    );
+    let (g, c) = t.guild_with_channel(&owner, "public").await;
+    joined(&t, &member, &g).await;
+    assert_eq!(join(&t, &victim, &g, Some(VICTIM_IP)).await.0, 200);
+    let (elsewhere, elsewhere_channel) = t.guild_with_channel(&victim, "private").await;
+
+    let mut victim_here = t.connect_from(0, &victim, VICTIM_IP).await;
+    let mut victim_elsewhere = t.connect_from(1, &victim, VICTIM_IP).await;
+    let mut bystander = t.connect_from(1, &member, "198.51.100.8").await;
+    subscribed(&mut victim_here, &g, &c).await;
+    subscribed(&mut victim_elsewhere, &elsewhere, &elsewhere_channel).await;
+    subscribed(&mut bystander, &g, &c).await;
+
+    let (status, body) = post(
+        &t,
+        &format!("/guilds/{g}/ip-bans/by-user"),
+        &owner,
+        json!({"target_user_id": victim.id}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        victim_here.next_close().await,
+        (4013, "ip_banned".to_owned())
+    );
+    // Not in the guild: the victim's other socket stays.
+    let mine = send_message(&t, &victim, &elsewhere, &elsewhere_channel).await;
+    assert!(is_message(&next_event(&mut victim_elsewhere).await, &mine));
+    let theirs = send_message(&t, &owner, &g, &c).await;
+    assert!(is_message(&next_event(&mut bystander).await, &theirs));
+
+    // Anyone subscribing from the address is closed; the socket's other
+    // address-independent state does not matter.
+    let mut borrowed = t.connect_from(0, &member, VICTIM_IP).await;
+    borrowed.subscribe(&g, &c).await;
+    assert_eq!(borrowed.next_close().await, (4013, "ip_banned".to_owned()));
+    let metrics = t.gateway_metrics(0);
+    assert_eq!(
+        metrics.closed_count(filament_gateway::CloseReason::IpBanned),
+        2
+    );
+    t.stack.stop().await.expect("clean shutdown");
+}
+
 fn without(value: &Value, key: &str) -> Value {
     let mut value = value.clone();
     if let Some(object) = value.as_object_mut() {

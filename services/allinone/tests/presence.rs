@@ -1,11 +1,10 @@
 //! Presence end to end: reports to the presence service over gRPC, and the
 //! `presence_update` events that reach websockets through two gateways.
 //!
-//! Until the gateways report their own sockets (the hooks listed in
-//! `filament_presence::client`), the reporting side is played by
-//! [`PresenceClient`]s acting as extra gateways, which is exactly what a
-//! gateway does; the delivery side is the real one. The tests that need
-//! the real gateways to report are written and ignored until then.
+//! Some tests play the reporting side with [`PresenceClient`]s acting as
+//! extra gateways (exactly what a gateway does), so that they control when a
+//! "socket" comes and goes; the others use real gateways' sockets. The
+//! delivery side is always the real one.
 
 mod support;
 
@@ -252,7 +251,7 @@ async fn postgres_redis_a_crashed_gateway_goes_offline_within_the_ttl() {
 }
 
 // ---------------------------------------------------------------------------
-// Needs the gateway hooks: the real gateways report their own sockets.
+// Real gateways report their own sockets.
 // ---------------------------------------------------------------------------
 
 /// §5.3: a subscribe gets `presence_sync` (with the subscriber) before
@@ -275,17 +274,15 @@ async fn sockets_on_two_gateways_go_online_and_offline_once() {
     c.subscribed_any(&carol_guild, &carol_channel).await;
 
     a.subscribe(&guild, &channel).await;
-    // Alice's own `online` travels on presence's event stream and may
-    // overtake the snapshot the gateway fetched (a known ordering gap);
-    // the snapshot still comes before `subscribed`.
-    let first = loop {
-        let frame = a.next_event().await;
-        if frame != update(&guild, &alice, "online") {
-            break frame;
-        }
-    };
+    // The snapshots come first, written ahead of the socket's queue; alice's
+    // own `online`, which presence published while taking the snapshot,
+    // follows them and cannot undo them.
+    let first = a.next_event().await;
     assert_eq!(first["t"], "presence_sync", "{first}");
     assert_eq!(first["d"]["user_ids"], json!([alice.id]));
+    assert_eq!(a.next_event().await["t"], "subscribed");
+    assert_eq!(a.next_event().await["t"], "voice_participant_sync");
+    assert_eq!(a.next_event().await, update(&guild, &alice, "online"));
 
     let mut b1 = raw(t.connect(1, &bob).await);
     b1.subscribed_any(&guild, &channel).await;
@@ -347,4 +344,61 @@ impl SubscribeAny for Socket {
             }
         }
     }
+}
+
+/// A kick removes the member's subscriptions on every gateway, and with
+/// them their presence in the guild: the guild hears them go offline at
+/// once, though their socket stays open for their other guilds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_member_goes_offline_in_that_guild_at_once() {
+    let t = TestStack::start(Backends::Embedded, 2)
+        .await
+        .expect("embedded");
+    let (alice, bob) = (t.user("alice").await, t.user("bob").await);
+    let (guild, channel) = public_guild(&t, &alice, &[&bob]).await;
+    let (own_guild, own_channel) = t.guild_with_channel(&bob, "private").await;
+    let mut a = raw(t.connect(0, &alice).await);
+    a.subscribed_any(&guild, &channel).await;
+    let mut b = raw(t.connect(1, &bob).await);
+    b.subscribed_any(&own_guild, &own_channel).await;
+    b.subscribed_any(&guild, &channel).await;
+    assert_eq!(
+        next_update(&mut a, &[&alice]).await,
+        update(&guild, &bob, "online")
+    );
+
+    let (status, body) = t
+        .post(
+            &format!("/guilds/{guild}/members/{}/kick", bob.id),
+            Some(&alice.token),
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The removal (api stream) and the offline (presence stream) travel
+    // separately; both must come, in either order.
+    let mut offline = false;
+    let mut removed = false;
+    while !(offline && removed) {
+        let frame = next_update(&mut a, &[&alice]).await;
+        match frame["t"].as_str() {
+            Some("presence_update") => {
+                assert_eq!(frame, update(&guild, &bob, "offline"));
+                offline = true;
+            }
+            Some("workspace_member_remove") => removed = true,
+            _ => panic!("unexpected frame: {frame}"),
+        }
+    }
+    // Bob's socket is still open and still present in his own guild.
+    b.subscribe(&own_guild, &own_channel).await;
+    let sync = loop {
+        let frame = b.next_event().await;
+        if frame["t"] == "presence_sync" {
+            break frame;
+        }
+    };
+    assert_eq!(sync["d"]["guild_id"], own_guild.as_str());
+    assert_eq!(sync["d"]["user_ids"], json!([bob.id]));
+    t.stack.stop().await.expect("clean shutdown");
 }

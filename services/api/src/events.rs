@@ -78,20 +78,54 @@ pub async fn publish(state: &AppState, event: Event) {
 /// see (or had its stream cut and so resynchronises). Call it after the
 /// commit and before the REST call returns. An empty `user_ids` re-checks
 /// everyone present in the guild.
+///
+/// Voice follows: members who are gone leave voice, and the others are
+/// re-checked against what their voice tokens grant.
 pub async fn revoke_access(
     state: &AppState,
     guild_id: &str,
     user_ids: Vec<String>,
     membership_revoked: bool,
 ) {
-    let event = for_guild(
-        guild_id,
-        event::Payload::AccessChanged(pb::AccessChanged {
+    publish_access_change(
+        state,
+        pb::AccessChanged {
             guild_id: guild_id.to_owned(),
-            user_ids,
+            user_ids: user_ids.clone(),
             membership_revoked,
-        }),
-    );
+            ip_bans_changed: false,
+        },
+    )
+    .await;
+    if membership_revoked {
+        state.voice().remove_members(guild_id, &user_ids).await;
+    } else {
+        state
+            .voice()
+            .recheck(state.authorizer(), guild_id, &user_ids)
+            .await;
+    }
+}
+
+/// Tells every gateway holding the guild that it bans more addresses, and
+/// returns once each gateway closed the sockets present in the guild from
+/// a banned address (contract §5.3: an IP-banned socket is disconnected).
+pub async fn ip_bans_changed(state: &AppState, guild_id: &str) {
+    publish_access_change(
+        state,
+        pb::AccessChanged {
+            guild_id: guild_id.to_owned(),
+            user_ids: Vec::new(),
+            membership_revoked: false,
+            ip_bans_changed: true,
+        },
+    )
+    .await;
+}
+
+async fn publish_access_change(state: &AppState, change: pb::AccessChanged) {
+    let guild_id = change.guild_id.clone();
+    let event = for_guild(&guild_id, event::Payload::AccessChanged(change));
     let report = state.fanout().publish_acked(event).await;
     if report.missed > 0 {
         tracing::warn!(

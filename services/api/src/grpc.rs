@@ -2,12 +2,17 @@
 //! token verification and permission checks as REST.
 
 use filament_proto::v1::edge_access_server::{EdgeAccess, EdgeAccessServer};
+use std::net::IpAddr;
+
 use filament_proto::v1::{
-    AuthorizeSubscribeRequest, AuthorizeSubscribeResponse, IdentifyRequest, IdentifyResponse,
+    AuthorizeSubscribeRequest, AuthorizeSubscribeResponse, BannedAddressesRequest,
+    BannedAddressesResponse, IdentifyRequest, IdentifyResponse,
 };
 use tonic::{Request, Response, Status};
 
+use crate::clock::now_unix;
 use crate::domain::parse_id;
+use crate::error::ApiError;
 use crate::state::AppState;
 
 pub struct EdgeAccessService {
@@ -50,11 +55,65 @@ impl EdgeAccess for EdgeAccessService {
         let user = parse_id(&request.user_id).map_err(invalid)?;
         let guild = parse_id(&request.guild_id).map_err(invalid)?;
         let channel = parse_id(&request.channel_id).map_err(invalid)?;
+        let ip = parse_ip(&request.client_ip)?;
+        // The contract's order: an IP-banned socket is disconnected whatever
+        // else it may see.
+        if banned(&self.state, guild, ip, now_unix()).await? {
+            return Ok(Response::new(AuthorizeSubscribeResponse {
+                allowed: false,
+                ip_banned: true,
+            }));
+        }
         let allowed = self
             .state
             .authorizer()
             .can_view_channel(guild, channel, user)
             .await?;
-        Ok(Response::new(AuthorizeSubscribeResponse { allowed }))
+        Ok(Response::new(AuthorizeSubscribeResponse {
+            allowed,
+            ip_banned: false,
+        }))
     }
+
+    async fn banned_addresses(
+        &self,
+        request: Request<BannedAddressesRequest>,
+    ) -> Result<Response<BannedAddressesResponse>, Status> {
+        let request = request.into_inner();
+        let guild =
+            parse_id(&request.guild_id).map_err(|_| Status::invalid_argument("bad guild id"))?;
+        if request.client_ips.len() > MAX_ADDRESSES_PER_CALL {
+            return Err(Status::invalid_argument("too many addresses"));
+        }
+        let addresses = request
+            .client_ips
+            .iter()
+            .map(|raw| parse_ip(raw).map(|ip| (raw, ip)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let now = now_unix();
+        let mut banned_ips = Vec::new();
+        for (raw, ip) in addresses {
+            if banned(&self.state, guild, ip, now).await? {
+                banned_ips.push(raw.clone());
+            }
+        }
+        Ok(Response::new(BannedAddressesResponse { banned_ips }))
+    }
+}
+
+/// `BannedAddresses` takes at most this many addresses per call.
+pub const MAX_ADDRESSES_PER_CALL: usize = 1024;
+
+async fn banned(state: &AppState, guild: ulid::Ulid, ip: IpAddr, now: i64) -> Result<bool, Status> {
+    let banned = state
+        .store()
+        .ip_banned(guild, ip, now)
+        .await
+        .map_err(ApiError::from)?;
+    Ok(banned)
+}
+
+fn parse_ip(raw: &str) -> Result<IpAddr, Status> {
+    raw.parse()
+        .map_err(|_| Status::invalid_argument("client_ip must be an IP address"))
 }

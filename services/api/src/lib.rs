@@ -19,6 +19,7 @@ mod grpc;
 mod http;
 mod markdown;
 mod state;
+mod voice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -9,6 +9,7 @@ use crate::auth::{Lockout, PasswordHasher, TokenKeys};
 use crate::config::Config;
 use crate::permissions::Authorizer;
 use crate::store::Store;
+use crate::voice::VoiceLink;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -23,6 +24,7 @@ struct Inner {
     passwords: PasswordHasher,
     lockout: Lockout,
     fanout: Fanout,
+    voice: VoiceLink,
     /// Monotonic within a millisecond, so ids created in the same
     /// millisecond still sort in creation order (message pagination relies
     /// on it).
@@ -37,6 +39,7 @@ impl AppState {
                 tokens: TokenKeys::new(&config.token_secret),
                 passwords: PasswordHasher::new(config.password_hashing)?,
                 lockout: Lockout::default(),
+                voice: VoiceLink::new(config.voice_url.as_deref())?,
                 ids: Mutex::new(ulid::Generator::new()),
                 config,
                 store,
@@ -71,6 +74,10 @@ impl AppState {
 
     pub fn fanout(&self) -> &Fanout {
         &self.inner.fanout
+    }
+
+    pub fn voice(&self) -> &VoiceLink {
+        &self.inner.voice
     }
 
     /// A new id, greater than every id this process minted before.

@@ -3,10 +3,12 @@
 //! answer is an error the caller turns into a refusal: the gateway never
 //! guesses.
 
+use std::collections::HashSet;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use filament_proto::v1::edge_access_client::EdgeAccessClient;
-use filament_proto::v1::{AuthorizeSubscribeRequest, IdentifyRequest};
+use filament_proto::v1::{AuthorizeSubscribeRequest, BannedAddressesRequest, IdentifyRequest};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -19,6 +21,19 @@ pub(crate) struct Identity {
     /// When the access token stops being valid (unix seconds).
     pub(crate) expires_at_unix: i64,
 }
+
+/// The api's answer to a subscribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Allowed,
+    /// Ignored, as the contract says: the socket stays.
+    Denied,
+    /// The guild bans the client address: the socket is closed.
+    IpBanned,
+}
+
+/// `BannedAddresses` takes at most this many addresses per call.
+const MAX_ADDRESSES_PER_CALL: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AccessError {
@@ -70,9 +85,10 @@ impl Access {
     pub(crate) async fn authorize_subscribe(
         &self,
         user: UserId,
+        ip: IpAddr,
         guild: GuildId,
         channel: ChannelId,
-    ) -> Result<bool, AccessError> {
+    ) -> Result<Verdict, AccessError> {
         let response = self
             .client
             .clone()
@@ -80,9 +96,43 @@ impl Access {
                 user_id: user.to_string(),
                 guild_id: guild.to_string(),
                 channel_id: channel.to_string(),
+                client_ip: ip.to_string(),
             })
             .await
-            .map_err(|status| AccessError::Unavailable(status.to_string()))?;
-        Ok(response.into_inner().allowed)
+            .map_err(|status| AccessError::Unavailable(status.to_string()))?
+            .into_inner();
+        Ok(match (response.ip_banned, response.allowed) {
+            (true, _) => Verdict::IpBanned,
+            (false, true) => Verdict::Allowed,
+            (false, false) => Verdict::Denied,
+        })
+    }
+
+    /// Which of `addresses` the guild bans now.
+    pub(crate) async fn banned_addresses(
+        &self,
+        guild: GuildId,
+        addresses: &[IpAddr],
+    ) -> Result<HashSet<IpAddr>, AccessError> {
+        let mut banned = HashSet::new();
+        for chunk in addresses.chunks(MAX_ADDRESSES_PER_CALL) {
+            let response = self
+                .client
+                .clone()
+                .banned_addresses(BannedAddressesRequest {
+                    guild_id: guild.to_string(),
+                    client_ips: chunk.iter().map(IpAddr::to_string).collect(),
+                })
+                .await
+                .map_err(|status| AccessError::Unavailable(status.to_string()))?
+                .into_inner();
+            for raw in response.banned_ips {
+                let ip = raw.parse().map_err(|_| {
+                    AccessError::Unavailable("api returned a malformed address".into())
+                })?;
+                banned.insert(ip);
+            }
+        }
+        Ok(banned)
     }
 }

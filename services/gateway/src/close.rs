@@ -36,12 +36,14 @@ pub enum CloseReason {
     Resync,
     /// The membership behind this socket was revoked.
     AccessRevoked,
+    /// The guild bans the socket's client address (contract §5.3).
+    IpBanned,
     /// An upstream service could not answer.
     UpstreamUnavailable,
 }
 
 impl CloseReason {
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::ServerShutdown,
         Self::SlowConsumer,
         Self::FrameTooLarge,
@@ -57,6 +59,7 @@ impl CloseReason {
         Self::IdleTimeout,
         Self::Resync,
         Self::AccessRevoked,
+        Self::IpBanned,
         Self::UpstreamUnavailable,
     ];
 
@@ -78,6 +81,7 @@ impl CloseReason {
             Self::TokenExpired => 4010,
             Self::Resync => 4011,
             Self::AccessRevoked => 4012,
+            Self::IpBanned => 4013,
         }
     }
 
@@ -99,6 +103,7 @@ impl CloseReason {
             Self::IdleTimeout => "idle_timeout",
             Self::Resync => "resync",
             Self::AccessRevoked => "access_revoked",
+            Self::IpBanned => "ip_banned",
             Self::UpstreamUnavailable => "upstream_unavailable",
         }
     }

@@ -17,10 +17,10 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
-use crate::access::Identity;
+use crate::access::{Identity, Verdict};
 use crate::close::CloseReason;
 use crate::ids::{ChannelId, GuildId};
-use crate::index::{Registration, SubscribeOutcome, Target};
+use crate::index::{Closer, Registration, SubscribeOutcome, Target};
 use crate::ingress::{self, Command};
 use crate::limits::{IngressLimiter, IpPermit};
 use crate::metrics::IngressRejection;
@@ -28,18 +28,19 @@ use crate::metrics::IngressRejection;
 /// How many times a subscribe is re-authorized when access changes under it.
 const MAX_AUTHORIZE_ATTEMPTS: usize = 3;
 
-/// Serves one upgraded socket. `_permit` holds the client IP's connection
+/// Serves one upgraded socket. `permit` holds the client IP's connection
 /// slot until the socket is gone.
 pub(crate) async fn run(
     mut socket: WebSocket,
     shared: Arc<Shared>,
     identity: Identity,
     shutdown: CancellationToken,
-    _permit: IpPermit,
+    permit: IpPermit,
 ) {
-    let mut registration = shared
-        .index
-        .register(identity.user, shared.config.outbound_queue);
+    let mut registration =
+        shared
+            .index
+            .register(identity.user, permit.ip(), shared.config.outbound_queue);
     shared.metrics.connection_opened();
     let outcome = serve(
         &mut socket,
@@ -115,11 +116,8 @@ async fn serve(
             () = &mut expiry => return Some(CloseReason::TokenExpired),
             () = &mut idle => return Some(CloseReason::IdleTimeout),
             frame = registration.frames.recv() => {
-                let frame = frame?;
-                tokio::select! {
-                    result = socket.send(Message::Text(frame)) => result.ok()?,
-                    reason = closer.closed() => return Some(reason),
-                    () = shutdown.cancelled() => return Some(CloseReason::ServerShutdown),
+                if let Err(outcome) = write(socket, &closer, shutdown, frame?).await {
+                    return outcome;
                 }
             }
             inbound = socket.recv() => {
@@ -137,8 +135,14 @@ async fn serve(
                     Message::Text(text) => {
                         // Boxed: a subscribe's RPC state is kilobytes that
                         // every idle socket would otherwise carry.
-                        if let Err(reason) = Box::pin(handle_text(shared, identity, registration, &text)).await {
-                            return Some(reason);
+                        let snapshots = match Box::pin(handle_text(shared, identity, registration, &text)).await {
+                            Ok(snapshots) => snapshots,
+                            Err(reason) => return Some(reason),
+                        };
+                        for frame in snapshots {
+                            if let Err(outcome) = write(socket, &closer, shutdown, frame).await {
+                                return outcome;
+                            }
                         }
                     }
                     Message::Binary(_) => return Some(refuse(shared, CloseReason::BinaryFrame)),
@@ -155,6 +159,21 @@ async fn serve(
                 }
             }
         }
+    }
+}
+
+/// Writes one frame, unless the socket must close first. `Err(None)`: the
+/// client went away.
+async fn write(
+    socket: &mut WebSocket,
+    closer: &Closer,
+    shutdown: &CancellationToken,
+    frame: Utf8Bytes,
+) -> Result<(), Option<CloseReason>> {
+    tokio::select! {
+        result = socket.send(Message::Text(frame)) => result.map_err(|_| None),
+        reason = closer.closed() => Err(Some(reason)),
+        () = shutdown.cancelled() => Err(Some(CloseReason::ServerShutdown)),
     }
 }
 
@@ -192,12 +211,14 @@ fn read_error(shared: &Shared, err: axum::Error) -> Option<CloseReason> {
     Some(refuse(shared, reason))
 }
 
+/// Acts on one client frame. Returns the frames to write to this socket
+/// at once, ahead of its queue.
 async fn handle_text(
     shared: &Shared,
     identity: &Identity,
     registration: &Registration,
     text: &str,
-) -> Result<(), CloseReason> {
+) -> Result<Vec<Utf8Bytes>, CloseReason> {
     let command = ingress::decode(text).map_err(|err| refuse(shared, err.close_reason()))?;
     match command {
         Command::Subscribe { guild, channel } => {
@@ -206,68 +227,83 @@ async fn handle_text(
     }
 }
 
+/// Authorizes and records a subscribe, and returns its snapshots:
+/// `presence_sync`, `subscribed`, `voice_participant_sync`.
+///
+/// The socket joins the indexes before the snapshots are taken, and the
+/// snapshots are written ahead of the socket's queue. So every change made
+/// after a snapshot reaches the client after it (it is in the queue or not
+/// yet delivered), and a change the snapshot already holds, replayed after
+/// it, sets what the snapshot says. Pushed through the queue instead, a
+/// snapshot could land after a newer update and undo it.
 async fn subscribe(
     shared: &Shared,
     identity: &Identity,
     registration: &Registration,
     guild: GuildId,
     channel: ChannelId,
-) -> Result<(), CloseReason> {
+) -> Result<Vec<Utf8Bytes>, CloseReason> {
+    let unavailable = |err: &dyn std::fmt::Display| {
+        tracing::warn!(%err, "cannot complete a subscribe");
+        CloseReason::UpstreamUnavailable
+    };
     for _ in 0..MAX_AUTHORIZE_ATTEMPTS {
         let epoch = shared.index.revocation_epoch();
-        let allowed = shared
+        let verdict = shared
             .access
-            .authorize_subscribe(identity.user, guild, channel)
+            .authorize_subscribe(identity.user, registration.ip, guild, channel)
             .await
-            .map_err(|err| {
-                tracing::warn!(%err, "cannot authorize subscribe");
-                CloseReason::UpstreamUnavailable
-            })?;
-        if !allowed {
-            // The contract: a subscribe the user may not make is ignored.
-            shared.metrics.rejected(IngressRejection::SubscribeDenied);
-            return Ok(());
+            .map_err(|err| unavailable(&err))?;
+        match verdict {
+            Verdict::Allowed => {}
+            Verdict::IpBanned => return Err(refuse(shared, CloseReason::IpBanned)),
+            Verdict::Denied => {
+                // The contract: a subscribe the user may not make is ignored.
+                shared.metrics.rejected(IngressRejection::SubscribeDenied);
+                return Ok(Vec::new());
+            }
         }
         match shared
             .index
             .subscribe(registration.id, guild, channel, epoch)
         {
             SubscribeOutcome::Subscribed => {
-                shared.holdings.hold_guild(guild).await.map_err(|err| {
-                    tracing::warn!(%err, "registry unavailable");
-                    CloseReason::UpstreamUnavailable
-                })?;
-                // The contract's order: presence_sync, subscribed, then
-                // voice_participant_sync.
-                let here = Target::Connection(registration.id);
+                shared
+                    .holdings
+                    .hold_guild(guild)
+                    .await
+                    .map_err(|err| unavailable(&err))?;
+                let mut snapshots = Vec::with_capacity(3);
                 if let Some(sync) = shared
                     .peers
                     .entered(registration.id, identity.user, guild)
                     .await
                 {
-                    shared.send(&here, &connection_event(event::Payload::PresenceSync(sync)));
+                    snapshots.extend(
+                        shared
+                            .encode_for_one(&connection_event(event::Payload::PresenceSync(sync))),
+                    );
                 }
                 let subscribed = connection_event(event::Payload::Subscribed(Subscribed {
                     guild_id: guild.to_string(),
                     channel_id: channel.to_string(),
                 }));
-                shared.send(&here, &subscribed);
+                snapshots.extend(shared.encode_for_one(&subscribed));
                 if let Some(roster) = shared.peers.voice_roster(guild, channel).await {
-                    shared.send(
-                        &here,
-                        &connection_event(event::Payload::VoiceParticipantSync(roster)),
-                    );
+                    snapshots.extend(shared.encode_for_one(&connection_event(
+                        event::Payload::VoiceParticipantSync(roster),
+                    )));
                 }
-                return Ok(());
+                return Ok(snapshots);
             }
             SubscribeOutcome::Stale => continue,
-            SubscribeOutcome::Gone => return Ok(()),
+            SubscribeOutcome::Gone => return Ok(Vec::new()),
         }
     }
     shared
         .metrics
         .rejected(IngressRejection::SubscribeContended);
-    Ok(())
+    Ok(Vec::new())
 }
 
 fn connection_event(payload: event::Payload) -> Event {

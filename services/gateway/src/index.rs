@@ -8,6 +8,7 @@
 //! slow consumer instead of slowing anyone else down.
 
 use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
@@ -58,6 +59,8 @@ pub(crate) enum Target {
 
 struct Entry {
     user: UserId,
+    /// The client address, as resolved at the upgrade.
+    ip: IpAddr,
     frames: mpsc::Sender<Utf8Bytes>,
     closer: Arc<Closer>,
     subscriptions: HashSet<(GuildId, ChannelId)>,
@@ -86,9 +89,27 @@ pub(crate) enum SubscribeOutcome {
     Gone,
 }
 
+/// One subscription of one socket, as access re-checks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Held {
+    pub(crate) connection: ConnectionId,
+    pub(crate) ip: IpAddr,
+    pub(crate) guild: GuildId,
+    pub(crate) channel: ChannelId,
+}
+
+/// A socket that lost its last subscription in a guild: it is no longer
+/// present there, and presence must be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Departure {
+    pub(crate) connection: ConnectionId,
+    pub(crate) guild: GuildId,
+}
+
 /// What a connection task gets when it registers.
 pub(crate) struct Registration {
     pub(crate) id: ConnectionId,
+    pub(crate) ip: IpAddr,
     pub(crate) frames: mpsc::Receiver<Utf8Bytes>,
     pub(crate) closer: Arc<Closer>,
 }
@@ -108,7 +129,7 @@ impl Index {
         }
     }
 
-    pub(crate) fn register(&self, user: UserId, queue_capacity: usize) -> Registration {
+    pub(crate) fn register(&self, user: UserId, ip: IpAddr, queue_capacity: usize) -> Registration {
         let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(queue_capacity);
         let closer = Arc::new(Closer::default());
@@ -117,6 +138,7 @@ impl Index {
             id,
             Entry {
                 user,
+                ip,
                 frames: tx,
                 closer: Arc::clone(&closer),
                 subscriptions: HashSet::new(),
@@ -125,6 +147,7 @@ impl Index {
         state.by_user.entry(user).or_default().insert(id);
         Registration {
             id,
+            ip,
             frames: rx,
             closer,
         }
@@ -183,82 +206,92 @@ impl Index {
         SubscribeOutcome::Subscribed
     }
 
-    /// Drops every subscription of `user`'s sockets in `guild`. Returns the
-    /// number of subscriptions removed.
-    pub(crate) fn revoke_guild(&self, guild: GuildId, user: UserId) -> usize {
-        self.remove_subscriptions(user, |g, _| g == guild)
+    /// Drops every subscription of `user`'s sockets in `guild`.
+    pub(crate) fn revoke_guild(&self, guild: GuildId, user: UserId) -> Vec<Departure> {
+        self.revoke_user(user, |held| held.guild == guild)
     }
 
-    /// Drops the subscriptions of `user`'s sockets to these channels.
-    pub(crate) fn revoke_channels(
+    /// Drops the subscriptions of `user`'s sockets that `doomed` selects.
+    pub(crate) fn revoke_user(
         &self,
         user: UserId,
-        channels: &HashSet<(GuildId, ChannelId)>,
-    ) -> usize {
-        self.remove_subscriptions(user, |g, c| channels.contains(&(g, c)))
-    }
-
-    fn remove_subscriptions(
-        &self,
-        user: UserId,
-        matches: impl Fn(GuildId, ChannelId) -> bool,
-    ) -> usize {
+        doomed: impl FnMut(&Held) -> bool,
+    ) -> Vec<Departure> {
         let mut state = self.write();
-        let State {
-            connections,
-            by_channel,
-            by_guild,
-            by_user,
-            revocation_epoch,
-        } = &mut *state;
-        *revocation_epoch += 1;
-        let mut removed = 0;
-        for id in by_user.get(&user).into_iter().flatten() {
-            let Some(entry) = connections.get_mut(id) else {
-                continue;
-            };
-            let doomed: Vec<_> = entry
-                .subscriptions
-                .iter()
-                .copied()
-                .filter(|&(g, c)| matches(g, c))
-                .collect();
-            for (guild, channel) in doomed {
-                entry.subscriptions.remove(&(guild, channel));
-                remove_from(by_channel, &channel, id);
-                if let Some(present) = by_guild.get_mut(&guild) {
-                    if let Some(count) = present.get_mut(id) {
-                        *count -= 1;
-                        if *count == 0 {
-                            present.remove(id);
-                        }
-                    }
-                    if present.is_empty() {
-                        by_guild.remove(&guild);
-                    }
-                }
-                removed += 1;
-            }
-        }
-        removed
-    }
-
-    /// The subscriptions of `user`'s sockets within `guild`.
-    pub(crate) fn subscriptions_of(
-        &self,
-        user: UserId,
-        guild: GuildId,
-    ) -> HashSet<(GuildId, ChannelId)> {
-        let state = self.read();
-        state
+        let ids: Vec<_> = state
             .by_user
             .get(&user)
             .into_iter()
             .flatten()
-            .filter_map(|id| state.connections.get(id))
-            .flat_map(|entry| entry.subscriptions.iter().copied())
-            .filter(|&(g, _)| g == guild)
-            .collect()
+            .copied()
+            .collect();
+        remove_subscriptions(&mut state, &ids, doomed)
+    }
+
+    /// Drops the subscriptions in `guild` of every socket whose address is
+    /// in `banned`, and asks those sockets to close.
+    pub(crate) fn revoke_addresses(
+        &self,
+        guild: GuildId,
+        banned: &HashSet<IpAddr>,
+    ) -> Vec<Departure> {
+        let mut state = self.write();
+        let ids: Vec<_> = state
+            .by_guild
+            .get(&guild)
+            .into_iter()
+            .flat_map(HashMap::keys)
+            .filter(|id| {
+                state
+                    .connections
+                    .get(id)
+                    .is_some_and(|entry| banned.contains(&entry.ip))
+            })
+            .copied()
+            .collect();
+        for id in &ids {
+            if let Some(entry) = state.connections.get(id) {
+                entry.closer.close(CloseReason::IpBanned);
+            }
+        }
+        remove_subscriptions(&mut state, &ids, |held| held.guild == guild)
+    }
+
+    /// The subscriptions of `user`'s sockets within `guild`.
+    pub(crate) fn subscriptions_of(&self, user: UserId, guild: GuildId) -> Vec<Held> {
+        let state = self.read();
+        let mut held = Vec::new();
+        for id in state.by_user.get(&user).into_iter().flatten() {
+            let Some(entry) = state.connections.get(id) else {
+                continue;
+            };
+            held.extend(
+                entry
+                    .subscriptions
+                    .iter()
+                    .filter(|&&(g, _)| g == guild)
+                    .map(|&(guild, channel)| Held {
+                        connection: *id,
+                        ip: entry.ip,
+                        guild,
+                        channel,
+                    }),
+            );
+        }
+        held
+    }
+
+    /// The distinct client addresses of the sockets present in `guild`.
+    pub(crate) fn addresses_in_guild(&self, guild: GuildId) -> Vec<IpAddr> {
+        let state = self.read();
+        let addresses: HashSet<IpAddr> = state
+            .by_guild
+            .get(&guild)
+            .into_iter()
+            .flat_map(HashMap::keys)
+            .filter_map(|id| state.connections.get(id).map(|entry| entry.ip))
+            .collect();
+        addresses.into_iter().collect()
     }
 
     /// Users with a socket present in `guild`.
@@ -348,6 +381,16 @@ impl Index {
         }
     }
 
+    /// Asks these sockets to close.
+    pub(crate) fn close_connections(&self, ids: &HashSet<ConnectionId>, reason: CloseReason) {
+        let state = self.read();
+        for id in ids {
+            if let Some(entry) = state.connections.get(id) {
+                entry.closer.close(reason);
+            }
+        }
+    }
+
     fn push(&self, entry: &Entry, frame: Utf8Bytes) -> bool {
         match entry.frames.try_send(frame) {
             Ok(()) => true,
@@ -370,6 +413,62 @@ impl Index {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Drops the subscriptions of the sockets `ids` that `doomed` selects, under
+/// the caller's write lock. Bumps the revocation epoch, so subscribes
+/// authorized before this must be authorized again.
+fn remove_subscriptions(
+    state: &mut State,
+    ids: &[ConnectionId],
+    mut doomed: impl FnMut(&Held) -> bool,
+) -> Vec<Departure> {
+    let State {
+        connections,
+        by_channel,
+        by_guild,
+        revocation_epoch,
+        ..
+    } = state;
+    *revocation_epoch += 1;
+    let mut departures = Vec::new();
+    for id in ids {
+        let Some(entry) = connections.get_mut(id) else {
+            continue;
+        };
+        let selected: Vec<_> = entry
+            .subscriptions
+            .iter()
+            .map(|&(guild, channel)| Held {
+                connection: *id,
+                ip: entry.ip,
+                guild,
+                channel,
+            })
+            .filter(&mut doomed)
+            .collect();
+        for Held { guild, channel, .. } in selected {
+            entry.subscriptions.remove(&(guild, channel));
+            remove_from(by_channel, &channel, id);
+            let Some(present) = by_guild.get_mut(&guild) else {
+                continue;
+            };
+            if let Some(count) = present.get_mut(id) {
+                *count -= 1;
+                if *count == 0 {
+                    present.remove(id);
+                    departures.push(Departure {
+                        connection: *id,
+                        guild,
+                    });
+                }
+            }
+            if present.is_empty() {
+                by_guild.remove(&guild);
+            }
+        }
+    }
+    departures
 }
 
 fn remove_from<K, V>(map: &mut HashMap<K, HashSet<V>>, key: &K, value: &V)
@@ -398,6 +497,8 @@ mod tests {
         )
     }
 
+    const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn frame(text: &'static str) -> Utf8Bytes {
         Utf8Bytes::from_static(text)
     }
@@ -407,8 +508,8 @@ mod tests {
         let index = Index::new(Arc::default());
         let (alice, guild, channel) = ids();
         let (bob, other_guild, other_channel) = ids();
-        let mut a = index.register(alice, 8);
-        let mut b = index.register(bob, 8);
+        let mut a = index.register(alice, HOME, 8);
+        let mut b = index.register(bob, HOME, 8);
         let epoch = index.revocation_epoch();
         assert_eq!(
             index.subscribe(a.id, guild, channel, epoch),
@@ -438,12 +539,19 @@ mod tests {
         let index = Index::new(Arc::default());
         let (alice, guild, channel) = ids();
         let second = ChannelId(Ulid::generate());
-        let a = index.register(alice, 8);
+        let a = index.register(alice, HOME, 8);
         index.subscribe(a.id, guild, channel, 0);
         index.subscribe(a.id, guild, second, 0);
         assert_eq!(index.users_in_guild(guild), [alice]);
 
-        assert_eq!(index.revoke_guild(guild, alice), 2);
+        // Two subscriptions go, but the socket leaves the guild once.
+        assert_eq!(
+            index.revoke_guild(guild, alice),
+            [Departure {
+                connection: a.id,
+                guild
+            }]
+        );
         // An authorization from before the revocation no longer counts.
         assert_eq!(
             index.subscribe(a.id, guild, channel, 0),
@@ -465,14 +573,60 @@ mod tests {
         assert!(state.by_channel.is_empty() && state.connections.is_empty());
     }
 
+    #[test]
+    fn losing_one_of_two_channels_keeps_the_socket_present() {
+        let index = Index::new(Arc::default());
+        let (alice, guild, channel) = ids();
+        let second = ChannelId(Ulid::generate());
+        let a = index.register(alice, HOME, 8);
+        index.subscribe(a.id, guild, channel, 0);
+        index.subscribe(a.id, guild, second, 0);
+
+        assert!(
+            index
+                .revoke_user(alice, |held| held.channel == second)
+                .is_empty()
+        );
+        assert_eq!(index.users_in_guild(guild), [alice]);
+        assert_eq!(index.deliver(&Target::Channel(second), &frame("x")), 0);
+        assert_eq!(index.deliver(&Target::Channel(channel), &frame("x")), 1);
+    }
+
+    #[tokio::test]
+    async fn a_banned_address_loses_the_guild_and_its_sockets_close() {
+        let index = Index::new(Arc::default());
+        let (alice, guild, channel) = ids();
+        let (bob, _, _) = ids();
+        let banned: IpAddr = "203.0.113.7".parse().expect("address");
+        let from_banned = index.register(alice, banned, 8);
+        let from_home = index.register(bob, HOME, 8);
+        index.subscribe(from_banned.id, guild, channel, 0);
+        index.subscribe(from_home.id, guild, channel, 0);
+        let mut addresses = index.addresses_in_guild(guild);
+        addresses.sort_unstable();
+        assert_eq!(addresses, [HOME, banned]);
+
+        let departures = index.revoke_addresses(guild, &HashSet::from([banned]));
+        assert_eq!(
+            departures,
+            [Departure {
+                connection: from_banned.id,
+                guild
+            }]
+        );
+        assert_eq!(from_banned.closer.closed().await, CloseReason::IpBanned);
+        assert!(!from_home.closer.token.is_cancelled());
+        assert_eq!(index.users_in_guild(guild), [bob]);
+    }
+
     #[tokio::test]
     async fn a_full_queue_evicts_only_that_socket() {
         let metrics = Arc::new(Metrics::default());
         let index = Index::new(Arc::clone(&metrics));
         let (alice, guild, channel) = ids();
         let (bob, _, _) = ids();
-        let slow = index.register(alice, 1);
-        let mut fast = index.register(bob, 8);
+        let slow = index.register(alice, HOME, 1);
+        let mut fast = index.register(bob, HOME, 8);
         index.subscribe(slow.id, guild, channel, 0);
         index.subscribe(fast.id, guild, channel, 0);
 

@@ -25,7 +25,7 @@ mod peers;
 mod server;
 mod upstream;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -37,10 +37,10 @@ pub use config::Config;
 pub use metrics::{DropReason, IngressRejection, Metrics, UpgradeRejection};
 pub use server::{BoundGateway, Readiness, bind};
 
-use crate::access::Access;
+use crate::access::{Access, Verdict};
 use crate::holdings::Holdings;
 use crate::ids::{ChannelId, GuildId, UserId};
-use crate::index::{Index, Target};
+use crate::index::{Departure, Index, Target};
 use crate::limits::IpLimits;
 
 /// Decodes one client text frame exactly as a socket does: `Ok` for a
@@ -105,6 +105,24 @@ impl Shared {
 
     /// Encodes `event` once and queues it for `target`.
     pub(crate) fn send(&self, target: &Target, event: &Event) -> usize {
+        let Some((event_type, frame)) = self.encode(event) else {
+            return 0;
+        };
+        let delivered = self.index.deliver(target, &frame);
+        self.metrics.emitted(event_type, delivered as u64);
+        delivered
+    }
+
+    /// Encodes a frame that one socket writes at once, ahead of its queue.
+    pub(crate) fn encode_for_one(&self, event: &Event) -> Option<Utf8Bytes> {
+        let (event_type, frame) = self.encode(event)?;
+        self.metrics.emitted(event_type, 1);
+        Some(frame)
+    }
+
+    /// The event's type and frame, or `None` (counted by reason) when it
+    /// cannot be sent: over the frame cap, or without a wire shape.
+    fn encode(&self, event: &Event) -> Option<(&'static str, Utf8Bytes)> {
         let frame = match filament_wire::encode_event(event, self.config.max_frame_bytes) {
             Ok(frame) => frame,
             Err(err) => {
@@ -114,19 +132,19 @@ impl Shared {
                 };
                 tracing::warn!(%err, "outbound event dropped");
                 self.metrics.dropped(reason);
-                return 0;
+                return None;
             }
         };
         let Ok(text) = Utf8Bytes::try_from(frame.bytes) else {
             self.metrics.dropped(DropReason::SerializeError);
-            return 0;
+            return None;
         };
-        let delivered = self.index.deliver(target, &text);
-        self.metrics.emitted(frame.event_type, delivered as u64);
-        delivered
+        Some((frame.event_type, text))
     }
 
-    /// Drops the subscriptions that users can no longer see. Runs before the
+    /// Drops the subscriptions that users can no longer see, closes the
+    /// sockets from addresses the guild now bans, and tells presence about
+    /// every socket that is no longer present in the guild. Runs before the
     /// event is acknowledged, so the api's call returns only after every
     /// gateway applied it.
     async fn apply_access_change(&self, change: &AccessChanged) {
@@ -134,6 +152,10 @@ impl Shared {
             tracing::error!("access change with a malformed guild id dropped");
             return;
         };
+        let mut departures = Vec::new();
+        if change.ip_bans_changed {
+            departures.extend(self.close_banned_addresses(guild).await);
+        }
         let users: Vec<UserId> = if change.user_ids.is_empty() {
             self.index.users_in_guild(guild)
         } else {
@@ -145,27 +167,77 @@ impl Shared {
         };
         for user in users {
             if change.membership_revoked {
-                self.index.revoke_guild(guild, user);
+                departures.extend(self.index.revoke_guild(guild, user));
+            } else if !change.ip_bans_changed {
+                departures.extend(self.recheck(user, guild).await);
+            }
+        }
+        for departure in departures {
+            self.peers.left(departure.connection, departure.guild).await;
+        }
+    }
+
+    /// Asks the api again about each of `user`'s subscriptions in `guild`
+    /// (once per distinct address and channel) and drops what it refuses.
+    async fn recheck(&self, user: UserId, guild: GuildId) -> Vec<Departure> {
+        let mut verdicts = HashMap::new();
+        for held in self.index.subscriptions_of(user, guild) {
+            let key = (held.ip, held.channel);
+            if verdicts.contains_key(&key) {
                 continue;
             }
-            let mut denied = HashSet::new();
-            for (g, channel) in self.index.subscriptions_of(user, guild) {
-                match self.access.authorize_subscribe(user, g, channel).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        denied.insert((g, channel));
-                    }
-                    Err(err) => {
-                        // Cannot confirm access: fail closed for this user.
-                        tracing::warn!(%err, %user, "cannot re-check access; closing the user's sockets");
-                        self.index.revoke_guild(guild, user);
-                        self.index
-                            .close_user(user, CloseReason::UpstreamUnavailable);
-                        break;
-                    }
+            match self
+                .access
+                .authorize_subscribe(user, held.ip, guild, held.channel)
+                .await
+            {
+                Ok(verdict) => {
+                    verdicts.insert(key, verdict);
+                }
+                Err(err) => {
+                    // Cannot confirm access: fail closed for this user.
+                    tracing::warn!(%err, %user, "cannot re-check access; closing the user's sockets");
+                    self.index
+                        .close_user(user, CloseReason::UpstreamUnavailable);
+                    return self.index.revoke_guild(guild, user);
                 }
             }
-            self.index.revoke_channels(user, &denied);
+        }
+        let mut banned_sockets = HashSet::new();
+        let departures = self.index.revoke_user(user, |held| {
+            let verdict = verdicts.get(&(held.ip, held.channel));
+            if verdict == Some(&Verdict::IpBanned) {
+                banned_sockets.insert(held.connection);
+            }
+            held.guild == guild && verdict.is_some_and(|v| *v != Verdict::Allowed)
+        });
+        self.index
+            .close_connections(&banned_sockets, CloseReason::IpBanned);
+        departures
+    }
+
+    /// Closes the sockets present in `guild` whose address the guild bans.
+    async fn close_banned_addresses(&self, guild: GuildId) -> Vec<Departure> {
+        let addresses = self.index.addresses_in_guild(guild);
+        if addresses.is_empty() {
+            return Vec::new();
+        }
+        match self.access.banned_addresses(guild, &addresses).await {
+            Ok(banned) if banned.is_empty() => Vec::new(),
+            Ok(banned) => self.index.revoke_addresses(guild, &banned),
+            Err(err) => {
+                // Cannot tell which sockets are banned: fail closed for
+                // everyone present in the guild; they reconnect and
+                // subscribe again through the ban check.
+                tracing::warn!(%err, "cannot check banned addresses; closing the guild's sockets");
+                let mut departures = Vec::new();
+                for user in self.index.users_in_guild(guild) {
+                    self.index
+                        .close_user(user, CloseReason::UpstreamUnavailable);
+                    departures.extend(self.index.revoke_guild(guild, user));
+                }
+                departures
+            }
         }
     }
 }
@@ -246,8 +318,12 @@ mod tests {
     async fn one_encode_is_shared_by_every_socket() {
         let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
         let (user, guild, channel) = ids();
-        let mut a = shared.index.register(user, 8);
-        let mut b = shared.index.register(user, 8);
+        let mut a = shared
+            .index
+            .register(user, std::net::Ipv4Addr::LOCALHOST.into(), 8);
+        let mut b = shared
+            .index
+            .register(user, std::net::Ipv4Addr::LOCALHOST.into(), 8);
         shared.index.subscribe(a.id, guild, channel, 0);
         shared.index.subscribe(b.id, guild, channel, 0);
 
@@ -268,7 +344,9 @@ mod tests {
     async fn an_oversized_frame_is_never_queued_and_is_counted() {
         let shared = shared(1024);
         let (user, guild, channel) = ids();
-        let mut socket = shared.index.register(user, 8);
+        let mut socket = shared
+            .index
+            .register(user, std::net::Ipv4Addr::LOCALHOST.into(), 8);
         shared.index.subscribe(socket.id, guild, channel, 0);
 
         let big = message_delete(guild, channel, "x".repeat(1024));
@@ -287,7 +365,9 @@ mod tests {
     async fn an_event_without_a_wire_shape_is_counted_as_a_serialize_error() {
         let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
         let (user, guild, _) = ids();
-        let mut socket = shared.index.register(user, 8);
+        let mut socket = shared
+            .index
+            .register(user, std::net::Ipv4Addr::LOCALHOST.into(), 8);
         // `UNSPECIFIED` has no JSON value: the event cannot be encoded.
         let event = Event {
             audience: None,
@@ -307,7 +387,9 @@ mod tests {
     async fn a_send_to_a_closed_socket_is_counted() {
         let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
         let (user, guild, channel) = ids();
-        let socket = shared.index.register(user, 8);
+        let socket = shared
+            .index
+            .register(user, std::net::Ipv4Addr::LOCALHOST.into(), 8);
         shared.index.subscribe(socket.id, guild, channel, 0);
         // The socket task ended but has not unregistered yet.
         drop(socket.frames);

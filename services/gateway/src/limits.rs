@@ -147,6 +147,13 @@ impl IpLimits {
     }
 }
 
+impl IpPermit {
+    /// The client address this slot belongs to.
+    pub(crate) fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
 impl Drop for IpPermit {
     fn drop(&mut self) {
         let mut state = self.limits.lock();

@@ -77,6 +77,16 @@ impl Peers {
             .ok()
     }
 
+    /// The socket lost its last subscription in `guild` (access revoked):
+    /// it is no longer present there.
+    pub(crate) async fn left(&self, connection: ConnectionId, guild: GuildId) {
+        if let Some(presence) = &self.presence
+            && let Err(err) = presence.leave_guild(connection.0, &guild.to_string()).await
+        {
+            tracing::warn!(%err, "cannot report a revoked guild to presence");
+        }
+    }
+
     pub(crate) async fn disconnected(&self, connection: ConnectionId) {
         if let Some(presence) = &self.presence
             && let Err(err) = presence.disconnected(connection.0).await

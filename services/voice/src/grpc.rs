@@ -6,9 +6,10 @@ use std::collections::BTreeSet;
 
 use filament_proto::v1::voice_server::{Voice, VoiceServer};
 use filament_proto::v1::{
-    VoiceConnectionClosedRequest, VoiceJoinRequest, VoiceJoinResponse, VoiceLeaveRequest,
-    VoiceLeaveResponse, VoiceParticipantSync, VoiceRemoveUserRequest, VoiceRemoved,
-    VoiceSnapshotRequest, VoiceUpdateStateRequest, VoiceUpdateStateResponse,
+    VoiceConnectionClosedRequest, VoiceGuildParticipantsRequest, VoiceGuildParticipantsResponse,
+    VoiceJoinRequest, VoiceJoinResponse, VoiceLeaveRequest, VoiceLeaveResponse,
+    VoiceParticipantSync, VoiceRemoveUserRequest, VoiceRemoved, VoiceSnapshotRequest,
+    VoiceUpdateStateRequest, VoiceUpdateStateResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -118,6 +119,17 @@ impl Voice for VoiceGrpc {
         let user_id = ulid("user_id", &request.user_id)?;
         let removed = self.service.remove_user(&guild_id, &user_id).await;
         Ok(Response::new(VoiceRemoved { removed }))
+    }
+
+    async fn guild_participants(
+        &self,
+        request: Request<VoiceGuildParticipantsRequest>,
+    ) -> Result<Response<VoiceGuildParticipantsResponse>, Status> {
+        let guild_id = ulid("guild_id", &request.into_inner().guild_id)?;
+        let participants = self.service.guild_participants(&guild_id).await;
+        Ok(Response::new(VoiceGuildParticipantsResponse {
+            participants,
+        }))
     }
 }
 

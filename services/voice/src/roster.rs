@@ -173,6 +173,8 @@ struct Participant {
     updated_at_unix: i64,
     flags: Flags,
     streams: BTreeSet<Stream>,
+    /// Whether the current token lets them subscribe to others' streams.
+    can_subscribe: bool,
     expires_at: Instant,
     /// When a token was last issued, to order it against a connection
     /// close or a webhook leave that happened before it.
@@ -248,6 +250,7 @@ impl Roster {
                 ..Flags::default()
             },
             streams: streams.clone(),
+            can_subscribe: false,
             expires_at: clock.now + self.ttl,
             last_join_ms: clock.unix_ms,
             livekit_sid: None,
@@ -274,6 +277,30 @@ impl Roster {
             .or_default()
             .insert(user_id.to_owned(), participant);
         Ok(())
+    }
+
+    /// Records what the participant's newest token lets them subscribe to.
+    pub fn grant_subscribe(&mut self, key: &ChannelKey, user_id: &str, can_subscribe: bool) {
+        if let Some(participant) = self.participant_mut(key, user_id) {
+            participant.can_subscribe = can_subscribe;
+        }
+    }
+
+    /// The participants of `guild_id`'s channels with their grants. Walks
+    /// the channels, which the registry bounds (`Limits::max_channels`).
+    pub fn guild_participants(&self, guild_id: &str) -> Vec<pb::VoiceGrantHolder> {
+        self.channels
+            .iter()
+            .filter(|(key, _)| key.guild_id == guild_id)
+            .flat_map(|(key, participants)| {
+                participants.values().map(|p| pb::VoiceGrantHolder {
+                    user_id: p.user_id.clone(),
+                    channel_id: key.channel_id.clone(),
+                    can_subscribe: p.can_subscribe,
+                    publish_sources: p.streams.iter().map(|s| s.to_proto().into()).collect(),
+                })
+            })
+            .collect()
     }
 
     /// Removes `user_id` from `key`. False when they were not there.

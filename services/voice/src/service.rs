@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use filament_fanout::Fanout;
-use filament_proto::v1::{Event, VoiceParticipantSync, VoiceStateFields};
+use filament_proto::v1::{Event, VoiceGrantHolder, VoiceParticipantSync, VoiceStateFields};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -118,6 +118,7 @@ impl VoiceService {
         self.change(|roster, clock, out| {
             roster.prune(clock, out);
             roster.join(&join.channel, &join.user_id, &streams, clock, out)?;
+            roster.grant_subscribe(&join.channel, &join.user_id, join.can_subscribe);
             out.push(roster.sync_for_user(&join.channel, &join.user_id, clock));
             Ok(())
         })
@@ -203,6 +204,11 @@ impl VoiceService {
         })
         .await
         .unwrap_or(0)
+    }
+
+    /// Who is in the guild's voice channels, with their grants.
+    pub async fn guild_participants(&self, guild_id: &str) -> Vec<VoiceGrantHolder> {
+        self.inner.roster.lock().await.guild_participants(guild_id)
     }
 
     /// Removes participants whose TTL ran out.

@@ -164,6 +164,38 @@ impl TestStack {
         self.send(self.http.get(self.api(path)), token).await
     }
 
+    /// Any method, with an optional JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let request = self.http.request(method, self.api(path));
+        let request = match body {
+            Some(body) => request.json(&body),
+            None => request,
+        };
+        self.send(request, token).await
+    }
+
+    /// Any method, with a raw body sent as `application/json`.
+    pub async fn call_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: String,
+    ) -> (u16, Value) {
+        let request = self
+            .http
+            .request(method, self.api(path))
+            .header("content-type", "application/json")
+            .body(body);
+        self.send(request, token).await
+    }
+
     async fn send(&self, request: reqwest::RequestBuilder, token: Option<&str>) -> (u16, Value) {
         let request = match token {
             Some(token) => request.bearer_auth(token),
@@ -210,11 +242,28 @@ impl TestStack {
 
     /// Connects to gateway `n` (0-based) directly.
     pub async fn connect(&self, n: usize, user: &User) -> Socket {
+        self.connect_as(n, user, None).await
+    }
+
+    /// Connects to gateway `n` claiming, in `X-Forwarded-For`, to come from
+    /// `client_ip` (only a gateway trusting loopback believes it).
+    pub async fn connect_from(&self, n: usize, user: &User, client_ip: &str) -> Socket {
+        self.connect_as(n, user, Some(client_ip)).await
+    }
+
+    async fn connect_as(&self, n: usize, user: &User, client_ip: Option<&str>) -> Socket {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
         let url = format!(
             "ws://{}/gateway/ws?access_token={}",
             self.stack.gateway_addrs[n], user.token
         );
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let mut request = url.into_client_request().expect("ws request");
+        if let Some(ip) = client_ip {
+            request
+                .headers_mut()
+                .insert("x-forwarded-for", ip.parse().expect("header value"));
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("ws connects");
         let mut socket = Socket {
@@ -348,5 +397,23 @@ impl Socket {
         let roster = self.next_event().await;
         assert_eq!(roster["t"], "voice_participant_sync", "{roster}");
         assert_eq!(roster["d"]["channel_id"], channel_id);
+    }
+}
+
+impl TestStack {
+    /// Opens a socket on gateway `n` (0-based) and reads nothing, not even
+    /// `ready`: for tests that check every frame themselves.
+    pub async fn open(&self, n: usize, user: &User) -> Socket {
+        let url = format!(
+            "ws://{}/gateway/ws?access_token={}",
+            self.stack.gateway_addrs[n], user.token
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connects");
+        Socket {
+            ws,
+            hide_presence: false,
+        }
     }
 }

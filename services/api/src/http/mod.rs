@@ -61,7 +61,7 @@ pub fn router(state: AppState, ready: impl Fn() -> bool + Clone + Send + Sync + 
         .merge(profiles::routes())
         .merge(friends::routes())
         .merge(search::routes(&state))
-        .merge(voice::routes(&state))
+        .merge(voice::routes())
         // The contract's "IP" column: one gate for every guild route it marks.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -161,7 +161,6 @@ async fn tear_down(state: &AppState, guild_id: Ulid, user_id: Ulid, actor: Ulid,
     );
     events::publish(state, event).await;
     events::revoke_access(state, &guild, vec![user.clone()], true).await;
-    crate::http::voice::remove_from_voice(state, &guild, &user).await;
 }
 
 // --- the audit log ------------------------------------------------------------
@@ -421,6 +420,7 @@ pub async fn ban_ips_by_user(
         return Err(ApiError::QuotaExceeded);
     };
     if !ban_ids.is_empty() {
+        events::ip_bans_changed(&state, &guild_id.to_string()).await;
         let target = Some(request.target_user_id);
         events::audit(&state, guild_id, actor.user_id, target, IP_BAN_ADD).await;
         let count = ban_ids.len();

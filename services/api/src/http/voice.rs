@@ -28,11 +28,9 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Extension, Json, Router};
 use filament_proto::v1 as pb;
-use filament_proto::v1::voice_client::VoiceClient;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
 use ulid::Ulid;
 
 use crate::error::{ApiError, ApiResult};
@@ -46,8 +44,6 @@ use crate::store::ChannelKind;
 const TOKEN_REQUESTS_PER_MINUTE: usize = 60;
 /// Camera or screen-share grants per minute per IP, user, guild, channel.
 const PUBLISH_GRANTS_PER_MINUTE: usize = 60;
-/// A voice call that takes longer than this has failed.
-const VOICE_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 // --- DTOs -----------------------------------------------------------------
 
@@ -178,7 +174,7 @@ pub struct VoiceToken {
 
 pub async fn token(
     State(state): State<AppState>,
-    Extension(voice): Extension<VoiceBackend>,
+    Extension(limits): Extension<VoiceLimiters>,
     AuthUser(user): AuthUser,
     ClientIp(ip): ClientIp,
     Ids([guild_id, channel_id]): Ids<2>,
@@ -199,10 +195,10 @@ pub async fn token(
         LimitKey::Guild(guild_id),
         LimitKey::Channel(channel_id),
     ];
-    if !voice.token_limiter.admit(&keys, Instant::now()) {
+    if !limits.token_limiter.admit(&keys, Instant::now()) {
         return Err(ApiError::RateLimited);
     }
-    if grants.publishes_media() && !voice.publish_limiter.admit(&keys, Instant::now()) {
+    if grants.publishes_media() && !limits.publish_limiter.admit(&keys, Instant::now()) {
         return Err(ApiError::RateLimited);
     }
 
@@ -219,7 +215,8 @@ pub async fn token(
             .map(|s| proto_stream(*s).into())
             .collect(),
     };
-    let granted = voice
+    let granted = state
+        .voice()
         .client()?
         .join(join)
         .await
@@ -243,11 +240,12 @@ pub async fn token(
 }
 
 pub async fn leave(
-    Extension(voice): Extension<VoiceBackend>,
+    State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Ids([guild_id, channel_id]): Ids<2>,
 ) -> ApiResult<StatusCode> {
-    voice
+    state
+        .voice()
         .client()?
         .leave(pb::VoiceLeaveRequest {
             guild_id: guild_id.to_string(),
@@ -260,13 +258,14 @@ pub async fn leave(
 }
 
 pub async fn update_state(
-    Extension(voice): Extension<VoiceBackend>,
+    State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Ids([guild_id, channel_id]): Ids<2>,
     JsonBody(dto): JsonBody<StateDto>,
 ) -> ApiResult<StatusCode> {
     let StateChange(fields) = StateChange::try_from(dto)?;
-    voice
+    state
+        .voice()
         .client()?
         .update_state(pb::VoiceUpdateStateRequest {
             guild_id: guild_id.to_string(),
@@ -279,71 +278,30 @@ pub async fn update_state(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub fn routes(state: &AppState) -> Router<AppState> {
+pub fn routes() -> Router<AppState> {
     let prefix = "/guilds/{guild_id}/channels/{channel_id}/voice";
     Router::new()
         .route(&format!("{prefix}/token"), post(token))
         .route(&format!("{prefix}/leave"), post(leave))
         .route(&format!("{prefix}/state"), post(update_state))
-        .layer(Extension(VoiceBackend::new(
-            state.config().voice_url.as_deref(),
-        )))
+        .layer(Extension(VoiceLimiters::new()))
 }
 
-// --- the voice service ----------------------------------------------------
+// --- limiters -------------------------------------------------------------
 
-/// The voice service's client and the route's limiters.
+/// The token route's limiters (contract §6).
 #[derive(Clone)]
-pub struct VoiceBackend {
-    client: Option<VoiceClient<Channel>>,
+pub struct VoiceLimiters {
     token_limiter: Arc<SlidingLimiter>,
     publish_limiter: Arc<SlidingLimiter>,
 }
 
-impl VoiceBackend {
-    /// Connects lazily: the api starts (and serves everything else) while
-    /// the voice service is still down.
-    fn new(url: Option<&str>) -> Self {
-        let client = url.and_then(|url| match Endpoint::from_shared(url.to_owned()) {
-            Ok(endpoint) => Some(VoiceClient::new(
-                endpoint
-                    .connect_timeout(VOICE_CALL_TIMEOUT)
-                    .timeout(VOICE_CALL_TIMEOUT)
-                    .connect_lazy(),
-            )),
-            Err(err) => {
-                tracing::error!(%err, url, "FILAMENT_VOICE_GRPC_URL is not a valid url");
-                None
-            }
-        });
+impl VoiceLimiters {
+    fn new() -> Self {
         Self {
-            client,
             token_limiter: Arc::new(SlidingLimiter::new(TOKEN_REQUESTS_PER_MINUTE)),
             publish_limiter: Arc::new(SlidingLimiter::new(PUBLISH_GRANTS_PER_MINUTE)),
         }
-    }
-
-    fn client(&self) -> ApiResult<VoiceClient<Channel>> {
-        self.client
-            .clone()
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no voice service configured")))
-    }
-}
-
-/// Takes a user who lost access to a guild (kick, ban) out of its voice
-/// channels, so the other participants see them leave at once rather than
-/// when their token expires. Best effort: the gateway teardown already
-/// stopped the user's own events; a failure here is logged.
-pub(super) async fn remove_from_voice(state: &AppState, guild_id: &str, user_id: &str) {
-    let Some(mut client) = VoiceBackend::new(state.config().voice_url.as_deref()).client else {
-        return;
-    };
-    let request = pb::VoiceRemoveUserRequest {
-        guild_id: guild_id.to_owned(),
-        user_id: user_id.to_owned(),
-    };
-    if let Err(status) = client.remove_user(request).await {
-        tracing::warn!(%status, "cannot remove a removed member from voice");
     }
 }
 

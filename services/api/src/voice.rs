@@ -1,0 +1,180 @@
+//! The api's link to the voice service: one lazily connected client, shared
+//! by the voice routes and by the access changes that must take people out
+//! of voice.
+//!
+//! A participant stays in voice only while their permissions still cover
+//! what their token grants: seeing the channel, and for each grant its
+//! permission (microphone `create_message`, camera `publish_video`, screen
+//! share `publish_screen_share`, subscribing `subscribe_streams`). Kicks and
+//! bans remove the member outright; role and override changes re-check the
+//! guild's participants against this rule.
+
+use std::time::Duration;
+
+use filament_proto::v1 as pb;
+use filament_proto::v1::voice_client::VoiceClient;
+use tonic::transport::{Channel, Endpoint};
+use ulid::Ulid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::permissions::{Authorizer, Permission, Permissions};
+
+/// A voice call that takes longer than this has failed.
+const VOICE_CALL_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+pub struct VoiceLink {
+    client: Option<VoiceClient<Channel>>,
+}
+
+impl VoiceLink {
+    /// Connects lazily: the api starts (and serves everything else) while
+    /// the voice service is still down. No url: voice is not deployed.
+    pub fn new(url: Option<&str>) -> anyhow::Result<Self> {
+        let client = url
+            .map(|url| -> anyhow::Result<_> {
+                let channel = Endpoint::from_shared(url.to_owned())?
+                    .connect_timeout(VOICE_CALL_TIMEOUT)
+                    .timeout(VOICE_CALL_TIMEOUT)
+                    .connect_lazy();
+                Ok(VoiceClient::new(channel))
+            })
+            .transpose()?;
+        Ok(Self { client })
+    }
+
+    /// The client, for the voice routes; an error when voice is not
+    /// configured.
+    pub fn client(&self) -> ApiResult<VoiceClient<Channel>> {
+        self.client
+            .clone()
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no voice service configured")))
+    }
+
+    /// Takes users who are no longer members (kick, ban) out of the guild's
+    /// voice channels, so the others see them leave at once rather than
+    /// when their token expires. Best effort: a failure is logged, and the
+    /// token's TTL bounds what it leaves behind.
+    pub async fn remove_members(&self, guild_id: &str, user_ids: &[String]) {
+        let Some(client) = &self.client else {
+            return;
+        };
+        for user_id in user_ids {
+            let request = pb::VoiceRemoveUserRequest {
+                guild_id: guild_id.to_owned(),
+                user_id: user_id.clone(),
+            };
+            if let Err(status) = client.clone().remove_user(request).await {
+                tracing::warn!(%status, "cannot take a removed member out of voice");
+            }
+        }
+    }
+
+    /// Re-checks the guild's participants (only `user_ids`, unless empty)
+    /// after a permission change, and removes those whose permissions no
+    /// longer cover their grants. Best effort, like
+    /// [`remove_members`](Self::remove_members).
+    pub async fn recheck(&self, authorizer: &Authorizer, guild_id: &str, user_ids: &[String]) {
+        let Some(client) = &self.client else {
+            return;
+        };
+        let request = pb::VoiceGuildParticipantsRequest {
+            guild_id: guild_id.to_owned(),
+        };
+        let participants = match client.clone().guild_participants(request).await {
+            Ok(response) => response.into_inner().participants,
+            Err(status) => {
+                tracing::warn!(%status, "cannot re-check voice participants");
+                return;
+            }
+        };
+        let mut doomed = Vec::new();
+        for holder in participants {
+            if !user_ids.is_empty() && !user_ids.contains(&holder.user_id) {
+                continue;
+            }
+            if !still_covered(authorizer, guild_id, &holder).await {
+                doomed.push(holder.user_id);
+            }
+        }
+        self.remove_members(guild_id, &doomed).await;
+    }
+}
+
+/// Whether the holder's current permissions cover their grants. Anything
+/// unreadable counts as not covered: the safe answer is to leave voice.
+async fn still_covered(
+    authorizer: &Authorizer,
+    guild_id: &str,
+    holder: &pb::VoiceGrantHolder,
+) -> bool {
+    let ids = (
+        guild_id.parse::<Ulid>(),
+        holder.channel_id.parse::<Ulid>(),
+        holder.user_id.parse::<Ulid>(),
+    );
+    let (Ok(guild), Ok(channel), Ok(user)) = ids else {
+        return false;
+    };
+    match authorizer.channel(guild, channel, user).await {
+        Ok((access, _)) => grants_covered(holder, access.permissions),
+        Err(ApiError::Internal(err)) => {
+            // The store is down: do not evict anyone on a guess.
+            tracing::warn!(%err, "cannot re-check a voice participant");
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn grants_covered(holder: &pb::VoiceGrantHolder, permissions: Permissions) -> bool {
+    let subscribe = !holder.can_subscribe || permissions.contains(Permission::SubscribeStreams);
+    let sources = holder
+        .publish_sources
+        .iter()
+        .all(|raw| match pb::VoiceStream::try_from(*raw) {
+            Ok(pb::VoiceStream::Microphone) => permissions.contains(Permission::CreateMessage),
+            Ok(pb::VoiceStream::Camera) => permissions.contains(Permission::PublishVideo),
+            Ok(pb::VoiceStream::ScreenShare) => {
+                permissions.contains(Permission::PublishScreenShare)
+            }
+            _ => false,
+        });
+    subscribe && sources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(can_subscribe: bool, sources: &[pb::VoiceStream]) -> pb::VoiceGrantHolder {
+        pb::VoiceGrantHolder {
+            user_id: Ulid::generate().to_string(),
+            channel_id: Ulid::generate().to_string(),
+            can_subscribe,
+            publish_sources: sources.iter().map(|s| (*s).into()).collect(),
+        }
+    }
+
+    #[test]
+    fn each_grant_needs_its_permission() {
+        let talk = Permissions::from_iter([Permission::CreateMessage]);
+        let watch = Permissions::from_iter([Permission::SubscribeStreams]);
+        let mic = holder(false, &[pb::VoiceStream::Microphone]);
+        assert!(grants_covered(&mic, talk));
+        assert!(!grants_covered(&mic, watch));
+        let listener = holder(true, &[]);
+        assert!(grants_covered(&listener, watch));
+        assert!(!grants_covered(&listener, talk));
+        let camera = holder(
+            false,
+            &[pb::VoiceStream::Microphone, pb::VoiceStream::Camera],
+        );
+        assert!(!grants_covered(&camera, talk));
+        let unknown = pb::VoiceGrantHolder {
+            publish_sources: vec![99],
+            ..holder(false, &[])
+        };
+        assert!(!grants_covered(&unknown, talk), "fails closed");
+    }
+}
