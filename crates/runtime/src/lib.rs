@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod client_ip;
 pub mod env;
+pub mod net;
 pub mod probes;
 pub mod shutdown;
 pub mod telemetry;

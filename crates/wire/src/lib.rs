@@ -30,7 +30,7 @@ pub use enums::{
     OverrideTargetKind, Permission, PresenceStatus, ReactionOperation, Visibility, VoiceStream,
 };
 pub use events::WireEvent;
-pub use frame::{EncodeError, Frame, SerializeError, encode_event, event_type};
+pub use frame::{EncodeError, Frame, SerializeError, encode_event, encode_frames, event_type};
 pub use markdown::MarkdownToken;
 pub use shapes::{Attachment, Channel, Guild, Message, Profile, Reaction, Role, VoiceParticipant};
 

@@ -6,7 +6,8 @@ use filament_proto::v1 as proto;
 use filament_proto::v1::event::Payload;
 use filament_proto::v1::markdown_token::Kind;
 use filament_wire::{
-    ConvertError, EncodeError, MAX_FRAME_BYTES, SerializeError, encode_event, event_type,
+    ConvertError, EncodeError, MAX_FRAME_BYTES, SerializeError, encode_event, encode_frames,
+    event_type,
 };
 
 const GUILD: &str = "01HZX3N4B5C6D7E8F9G0H1J2K3";
@@ -343,4 +344,112 @@ fn message_at_the_token_cap_is_oversized() {
     let size = encoded_size(&event);
     println!("message_create with 4096 list-item tokens: {size} bytes");
     assert!(size > MAX_FRAME_BYTES, "{size} bytes");
+}
+
+/// A user id in the 26-character ULID alphabet, distinct per `n`.
+fn ulid_like(n: usize) -> String {
+    format!("01HZX3N4B5C6D7E8F9{n:08}")
+}
+
+fn full_voice_channel(participants: usize) -> proto::Event {
+    let participant = |n: usize| proto::VoiceParticipant {
+        user_id: ulid_like(n),
+        identity: format!("u.{}.{GUILD}.{CHANNEL}", ulid_like(n)),
+        joined_at_unix: 1_767_225_600,
+        updated_at_unix: 1_767_225_600,
+        is_muted: false,
+        is_deafened: false,
+        is_speaking: false,
+        is_video_enabled: false,
+        is_screen_share_enabled: false,
+    };
+    event(Payload::VoiceParticipantSync(proto::VoiceParticipantSync {
+        guild_id: GUILD.into(),
+        channel_id: CHANNEL.into(),
+        participants: (0..participants).map(participant).collect(),
+        synced_at_unix: 1_767_225_600,
+    }))
+}
+
+fn parse(frame: &filament_wire::Frame) -> serde_json::Value {
+    serde_json::from_slice(&frame.bytes).expect("json")
+}
+
+#[test]
+fn a_full_voice_channel_splits_into_a_sync_and_joins_that_lose_nobody() {
+    let frames = encode_frames(&full_voice_channel(512), MAX_FRAME_BYTES).expect("encodes");
+    assert!(frames.iter().all(|f| f.bytes.len() <= MAX_FRAME_BYTES));
+    assert_eq!(frames[0].event_type, "voice_participant_sync");
+    let sync = parse(&frames[0]);
+    let in_sync = sync["d"]["participants"].as_array().expect("list").len();
+    // The sync is as full as the cap allows: one more would not fit.
+    assert!(frames[0].bytes.len() + 400 > MAX_FRAME_BYTES, "{in_sync}");
+    assert_eq!(frames.len(), 1 + 512 - in_sync);
+    let mut seen: Vec<String> = sync["d"]["participants"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|p| p["user_id"].as_str().expect("id").to_owned())
+        .collect();
+    for frame in &frames[1..] {
+        assert_eq!(frame.event_type, "voice_participant_join");
+        let join = parse(frame);
+        assert_eq!(join["d"]["channel_id"], CHANNEL);
+        seen.push(
+            join["d"]["participant"]["user_id"]
+                .as_str()
+                .expect("id")
+                .to_owned(),
+        );
+    }
+    // Everyone, once, in join order.
+    assert_eq!(seen, (0..512).map(ulid_like).collect::<Vec<_>>());
+    println!(
+        "512 participants: a sync of {in_sync}, then {} joins",
+        frames.len() - 1
+    );
+}
+
+#[test]
+fn a_crowded_presence_sync_splits_into_a_sync_and_online_updates() {
+    let crowd = event(Payload::PresenceSync(proto::PresenceSync {
+        guild_id: GUILD.into(),
+        user_ids: (0..5000).map(ulid_like).collect(),
+    }));
+    let frames = encode_frames(&crowd, MAX_FRAME_BYTES).expect("encodes");
+    assert!(frames.iter().all(|f| f.bytes.len() <= MAX_FRAME_BYTES));
+    let sync = parse(&frames[0]);
+    let mut seen: Vec<String> = sync["d"]["user_ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|u| u.as_str().expect("id").to_owned())
+        .collect();
+    for frame in &frames[1..] {
+        let update = parse(frame);
+        assert_eq!(update["t"], "presence_update");
+        assert_eq!(update["d"]["status"], "online");
+        seen.push(update["d"]["user_id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(seen, (0..5000).map(ulid_like).collect::<Vec<_>>());
+}
+
+#[test]
+fn events_that_fit_and_other_oversized_events_are_not_split() {
+    let small = encode_frames(&full_voice_channel(3), MAX_FRAME_BYTES).expect("encodes");
+    assert_eq!(small.len(), 1);
+    assert!(matches!(
+        encode_frames(&presence_sync(1), 10),
+        Err(EncodeError::Oversized { .. })
+    ));
+    let big_delete = event(Payload::MessageDelete(proto::MessageDelete {
+        guild_id: GUILD.into(),
+        channel_id: CHANNEL.into(),
+        message_id: "x".repeat(MAX_FRAME_BYTES),
+        deleted_at_unix: 1,
+    }));
+    assert!(matches!(
+        encode_frames(&big_delete, MAX_FRAME_BYTES),
+        Err(EncodeError::Oversized { .. })
+    ));
 }

@@ -214,7 +214,7 @@ impl Stack {
         tasks.spawn(named("origin", async move {
             // Connect info: the per-IP limits of both need the peer.
             axum::serve(
-                public,
+                filament_runtime::net::nodelay(public),
                 origin.into_make_service_with_connect_info::<SocketAddr>(),
             )
             .with_graceful_shutdown(origin_shutdown.cancelled_owned())

@@ -246,3 +246,92 @@ fn expired_token(user_id: &str) -> String {
     )
     .expect("token")
 }
+
+/// Contract §6 "Auth limiter": each auth route counts its own requests per
+/// client address in a sliding minute; past the limit it is a 429 with
+/// nothing done, while other routes and other addresses go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_routes_are_limited_per_route_and_address() {
+    let t = TestStack::start_with(Backends::Embedded, 1, |config| {
+        config.tune_api = |api| {
+            api.auth_route_per_minute = 3;
+            api.trusted_proxy_cidrs = vec!["127.0.0.0/8".parse().expect("network")];
+        };
+    })
+    .await
+    .expect("embedded");
+    // One register and one login so far, from loopback.
+    let alice = t.user("alice").await;
+    let login = json!({"username": alice.username, "password": PASSWORD});
+    let from = |ip: &'static str| {
+        t.http
+            .post(t.api("/auth/login"))
+            .header("x-forwarded-for", ip)
+            .json(&login)
+    };
+    for _ in 0..3 {
+        let response = from("198.51.100.20").send().await.expect("sent");
+        assert_eq!(response.status(), 200);
+    }
+    let refused = from("198.51.100.20").send().await.expect("sent");
+    assert_eq!(refused.status(), 429);
+    assert_eq!(
+        refused.json::<serde_json::Value>().await.expect("json"),
+        json!({"error": "rate_limited"})
+    );
+    // Another address, and another route from the same address, are fine.
+    assert_eq!(
+        from("198.51.100.21").send().await.expect("sent").status(),
+        200
+    );
+    let (status, _) = t
+        .call_raw(
+            reqwest::Method::PATCH,
+            "/users/me/profile",
+            Some(&alice.token),
+            json!({"about_markdown": "still here"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    t.stack.stop().await.expect("clean shutdown");
+}
+
+/// §1.2: a body not declared as JSON is a 415; a well-formed JSON body of
+/// the wrong shape is a 422 even where serde calls it a syntax error (a
+/// number where an enum belongs); text that is not JSON is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_errors_are_415_422_and_400() {
+    let t = TestStack::start(Backends::Embedded, 1)
+        .await
+        .expect("embedded");
+    let alice = t.user("alice").await;
+    let undeclared = t
+        .http
+        .post(t.api("/guilds"))
+        .bearer_auth(&alice.token)
+        .body(r#"{"name":"no type","visibility":"public"}"#)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(undeclared.status(), 415);
+    let (status, body) = t
+        .post(
+            "/guilds",
+            Some(&alice.token),
+            json!({"name": "typed", "visibility": 7}),
+        )
+        .await;
+    assert_eq!((status, body), (422, json!({"error": "invalid_request"})));
+    let (status, _) = t
+        .call_raw(
+            reqwest::Method::POST,
+            "/guilds",
+            Some(&alice.token),
+            "{not json".to_owned(),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (_, guilds) = t.get("/guilds", Some(&alice.token)).await;
+    assert_eq!(guilds["guilds"], json!([]), "nothing was created");
+    t.stack.stop().await.expect("clean shutdown");
+}

@@ -227,9 +227,23 @@ const FRAME_CASES: &[FrameCase] = &[
     FrameCase {
         name: "unknown t",
         frames: |ids| {
-            vec![text(json!({"v": 1, "t": "message_create", "d": {"guild_id": ids.guild, "channel_id": ids.channel, "content": "hi"}}).to_string())]
+            vec![text(json!({"v": 1, "t": "typing_start", "d": {"guild_id": ids.guild, "channel_id": ids.channel}}).to_string())]
         },
         close: CloseReason::UnknownEvent,
+    },
+    FrameCase {
+        name: "message_create with an extra field",
+        frames: |ids| {
+            vec![text(json!({"v": 1, "t": "message_create", "d": {"guild_id": ids.guild, "channel_id": ids.channel, "content": "hi", "nonce": 1}}).to_string())]
+        },
+        close: CloseReason::InvalidPayload,
+    },
+    FrameCase {
+        name: "message_create refused by the api",
+        frames: |ids| {
+            vec![text(json!({"v": 1, "t": "message_create", "d": {"guild_id": ids.guild, "channel_id": ids.channel, "content": ""}}).to_string())]
+        },
+        close: CloseReason::MessageRejected,
     },
     FrameCase {
         name: "server-only event sent by a client",

@@ -251,6 +251,9 @@ async fn profile_bad_input_is_refused_and_writes_nothing() {
         (json!({"username": b.username}), 400),
         (json!({"about_markdown": "x".repeat(2049)}), 400),
         (json!({"about_markdown": "nul \u{0} inside"}), 400),
+        // Legal length, but its profile_update could not fit one frame:
+        // one link definition used 456 times expands far past 64 KiB.
+        (json!({"about_markdown": amplified_about()}), 400),
         // A valid field does not carry an invalid one through.
         (json!({"about_markdown": "fine", "username": "no way"}), 400),
         (json!({"about_markdown": "fine", "nickname": "extra"}), 422),
@@ -316,6 +319,14 @@ async fn profile_bad_input_is_refused_and_writes_nothing() {
         .await;
     assert_eq!(status, 401);
     t.stack.stop().await.expect("clean shutdown");
+}
+
+/// Exactly 2048 bytes of markdown whose tokens (each use of the link
+/// carries its url) make a `profile_update` over the frame cap.
+fn amplified_about() -> String {
+    let about = format!("{}\n\n[a]: https://{}", "[a]x".repeat(456), "x".repeat(209));
+    assert_eq!(about.len(), 2048);
+    about
 }
 
 // --- avatars and banners ---------------------------------------------------

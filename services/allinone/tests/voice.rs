@@ -953,3 +953,71 @@ async fn losing_a_granted_permission_leaves_voice() {
     );
     t.stack.stop().await.expect("clean shutdown");
 }
+
+/// A full channel (512 seats, the default) is larger than one frame; a
+/// subscriber still gets all of it, on a queue that could not hold 512
+/// frames: `voice_participant_sync` with as many as fit, then a
+/// `voice_participant_join` for each of the rest, all before anything else.
+/// The seats are taken through the voice service's own gRPC api (the token
+/// route would need 512 accounts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_channel_reaches_a_subscriber_whole() {
+    let t = TestStack::start_with(Backends::Embedded, 1, |config| {
+        config.tune_gateway = |gateway| gateway.outbound_queue = 16;
+    })
+    .await
+    .expect("embedded");
+    let alice = t.user("alice").await;
+    let (guild, voice, _) = voice_guild(&t, &alice).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", t.stack.voice_grpc_addr))
+            .expect("voice url")
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("voice grpc");
+    let mut seats = filament_proto::v1::voice_client::VoiceClient::new(channel);
+    let mut expected = BTreeSet::new();
+    for _ in 0..512 {
+        let user_id = ulid::Ulid::generate().to_string();
+        seats
+            .join(filament_proto::v1::VoiceJoinRequest {
+                guild_id: guild.clone(),
+                channel_id: voice.clone(),
+                user_id: user_id.clone(),
+                username: "seat".into(),
+                can_publish: false,
+                can_subscribe: true,
+                publish_sources: Vec::new(),
+            })
+            .await
+            .expect("a free seat");
+        expected.insert(user_id);
+    }
+
+    let mut watcher = Client {
+        socket: t.connect(0, &alice).await,
+        roster: Roster::default(),
+    };
+    watcher.socket.subscribe(&guild, &voice).await;
+    let frames = watcher
+        .expect(&["subscribed", "voice_participant_sync"])
+        .await;
+    let in_sync = frames[1]["d"]["participants"]
+        .as_array()
+        .expect("participants")
+        .len();
+    assert!((1..512).contains(&in_sync), "{in_sync} in the first frame");
+    let joins = vec!["voice_participant_join"; 512 - in_sync];
+    watcher.expect(&joins).await;
+    assert_eq!(
+        watcher
+            .roster
+            .participants
+            .keys()
+            .cloned()
+            .collect::<BTreeSet<_>>(),
+        expected
+    );
+    t.stack.stop().await.expect("clean shutdown");
+}

@@ -43,6 +43,10 @@ pub struct Config {
     /// (`FILAMENT_DIRECTORY_JOIN_REQUESTS_PER_MINUTE_PER_IP`, `…_PER_USER`).
     pub directory_join_per_minute_per_ip: u32,
     pub directory_join_per_minute_per_user: u32,
+    /// Requests per minute and client IP to each auth route (register,
+    /// login, refresh, profile update, avatar and banner upload)
+    /// (`FILAMENT_AUTH_ROUTE_REQUESTS_PER_MINUTE`).
+    pub auth_route_per_minute: u32,
     /// Largest `limit` of `GET /guilds/{g}/audit` (`FILAMENT_AUDIT_LIST_LIMIT_MAX`).
     pub audit_list_limit_max: u32,
     /// Active IP bans per guild (`FILAMENT_GUILD_IP_BAN_MAX_ENTRIES`).
@@ -96,6 +100,7 @@ impl Config {
             attachment_root: PathBuf::from("./data/attachments"),
             directory_join_per_minute_per_ip: 60,
             directory_join_per_minute_per_user: 30,
+            auth_route_per_minute: 60,
             audit_list_limit_max: 100,
             guild_ip_ban_max_entries: 4096,
             trusted_proxy_cidrs: Vec::new(),
@@ -137,6 +142,10 @@ impl Config {
                 reason: "must be at least 1".to_owned(),
             });
         }
+        config.auth_route_per_minute = env.or(
+            "FILAMENT_AUTH_ROUTE_REQUESTS_PER_MINUTE",
+            config.auth_route_per_minute,
+        )?;
         config.attachment_root = env.or("FILAMENT_ATTACHMENT_ROOT", config.attachment_root)?;
         crate::http::moderation_config_from_env(&mut config, env)?;
         config.password_hashing = PasswordHashing {

@@ -16,6 +16,10 @@ pub enum ApiError {
     /// mistyped field): 422 like the reference server, with a JSON body.
     #[error("invalid request body")]
     UnprocessableBody,
+    /// A JSON body without `content-type: application/json`: 415 like the
+    /// reference server (contract §1.2), with a JSON body.
+    #[error("body is not declared as JSON")]
+    UnsupportedMediaType,
     #[error("invalid credentials")]
     InvalidCredentials,
     #[error("forbidden")]
@@ -45,6 +49,7 @@ impl ApiError {
         match self {
             Self::InvalidRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
             Self::UnprocessableBody => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            Self::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request"),
             Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             Self::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
             Self::GuildCreationLimitReached => {
@@ -81,9 +86,10 @@ impl IntoResponse for ApiError {
 impl From<ApiError> for tonic::Status {
     fn from(err: ApiError) -> Self {
         match err {
-            ApiError::InvalidRequest | ApiError::UnprocessableBody | ApiError::PayloadTooLarge => {
-                Self::invalid_argument(err.to_string())
-            }
+            ApiError::InvalidRequest
+            | ApiError::UnprocessableBody
+            | ApiError::UnsupportedMediaType
+            | ApiError::PayloadTooLarge => Self::invalid_argument(err.to_string()),
             ApiError::InvalidCredentials => Self::unauthenticated(err.to_string()),
             ApiError::Forbidden
             | ApiError::GuildCreationLimitReached

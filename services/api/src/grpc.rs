@@ -6,13 +6,15 @@ use std::net::IpAddr;
 
 use filament_proto::v1::{
     AuthorizeSubscribeRequest, AuthorizeSubscribeResponse, BannedAddressesRequest,
-    BannedAddressesResponse, IdentifyRequest, IdentifyResponse,
+    BannedAddressesResponse, EdgeCreateMessageRequest, EdgeCreateMessageResponse, IdentifyRequest,
+    IdentifyResponse,
 };
 use tonic::{Request, Response, Status};
 
 use crate::clock::now_unix;
 use crate::domain::parse_id;
 use crate::error::ApiError;
+use crate::http::messages::{CreateMessageDto, NewMessage, post_message};
 use crate::state::AppState;
 
 pub struct EdgeAccessService {
@@ -98,6 +100,30 @@ impl EdgeAccess for EdgeAccessService {
             }
         }
         Ok(Response::new(BannedAddressesResponse { banned_ips }))
+    }
+
+    async fn create_message(
+        &self,
+        request: Request<EdgeCreateMessageRequest>,
+    ) -> Result<Response<EdgeCreateMessageResponse>, Status> {
+        let request = request.into_inner();
+        let invalid = |_| Status::invalid_argument("ids must be ULIDs");
+        let user = parse_id(&request.user_id).map_err(invalid)?;
+        let guild = parse_id(&request.guild_id).map_err(invalid)?;
+        let channel = parse_id(&request.channel_id).map_err(invalid)?;
+        let ip = parse_ip(&request.client_ip)?;
+        // As the REST route's IP gate: a banned address may not post.
+        if banned(&self.state, guild, ip, now_unix()).await? {
+            return Err(ApiError::Forbidden.into());
+        }
+        let new = NewMessage::try_from(CreateMessageDto {
+            content: request.content,
+            attachment_ids: Some(request.attachment_ids),
+        })?;
+        let message = post_message(&self.state, user, guild, channel, new).await?;
+        Ok(Response::new(EdgeCreateMessageResponse {
+            message_id: message.message_id,
+        }))
     }
 }
 

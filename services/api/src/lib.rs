@@ -28,7 +28,6 @@ use axum::Router;
 use filament_fanout::{Fanout, FanoutConfig};
 use filament_registry::Registry;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, PasswordHashing};
@@ -112,7 +111,7 @@ impl BoundApi {
                 grpc_stop.clone(),
             ))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc),
+                filament_runtime::net::grpc_incoming(grpc),
                 grpc_stop.clone().cancelled_owned(),
             );
         let grpc_task = tokio::spawn(grpc_server);
@@ -125,7 +124,7 @@ impl BoundApi {
             }
         };
         let http_result = axum::serve(
-            http,
+            filament_runtime::net::nodelay(http),
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(http_shutdown)

@@ -7,6 +7,7 @@ use ulid::Ulid;
 
 use crate::auth::{Lockout, PasswordHasher, TokenKeys};
 use crate::config::Config;
+use crate::http::rate_limit::AuthRouteLimiter;
 use crate::permissions::Authorizer;
 use crate::store::Store;
 use crate::voice::VoiceLink;
@@ -23,6 +24,7 @@ struct Inner {
     tokens: TokenKeys,
     passwords: PasswordHasher,
     lockout: Lockout,
+    auth_limiter: AuthRouteLimiter,
     fanout: Fanout,
     voice: VoiceLink,
     /// Monotonic within a millisecond, so ids created in the same
@@ -39,6 +41,7 @@ impl AppState {
                 tokens: TokenKeys::new(&config.token_secret),
                 passwords: PasswordHasher::new(config.password_hashing)?,
                 lockout: Lockout::default(),
+                auth_limiter: AuthRouteLimiter::new(config.auth_route_per_minute),
                 voice: VoiceLink::new(config.voice_url.as_deref())?,
                 ids: Mutex::new(ulid::Generator::new()),
                 config,
@@ -70,6 +73,10 @@ impl AppState {
 
     pub fn lockout(&self) -> &Lockout {
         &self.inner.lockout
+    }
+
+    pub fn auth_limiter(&self) -> &AuthRouteLimiter {
+        &self.inner.auth_limiter
     }
 
     pub fn fanout(&self) -> &Fanout {

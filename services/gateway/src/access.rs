@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use filament_proto::v1::edge_access_client::EdgeAccessClient;
-use filament_proto::v1::{AuthorizeSubscribeRequest, BannedAddressesRequest, IdentifyRequest};
+use filament_proto::v1::{
+    AuthorizeSubscribeRequest, BannedAddressesRequest, EdgeCreateMessageRequest, IdentifyRequest,
+};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -39,6 +41,9 @@ const MAX_ADDRESSES_PER_CALL: usize = 1024;
 pub(crate) enum AccessError {
     #[error("invalid credentials")]
     Unauthenticated,
+    /// The api refused what the client asked for.
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("api unavailable: {0}")]
     Unavailable(String),
 }
@@ -135,4 +140,41 @@ impl Access {
         }
         Ok(banned)
     }
+
+    /// Posts a message for the socket's user; `Refused` when the api turns
+    /// it down (bad content, no permission, a banned address, a limit).
+    pub(crate) async fn create_message(
+        &self,
+        user: UserId,
+        ip: IpAddr,
+        message: NewMessage,
+    ) -> Result<(), AccessError> {
+        self.client
+            .clone()
+            .create_message(EdgeCreateMessageRequest {
+                user_id: user.to_string(),
+                guild_id: message.guild.to_string(),
+                channel_id: message.channel.to_string(),
+                content: message.content,
+                attachment_ids: message.attachment_ids,
+                client_ip: ip.to_string(),
+            })
+            .await
+            .map_err(|status| match status.code() {
+                Code::InvalidArgument
+                | Code::PermissionDenied
+                | Code::NotFound
+                | Code::ResourceExhausted => AccessError::Refused(status.message().to_owned()),
+                _ => AccessError::Unavailable(status.to_string()),
+            })?;
+        Ok(())
+    }
+}
+
+/// A message a socket asked to post.
+pub(crate) struct NewMessage {
+    pub(crate) guild: GuildId,
+    pub(crate) channel: ChannelId,
+    pub(crate) content: String,
+    pub(crate) attachment_ids: Vec<String>,
 }

@@ -38,12 +38,14 @@ pub enum CloseReason {
     AccessRevoked,
     /// The guild bans the socket's client address (contract §5.3).
     IpBanned,
+    /// The api refused a `message_create` sent over the socket (§5.3).
+    MessageRejected,
     /// An upstream service could not answer.
     UpstreamUnavailable,
 }
 
 impl CloseReason {
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::ServerShutdown,
         Self::SlowConsumer,
         Self::FrameTooLarge,
@@ -60,6 +62,7 @@ impl CloseReason {
         Self::Resync,
         Self::AccessRevoked,
         Self::IpBanned,
+        Self::MessageRejected,
         Self::UpstreamUnavailable,
     ];
 
@@ -82,6 +85,7 @@ impl CloseReason {
             Self::Resync => 4011,
             Self::AccessRevoked => 4012,
             Self::IpBanned => 4013,
+            Self::MessageRejected => 4014,
         }
     }
 
@@ -104,6 +108,7 @@ impl CloseReason {
             Self::Resync => "resync",
             Self::AccessRevoked => "access_revoked",
             Self::IpBanned => "ip_banned",
+            Self::MessageRejected => "message_rejected",
             Self::UpstreamUnavailable => "upstream_unavailable",
         }
     }

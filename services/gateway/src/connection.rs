@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
-use crate::access::{Identity, Verdict};
+use crate::access::{AccessError, Identity, NewMessage, Verdict};
 use crate::close::CloseReason;
 use crate::ids::{ChannelId, GuildId};
 use crate::index::{Closer, Registration, SubscribeOutcome, Target};
@@ -115,9 +115,11 @@ async fn serve(
             () = shutdown.cancelled() => return Some(CloseReason::ServerShutdown),
             () = &mut expiry => return Some(CloseReason::TokenExpired),
             () = &mut idle => return Some(CloseReason::IdleTimeout),
-            frame = registration.frames.recv() => {
-                if let Err(outcome) = write(socket, &closer, shutdown, frame?).await {
-                    return outcome;
+            item = registration.frames.recv() => {
+                for frame in item?.frames() {
+                    if let Err(outcome) = write(socket, &closer, shutdown, frame.clone()).await {
+                        return outcome;
+                    }
                 }
             }
             inbound = socket.recv() => {
@@ -223,6 +225,36 @@ async fn handle_text(
     match command {
         Command::Subscribe { guild, channel } => {
             subscribe(shared, identity, registration, guild, channel).await
+        }
+        Command::CreateMessage {
+            guild,
+            channel,
+            content,
+            attachment_ids,
+        } => {
+            let message = NewMessage {
+                guild,
+                channel,
+                content,
+                attachment_ids,
+            };
+            // No acknowledgement: the message comes back as the channel's
+            // `message_create`, like everyone else's (contract §5.3).
+            match shared
+                .access
+                .create_message(identity.user, registration.ip, message)
+                .await
+            {
+                Ok(()) => Ok(Vec::new()),
+                Err(AccessError::Refused(why)) => {
+                    tracing::debug!(%why, "socket message refused");
+                    Err(refuse(shared, CloseReason::MessageRejected))
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "cannot post a socket message");
+                    Err(CloseReason::UpstreamUnavailable)
+                }
+            }
         }
     }
 }

@@ -44,6 +44,36 @@ impl Closer {
     }
 }
 
+/// What a socket's queue holds: one frame, or frames that must go out back
+/// to back (a snapshot split to fit the frame cap, see
+/// [`filament_wire::encode_frames`]). A batch takes one slot, so a large
+/// snapshot cannot overflow a queue by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outbound {
+    Frame(Utf8Bytes),
+    Batch(Arc<[Utf8Bytes]>),
+}
+
+impl Outbound {
+    /// One queue item for these frames.
+    pub(crate) fn of(mut frames: Vec<Utf8Bytes>) -> Self {
+        if frames.len() == 1
+            && let Some(frame) = frames.pop()
+        {
+            return Self::Frame(frame);
+        }
+        Self::Batch(frames.into())
+    }
+
+    /// The frames, in order.
+    pub(crate) fn frames(&self) -> &[Utf8Bytes] {
+        match self {
+            Self::Frame(frame) => std::slice::from_ref(frame),
+            Self::Batch(frames) => frames,
+        }
+    }
+}
+
 /// Who receives a frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
@@ -61,7 +91,7 @@ struct Entry {
     user: UserId,
     /// The client address, as resolved at the upgrade.
     ip: IpAddr,
-    frames: mpsc::Sender<Utf8Bytes>,
+    frames: mpsc::Sender<Outbound>,
     closer: Arc<Closer>,
     subscriptions: HashSet<(GuildId, ChannelId)>,
 }
@@ -110,7 +140,7 @@ pub(crate) struct Departure {
 pub(crate) struct Registration {
     pub(crate) id: ConnectionId,
     pub(crate) ip: IpAddr,
-    pub(crate) frames: mpsc::Receiver<Utf8Bytes>,
+    pub(crate) frames: mpsc::Receiver<Outbound>,
     pub(crate) closer: Arc<Closer>,
 }
 
@@ -322,13 +352,13 @@ impl Index {
         self.read().connections.len()
     }
 
-    /// Queues `frame` on every socket of `target`. Returns how many got it.
-    pub(crate) fn deliver(&self, target: &Target, frame: &Utf8Bytes) -> usize {
+    /// Queues `item` on every socket of `target`. Returns how many got it.
+    pub(crate) fn deliver(&self, target: &Target, item: &Outbound) -> usize {
         let state = self.read();
         let mut delivered = 0;
         let mut push = |id: &ConnectionId| {
             if let Some(entry) = state.connections.get(id)
-                && self.push(entry, frame.clone())
+                && self.push(entry, item.clone())
             {
                 delivered += 1;
             }
@@ -391,8 +421,8 @@ impl Index {
         }
     }
 
-    fn push(&self, entry: &Entry, frame: Utf8Bytes) -> bool {
-        match entry.frames.try_send(frame) {
+    fn push(&self, entry: &Entry, item: Outbound) -> bool {
+        match entry.frames.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.dropped(DropReason::FullQueue);
@@ -499,8 +529,8 @@ mod tests {
 
     const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
-    fn frame(text: &'static str) -> Utf8Bytes {
-        Utf8Bytes::from_static(text)
+    fn frame(text: &'static str) -> Outbound {
+        Outbound::Frame(Utf8Bytes::from_static(text))
     }
 
     #[test]

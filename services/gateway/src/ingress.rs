@@ -15,8 +15,23 @@ use crate::ids::{ChannelId, GuildId};
 /// Something a client asked for, fully validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Command {
-    Subscribe { guild: GuildId, channel: ChannelId },
+    Subscribe {
+        guild: GuildId,
+        channel: ChannelId,
+    },
+    /// A message to post, as `POST /guilds/{g}/channels/{c}/messages`
+    /// would; the api validates the content and the attachments.
+    CreateMessage {
+        guild: GuildId,
+        channel: ChannelId,
+        content: String,
+        attachment_ids: Vec<String>,
+    },
 }
+
+/// A message carries at most this many attachments (contract §6); more is
+/// a malformed payload, refused before the api is asked.
+const MAX_ATTACHMENTS: usize = 5;
 
 /// Why a frame was rejected. Each maps to one close reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -76,10 +91,46 @@ impl TryFrom<SubscribeDto<'_>> for Command {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageCreateDto {
+    guild_id: String,
+    channel_id: String,
+    content: String,
+    #[serde(default)]
+    attachment_ids: Option<Vec<String>>,
+}
+
+impl TryFrom<MessageCreateDto> for Command {
+    type Error = IngressError;
+
+    fn try_from(dto: MessageCreateDto) -> Result<Self, Self::Error> {
+        let attachment_ids = dto.attachment_ids.unwrap_or_default();
+        if attachment_ids.len() > MAX_ATTACHMENTS {
+            return Err(IngressError::InvalidPayload);
+        }
+        Ok(Self::CreateMessage {
+            guild: dto
+                .guild_id
+                .parse()
+                .map_err(|_| IngressError::InvalidPayload)?,
+            channel: dto
+                .channel_id
+                .parse()
+                .map_err(|_| IngressError::InvalidPayload)?,
+            content: dto.content,
+            attachment_ids,
+        })
+    }
+}
+
 type Decoder = fn(&RawValue) -> Result<Command, IngressError>;
 
 /// The event types clients may send, and how to decode each.
-const DECODERS: &[(&str, Decoder)] = &[("subscribe", |d| decode_payload::<SubscribeDto<'_>>(d))];
+const DECODERS: &[(&str, Decoder)] = &[
+    ("subscribe", |d| decode_payload::<SubscribeDto<'_>>(d)),
+    ("message_create", |d| decode_payload::<MessageCreateDto>(d)),
+];
 
 /// Decodes one text frame.
 pub(crate) fn decode(text: &str) -> Result<Command, IngressError> {
@@ -135,6 +186,31 @@ mod tests {
                 channel: C.parse().unwrap()
             }
         );
+    }
+
+    #[test]
+    fn decodes_a_message_create() {
+        let frame = format!(
+            r#"{{"v":1,"t":"message_create","d":{{"guild_id":"{G}","channel_id":"{C}","content":"hi","attachment_ids":["{G}"]}}}}"#
+        );
+        assert_eq!(
+            decode(&frame).unwrap(),
+            Command::CreateMessage {
+                guild: G.parse().unwrap(),
+                channel: C.parse().unwrap(),
+                content: "hi".into(),
+                attachment_ids: vec![G.into()],
+            }
+        );
+        let six = format!(
+            r#"{{"v":1,"t":"message_create","d":{{"guild_id":"{G}","channel_id":"{C}","content":"hi","attachment_ids":{}}}}}"#,
+            serde_json::json!(vec![G; 6])
+        );
+        assert_eq!(decode(&six), Err(IngressError::InvalidPayload));
+        let no_content = format!(
+            r#"{{"v":1,"t":"message_create","d":{{"guild_id":"{G}","channel_id":"{C}"}}}}"#
+        );
+        assert_eq!(decode(&no_content), Err(IngressError::InvalidPayload));
     }
 
     #[test]

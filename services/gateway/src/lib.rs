@@ -40,7 +40,7 @@ pub use server::{BoundGateway, Readiness, bind};
 use crate::access::{Access, Verdict};
 use crate::holdings::Holdings;
 use crate::ids::{ChannelId, GuildId, UserId};
-use crate::index::{Departure, Index, Target};
+use crate::index::{Departure, Index, Outbound, Target};
 use crate::limits::IpLimits;
 
 /// Decodes one client text frame exactly as a socket does: `Ok` for a
@@ -105,26 +105,29 @@ impl Shared {
 
     /// Encodes `event` once and queues it for `target`.
     pub(crate) fn send(&self, target: &Target, event: &Event) -> usize {
-        let Some((event_type, frame)) = self.encode(event) else {
+        let Some((event_type, frames)) = self.encode(event) else {
             return 0;
         };
-        let delivered = self.index.deliver(target, &frame);
+        let delivered = self.index.deliver(target, &Outbound::of(frames));
         self.metrics.emitted(event_type, delivered as u64);
         delivered
     }
 
-    /// Encodes a frame that one socket writes at once, ahead of its queue.
-    pub(crate) fn encode_for_one(&self, event: &Event) -> Option<Utf8Bytes> {
-        let (event_type, frame) = self.encode(event)?;
+    /// Encodes frames that one socket writes at once, ahead of its queue.
+    pub(crate) fn encode_for_one(&self, event: &Event) -> Vec<Utf8Bytes> {
+        let Some((event_type, frames)) = self.encode(event) else {
+            return Vec::new();
+        };
         self.metrics.emitted(event_type, 1);
-        Some(frame)
+        frames
     }
 
-    /// The event's type and frame, or `None` (counted by reason) when it
-    /// cannot be sent: over the frame cap, or without a wire shape.
-    fn encode(&self, event: &Event) -> Option<(&'static str, Utf8Bytes)> {
-        let frame = match filament_wire::encode_event(event, self.config.max_frame_bytes) {
-            Ok(frame) => frame,
+    /// The event's type and frames (one, unless a snapshot had to be
+    /// split), or `None`, counted by reason, when it cannot be sent: over
+    /// the frame cap, or without a wire shape.
+    fn encode(&self, event: &Event) -> Option<(&'static str, Vec<Utf8Bytes>)> {
+        let frames = match filament_wire::encode_frames(event, self.config.max_frame_bytes) {
+            Ok(frames) => frames,
             Err(err) => {
                 let reason = match err {
                     filament_wire::EncodeError::Oversized { .. } => DropReason::OversizedOutbound,
@@ -135,11 +138,16 @@ impl Shared {
                 return None;
             }
         };
-        let Ok(text) = Utf8Bytes::try_from(frame.bytes) else {
+        let event_type = frames.first()?.event_type;
+        let texts = frames
+            .into_iter()
+            .map(|frame| Utf8Bytes::try_from(frame.bytes))
+            .collect::<Result<Vec<_>, _>>();
+        let Ok(texts) = texts else {
             self.metrics.dropped(DropReason::SerializeError);
             return None;
         };
-        Some((frame.event_type, text))
+        Some((event_type, texts))
     }
 
     /// Drops the subscriptions that users can no longer see, closes the
@@ -329,7 +337,14 @@ mod tests {
 
         let event = message_delete(guild, channel, Ulid::generate().to_string());
         assert_eq!(shared.send(&Target::Channel(channel), &event), 2);
-        let (a, b) = (a.frames.try_recv().unwrap(), b.frames.try_recv().unwrap());
+        let only = |item: Outbound| match item {
+            Outbound::Frame(frame) => frame,
+            Outbound::Batch(_) => panic!("one frame expected"),
+        };
+        let (a, b) = (
+            only(a.frames.try_recv().unwrap()),
+            only(b.frames.try_recv().unwrap()),
+        );
         assert_eq!(a.as_bytes(), b.as_bytes());
         // Not two equal encodings: the very same bytes, encoded once.
         assert_eq!(a.as_str().as_ptr(), b.as_str().as_ptr());
@@ -381,6 +396,49 @@ mod tests {
         assert_eq!(shared.send(&Target::Connection(socket.id), &event), 0);
         assert!(socket.frames.try_recv().is_err());
         assert_eq!(shared.metrics.dropped_count(DropReason::SerializeError), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_voice_roster_is_one_queue_item_of_several_frames() {
+        let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
+        let (user, guild, channel) = ids();
+        let mut socket = shared
+            .index
+            .register(user, std::net::Ipv4Addr::LOCALHOST.into(), 1);
+        let participant = |n: u32| filament_proto::v1::VoiceParticipant {
+            user_id: format!("01HZX3N4B5C6D7E8F9{n:08}"),
+            identity: format!("u.01HZX3N4B5C6D7E8F9{n:08}.{guild}.{channel}"),
+            ..Default::default()
+        };
+        let roster = Event {
+            audience: None,
+            published_at_unix_ms: 0,
+            payload: Some(event::Payload::VoiceParticipantSync(
+                filament_proto::v1::VoiceParticipantSync {
+                    guild_id: guild.to_string(),
+                    channel_id: channel.to_string(),
+                    participants: (0..512).map(participant).collect(),
+                    synced_at_unix: 1,
+                },
+            )),
+        };
+        // A queue of one slot takes it whole.
+        assert_eq!(shared.send(&Target::Connection(socket.id), &roster), 1);
+        let Ok(Outbound::Batch(frames)) = socket.frames.try_recv() else {
+            panic!("a batch expected");
+        };
+        assert!(frames.len() > 1);
+        assert!(
+            frames[0]
+                .as_str()
+                .contains(r#""t":"voice_participant_sync""#)
+        );
+        assert!(
+            frames[1..]
+                .iter()
+                .all(|f| f.as_str().contains(r#""t":"voice_participant_join""#))
+        );
+        assert_eq!(shared.metrics.emitted_count("voice_participant_sync"), 1);
     }
 
     #[tokio::test]

@@ -177,7 +177,7 @@ impl BoundGateway {
             sockets_shutdown.clone(),
         );
         axum::serve(
-            listener,
+            filament_runtime::net::nodelay(listener),
             app.into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -289,7 +289,7 @@ async fn upgrade(
                 .upgrade_rejected(UpgradeRejection::InvalidToken);
             return error(StatusCode::UNAUTHORIZED, "invalid_credentials");
         }
-        Err(err @ AccessError::Unavailable(_)) => {
+        Err(err @ (AccessError::Unavailable(_) | AccessError::Refused(_))) => {
             tracing::warn!(%err, "cannot identify socket");
             return error(StatusCode::SERVICE_UNAVAILABLE, "internal_error");
         }

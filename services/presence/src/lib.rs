@@ -38,7 +38,6 @@ use filament_fanout::{Fanout, FanoutConfig};
 use filament_registry::Registry;
 use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use notify::VoiceNotifier;
@@ -185,7 +184,7 @@ impl BoundPresence {
             .add_service(grpc::PresenceGrpc::server(service))
             .add_service(fanout.grpc_service().into_server())
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                filament_runtime::net::grpc_incoming(listener),
                 grpc_stop.clone().cancelled_owned(),
             );
         let mut server = tokio::spawn(server);

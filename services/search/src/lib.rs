@@ -23,7 +23,6 @@ use filament_proto::v1::message_feed_client::MessageFeedClient;
 use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
@@ -178,7 +177,7 @@ impl BoundSearch {
             .add_service(filament_runtime::probes::grpc_health(SERVICE_NAME).await)
             .add_service(grpc::SearchGrpc::server(Arc::new(self.engine)))
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.listener),
+                filament_runtime::net::grpc_incoming(self.listener),
                 shutdown.cancelled_owned(),
             )
             .await;

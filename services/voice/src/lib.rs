@@ -36,7 +36,6 @@ use filament_registry::Registry;
 use filament_runtime::admin::AdminListener;
 use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use livekit::LiveKit;
@@ -258,7 +257,7 @@ impl BoundVoice {
             .add_service(grpc::VoiceGrpc::server(service))
             .add_service(fanout.grpc_service().into_server())
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc),
+                filament_runtime::net::grpc_incoming(grpc),
                 grpc_stop.clone().cancelled_owned(),
             );
         let mut server = tokio::spawn(server);

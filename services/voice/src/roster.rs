@@ -5,8 +5,10 @@
 //!
 //! Invariants: a user is in at most one channel; a channel exists while it
 //! has a participant; every part is bounded (channels, participants per
-//! channel and overall, and a channel's roster always fits one gateway
-//! frame as `voice_participant_sync`). A refused operation changes nothing.
+//! channel and overall; a participant is a few ids and flags, validated by
+//! the gRPC layer). A full channel's roster is larger than one gateway
+//! frame: the gateway splits it (`filament_wire::encode_frames`). A refused
+//! operation changes nothing.
 //!
 //! Idempotence: leaving twice, or a leave for someone who rejoined since
 //! (out of order), is a no-op; a repeat join only sends what changed.
@@ -68,8 +70,6 @@ pub struct Limits {
     pub max_channels: usize,
     pub max_participants_per_channel: usize,
     pub max_participants: usize,
-    /// A channel's `voice_participant_sync` must fit in this many bytes.
-    pub max_frame_bytes: usize,
 }
 
 impl Default for Limits {
@@ -78,7 +78,6 @@ impl Default for Limits {
             max_channels: 1024,
             max_participants_per_channel: 512,
             max_participants: 65_536,
-            max_frame_bytes: filament_wire::MAX_FRAME_BYTES,
         }
     }
 }
@@ -255,7 +254,7 @@ impl Roster {
             last_join_ms: clock.unix_ms,
             livekit_sid: None,
         };
-        self.check_room_for(key, user_id, &participant)?;
+        self.check_room_for(key, user_id)?;
 
         if let Some(previous) = self.users.get(user_id).cloned() {
             self.remove(&previous, user_id, clock, out);
@@ -525,13 +524,8 @@ impl Roster {
         self.channels.get_mut(key)?.get_mut(user_id)
     }
 
-    /// Whether `newcomer` may enter `key` without exceeding a bound.
-    fn check_room_for(
-        &self,
-        key: &ChannelKey,
-        user_id: &str,
-        newcomer: &Participant,
-    ) -> Result<(), RosterError> {
+    /// Whether `user_id` may enter `key` without exceeding a bound.
+    fn check_room_for(&self, key: &ChannelKey, user_id: &str) -> Result<(), RosterError> {
         let in_voice = self.users.contains_key(user_id);
         if !in_voice && self.users.len() >= self.limits.max_participants {
             return Err(RosterError::TooManyParticipants);
@@ -552,18 +546,7 @@ impl Roster {
         if participants.len() >= self.limits.max_participants_per_channel {
             return Err(RosterError::ChannelFull);
         }
-        // The roster must keep fitting one frame as voice_participant_sync.
-        let mut sync = self.snapshot(key, Clock::now());
-        sync.participants.push(newcomer.to_proto());
-        let event = Event {
-            audience: None,
-            published_at_unix_ms: 0,
-            payload: Some(event::Payload::VoiceParticipantSync(sync)),
-        };
-        match filament_wire::encode_event(&event, self.limits.max_frame_bytes) {
-            Ok(_) => Ok(()),
-            Err(_) => Err(RosterError::ChannelFull),
-        }
+        Ok(())
     }
 
     /// A repeat join: new streams and the flags they imply, as diffs.
@@ -932,7 +915,6 @@ mod tests {
             max_channels: 2,
             max_participants_per_channel: 2,
             max_participants: 4,
-            ..Limits::default()
         };
         let mut r = Roster::new(limits, TTL);
         let mut out = Vec::new();
@@ -963,36 +945,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_roster_that_would_not_fit_a_frame_is_full() {
-        let limits = Limits {
-            max_frame_bytes: 1024,
-            ..Limits::default()
-        };
-        let mut r = Roster::new(limits, TTL);
+    async fn a_channel_takes_its_full_512_and_refuses_the_next() {
+        let mut r = Roster::new(Limits::default(), TTL);
         let mut out = Vec::new();
-        let mut joined = 0;
-        for n in 0..100 {
-            let user = format!("user-with-a-long-identifier-{n:03}");
-            match r.join(&key(1), &user, &BTreeSet::new(), clock(), &mut out) {
-                Ok(()) => joined += 1,
-                Err(err) => {
-                    assert_eq!(err, RosterError::ChannelFull);
-                    break;
-                }
-            }
+        for n in 0..512 {
+            let user = format!("01HZX3N4B5C6D7E8F9{n:08}");
+            r.join(&key(1), &user, &BTreeSet::new(), clock(), &mut out)
+                .expect("a seat is free");
         }
-        assert!((1..100).contains(&joined), "joined {joined}");
-        let sync = Event {
-            audience: None,
-            published_at_unix_ms: 0,
-            payload: Some(event::Payload::VoiceParticipantSync(
-                r.snapshot(&key(1), clock()),
-            )),
-        };
-        assert!(
-            filament_wire::encode_event(&sync, 1024).is_ok(),
-            "still fits"
+        assert_eq!(r.snapshot(&key(1), clock()).participants.len(), 512);
+        out.clear();
+        assert_eq!(
+            r.join(&key(1), "one-too-many", &BTreeSet::new(), clock(), &mut out),
+            Err(RosterError::ChannelFull)
         );
+        assert!(out.is_empty(), "a refusal emits nothing");
     }
 
     #[tokio::test(start_paused = true)]

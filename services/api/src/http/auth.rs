@@ -12,7 +12,9 @@ use crate::auth::RefreshToken;
 use crate::clock::now_unix;
 use crate::domain::{Password, Username};
 use crate::error::{ApiError, ApiResult};
+use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, JsonBody};
+use crate::http::rate_limit::AuthRoute;
 use crate::state::AppState;
 use crate::store::{NewSession, NewUser, RotateOutcome, StoreError, UserRecord};
 
@@ -73,8 +75,10 @@ pub fn profile(user: &UserRecord) -> ApiResult<Profile> {
 /// response does not tell whether a username exists.
 pub async fn register(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     JsonBody(dto): JsonBody<RegisterDto>,
 ) -> ApiResult<Json<Accepted>> {
+    state.auth_limiter().check(AuthRoute::Register, ip)?;
     let username = Username::try_from(dto.username)?;
     let password = Password::try_from(dto.password)?;
     let password_hash = state.passwords().hash(password.expose()).await?;
@@ -92,8 +96,10 @@ pub async fn register(
 
 pub async fn login(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     JsonBody(dto): JsonBody<LoginDto>,
 ) -> ApiResult<Json<TokenPair>> {
+    state.auth_limiter().check(AuthRoute::Login, ip)?;
     // A malformed username or password is a failed login, not a 400.
     let (Ok(username), Ok(password)) = (
         Username::try_from(dto.username),
@@ -130,8 +136,10 @@ pub async fn login(
 
 pub async fn refresh(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     JsonBody(dto): JsonBody<RefreshDto>,
 ) -> ApiResult<Json<TokenPair>> {
+    state.auth_limiter().check(AuthRoute::Refresh, ip)?;
     let presented = RefreshToken::parse(&dto.refresh_token).ok_or(ApiError::InvalidCredentials)?;
     let next = RefreshToken::generate(presented.session_id);
     let now = now_unix();

@@ -1,11 +1,12 @@
 //! Request extractors that fail the way the contract says: every rejection
 //! becomes an [`ApiError`] with a `{"error":…}` body.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header;
 use axum::http::request::Parts;
-use serde::de::DeserializeOwned;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::{DeserializeOwned, IgnoredAny};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -46,8 +47,9 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<UserRecord, A
         .ok_or(ApiError::InvalidCredentials)
 }
 
-/// A JSON body. Syntax errors are 400, shape errors (unknown, missing or
-/// mistyped fields) 422, an oversized body 413.
+/// A JSON body declared as `application/json` (else 415). Text that is not
+/// JSON is a 400; JSON of the wrong shape (an unknown, missing or mistyped
+/// field) is a 422, whichever way serde reports it; an oversized body 413.
 #[derive(Debug, Clone)]
 pub struct JsonBody<T>(pub T);
 
@@ -59,17 +61,44 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(JsonRejection::JsonDataError(_)) => Err(ApiError::UnprocessableBody),
-            Err(JsonRejection::BytesRejection(rejection))
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Err(ApiError::PayloadTooLarge)
+        if !declares_json(req.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+                _ => ApiError::InvalidRequest,
+            }
+        })?;
+        match serde_json::from_slice::<T>(&bytes) {
+            Ok(value) => Ok(Self(value)),
+            Err(err) if err.is_data() => Err(ApiError::UnprocessableBody),
+            // serde reports some shape errors (a number where an enum
+            // belongs) as syntax errors; valid JSON means it was the shape.
+            Err(_) if serde_json::from_slice::<IgnoredAny>(&bytes).is_ok() => {
+                Err(ApiError::UnprocessableBody)
             }
             Err(_) => Err(ApiError::InvalidRequest),
         }
     }
+}
+
+/// `application/json` or an `application/*+json` type, any parameters.
+fn declares_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Query parameters; any problem is a 400.

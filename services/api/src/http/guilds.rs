@@ -6,11 +6,8 @@
 //! ever seeing them), and is refused — and audited — for private guilds,
 //! banned users and banned addresses, in that order.
 
-use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::routing::{get, post};
@@ -27,6 +24,7 @@ use crate::events;
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::members::apply_default_join_role;
+use crate::http::sliding::SlidingWindow;
 use crate::state::AppState;
 use crate::store::{AddMemberOutcome, GuildRecord, MemberRecord, MemberRole, Visibility};
 
@@ -241,12 +239,6 @@ pub fn routes() -> Router<AppState> {
 
 // --- the directory-join limiter ------------------------------------------------
 
-/// The window both join limits count in.
-const JOIN_WINDOW: Duration = Duration::from_secs(60);
-/// Callers idle for a full window are forgotten every this many checks, so
-/// memory follows the callers of the last minute.
-const SWEEP_EVERY: u64 = 1024;
-
 #[derive(Debug, Clone, Copy)]
 pub struct JoinLimits {
     pub per_ip: u32,
@@ -260,84 +252,18 @@ enum JoinCaller {
 }
 
 /// At most `per_ip` joins from one address and `per_user` joins by one
-/// user in any 60 seconds (a sliding window, as the reference server
-/// counts). A refused attempt counts against neither.
+/// user in any 60 seconds. A refused attempt counts against neither.
 #[derive(Debug, Default)]
-pub struct JoinLimiter {
-    recent: Mutex<HashMap<JoinCaller, VecDeque<Instant>>>,
-    checks: AtomicU64,
-}
+pub struct JoinLimiter(SlidingWindow<JoinCaller>);
 
 impl JoinLimiter {
     pub fn admit(&self, ip: IpAddr, user: Ulid, limits: JoinLimits, now: Instant) -> bool {
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            recent.retain(|_, hits| hits.back().is_some_and(|t| now - *t < JOIN_WINDOW));
-        }
-        let callers = [
-            (JoinCaller::Ip(ip), limits.per_ip),
-            (JoinCaller::User(user), limits.per_user),
-        ];
-        for (caller, limit) in callers {
-            let hits = recent.entry(caller).or_default();
-            while hits.front().is_some_and(|t| now - *t >= JOIN_WINDOW) {
-                hits.pop_front();
-            }
-            if hits.len() >= limit as usize {
-                return false;
-            }
-        }
-        for (caller, _) in callers {
-            recent.entry(caller).or_default().push_back(now);
-        }
-        true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LIMITS: JoinLimits = JoinLimits {
-        per_ip: 3,
-        per_user: 2,
-    };
-
-    #[tokio::test(start_paused = true)]
-    async fn joins_are_limited_per_user_and_per_ip_in_a_sliding_minute() {
-        let limiter = JoinLimiter::default();
-        let ip: IpAddr = [203, 0, 113, 1].into();
-        let (alice, bob) = (Ulid::generate(), Ulid::generate());
-        let start = Instant::now();
-        assert!(limiter.admit(ip, alice, LIMITS, start));
-        assert!(limiter.admit(ip, alice, LIMITS, start));
-        // Alice is at her limit; her refused attempt costs the address
-        // nothing, so Bob still gets the address's third join.
-        assert!(!limiter.admit(ip, alice, LIMITS, start));
-        assert!(limiter.admit(ip, bob, LIMITS, start));
-        assert!(!limiter.admit(ip, bob, LIMITS, start));
-        // Elsewhere, Bob has one join left.
-        let other: IpAddr = [203, 0, 113, 2].into();
-        assert!(limiter.admit(other, bob, LIMITS, start));
-        assert!(!limiter.admit(other, bob, LIMITS, start));
-
-        // The window slides: just short of a minute nothing has expired.
-        let almost = start + JOIN_WINDOW - Duration::from_millis(1);
-        assert!(!limiter.admit(ip, alice, LIMITS, almost));
-        assert!(limiter.admit(ip, alice, LIMITS, start + JOIN_WINDOW));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn idle_callers_are_forgotten() {
-        let limiter = JoinLimiter::default();
-        let start = Instant::now();
-        for n in 0..SWEEP_EVERY - 1 {
-            let ip = IpAddr::from((n as u32).to_be_bytes());
-            assert!(limiter.admit(ip, Ulid::generate(), LIMITS, start));
-        }
-        let later = start + JOIN_WINDOW;
-        assert!(limiter.admit([1, 1, 1, 1].into(), Ulid::generate(), LIMITS, later));
-        let recent = limiter.recent.lock().expect("lock");
-        assert_eq!(recent.len(), 2, "only the last caller's address and user");
+        self.0.admit(
+            &[
+                (JoinCaller::Ip(ip), limits.per_ip as usize),
+                (JoinCaller::User(user), limits.per_user as usize),
+            ],
+            now,
+        )
     }
 }

@@ -34,9 +34,9 @@ const MAX_ATTACHMENTS: usize = 5;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMessageDto {
-    content: String,
+    pub(crate) content: String,
     #[serde(default)]
-    attachment_ids: Option<Vec<String>>,
+    pub(crate) attachment_ids: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -60,7 +60,7 @@ pub struct MessagePage {
 
 /// A new message's content and attachments, validated together: the
 /// content may be empty only when something is attached.
-struct NewMessage {
+pub(crate) struct NewMessage {
     content: String,
     attachment_ids: Vec<Ulid>,
 }
@@ -102,9 +102,24 @@ pub async fn create(
     JsonBody(dto): JsonBody<CreateMessageDto>,
 ) -> ApiResult<Json<filament_wire::Message>> {
     let new = NewMessage::try_from(dto)?;
+    post_message(&state, user.user_id, guild_id, channel_id, new)
+        .await
+        .map(Json)
+}
+
+/// Posts a message as `author`: the one path behind the REST route and a
+/// client `message_create` on the gateway (`EdgeAccess.CreateMessage`).
+/// The caller has already refused IP-banned addresses.
+pub(crate) async fn post_message(
+    state: &AppState,
+    author: Ulid,
+    guild_id: Ulid,
+    channel_id: Ulid,
+    new: NewMessage,
+) -> ApiResult<filament_wire::Message> {
     state
         .authorizer()
-        .channel(guild_id, channel_id, user.user_id)
+        .channel(guild_id, channel_id, author)
         .await?;
     let mut attachments = Vec::with_capacity(new.attachment_ids.len());
     for attachment_id in &new.attachment_ids {
@@ -113,7 +128,7 @@ pub async fn create(
             .store()
             .attachment(guild_id, channel_id, *attachment_id)
             .await?
-            .filter(|a| a.owner_id == user.user_id && a.message_id.is_none())
+            .filter(|a| a.owner_id == author && a.message_id.is_none())
             .ok_or(ApiError::InvalidRequest)?;
         attachments.push(proto_attachment(&attachment));
     }
@@ -121,7 +136,7 @@ pub async fn create(
         message_id: state.new_id(),
         guild_id,
         channel_id,
-        author_id: user.user_id,
+        author_id: author,
         content: new.content,
         created_at_unix: now_unix(),
     };
@@ -144,8 +159,8 @@ pub async fn create(
             return Err(ApiError::InvalidRequest);
         }
     }
-    events::publish(&state, event).await;
-    Ok(Json(body))
+    events::publish(state, event).await;
+    Ok(body)
 }
 
 pub async fn list(

@@ -10,7 +10,7 @@ mod extract;
 mod friends;
 mod guilds;
 mod members;
-mod messages;
+pub(crate) mod messages;
 mod moderation;
 mod overrides;
 mod profiles;
@@ -18,13 +18,14 @@ pub(crate) mod rate_limit;
 mod reactions;
 mod roles;
 mod search;
+mod sliding;
+mod system;
 mod voice;
 mod workspace;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, StatusCode};
-use axum::routing::get;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -41,12 +42,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState, ready: impl Fn() -> bool + Clone + Send + Sync + 'static) -> Router {
     let timeout = state.config().request_timeout;
     let body_limit = state.config().max_body_bytes;
+    // One line per area; each area module owns its routes.
     Router::new()
-        .route(
-            "/health",
-            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-        )
-        // One line per area; each area module owns its routes.
+        .merge(system::routes())
         .merge(auth::routes())
         .merge(guilds::routes())
         .merge(members::routes())

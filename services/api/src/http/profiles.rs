@@ -25,7 +25,9 @@ use crate::domain::{Username, parse_id};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
 use crate::http::auth::profile;
+use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
+use crate::http::rate_limit::AuthRoute;
 use crate::state::AppState;
 use crate::store::{ImageKind, ProfileChange, ProfileImage, StoreError, UserRecord};
 
@@ -154,8 +156,10 @@ impl TryFrom<LookupDto> for LookupIds {
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    ClientIp(ip): ClientIp,
     JsonBody(dto): JsonBody<ProfilePatchDto>,
 ) -> ApiResult<Json<Profile>> {
+    state.auth_limiter().check(AuthRoute::ProfileUpdate, ip)?;
     let patch = ProfilePatch::try_from(dto)?;
     let payload = profile_update_payload(user.user_id, &patch, now_unix());
     // The audience does not change the frame, so the user alone is enough
@@ -213,18 +217,22 @@ pub async fn lookup(
 pub async fn upload_avatar(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Profile>> {
+    state.auth_limiter().check(AuthRoute::AvatarUpload, ip)?;
     upload(&state, &user, ImageKind::Avatar, &headers, body).await
 }
 
 pub async fn upload_banner(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Profile>> {
+    state.auth_limiter().check(AuthRoute::BannerUpload, ip)?;
     upload(&state, &user, ImageKind::Banner, &headers, body).await
 }
 

@@ -12,6 +12,9 @@
 //!
 //! The same middleware counts what the edge refused (401s and 429s) for the
 //! admin listener's metrics.
+//!
+//! [`AuthRouteLimiter`] is the contract's second limiter: the routes that
+//! check a password or take an upload, per route and client IP.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -34,6 +37,7 @@ use ulid::Ulid;
 
 use crate::admin::{Edge, Limiter};
 use crate::error::ApiError;
+use crate::http::sliding::SlidingWindow;
 use crate::state::AppState;
 
 /// Whose bucket a request draws from.
@@ -143,6 +147,46 @@ fn too_many_requests(wait: Duration) -> Response {
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     response
+}
+
+/// The routes the auth limiter counts, each on its own (contract §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthRoute {
+    Register,
+    Login,
+    Refresh,
+    ProfileUpdate,
+    AvatarUpload,
+    BannerUpload,
+}
+
+/// At most `FILAMENT_AUTH_ROUTE_REQUESTS_PER_MINUTE` (60) requests to one
+/// auth route from one client IP in any 60 seconds; past it, 429.
+#[derive(Debug)]
+pub struct AuthRouteLimiter {
+    per_minute: usize,
+    window: SlidingWindow<(AuthRoute, IpAddr)>,
+}
+
+impl AuthRouteLimiter {
+    pub fn new(per_minute: u32) -> Self {
+        Self {
+            per_minute: per_minute as usize,
+            window: SlidingWindow::default(),
+        }
+    }
+
+    pub fn check(&self, route: AuthRoute, ip: IpAddr) -> Result<(), ApiError> {
+        let key = (route, ip.to_canonical());
+        if self
+            .window
+            .admit(&[(key, self.per_minute)], tokio::time::Instant::now())
+        {
+            Ok(())
+        } else {
+            Err(ApiError::RateLimited)
+        }
+    }
 }
 
 #[cfg(test)]

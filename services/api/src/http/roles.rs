@@ -124,7 +124,10 @@ pub struct ReorderDto {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultRoleDto {
-    role_id: Option<String>,
+    /// Required, and nullable: `null` clears the default (contract
+    /// `{role_id:S|null}`); a missing field is a 422 like any other.
+    #[serde(deserialize_with = "present")]
+    role_id: Option<Option<String>>,
 }
 
 #[derive(Serialize)]
@@ -384,7 +387,7 @@ pub async fn set_default(
     Ids([guild_id]): Ids<1>,
     JsonBody(dto): JsonBody<DefaultRoleDto>,
 ) -> ApiResult<Json<Ack>> {
-    let role_id = dto.role_id.as_deref().map(parse_id).transpose()?;
+    let role_id = dto.role_id.flatten().as_deref().map(parse_id).transpose()?;
     let access = state.authorizer().guild(guild_id, user.user_id).await?;
     access.require(Permission::ManageWorkspaceRoles)?;
     if let Some(role_id) = role_id {

@@ -17,11 +17,9 @@
 //! need no permission beyond the IP gate; both are 204, and no-ops for
 //! someone who is not in the channel.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -36,6 +34,7 @@ use ulid::Ulid;
 use crate::error::{ApiError, ApiResult};
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
+use crate::http::sliding::SlidingWindow;
 use crate::permissions::{Permission, Permissions};
 use crate::state::AppState;
 use crate::store::ChannelKind;
@@ -335,11 +334,6 @@ fn wire_stream(raw: i32) -> ApiResult<filament_wire::VoiceStream> {
 
 // --- the limiters ---------------------------------------------------------
 
-/// The window every voice limit counts in.
-const WINDOW: Duration = Duration::from_secs(60);
-/// Keys idle for a full window are forgotten every this many checks.
-const SWEEP_EVERY: u64 = 1024;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum LimitKey {
     Ip(IpAddr),
@@ -349,47 +343,33 @@ enum LimitKey {
 }
 
 /// At most `per_minute` admissions per key in any 60 seconds, for every
-/// key of a request at once. A refused request counts against none.
+/// key of a request at once.
 #[derive(Debug)]
 struct SlidingLimiter {
     per_minute: usize,
-    recent: Mutex<HashMap<LimitKey, VecDeque<Instant>>>,
-    checks: AtomicU64,
+    window: SlidingWindow<LimitKey>,
 }
 
 impl SlidingLimiter {
     fn new(per_minute: usize) -> Self {
         Self {
             per_minute,
-            recent: Mutex::new(HashMap::new()),
-            checks: AtomicU64::new(0),
+            window: SlidingWindow::default(),
         }
     }
 
     fn admit(&self, keys: &[LimitKey], now: Instant) -> bool {
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            recent.retain(|_, hits| hits.back().is_some_and(|t| now - *t < WINDOW));
-        }
-        for key in keys {
-            let hits = recent.entry(*key).or_default();
-            while hits.front().is_some_and(|t| now - *t >= WINDOW) {
-                hits.pop_front();
-            }
-            if hits.len() >= self.per_minute {
-                return false;
-            }
-        }
-        for key in keys {
-            recent.entry(*key).or_default().push_back(now);
-        }
-        true
+        let limited: Vec<_> = keys.iter().map(|key| (*key, self.per_minute)).collect();
+        self.window.admit(&limited, now)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::http::sliding::WINDOW;
 
     fn request(can_publish: bool, can_subscribe: bool, sources: &[SourceDto]) -> TokenRequest {
         TokenRequest {
