@@ -18,17 +18,7 @@ async fn message_reaches_members_on_both_gateways_and_nobody_else(backends: Back
         t.user("dave").await,
     );
     let (guild, channel) = t.guild_with_channel(&a, "public").await;
-    let (status, joined) = t
-        .post(
-            &format!("/guilds/{guild}/join"),
-            Some(&b.token),
-            json!(null),
-        )
-        .await;
-    assert_eq!(
-        (status, joined["outcome"].as_str()),
-        (200, Some("accepted"))
-    );
+    t.join(&b, &guild).await;
     let (d_guild, d_channel) = t.guild_with_channel(&d, "private").await;
 
     let mut sa = t.connect(0, &a).await;

@@ -184,14 +184,7 @@ impl Scene {
         assert_eq!(status, 200, "{other}");
         let other_channel = other["channel_id"].as_str().expect("id").to_owned();
         for user in [&member, &bystander] {
-            let (status, joined) = t
-                .post(
-                    &format!("/guilds/{guild}/join"),
-                    Some(&user.token),
-                    json!(null),
-                )
-                .await;
-            assert_eq!(status, 200, "{joined}");
+            t.join(user, &guild).await;
         }
         let (outsider_guild, outsider_channel) = t.guild_with_channel(&outsider, "private").await;
 

@@ -35,14 +35,7 @@ fn reporter(t: &TestStack) -> PresenceClient {
 async fn public_guild(t: &TestStack, owner: &User, members: &[&User]) -> (String, String) {
     let (guild, channel) = t.guild_with_channel(owner, "public").await;
     for member in members {
-        let (status, body) = t
-            .post(
-                &format!("/guilds/{guild}/join"),
-                Some(&member.token),
-                json!(null),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
+        t.join(member, &guild).await;
     }
     (guild, channel)
 }

@@ -111,14 +111,7 @@ impl Guild {
         let owner = t.user("owner").await;
         let member = t.user("member").await;
         let (id, general) = t.guild_with_channel(&owner, "public").await;
-        let (status, joined) = t
-            .post(
-                &format!("/guilds/{id}/join"),
-                Some(&member.token),
-                json!(null),
-            )
-            .await;
-        assert_eq!(status, 200, "{joined}");
+        t.join(&member, &id).await;
         Self {
             owner,
             member,

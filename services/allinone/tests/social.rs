@@ -777,14 +777,7 @@ async fn profile_events_reach_self_friends_and_guild_mates_only(backends: Backen
         t.user("sams_friend").await,
     );
     let (guild, channel) = t.guild_with_channel(&a, "public").await;
-    let (status, _) = t
-        .post(
-            &format!("/guilds/{guild}/join"),
-            Some(&g.token),
-            json!(null),
-        )
-        .await;
-    assert_eq!(status, 200);
+    t.join(&g, &guild).await;
     let (s_guild, s_channel) = t.guild_with_channel(&s, "private").await;
     befriend(&t, &a, &f).await;
     befriend(&t, &s, &s_friend).await;

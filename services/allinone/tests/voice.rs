@@ -48,17 +48,6 @@ async fn voice_guild(t: &TestStack, owner: &User) -> (String, String, String) {
     )
 }
 
-async fn join_guild(t: &TestStack, guild: &str, user: &User) {
-    let (status, body) = t
-        .post(
-            &format!("/guilds/{guild}/join"),
-            Some(&user.token),
-            json!(null),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 fn voice_path(guild: &str, channel: &str, route: &str) -> String {
     format!("/guilds/{guild}/channels/{channel}/voice/{route}")
 }
@@ -112,6 +101,11 @@ impl Roster {
         }
     }
 
+    /// Who is in the channel.
+    fn users(&self) -> BTreeSet<String> {
+        self.participants.keys().cloned().collect()
+    }
+
     fn insert(&mut self, participant: &Value) {
         let mut participant = participant.clone();
         participant
@@ -157,8 +151,8 @@ async fn every_subscriber_converges_on_the_same_roster(backends: Backends) {
         t.user("carol").await,
     );
     let (guild, voice, _) = voice_guild(&t, &alice).await;
-    join_guild(&t, &guild, &bob).await;
-    join_guild(&t, &guild, &dave).await;
+    t.join(&bob, &guild).await;
+    t.join(&dave, &guild).await;
     let (carol_guild, carol_channel) = t.guild_with_channel(&carol, "private").await;
 
     let mut a = Client {
@@ -340,7 +334,7 @@ async fn the_token_is_a_livekit_jwt_with_the_callers_grants() {
         .expect("embedded");
     let (alice, bob) = (t.user("alice").await, t.user("bob").await);
     let (guild, voice, _) = voice_guild(&t, &alice).await;
-    join_guild(&t, &guild, &bob).await;
+    t.join(&bob, &guild).await;
 
     let mut validation = Validation::new(Algorithm::HS256);
     validation.set_issuer(&[LIVEKIT_KEY]);
@@ -444,7 +438,7 @@ async fn refused_joins_and_bad_input_change_nothing() {
         t.user("mallory").await,
     );
     let (guild, voice, text) = voice_guild(&t, &alice).await;
-    join_guild(&t, &guild, &bob).await;
+    t.join(&bob, &guild).await;
     let mut watcher = t.connect(0, &alice).await;
     watcher.subscribed(&guild, &voice).await;
     let token_path = voice_path(&guild, &voice, "token");
@@ -593,7 +587,7 @@ async fn a_fast_rejoin_is_announced_in_order() {
         .expect("embedded");
     let (alice, bob) = (t.user("alice").await, t.user("bob").await);
     let (guild, voice, _) = voice_guild(&t, &alice).await;
-    join_guild(&t, &guild, &bob).await;
+    t.join(&bob, &guild).await;
     let mut watcher = Client {
         socket: t.connect(1, &bob).await,
         roster: Roster::default(),
@@ -634,7 +628,7 @@ async fn the_last_connection_closing_anywhere_leaves_voice() {
         .expect("embedded");
     let (alice, bob) = (t.user("alice").await, t.user("bob").await);
     let (guild, voice, _) = voice_guild(&t, &alice).await;
-    join_guild(&t, &guild, &bob).await;
+    t.join(&bob, &guild).await;
     let mut watcher = Client {
         socket: t.connect(0, &alice).await,
         roster: Roster::default(),
@@ -728,7 +722,7 @@ async fn a_subscribe_gets_the_roster_after_subscribed() {
         .expect("embedded");
     let (alice, bob) = (t.user("alice").await, t.user("bob").await);
     let (guild, voice, _) = voice_guild(&t, &alice).await;
-    join_guild(&t, &guild, &bob).await;
+    t.join(&bob, &guild).await;
     let (status, _) = t
         .post(
             &voice_path(&guild, &voice, "token"),
@@ -780,7 +774,7 @@ async fn closing_the_last_socket_leaves_voice() {
         .expect("embedded");
     let (alice, bob) = (t.user("alice").await, t.user("bob").await);
     let (guild, voice, text) = voice_guild(&t, &alice).await;
-    join_guild(&t, &guild, &bob).await;
+    t.join(&bob, &guild).await;
     let mut watcher = t.connect(0, &alice).await;
     watcher.subscribed(&guild, &voice).await;
     let mut first = t.connect(0, &bob).await;
@@ -836,7 +830,7 @@ async fn a_kicked_member_leaves_voice() {
         .expect("embedded");
     let (alice, bob) = (t.user("alice").await, t.user("bob").await);
     let (guild, voice, _) = voice_guild(&t, &alice).await;
-    join_guild(&t, &guild, &bob).await;
+    t.join(&bob, &guild).await;
     let mut watcher = Client {
         socket: t.connect(0, &alice).await,
         roster: Roster::default(),
@@ -887,8 +881,8 @@ async fn losing_a_granted_permission_leaves_voice() {
         t.user("carol").await,
     );
     let (guild, voice, _) = voice_guild(&t, &alice).await;
-    join_guild(&t, &guild, &bob).await;
-    join_guild(&t, &guild, &carol).await;
+    t.join(&bob, &guild).await;
+    t.join(&carol, &guild).await;
     let mut watcher = Client {
         socket: t.connect(1, &alice).await,
         roster: Roster::default(),
@@ -942,15 +936,7 @@ async fn losing_a_granted_permission_leaves_voice() {
         .expect(&["subscribed", "voice_participant_sync"])
         .await;
     let expected: BTreeSet<String> = [carol.id.clone()].into();
-    assert_eq!(
-        watcher
-            .roster
-            .participants
-            .keys()
-            .cloned()
-            .collect::<BTreeSet<_>>(),
-        expected
-    );
+    assert_eq!(watcher.roster.users(), expected);
     t.stack.stop().await.expect("clean shutdown");
 }
 
@@ -1010,14 +996,6 @@ async fn a_full_channel_reaches_a_subscriber_whole() {
     assert!((1..512).contains(&in_sync), "{in_sync} in the first frame");
     let joins = vec!["voice_participant_join"; 512 - in_sync];
     watcher.expect(&joins).await;
-    assert_eq!(
-        watcher
-            .roster
-            .participants
-            .keys()
-            .cloned()
-            .collect::<BTreeSet<_>>(),
-        expected
-    );
+    assert_eq!(watcher.roster.users(), expected);
     t.stack.stop().await.expect("clean shutdown");
 }

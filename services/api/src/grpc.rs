@@ -10,6 +10,7 @@ use filament_proto::v1::{
     IdentifyResponse,
 };
 use tonic::{Request, Response, Status};
+use ulid::Ulid;
 
 use crate::clock::now_unix;
 use crate::domain::parse_id;
@@ -53,10 +54,8 @@ impl EdgeAccess for EdgeAccessService {
         request: Request<AuthorizeSubscribeRequest>,
     ) -> Result<Response<AuthorizeSubscribeResponse>, Status> {
         let request = request.into_inner();
-        let invalid = |_| Status::invalid_argument("ids must be ULIDs");
-        let user = parse_id(&request.user_id).map_err(invalid)?;
-        let guild = parse_id(&request.guild_id).map_err(invalid)?;
-        let channel = parse_id(&request.channel_id).map_err(invalid)?;
+        let (user, guild, channel) =
+            socket_ids(&request.user_id, &request.guild_id, &request.channel_id)?;
         let ip = parse_ip(&request.client_ip)?;
         // The contract's order: an IP-banned socket is disconnected whatever
         // else it may see.
@@ -107,10 +106,8 @@ impl EdgeAccess for EdgeAccessService {
         request: Request<EdgeCreateMessageRequest>,
     ) -> Result<Response<EdgeCreateMessageResponse>, Status> {
         let request = request.into_inner();
-        let invalid = |_| Status::invalid_argument("ids must be ULIDs");
-        let user = parse_id(&request.user_id).map_err(invalid)?;
-        let guild = parse_id(&request.guild_id).map_err(invalid)?;
-        let channel = parse_id(&request.channel_id).map_err(invalid)?;
+        let (user, guild, channel) =
+            socket_ids(&request.user_id, &request.guild_id, &request.channel_id)?;
         let ip = parse_ip(&request.client_ip)?;
         // As the REST route's IP gate: a banned address may not post.
         if banned(&self.state, guild, ip, now_unix()).await? {
@@ -130,13 +127,20 @@ impl EdgeAccess for EdgeAccessService {
 /// `BannedAddresses` takes at most this many addresses per call.
 pub const MAX_ADDRESSES_PER_CALL: usize = 1024;
 
-async fn banned(state: &AppState, guild: ulid::Ulid, ip: IpAddr, now: i64) -> Result<bool, Status> {
+async fn banned(state: &AppState, guild: Ulid, ip: IpAddr, now: i64) -> Result<bool, Status> {
     let banned = state
         .store()
         .ip_banned(guild, ip, now)
         .await
         .map_err(ApiError::from)?;
     Ok(banned)
+}
+
+/// A socket's user and the guild and channel it names, as ULIDs.
+fn socket_ids(user: &str, guild: &str, channel: &str) -> Result<(Ulid, Ulid, Ulid), Status> {
+    let parse =
+        |raw: &str| parse_id(raw).map_err(|_| Status::invalid_argument("ids must be ULIDs"));
+    Ok((parse(user)?, parse(guild)?, parse(channel)?))
 }
 
 fn parse_ip(raw: &str) -> Result<IpAddr, Status> {

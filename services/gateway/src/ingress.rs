@@ -78,16 +78,8 @@ impl TryFrom<SubscribeDto<'_>> for Command {
     type Error = IngressError;
 
     fn try_from(dto: SubscribeDto<'_>) -> Result<Self, Self::Error> {
-        Ok(Self::Subscribe {
-            guild: dto
-                .guild_id
-                .parse()
-                .map_err(|_| IngressError::InvalidPayload)?,
-            channel: dto
-                .channel_id
-                .parse()
-                .map_err(|_| IngressError::InvalidPayload)?,
-        })
+        let (guild, channel) = place(dto.guild_id, dto.channel_id)?;
+        Ok(Self::Subscribe { guild, channel })
     }
 }
 
@@ -109,19 +101,23 @@ impl TryFrom<MessageCreateDto> for Command {
         if attachment_ids.len() > MAX_ATTACHMENTS {
             return Err(IngressError::InvalidPayload);
         }
+        let (guild, channel) = place(&dto.guild_id, &dto.channel_id)?;
         Ok(Self::CreateMessage {
-            guild: dto
-                .guild_id
-                .parse()
-                .map_err(|_| IngressError::InvalidPayload)?,
-            channel: dto
-                .channel_id
-                .parse()
-                .map_err(|_| IngressError::InvalidPayload)?,
+            guild,
+            channel,
             content: dto.content,
             attachment_ids,
         })
     }
+}
+
+/// The guild and channel a payload names; canonical ULIDs only.
+fn place(guild_id: &str, channel_id: &str) -> Result<(GuildId, ChannelId), IngressError> {
+    let guild = guild_id.parse().map_err(|_| IngressError::InvalidPayload)?;
+    let channel = channel_id
+        .parse()
+        .map_err(|_| IngressError::InvalidPayload)?;
+    Ok((guild, channel))
 }
 
 type Decoder = fn(&RawValue) -> Result<Command, IngressError>;

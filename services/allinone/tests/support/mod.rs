@@ -240,6 +240,22 @@ impl TestStack {
         )
     }
 
+    /// Joins a public guild from the directory; the join must be accepted.
+    pub async fn join(&self, user: &User, guild_id: &str) {
+        let (status, body) = self
+            .post(
+                &format!("/guilds/{guild_id}/join"),
+                Some(&user.token),
+                json!(null),
+            )
+            .await;
+        assert_eq!(
+            (status, &body["outcome"]),
+            (200, &json!("accepted")),
+            "{body}"
+        );
+    }
+
     /// Connects to gateway `n` (0-based) directly.
     pub async fn connect(&self, n: usize, user: &User) -> Socket {
         self.connect_as(n, user, None).await
