@@ -118,6 +118,8 @@ const VOICE_EXPIRY: &str = "voice expiry";
 /// A kick, ban, role or override change that takes away what a socket or a
 /// voice participant was allowed; set off by the REST call that made it.
 const REVOCATION: &str = "access revocation";
+const LIVEKIT_WEBHOOK: &str = "LiveKit webhook";
+const LIVEKIT_DRIFT: &str = "LiveKit drift check";
 
 // --- the table ----------------------------------------------------------------
 
@@ -212,6 +214,25 @@ const EXPIRY_TESTS: &[(&str, &str)] = &[
     ),
 ];
 
+/// LiveKit's side runs against a LiveKit: a signed webhook, or its server
+/// API for the drift check; the voice service's own tests play it.
+const LIVEKIT_WHY: &str = "needs LiveKit: a signed webhook or its server API, which the voice \
+                           service's tests play";
+const WEBHOOK_TESTS: &[(&str, &str)] = &[(
+    "services/voice/tests/grpc.rs",
+    "verified_webhooks_update_the_observed_roster",
+)];
+const DRIFT_TESTS: &[(&str, &str)] = &[
+    (
+        "services/voice/src/drift.rs",
+        "one_check_corrects_both_sides",
+    ),
+    (
+        "services/voice/src/roster.rs",
+        "reconcile_follows_livekit_but_spares_fresh_tokens",
+    ),
+];
+
 const fn alone(
     event: &'static str,
     emitter: &'static str,
@@ -298,15 +319,22 @@ static ROWS: &[Row] = &[
     scene("voice_participant_leave", DISCONNECT, visitor_in_voice_disconnects, VOICE, NOT_VOICE),
     scene("voice_participant_leave", REVOCATION, member_loses_subscribe_streams, VOICE, NOT_VOICE),
     scene("voice_participant_leave", VOICE_TOKEN, owner_moves_to_another_voice_channel, VOICE, NOT_VOICE),
+    elsewhere("voice_participant_leave", LIVEKIT_WEBHOOK, LIVEKIT_WHY, WEBHOOK_TESTS),
+    elsewhere("voice_participant_leave", LIVEKIT_DRIFT, LIVEKIT_WHY, DRIFT_TESTS),
     scene("voice_participant_update", VOICE_STATE, owner_mutes, VOICE, NOT_VOICE),
     scene("voice_participant_update", VOICE_TOKEN, owner_turns_the_camera_on, VOICE, NOT_VOICE),
+    elsewhere("voice_participant_update", LIVEKIT_WEBHOOK, LIVEKIT_WHY, WEBHOOK_TESTS),
+    elsewhere("voice_participant_update", LIVEKIT_DRIFT, LIVEKIT_WHY, DRIFT_TESTS),
     scene("voice_stream_publish", VOICE_TOKEN, member_joins_voice, VOICE, NOT_VOICE),
+    elsewhere("voice_stream_publish", LIVEKIT_WEBHOOK, LIVEKIT_WHY, WEBHOOK_TESTS),
     scene("voice_stream_unpublish", VOICE_TOKEN, owner_turns_the_camera_off, VOICE, NOT_VOICE),
     // A leave unpublishes the leaver's streams first (contract §5.5).
     scene("voice_stream_unpublish", VOICE_LEAVE, owner_leaves_voice, VOICE, NOT_VOICE),
     elsewhere("voice_stream_unpublish", VOICE_EXPIRY, EXPIRY_WHY, EXPIRY_TESTS),
     scene("voice_stream_unpublish", DISCONNECT, visitor_in_voice_disconnects, VOICE, NOT_VOICE),
     scene("voice_stream_unpublish", REVOCATION, member_loses_subscribe_streams, VOICE, NOT_VOICE),
+    elsewhere("voice_stream_unpublish", LIVEKIT_WEBHOOK, LIVEKIT_WHY, WEBHOOK_TESTS),
+    elsewhere("voice_stream_unpublish", LIVEKIT_DRIFT, LIVEKIT_WHY, DRIFT_TESTS),
 ];
 
 // --- the manifest ----------------------------------------------------------------

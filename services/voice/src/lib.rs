@@ -20,6 +20,7 @@
 //! The roster is in memory: one voice instance per deployment.
 
 pub mod client;
+mod drift;
 mod grpc;
 pub mod livekit;
 pub mod metrics;
@@ -58,6 +59,11 @@ pub struct Config {
     pub webhook_addr: Option<SocketAddr>,
     /// Where `/metrics` is served; unset: nowhere.
     pub admin_addr: Option<SocketAddr>,
+    /// LiveKit's server API (`FILAMENT_LIVEKIT_API_URL`, `http://` only);
+    /// unset: no drift check.
+    pub livekit_api_url: Option<String>,
+    /// How often the drift check runs (`FILAMENT_VOICE_DRIFT_CHECK_SECS`).
+    pub drift_check_interval: Duration,
 }
 
 impl Config {
@@ -70,6 +76,8 @@ impl Config {
             limits: Limits::default(),
             webhook_addr: None,
             admin_addr: None,
+            livekit_api_url: None,
+            drift_check_interval: Duration::from_secs(15),
         }
     }
 
@@ -98,6 +106,27 @@ impl Config {
             env.or("FILAMENT_VOICE_MAX_PARTICIPANTS", limits.max_participants)?;
         config.webhook_addr = env.optional("FILAMENT_VOICE_WEBHOOK_ADDR")?;
         config.admin_addr = env.optional("FILAMENT_VOICE_ADMIN_ADDR")?;
+        config.livekit_api_url = env.optional("FILAMENT_LIVEKIT_API_URL")?;
+        if let Some(url) = &config.livekit_api_url
+            && !url.starts_with("http://")
+        {
+            return Err(invalid(
+                "FILAMENT_LIVEKIT_API_URL",
+                url.clone(),
+                "must be LiveKit's http:// server address (no TLS client in this build)",
+            ));
+        }
+        config.drift_check_interval = env.secs_or(
+            "FILAMENT_VOICE_DRIFT_CHECK_SECS",
+            config.drift_check_interval,
+        )?;
+        if config.drift_check_interval.is_zero() {
+            return Err(invalid(
+                "FILAMENT_VOICE_DRIFT_CHECK_SECS",
+                "0".to_owned(),
+                "must be at least 1",
+            ));
+        }
         for (name, value) in [
             ("FILAMENT_VOICE_MAX_CHANNELS", config.limits.max_channels),
             (
@@ -160,6 +189,8 @@ pub struct BoundVoice {
     service: VoiceService,
     fanout: Fanout,
     prune_interval: Duration,
+    /// LiveKit's server API and how often to check it, when configured.
+    drift: Option<(drift::RoomService, Duration)>,
     metrics: Arc<VoiceMetrics>,
 }
 
@@ -178,6 +209,12 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
     let fanout = Fanout::new("voice", registry, FanoutConfig::default());
     let metrics = Arc::new(VoiceMetrics::default());
     let prune_interval = config.prune_interval();
+    let drift = config
+        .livekit_api_url
+        .as_deref()
+        .map(|url| drift::RoomService::new(url, config.livekit.clone()))
+        .transpose()?
+        .map(|rooms| (rooms, config.drift_check_interval));
     let service = VoiceService::new(
         config.livekit,
         Roster::new(config.limits, config.participant_ttl),
@@ -191,6 +228,7 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
         service,
         fanout,
         prune_interval,
+        drift,
         metrics,
     })
 }
@@ -223,6 +261,7 @@ impl BoundVoice {
             service,
             fanout,
             prune_interval,
+            drift,
             metrics,
         } = self;
         tracing::info!(grpc = %grpc.local_addr()?, "voice listening");
@@ -232,6 +271,15 @@ impl BoundVoice {
                 .clone()
                 .run_pruner(prune_interval, background.clone()),
         );
+        if let Some((rooms, interval)) = drift {
+            tracing::info!(?interval, "LiveKit drift check on");
+            tokio::spawn(drift::run(
+                service.clone(),
+                rooms,
+                interval,
+                background.clone(),
+            ));
+        }
         if let Some(listener) = webhook {
             tracing::info!(addr = %listener.local_addr()?, "LiveKit webhook receiver listening");
             let app = webhook::router(service.clone());

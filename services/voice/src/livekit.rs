@@ -108,8 +108,36 @@ impl LiveKit {
                 can_publish_sources: grant.sources.iter().map(|s| s.livekit_name()).collect(),
             },
         };
+        self.jwt(&claims)
+    }
+
+    /// Signs a short-lived token for LiveKit's server API (`RoomService`):
+    /// listing rooms, or administering one room.
+    pub fn server_token(&self, scope: ServerScope<'_>, now_unix: i64) -> String {
+        let video = match scope {
+            ServerScope::ListRooms => ServerGrant {
+                room_list: true,
+                room_admin: false,
+                room: None,
+            },
+            ServerScope::Room(room) => ServerGrant {
+                room_list: false,
+                room_admin: true,
+                room: Some(room),
+            },
+        };
+        self.jwt(&ServerClaims {
+            iss: &self.api_key,
+            nbf: now_unix,
+            exp: now_unix + SERVER_TOKEN_TTL_SECS,
+            video,
+        })
+    }
+
+    /// An HS256 JWT of `claims`, signed with the secret.
+    fn jwt(&self, claims: &impl Serialize) -> String {
         // Serializing plain strings, integers and booleans cannot fail.
-        let claims = serde_json::to_vec(&claims).unwrap_or_default();
+        let claims = serde_json::to_vec(claims).unwrap_or_default();
         let signing_input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
@@ -199,6 +227,35 @@ pub struct TokenGrant<'a> {
     pub sources: &'a [Stream],
 }
 
+/// What a server-API token may do.
+#[derive(Debug, Clone, Copy)]
+pub enum ServerScope<'a> {
+    ListRooms,
+    Room(&'a str),
+}
+
+/// Server-API tokens live this long: one drift check.
+const SERVER_TOKEN_TTL_SECS: i64 = 60;
+
+#[derive(Serialize)]
+struct ServerClaims<'a> {
+    iss: &'a str,
+    nbf: i64,
+    exp: i64,
+    video: ServerGrant<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ServerGrant<'a> {
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    room_list: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    room_admin: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
+}
+
 /// Why a webhook was not trusted. Callers answer 401 for all of them and
 /// log the kind, never the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -265,9 +322,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Every room name starts with this.
+const ROOM_PREFIX: &str = "filament.voice.";
+
 /// The LiveKit room of a voice channel.
 pub fn room_name(channel: &ChannelKey) -> String {
-    format!("filament.voice.{}.{}", channel.guild_id, channel.channel_id)
+    format!("{ROOM_PREFIX}{}.{}", channel.guild_id, channel.channel_id)
+}
+
+/// The voice channel of a room this service named; `None` for any other.
+pub fn parse_room(room: &str) -> Option<ChannelKey> {
+    let (guild, channel) = room.strip_prefix(ROOM_PREFIX)?.split_once('.')?;
+    (canonical_ulid(guild) && canonical_ulid(channel)).then(|| ChannelKey {
+        guild_id: guild.to_owned(),
+        channel_id: channel.to_owned(),
+    })
 }
 
 /// A participant's LiveKit identity; the web client reads the user id from
@@ -279,25 +348,15 @@ pub fn identity(user_id: &str, channel: &ChannelKey) -> String {
 /// The user and channel named by an identity in `room`, if the two agree
 /// and every id is a canonical ULID.
 pub fn parse_identity(identity: &str, room: &str) -> Option<(String, ChannelKey)> {
-    let mut parts = identity.split('.');
-    let (Some("u"), Some(user), Some(guild), Some(channel), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return None;
-    };
-    let canonical = |id: &str| ulid::Ulid::from_string(id).is_ok_and(|u| u.to_string() == id);
-    if !(canonical(user) && canonical(guild) && canonical(channel)) {
-        return None;
-    }
-    let key = ChannelKey {
-        guild_id: guild.to_owned(),
-        channel_id: channel.to_owned(),
-    };
-    (room_name(&key) == room).then(|| (user.to_owned(), key))
+    let key = parse_room(room)?;
+    let user = identity
+        .strip_prefix("u.")?
+        .strip_suffix(&format!(".{}.{}", key.guild_id, key.channel_id))?;
+    canonical_ulid(user).then(|| (user.to_owned(), key))
+}
+
+fn canonical_ulid(id: &str) -> bool {
+    ulid::Ulid::from_string(id).is_ok_and(|u| u.to_string() == id)
 }
 
 /// What the web client accepts as `livekit_url` (contract §7.2).

@@ -26,6 +26,32 @@ impl SyncReason {
     }
 }
 
+/// What a LiveKit drift check corrected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DriftKind {
+    /// A participant LiveKit no longer had left the roster.
+    Left,
+    /// A participant with a live microphone was un-muted.
+    Unmuted,
+    /// Someone in a room without a place in the roster was removed.
+    Removed,
+}
+
+impl DriftKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Left => "left",
+            Self::Unmuted => "unmuted",
+            Self::Removed => "removed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
@@ -34,6 +60,7 @@ struct ReasonLabels {
 #[derive(Debug, Default)]
 pub struct VoiceMetrics {
     sync_repairs: Family<ReasonLabels, Counter>,
+    drift_corrections: Family<KindLabels, Counter>,
     participants: Gauge,
     webhooks_rejected: Counter,
 }
@@ -45,6 +72,11 @@ impl VoiceMetrics {
             "sync_repairs",
             "voice_participant_sync snapshots sent as drift repair, by reason",
             self.sync_repairs.clone(),
+        );
+        voice.register(
+            "drift_corrections",
+            "Roster and room corrections made by the LiveKit drift check, by kind",
+            self.drift_corrections.clone(),
         );
         voice.register(
             "participants",
@@ -70,6 +102,24 @@ impl VoiceMetrics {
         self.sync_repairs
             .get_or_create(&ReasonLabels {
                 reason: reason.as_str(),
+            })
+            .get()
+    }
+
+    pub fn drift_corrected(&self, kind: DriftKind, count: usize) {
+        if count > 0 {
+            self.drift_corrections
+                .get_or_create(&KindLabels {
+                    kind: kind.as_str(),
+                })
+                .inc_by(count as u64);
+        }
+    }
+
+    pub fn drift_corrections(&self, kind: DriftKind) -> u64 {
+        self.drift_corrections
+            .get_or_create(&KindLabels {
+                kind: kind.as_str(),
             })
             .get()
     }

@@ -401,6 +401,65 @@ impl Roster {
         u32::from(self.remove(&key, user_id, clock, out))
     }
 
+    /// The channels that have a participant.
+    pub fn channels(&self) -> Vec<ChannelKey> {
+        self.channels.keys().cloned().collect()
+    }
+
+    /// Brings `key` in line with what LiveKit lists in its room (contract
+    /// §7.4). A participant LiveKit does not list leaves, unless their
+    /// newest token is younger than `grace` (it may not have been used
+    /// yet); one the roster thinks muted whose microphone LiveKit shows
+    /// live is un-muted. The identities LiveKit lists that the roster does
+    /// not hold come back as strays, for the caller to remove from the room.
+    pub fn reconcile(
+        &mut self,
+        key: &ChannelKey,
+        live: &[LiveParticipant],
+        grace: Duration,
+        clock: Clock,
+        out: &mut Vec<Event>,
+    ) -> Reconciled {
+        let room = livekit::room_name(key);
+        let mut listed = BTreeSet::new();
+        let mut done = Reconciled::default();
+        for participant in live {
+            match livekit::parse_identity(&participant.identity, &room) {
+                Some((user_id, at)) if at == *key && self.users.get(&user_id) == Some(key) => {
+                    let muted = self
+                        .participant_mut(key, &user_id)
+                        .is_some_and(|p| p.flags.is_muted);
+                    if muted && participant.live_microphone {
+                        let unmute = VoiceStateFields {
+                            is_muted: Some(false),
+                            ..VoiceStateFields::default()
+                        };
+                        self.update(key, &user_id, &unmute, clock, out);
+                        done.unmuted += 1;
+                    }
+                    listed.insert(user_id);
+                }
+                _ => done.strays.push(participant.identity.clone()),
+            }
+        }
+        let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        let gone: Vec<String> = self
+            .channels
+            .get(key)
+            .into_iter()
+            .flat_map(HashMap::values)
+            .filter(|p| !listed.contains(&p.user_id))
+            .filter(|p| clock.unix_ms.saturating_sub(p.last_join_ms) >= grace_ms)
+            .map(|p| p.user_id.clone())
+            .collect();
+        for user_id in gone {
+            if self.remove(key, &user_id, clock, out) {
+                done.left += 1;
+            }
+        }
+        done
+    }
+
     /// Removes every participant whose TTL ran out. Returns how many.
     pub fn prune(&mut self, clock: Clock, out: &mut Vec<Event>) -> usize {
         let expired: Vec<(ChannelKey, String)> = self
@@ -623,6 +682,26 @@ impl Roster {
         ));
         true
     }
+}
+
+/// What [`Roster::reconcile`] changed, and what LiveKit holds that it
+/// should not.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Participants LiveKit no longer had, removed.
+    pub left: usize,
+    /// Participants un-muted because LiveKit showed a live microphone.
+    pub unmuted: usize,
+    /// Identities in the room that the roster does not hold.
+    pub strays: Vec<String>,
+}
+
+/// One participant of a LiveKit room, as its server API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveParticipant {
+    pub identity: String,
+    /// A microphone track that is published and not muted.
+    pub live_microphone: bool,
 }
 
 /// A track change LiveKit reported.
@@ -942,6 +1021,77 @@ mod tests {
             Err(RosterError::TooManyParticipants)
         );
         assert_eq!(describe(&out), ["C3: join d"], "refusals emit nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconcile_follows_livekit_but_spares_fresh_tokens() {
+        // Real ULIDs: LiveKit identities embed them and are parsed back.
+        let key = ChannelKey {
+            guild_id: ulid::Ulid::generate().to_string(),
+            channel_id: ulid::Ulid::generate().to_string(),
+        };
+        let [gone, muted, fresh] = [(); 3].map(|()| ulid::Ulid::generate().to_string());
+        let mut r = roster();
+        let mut out = Vec::new();
+        let early = clock();
+        for user in [&gone, &muted] {
+            r.join(&key, user, &streams(&[Stream::Microphone]), early, &mut out)
+                .unwrap();
+        }
+        let mute = VoiceStateFields {
+            is_muted: Some(true),
+            ..VoiceStateFields::default()
+        };
+        r.update(&key, &muted, &mute, early, &mut out);
+        let later = Clock {
+            unix_ms: early.unix_ms + 60_000,
+            ..early
+        };
+        r.join(&key, &fresh, &BTreeSet::new(), later, &mut out)
+            .unwrap();
+        out.clear();
+
+        let stray = format!(
+            "u.{}.{}.{}",
+            ulid::Ulid::generate(),
+            key.guild_id,
+            key.channel_id
+        );
+        let live = [
+            LiveParticipant {
+                identity: livekit::identity(&muted, &key),
+                live_microphone: true,
+            },
+            LiveParticipant {
+                identity: stray.clone(),
+                live_microphone: false,
+            },
+        ];
+        let done = r.reconcile(&key, &live, Duration::from_secs(30), later, &mut out);
+        assert_eq!(
+            done,
+            Reconciled {
+                left: 1,
+                unmuted: 1,
+                strays: vec![stray],
+            }
+        );
+        assert_eq!(
+            describe(&out),
+            [
+                format!("{}: update {muted} muted=false", key.channel_id),
+                format!("{}: unpublish {gone} microphone", key.channel_id),
+                format!("{}: leave {gone}", key.channel_id),
+            ]
+        );
+        // The fresh token, not yet in LiveKit, stays; so does the muted one.
+        let left: BTreeSet<String> = r
+            .snapshot(&key, later)
+            .participants
+            .into_iter()
+            .map(|p| p.user_id)
+            .collect();
+        assert_eq!(left, [muted, fresh].into_iter().collect());
     }
 
     #[tokio::test(start_paused = true)]

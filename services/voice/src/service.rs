@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::livekit::{self, LiveKit, TokenGrant};
 use crate::metrics::{SyncReason, VoiceMetrics};
-use crate::roster::{ChannelKey, Clock, ObservedTrack, Roster, RosterError, Stream};
+use crate::roster::{
+    ChannelKey, Clock, LiveParticipant, ObservedTrack, Reconciled, Roster, RosterError, Stream,
+};
 
 /// LiveKit access tokens live this long (contract §6: 300 s, also the
 /// maximum).
@@ -211,6 +213,23 @@ impl VoiceService {
         self.inner.roster.lock().await.guild_participants(guild_id)
     }
 
+    /// The voice channels that have a participant.
+    pub async fn voice_channels(&self) -> Vec<ChannelKey> {
+        self.inner.roster.lock().await.channels()
+    }
+
+    /// Applies what LiveKit lists in a channel's room (the drift check).
+    pub async fn reconcile(
+        &self,
+        channel: &ChannelKey,
+        live: &[LiveParticipant],
+        grace: Duration,
+    ) -> Reconciled {
+        self.change(|roster, clock, out| Ok(roster.reconcile(channel, live, grace, clock, out)))
+            .await
+            .unwrap_or_default()
+    }
+
     /// Removes participants whose TTL ran out.
     pub async fn prune(&self) -> usize {
         self.change(|roster, clock, out| Ok(roster.prune(clock, out)))
@@ -273,7 +292,7 @@ impl VoiceService {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, reason = "a failed call is a failed test")]
 
     use std::sync::Mutex as StdMutex;
@@ -285,8 +304,9 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(300);
 
+    /// Keeps what the service publishes, for tests to read.
     #[derive(Default)]
-    struct Recorder(StdMutex<Vec<Event>>);
+    pub(crate) struct Recorder(StdMutex<Vec<Event>>);
 
     #[async_trait]
     impl EventSink for Recorder {
@@ -296,7 +316,8 @@ mod tests {
     }
 
     impl Recorder {
-        fn kinds(&self) -> Vec<&'static str> {
+        /// The kinds of the events published since the last call.
+        pub(crate) fn kinds(&self) -> Vec<&'static str> {
             self.0
                 .lock()
                 .unwrap()
@@ -314,7 +335,7 @@ mod tests {
         }
     }
 
-    fn service() -> (VoiceService, Arc<Recorder>) {
+    pub(crate) fn service() -> (VoiceService, Arc<Recorder>) {
         let recorder = Arc::new(Recorder::default());
         let livekit = LiveKit::new(
             "key",
@@ -331,7 +352,7 @@ mod tests {
         (service, recorder)
     }
 
-    fn join(user: &str) -> Join {
+    pub(crate) fn join(user: &str) -> Join {
         Join {
             channel: ChannelKey {
                 guild_id: "G".to_owned(),
