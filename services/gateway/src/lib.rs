@@ -160,26 +160,28 @@ impl Shared {
             tracing::error!("access change with a malformed guild id dropped");
             return;
         };
-        let mut departures = Vec::new();
-        if change.ip_bans_changed {
-            departures.extend(self.close_banned_addresses(guild).await);
-        }
-        let users: Vec<UserId> = if change.user_ids.is_empty() {
-            self.index.users_in_guild(guild)
+        let departures = if change.ip_bans_changed {
+            self.close_banned_addresses(guild).await
         } else {
-            change
-                .user_ids
-                .iter()
-                .filter_map(|u| u.parse().ok())
-                .collect()
-        };
-        for user in users {
-            if change.membership_revoked {
-                departures.extend(self.index.revoke_guild(guild, user));
-            } else if !change.ip_bans_changed {
-                departures.extend(self.recheck(user, guild).await);
+            let users: Vec<UserId> = if change.user_ids.is_empty() {
+                self.index.users_in_guild(guild)
+            } else {
+                change
+                    .user_ids
+                    .iter()
+                    .filter_map(|u| u.parse().ok())
+                    .collect()
+            };
+            let mut departures = Vec::new();
+            for user in users {
+                if change.membership_revoked {
+                    departures.extend(self.index.revoke_guild(guild, user));
+                } else {
+                    departures.extend(self.recheck(user, guild).await);
+                }
             }
-        }
+            departures
+        };
         for departure in departures {
             self.peers.left(departure.connection, departure.guild).await;
         }
@@ -278,6 +280,8 @@ mod tests {
 
     use crate::metrics::DropReason;
 
+    const HOME: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn shared(max_frame_bytes: usize) -> Shared {
         let mut config = Config::new(([127, 0, 0, 1], 0).into(), "http://127.0.0.1:9");
         config.max_frame_bytes = max_frame_bytes;
@@ -326,12 +330,8 @@ mod tests {
     async fn one_encode_is_shared_by_every_socket() {
         let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
         let (user, guild, channel) = ids();
-        let mut a = shared
-            .index
-            .register(user, std::net::Ipv4Addr::LOCALHOST.into(), 8);
-        let mut b = shared
-            .index
-            .register(user, std::net::Ipv4Addr::LOCALHOST.into(), 8);
+        let mut a = shared.index.register(user, HOME, 8);
+        let mut b = shared.index.register(user, HOME, 8);
         shared.index.subscribe(a.id, guild, channel, 0);
         shared.index.subscribe(b.id, guild, channel, 0);
 
@@ -359,9 +359,7 @@ mod tests {
     async fn an_oversized_frame_is_never_queued_and_is_counted() {
         let shared = shared(1024);
         let (user, guild, channel) = ids();
-        let mut socket = shared
-            .index
-            .register(user, std::net::Ipv4Addr::LOCALHOST.into(), 8);
+        let mut socket = shared.index.register(user, HOME, 8);
         shared.index.subscribe(socket.id, guild, channel, 0);
 
         let big = message_delete(guild, channel, "x".repeat(1024));
@@ -380,9 +378,7 @@ mod tests {
     async fn an_event_without_a_wire_shape_is_counted_as_a_serialize_error() {
         let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
         let (user, guild, _) = ids();
-        let mut socket = shared
-            .index
-            .register(user, std::net::Ipv4Addr::LOCALHOST.into(), 8);
+        let mut socket = shared.index.register(user, HOME, 8);
         // `UNSPECIFIED` has no JSON value: the event cannot be encoded.
         let event = Event {
             audience: None,
@@ -402,9 +398,7 @@ mod tests {
     async fn a_full_voice_roster_is_one_queue_item_of_several_frames() {
         let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
         let (user, guild, channel) = ids();
-        let mut socket = shared
-            .index
-            .register(user, std::net::Ipv4Addr::LOCALHOST.into(), 1);
+        let mut socket = shared.index.register(user, HOME, 1);
         let participant = |n: u32| filament_proto::v1::VoiceParticipant {
             user_id: format!("01HZX3N4B5C6D7E8F9{n:08}"),
             identity: format!("u.01HZX3N4B5C6D7E8F9{n:08}.{guild}.{channel}"),
@@ -445,9 +439,7 @@ mod tests {
     async fn a_send_to_a_closed_socket_is_counted() {
         let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
         let (user, guild, channel) = ids();
-        let socket = shared
-            .index
-            .register(user, std::net::Ipv4Addr::LOCALHOST.into(), 8);
+        let socket = shared.index.register(user, HOME, 8);
         shared.index.subscribe(socket.id, guild, channel, 0);
         // The socket task ended but has not unregistered yet.
         drop(socket.frames);
