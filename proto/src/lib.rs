@@ -6,3 +6,10 @@
 pub mod v1 {
     tonic::include_proto!("filament.v1");
 }
+
+/// Limits that both sides of a call enforce, stated next to the messages
+/// in the `.proto` files.
+pub mod limits {
+    /// `EdgeAccess.BannedAddresses` takes at most this many addresses.
+    pub const MAX_BANNED_ADDRESSES_PER_CALL: usize = 1024;
+}

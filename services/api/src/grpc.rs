@@ -4,6 +4,7 @@
 use filament_proto::v1::edge_access_server::{EdgeAccess, EdgeAccessServer};
 use std::net::IpAddr;
 
+use filament_proto::limits::MAX_BANNED_ADDRESSES_PER_CALL;
 use filament_proto::v1::{
     AuthorizeSubscribeRequest, AuthorizeSubscribeResponse, BannedAddressesRequest,
     BannedAddressesResponse, EdgeCreateMessageRequest, EdgeCreateMessageResponse, IdentifyRequest,
@@ -83,7 +84,7 @@ impl EdgeAccess for EdgeAccessService {
         let request = request.into_inner();
         let guild =
             parse_id(&request.guild_id).map_err(|_| Status::invalid_argument("bad guild id"))?;
-        if request.client_ips.len() > MAX_ADDRESSES_PER_CALL {
+        if request.client_ips.len() > MAX_BANNED_ADDRESSES_PER_CALL {
             return Err(Status::invalid_argument("too many addresses"));
         }
         let addresses = request
@@ -123,9 +124,6 @@ impl EdgeAccess for EdgeAccessService {
         }))
     }
 }
-
-/// `BannedAddresses` takes at most this many addresses per call.
-pub const MAX_ADDRESSES_PER_CALL: usize = 1024;
 
 async fn banned(state: &AppState, guild: Ulid, ip: IpAddr, now: i64) -> Result<bool, Status> {
     let banned = state

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use filament_proto::limits::MAX_BANNED_ADDRESSES_PER_CALL;
 use filament_proto::v1::edge_access_client::EdgeAccessClient;
 use filament_proto::v1::{
     AuthorizeSubscribeRequest, BannedAddressesRequest, EdgeCreateMessageRequest, IdentifyRequest,
@@ -33,9 +34,6 @@ pub(crate) enum Verdict {
     /// The guild bans the client address: the socket is closed.
     IpBanned,
 }
-
-/// `BannedAddresses` takes at most this many addresses per call.
-const MAX_ADDRESSES_PER_CALL: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AccessError {
@@ -120,7 +118,7 @@ impl Access {
         addresses: &[IpAddr],
     ) -> Result<HashSet<IpAddr>, AccessError> {
         let mut banned = HashSet::new();
-        for chunk in addresses.chunks(MAX_ADDRESSES_PER_CALL) {
+        for chunk in addresses.chunks(MAX_BANNED_ADDRESSES_PER_CALL) {
             let response = self
                 .client
                 .clone()
