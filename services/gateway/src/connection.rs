@@ -4,7 +4,9 @@
 //! request (eviction, resync, revocation), shutdown, token expiry, idle
 //! timeout, the socket's outbound queue, inbound frames, and the ping timer.
 //! Writes race the close request, so a client that stops reading is evicted
-//! even while a write to it is stuck. Every inbound data frame counts
+//! even while a write to it is stuck; what the queue holds goes out in
+//! batches under one flush. A subscribe's snapshots are written ahead of
+//! the queue (docs/adr/0003-snapshots.md). Every inbound data frame counts
 //! against the socket's ingress window before it is decoded.
 
 use std::sync::Arc;
@@ -12,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use filament_proto::v1::{Event, Ready, Subscribed, event};
+use futures_util::SinkExt as _;
+use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +24,7 @@ use crate::Shared;
 use crate::access::{AccessError, Identity, NewMessage, Verdict};
 use crate::close::CloseReason;
 use crate::ids::{ChannelId, GuildId};
-use crate::index::{Closer, Registration, SubscribeOutcome, Target};
+use crate::index::{Closer, Outbound, Registration, SubscribeOutcome, Target};
 use crate::ingress::{self, Command};
 use crate::limits::{IngressLimiter, IpPermit};
 use crate::metrics::IngressRejection;
@@ -116,10 +120,9 @@ async fn serve(
             () = &mut expiry => return Some(CloseReason::TokenExpired),
             () = &mut idle => return Some(CloseReason::IdleTimeout),
             item = registration.frames.recv() => {
-                for frame in item?.frames() {
-                    if let Err(outcome) = write(socket, &closer, shutdown, frame.clone()).await {
-                        return outcome;
-                    }
+                let item = item?;
+                if let Err(outcome) = write_queued(socket, &closer, shutdown, item, &mut registration.frames).await {
+                    return outcome;
                 }
             }
             inbound = socket.recv() => {
@@ -141,10 +144,8 @@ async fn serve(
                             Ok(snapshots) => snapshots,
                             Err(reason) => return Some(reason),
                         };
-                        for frame in snapshots {
-                            if let Err(outcome) = write(socket, &closer, shutdown, frame).await {
-                                return outcome;
-                            }
+                        if let Err(outcome) = write_frames(socket, &closer, shutdown, snapshots).await {
+                            return outcome;
                         }
                     }
                     Message::Binary(_) => return Some(refuse(shared, CloseReason::BinaryFrame)),
@@ -164,16 +165,64 @@ async fn serve(
     }
 }
 
-/// Writes one frame, unless the socket must close first. `Err(None)`: the
-/// client went away.
-async fn write(
+/// At most this many queue items go out under one flush, so a socket with
+/// a deep queue still checks for a close request between batches.
+const MAX_ITEMS_PER_FLUSH: usize = 32;
+
+/// Writes `first` and what else is already queued (up to
+/// [`MAX_ITEMS_PER_FLUSH`] items), then flushes once: a socket that fell
+/// behind catches up in few writes instead of one per frame.
+async fn write_queued(
     socket: &mut WebSocket,
     closer: &Closer,
     shutdown: &CancellationToken,
-    frame: Utf8Bytes,
+    first: Outbound,
+    queue: &mut mpsc::Receiver<Outbound>,
+) -> Result<(), Option<CloseReason>> {
+    let batch = async {
+        let mut next = Some(first);
+        let mut items = 0;
+        while let Some(item) = next {
+            for frame in item.frames() {
+                socket.feed(Message::Text(frame.clone())).await?;
+            }
+            items += 1;
+            next = if items < MAX_ITEMS_PER_FLUSH {
+                queue.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        socket.flush().await
+    };
+    unless_closing(closer, shutdown, batch).await
+}
+
+/// Writes these frames (a subscribe's snapshots) and flushes once.
+async fn write_frames(
+    socket: &mut WebSocket,
+    closer: &Closer,
+    shutdown: &CancellationToken,
+    frames: Vec<Utf8Bytes>,
+) -> Result<(), Option<CloseReason>> {
+    let batch = async {
+        for frame in frames {
+            socket.feed(Message::Text(frame)).await?;
+        }
+        socket.flush().await
+    };
+    unless_closing(closer, shutdown, batch).await
+}
+
+/// Runs a write unless the socket must close first, so a client that
+/// stopped reading cannot hold the task. `Err(None)`: the client went away.
+async fn unless_closing(
+    closer: &Closer,
+    shutdown: &CancellationToken,
+    write: impl Future<Output = Result<(), axum::Error>>,
 ) -> Result<(), Option<CloseReason>> {
     tokio::select! {
-        result = socket.send(Message::Text(frame)) => result.map_err(|_| None),
+        result = write => result.map_err(|_| None),
         reason = closer.closed() => Err(Some(reason)),
         () = shutdown.cancelled() => Err(Some(CloseReason::ServerShutdown)),
     }

@@ -39,8 +39,11 @@ use filament_runtime::client_ip::resolve as client_ip;
 /// bytes), and tungstenite grows the buffer up to the frame cap when needed;
 /// the 128 KiB default would dominate the memory of an idle socket.
 const READ_BUFFER_BYTES: usize = 4 * 1024;
-/// Frames are written eagerly; the queue is ours, not tungstenite's.
-const WRITE_BUFFER_BYTES: usize = 0;
+/// Frames queued for a socket are fed to tungstenite together and flushed
+/// once (see `connection::write_queued`); past this many buffered bytes it
+/// writes to the socket without waiting for the flush. Small, because a
+/// socket keeps the buffer's capacity; idle sockets never grow it.
+const WRITE_BUFFER_BYTES: usize = 16 * 1024;
 
 /// A gateway with its listeners bound, ready to run.
 pub struct BoundGateway {
@@ -298,7 +301,7 @@ async fn upgrade(
     let shared = Arc::clone(shared);
     ws.read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(max * 2)
+        .max_write_buffer_size(WRITE_BUFFER_BYTES + max * 2)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
