@@ -1,5 +1,6 @@
 //! Why the gateway closes a socket: one enum, with the websocket close code
-//! and reason that clients see. docs/GATEWAY_EVENTS.md lists the same table.
+//! and reason that clients see. docs/ARCHITECTURE.md ("Close codes")
+//! lists the same table; a test keeps the two equal.
 
 /// A reason to close a socket, as a close code and a short reason string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,5 +129,33 @@ mod tests {
         names.dedup();
         assert_eq!(codes.len(), CloseReason::ALL.len());
         assert_eq!(names.len(), CloseReason::ALL.len());
+    }
+
+    #[test]
+    fn the_architecture_doc_lists_every_close_code() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/ARCHITECTURE.md"
+        ))
+        .expect("docs/ARCHITECTURE.md is readable");
+        let section = doc
+            .split("\n## ")
+            .find(|s| s.starts_with("Close codes"))
+            .expect("a Close codes section");
+        let rows = section
+            .lines()
+            .filter(|line| {
+                line.starts_with("| ") && line.as_bytes().get(2).is_some_and(u8::is_ascii_digit)
+            })
+            .count();
+        for reason in CloseReason::ALL {
+            let row = format!("| {} | `{}` |", reason.code(), reason.as_str());
+            assert!(section.contains(&row), "docs/ARCHITECTURE.md lacks {row}");
+        }
+        assert_eq!(
+            rows,
+            CloseReason::ALL.len(),
+            "no close code the gateway lacks"
+        );
     }
 }
