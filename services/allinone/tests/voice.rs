@@ -48,6 +48,18 @@ async fn voice_guild(t: &TestStack, owner: &User) -> (String, String, String) {
     )
 }
 
+/// Takes a seat with these token options; the request must be granted.
+async fn take_seat(t: &TestStack, guild: &str, channel: &str, user: &User, options: Value) {
+    let (status, body) = t
+        .post(
+            &voice_path(guild, channel, "token"),
+            Some(&user.token),
+            options,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 fn voice_path(guild: &str, channel: &str, route: &str) -> String {
     format!("/guilds/{guild}/channels/{channel}/voice/{route}")
 }
@@ -124,6 +136,17 @@ struct Client {
 }
 
 impl Client {
+    /// A socket on gateway `n` subscribed to the channel, with the roster
+    /// its subscribe brought.
+    async fn watching(t: &TestStack, n: usize, user: &User, guild: &str, channel: &str) -> Self {
+        let mut client = Self {
+            socket: t.connect(n, user).await,
+            roster: Roster::default(),
+        };
+        client.socket.subscribed(guild, channel).await;
+        client
+    }
+
     /// Reads the next events, checks their types in order, and applies them.
     async fn expect(&mut self, types: &[&str]) -> Vec<Value> {
         let mut frames = Vec::new();
@@ -201,14 +224,14 @@ async fn every_subscriber_converges_on_the_same_roster(backends: Backends) {
         .await;
 
     // Alice, the owner, adds her camera: an update and one new stream.
-    let (status, _) = t
-        .post(
-            &voice_path(&guild, &voice, "token"),
-            Some(&alice.token),
-            json!({"can_subscribe": true, "publish_sources": ["camera", "microphone"]}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    take_seat(
+        &t,
+        &guild,
+        &voice,
+        &alice,
+        json!({"can_subscribe": true, "publish_sources": ["camera", "microphone"]}),
+    )
+    .await;
     let refreshed = ["voice_participant_update", "voice_stream_publish"];
     let frames = a
         .expect(&[refreshed[0], refreshed[1], "voice_participant_sync"])
@@ -273,19 +296,8 @@ async fn every_subscriber_converges_on_the_same_roster(backends: Backends) {
     );
 
     // Dave joins late: the snapshot he gets agrees with what the others built.
-    let mut d = Client {
-        socket: t.connect(1, &dave).await,
-        roster: Roster::default(),
-    };
-    d.socket.subscribed(&guild, &voice).await;
-    let (status, _) = t
-        .post(
-            &voice_path(&guild, &voice, "token"),
-            Some(&dave.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    let mut d = Client::watching(&t, 1, &dave, &guild, &voice).await;
+    take_seat(&t, &guild, &voice, &dave, json!({})).await;
     a.expect(&joined).await;
     b.expect(&joined).await;
     d.expect(&[joined[0], joined[1], "voice_participant_sync"])
@@ -588,11 +600,7 @@ async fn a_fast_rejoin_is_announced_in_order() {
     let (alice, bob) = (t.user("alice").await, t.user("bob").await);
     let (guild, voice, _) = voice_guild(&t, &alice).await;
     t.join(&bob, &guild).await;
-    let mut watcher = Client {
-        socket: t.connect(1, &bob).await,
-        roster: Roster::default(),
-    };
-    watcher.socket.subscribed(&guild, &voice).await;
+    let mut watcher = Client::watching(&t, 1, &bob, &guild, &voice).await;
     let token = voice_path(&guild, &voice, "token");
     let leave = voice_path(&guild, &voice, "leave");
     t.post(&token, Some(&alice.token), json!({})).await;
@@ -629,11 +637,7 @@ async fn the_last_connection_closing_anywhere_leaves_voice() {
     let (alice, bob) = (t.user("alice").await, t.user("bob").await);
     let (guild, voice, _) = voice_guild(&t, &alice).await;
     t.join(&bob, &guild).await;
-    let mut watcher = Client {
-        socket: t.connect(0, &alice).await,
-        roster: Roster::default(),
-    };
-    watcher.socket.subscribed(&guild, &voice).await;
+    let mut watcher = Client::watching(&t, 0, &alice, &guild, &voice).await;
     let gateway = |_: ()| {
         PresenceClient::new(
             &format!("http://{}", t.stack.presence_grpc_addr),
@@ -645,14 +649,7 @@ async fn the_last_connection_closing_anywhere_leaves_voice() {
     let (first, second) = (gateway(()), gateway(()));
     first.connected(1, &bob.id).await.expect("connected");
     second.connected(1, &bob.id).await.expect("connected");
-    let (status, _) = t
-        .post(
-            &voice_path(&guild, &voice, "token"),
-            Some(&bob.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    take_seat(&t, &guild, &voice, &bob, json!({})).await;
     watcher
         .expect(&["voice_participant_join", "voice_stream_publish"])
         .await;
@@ -695,14 +692,7 @@ async fn the_last_connection_closing_anywhere_leaves_voice() {
     assert!(!watcher.roster.participants.contains_key(&bob.id));
 
     // A fast rejoin is announced as a new join.
-    let (status, _) = t
-        .post(
-            &voice_path(&guild, &voice, "token"),
-            Some(&bob.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    take_seat(&t, &guild, &voice, &bob, json!({})).await;
     watcher
         .expect(&["voice_participant_join", "voice_stream_publish"])
         .await;
@@ -723,14 +713,7 @@ async fn a_subscribe_gets_the_roster_after_subscribed() {
     let (alice, bob) = (t.user("alice").await, t.user("bob").await);
     let (guild, voice, _) = voice_guild(&t, &alice).await;
     t.join(&bob, &guild).await;
-    let (status, _) = t
-        .post(
-            &voice_path(&guild, &voice, "token"),
-            Some(&alice.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    take_seat(&t, &guild, &voice, &alice, json!({})).await;
 
     let mut b = t.connect(1, &bob).await;
     b.hide_presence = false;
@@ -831,19 +814,8 @@ async fn a_kicked_member_leaves_voice() {
     let (alice, bob) = (t.user("alice").await, t.user("bob").await);
     let (guild, voice, _) = voice_guild(&t, &alice).await;
     t.join(&bob, &guild).await;
-    let mut watcher = Client {
-        socket: t.connect(0, &alice).await,
-        roster: Roster::default(),
-    };
-    watcher.socket.subscribed(&guild, &voice).await;
-    let (status, _) = t
-        .post(
-            &voice_path(&guild, &voice, "token"),
-            Some(&bob.token),
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, 200);
+    let mut watcher = Client::watching(&t, 0, &alice, &guild, &voice).await;
+    take_seat(&t, &guild, &voice, &bob, json!({})).await;
     watcher
         .expect(&["voice_participant_join", "voice_stream_publish"])
         .await;
@@ -883,11 +855,7 @@ async fn losing_a_granted_permission_leaves_voice() {
     let (guild, voice, _) = voice_guild(&t, &alice).await;
     t.join(&bob, &guild).await;
     t.join(&carol, &guild).await;
-    let mut watcher = Client {
-        socket: t.connect(1, &alice).await,
-        roster: Roster::default(),
-    };
-    watcher.socket.subscribed(&guild, &voice).await;
+    let mut watcher = Client::watching(&t, 1, &alice, &guild, &voice).await;
     let token = voice_path(&guild, &voice, "token");
     let (status, body) = t
         .post(&token, Some(&bob.token), json!({"can_subscribe": true}))
