@@ -176,8 +176,10 @@ impl AuthRouteLimiter {
         }
     }
 
+    /// `ip` as `ClientIp` resolved it (already canonical, like every
+    /// address the api keys a limit by).
     pub fn check(&self, route: AuthRoute, ip: IpAddr) -> Result<(), ApiError> {
-        let key = (route, ip.to_canonical());
+        let key = (route, ip);
         if self
             .window
             .admit(&[(key, self.per_minute)], tokio::time::Instant::now())
