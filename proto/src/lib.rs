@@ -7,6 +7,11 @@ pub mod v1 {
     tonic::include_proto!("filament.v1");
 }
 
+/// The encoded `FileDescriptorSet` of every `filament.v1` file, for gRPC
+/// server reflection (`filament_runtime::grpc::reflection`).
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/filament_descriptor_set.bin"));
+
 /// Limits that both sides of a call enforce, stated next to the messages
 /// in the `.proto` files.
 pub mod limits {

@@ -169,12 +169,21 @@ impl Fanout {
             Err(err) => {
                 // Gateways filter by their own indexes, so sending to all of
                 // them is safe; dropping the event would not be.
-                tracing::warn!(%err, "registry unavailable; sending event to every gateway");
+                if matches!(err, filament_registry::RegistryError::Recovering) {
+                    tracing::debug!("registry recovering; sending event to every gateway");
+                } else {
+                    tracing::warn!(%err, "registry unavailable; sending event to every gateway");
+                }
                 report.registry_degraded = true;
                 self.lock().streams.keys().cloned().collect()
             }
         };
         let event = Arc::new(event);
+        // The request (or gRPC call) that caused the event, if it is traced:
+        // the gateway logs its delivery under the same trace id.
+        let traceparent = filament_runtime::trace::current()
+            .map(|trace| trace.child().header())
+            .unwrap_or_default();
         let mut pending = Vec::new();
         for gateway in targets {
             let stream = self.lock().streams.get(&gateway).cloned();
@@ -183,7 +192,7 @@ impl Fanout {
                 self.record_missed(&gateway, 1);
                 continue;
             };
-            match stream.push(&event, ack_requested) {
+            match stream.push(&event, ack_requested, &traceparent) {
                 Ok(seq) => {
                     report.queued += 1;
                     if ack_requested {
@@ -302,7 +311,7 @@ impl Fanout {
 impl GatewayStream {
     /// Queues one event; returns its sequence number, or `Err` when the
     /// stream is full or gone.
-    fn push(&self, event: &Event, ack_requested: bool) -> Result<u64, ()> {
+    fn push(&self, event: &Event, ack_requested: bool, traceparent: &str) -> Result<u64, ()> {
         let mut sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
         let seq = sender.next_seq;
         let Some(tx) = sender.tx.as_ref() else {
@@ -313,6 +322,7 @@ impl GatewayStream {
                 seq,
                 event: Some(event.clone()),
                 ack_requested,
+                traceparent: traceparent.to_owned(),
             })),
         };
         tx.try_send(Ok(message)).map_err(|_| ())?;
@@ -416,7 +426,7 @@ mod tests {
             .hold_guilds(&holder, &["G".to_owned()])
             .await
             .unwrap();
-        registry.heartbeat(&other).await.unwrap();
+        registry.heartbeat(&other, None).await.unwrap();
         let (_s1, _, mut rx_holder) = attach(&fanout, &holder, 8);
         let (_s2, _, mut rx_other) = attach(&fanout, &other, 8);
 
@@ -537,7 +547,11 @@ mod tests {
 
     #[async_trait::async_trait]
     impl Registry for Down {
-        async fn heartbeat(&self, _: &GatewayId) -> filament_registry::RegistryResult<()> {
+        async fn heartbeat(
+            &self,
+            _: &GatewayId,
+            _: Option<&filament_registry::Epoch>,
+        ) -> filament_registry::RegistryResult<filament_registry::Epoch> {
             Err(down())
         }
         async fn hold_guilds(
@@ -582,6 +596,16 @@ mod tests {
             Err(down())
         }
         async fn deregister(&self, _: &GatewayId) -> filament_registry::RegistryResult<()> {
+            Err(down())
+        }
+        async fn revoke_session(
+            &self,
+            _: &str,
+            _: std::time::Duration,
+        ) -> filament_registry::RegistryResult<()> {
+            Err(down())
+        }
+        async fn is_session_revoked(&self, _: &str) -> filament_registry::RegistryResult<bool> {
             Err(down())
         }
     }

@@ -11,6 +11,15 @@
 //! entirely, with everything it held, as soon as a lookup meets it or
 //! another gateway heartbeats. A gateway that comes back after that starts
 //! empty, which is what the trait asks callers to expect.
+//!
+//! Memory is never lost while the process lives, so its epoch changes only
+//! through [`MemoryRegistry::lose_state`], which tests use to play a Redis
+//! restarted empty.
+//!
+//! Revoked sessions live in their own map under their own lock (every
+//! authenticated request reads it, and it has nothing to do with routing),
+//! with an index by expiry so that expired entries are dropped in order
+//! instead of by a scan.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -19,7 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::{GatewayId, Registry, RegistryConfig, RegistryResult, Scope};
+use crate::{Epoch, GatewayId, Registry, RegistryConfig, RegistryError, RegistryResult, Scope};
 
 /// Forward index: who holds a guild (or a user). Sorted, so lookups come
 /// out in the order the trait promises without a sort per call.
@@ -28,6 +37,7 @@ type Holders = HashMap<String, BTreeSet<GatewayId>>;
 pub struct MemoryRegistry {
     ttl: Duration,
     state: Mutex<State>,
+    revoked: Mutex<RevokedSessions>,
 }
 
 impl MemoryRegistry {
@@ -35,7 +45,13 @@ impl MemoryRegistry {
         Self {
             ttl: config.ttl,
             state: Mutex::new(State::default()),
+            revoked: Mutex::new(RevokedSessions::default()),
         }
+    }
+
+    fn revoked(&self) -> MutexGuard<'_, RevokedSessions> {
+        // As for `state`: updates cannot panic half way.
+        self.revoked.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -45,14 +61,27 @@ impl MemoryRegistry {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn live_holders(&self, wanted: [(Scope, &[String]); 2]) -> Vec<GatewayId> {
+    fn live_holders(&self, wanted: [(Scope, &[String]); 2]) -> RegistryResult<Vec<GatewayId>> {
         let now = Instant::now();
         let mut state = self.state();
+        if state.epoch.is_none() || state.recovering_until.is_some_and(|until| now <= until) {
+            return Err(RegistryError::Recovering);
+        }
         let mut live = BTreeSet::new();
         for (scope, ids) in wanted {
             state.collect_live_holders(scope, ids, now, self.ttl, &mut live);
         }
-        live.into_iter().collect()
+        Ok(live.into_iter().collect())
+    }
+
+    /// Forgets everything — holdings, the epoch, revocations — as a Redis
+    /// restarted empty would.
+    pub fn lose_state(&self) {
+        *self.state() = State {
+            epoch: None,
+            ..State::default()
+        };
+        *self.revoked() = RevokedSessions::default();
     }
 
     /// How many gateways and index entries are remembered, dead or alive.
@@ -62,13 +91,76 @@ impl MemoryRegistry {
         let state = self.state();
         state.gateways.len() + state.guilds.len() + state.users.len()
     }
+
+    /// How many session revocations are remembered, expired or not.
+    #[cfg(test)]
+    pub(crate) fn remembered_revocations(&self) -> usize {
+        let revoked = self.revoked();
+        debug_assert_eq!(revoked.until.len(), revoked.by_expiry.len());
+        revoked.until.len()
+    }
 }
 
+/// Revoked sessions and when each revocation lapses.
 #[derive(Default)]
+struct RevokedSessions {
+    until: HashMap<String, Instant>,
+    /// The same entries, ordered by when they lapse.
+    by_expiry: BTreeSet<(Instant, String)>,
+}
+
+impl RevokedSessions {
+    fn revoke(&mut self, session_id: &str, until: Instant) {
+        if let Some(previous) = self.until.insert(session_id.to_owned(), until) {
+            self.by_expiry.remove(&(previous, session_id.to_owned()));
+        }
+        self.by_expiry.insert((until, session_id.to_owned()));
+    }
+
+    /// Revoked up to and including the instant the revocation lapses, like
+    /// a Redis key set with `PX ttl` (and like gateway liveness above).
+    fn is_revoked(&self, session_id: &str, now: Instant) -> bool {
+        self.until
+            .get(session_id)
+            .is_some_and(|until| now <= *until)
+    }
+
+    /// Drops the revocations that lapsed before `now`, oldest first.
+    fn forget_expired(&mut self, now: Instant) {
+        while let Some((until, _)) = self.by_expiry.first()
+            && *until < now
+        {
+            if let Some((_, session_id)) = self.by_expiry.pop_first() {
+                self.until.remove(&session_id);
+            }
+        }
+    }
+}
+
 struct State {
     gateways: HashMap<GatewayId, Holdings>,
     guilds: Holders,
     users: Holders,
+    /// `None` after a loss, until a gateway heartbeats.
+    epoch: Option<Epoch>,
+    /// Lookups answer `Recovering` up to this instant.
+    recovering_until: Option<Instant>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            gateways: HashMap::new(),
+            guilds: Holders::new(),
+            users: Holders::new(),
+            epoch: Some(new_epoch()),
+            recovering_until: None,
+        }
+    }
+}
+
+fn new_epoch() -> Epoch {
+    Epoch::new(ulid::Ulid::generate().to_string())
 }
 
 /// What one gateway holds, and when it last proved it was alive.
@@ -228,12 +320,16 @@ fn unindex(holders: &mut Holders, id: &str, gateway: &GatewayId) {
 
 #[async_trait]
 impl Registry for MemoryRegistry {
-    async fn heartbeat(&self, gateway: &GatewayId) -> RegistryResult<()> {
+    async fn heartbeat(&self, gateway: &GatewayId, known: Option<&Epoch>) -> RegistryResult<Epoch> {
         let now = Instant::now();
         let mut state = self.state();
         state.touch(gateway, now, self.ttl);
         state.forget_expired(now, self.ttl);
-        Ok(())
+        let epoch = state.epoch.get_or_insert_with(new_epoch).clone();
+        if known.is_some_and(|known| *known != epoch) {
+            state.recovering_until = Some(now + self.ttl);
+        }
+        Ok(epoch)
     }
 
     async fn hold_guilds(&self, gateway: &GatewayId, guild_ids: &[String]) -> RegistryResult<()> {
@@ -266,7 +362,7 @@ impl Registry for MemoryRegistry {
 
     async fn gateways_for_guild(&self, guild_id: &str) -> RegistryResult<Vec<GatewayId>> {
         let guild_ids = [guild_id.to_owned()];
-        Ok(self.live_holders([(Scope::Guild, &guild_ids), (Scope::User, &[])]))
+        self.live_holders([(Scope::Guild, &guild_ids), (Scope::User, &[])])
     }
 
     async fn gateways_for_audience(
@@ -274,11 +370,26 @@ impl Registry for MemoryRegistry {
         user_ids: &[String],
         guild_ids: &[String],
     ) -> RegistryResult<Vec<GatewayId>> {
-        Ok(self.live_holders([(Scope::User, user_ids), (Scope::Guild, guild_ids)]))
+        self.live_holders([(Scope::User, user_ids), (Scope::Guild, guild_ids)])
     }
 
     async fn deregister(&self, gateway: &GatewayId) -> RegistryResult<()> {
         self.state().forget(gateway);
         Ok(())
+    }
+
+    async fn revoke_session(&self, session_id: &str, ttl: Duration) -> RegistryResult<()> {
+        let now = Instant::now();
+        let mut revoked = self.revoked();
+        revoked.forget_expired(now);
+        revoked.revoke(session_id, now + ttl);
+        Ok(())
+    }
+
+    async fn is_session_revoked(&self, session_id: &str) -> RegistryResult<bool> {
+        let now = Instant::now();
+        let mut revoked = self.revoked();
+        revoked.forget_expired(now);
+        Ok(revoked.is_revoked(session_id, now))
     }
 }

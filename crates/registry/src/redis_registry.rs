@@ -7,7 +7,15 @@
 //!   that guild or user, read by lookups;
 //! - `{p}gw-guilds:{gateway}`, `{p}gw-users:{gateway}`: what one gateway
 //!   holds, read by `deregister`. They expire with the liveness key, so a
-//!   crashed gateway leaves nothing permanent there.
+//!   crashed gateway leaves nothing permanent there;
+//! - `{p}revoked-session:{session_id}`: a revoked session, `SET … PX ttl`
+//!   with the access-token lifetime, so it goes away by itself;
+//! - `{p}epoch`: the life of this state, a ULID set by the first heartbeat
+//!   that finds none, never expiring: it is missing only if the state was
+//!   lost (or no gateway ever heartbeated);
+//! - `{p}recovering`: set `PX ttl` by a heartbeat that finds a different
+//!   epoch than its gateway knew. While it exists, or while `epoch` is
+//!   missing, lookups answer `Recovering`.
 //!
 //! The variable part is always last and follows a fixed head, so no two kinds
 //! of key can collide whatever the ids contain.
@@ -22,20 +30,26 @@
 //! single Redis (or a Sentinel set-up) allows and Redis Cluster does not.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
-use crate::{GatewayId, Registry, RegistryConfig, RegistryResult, Scope};
+use crate::{Epoch, GatewayId, Registry, RegistryConfig, RegistryResult, Scope};
 
-/// KEYS: the guild and user sets to read. ARGV[1]: the liveness key prefix.
-/// Returns the live gateway ids, without duplicates, in no order: Lua sorts
-/// by the server's locale, so the caller sorts.
+/// KEYS: the guild and user sets to read. ARGV[1]: the liveness key prefix;
+/// ARGV[2], ARGV[3]: the epoch and recovering keys. Returns `{'recovering'}`
+/// while the state may be incomplete, else `'ok'` followed by the live
+/// gateway ids, without duplicates, in no order: Lua sorts by the server's
+/// locale, so the caller sorts.
 const LIVE_HOLDERS_LUA: &str = r"
+if redis.call('EXISTS', ARGV[2]) == 0 or redis.call('EXISTS', ARGV[3]) == 1 then
+    return {'recovering'}
+end
 local liveness_prefix = ARGV[1]
 local is_alive = {}
-local live = {}
+local live = {'ok'}
 for _, holders_key in ipairs(KEYS) do
     local dead = {}
     for _, gateway in ipairs(redis.call('SMEMBERS', holders_key)) do
@@ -56,6 +70,27 @@ for _, holders_key in ipairs(KEYS) do
     end
 end
 return live
+";
+
+/// KEYS[1]: liveness key; KEYS[2], KEYS[3]: what the gateway holds (guilds,
+/// users); KEYS[4], KEYS[5]: the epoch and recovering keys. ARGV[1]: the TTL
+/// in ms; ARGV[2]: an epoch to start if there is none; ARGV[3]: the epoch
+/// the gateway knew, or ''. Returns the epoch. One script, so that no
+/// lookup can slip between a new epoch and the recovery it starts.
+const HEARTBEAT_LUA: &str = r"
+local ttl = ARGV[1]
+redis.call('SET', KEYS[1], 1, 'PX', ttl)
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
+local epoch = redis.call('GET', KEYS[4])
+if not epoch then
+    epoch = ARGV[2]
+    redis.call('SET', KEYS[4], epoch)
+end
+if ARGV[3] ~= '' and ARGV[3] ~= epoch then
+    redis.call('SET', KEYS[5], 1, 'PX', ttl)
+end
+return epoch
 ";
 
 /// KEYS[1]: liveness key; KEYS[2], KEYS[3]: what the gateway holds (guilds,
@@ -81,6 +116,7 @@ pub struct RedisRegistry {
     ttl_ms: u64,
     live_holders: Script,
     deregister: Script,
+    heartbeat: Script,
 }
 
 impl RedisRegistry {
@@ -91,8 +127,10 @@ impl RedisRegistry {
         let mut conn = ConnectionManager::new(client).await?;
         let live_holders = Script::new(LIVE_HOLDERS_LUA);
         let deregister = Script::new(DEREGISTER_LUA);
+        let heartbeat = Script::new(HEARTBEAT_LUA);
         live_holders.load_async(&mut conn).await?;
         deregister.load_async(&mut conn).await?;
+        heartbeat.load_async(&mut conn).await?;
         Ok(Self {
             conn,
             keys: Keys {
@@ -103,6 +141,7 @@ impl RedisRegistry {
                 .max(1),
             live_holders,
             deregister,
+            heartbeat,
         })
     }
 
@@ -177,8 +216,15 @@ impl RedisRegistry {
         for key in &holders_keys {
             invocation.key(key);
         }
-        invocation.arg(self.keys.liveness_prefix());
+        invocation
+            .arg(self.keys.liveness_prefix())
+            .arg(self.keys.epoch())
+            .arg(self.keys.recovering());
         let mut live: Vec<String> = invocation.invoke_async(&mut self.conn.clone()).await?;
+        if live.first().map(String::as_str) != Some("ok") {
+            return Err(crate::RegistryError::Recovering);
+        }
+        live.swap_remove(0);
         live.sort_unstable();
         live.dedup();
         Ok(live.into_iter().map(GatewayId::new).collect())
@@ -218,16 +264,37 @@ impl Keys {
             Scope::User => format!("{}gw-users:{gateway}", self.prefix),
         }
     }
+
+    fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
+    }
+
+    fn recovering(&self) -> String {
+        format!("{}recovering", self.prefix)
+    }
+
+    /// The marker of one revoked session.
+    fn revoked_session(&self, session_id: &str) -> String {
+        format!("{}revoked-session:{session_id}", self.prefix)
+    }
 }
 
 #[async_trait]
 impl Registry for RedisRegistry {
-    async fn heartbeat(&self, gateway: &GatewayId) -> RegistryResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        self.queue_heartbeat(&mut pipe, gateway);
-        pipe.exec_async(&mut self.conn.clone()).await?;
-        Ok(())
+    async fn heartbeat(&self, gateway: &GatewayId, known: Option<&Epoch>) -> RegistryResult<Epoch> {
+        let epoch: String = self
+            .heartbeat
+            .key(self.keys.liveness(gateway))
+            .key(self.keys.held(Scope::Guild, gateway))
+            .key(self.keys.held(Scope::User, gateway))
+            .key(self.keys.epoch())
+            .key(self.keys.recovering())
+            .arg(self.ttl_ms)
+            .arg(ulid::Ulid::generate().to_string())
+            .arg(known.map_or("", Epoch::as_str))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(Epoch::new(epoch))
     }
 
     async fn hold_guilds(&self, gateway: &GatewayId, guild_ids: &[String]) -> RegistryResult<()> {
@@ -276,5 +343,26 @@ impl Registry for RedisRegistry {
             .invoke_async::<()>(&mut self.conn.clone())
             .await?;
         Ok(())
+    }
+
+    async fn revoke_session(&self, session_id: &str, ttl: Duration) -> RegistryResult<()> {
+        // At least 1 ms: Redis rejects `PX 0`.
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        redis::cmd("SET")
+            .arg(self.keys.revoked_session(session_id))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl_ms)
+            .exec_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn is_session_revoked(&self, session_id: &str) -> RegistryResult<bool> {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(self.keys.revoked_session(session_id))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(exists)
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::{GatewayId, MemoryRegistry, RedisRegistry, Registry, RegistryConfig};
+use crate::{GatewayId, MemoryRegistry, RedisRegistry, Registry, RegistryConfig, RegistryError};
 
 /// What the suite needs from an implementation beyond the trait.
 trait Harness {
@@ -31,6 +31,9 @@ trait Harness {
     /// Lets `by` pass on the clock the registry reads: between two polls,
     /// or between two heartbeats.
     async fn pass(&self, by: Duration);
+
+    /// Loses every holding and the epoch, as a Redis restarted empty does.
+    async fn lose_state(&self);
 }
 
 /// How long a TTL test may take, beyond the TTL, before it fails.
@@ -42,6 +45,9 @@ fn gateway(name: &str) -> GatewayId {
 
 /// Every gateway the suite uses, so a harness can clean up after it.
 const GATEWAYS: [&str; 4] = ["a", "b", "c", "d"];
+
+/// Every session the suite revokes or asks about, likewise.
+const SESSIONS: [&str; 4] = ["s1", "s2", "s3", "s4"];
 
 fn ids<const N: usize>(ids: [&str; N]) -> Vec<String> {
     ids.into_iter().map(str::to_owned).collect()
@@ -199,7 +205,7 @@ async fn deregister_removes_everything_the_gateway_held(h: &impl Harness) {
 
     // A heartbeat does not bring back what a deregistered gateway held, and
     // the gateway can start over.
-    r.heartbeat(&a).await.unwrap();
+    r.heartbeat(&a, None).await.unwrap();
     assert_eq!(for_guild(r, "g2").await, vec![]);
     r.hold_guilds(&a, &ids(["g2"])).await.unwrap();
     assert_eq!(for_guild(r, "g2").await, gateways(["a"]));
@@ -230,7 +236,7 @@ async fn silent_gateway_expires_after_ttl(h: &impl Harness) {
     let mut saw_alive = false;
     let mut saw_gone = false;
     loop {
-        r.heartbeat(&b).await.unwrap();
+        r.heartbeat(&b, None).await.unwrap();
         let asked = Instant::now();
         let guild = for_guild(r, "g1").await;
         let users = for_users(r, ["u1"]).await;
@@ -308,7 +314,9 @@ async fn keeps_entries_alive(h: &impl Harness, refresh: Refresh) {
 
         refreshed = Instant::now();
         match refresh {
-            Refresh::Heartbeat => r.heartbeat(&a).await.unwrap(),
+            Refresh::Heartbeat => {
+                r.heartbeat(&a, None).await.unwrap();
+            }
             Refresh::HoldGuilds => r.hold_guilds(&a, &ids(["g-other"])).await.unwrap(),
             Refresh::HoldUsers => r.hold_users(&a, &ids(["u-other"])).await.unwrap(),
         }
@@ -325,6 +333,154 @@ async fn hold_guilds_counts_as_heartbeat(h: &impl Harness) {
 
 async fn hold_users_counts_as_heartbeat(h: &impl Harness) {
     keeps_entries_alive(h, Refresh::HoldUsers).await;
+}
+
+/// A revoked session is listed, and only that one; revoking is idempotent,
+/// and a revocation is not a holding: it routes nothing and survives the
+/// deregistration of every gateway.
+async fn revoked_sessions_are_listed(h: &impl Harness) {
+    let r = h.registry();
+    let long = DEADLINE * 2;
+    assert!(!r.is_session_revoked("s1").await.unwrap(), "nothing yet");
+
+    r.revoke_session("s1", long).await.unwrap();
+    assert!(r.is_session_revoked("s1").await.unwrap());
+    assert!(!r.is_session_revoked("s2").await.unwrap(), "only s1");
+    r.revoke_session("s1", long).await.unwrap();
+    assert!(r.is_session_revoked("s1").await.unwrap(), "idempotent");
+
+    assert_eq!(for_users(r, ["s1"]).await, vec![], "routes nothing");
+    r.hold_users(&gateway("a"), &ids(["u1"])).await.unwrap();
+    for name in GATEWAYS {
+        r.deregister(&gateway(name)).await.unwrap();
+    }
+    assert!(r.is_session_revoked("s1").await.unwrap(), "not a holding");
+}
+
+/// A revocation is reported for as long as its TTL runs, and not once it
+/// has run out.
+async fn session_revocation_lapses_after_its_ttl(h: &impl Harness) {
+    let r = h.registry();
+    let (ttl, slack) = (h.ttl(), h.slack());
+    let before = Instant::now();
+    r.revoke_session("s1", ttl).await.unwrap();
+    let after = Instant::now();
+    let surely_revoked_until = before + ttl - slack;
+    let surely_lapsed_after = after + ttl + slack;
+    let deadline = surely_lapsed_after + DEADLINE;
+
+    let mut saw_revoked = false;
+    loop {
+        let asked = Instant::now();
+        let revoked = r.is_session_revoked("s1").await.unwrap();
+        let answered = Instant::now();
+        if revoked {
+            assert!(
+                asked <= surely_lapsed_after,
+                "still revoked {:?} after its TTL",
+                asked - after - ttl
+            );
+            saw_revoked |= answered > before + ttl / 2;
+        } else {
+            assert!(
+                answered >= surely_revoked_until,
+                "lapsed {:?} after the revocation, before its TTL of {ttl:?}",
+                answered - before,
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no answer after the deadline");
+        h.pass(ttl / 30).await;
+    }
+    assert!(
+        saw_revoked,
+        "never saw s1 revoked past half its TTL: the test proves nothing"
+    );
+}
+
+/// Revoking a session again counts its TTL from the second call.
+async fn revoking_again_restarts_the_ttl(h: &impl Harness) {
+    let r = h.registry();
+    let (ttl, slack) = (h.ttl(), h.slack());
+    r.revoke_session("s1", ttl).await.unwrap();
+    h.pass(ttl / 2).await;
+    let again = Instant::now();
+    r.revoke_session("s1", ttl).await.unwrap();
+    let again_done = Instant::now();
+    let deadline = again_done + ttl + DEADLINE;
+
+    let mut checked_past_first_ttl = false;
+    loop {
+        h.pass(ttl / 8).await;
+        let asked = Instant::now();
+        let revoked = r.is_session_revoked("s1").await.unwrap();
+        let answered = Instant::now();
+        if answered < again + ttl - slack {
+            assert!(revoked, "the second revocation did not restart the TTL");
+            checked_past_first_ttl |= asked > again_done + ttl / 2 + slack;
+        } else if !revoked {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still revoked after the deadline"
+        );
+    }
+    assert!(
+        checked_past_first_ttl,
+        "never checked past the first TTL: the test proves nothing"
+    );
+}
+
+/// A registry that lost its state says so instead of answering "nobody",
+/// until one TTL after a gateway noticed; the gateway, told a new epoch,
+/// holds everything again; a gateway's first heartbeat starts no recovery.
+async fn a_lost_state_is_recovered_not_reported_empty(h: &impl Harness) {
+    let r = h.registry();
+    let (a, b) = (gateway("a"), gateway("b"));
+    let first = r.heartbeat(&a, None).await.unwrap();
+    assert_eq!(r.heartbeat(&a, Some(&first)).await.unwrap(), first);
+    r.hold_guilds(&a, &ids(["g1"])).await.unwrap();
+    // A gateway joining later, on its first heartbeat, changes nothing.
+    assert_eq!(r.heartbeat(&b, None).await.unwrap(), first);
+    assert_eq!(for_guild(r, "g1").await, gateways(["a"]));
+
+    h.lose_state().await;
+    assert!(matches!(
+        r.gateways_for_guild("g1").await,
+        Err(RegistryError::Recovering)
+    ));
+    let second = r.heartbeat(&a, Some(&first)).await.unwrap();
+    assert_ne!(second, first, "a lost state has a new epoch");
+    r.hold_guilds(&a, &ids(["g1"])).await.unwrap();
+    let noticed = Instant::now();
+    // Other gateways may not have heard yet: still recovering.
+    assert!(matches!(
+        r.gateways_for_audience(&ids(["u1"]), &ids(["g1"])).await,
+        Err(RegistryError::Recovering)
+    ));
+    let deadline = noticed + h.ttl() + DEADLINE;
+    loop {
+        r.heartbeat(&a, Some(&second)).await.unwrap();
+        let asked = Instant::now();
+        match r.gateways_for_guild("g1").await {
+            Ok(holders) => {
+                assert_eq!(holders, gateways(["a"]));
+                assert!(
+                    asked + h.slack() >= noticed + h.ttl(),
+                    "recovered before a TTL had passed"
+                );
+                break;
+            }
+            Err(RegistryError::Recovering) => {}
+            Err(err) => panic!("{err}"),
+        }
+        assert!(Instant::now() < deadline, "never recovered");
+        h.pass(h.ttl() / 10).await;
+    }
+    // Heartbeats with the current epoch start no new recovery.
+    assert_eq!(r.heartbeat(&b, Some(&second)).await.unwrap(), second);
+    assert_eq!(for_guild(r, "g1").await, gateways(["a"]));
 }
 
 /// Runs each named suite test against one harness, as one test each with
@@ -360,6 +516,10 @@ macro_rules! suite {
             heartbeat_keeps_entries_alive_past_ttl,
             hold_guilds_counts_as_heartbeat,
             hold_users_counts_as_heartbeat,
+            revoked_sessions_are_listed,
+            session_revocation_lapses_after_its_ttl,
+            revoking_again_restarts_the_ttl,
+            a_lost_state_is_recovered_not_reported_empty,
         );
     };
 }
@@ -411,6 +571,10 @@ mod memory {
         async fn pass(&self, by: Duration) {
             tokio::time::advance(by).await;
         }
+
+        async fn lose_state(&self) {
+            self.registry.lose_state();
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -456,12 +620,50 @@ mod memory {
         r.hold_guilds(&gateway("b"), &ids(["g2"])).await.unwrap();
 
         tokio::time::advance(MemoryHarness::TTL / 2).await;
-        r.heartbeat(&gateway("b")).await.unwrap();
+        r.heartbeat(&gateway("b"), None).await.unwrap();
         assert_eq!(r.remembered(), 4, "nobody has expired yet");
         tokio::time::advance(MemoryHarness::TTL).await;
-        r.heartbeat(&gateway("b")).await.unwrap();
+        r.heartbeat(&gateway("b"), None).await.unwrap();
         assert_eq!(r.remembered(), 2, "only b and g2 are left");
         assert_eq!(for_guild(r, "g2").await, gateways(["b"]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn session_revocation_lapses_exactly_after_its_ttl() {
+        let harness = MemoryHarness::start().await.unwrap();
+        let r = harness.registry();
+        r.revoke_session("s1", MemoryHarness::TTL).await.unwrap();
+
+        tokio::time::advance(MemoryHarness::TTL).await;
+        assert!(
+            r.is_session_revoked("s1").await.unwrap(),
+            "revoked for the whole TTL"
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(
+            !r.is_session_revoked("s1").await.unwrap(),
+            "lapsed right after it"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lapsed_revocations_are_forgotten() {
+        let harness = MemoryHarness::start().await.unwrap();
+        let r = harness.registry();
+        r.revoke_session("s1", MemoryHarness::TTL).await.unwrap();
+        r.revoke_session("s2", MemoryHarness::TTL * 3)
+            .await
+            .unwrap();
+        r.revoke_session("s1", MemoryHarness::TTL).await.unwrap();
+        assert_eq!(r.remembered_revocations(), 2, "s1 once, s2");
+
+        tokio::time::advance(MemoryHarness::TTL * 2).await;
+        assert!(!r.is_session_revoked("s3").await.unwrap());
+        assert_eq!(r.remembered_revocations(), 1, "s1 lapsed and is gone");
+        assert!(r.is_session_revoked("s2").await.unwrap());
+        tokio::time::advance(MemoryHarness::TTL * 2).await;
+        r.revoke_session("s4", MemoryHarness::TTL).await.unwrap();
+        assert_eq!(r.remembered_revocations(), 1, "only s4 is left");
     }
 
     #[tokio::test(start_paused = true)]
@@ -471,7 +673,7 @@ mod memory {
         r.hold_guilds(&gateway("a"), &ids(["g1"])).await.unwrap();
 
         tokio::time::advance(MemoryHarness::TTL * 2).await;
-        r.heartbeat(&gateway("a")).await.unwrap();
+        r.heartbeat(&gateway("a"), None).await.unwrap();
         assert_eq!(for_guild(r, "g1").await, vec![], "it must hold g1 again");
     }
 }
@@ -507,7 +709,8 @@ mod redis {
                 return;
             }
             if let Ok(mut conn) = self.client.get_connection() {
-                let _ = ::redis::cmd("DEL").arg(self.suite_keys()).exec(&mut conn);
+                let keys = [self.suite_keys(), self.state_keys()].concat();
+                let _ = ::redis::cmd("DEL").arg(keys).exec(&mut conn);
             }
         }
     }
@@ -531,7 +734,13 @@ mod redis {
             };
             let registry = RedisRegistry::connect(&url, config).await.unwrap();
             let client = ::redis::Client::open(url).unwrap();
-            let inspect = ConnectionManager::new(client.clone()).await.unwrap();
+            let mut inspect = ConnectionManager::new(client.clone()).await.unwrap();
+            // As a deployment's gateways would have by now: without an
+            // epoch, every lookup answers `Recovering`.
+            let () = inspect
+                .set(format!("{prefix}epoch"), "suite")
+                .await
+                .unwrap();
             Some(Self {
                 registry,
                 inspect,
@@ -541,10 +750,18 @@ mod redis {
         }
 
         /// Deregisters every gateway the suite uses, which removes all the
-        /// keys the registry wrote, then checks that it did.
+        /// keys the registry wrote but the revocations, then checks that it
+        /// did. Revocations only expire: each must have a TTL, and is then
+        /// deleted so the shared Redis does not keep it for seconds.
         pub(super) async fn finish(mut self) {
             for name in GATEWAYS {
                 self.registry.deregister(&gateway(name)).await.unwrap();
+            }
+            let () = self.inspect.del(self.state_keys()).await.unwrap();
+            for key in self.revocation_keys() {
+                let pttl = self.pttl(&key).await;
+                assert!(pttl == -2 || pttl > 0, "{key} never expires");
+                let () = self.inspect.del(&key).await.unwrap();
             }
             for key in self.suite_keys() {
                 let exists: bool = self.inspect.exists(&key).await.unwrap();
@@ -565,7 +782,28 @@ mod redis {
                     format!("{p}gw-users:{gw}"),
                 ]
             });
-            guilds.into_iter().chain(users).chain(per_gateway).collect()
+            guilds
+                .into_iter()
+                .chain(users)
+                .chain(per_gateway)
+                .chain(self.revocation_keys())
+                .collect()
+        }
+
+        /// The epoch and recovery markers, which outlive every gateway.
+        fn state_keys(&self) -> Vec<String> {
+            vec![
+                format!("{}epoch", self.prefix),
+                format!("{}recovering", self.prefix),
+            ]
+        }
+
+        /// The revocation markers the suite can make the registry write.
+        fn revocation_keys(&self) -> Vec<String> {
+            SESSIONS
+                .into_iter()
+                .map(|id| format!("{}revoked-session:{id}", self.prefix))
+                .collect()
         }
 
         /// Remaining time to live of a key in ms: -2 if it does not exist,
@@ -612,6 +850,14 @@ mod redis {
         async fn pass(&self, by: Duration) {
             tokio::time::sleep(by).await;
         }
+
+        async fn lose_state(&self) {
+            let mut conn = self.inspect.clone();
+            let () = conn
+                .del([self.suite_keys(), self.state_keys()].concat())
+                .await
+                .unwrap();
+        }
     }
 
     #[tokio::test]
@@ -643,6 +889,21 @@ mod redis {
             let pttl = harness.pttl(&format!("{p}{key}")).await;
             assert!(0 < pttl && pttl <= ttl_ms, "{key} expires in {pttl} ms");
         }
+        harness.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_revocation_is_one_key_with_its_ttl() {
+        let Some(mut harness) = RedisHarness::start().await else {
+            return;
+        };
+        let p = harness.prefix.clone();
+        let ttl = Duration::from_secs(60);
+        harness.registry.revoke_session("s1", ttl).await.unwrap();
+        let pttl = harness.pttl(&format!("{p}revoked-session:s1")).await;
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap();
+        assert!(0 < pttl && pttl <= ttl_ms, "expires in {pttl} ms");
+        assert_eq!(harness.pttl(&format!("{p}revoked-session:s2")).await, -2);
         harness.finish().await;
     }
 

@@ -1,16 +1,22 @@
 //! Process plumbing that every Filament deployable shares: typed config read
 //! from an injected environment, tracing set-up, the shutdown signal, the
-//! probe endpoints Kubernetes calls, and the admin listener that serves
-//! metrics away from the public port.
+//! probe endpoints Kubernetes calls, the public HTTP listener with its
+//! connection caps, the admin listener that serves metrics away from
+//! the public port, and what every gRPC server carries (reflection, call
+//! metrics, the trace context).
 //!
 //! Nothing domain-specific lives here.
 
 pub mod admin;
 pub mod client_ip;
 pub mod env;
+pub mod fd_limit;
+pub mod grpc;
 pub mod net;
 pub mod probes;
+pub mod public;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 
 pub use env::{ConfigError, Env};

@@ -42,7 +42,8 @@ pub enum EncodeError {
         event_type: &'static str,
         source: SerializeError,
     },
-    /// A gateway-internal control payload (`access_changed`).
+    /// A gateway-internal control payload (`access_changed`,
+    /// `session_revoked`).
     #[error("control payload is not for clients")]
     NotForClients,
     /// The event carries no payload at all.

@@ -186,6 +186,19 @@ fn access_changed_is_not_for_clients() {
 }
 
 #[test]
+fn session_revoked_is_not_for_clients() {
+    let payload = Payload::SessionRevoked(proto::SessionRevoked {
+        user_id: USER.into(),
+        session_id: USER.into(),
+    });
+    assert_eq!(event_type(&payload), None);
+    assert!(matches!(
+        encode_event(&event(payload), MAX_FRAME_BYTES),
+        Err(EncodeError::NotForClients)
+    ));
+}
+
+#[test]
 fn event_without_payload_is_refused() {
     let event = proto::Event::default();
     assert!(matches!(

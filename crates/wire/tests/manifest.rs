@@ -24,7 +24,7 @@ use serde::Serialize;
 
 /// Oneof variants of `Event.payload` that are gateway-internal and carry no
 /// `(event)` option.
-const CONTROL_PAYLOADS: &[&str] = &["access_changed"];
+const CONTROL_PAYLOADS: &[&str] = &["access_changed", "session_revoked"];
 
 /// The contract's frame cap, for the docs.
 const FRAME_LIMIT: &str = "64 KiB (65 536 bytes)";

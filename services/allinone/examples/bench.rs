@@ -40,6 +40,11 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The allocator of the `filament` binary, so RSS per idle socket is the
+/// binary's (docs/adr/0005-jemalloc.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const SECRET: &[u8] = b"the-benchmark-token-secret-of-32-bytes-or-more";
 const PASSWORD: &str = "correct horse battery";
 /// How many sockets connect at once.
@@ -110,6 +115,10 @@ async fn bench(settings: &Settings, dir: &std::path::Path, fd_limit: u64) -> any
         gateway.max_connections_per_ip = 1_000_000;
         gateway.handshakes_per_ip_per_minute = 1_000_000;
     };
+    config.env = filament_runtime::Env::from_pairs([
+        ("FILAMENT_HTTP_MAX_CONNECTIONS_PER_ADDRESS", "1000000"),
+        ("FILAMENT_HTTP_MAX_CONNECTIONS", "1000000"),
+    ]);
     let stack = Stack::start(config).await?;
     let client = Arc::new(Client::new(&stack));
     let owner = Arc::new(client.user("bench").await?);

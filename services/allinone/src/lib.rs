@@ -16,6 +16,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use filament_registry::{MemoryRegistry, RedisRegistry, Registry, RegistryConfig};
+use filament_runtime::Env;
+use filament_runtime::public::PublicLimits;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +60,10 @@ pub struct StackConfig {
     pub livekit: Option<filament_voice::LiveKit>,
     /// Applied to the voice service's config.
     pub tune_voice: fn(&mut filament_voice::Config),
+    /// The variables that tune the api, the gateways and the public
+    /// listeners, read the way `filament-api` and `filament-gateway` read
+    /// them (before `tune_api` and `tune_gateway`). Empty: the defaults.
+    pub env: Env,
 }
 
 impl StackConfig {
@@ -78,6 +84,7 @@ impl StackConfig {
             attachment_root: None,
             livekit: None,
             tune_voice: |_| {},
+            env: Env::default(),
         }
     }
 }
@@ -98,6 +105,10 @@ pub struct Stack {
     /// listeners apart from the public origin.
     pub api_admin_addr: Option<SocketAddr>,
     pub gateway_admin_addrs: Vec<Option<SocketAddr>>,
+    /// `/metrics` of presence, voice and search.
+    pub presence_admin_addr: Option<SocketAddr>,
+    pub voice_admin_addr: Option<SocketAddr>,
+    pub search_admin_addr: Option<SocketAddr>,
     /// Where the api keeps attachment files.
     pub attachment_root: PathBuf,
     _attachment_dir: Option<RemoveOnDrop>,
@@ -128,14 +139,17 @@ impl Stack {
             None => dev_livekit()?,
         };
         let mut voice_config = filament_voice::Config::new((ip, 0).into(), livekit);
+        voice_config.admin_addr = Some((ip, 0).into());
         (config.tune_voice)(&mut voice_config);
         let voice = filament_voice::bind(voice_config, registry().await?).await?;
         let voice_grpc_addr = voice.grpc_addr()?;
+        let voice_admin_addr = voice.admin_addr();
         let voice_metrics = voice.metrics();
         tasks.spawn(named("voice", voice.run(shutdown.clone())));
         let mut presence_config = filament_presence::Config::new((ip, 0).into());
         presence_config.store.lease_ttl = config.registry_ttl;
         presence_config.voice_grpc_url = Some(format!("http://{voice_grpc_addr}"));
+        presence_config.admin_addr = Some((ip, 0).into());
         let presence_redis = match &config.registry {
             RegistryChoice::Redis { url, key_prefix } => {
                 presence_config.store.key_prefix = format!("{key_prefix}presence:");
@@ -148,13 +162,16 @@ impl Stack {
         let presence =
             filament_presence::bind(presence_config, registry().await?, presence_store).await?;
         let presence_grpc_addr = presence.grpc_addr()?;
+        let presence_admin_addr = presence.admin_addr();
         tasks.spawn(named("presence", presence.run(shutdown.clone())));
 
         // Search is bound first so the api knows its address; it follows the
         // api's message feed once the api is bound (`with_feed_url` below).
-        let search_config = filament_search::Config::new((ip, 0).into(), String::new());
+        let mut search_config = filament_search::Config::new((ip, 0).into(), String::new());
+        search_config.admin_addr = Some((ip, 0).into());
         let search = filament_search::bind(search_config).await?;
         let search_grpc_addr = search.grpc_addr()?;
+        let search_admin_addr = search.admin_addr();
         let mut api_config = filament_api::Config::new(
             (ip, 0).into(),
             (ip, 0).into(),
@@ -167,6 +184,7 @@ impl Stack {
         api_config.admin_addr = Some((ip, 0).into());
         api_config.search_url = Some(format!("http://{search_grpc_addr}"));
         api_config.voice_url = Some(format!("http://{voice_grpc_addr}"));
+        api_config.apply_env(&config.env)?;
         (config.tune_api)(&mut api_config);
         let api = filament_api::bind(api_config, store, registry().await?).await?;
         let api_admin_addr = api.admin_addr();
@@ -182,6 +200,7 @@ impl Stack {
         let mut gateway_admin_addrs = Vec::new();
         let mut readiness = Vec::new();
         let mut public_gateway = None;
+        let mut origin_metrics = None;
         for _ in 0..config.gateways.max(1) {
             let mut gateway_config =
                 filament_gateway::Config::new((ip, 0).into(), format!("http://{api_grpc_addr}"));
@@ -193,6 +212,7 @@ impl Stack {
             gateway_config.admin_addr = Some((ip, 0).into());
             gateway_config.presence_url = Some(format!("http://{presence_grpc_addr}"));
             gateway_config.voice_url = Some(format!("http://{voice_grpc_addr}"));
+            let mut gateway_config = gateway_config.with_env(&config.env)?;
             (config.tune_gateway)(&mut gateway_config);
             let gateway = filament_gateway::bind(gateway_config, registry().await?).await?;
             gateway_admin_addrs.push(gateway.admin_addr());
@@ -200,6 +220,8 @@ impl Stack {
             gateway_metrics.push(gateway.metrics());
             readiness.push(gateway.readiness());
             public_gateway.get_or_insert_with(|| gateway.router());
+            // The origin counts into the first gateway's listener series.
+            origin_metrics.get_or_insert_with(|| gateway.listener_metrics());
             tasks.spawn(named("gateway", gateway.run(shutdown.clone())));
         }
 
@@ -210,16 +232,15 @@ impl Stack {
             .merge(public_gateway.unwrap_or_default());
         let public = TcpListener::bind(config.public_addr).await?;
         let public_addr = public.local_addr()?;
-        let origin_shutdown = shutdown.clone();
+        let origin_serve = filament_runtime::public::serve(
+            public,
+            origin,
+            PublicLimits::from_env(&config.env)?,
+            origin_metrics.unwrap_or_default(),
+            shutdown.clone(),
+        );
         tasks.spawn(named("origin", async move {
-            // Connect info: the per-IP limits of both need the peer.
-            axum::serve(
-                filament_runtime::net::nodelay(public),
-                origin.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(origin_shutdown.cancelled_owned())
-            .await
-            .map_err(Into::into)
+            origin_serve.await.map_err(Into::into)
         }));
 
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -243,6 +264,9 @@ impl Stack {
             voice_metrics,
             api_admin_addr,
             gateway_admin_addrs,
+            presence_admin_addr,
+            voice_admin_addr,
+            search_admin_addr,
             attachment_root,
             _attachment_dir: attachment_dir,
             shutdown,

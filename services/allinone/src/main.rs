@@ -6,10 +6,19 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use filament_allinone::{RegistryChoice, Stack, StackConfig};
 use filament_runtime::Env;
+use filament_runtime::telemetry::LogFormat;
+
+/// jemalloc, not glibc's malloc: it hands large freed blocks (a 19 MiB
+/// Argon2 hash) back to the OS at once, where glibc keeps them in
+/// per-thread arenas and RSS stays at the peak of the last login storm.
+/// Every Filament binary uses it; see docs/adr/0005-jemalloc.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    filament_runtime::telemetry::init();
+    let log_format = filament_runtime::telemetry::init()?;
+    filament_runtime::fd_limit::raise();
     let signalled = filament_runtime::shutdown::token_on_signal();
     let env = Env::from_process();
     let data_dir: PathBuf = env.or("FILAMENT_DATA_DIR", PathBuf::from("data"))?;
@@ -35,6 +44,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let mut config = StackConfig::new(database_url, token_secret);
+    // The api's and the gateway's tuning variables mean here what they
+    // mean for `filament-api` and `filament-gateway` (README.md).
+    config.env = env.clone();
+    config.registry_ttl = env.secs_or("FILAMENT_REGISTRY_TTL_SECS", config.registry_ttl)?;
     config.attachment_root =
         Some(env.or("FILAMENT_ATTACHMENT_ROOT", data_dir.join("attachments"))?);
     config.public_addr = env.or("FILAMENT_PUBLIC_ADDR", ([127, 0, 0, 1], 8080).into())?;
@@ -56,6 +69,47 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let stack = Stack::start(config).await?;
+    announce(&stack, log_format);
+
+    let shutdown = stack.shutdown_token();
+    tokio::spawn(async move {
+        signalled.cancelled().await;
+        shutdown.cancel();
+    });
+    stack.wait().await
+}
+
+/// Says where to connect: a banner on a terminal; one structured log line
+/// when the logs are JSON, so every line a log pipeline reads parses.
+fn announce(stack: &Stack, log_format: LogFormat) {
+    let metrics: Vec<String> = stack
+        .api_admin_addr
+        .iter()
+        .chain(stack.gateway_admin_addrs.iter().flatten())
+        .chain(stack.presence_admin_addr.iter())
+        .chain(stack.voice_admin_addr.iter())
+        .chain(stack.search_admin_addr.iter())
+        .map(|addr| format!("http://{addr}/metrics"))
+        .collect();
+    if log_format == LogFormat::Json {
+        let gateways: Vec<String> = stack
+            .gateway_addrs
+            .iter()
+            .map(|addr| format!("ws://{addr}/gateway/ws"))
+            .collect();
+        tracing::info!(
+            web_clients = %format!("http://{}", stack.public_addr),
+            api_rest = %format!("http://{}", stack.api_http_addr),
+            api_grpc = %format!("http://{}", stack.api_grpc_addr),
+            gateways = %gateways.join(","),
+            presence = %format!("http://{}", stack.presence_grpc_addr),
+            voice = %format!("http://{}", stack.voice_grpc_addr),
+            search = %format!("http://{}", stack.search_grpc_addr),
+            metrics = %metrics.join(","),
+            "filament is running"
+        );
+        return;
+    }
     println!();
     println!("Filament is running.");
     println!(
@@ -70,19 +124,8 @@ async fn main() -> anyhow::Result<()> {
     println!("  presence:    http://{}", stack.presence_grpc_addr);
     println!("  voice:       http://{}", stack.voice_grpc_addr);
     println!("  search:      http://{}", stack.search_grpc_addr);
-    for addr in stack
-        .api_admin_addr
-        .iter()
-        .chain(stack.gateway_admin_addrs.iter().flatten())
-    {
-        println!("  metrics:     http://{addr}/metrics");
+    for url in &metrics {
+        println!("  metrics:     {url}");
     }
     println!("Press ctrl-c to stop.");
-
-    let shutdown = stack.shutdown_token();
-    tokio::spawn(async move {
-        signalled.cancelled().await;
-        shutdown.cancel();
-    });
-    stack.wait().await
 }

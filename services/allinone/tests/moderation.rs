@@ -17,58 +17,19 @@ use support::{Backends, Socket, TestStack, User};
 
 // --- helpers -------------------------------------------------------------------
 
-/// A stack whose api believes `X-Forwarded-For` from loopback, so each
-/// request can come from the address the test picks.
-async fn trusting_stack(backends: Backends, gateways: usize) -> Option<TestStack> {
-    TestStack::start_with(backends, gateways, |config| {
-        config.tune_api = |api| {
-            api.trusted_proxy_cidrs = vec!["127.0.0.0/8".parse().expect("network")];
-        };
-    })
-    .await
-}
-
-/// A request with an optional JSON body, as the caller at `from` (sent as
-/// `X-Forwarded-For`; only a trusting stack believes it).
-async fn call(
-    t: &TestStack,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-    from: Option<&str>,
-) -> (u16, Value) {
-    let mut request = t.http.request(method, t.api(path));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    if let Some(from) = from {
-        request = request.header("x-forwarded-for", from);
-    }
-    let response = request.send().await.expect("request sent");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
-    (status, body)
-}
-
 async fn get(t: &TestStack, path: &str, user: &User) -> (u16, Value) {
-    call(t, Method::GET, path, Some(&user.token), None, None).await
+    t.call_from(Method::GET, path, Some(&user.token), None, None)
+        .await
 }
 
 async fn post(t: &TestStack, path: &str, user: &User, body: Value) -> (u16, Value) {
-    call(t, Method::POST, path, Some(&user.token), Some(body), None).await
+    t.call_from(Method::POST, path, Some(&user.token), Some(body), None)
+        .await
 }
 
 async fn patch(t: &TestStack, path: &str, user: &User, body: Value) -> (u16, Value) {
-    call(t, Method::PATCH, path, Some(&user.token), Some(body), None).await
+    t.call_from(Method::PATCH, path, Some(&user.token), Some(body), None)
+        .await
 }
 
 async fn create_guild(t: &TestStack, owner: &User, name: &str, visibility: &str) -> Value {
@@ -80,7 +41,8 @@ async fn create_guild(t: &TestStack, owner: &User, name: &str, visibility: &str)
 
 async fn join(t: &TestStack, user: &User, guild: &str, from: Option<&str>) -> (u16, Value) {
     let path = format!("/guilds/{guild}/join");
-    call(t, Method::POST, &path, Some(&user.token), None, from).await
+    t.call_from(Method::POST, &path, Some(&user.token), None, from)
+        .await
 }
 
 async fn set_role(t: &TestStack, actor: &User, guild: &str, target: &User, role: &str) -> u16 {
@@ -506,15 +468,15 @@ async fn member_role_changes_follow_the_legacy_rules(backends: Backends) {
         let (got, _) = patch(&t, &path, actor, body.clone()).await;
         assert_eq!(got, status, "{body}");
     }
-    let (status, _) = call(
-        &t,
-        Method::PATCH,
-        &path,
-        Some(&owner.token),
-        Some(json!("{")),
-        None,
-    )
-    .await;
+    let (status, _) = t
+        .call_from(
+            Method::PATCH,
+            &path,
+            Some(&owner.token),
+            Some(json!("{")),
+            None,
+        )
+        .await;
     assert_eq!(status, 422, "a JSON string is the wrong type");
     assert_eq!(
         set_role(&t, &owner, &g, &owner, "member").await,
@@ -800,7 +762,7 @@ async fn the_directory_lists_public_guilds_and_joins_them(backends: Backends) {
         );
     }
     assert_eq!(
-        call(&t, Method::GET, "/guilds/public", None, None, None)
+        t.call_from(Method::GET, "/guilds/public", None, None, None)
             .await
             .0,
         401
@@ -856,7 +818,7 @@ async fn postgres_redis_the_directory_lists_public_guilds_and_joins_them() {
 /// 30 joins a minute per user, 60 per address; a refused attempt is a 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_joins_are_rate_limited_per_user_and_per_address() {
-    let t = trusting_stack(Backends::Embedded, 1)
+    let t = TestStack::start_trusting(Backends::Embedded, 1)
         .await
         .expect("embedded");
     let owner = t.user("owner").await;
@@ -961,10 +923,12 @@ async fn the_audit_log_needs_view_audit_log_and_pages_newest_first() {
             (403, json!({"error": "audit_access_denied"}))
         );
     }
+    // An unknown guild answers as an existing one does to a stranger, so
+    // the answer does not tell which guild ids exist.
     let unknown = format!("/guilds/{}/audit", ulid::Ulid::generate());
     assert_eq!(
         get(&t, &unknown, &owner).await,
-        (404, json!({"error": "not_found"}))
+        (403, json!({"error": "audit_access_denied"}))
     );
     let long_cursor = format!("cursor={}", "1".repeat(129));
     for query in [
@@ -989,6 +953,41 @@ async fn the_audit_log_needs_view_audit_log_and_pages_newest_first() {
     t.stack.stop().await.expect("clean shutdown");
 }
 
+/// A stranger cannot tell from the audit log which guild ids exist: a real
+/// guild they are not in and an unknown id get the same answer, as every
+/// other guild route gives them one answer for both (`forbidden`, here the
+/// audit log's own `audit_access_denied`).
+async fn strangers_learn_nothing_from_the_audit_log(backends: Backends) {
+    let Some(t) = TestStack::start(backends, 1).await else {
+        return;
+    };
+    let (owner, outsider) = (t.user("owner").await, t.user("outsider").await);
+    let (g, _) = t.guild_with_channel(&owner, "private").await;
+    let unknown = ulid::Ulid::generate().to_string();
+    for (route, refusal) in [
+        ("audit", json!({"error": "audit_access_denied"})),
+        ("audit?limit=5", json!({"error": "audit_access_denied"})),
+        ("members", json!({"error": "forbidden"})),
+        ("roles", json!({"error": "forbidden"})),
+    ] {
+        let real = get(&t, &format!("/guilds/{g}/{route}"), &outsider).await;
+        let made_up = get(&t, &format!("/guilds/{unknown}/{route}"), &outsider).await;
+        assert_eq!(real, (403, refusal), "{backends:?} {route}: a real guild");
+        assert_eq!(made_up, real, "{backends:?} {route}: an unknown guild");
+    }
+    t.stack.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_strangers_learn_nothing_from_the_audit_log() {
+    strangers_learn_nothing_from_the_audit_log(Backends::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_redis_strangers_learn_nothing_from_the_audit_log() {
+    strangers_learn_nothing_from_the_audit_log(Backends::External).await;
+}
+
 // --- IP bans -------------------------------------------------------------------------------
 
 const VICTIM_IP: &str = "198.51.100.7";
@@ -999,7 +998,7 @@ const VICTIM_IP: &str = "198.51.100.7";
 /// them, and joins from it too; other routes and other addresses are fine.
 /// Removing the ban lifts all of it. No response shows an address.
 async fn ip_bans_by_user(backends: Backends) {
-    let Some(t) = trusting_stack(backends, 2).await else {
+    let Some(t) = TestStack::start_trusting(backends, 2).await else {
         return;
     };
     let (owner, moderator, member, victim, newcomer) = (
@@ -1064,38 +1063,37 @@ async fn ip_bans_by_user(backends: Backends) {
     let channels = format!("/guilds/{g}/channels");
     let messages = format!("/guilds/{g}/channels/{c}/messages");
     for user in [&victim, &member] {
-        let (status, body) = call(
-            &t,
-            Method::GET,
-            &channels,
-            Some(&user.token),
-            None,
+        let (status, body) = t
+            .call_from(
+                Method::GET,
+                &channels,
+                Some(&user.token),
+                None,
+                Some(VICTIM_IP),
+            )
+            .await;
+        assert_eq!((status, body), (403, json!({"error": "forbidden"})));
+    }
+    let (status, _) = t
+        .call_from(
+            Method::POST,
+            &messages,
+            Some(&victim.token),
+            Some(json!({"content": "hi"})),
             Some(VICTIM_IP),
         )
         .await;
-        assert_eq!((status, body), (403, json!({"error": "forbidden"})));
-    }
-    let (status, _) = call(
-        &t,
-        Method::POST,
-        &messages,
-        Some(&victim.token),
-        Some(json!({"content": "hi"})),
-        Some(VICTIM_IP),
-    )
-    .await;
     assert_eq!(status, 403);
     // Without credentials it is the route's usual 401, and nothing is audited.
     assert_eq!(
-        call(&t, Method::GET, &channels, None, None, Some(VICTIM_IP))
+        t.call_from(Method::GET, &channels, None, None, Some(VICTIM_IP))
             .await
             .0,
         401
     );
     // Other addresses and routes the contract does not mark IP are fine.
     assert_eq!(
-        call(
-            &t,
+        t.call_from(
             Method::GET,
             &channels,
             Some(&victim.token),
@@ -1108,8 +1106,7 @@ async fn ip_bans_by_user(backends: Backends) {
     );
     let members = format!("/guilds/{g}/members");
     assert_eq!(
-        call(
-            &t,
+        t.call_from(
             Method::GET,
             &members,
             Some(&victim.token),
@@ -1163,13 +1160,15 @@ async fn ip_bans_by_user(backends: Backends) {
         403
     );
     assert_eq!(
-        call(&t, Method::DELETE, &one, Some(&member.token), None, None)
+        t.call_from(Method::DELETE, &one, Some(&member.token), None, None)
             .await
             .0,
         403
     );
 
-    let (status, body) = call(&t, Method::DELETE, &one, Some(&moderator.token), None, None).await;
+    let (status, body) = t
+        .call_from(Method::DELETE, &one, Some(&moderator.token), None, None)
+        .await;
     assert_eq!((status, body), (200, json!({"accepted": true})));
     for socket in [&mut so, &mut sm] {
         let event = next_event(socket).await;
@@ -1185,14 +1184,13 @@ async fn ip_bans_by_user(backends: Backends) {
         "members without manage_ip_bans hear nothing"
     );
     assert_eq!(
-        call(&t, Method::DELETE, &one, Some(&moderator.token), None, None)
+        t.call_from(Method::DELETE, &one, Some(&moderator.token), None, None)
             .await
             .0,
         404
     );
     assert_eq!(
-        call(
-            &t,
+        t.call_from(
             Method::GET,
             &channels,
             Some(&victim.token),
@@ -1221,7 +1219,7 @@ async fn postgres_redis_ip_bans_by_user() {
 /// Bad ban-by-user requests and list queries are refused and write nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_ip_ban_input_writes_nothing() {
-    let t = trusting_stack(Backends::Embedded, 1)
+    let t = TestStack::start_trusting(Backends::Embedded, 1)
         .await
         .expect("embedded");
     let (owner, victim) = (t.user("owner").await, t.user("victim").await);
@@ -1278,14 +1276,14 @@ async fn bad_ip_ban_input_writes_nothing() {
     }
     let bad_id = format!("/guilds/{g}/ip-bans/nope");
     assert_eq!(
-        call(&t, Method::DELETE, &bad_id, Some(&owner.token), None, None)
+        t.call_from(Method::DELETE, &bad_id, Some(&owner.token), None, None)
             .await
             .0,
         400
     );
     let unknown = format!("/guilds/{g}/ip-bans/{}", ulid::Ulid::generate());
     assert_eq!(
-        call(&t, Method::DELETE, &unknown, Some(&owner.token), None, None)
+        t.call_from(Method::DELETE, &unknown, Some(&owner.token), None, None)
             .await
             .0,
         404
@@ -1319,7 +1317,9 @@ async fn forwarded_headers_from_untrusted_peers_are_ignored() {
     // Every test client is on loopback, so the owner is caught too.
     let channels = format!("/guilds/{g}/channels");
     for from in [None, Some("198.51.100.8"), Some(VICTIM_IP)] {
-        let (status, _) = call(&t, Method::GET, &channels, Some(&owner.token), None, from).await;
+        let (status, _) = t
+            .call_from(Method::GET, &channels, Some(&owner.token), None, from)
+            .await;
         assert_eq!(status, 403, "{from:?}");
     }
     // Not an IP route: the owner can lift the ban.
@@ -1328,7 +1328,7 @@ async fn forwarded_headers_from_untrusted_peers_are_ignored() {
         created["ban_ids"][0].as_str().expect("id")
     );
     assert_eq!(
-        call(&t, Method::DELETE, &one, Some(&owner.token), None, None)
+        t.call_from(Method::DELETE, &one, Some(&owner.token), None, None)
             .await
             .0,
         200

@@ -10,10 +10,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Extension;
+use filament_registry::RegistryMetrics;
 use filament_runtime::admin::AdminListener;
+use filament_runtime::grpc::GrpcServerMetrics;
+use filament_runtime::public::ListenerMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -43,11 +47,96 @@ struct LimiterLabels {
     limiter: &'static str,
 }
 
+/// Why password hashing turned a caller away with 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HashingRefusal {
+    /// Every hashing slot was busy and the queue was full.
+    QueueFull,
+    /// The caller waited in the queue for the whole queue wait.
+    QueueTimeout,
+}
+
+impl HashingRefusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::QueueTimeout => "queue_timeout",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
+}
+
+/// The password hasher's counters. A cheap clone that shares the
+/// counters: the hasher lives in the app state, which is built apart from
+/// the registry.
+#[derive(Debug, Clone, Default)]
+pub struct HashingMetrics {
+    refusals: Family<RefusalLabels, Counter>,
+}
+
+impl HashingMetrics {
+    pub fn refused(&self, reason: HashingRefusal) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+}
+
 /// The api's own counters.
-#[derive(Debug, Default)]
+/// `filament_api_http_request_duration_seconds{route,status}`.
+pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
+/// The `route` label of a request no route matched (any path a client
+/// sends would otherwise become a label value).
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The status class label of a REST response.
+pub fn status_class(status: axum::http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RouteLabels {
+    /// The route template (`/guilds/{guild_id}/channels`), never the path.
+    route: String,
+    status: &'static str,
+}
+
+type DurationFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn request_duration_histogram() -> Histogram {
+    // 1 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+#[derive(Debug)]
 pub struct ApiMetrics {
     auth_failures: Counter,
     rate_limit_hits: Family<LimiterLabels, Counter>,
+    hashing: HashingMetrics,
+    request_duration: DurationFamily<RouteLabels>,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        Self {
+            auth_failures: Counter::default(),
+            rate_limit_hits: Family::default(),
+            hashing: HashingMetrics::default(),
+            request_duration: Family::new_with_constructor(request_duration_histogram),
+        }
+    }
 }
 
 impl ApiMetrics {
@@ -63,6 +152,32 @@ impl ApiMetrics {
             "Requests refused 429, by limiter",
             self.rate_limit_hits.clone(),
         );
+        prefixed.register(
+            "password_hashing_refusals",
+            "Requests refused 503 unavailable because password hashing was saturated, by reason",
+            self.hashing.refusals.clone(),
+        );
+        prefixed.register(
+            HTTP_REQUEST_DURATION,
+            "REST requests, by route template and status class",
+            self.request_duration.clone(),
+        );
+    }
+
+    /// Records one REST request; `route` is a route template or
+    /// [`UNMATCHED_ROUTE`].
+    pub fn request_served(&self, route: &str, status: axum::http::StatusCode, secs: f64) {
+        self.request_duration
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+                status: status_class(status),
+            })
+            .observe(secs);
+    }
+
+    /// The counters the password hasher increments.
+    pub fn hashing(&self) -> HashingMetrics {
+        self.hashing.clone()
     }
 
     pub fn auth_failed(&self) {
@@ -93,6 +208,9 @@ pub struct Admin {
     edge: Arc<Edge>,
     registry: Arc<Registry>,
     listener: Option<AdminListener>,
+    public_listener: ListenerMetrics,
+    grpc: GrpcServerMetrics,
+    registry_calls: RegistryMetrics,
 }
 
 impl Admin {
@@ -103,6 +221,12 @@ impl Admin {
         });
         let mut registry = Registry::default();
         edge.metrics.register(&mut registry);
+        let public_listener = ListenerMetrics::default();
+        public_listener.register(&mut registry);
+        let grpc = GrpcServerMetrics::default();
+        grpc.register(&mut registry);
+        let registry_calls = RegistryMetrics::default();
+        registry_calls.register(&mut registry);
         let listener = match config.admin_addr {
             Some(addr) => Some(AdminListener::bind(addr).await?),
             None => None,
@@ -111,11 +235,34 @@ impl Admin {
             edge,
             registry: Arc::new(registry),
             listener,
+            public_listener,
+            grpc,
+            registry_calls,
         })
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The counters of the api's password hasher.
+    pub fn hashing_metrics(&self) -> HashingMetrics {
+        self.edge.metrics.hashing()
+    }
+
+    /// The counters of the REST listener's accept loop.
+    pub fn listener_metrics(&self) -> ListenerMetrics {
+        self.public_listener.clone()
+    }
+
+    /// The routing registry's call timings, served with these.
+    pub fn registry_calls(&self) -> &RegistryMetrics {
+        &self.registry_calls
+    }
+
+    /// The layer that times the api's gRPC calls into this registry.
+    pub fn grpc_layer(&self) -> filament_runtime::grpc::GrpcServerLayer {
+        self.grpc.layer()
     }
 
     /// The layer that hands the shared [`Edge`] to the REST middleware.
@@ -150,6 +297,10 @@ mod tests {
         metrics.rate_limited(Limiter::Global);
         metrics.rate_limited(Limiter::Route);
         metrics.rate_limited(Limiter::Route);
+        let hashing = metrics.hashing();
+        hashing.refused(HashingRefusal::QueueFull);
+        hashing.refused(HashingRefusal::QueueFull);
+        hashing.refused(HashingRefusal::QueueTimeout);
         let mut registry = Registry::default();
         metrics.register(&mut registry);
         let mut text = String::new();
@@ -158,6 +309,8 @@ mod tests {
             "filament_api_auth_failures_total 1",
             "filament_api_rate_limit_hits_total{limiter=\"global\"} 1",
             "filament_api_rate_limit_hits_total{limiter=\"route\"} 2",
+            "filament_api_password_hashing_refusals_total{reason=\"queue_full\"} 2",
+            "filament_api_password_hashing_refusals_total{reason=\"queue_timeout\"} 1",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

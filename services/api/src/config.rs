@@ -1,9 +1,11 @@
 //! Api configuration, read once from the environment.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use filament_runtime::public::PublicLimits;
 use filament_runtime::{ConfigError, Env};
 
 #[derive(Debug, Clone)]
@@ -28,6 +30,8 @@ pub struct Config {
     /// A user with every permission in every guild, member or not.
     pub server_owner: Option<ulid::Ulid>,
     pub password_hashing: PasswordHashing,
+    /// How many hashes run at once and how many callers wait for one.
+    pub hashing_limits: HashingLimits,
     /// Largest JSON body accepted.
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
@@ -54,6 +58,9 @@ pub struct Config {
     /// Peers whose `CF-Connecting-IP` / `X-Forwarded-For` are believed
     /// (`FILAMENT_TRUSTED_PROXY_CIDRS`); empty trusts no header.
     pub trusted_proxy_cidrs: Vec<ipnet::IpNet>,
+    /// The REST listener's connection caps and header timer
+    /// (`FILAMENT_HTTP_*`).
+    pub public: PublicLimits,
 }
 
 /// Argon2id cost. The defaults are OWASP's; tests lower them.
@@ -68,6 +75,35 @@ impl Default for PasswordHashing {
         Self {
             memory_kib: 19 * 1024,
             iterations: 2,
+        }
+    }
+}
+
+/// How much Argon2 runs at once. Each hash holds `memory_kib` (19 MiB by
+/// default) for its whole run, so without a bound a registration or login
+/// storm holds that much per request in flight and a container's memory
+/// limit kills the pod; more hashes than cores at once would not finish
+/// sooner anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashingLimits {
+    /// Hashes computed at once (`FILAMENT_ARGON2_MAX_CONCURRENT`).
+    pub max_concurrent: NonZeroUsize,
+    /// Callers waiting for one of those slots
+    /// (`FILAMENT_ARGON2_MAX_QUEUED`); past it, 503 at once.
+    pub max_queued: usize,
+    /// Longest a caller waits for a slot (`FILAMENT_ARGON2_QUEUE_WAIT_MS`);
+    /// past it, 503.
+    pub queue_wait: Duration,
+}
+
+impl Default for HashingLimits {
+    /// One hash per core, 64 waiting, for at most 5 s (well inside the
+    /// 10 s request timeout).
+    fn default() -> Self {
+        Self {
+            max_concurrent: std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
+            max_queued: 64,
+            queue_wait: Duration::from_secs(5),
         }
     }
 }
@@ -93,6 +129,7 @@ impl Config {
             max_created_guilds_per_user: 5,
             server_owner: None,
             password_hashing: PasswordHashing::default(),
+            hashing_limits: HashingLimits::default(),
             max_body_bytes: 1024 * 1024,
             request_timeout: Duration::from_secs(10),
             search_url: None,
@@ -104,6 +141,7 @@ impl Config {
             audit_list_limit_max: 100,
             guild_ip_ban_max_entries: 4096,
             trusted_proxy_cidrs: Vec::new(),
+            public: PublicLimits::default(),
         }
     }
 
@@ -123,14 +161,25 @@ impl Config {
             env.required::<String>("DATABASE_URL")?,
             secret.into_bytes(),
         );
+        config.search_url = env.optional("FILAMENT_SEARCH_GRPC_URL")?;
+        config.voice_url = env.optional("FILAMENT_VOICE_GRPC_URL")?;
+        config.admin_addr = env.optional("FILAMENT_API_ADMIN_ADDR")?;
+        config.attachment_root = env.or("FILAMENT_ATTACHMENT_ROOT", config.attachment_root)?;
+        config.apply_env(env)?;
+        Ok(config)
+    }
+
+    /// Applies the variables that tune the api rather than wire it up:
+    /// limits, caps, costs and the public listener. The all-in-one reads
+    /// them through here too, so both mean the same thing.
+    pub fn apply_env(&mut self, env: &Env) -> Result<(), ConfigError> {
+        let config = self;
         config.max_created_guilds_per_user = env.or(
             "FILAMENT_MAX_CREATED_GUILDS_PER_USER",
             config.max_created_guilds_per_user,
         )?;
         config.server_owner = env.optional("FILAMENT_SERVER_OWNER_USER_ID")?;
-        config.search_url = env.optional("FILAMENT_SEARCH_GRPC_URL")?;
-        config.voice_url = env.optional("FILAMENT_VOICE_GRPC_URL")?;
-        config.admin_addr = env.optional("FILAMENT_API_ADMIN_ADDR")?;
+        config.public = PublicLimits::from_env(env)?;
         config.rate_limit_per_minute = env.or(
             "FILAMENT_RATE_LIMIT_REQUESTS_PER_MINUTE",
             config.rate_limit_per_minute,
@@ -146,8 +195,7 @@ impl Config {
             "FILAMENT_AUTH_ROUTE_REQUESTS_PER_MINUTE",
             config.auth_route_per_minute,
         )?;
-        config.attachment_root = env.or("FILAMENT_ATTACHMENT_ROOT", config.attachment_root)?;
-        crate::http::moderation_config_from_env(&mut config, env)?;
+        crate::http::moderation_config_from_env(config, env)?;
         config.password_hashing = PasswordHashing {
             memory_kib: env.or(
                 "FILAMENT_ARGON2_MEMORY_KIB",
@@ -158,6 +206,74 @@ impl Config {
                 config.password_hashing.iterations,
             )?,
         };
-        Ok(config)
+        config.hashing_limits = HashingLimits {
+            max_concurrent: env.or(
+                "FILAMENT_ARGON2_MAX_CONCURRENT",
+                config.hashing_limits.max_concurrent,
+            )?,
+            max_queued: env.or(
+                "FILAMENT_ARGON2_MAX_QUEUED",
+                config.hashing_limits.max_queued,
+            )?,
+            queue_wait: Duration::from_millis(env.or(
+                "FILAMENT_ARGON2_QUEUE_WAIT_MS",
+                u64::try_from(config.hashing_limits.queue_wait.as_millis()).unwrap_or(u64::MAX),
+            )?),
+        };
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::new(
+            ([127, 0, 0, 1], 0).into(),
+            ([127, 0, 0, 1], 0).into(),
+            "sqlite::memory:",
+            vec![0; 32],
+        )
+    }
+
+    #[test]
+    fn hashing_limits_default_to_the_cores_and_read_their_variables() {
+        let mut defaults = config();
+        defaults.apply_env(&Env::default()).unwrap();
+        assert_eq!(
+            defaults.hashing_limits.max_concurrent,
+            std::thread::available_parallelism().unwrap()
+        );
+        assert_eq!(defaults.hashing_limits.max_queued, 64);
+
+        let mut tuned = config();
+        tuned
+            .apply_env(&Env::from_pairs([
+                ("FILAMENT_ARGON2_MAX_CONCURRENT", "3"),
+                ("FILAMENT_ARGON2_MAX_QUEUED", "0"),
+                ("FILAMENT_ARGON2_QUEUE_WAIT_MS", "250"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            tuned.hashing_limits,
+            HashingLimits {
+                max_concurrent: NonZeroUsize::new(3).unwrap(),
+                max_queued: 0,
+                queue_wait: Duration::from_millis(250),
+            }
+        );
+
+        let zero = config().apply_env(&Env::from_pairs([("FILAMENT_ARGON2_MAX_CONCURRENT", "0")]));
+        assert!(
+            matches!(
+                zero,
+                Err(ConfigError::Invalid {
+                    name: "FILAMENT_ARGON2_MAX_CONCURRENT",
+                    ..
+                })
+            ),
+            "{zero:?}"
+        );
     }
 }

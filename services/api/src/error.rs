@@ -1,10 +1,13 @@
 //! The api's error type and its one mapping to HTTP (`{"error":"<code>"}`
 //! with the contract's status) and to gRPC statuses.
 
+use std::time::Duration;
+
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::auth::HashError;
 use crate::store::StoreError;
 
 /// Every way a request can fail, as the contract names it.
@@ -40,6 +43,10 @@ pub enum ApiError {
     QuotaExceeded,
     #[error("rate limited")]
     RateLimited,
+    /// Shed load: the server is healthy but saturated (password hashing,
+    /// see `auth::PasswordHasher`). 503 with `retry-after`.
+    #[error("temporarily unavailable")]
+    Unavailable { retry_after: Duration },
     #[error("internal error: {0}")]
     Internal(#[from] anyhow::Error),
 }
@@ -62,6 +69,7 @@ impl ApiError {
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::QuotaExceeded => (StatusCode::CONFLICT, "quota_exceeded"),
             Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -73,14 +81,36 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<HashError> for ApiError {
+    fn from(err: HashError) -> Self {
+        match err {
+            HashError::Refused { retry_after, .. } => Self::Unavailable { retry_after },
+            HashError::Failed(inner) => Self::Internal(inner),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         if let Self::Internal(err) = &self {
             tracing::error!(error = %err, "request failed");
         }
-        (status, Json(serde_json::json!({ "error": code }))).into_response()
+        let mut response = (status, Json(serde_json::json!({ "error": code }))).into_response();
+        if let Self::Unavailable { retry_after } = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_secs(retry_after));
+        }
+        response
     }
+}
+
+/// Whole seconds, rounded up and at least 1: `retry-after: 0` would invite
+/// the retry storm the 503 is shedding.
+fn retry_after_secs(wait: Duration) -> HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
 }
 
 impl From<ApiError> for tonic::Status {
@@ -100,6 +130,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::RateLimited | ApiError::QuotaExceeded => {
                 Self::resource_exhausted(err.to_string())
             }
+            ApiError::Unavailable { .. } => Self::unavailable(err.to_string()),
             ApiError::Internal(inner) => {
                 tracing::error!(error = %inner, "rpc failed");
                 Self::internal("internal error")
@@ -109,3 +140,27 @@ impl From<ApiError> for tonic::Status {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unavailable_is_503_with_retry_after_in_whole_seconds() {
+        let response = ApiError::Unavailable {
+            retry_after: Duration::from_millis(2500),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        let body = axum::body::to_bytes(response.into_body(), 1024)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], br#"{"error":"unavailable"}"#);
+        let response = ApiError::Unavailable {
+            retry_after: Duration::ZERO,
+        }
+        .into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+}

@@ -135,6 +135,31 @@ async fn publish_access_change(state: &AppState, change: pb::AccessChanged) {
     }
 }
 
+/// Tells every gateway holding the user that one of the user's sessions
+/// ended, and returns once each closed that session's sockets (or had its
+/// stream cut, and so resynchronises, which closes every socket). Call it
+/// after the session is listed as revoked in the registry, so that a socket
+/// this misses (identified just before) finds the revocation there.
+pub async fn session_revoked(state: &AppState, user_id: ulid::Ulid, session_id: ulid::Ulid) {
+    let user = user_id.to_string();
+    let revoked = pb::SessionRevoked {
+        user_id: user.clone(),
+        session_id: session_id.to_string(),
+    };
+    let event = for_users(
+        vec![user],
+        Vec::new(),
+        event::Payload::SessionRevoked(revoked),
+    );
+    let report = state.fanout().publish_acked(event).await;
+    if report.missed > 0 {
+        tracing::warn!(
+            ?report,
+            "session revocation missed some gateways; they will resynchronise"
+        );
+    }
+}
+
 /// Records an audit entry for a committed change. The change stands even if
 /// the entry cannot be written; that failure is logged loudly.
 pub async fn audit(

@@ -36,17 +36,14 @@ impl EdgeAccess for EdgeAccessService {
         request: Request<IdentifyRequest>,
     ) -> Result<Response<IdentifyResponse>, Status> {
         let token = request.into_inner().access_token;
-        let claims = self
-            .state
-            .tokens()
-            .verify(&token)
-            .ok_or_else(|| Status::unauthenticated("invalid credentials"))?;
-        // Reload the user: a deleted account's tokens stop working at once.
-        let user = crate::http::authenticate(&self.state, &token).await?;
+        // As REST does: the user is reloaded, so a deleted account's tokens
+        // stop working at once, and a logged-out session's are refused.
+        let session = crate::http::authenticate_session(&self.state, &token).await?;
         Ok(Response::new(IdentifyResponse {
-            user_id: user.user_id.to_string(),
-            username: user.username,
-            expires_at_unix: claims.exp,
+            user_id: session.user.user_id.to_string(),
+            username: session.user.username,
+            expires_at_unix: session.expires_at_unix,
+            session_id: session.session_id.to_string(),
         }))
     }
 

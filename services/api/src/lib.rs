@@ -30,7 +30,7 @@ use filament_registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, PasswordHashing};
+pub use config::{Config, HashingLimits, PasswordHashing};
 pub use error::ApiError;
 
 use crate::state::AppState;
@@ -52,9 +52,10 @@ pub async fn bind(
 ) -> anyhow::Result<BoundApi> {
     let http = TcpListener::bind(config.http_addr).await?;
     let grpc = TcpListener::bind(config.grpc_addr).await?;
-    let fanout = Fanout::new("api", registry, FanoutConfig::default());
     let admin = admin::Admin::bind(&config).await?;
-    let state = AppState::new(config, store, fanout)?;
+    let registry = admin.registry_calls().wrap(registry);
+    let fanout = Fanout::new("api", Arc::clone(&registry), FanoutConfig::default());
+    let state = AppState::new(config, store, registry, fanout, admin.hashing_metrics())?;
     Ok(BoundApi {
         http,
         grpc,
@@ -98,12 +99,18 @@ impl BoundApi {
             shutdown: draining,
             admin,
         } = self;
+        let listener_metrics = admin.listener_metrics();
+        let grpc_layer = admin.grpc_layer();
         admin.spawn(shutdown.clone());
         tracing::info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, "api listening");
 
         let grpc_stop = CancellationToken::new();
         let grpc_server = tonic::transport::Server::builder()
+            .layer(grpc_layer)
             .add_service(filament_runtime::probes::grpc_health("filament.v1.EdgeAccess").await)
+            .add_service(filament_runtime::grpc::reflection(&[
+                filament_proto::FILE_DESCRIPTOR_SET,
+            ])?)
             .add_service(grpc::EdgeAccessService::server(state.clone()))
             .add_service(state.fanout().grpc_service().into_server())
             .add_service(feed::MessageFeedService::server(
@@ -116,18 +123,19 @@ impl BoundApi {
             );
         let grpc_task = tokio::spawn(grpc_server);
 
-        let http_shutdown = {
-            let shutdown = shutdown.clone();
-            async move {
-                shutdown.cancelled().await;
-                draining.cancel();
-            }
-        };
-        let http_result = axum::serve(
-            filament_runtime::net::nodelay(http),
-            router.into_make_service_with_connect_info::<SocketAddr>(),
+        // Readiness turns false with the drain, before the listener stops.
+        let http_stop = shutdown.child_token();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            draining.cancel();
+        });
+        let http_result = filament_runtime::public::serve(
+            http,
+            router,
+            state.config().public.clone(),
+            listener_metrics,
+            http_stop,
         )
-        .with_graceful_shutdown(http_shutdown)
         .await;
 
         state.fanout().close();

@@ -217,6 +217,23 @@ impl GuildAccess {
         self.server_owner || self.workspace_owner || position < self.highest_position
     }
 
+    /// Whether the user may take a role away from `target`: the kick and
+    /// ban rule (contract §3.4: owners are never removed, and the actor
+    /// outranks the target) in the role hierarchy of §3.5. The server
+    /// owner may (it alone manages `workspace_owner`); nobody else may
+    /// touch a workspace owner; a workspace owner outranks everyone else;
+    /// anyone else only members whose highest role is below their own. For
+    /// members holding only the built-in roles this is the legacy rank.
+    pub fn outranks_member(&self, target: &GuildAccess) -> bool {
+        if self.server_owner {
+            return true;
+        }
+        if target.server_owner || target.workspace_owner {
+            return false;
+        }
+        self.workspace_owner || target.highest_position < self.highest_position
+    }
+
     /// The legacy owner rule of the legacy override route.
     pub fn is_legacy_owner(&self) -> bool {
         self.server_owner || self.role == MemberRole::Owner
@@ -464,6 +481,40 @@ impl Authorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Someone holding roles up to `highest`, possibly an owner.
+    fn standing(highest: i64, workspace_owner: bool, server_owner: bool) -> GuildAccess {
+        GuildAccess {
+            user_id: Ulid::generate(),
+            guild_id: Ulid::nil(),
+            role: MemberRole::Member,
+            permissions: Permissions::NONE,
+            highest_position: highest,
+            workspace_owner,
+            server_owner,
+        }
+    }
+
+    #[test]
+    fn taking_roles_follows_the_kick_and_ban_rule() {
+        let server_owner = standing(WORKSPACE_OWNER_POSITION, true, true);
+        let owner = standing(WORKSPACE_OWNER_POSITION, true, false);
+        let moderator = standing(100, false, false);
+        let senior = standing(200, false, false);
+        let member = standing(1, false, false);
+        // Owners are never acted on, but by the server owner.
+        assert!(server_owner.outranks_member(&owner));
+        assert!(!owner.outranks_member(&standing(WORKSPACE_OWNER_POSITION, true, false)));
+        assert!(!senior.outranks_member(&owner));
+        assert!(!owner.outranks_member(&server_owner));
+        // Everyone else must be strictly below the actor.
+        assert!(owner.outranks_member(&senior));
+        assert!(senior.outranks_member(&moderator));
+        assert!(moderator.outranks_member(&member));
+        assert!(!moderator.outranks_member(&standing(100, false, false)));
+        assert!(!moderator.outranks_member(&senior));
+        assert!(!member.outranks_member(&standing(1, false, false)));
+    }
 
     #[test]
     fn masks_match_the_contract() {

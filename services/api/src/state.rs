@@ -3,8 +3,10 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use filament_fanout::Fanout;
+use filament_registry::Registry;
 use ulid::Ulid;
 
+use crate::admin::HashingMetrics;
 use crate::auth::{Lockout, PasswordHasher, TokenKeys};
 use crate::config::Config;
 use crate::http::rate_limit::AuthRouteLimiter;
@@ -26,6 +28,9 @@ struct Inner {
     lockout: Lockout,
     auth_limiter: AuthRouteLimiter,
     fanout: Fanout,
+    /// The registry the fanout routes with; also the list of revoked
+    /// sessions every replica consults.
+    registry: Arc<dyn Registry>,
     voice: VoiceLink,
     /// Monotonic within a millisecond, so ids created in the same
     /// millisecond still sort in creation order (message pagination relies
@@ -34,18 +39,29 @@ struct Inner {
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Arc<dyn Store>, fanout: Fanout) -> anyhow::Result<Self> {
+    pub fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        registry: Arc<dyn Registry>,
+        fanout: Fanout,
+        hashing_metrics: HashingMetrics,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             inner: Arc::new(Inner {
                 authorizer: Authorizer::new(Arc::clone(&store), config.server_owner),
                 tokens: TokenKeys::new(&config.token_secret),
-                passwords: PasswordHasher::new(config.password_hashing)?,
+                passwords: PasswordHasher::new(
+                    config.password_hashing,
+                    config.hashing_limits,
+                    hashing_metrics,
+                )?,
                 lockout: Lockout::default(),
                 auth_limiter: AuthRouteLimiter::new(config.auth_route_per_minute),
                 voice: VoiceLink::new(config.voice_url.as_deref())?,
                 ids: Mutex::new(ulid::Generator::new()),
                 config,
                 store,
+                registry,
                 fanout,
             }),
         })
@@ -81,6 +97,10 @@ impl AppState {
 
     pub fn fanout(&self) -> &Fanout {
         &self.inner.fanout
+    }
+
+    pub fn registry(&self) -> &dyn Registry {
+        self.inner.registry.as_ref()
     }
 
     pub fn voice(&self) -> &VoiceLink {

@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use filament_proto::v1 as pb;
 use filament_proto::v1::voice_client::VoiceClient;
-use tonic::transport::{Channel, Endpoint};
+use filament_runtime::trace::TracedChannel;
+use tonic::transport::Endpoint;
 use ulid::Ulid;
 
 use crate::error::{ApiError, ApiResult};
@@ -24,7 +25,7 @@ const VOICE_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Clone)]
 pub struct VoiceLink {
-    client: Option<VoiceClient<Channel>>,
+    client: Option<VoiceClient<TracedChannel>>,
 }
 
 impl VoiceLink {
@@ -37,7 +38,7 @@ impl VoiceLink {
                     .connect_timeout(VOICE_CALL_TIMEOUT)
                     .timeout(VOICE_CALL_TIMEOUT)
                     .connect_lazy();
-                Ok(VoiceClient::new(channel))
+                Ok(VoiceClient::new(filament_runtime::trace::traced(channel)))
             })
             .transpose()?;
         Ok(Self { client })
@@ -45,7 +46,7 @@ impl VoiceLink {
 
     /// The client, for the voice routes; an error when voice is not
     /// configured.
-    pub fn client(&self) -> ApiResult<VoiceClient<Channel>> {
+    pub fn client(&self) -> ApiResult<VoiceClient<TracedChannel>> {
         self.client
             .clone()
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no voice service configured")))

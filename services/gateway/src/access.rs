@@ -15,12 +15,14 @@ use filament_proto::v1::{
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::ids::{ChannelId, GuildId, UserId};
+use crate::ids::{ChannelId, GuildId, SessionId, UserId};
 
 /// Who a socket belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Identity {
     pub(crate) user: UserId,
+    /// The session the token was issued for; revoking it closes the socket.
+    pub(crate) session: SessionId,
     /// When the access token stops being valid (unix seconds).
     pub(crate) expires_at_unix: i64,
 }
@@ -79,8 +81,15 @@ impl Access {
             .user_id
             .parse()
             .map_err(|_| AccessError::Unavailable("api returned a malformed user id".into()))?;
+        // Without its session a socket could not be closed by a logout:
+        // refuse it rather than keep it open for the token's lifetime.
+        let session = response
+            .session_id
+            .parse()
+            .map_err(|_| AccessError::Unavailable("api returned a malformed session id".into()))?;
         Ok(Identity {
             user,
+            session,
             expires_at_unix: response.expires_at_unix,
         })
     }

@@ -35,7 +35,8 @@ pub enum CloseReason {
     /// The gateway may have missed events for this socket; reconnect to
     /// resynchronise.
     Resync,
-    /// The membership behind this socket was revoked.
+    /// The session behind this socket ended: its user logged out, or a
+    /// replayed refresh token revoked it.
     AccessRevoked,
     /// The guild bans the socket's client address (contract §5.3).
     IpBanned,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use filament_runtime::{ConfigError, Env};
 
 use filament_runtime::client_ip::TrustedProxy;
+use filament_runtime::public::PublicLimits;
 use ipnet::IpNet;
 
 #[derive(Debug, Clone)]
@@ -54,6 +55,8 @@ pub struct Config {
     pub handshakes_per_ip_per_minute: u32,
     /// Proxies whose forwarding headers name the client IP.
     pub trusted_proxies: Vec<IpNet>,
+    /// The listener's connection caps and header timer (`FILAMENT_HTTP_*`).
+    pub public: PublicLimits,
 }
 
 impl Config {
@@ -82,20 +85,31 @@ impl Config {
             max_connections_per_ip: 256,
             handshakes_per_ip_per_minute: 120,
             trusted_proxies: Vec::new(),
+            public: PublicLimits::default(),
         }
     }
 
     /// Reads `FILAMENT_GATEWAY_*` variables; see README.md for the list.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let defaults = Self::new(
-            env.or("FILAMENT_GATEWAY_LISTEN_ADDR", ([0, 0, 0, 0], 8081).into())?,
-            env.required::<String>("FILAMENT_API_GRPC_URL")?,
-        );
-        let config = Self {
+        let wired = Self {
             admin_addr: env.optional("FILAMENT_GATEWAY_ADMIN_ADDR")?,
             event_service_urls: env.list("FILAMENT_GATEWAY_EVENT_SERVICE_URLS")?,
             presence_url: env.optional("FILAMENT_GATEWAY_PRESENCE_GRPC_URL")?,
             voice_url: env.optional("FILAMENT_GATEWAY_VOICE_GRPC_URL")?,
+            ..Self::new(
+                env.or("FILAMENT_GATEWAY_LISTEN_ADDR", ([0, 0, 0, 0], 8081).into())?,
+                env.required::<String>("FILAMENT_API_GRPC_URL")?,
+            )
+        };
+        wired.with_env(env)
+    }
+
+    /// Applies the variables that tune the gateway rather than wire it up:
+    /// frame and queue sizes, timers, limits and the listener's caps. The
+    /// all-in-one reads them through here too, so both mean the same thing.
+    pub fn with_env(self, env: &Env) -> Result<Self, ConfigError> {
+        let defaults = self;
+        let config = Self {
             max_frame_bytes: env
                 .or("FILAMENT_GATEWAY_MAX_FRAME_BYTES", defaults.max_frame_bytes)?,
             outbound_queue: env.or("FILAMENT_GATEWAY_OUTBOUND_QUEUE", defaults.outbound_queue)?,
@@ -128,6 +142,7 @@ impl Config {
                 .into_iter()
                 .map(|proxy| proxy.0)
                 .collect(),
+            public: PublicLimits::from_env(env)?,
             ..defaults
         };
         config.validate()

@@ -27,7 +27,7 @@ use crate::ids::{ChannelId, GuildId};
 use crate::index::{Closer, Outbound, Registration, SubscribeOutcome, Target};
 use crate::ingress::{self, Command};
 use crate::limits::{IngressLimiter, IpPermit};
-use crate::metrics::IngressRejection;
+use crate::metrics::{IngressRejection, Metrics};
 
 /// How many times a subscribe is re-authorized when access changes under it.
 const MAX_AUTHORIZE_ATTEMPTS: usize = 3;
@@ -41,10 +41,12 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
     permit: IpPermit,
 ) {
-    let mut registration =
-        shared
-            .index
-            .register(identity.user, permit.ip(), shared.config.outbound_queue);
+    let mut registration = shared.index.register(
+        identity.user,
+        identity.session,
+        permit.ip(),
+        shared.config.outbound_queue,
+    );
     shared.metrics.connection_opened();
     let outcome = serve(
         &mut socket,
@@ -97,6 +99,19 @@ async fn serve(
         tracing::warn!(%err, "registry unavailable; refusing socket");
         return Some(CloseReason::UpstreamUnavailable);
     }
+    // A logout between this socket's identify and now found nothing to
+    // close here: its `SessionRevoked` was routed before the socket was in
+    // the index or its user in the registry. Both are true now, so a later
+    // logout reaches the socket, and one look at the revocation list (which
+    // a logout writes before it publishes) covers the earlier ones.
+    match shared.holdings.session_revoked(identity.session).await {
+        Ok(false) => {}
+        Ok(true) => return Some(CloseReason::AccessRevoked),
+        Err(err) => {
+            tracing::warn!(%err, "registry unavailable; refusing socket");
+            return Some(CloseReason::UpstreamUnavailable);
+        }
+    }
     shared.peers.connected(registration.id, identity.user).await;
     let ready = connection_event(event::Payload::Ready(Ready {
         user_id: identity.user.to_string(),
@@ -121,7 +136,7 @@ async fn serve(
             () = &mut idle => return Some(CloseReason::IdleTimeout),
             item = registration.frames.recv() => {
                 let item = item?;
-                if let Err(outcome) = write_queued(socket, &closer, shutdown, item, &mut registration.frames).await {
+                if let Err(outcome) = write_queued(socket, &closer, shutdown, item, &mut registration.frames, &shared.metrics).await {
                     return outcome;
                 }
             }
@@ -178,6 +193,7 @@ async fn write_queued(
     shutdown: &CancellationToken,
     first: Outbound,
     queue: &mut mpsc::Receiver<Outbound>,
+    metrics: &Metrics,
 ) -> Result<(), Option<CloseReason>> {
     let batch = async {
         let mut next = Some(first);
@@ -193,6 +209,7 @@ async fn write_queued(
                 None
             };
         }
+        metrics.wrote_batch(items);
         socket.flush().await
     };
     unless_closing(closer, shutdown, batch).await
@@ -385,6 +402,61 @@ async fn subscribe(
         .metrics
         .rejected(IngressRejection::SubscribeContended);
     Ok(Vec::new())
+}
+
+/// Which views a service outage may have left stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Repair {
+    /// Presence let this gateway's lease lapse and forgot its sockets:
+    /// report each again, then send its `presence_sync`s.
+    PresenceForgot,
+    /// A presence or voice event stream broke: updates may have been lost.
+    /// Send every socket fresh `presence_sync`s and voice rosters.
+    StreamLost,
+}
+
+/// Repairs the presence and voice views of every socket here after an
+/// outage of those services, instead of closing the sockets: they are
+/// views, and a fresh snapshot makes them right again, while a reconnect
+/// storm would cost every client a refetch of everything.
+///
+/// Unlike a subscribe's snapshot (ADR 0003), these go through the socket's
+/// queue, behind what is already there: an update published while the
+/// snapshot was taken can reach the client before it, and the snapshot
+/// then shows the state from just before that update until the next one.
+/// Outages are rare; a view a moment old beats a reconnect storm.
+pub(crate) async fn repair_views(shared: &Shared, repair: Repair) {
+    for socket in shared.index.roll() {
+        if repair == Repair::PresenceForgot {
+            shared.peers.connected(socket.connection, socket.user).await;
+        }
+        let mut snapshots = Vec::new();
+        for guild in socket.guilds() {
+            if let Some(sync) = shared
+                .peers
+                .entered(socket.connection, socket.user, guild)
+                .await
+            {
+                snapshots.push(event::Payload::PresenceSync(sync));
+            }
+        }
+        if repair == Repair::StreamLost {
+            for &(guild, channel) in &socket.subscriptions {
+                if let Some(roster) = shared.peers.voice_roster(guild, channel).await {
+                    snapshots.push(event::Payload::VoiceParticipantSync(roster));
+                }
+            }
+        }
+        for payload in snapshots {
+            let frames = shared.encode_for_one(&connection_event(payload));
+            if !frames.is_empty() {
+                shared.index.deliver(
+                    &Target::Connection(socket.connection),
+                    &Outbound::of(frames),
+                );
+            }
+        }
+    }
 }
 
 fn connection_event(payload: event::Payload) -> Event {

@@ -6,16 +6,19 @@
 //! in the periodic sweep; one async mutex orders registrations against the
 //! sweep, so a sweep can never release a guild that a concurrent subscribe
 //! just relied on.
+//!
+//! It is also where a new socket reads the registry's list of revoked
+//! sessions, once its user is held (see `connection::serve`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use filament_registry::{GatewayId, Registry, RegistryResult};
+use filament_registry::{Epoch, GatewayId, Registry, RegistryResult};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::ids::{GuildId, UserId};
+use crate::ids::{GuildId, SessionId, UserId};
 use crate::index::Index;
 
 #[derive(Default)]
@@ -24,6 +27,8 @@ struct Held {
     users: HashSet<UserId>,
     /// When the registry last confirmed this gateway alive.
     last_heartbeat: Option<Instant>,
+    /// The registry's epoch at the last heartbeat.
+    epoch: Option<Epoch>,
 }
 
 /// What a sweep found.
@@ -34,6 +39,12 @@ pub(crate) enum Sweep {
     /// longer than the TTL). Its entries are registered again, but events
     /// routed while it was missing went elsewhere: resynchronise.
     Lapsed,
+    /// The registry lost its state (its epoch changed) while this gateway
+    /// kept heartbeating. Everything is held again within this heartbeat;
+    /// producers sent every event to every gateway meanwhile (the registry
+    /// answers `Recovering` until every gateway has had a heartbeat to do
+    /// the same), so nothing was missed and no socket resynchronises.
+    Healed,
 }
 
 pub(crate) struct Holdings {
@@ -79,26 +90,40 @@ impl Holdings {
         Ok(())
     }
 
+    /// Whether the registry lists the session as revoked (logged out).
+    pub(crate) async fn session_revoked(&self, session: SessionId) -> RegistryResult<bool> {
+        self.registry.is_session_revoked(&session.to_string()).await
+    }
+
     /// Heartbeats, and releases what no local socket needs any more.
     pub(crate) async fn sweep(&self, index: &Index) -> RegistryResult<Sweep> {
         let mut held = self.held.lock().await;
-        self.registry.heartbeat(&self.gateway).await?;
+        let epoch = self
+            .registry
+            .heartbeat(&self.gateway, held.epoch.as_ref())
+            .await?;
+        let lost = held.epoch.as_ref().is_some_and(|known| *known != epoch);
         let now = Instant::now();
         let lapsed = held
             .last_heartbeat
-            .replace(now)
             .is_some_and(|last| now.duration_since(last) > self.ttl);
         let (live_guilds, live_users) = index.holdings();
-        if lapsed {
+        if lapsed || lost {
             // The registry may have forgotten everything: hold it all again.
+            // What was last seen is updated only once that succeeded, so a
+            // failure here is retried at the next heartbeat.
             let guilds: Vec<_> = live_guilds.iter().map(ToString::to_string).collect();
             let users: Vec<_> = live_users.iter().map(ToString::to_string).collect();
             self.registry.hold_guilds(&self.gateway, &guilds).await?;
             self.registry.hold_users(&self.gateway, &users).await?;
             held.guilds = live_guilds;
             held.users = live_users;
-            return Ok(Sweep::Lapsed);
+            held.epoch = Some(epoch);
+            held.last_heartbeat = Some(now);
+            return Ok(if lapsed { Sweep::Lapsed } else { Sweep::Healed });
         }
+        held.epoch = Some(epoch);
+        held.last_heartbeat = Some(now);
         let stale_guilds: Vec<_> = held.guilds.difference(&live_guilds).copied().collect();
         let stale_users: Vec<_> = held.users.difference(&live_users).copied().collect();
         if !stale_guilds.is_empty() {

@@ -46,6 +46,11 @@ id_type!(
     /// A channel of a guild.
     ChannelId
 );
+id_type!(
+    /// A login session: what an access token was issued for, and what a
+    /// logout revokes.
+    SessionId
+);
 
 /// One websocket connection, unique within this gateway process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::close::CloseReason;
-use crate::ids::{ChannelId, ConnectionId, GuildId, UserId};
+use crate::ids::{ChannelId, ConnectionId, GuildId, SessionId, UserId};
 use crate::metrics::{DropReason, Metrics};
 
 /// Asks a connection task to close its socket, with a reason. The first
@@ -89,6 +89,8 @@ pub(crate) enum Target {
 
 struct Entry {
     user: UserId,
+    /// The login session the socket's token was issued for.
+    session: SessionId,
     /// The client address, as resolved at the upgrade.
     ip: IpAddr,
     frames: mpsc::Sender<Outbound>,
@@ -136,6 +138,23 @@ pub(crate) struct Departure {
     pub(crate) guild: GuildId,
 }
 
+/// One socket, as [`Index::roll`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RollEntry {
+    pub(crate) connection: ConnectionId,
+    pub(crate) user: UserId,
+    pub(crate) subscriptions: Vec<(GuildId, ChannelId)>,
+}
+
+impl RollEntry {
+    /// The guilds the socket is present in, each once.
+    pub(crate) fn guilds(&self) -> Vec<GuildId> {
+        let mut guilds: Vec<_> = self.subscriptions.iter().map(|&(guild, _)| guild).collect();
+        guilds.dedup();
+        guilds
+    }
+}
+
 /// What a connection task gets when it registers.
 pub(crate) struct Registration {
     pub(crate) id: ConnectionId,
@@ -159,7 +178,13 @@ impl Index {
         }
     }
 
-    pub(crate) fn register(&self, user: UserId, ip: IpAddr, queue_capacity: usize) -> Registration {
+    pub(crate) fn register(
+        &self,
+        user: UserId,
+        session: SessionId,
+        ip: IpAddr,
+        queue_capacity: usize,
+    ) -> Registration {
         let id = ConnectionId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel(queue_capacity);
         let closer = Arc::new(Closer::default());
@@ -168,6 +193,7 @@ impl Index {
             id,
             Entry {
                 user,
+                session,
                 ip,
                 frames: tx,
                 closer: Arc::clone(&closer),
@@ -339,6 +365,26 @@ impl Index {
         users
     }
 
+    /// Every socket with its user and its subscriptions, sorted: what a
+    /// presence or voice service that lost track must be told, or asked,
+    /// again.
+    pub(crate) fn roll(&self) -> Vec<RollEntry> {
+        let state = self.read();
+        state
+            .connections
+            .iter()
+            .map(|(id, entry)| {
+                let mut subscriptions: Vec<_> = entry.subscriptions.iter().copied().collect();
+                subscriptions.sort_unstable();
+                RollEntry {
+                    connection: *id,
+                    user: entry.user,
+                    subscriptions,
+                }
+            })
+            .collect()
+    }
+
     /// Guilds and users that have at least one socket here.
     pub(crate) fn holdings(&self) -> (HashSet<GuildId>, HashSet<UserId>) {
         let state = self.read();
@@ -411,6 +457,27 @@ impl Index {
         }
     }
 
+    /// Asks the sockets of `user` that were identified with `session` to
+    /// close; the user's other sessions keep theirs. Returns how many.
+    pub(crate) fn close_session(
+        &self,
+        user: UserId,
+        session: SessionId,
+        reason: CloseReason,
+    ) -> usize {
+        let state = self.read();
+        let mut closed = 0;
+        for id in state.by_user.get(&user).into_iter().flatten() {
+            if let Some(entry) = state.connections.get(id)
+                && entry.session == session
+            {
+                entry.closer.close(reason);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// Asks these sockets to close.
     pub(crate) fn close_connections(&self, ids: &HashSet<ConnectionId>, reason: CloseReason) {
         let state = self.read();
@@ -423,7 +490,11 @@ impl Index {
 
     fn push(&self, entry: &Entry, item: Outbound) -> bool {
         match entry.frames.try_send(item) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.metrics
+                    .queued(entry.frames.max_capacity() - entry.frames.capacity());
+                true
+            }
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.metrics.dropped(DropReason::FullQueue);
                 entry.closer.close(CloseReason::SlowConsumer);
@@ -529,6 +600,10 @@ mod tests {
 
     const HOME: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
+    fn session() -> SessionId {
+        SessionId(Ulid::generate())
+    }
+
     fn frame(text: &'static str) -> Outbound {
         Outbound::Frame(Utf8Bytes::from_static(text))
     }
@@ -538,8 +613,8 @@ mod tests {
         let index = Index::new(Arc::default());
         let (alice, guild, channel) = ids();
         let (bob, other_guild, other_channel) = ids();
-        let mut a = index.register(alice, HOME, 8);
-        let mut b = index.register(bob, HOME, 8);
+        let mut a = index.register(alice, session(), HOME, 8);
+        let mut b = index.register(bob, session(), HOME, 8);
         let epoch = index.revocation_epoch();
         assert_eq!(
             index.subscribe(a.id, guild, channel, epoch),
@@ -569,7 +644,7 @@ mod tests {
         let index = Index::new(Arc::default());
         let (alice, guild, channel) = ids();
         let second = ChannelId(Ulid::generate());
-        let a = index.register(alice, HOME, 8);
+        let a = index.register(alice, session(), HOME, 8);
         index.subscribe(a.id, guild, channel, 0);
         index.subscribe(a.id, guild, second, 0);
         assert_eq!(index.users_in_guild(guild), [alice]);
@@ -608,7 +683,7 @@ mod tests {
         let index = Index::new(Arc::default());
         let (alice, guild, channel) = ids();
         let second = ChannelId(Ulid::generate());
-        let a = index.register(alice, HOME, 8);
+        let a = index.register(alice, session(), HOME, 8);
         index.subscribe(a.id, guild, channel, 0);
         index.subscribe(a.id, guild, second, 0);
 
@@ -628,8 +703,8 @@ mod tests {
         let (alice, guild, channel) = ids();
         let (bob, _, _) = ids();
         let banned: IpAddr = "203.0.113.7".parse().expect("address");
-        let from_banned = index.register(alice, banned, 8);
-        let from_home = index.register(bob, HOME, 8);
+        let from_banned = index.register(alice, session(), banned, 8);
+        let from_home = index.register(bob, session(), HOME, 8);
         index.subscribe(from_banned.id, guild, channel, 0);
         index.subscribe(from_home.id, guild, channel, 0);
         let mut addresses = index.addresses_in_guild(guild);
@@ -650,13 +725,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn closing_a_session_closes_only_its_sockets() {
+        let index = Index::new(Arc::default());
+        let (alice, guild, channel) = ids();
+        let (bob, _, _) = ids();
+        let (ended, other) = (session(), session());
+        let doomed = [
+            index.register(alice, ended, HOME, 8),
+            index.register(alice, ended, HOME, 8),
+        ];
+        let same_user = index.register(alice, other, HOME, 8);
+        // A session id is only meaningful with its user.
+        let other_user = index.register(bob, ended, HOME, 8);
+        for socket in doomed.iter().chain([&same_user, &other_user]) {
+            index.subscribe(socket.id, guild, channel, 0);
+        }
+
+        assert_eq!(
+            index.close_session(alice, ended, CloseReason::AccessRevoked),
+            2
+        );
+        for socket in &doomed {
+            assert_eq!(socket.closer.closed().await, CloseReason::AccessRevoked);
+        }
+        assert!(!same_user.closer.token.is_cancelled());
+        assert!(!other_user.closer.token.is_cancelled());
+        assert_eq!(
+            index.close_session(alice, session(), CloseReason::AccessRevoked),
+            0
+        );
+    }
+
+    #[tokio::test]
     async fn a_full_queue_evicts_only_that_socket() {
         let metrics = Arc::new(Metrics::default());
         let index = Index::new(Arc::clone(&metrics));
         let (alice, guild, channel) = ids();
         let (bob, _, _) = ids();
-        let slow = index.register(alice, HOME, 1);
-        let mut fast = index.register(bob, HOME, 8);
+        let slow = index.register(alice, session(), HOME, 1);
+        let mut fast = index.register(bob, session(), HOME, 8);
         index.subscribe(slow.id, guild, channel, 0);
         index.subscribe(fast.id, guild, channel, 0);
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
-use filament_proto::v1::{AccessChanged, Event, audience, event};
+use filament_proto::v1::{AccessChanged, Event, SessionRevoked, audience, event};
 
 pub use close::CloseReason;
 pub use config::Config;
@@ -39,7 +39,7 @@ pub use server::{BoundGateway, Readiness, bind};
 
 use crate::access::{Access, Verdict};
 use crate::holdings::Holdings;
-use crate::ids::{ChannelId, GuildId, UserId};
+use crate::ids::{ChannelId, GuildId, SessionId, UserId};
 use crate::index::{Departure, Index, Outbound, Target};
 use crate::limits::IpLimits;
 
@@ -68,10 +68,14 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Ready to accept sockets: every upstream stream is open.
+    /// Ready while the api's event stream (slot 0) is open: without it a
+    /// socket would miss messages. Presence and voice are views that
+    /// repair themselves when their streams come back, so their outage
+    /// does not make the gateway unready.
     pub(crate) fn is_ready(&self) -> bool {
         self.upstream_ready
-            .iter()
-            .all(|r| r.load(Ordering::Acquire))
+            .first()
+            .is_some_and(|r| r.load(Ordering::Acquire))
     }
 
     pub(crate) fn set_upstream_ready(&self, slot: usize, ready: bool) {
@@ -92,6 +96,7 @@ impl Shared {
     pub(crate) async fn dispatch(&self, event: Event) {
         match &event.payload {
             Some(event::Payload::AccessChanged(change)) => self.apply_access_change(change).await,
+            Some(event::Payload::SessionRevoked(revoked)) => self.close_session(revoked),
             Some(_) => {
                 let Some(target) = target_of(&event) else {
                     tracing::error!("event with a malformed audience dropped");
@@ -110,6 +115,11 @@ impl Shared {
         };
         let delivered = self.index.deliver(target, &Outbound::of(frames));
         self.metrics.emitted(event_type, delivered as u64);
+        if delivered > 0 {
+            self.metrics
+                .delivered(event.published_at_unix_ms, now_unix_ms());
+        }
+        tracing::debug!(event_type, delivered, "event delivered");
         delivered
     }
 
@@ -185,6 +195,23 @@ impl Shared {
         for departure in departures {
             self.peers.left(departure.connection, departure.guild).await;
         }
+    }
+
+    /// Closes the sockets of a session that ended (4012 `access_revoked`).
+    /// Runs before the event is acknowledged, so a logout returns only
+    /// after every gateway holding the user asked those sockets to close.
+    fn close_session(&self, revoked: &SessionRevoked) {
+        let (Ok(user), Ok(session)) = (
+            revoked.user_id.parse::<UserId>(),
+            revoked.session_id.parse::<SessionId>(),
+        ) else {
+            tracing::error!("session revocation with a malformed id dropped");
+            return;
+        };
+        let closed = self
+            .index
+            .close_session(user, session, CloseReason::AccessRevoked);
+        tracing::debug!(%user, closed, "session revoked; its sockets close");
     }
 
     /// Asks the api again about each of `user`'s subscriptions in `guild`
@@ -267,6 +294,13 @@ fn target_of(event: &Event) -> Option<Target> {
     Some(target)
 }
 
+/// Wall-clock milliseconds, the clock `Event.published_at_unix_ms` is on.
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 fn parse_all<T: std::str::FromStr>(raw: &[String]) -> Option<Vec<T>> {
     raw.iter().map(|id| id.parse().ok()).collect()
 }
@@ -330,8 +364,12 @@ mod tests {
     async fn one_encode_is_shared_by_every_socket() {
         let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
         let (user, guild, channel) = ids();
-        let mut a = shared.index.register(user, HOME, 8);
-        let mut b = shared.index.register(user, HOME, 8);
+        let mut a = shared
+            .index
+            .register(user, SessionId(Ulid::generate()), HOME, 8);
+        let mut b = shared
+            .index
+            .register(user, SessionId(Ulid::generate()), HOME, 8);
         shared.index.subscribe(a.id, guild, channel, 0);
         shared.index.subscribe(b.id, guild, channel, 0);
 
@@ -359,7 +397,9 @@ mod tests {
     async fn an_oversized_frame_is_never_queued_and_is_counted() {
         let shared = shared(1024);
         let (user, guild, channel) = ids();
-        let mut socket = shared.index.register(user, HOME, 8);
+        let mut socket = shared
+            .index
+            .register(user, SessionId(Ulid::generate()), HOME, 8);
         shared.index.subscribe(socket.id, guild, channel, 0);
 
         let big = message_delete(guild, channel, "x".repeat(1024));
@@ -378,7 +418,9 @@ mod tests {
     async fn an_event_without_a_wire_shape_is_counted_as_a_serialize_error() {
         let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
         let (user, guild, _) = ids();
-        let mut socket = shared.index.register(user, HOME, 8);
+        let mut socket = shared
+            .index
+            .register(user, SessionId(Ulid::generate()), HOME, 8);
         // `UNSPECIFIED` has no JSON value: the event cannot be encoded.
         let event = Event {
             audience: None,
@@ -398,7 +440,9 @@ mod tests {
     async fn a_full_voice_roster_is_one_queue_item_of_several_frames() {
         let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
         let (user, guild, channel) = ids();
-        let mut socket = shared.index.register(user, HOME, 1);
+        let mut socket = shared
+            .index
+            .register(user, SessionId(Ulid::generate()), HOME, 1);
         let participant = |n: u32| filament_proto::v1::VoiceParticipant {
             user_id: format!("01HZX3N4B5C6D7E8F9{n:08}"),
             identity: format!("u.01HZX3N4B5C6D7E8F9{n:08}.{guild}.{channel}"),
@@ -439,7 +483,9 @@ mod tests {
     async fn a_send_to_a_closed_socket_is_counted() {
         let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
         let (user, guild, channel) = ids();
-        let socket = shared.index.register(user, HOME, 8);
+        let socket = shared
+            .index
+            .register(user, SessionId(Ulid::generate()), HOME, 8);
         shared.index.subscribe(socket.id, guild, channel, 0);
         // The socket task ended but has not unregistered yet.
         drop(socket.frames);

@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets, linear_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::close::CloseReason;
@@ -55,6 +56,9 @@ pub enum UpgradeRejection {
     IpConnectionLimit,
     /// Upgrades from the client IP arrive too fast.
     HandshakeRateLimited,
+    /// The gateway has no event stream from the api (starting, or the api
+    /// is unreachable): a socket accepted now would miss events.
+    NotReady,
 }
 
 impl UpgradeRejection {
@@ -65,6 +69,7 @@ impl UpgradeRejection {
             Self::InvalidToken => "invalid_token",
             Self::IpConnectionLimit => "ip_connection_limit",
             Self::HandshakeRateLimited => "handshake_rate_limited",
+            Self::NotReady => "not_ready",
         }
     }
 }
@@ -111,6 +116,42 @@ pub struct Metrics {
     ingress_rejected: Family<ReasonLabels, Counter>,
     unknown_events: Counter,
     resyncs: Counter,
+    delivery: DeliveryMetrics,
+}
+
+/// `filament_gateway_publish_to_deliver_seconds`: from the moment the
+/// publishing service stamped the event (`Event.published_at_unix_ms`) to
+/// the moment this gateway queued its frame on the sockets. Measured across
+/// two clocks, so it is only as good as their synchronisation.
+pub const PUBLISH_TO_DELIVER: &str = "publish_to_deliver_seconds";
+/// `filament_gateway_outbound_queue_depth`: items in a socket's outbound
+/// queue just after one was queued; its tail approaching
+/// `FILAMENT_GATEWAY_OUTBOUND_QUEUE` means slow consumers are near eviction.
+pub const OUTBOUND_QUEUE_DEPTH: &str = "outbound_queue_depth";
+/// `filament_gateway_write_batch_items`: queued items a socket wrote under
+/// one flush.
+pub const WRITE_BATCH_ITEMS: &str = "write_batch_items";
+
+/// The delivery-path histograms. Observed per delivery, per socket, so
+/// each is one histogram with no labels.
+#[derive(Debug)]
+struct DeliveryMetrics {
+    publish_to_deliver: Histogram,
+    queue_depth: Histogram,
+    batch_items: Histogram,
+}
+
+impl Default for DeliveryMetrics {
+    fn default() -> Self {
+        Self {
+            // 0.5 ms to ~16 s.
+            publish_to_deliver: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            // 1 to 4096 items.
+            queue_depth: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+            // 1 to 32 items (the flush cap), one bucket each.
+            batch_items: Histogram::new(linear_buckets(1.0, 1.0, 32)),
+        }
+    }
 }
 
 impl Metrics {
@@ -156,6 +197,44 @@ impl Metrics {
             "Times the gateway dropped its sockets after missing upstream events",
             self.resyncs.clone(),
         );
+        prefixed.register(
+            PUBLISH_TO_DELIVER,
+            "Time from an event's publication to its frames being queued on sockets",
+            self.delivery.publish_to_deliver.clone(),
+        );
+        prefixed.register(
+            OUTBOUND_QUEUE_DEPTH,
+            "Items in a socket's outbound queue after one was queued",
+            self.delivery.queue_depth.clone(),
+        );
+        prefixed.register(
+            WRITE_BATCH_ITEMS,
+            "Queued items written to a socket under one flush",
+            self.delivery.batch_items.clone(),
+        );
+    }
+
+    /// An event published at `published_at_unix_ms` was queued on sockets
+    /// at `now_unix_ms`. Events without a stamp (0) are not observed.
+    pub fn delivered(&self, published_at_unix_ms: i64, now_unix_ms: i64) {
+        if published_at_unix_ms > 0 {
+            // A clock that steps back counts as no delay, never negative.
+            let millis = now_unix_ms.saturating_sub(published_at_unix_ms).max(0);
+            #[allow(clippy::cast_precision_loss)]
+            self.delivery
+                .publish_to_deliver
+                .observe(millis as f64 / 1000.0);
+        }
+    }
+
+    pub fn queued(&self, depth: usize) {
+        #[allow(clippy::cast_precision_loss)]
+        self.delivery.queue_depth.observe(depth as f64);
+    }
+
+    pub fn wrote_batch(&self, items: usize) {
+        #[allow(clippy::cast_precision_loss)]
+        self.delivery.batch_items.observe(items as f64);
     }
 
     pub fn connection_opened(&self) {
@@ -286,6 +365,25 @@ mod tests {
             "filament_gateway_ingress_rejected_total{reason=\"subscribe_denied\"} 1",
             "filament_gateway_unknown_events_total 1",
             "filament_gateway_resyncs_total 0",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn delivery_histograms_skip_unstamped_events_and_never_go_negative() {
+        let metrics = Metrics::default();
+        metrics.delivered(0, 5_000);
+        metrics.delivered(1_000, 1_250);
+        metrics.delivered(2_000, 1_000);
+        metrics.queued(3);
+        metrics.wrote_batch(2);
+        let text = encoded(&metrics);
+        for line in [
+            "filament_gateway_publish_to_deliver_seconds_count 2",
+            "filament_gateway_publish_to_deliver_seconds_sum 0.25",
+            "filament_gateway_outbound_queue_depth_count 1",
+            "filament_gateway_write_batch_items_sum 2.0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

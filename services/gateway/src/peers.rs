@@ -38,8 +38,8 @@ impl Peers {
     }
 
     /// Renews this gateway's presence lease. True when presence had let the
-    /// lease lapse: its view of this gateway's sockets is gone, and the
-    /// sockets must resynchronise.
+    /// lease lapse: its view of this gateway's sockets is gone, and they
+    /// must be reported again (`connection::reannounce_presence`).
     pub(crate) async fn heartbeat(&self) -> bool {
         let Some(presence) = &self.presence else {
             return false;

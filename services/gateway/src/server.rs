@@ -21,6 +21,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use filament_registry::{GatewayId, Registry};
 use filament_runtime::admin::AdminListener;
+use filament_runtime::public::ListenerMetrics;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::time::Instant;
@@ -50,6 +51,7 @@ pub struct BoundGateway {
     listener: TcpListener,
     admin: Option<AdminListener>,
     metrics_registry: Arc<prometheus_client::registry::Registry>,
+    listener_metrics: ListenerMetrics,
     shared: Arc<Shared>,
     tracker: TaskTracker,
     sockets_shutdown: CancellationToken,
@@ -76,6 +78,11 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
     let metrics = Arc::new(Metrics::default());
     let mut metrics_registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut metrics_registry);
+    let listener_metrics = ListenerMetrics::default();
+    listener_metrics.register(&mut metrics_registry);
+    let registry_metrics = filament_registry::RegistryMetrics::default();
+    registry_metrics.register(&mut metrics_registry);
+    let registry = registry_metrics.wrap(registry);
     let upstreams = 1 + config.event_service_urls.len();
     let shared = Arc::new(Shared {
         access: Access::new(&config.api_url, config.upstream_timeout)?,
@@ -99,6 +106,7 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
         listener,
         admin,
         metrics_registry: Arc::new(metrics_registry),
+        listener_metrics,
         shared,
         tracker: TaskTracker::new(),
         sockets_shutdown: CancellationToken::new(),
@@ -129,10 +137,17 @@ impl BoundGateway {
         Arc::clone(&self.shared.metrics)
     }
 
+    /// The counters of the websocket listener's accept loop, for another
+    /// listener serving [`router`](Self::router) to count into as well.
+    pub fn listener_metrics(&self) -> ListenerMetrics {
+        self.listener_metrics.clone()
+    }
+
     /// The routes of this gateway (`/gateway/ws`, `/healthz`, `/readyz`),
     /// for serving them on another listener too (the all-in-one origin).
-    /// Serve it with `into_make_service_with_connect_info::<SocketAddr>()`:
-    /// without the peer address, every client shares one IP's limits.
+    /// Serve it with `filament_runtime::public::serve`, which hands each
+    /// request its peer address: without it, every client shares one IP's
+    /// limits.
     pub fn router(&self) -> Router {
         router(
             Arc::clone(&self.shared),
@@ -147,6 +162,7 @@ impl BoundGateway {
             listener,
             admin,
             metrics_registry,
+            listener_metrics,
             shared,
             tracker,
             sockets_shutdown,
@@ -179,11 +195,13 @@ impl BoundGateway {
             tracker.clone(),
             sockets_shutdown.clone(),
         );
-        axum::serve(
-            filament_runtime::net::nodelay(listener),
-            app.into_make_service_with_connect_info::<SocketAddr>(),
+        filament_runtime::public::serve(
+            listener,
+            app,
+            shared.config.public.clone(),
+            listener_metrics,
+            shutdown.clone(),
         )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await?;
 
         // New upgrades are refused from here on; close the open sockets.
@@ -242,6 +260,10 @@ async fn upgrade(
 ) -> Response {
     let shared = &state.shared;
     if state.shutdown.is_cancelled() {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "internal_error");
+    }
+    if !shared.is_ready() {
+        shared.metrics.upgrade_rejected(UpgradeRejection::NotReady);
         return error(StatusCode::SERVICE_UNAVAILABLE, "internal_error");
     }
     // Without the peer address (a router served without connect info) all
@@ -356,11 +378,18 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                         tracing::warn!("registry lost this gateway for longer than the TTL; resynchronising");
                         shared.resync();
                     }
+                    Ok(Sweep::Healed) => {
+                        tracing::warn!("the registry lost its state; held everything again");
+                    }
                     Err(err) => tracing::warn!(%err, "registry heartbeat failed"),
                 }
                 if shared.peers.heartbeat().await {
-                    tracing::warn!("presence let this gateway's lease lapse; resynchronising");
-                    shared.resync();
+                    tracing::warn!("presence let this gateway's lease lapse; telling it again");
+                    let shared = Arc::clone(&shared);
+                    tokio::spawn(async move {
+                        let repair = crate::connection::Repair::PresenceForgot;
+                        crate::connection::repair_views(&shared, repair).await;
+                    });
                 }
             }
             () = stop.cancelled() => return,

@@ -4,23 +4,29 @@
 //! open, reconnecting with backoff. Events are applied in sequence order and
 //! acknowledged when the service asked for it. Any sign of a lost event — a
 //! sequence gap, a stream that broke instead of ending cleanly, or a
-//! `Welcome` that reports missed events — makes the gateway resynchronise:
-//! it closes every socket so clients reconnect and refetch, rather than
-//! leaving them silently stale.
+//! `Welcome` that reports missed events — on the api's stream makes the
+//! gateway resynchronise: it closes every socket so clients reconnect and
+//! refetch, rather than leaving them silently stale. On a presence or voice
+//! stream it sends every socket fresh presence and voice snapshots once the
+//! stream is open again: those are views, repaired without a reconnect.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use filament_proto::v1::event_stream_client::EventStreamClient;
 use filament_proto::v1::{Ack, GatewayMessage, Hello, gateway_message, service_message};
+use filament_runtime::trace::TraceContext;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
+use tracing::Instrument as _;
 
 use crate::Shared;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// The api's stream: the one whose loss means missed messages.
+const API_SLOT: usize = 0;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How a stream ended.
@@ -40,9 +46,12 @@ pub(crate) async fn follow(
     shutdown: CancellationToken,
 ) {
     let mut backoff = MIN_BACKOFF;
+    // A presence or voice stream lost events: repair the views at the
+    // next open.
+    let mut views_lost = false;
     while !shutdown.is_cancelled() {
         let end = tokio::select! {
-            end = run_stream(&shared, &url, slot) => end,
+            end = run_stream(&shared, &url, slot, &mut views_lost) => end,
             () = shutdown.cancelled() => break,
         };
         shared.set_upstream_ready(slot, false);
@@ -51,9 +60,17 @@ pub(crate) async fn follow(
                 tracing::info!(%url, "event stream ended cleanly; reconnecting");
                 backoff = MIN_BACKOFF;
             }
-            Ok(StreamEnd::Lossy(why)) => {
+            Ok(StreamEnd::Lossy(why)) if slot == API_SLOT => {
                 tracing::warn!(%url, %why, "event stream lost events; resynchronising sockets");
                 shared.resync();
+                backoff = MIN_BACKOFF;
+            }
+            Ok(StreamEnd::Lossy(why)) => {
+                // Presence and voice: their views are repaired with fresh
+                // snapshots once the stream is back (below), not with a
+                // reconnect of every socket.
+                tracing::warn!(%url, %why, "event stream lost events; repairing views once it is back");
+                views_lost = true;
                 backoff = MIN_BACKOFF;
             }
             Err(err) => {
@@ -68,7 +85,12 @@ pub(crate) async fn follow(
     }
 }
 
-async fn run_stream(shared: &Shared, url: &str, slot: usize) -> anyhow::Result<StreamEnd> {
+async fn run_stream(
+    shared: &Arc<Shared>,
+    url: &str,
+    slot: usize,
+    views_lost: &mut bool,
+) -> anyhow::Result<StreamEnd> {
     let channel = Endpoint::from_shared(url.to_owned())?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
@@ -98,8 +120,17 @@ async fn run_stream(shared: &Shared, url: &str, slot: usize) -> anyhow::Result<S
         missed = welcome.missed_events,
         "event stream open"
     );
-    if welcome.missed_events > 0 {
-        shared.resync();
+    if slot == API_SLOT {
+        if welcome.missed_events > 0 {
+            shared.resync();
+        }
+    } else if welcome.missed_events > 0 || std::mem::take(views_lost) {
+        // After the stream is open, so every change past the snapshots
+        // reaches the sockets through it.
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            crate::connection::repair_views(&shared, crate::connection::Repair::StreamLost).await;
+        });
     }
     shared.set_upstream_ready(slot, true);
 
@@ -121,7 +152,7 @@ async fn run_stream(shared: &Shared, url: &str, slot: usize) -> anyhow::Result<S
         }
         expected_seq += 1;
         if let Some(event) = streamed.event {
-            shared.dispatch(event).await;
+            deliver(shared, event, &streamed.traceparent).await;
         }
         if streamed.ack_requested {
             let ack = GatewayMessage {
@@ -132,4 +163,19 @@ async fn run_stream(shared: &Shared, url: &str, slot: usize) -> anyhow::Result<S
             }
         }
     }
+}
+
+/// Applies one event inside a span holding the trace id of the request
+/// that caused it, so the delivery's log lines (`event delivered`, at
+/// debug) join that request's trace; a traced event's own calls (presence,
+/// voice) carry the trace on.
+async fn deliver(shared: &Shared, event: filament_proto::v1::Event, traceparent: &str) {
+    let Some(trace) = TraceContext::parse(traceparent) else {
+        shared.dispatch(event).await;
+        return;
+    };
+    let span = tracing::debug_span!("deliver_event", trace_id = trace.trace_id());
+    filament_runtime::trace::scope(trace, shared.dispatch(event))
+        .instrument(span)
+        .await;
 }

@@ -25,6 +25,7 @@
 
 pub mod client;
 mod grpc;
+pub mod metrics;
 mod notify;
 mod service;
 pub mod store;
@@ -36,10 +37,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use filament_fanout::{Fanout, FanoutConfig};
 use filament_registry::Registry;
+use filament_runtime::admin::AdminListener;
 use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use metrics::PresenceMetrics;
 pub use notify::VoiceNotifier;
 pub use service::{EventSink, OfflineListener, PresenceService};
 
@@ -56,6 +59,8 @@ pub struct Config {
     /// The voice service, told about users who went offline everywhere.
     /// Unset: voice relies on its own participant TTL.
     pub voice_grpc_url: Option<String>,
+    /// Where `/metrics` is served; unset: nowhere.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -65,6 +70,7 @@ impl Config {
             grpc_addr,
             store: PresenceStoreConfig::default(),
             voice_grpc_url: None,
+            admin_addr: None,
         }
     }
 
@@ -95,6 +101,7 @@ impl Config {
             });
         }
         config.voice_grpc_url = env.optional("FILAMENT_PRESENCE_VOICE_GRPC_URL")?;
+        config.admin_addr = env.optional("FILAMENT_PRESENCE_ADMIN_ADDR")?;
         Ok(config)
     }
 
@@ -127,6 +134,8 @@ pub struct BoundPresence {
     fanout: Fanout,
     sweep_interval: Duration,
     background: CancellationToken,
+    admin: Option<AdminListener>,
+    metrics: Arc<PresenceMetrics>,
 }
 
 /// Binds the listener; nothing runs until [`BoundPresence::run`]. `registry`
@@ -137,6 +146,8 @@ pub async fn bind(
     store: Arc<dyn PresenceStore>,
 ) -> anyhow::Result<BoundPresence> {
     let listener = TcpListener::bind(config.grpc_addr).await?;
+    let metrics = Arc::new(PresenceMetrics::default());
+    let registry = metrics.registry_calls().wrap(registry);
     let fanout = Fanout::new("presence", registry, FanoutConfig::default());
     let background = CancellationToken::new();
     let offline: Option<Arc<dyn OfflineListener>> = match &config.voice_grpc_url {
@@ -147,18 +158,33 @@ pub async fn bind(
         None => None,
     };
     let events: Arc<dyn EventSink> = Arc::new(fanout.clone());
+    let admin = match config.admin_addr {
+        Some(addr) => Some(
+            AdminListener::bind(addr)
+                .await
+                .context("FILAMENT_PRESENCE_ADMIN_ADDR")?,
+        ),
+        None => None,
+    };
     Ok(BoundPresence {
         listener,
-        service: PresenceService::new(store, events, offline),
+        service: PresenceService::new(store, events, offline).with_metrics(Arc::clone(&metrics)),
         sweep_interval: config.sweep_interval(),
         fanout,
         background,
+        admin,
+        metrics,
     })
 }
 
 impl BoundPresence {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `/metrics` is served, if anywhere.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown`, then ends the event streams cleanly after
@@ -170,6 +196,8 @@ impl BoundPresence {
             fanout,
             sweep_interval,
             background,
+            admin,
+            metrics,
         } = self;
         tracing::info!(grpc = %listener.local_addr()?, "presence listening");
         tokio::spawn(
@@ -178,9 +206,21 @@ impl BoundPresence {
                 .run_sweeper(sweep_interval, background.clone()),
         );
 
+        let grpc_metrics = filament_runtime::grpc::GrpcServerMetrics::default();
+        if let Some(admin) = admin {
+            let mut registry = prometheus_client::registry::Registry::default();
+            metrics.register(&mut registry);
+            grpc_metrics.register(&mut registry);
+            tokio::spawn(admin.serve(Arc::new(registry), background.clone()));
+        }
+
         let grpc_stop = CancellationToken::new();
         let server = tonic::transport::Server::builder()
+            .layer(grpc_metrics.layer())
             .add_service(filament_runtime::probes::grpc_health(SERVICE_NAME).await)
+            .add_service(filament_runtime::grpc::reflection(&[
+                filament_proto::FILE_DESCRIPTOR_SET,
+            ])?)
             .add_service(grpc::PresenceGrpc::server(service))
             .add_service(fanout.grpc_service().into_server())
             .serve_with_incoming_shutdown(

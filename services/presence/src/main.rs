@@ -6,9 +6,17 @@ use std::sync::Arc;
 use filament_registry::{RedisRegistry, RegistryConfig};
 use filament_runtime::Env;
 
+/// jemalloc, not glibc's malloc: it hands large freed blocks (a 19 MiB
+/// Argon2 hash) back to the OS at once, where glibc keeps them in
+/// per-thread arenas and RSS stays at the peak of the last login storm.
+/// Every Filament binary uses it; see docs/adr/0005-jemalloc.md.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    filament_runtime::telemetry::init();
+    filament_runtime::telemetry::init()?;
+    filament_runtime::fd_limit::raise();
     let shutdown = filament_runtime::shutdown::token_on_signal();
     let env = Env::from_process();
     let config = filament_presence::Config::from_env(&env)?;

@@ -15,6 +15,7 @@ use filament_proto::v1::{
 use filament_registry::GatewayId;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{PresenceMetrics, Transition};
 use crate::store::{ConnectionKey, Departure, Lease, PresenceStore, StoreResult};
 
 /// Where presence events go: the service's [`Fanout`] in production, a
@@ -50,6 +51,7 @@ pub struct PresenceService {
     store: Arc<dyn PresenceStore>,
     events: Arc<dyn EventSink>,
     offline: Option<Arc<dyn OfflineListener>>,
+    metrics: Arc<PresenceMetrics>,
 }
 
 impl PresenceService {
@@ -62,7 +64,15 @@ impl PresenceService {
             store,
             events,
             offline,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (the admin listener's) instead of a private set.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<PresenceMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub async fn heartbeat(&self, gateway: &GatewayId) -> StoreResult<Lease> {
@@ -70,7 +80,9 @@ impl PresenceService {
     }
 
     pub async fn connected(&self, connection: &ConnectionKey, user_id: &str) -> StoreResult<Lease> {
-        self.store.connect(connection, user_id).await
+        let lease = self.store.connect(connection, user_id).await?;
+        self.metrics.session_opened();
+        Ok(lease)
     }
 
     /// Marks the connection present in the guild; publishes `presence_update
@@ -116,6 +128,7 @@ impl PresenceService {
     pub async fn disconnected(&self, connection: &ConnectionKey) -> StoreResult<Option<Departure>> {
         let departure = self.store.disconnect(connection).await?;
         if let Some(departure) = &departure {
+            self.metrics.sessions_closed(1);
             self.announce(departure).await;
         }
         Ok(departure)
@@ -136,6 +149,7 @@ impl PresenceService {
         loop {
             let (departures, more) = self.store.expire(EXPIRE_BATCH).await?;
             removed += departures.len();
+            self.metrics.sessions_closed(departures.len());
             for departure in &departures {
                 self.announce(departure).await;
             }
@@ -174,6 +188,10 @@ impl PresenceService {
     }
 
     async fn publish_update(&self, guild_id: &str, user_id: &str, status: PresenceStatus) {
+        self.metrics.transition(match status {
+            PresenceStatus::Online => Transition::Online,
+            _ => Transition::Offline,
+        });
         let event = Event {
             audience: Some(Audience {
                 target: Some(audience::Target::Guild(GuildAudience {

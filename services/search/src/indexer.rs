@@ -54,9 +54,15 @@ pub struct IndexerStats {
     applied_changes: AtomicU64,
     /// The log position of the last commit.
     committed_seq: AtomicU64,
+    /// The series served on the admin listener.
+    metrics: crate::metrics::SearchMetrics,
 }
 
 impl IndexerStats {
+    pub fn metrics(&self) -> &crate::metrics::SearchMetrics {
+        &self.metrics
+    }
+
     pub fn applied_changes(&self) -> u64 {
         self.applied_changes.load(Ordering::Relaxed)
     }
@@ -213,6 +219,9 @@ impl Indexer {
             return Ok(());
         }
         self.applied_seq = change.seq;
+        self.stats
+            .metrics
+            .positions(self.applied_seq, self.committed_seq);
         if let Some(doc) = doc_change(&change) {
             self.pending.push(doc);
         } else {
@@ -247,9 +256,14 @@ impl Indexer {
             return Ok(());
         }
         let (index, seq) = (self.index.clone(), self.applied_seq);
+        let started = Instant::now();
         blocking(move || index.commit(seq)).await?;
+        self.stats
+            .metrics
+            .committed_in(started.elapsed().as_secs_f64());
         self.committed_seq = seq;
         self.stats.committed_seq.store(seq, Ordering::Relaxed);
+        self.stats.metrics.positions(self.applied_seq, seq);
         self.uncommitted = 0;
         self.dirty_since = None;
         Ok(())

@@ -11,6 +11,7 @@ mod error;
 mod grpc;
 mod index;
 mod indexer;
+pub mod metrics;
 pub mod query;
 mod service;
 
@@ -19,7 +20,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use filament_proto::v1::message_feed_client::MessageFeedClient;
+use filament_runtime::admin::AdminListener;
 use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -51,6 +54,8 @@ pub struct Config {
     pub query_timeout: Duration,
     /// Searches running at once; more wait (within their budget).
     pub max_concurrent_queries: usize,
+    /// Where `/metrics` is served; unset: nowhere.
+    pub admin_addr: Option<SocketAddr>,
 }
 
 impl Config {
@@ -66,6 +71,7 @@ impl Config {
             },
             query_timeout: Duration::from_millis(200),
             max_concurrent_queries: 8,
+            admin_addr: None,
         }
     }
 
@@ -97,6 +103,7 @@ impl Config {
             });
         }
         config.writer.memory_bytes = memory_mb * 1024 * 1024;
+        config.admin_addr = env.optional("FILAMENT_SEARCH_ADMIN_ADDR")?;
         Ok(config)
     }
 }
@@ -109,11 +116,20 @@ pub struct BoundSearch {
     engine: Engine,
     commands: mpsc::Receiver<indexer::Command>,
     stats: Arc<IndexerStats>,
+    admin: Option<AdminListener>,
 }
 
 /// Binds the listener and opens (or creates) the index.
 pub async fn bind(config: Config) -> anyhow::Result<BoundSearch> {
     let listener = TcpListener::bind(config.grpc_addr).await?;
+    let admin = match config.admin_addr {
+        Some(addr) => Some(
+            AdminListener::bind(addr)
+                .await
+                .context("FILAMENT_SEARCH_ADMIN_ADDR")?,
+        ),
+        None => None,
+    };
     let (location, writer) = (config.index.clone(), config.writer);
     let index =
         tokio::task::spawn_blocking(move || MessageIndex::open(&location, writer)).await??;
@@ -133,12 +149,18 @@ pub async fn bind(config: Config) -> anyhow::Result<BoundSearch> {
         engine,
         commands,
         stats,
+        admin,
     })
 }
 
 impl BoundSearch {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where `/metrics` is served, if anywhere.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The service itself, to call without gRPC (tests, the all-in-one).
@@ -164,6 +186,13 @@ impl BoundSearch {
         )
         // A batch of full messages can exceed the 4 MiB default.
         .max_decoding_message_size(64 * 1024 * 1024);
+        let grpc_metrics = filament_runtime::grpc::GrpcServerMetrics::default();
+        if let Some(admin) = self.admin {
+            let mut registry = prometheus_client::registry::Registry::default();
+            self.stats.metrics().register(&mut registry);
+            grpc_metrics.register(&mut registry);
+            tokio::spawn(admin.serve(Arc::new(registry), shutdown.clone()));
+        }
         let indexer = indexer::Indexer::new(
             self.index,
             feed,
@@ -174,7 +203,11 @@ impl BoundSearch {
         let indexing = tokio::spawn(indexer.run(shutdown.clone()));
         tracing::info!(grpc = %self.listener.local_addr()?, "search listening");
         let served = tonic::transport::Server::builder()
+            .layer(grpc_metrics.layer())
             .add_service(filament_runtime::probes::grpc_health(SERVICE_NAME).await)
+            .add_service(filament_runtime::grpc::reflection(&[
+                filament_proto::FILE_DESCRIPTOR_SET,
+            ])?)
             .add_service(grpc::SearchGrpc::server(Arc::new(self.engine)))
             .serve_with_incoming_shutdown(
                 filament_runtime::net::grpc_incoming(self.listener),

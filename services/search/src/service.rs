@@ -13,6 +13,7 @@ use ulid::Ulid;
 use crate::error::SearchError;
 use crate::index::{Hit, MessageIndex, SearchRequest};
 use crate::indexer::{Command, IndexerStats, Reconciled};
+use crate::metrics::QueryOutcome;
 
 /// Largest page of hits (contract §6).
 pub const MAX_LIMIT: u32 = 50;
@@ -136,9 +137,20 @@ impl SearchService for Engine {
             })?
             .map_err(SearchError::from)
         };
-        tokio::time::timeout(self.timeout, run)
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, run)
             .await
-            .map_err(|_| SearchError::Timeout(self.timeout))?
+            .map_err(|_| SearchError::Timeout(self.timeout))
+            .and_then(|result| result);
+        let outcome = match &result {
+            Ok(_) => QueryOutcome::Ok,
+            Err(SearchError::Timeout(_)) => QueryOutcome::Timeout,
+            Err(_) => QueryOutcome::Error,
+        };
+        self.stats
+            .metrics()
+            .query_ran(outcome, started.elapsed().as_secs_f64());
+        result
     }
 
     async fn rebuild(&self, guild_id: Option<Ulid>) -> Result<u64, SearchError> {

@@ -206,8 +206,9 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
         Some(addr) => Some(AdminListener::bind(addr).await?),
         None => None,
     };
-    let fanout = Fanout::new("voice", registry, FanoutConfig::default());
     let metrics = Arc::new(VoiceMetrics::default());
+    let registry = metrics.registry_calls().wrap(registry);
+    let fanout = Fanout::new("voice", registry, FanoutConfig::default());
     let prune_interval = config.prune_interval();
     let drift = config
         .livekit_api_url
@@ -293,15 +294,21 @@ impl BoundVoice {
                 }
             });
         }
+        let grpc_metrics = filament_runtime::grpc::GrpcServerMetrics::default();
         if let Some(admin) = admin {
             let mut registry = prometheus_client::registry::Registry::default();
             metrics.register(&mut registry);
+            grpc_metrics.register(&mut registry);
             tokio::spawn(admin.serve(Arc::new(registry), background.clone()));
         }
 
         let grpc_stop = CancellationToken::new();
         let server = tonic::transport::Server::builder()
+            .layer(grpc_metrics.layer())
             .add_service(filament_runtime::probes::grpc_health(SERVICE_NAME).await)
+            .add_service(filament_runtime::grpc::reflection(&[
+                filament_proto::FILE_DESCRIPTOR_SET,
+            ])?)
             .add_service(grpc::VoiceGrpc::server(service))
             .add_service(fanout.grpc_service().into_server())
             .serve_with_incoming_shutdown(

@@ -63,6 +63,7 @@ pub struct VoiceMetrics {
     drift_corrections: Family<KindLabels, Counter>,
     participants: Gauge,
     webhooks_rejected: Counter,
+    registry: filament_registry::RegistryMetrics,
 }
 
 impl VoiceMetrics {
@@ -88,6 +89,12 @@ impl VoiceMetrics {
             "LiveKit webhook requests that failed verification",
             self.webhooks_rejected.clone(),
         );
+        self.registry.register(registry);
+    }
+
+    /// The routing registry's call timings, served with these.
+    pub fn registry_calls(&self) -> &filament_registry::RegistryMetrics {
+        &self.registry
     }
 
     pub fn sync_repaired(&self, reason: SyncReason) {

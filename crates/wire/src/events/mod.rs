@@ -84,7 +84,7 @@ macro_rules! event_table {
         pub(crate) fn visit<V: PayloadVisitor>(payload: &Payload, visitor: V) -> Option<V::Output> {
             match payload {
                 $(Payload::$event(proto) => Some(visitor.visit::<$event>(proto)),)*
-                Payload::AccessChanged(_) => None,
+                Payload::AccessChanged(_) | Payload::SessionRevoked(_) => None,
             }
         }
     };

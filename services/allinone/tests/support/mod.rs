@@ -54,7 +54,7 @@ impl TestStack {
     pub async fn start_with(
         backends: Backends,
         gateways: usize,
-        tune: fn(&mut StackConfig),
+        tune: impl FnOnce(&mut StackConfig),
     ) -> Option<Self> {
         let unique = ulid::Ulid::generate().to_string().to_lowercase();
         let (database_url, registry, dir, store) = match backends {
@@ -105,6 +105,41 @@ impl TestStack {
             http: reqwest::Client::new(),
             _dir: dir,
         })
+    }
+
+    /// A stack whose api and gateways believe `X-Forwarded-For` from
+    /// loopback, so each request or socket can come from the address the
+    /// test picks (see [`call_from`](Self::call_from)).
+    pub async fn start_trusting(backends: Backends, gateways: usize) -> Option<Self> {
+        Self::start_with(backends, gateways, |config| {
+            config.tune_api = |api| {
+                api.trusted_proxy_cidrs = vec!["127.0.0.0/8".parse().expect("network")];
+            };
+            config.tune_gateway = |gateway| {
+                gateway.trusted_proxies = vec!["127.0.0.0/8".parse().expect("network")];
+            };
+        })
+        .await
+    }
+
+    /// Any method, with an optional JSON body, as the caller at `from` when
+    /// given (sent as `X-Forwarded-For`; only a trusting stack believes it).
+    pub async fn call_from(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        from: Option<&str>,
+    ) -> (u16, Value) {
+        let mut request = self.http.request(method, self.api(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        if let Some(from) = from {
+            request = request.header("x-forwarded-for", from);
+        }
+        self.send(request, token).await
     }
 
     pub fn api(&self, path: &str) -> String {

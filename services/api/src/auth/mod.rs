@@ -6,5 +6,5 @@ mod password;
 mod tokens;
 
 pub use lockout::Lockout;
-pub use password::PasswordHasher;
+pub use password::{HashError, PasswordHasher};
 pub use tokens::{RefreshToken, TokenKeys};

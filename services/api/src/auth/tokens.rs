@@ -1,6 +1,7 @@
 //! Access tokens (short-lived HS256 JWTs, opaque to clients) and refresh
 //! tokens (`<session ulid>.<base64url(32 random bytes)>`, stored only as a
-//! SHA-256 hash).
+//! SHA-256 hash). An access token names the session it was issued for, so
+//! that a logout can revoke it before it expires.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -14,6 +15,9 @@ use ulid::Ulid;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
     pub sub: String,
+    /// The session (the refresh token's session id). Required: a token
+    /// that names no session could not be revoked by a logout.
+    pub sid: String,
     pub username: String,
     pub iat: i64,
     pub nbf: i64,
@@ -39,6 +43,7 @@ impl TokenKeys {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.validate_nbf = true;
+        // `sid` is not a registered claim; serde requires it.
         validation.set_required_spec_claims(&["exp", "nbf", "sub"]);
         Self {
             encoding: EncodingKey::from_secret(secret),
@@ -50,12 +55,14 @@ impl TokenKeys {
     pub fn issue(
         &self,
         user_id: Ulid,
+        session_id: Ulid,
         username: &str,
         now: i64,
         ttl_secs: i64,
     ) -> anyhow::Result<String> {
         let claims = AccessClaims {
             sub: user_id.to_string(),
+            sid: session_id.to_string(),
             username: username.to_owned(),
             iat: now,
             nbf: now,
@@ -81,10 +88,21 @@ impl TokenKeys {
 }
 
 /// A refresh token, split into the session it names and its secret.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RefreshToken {
     pub session_id: Ulid,
     secret: String,
+}
+
+/// Names the session, never prints the secret: a token that reached a log
+/// line would be a session anyone reading the logs could take over.
+impl std::fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshToken")
+            .field("session_id", &format_args!("{}", self.session_id))
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 impl RefreshToken {
@@ -131,19 +149,51 @@ mod tests {
     #[test]
     fn access_tokens_round_trip_and_reject_bad_ones() {
         let keys = TokenKeys::new(&[7; 32]);
-        let user = Ulid::generate();
+        let (user, session) = (Ulid::generate(), Ulid::generate());
         let now = now_unix();
-        let fresh = keys.issue(user, "alice", now, 900).unwrap();
-        assert_eq!(keys.verify(&fresh).unwrap().sub, user.to_string());
-        let not_yet = keys.issue(user, "alice", now + 1000, 900).unwrap();
+        let fresh = keys.issue(user, session, "alice", now, 900).unwrap();
+        let claims = keys.verify(&fresh).unwrap();
+        assert_eq!(claims.sub, user.to_string());
+        assert_eq!(claims.sid, session.to_string());
+        let not_yet = keys.issue(user, session, "alice", now + 1000, 900).unwrap();
         assert!(keys.verify(&not_yet).is_none(), "nbf in the future");
-        let expired = keys.issue(user, "alice", now - 1000, 900).unwrap();
+        let expired = keys.issue(user, session, "alice", now - 1000, 900).unwrap();
         assert!(keys.verify(&expired).is_none());
         let forged = TokenKeys::new(&[8; 32])
-            .issue(user, "alice", now, 900)
+            .issue(user, session, "alice", now, 900)
             .unwrap();
         assert!(keys.verify(&forged).is_none());
         assert!(keys.verify("short").is_none());
+    }
+
+    /// A token from before sessions were named in tokens cannot be revoked
+    /// by a logout, so it is not accepted at all.
+    #[test]
+    fn access_tokens_without_a_session_are_refused() {
+        #[derive(Serialize)]
+        struct Sessionless {
+            sub: String,
+            username: String,
+            iat: i64,
+            nbf: i64,
+            exp: i64,
+        }
+        let secret = [7; 32];
+        let now = now_unix();
+        let claims = Sessionless {
+            sub: Ulid::generate().to_string(),
+            username: "alice".to_owned(),
+            iat: now,
+            nbf: now,
+            exp: now + 900,
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&secret),
+        )
+        .unwrap();
+        assert!(TokenKeys::new(&secret).verify(&token).is_none());
     }
 
     #[test]
@@ -155,5 +205,15 @@ mod tests {
         assert!(RefreshToken::parse("nope").is_none());
         assert!(RefreshToken::parse(&format!("{}.short", Ulid::generate())).is_none());
         assert!(RefreshToken::parse(&"x".repeat(513)).is_none());
+    }
+
+    #[test]
+    fn a_refresh_token_debug_never_shows_its_secret() {
+        let token = RefreshToken::generate(Ulid::generate());
+        let printed = format!("{token:?}");
+        let secret = token.expose();
+        let secret = secret.split_once('.').unwrap().1;
+        assert!(!printed.contains(secret), "{printed}");
+        assert!(printed.contains(&token.session_id.to_string()), "{printed}");
     }
 }

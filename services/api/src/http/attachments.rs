@@ -21,8 +21,10 @@ use crate::attachments::{
     AttachmentStorage, LocalStorage, MAX_ATTACHMENT_BYTES, StageError, USER_QUOTA_BYTES,
 };
 use crate::clock::now_unix;
+use crate::domain::storable_text;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::{AuthUser, Ids, QueryParams};
+use crate::http::uploads::{Disposition, untrusted_content_headers};
 use crate::state::AppState;
 use crate::store::{AttachmentInsert, AttachmentRecord, MemberRole};
 
@@ -53,6 +55,7 @@ impl TryFrom<Option<String>> for Filename {
     fn try_from(raw: Option<String>) -> Result<Self, Self::Error> {
         let raw = raw.unwrap_or_else(|| DEFAULT_FILENAME.to_owned());
         let valid = (1..=MAX_FILENAME_BYTES).contains(&raw.len())
+            && storable_text(&raw)
             && !raw.chars().any(|c| c == '/' || c == '\\' || c.is_control());
         if valid {
             Ok(Self(raw))
@@ -179,6 +182,9 @@ pub async fn download(
         })?;
     let content_type = HeaderValue::from_str(&attachment.mime_type)
         .map_err(|err| ApiError::Internal(err.into()))?;
+    let untrusted = untrusted_content_headers(Disposition::Attachment {
+        filename: &attachment.filename,
+    })?;
     Ok((
         [
             (header::CONTENT_TYPE, content_type),
@@ -187,14 +193,11 @@ pub async fn download(
                 HeaderValue::from(attachment.size_bytes),
             ),
             (
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            ),
-            (
                 header::CACHE_CONTROL,
                 HeaderValue::from_static("private, no-store"),
             ),
         ],
+        untrusted,
         body,
     )
         .into_response())
@@ -302,5 +305,18 @@ mod tests {
             declared_type(&headers).unwrap().as_deref(),
             Some("image/png")
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_filename_with_a_nul_is_refused(
+            raw in crate::domain::hostile::text(),
+            nul in crate::domain::hostile::plain_with_nul(),
+        ) {
+            proptest::prop_assert!(Filename::try_from(Some(nul)).is_err());
+            if Filename::try_from(Some(raw.clone())).is_ok() {
+                proptest::prop_assert!(crate::domain::storable_text(&raw), "{raw:?}");
+            }
+        }
     }
 }

@@ -7,11 +7,13 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use filament_wire::Profile;
 use serde::{Deserialize, Serialize};
+use ulid::Ulid;
 
 use crate::auth::RefreshToken;
 use crate::clock::now_unix;
-use crate::domain::{Password, Username};
+use crate::domain::{Password, Username, storable_text};
 use crate::error::{ApiError, ApiResult};
+use crate::events;
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, JsonBody};
 use crate::http::rate_limit::AuthRoute;
@@ -23,9 +25,9 @@ use crate::store::{NewSession, NewUser, RotateOutcome, StoreError, UserRecord};
 pub struct RegisterDto {
     username: String,
     password: String,
-    /// Only checked when hCaptcha is configured; ignored otherwise.
+    /// Only checked when hCaptcha is configured; ignored otherwise, except
+    /// that a NUL is refused as in every text field.
     #[serde(default)]
-    #[allow(dead_code)]
     captcha_token: Option<String>,
 }
 
@@ -81,6 +83,13 @@ pub async fn register(
     state.auth_limiter().check(AuthRoute::Register, ip)?;
     let username = Username::try_from(dto.username)?;
     let password = Password::try_from(dto.password)?;
+    if dto
+        .captcha_token
+        .as_deref()
+        .is_some_and(|token| !storable_text(token))
+    {
+        return Err(ApiError::InvalidRequest);
+    }
     let password_hash = state.passwords().hash(password.expose()).await?;
     let user = NewUser {
         user_id: state.new_id(),
@@ -107,7 +116,10 @@ pub async fn login(
     ) else {
         return Err(ApiError::InvalidCredentials);
     };
-    if state.lockout().is_locked(username.as_str()) {
+    // One account, one lockout, whatever case the attempts spell it in:
+    // `VICTIM` logs into `victim`, so its failures count against it too.
+    let account = username.folded();
+    if state.lockout().is_locked(&account) {
         return Err(ApiError::InvalidCredentials);
     }
     let user = state.store().user_by_username(username.as_str()).await?;
@@ -117,10 +129,10 @@ pub async fn login(
         .verify(password.expose(), stored_hash)
         .await?;
     let Some(user) = user.filter(|_| valid) else {
-        state.lockout().record_failure(username.as_str());
+        state.lockout().record_failure(&account);
         return Err(ApiError::InvalidCredentials);
     };
-    state.lockout().record_success(username.as_str());
+    state.lockout().record_success(&account);
     let refresh = RefreshToken::generate(state.new_id());
     state
         .store()
@@ -155,8 +167,10 @@ pub async fn refresh(
         .await?;
     let user_id = match outcome {
         RotateOutcome::Rotated { user_id } => user_id,
-        RotateOutcome::Replayed => {
+        RotateOutcome::Replayed { user_id } => {
             tracing::warn!(session = %presented.session_id, "refresh token replayed; session revoked");
+            // Whoever replayed it may hold the session's access tokens too.
+            end_session(&state, user_id, presented.session_id).await?;
             return Err(ApiError::InvalidCredentials);
         }
         RotateOutcome::Invalid => return Err(ApiError::InvalidCredentials),
@@ -174,15 +188,29 @@ pub async fn logout(
     JsonBody(dto): JsonBody<RefreshDto>,
 ) -> ApiResult<StatusCode> {
     let presented = RefreshToken::parse(&dto.refresh_token).ok_or(ApiError::InvalidCredentials)?;
-    if state
+    let user_id = state
         .store()
         .revoke_session(presented.session_id, &presented.hash())
         .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::InvalidCredentials)
-    }
+        .ok_or(ApiError::InvalidCredentials)?;
+    end_session(&state, user_id, presented.session_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Ends a session the store has just revoked, everywhere: from now on its
+/// access tokens are refused, by REST and by the gateways' `Identify`
+/// (the registry lists it for as long as any of them can still be valid),
+/// and before this returns every gateway holding the user has closed the
+/// session's sockets (4012). Only then does a logout answer 204.
+async fn end_session(state: &AppState, user_id: Ulid, session_id: Ulid) -> ApiResult<()> {
+    let ttl = state.config().access_token_ttl;
+    state
+        .registry()
+        .revoke_session(&session_id.to_string(), ttl)
+        .await
+        .map_err(|err| ApiError::Internal(err.into()))?;
+    events::session_revoked(state, user_id, session_id).await;
+    Ok(())
 }
 
 pub async fn me(AuthUser(user): AuthUser) -> ApiResult<Json<Profile>> {
@@ -201,6 +229,7 @@ fn token_pair(
     let ttl = state.config().access_token_ttl.as_secs();
     let access_token = state.tokens().issue(
         user.user_id,
+        refresh.session_id,
         &user.username,
         now_unix(),
         i64::try_from(ttl).unwrap_or(900),

@@ -6,7 +6,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -33,23 +33,56 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-/// The user behind a valid access token, if the account still exists.
+/// The user behind a valid access token, if the account still exists and
+/// the token's session was not ended (logout).
 pub async fn authenticate(state: &AppState, token: &str) -> Result<UserRecord, ApiError> {
+    authenticate_session(state, token)
+        .await
+        .map(|session| session.user)
+}
+
+/// Who a valid access token speaks for, and for how long.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub user: UserRecord,
+    /// The login session the token was issued for.
+    pub session_id: ulid::Ulid,
+    pub expires_at_unix: i64,
+}
+
+/// [`authenticate`], with the token's session and expiry (the gateway
+/// needs both to close the socket when either ends).
+pub async fn authenticate_session(
+    state: &AppState,
+    token: &str,
+) -> Result<Authenticated, ApiError> {
     let claims = state
         .tokens()
         .verify(token)
         .ok_or(ApiError::InvalidCredentials)?;
     let user_id = crate::domain::parse_id(&claims.sub).map_err(|_| ApiError::InvalidCredentials)?;
-    state
+    let session_id =
+        crate::domain::parse_id(&claims.sid).map_err(|_| ApiError::InvalidCredentials)?;
+    // The session is read with the user, from the store that ended it: a
+    // logout holds even if the registry lost its copy of the revocation,
+    // and no request waits on the registry.
+    let user = state
         .store()
-        .user_by_id(user_id)
+        .user_in_session(user_id, session_id)
         .await?
-        .ok_or(ApiError::InvalidCredentials)
+        .ok_or(ApiError::InvalidCredentials)?;
+    Ok(Authenticated {
+        user,
+        session_id,
+        expires_at_unix: claims.exp,
+    })
 }
 
 /// A JSON body declared as `application/json` (else 415). Text that is not
-/// JSON is a 400; JSON of the wrong shape (an unknown, missing or mistyped
-/// field) is a 422, whichever way serde reports it; an oversized body 413.
+/// JSON is a 400 — that includes invalid UTF-8 and a `\uD800` escape with
+/// no partner, which no JSON string may hold (RFC 8259 §8); JSON of the
+/// wrong shape (an unknown, missing or mistyped field) is a 422, whichever
+/// way serde reports it; an oversized body 413.
 #[derive(Debug, Clone)]
 pub struct JsonBody<T>(pub T);
 
@@ -70,12 +103,18 @@ where
                 _ => ApiError::InvalidRequest,
             }
         })?;
-        match serde_json::from_slice::<T>(&bytes) {
+        // Checked whole and first: serde skips the bytes of a value it
+        // ignores without decoding them.
+        let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::InvalidRequest)?;
+        match serde_json::from_str::<T>(text) {
             Ok(value) => Ok(Self(value)),
-            Err(err) if err.is_data() => Err(ApiError::UnprocessableBody),
-            // serde reports some shape errors (a number where an enum
-            // belongs) as syntax errors; valid JSON means it was the shape.
-            Err(_) if serde_json::from_slice::<IgnoredAny>(&bytes).is_ok() => {
+            // Which error serde meets first depends on where it stands: an
+            // unknown field ahead of a broken string is a data error, a
+            // number where an enum belongs a syntax one. So the document
+            // decides: if it is JSON, the shape was wrong. A `Value`
+            // decodes every string (`IgnoredAny` would pass a lone
+            // surrogate escape), and this runs only on the error path.
+            Err(_) if serde_json::from_str::<serde_json::Value>(text).is_ok() => {
                 Err(ApiError::UnprocessableBody)
             }
             Err(_) => Err(ApiError::InvalidRequest),
@@ -142,5 +181,54 @@ where
         ids.try_into()
             .map(Self)
             .map_err(|_| ApiError::InvalidRequest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Dto {
+        #[allow(dead_code)]
+        content: String,
+    }
+
+    /// The status a body gets, or 200.
+    async fn status_of(body: &'static [u8]) -> u16 {
+        let request = Request::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        match JsonBody::<Dto>::from_request(request, &()).await {
+            Ok(_) => 200,
+            Err(err) => err.status_and_code().0.as_u16(),
+        }
+    }
+
+    #[tokio::test]
+    async fn broken_strings_are_malformed_and_wrong_shapes_unprocessable() {
+        for (body, want) in [
+            (&br#"{"content":"\ud83d\ude00"}"#[..], 200),
+            (br#"{"content":"\ud800"}"#, 400),
+            (br#"{"content":"\udc00"}"#, 400),
+            (b"{\"content\":\"\xff\"}", 400),
+            // Whatever serde meets first, a broken document is a 400...
+            (br#"{"pinned":1,"content":"\ud800"}"#, 400),
+            (b"{\"content\":\"x\",\"pinned\":\"\xc3\"}", 400),
+            (br#"{"content":"x""#, 400),
+            // ...and a whole one of the wrong shape a 422.
+            (br#"{"pinned":1,"content":"x"}"#, 422),
+            (br#"{"content":7}"#, 422),
+            (br#"{"content":"x","content":"y"}"#, 422),
+        ] {
+            assert_eq!(
+                status_of(body).await,
+                want,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 }

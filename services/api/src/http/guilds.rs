@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use ulid::Ulid;
 
 use crate::clock::now_unix;
-use crate::domain::{Name, page_limit};
+use crate::domain::{Name, page_limit, storable_text};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
 use crate::http::client_ip::ClientIp;
@@ -54,6 +54,29 @@ pub struct CreateGuildDto {
 pub struct DirectoryQuery {
     q: Option<String>,
     limit: Option<u32>,
+}
+
+/// A directory listing, validated: the page size, and the name filter
+/// trimmed (`None` when blank).
+struct DirectorySearch {
+    needle: Option<String>,
+    limit: u32,
+}
+
+impl TryFrom<DirectoryQuery> for DirectorySearch {
+    type Error = ApiError;
+
+    fn try_from(query: DirectoryQuery) -> Result<Self, Self::Error> {
+        let limit = page_limit(query.limit, DIRECTORY_DEFAULT_LIMIT, DIRECTORY_MAX_LIMIT)?;
+        let needle = match query.q.as_deref().map(str::trim) {
+            Some(q) if q.len() > DIRECTORY_MAX_QUERY_BYTES || !storable_text(q) => {
+                return Err(ApiError::InvalidRequest);
+            }
+            Some("") | None => None,
+            Some(q) => Some(q.to_owned()),
+        };
+        Ok(Self { needle, limit })
+    }
 }
 
 /// The contract's Guild shape of a stored guild.
@@ -128,13 +151,11 @@ pub async fn directory(
     AuthUser(_): AuthUser,
     QueryParams(query): QueryParams<DirectoryQuery>,
 ) -> ApiResult<Json<GuildList>> {
-    let limit = page_limit(query.limit, DIRECTORY_DEFAULT_LIMIT, DIRECTORY_MAX_LIMIT)?;
-    let needle = match query.q.as_deref().map(str::trim) {
-        Some(q) if q.len() > DIRECTORY_MAX_QUERY_BYTES => return Err(ApiError::InvalidRequest),
-        Some("") | None => None,
-        Some(q) => Some(q),
-    };
-    let guilds = state.store().public_guilds(needle, limit).await?;
+    let search = DirectorySearch::try_from(query)?;
+    let guilds = state
+        .store()
+        .public_guilds(search.needle.as_deref(), search.limit)
+        .await?;
     Ok(Json(GuildList {
         guilds: guilds.iter().map(wire_guild).collect(),
     }))
@@ -158,7 +179,6 @@ pub async fn join(
         return Err(ApiError::RateLimited);
     }
     let now = now_unix();
-    state.store().record_join_ip(user.user_id, ip, now).await?;
     let guild = state
         .store()
         .guild(guild_id)
@@ -174,7 +194,10 @@ pub async fn join(
         role: MemberRole::Member,
         joined_at_unix: now,
     };
-    let outcome = match state.store().add_member_unless_banned(member).await? {
+    // The address is recorded with the membership, in the guild, and only
+    // for a join that let the user in (contract §3.4): a refused join
+    // records nothing, and a ban by user here bans only addresses seen here.
+    let outcome = match state.store().join_from(member, ip).await? {
         AddMemberOutcome::Banned => {
             // A ban that landed since the check above.
             let action = JOIN_REJECTED_USER_BAN;

@@ -12,6 +12,7 @@ mod guilds;
 mod members;
 pub(crate) mod messages;
 mod moderation;
+mod observe;
 mod overrides;
 mod profiles;
 pub(crate) mod rate_limit;
@@ -20,6 +21,7 @@ mod roles;
 mod search;
 mod sliding;
 mod system;
+mod uploads;
 mod voice;
 mod workspace;
 
@@ -30,7 +32,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
-pub use extract::authenticate;
+pub use extract::authenticate_session;
 
 pub(crate) use client_ip::moderation_config_from_env;
 
@@ -76,7 +78,8 @@ pub fn router(state: AppState, ready: impl Fn() -> bool + Clone + Send + Sync + 
             StatusCode::REQUEST_TIMEOUT,
             timeout,
         ))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(observe::request_span))
+        .layer(axum::middleware::from_fn(observe::observe))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
 use crate::clock::now_unix;
-use crate::domain::{page_limit, parse_id};
+use crate::domain::{page_limit, parse_id, storable_text};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
@@ -203,7 +203,10 @@ pub struct AuditList {
 }
 
 /// `GET /guilds/{g}/audit`: newest first. Refusals say
-/// `audit_access_denied`, as the reference server does.
+/// `audit_access_denied`, as the reference server does: to a non-member of
+/// an existing guild and of an unknown one alike, and to a member without
+/// `view_audit_log`. Only the server owner, who may see any guild, learns
+/// that an id is unknown (404).
 pub async fn audit(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -223,9 +226,9 @@ pub async fn audit(
         .as_deref()
         .map(action_prefix)
         .transpose()?;
-    if state.store().guild(guild_id).await?.is_none() {
-        return Err(ApiError::NotFound);
-    }
+    // No lookup of the guild first: the authorizer refuses a stranger the
+    // same way whether the guild exists or not, so the answer cannot tell
+    // which ids are real.
     let access = match state.authorizer().guild(guild_id, user.user_id).await {
         Ok(access) => access,
         Err(ApiError::Forbidden) => return Err(ApiError::AuditAccessDenied),
@@ -323,7 +326,7 @@ pub struct IpBanByUserDto {
 #[derive(Debug)]
 struct IpBanByUser {
     target_user_id: Ulid,
-    /// 1–240 bytes, not blank.
+    /// 1–240 bytes, not blank, no NUL.
     reason: Option<String>,
     /// 1 s – 180 days.
     expires_in_secs: Option<i64>,
@@ -334,7 +337,11 @@ impl TryFrom<IpBanByUserDto> for IpBanByUser {
 
     fn try_from(dto: IpBanByUserDto) -> Result<Self, Self::Error> {
         let reason = match dto.reason {
-            Some(reason) if reason.trim().is_empty() || reason.len() > MAX_REASON_BYTES => {
+            Some(reason)
+                if reason.trim().is_empty()
+                    || reason.len() > MAX_REASON_BYTES
+                    || !storable_text(&reason) =>
+            {
                 return Err(ApiError::InvalidRequest);
             }
             reason => reason,
@@ -394,7 +401,9 @@ pub async fn ip_bans(
 }
 
 /// `POST /guilds/{g}/ip-bans/by-user`: bans every address the target made
-/// directory joins from.
+/// accepted directory joins to this guild from. It is a ban, so the ban's
+/// rule applies (403): a member the actor does not outrank, and any owner,
+/// is refused; a non-member may be banned.
 pub async fn ban_ips_by_user(
     State(state): State<AppState>,
     AuthUser(actor): AuthUser,
@@ -402,7 +411,14 @@ pub async fn ban_ips_by_user(
     JsonBody(dto): JsonBody<IpBanByUserDto>,
 ) -> ApiResult<Json<IpBansCreated>> {
     let request = IpBanByUser::try_from(dto)?;
-    require_ip_ban_manager(&state, guild_id, actor.user_id).await?;
+    let actor_role = require_ip_ban_manager(&state, guild_id, actor.user_id).await?;
+    let target = state
+        .store()
+        .member(guild_id, request.target_user_id)
+        .await?;
+    if target.is_some_and(|member| !may_remove(actor_role, member.role)) {
+        return Err(ApiError::Forbidden);
+    }
     let now = now_unix();
     let outcome = state
         .store()
@@ -457,12 +473,15 @@ pub async fn remove_ip_ban(
     Ok(Json(ACK))
 }
 
-async fn require_ip_ban_manager(state: &AppState, guild_id: Ulid, user_id: Ulid) -> ApiResult<()> {
-    state
-        .authorizer()
-        .guild(guild_id, user_id)
-        .await?
-        .require(Permission::ManageIpBans)
+/// Refuses a caller without `manage_ip_bans`; returns their legacy role.
+async fn require_ip_ban_manager(
+    state: &AppState,
+    guild_id: Ulid,
+    user_id: Ulid,
+) -> ApiResult<MemberRole> {
+    let access = state.authorizer().guild(guild_id, user_id).await?;
+    access.require(Permission::ManageIpBans)?;
+    Ok(access.role)
 }
 
 /// Sends the redacted summary to every socket of the users who may manage
@@ -571,5 +590,26 @@ mod tests {
             expires_in_secs: None,
         };
         assert!(IpBanByUser::try_from(bad_id).is_err());
+    }
+
+    fn reason(raw: String) -> IpBanByUserDto {
+        IpBanByUserDto {
+            target_user_id: Ulid::generate().to_string(),
+            reason: Some(raw),
+            expires_in_secs: None,
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_reason_with_a_nul_is_refused(
+            raw in crate::domain::hostile::text(),
+            nul in crate::domain::hostile::plain_with_nul(),
+        ) {
+            proptest::prop_assert!(IpBanByUser::try_from(reason(nul)).is_err());
+            if IpBanByUser::try_from(reason(raw.clone())).is_ok() {
+                proptest::prop_assert!(crate::domain::storable_text(&raw), "{raw:?}");
+            }
+        }
     }
 }

@@ -21,13 +21,14 @@ use tokio_stream::StreamExt as _;
 use ulid::Ulid;
 
 use crate::clock::now_unix;
-use crate::domain::{Username, parse_id};
+use crate::domain::{Username, parse_id, storable_text};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
 use crate::http::auth::profile;
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::rate_limit::AuthRoute;
+use crate::http::uploads::{Disposition, untrusted_content_headers};
 use crate::state::AppState;
 use crate::store::{ImageKind, ProfileChange, ProfileImage, StoreError, UserRecord};
 
@@ -102,7 +103,7 @@ impl TryFrom<String> for AboutMarkdown {
     type Error = ApiError;
 
     fn try_from(raw: String) -> Result<Self, Self::Error> {
-        if raw.len() <= Self::MAX_BYTES && !raw.contains('\0') {
+        if raw.len() <= Self::MAX_BYTES && storable_text(&raw) {
             Ok(Self(raw))
         } else {
             Err(ApiError::InvalidRequest)
@@ -395,20 +396,20 @@ async fn serve_image(
         .map_err(|err| ApiError::Internal(anyhow::anyhow!("stored sha256 is no header: {err}")))?;
     let content_type = HeaderValue::from_str(&image.content_type)
         .map_err(|err| ApiError::Internal(anyhow::anyhow!("stored type is no header: {err}")))?;
-    let cache_headers: [(HeaderName, HeaderValue); 3] = [
+    let cache_headers: [(HeaderName, HeaderValue); 2] = [
         (header::ETAG, etag_value),
         (header::CACHE_CONTROL, IMAGE_CACHE_CONTROL),
-        (
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ),
     ];
+    // Inline: the type is one of `IMAGE_TYPES`, sniffed on upload, and the
+    // client shows it in an `<img>`.
+    let untrusted = untrusted_content_headers(Disposition::Inline)?;
     if if_none_match_hits(headers, &etag) {
-        return Ok((StatusCode::NOT_MODIFIED, cache_headers).into_response());
+        return Ok((StatusCode::NOT_MODIFIED, cache_headers, untrusted).into_response());
     }
     Ok((
         StatusCode::OK,
         cache_headers,
+        untrusted,
         [(header::CONTENT_TYPE, content_type)],
         image.bytes,
     )
@@ -586,5 +587,18 @@ mod tests {
         let early = read_capped(body, &declared, 10, 5).await;
         assert!(matches!(early, Err(ApiError::PayloadTooLarge)));
         assert_eq!(chunks_read.load(Ordering::SeqCst), 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_about_text_with_a_nul_is_refused(
+            raw in crate::domain::hostile::text(),
+            nul in crate::domain::hostile::plain_with_nul(),
+        ) {
+            proptest::prop_assert!(AboutMarkdown::try_from(nul).is_err());
+            if AboutMarkdown::try_from(raw.clone()).is_ok() {
+                proptest::prop_assert!(crate::domain::storable_text(&raw), "{raw:?}");
+            }
+        }
     }
 }

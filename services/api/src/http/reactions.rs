@@ -11,7 +11,7 @@ use filament_proto::v1::{self as pb, event};
 use ulid::Ulid;
 
 use crate::clock::now_unix;
-use crate::domain::parse_id;
+use crate::domain::{parse_id, storable_text};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
 use crate::http::extract::AuthUser;
@@ -34,6 +34,7 @@ impl TryFrom<String> for Emoji {
     fn try_from(raw: String) -> Result<Self, Self::Error> {
         let chars = raw.chars().count();
         let valid = (1..=MAX_EMOJI_CHARS).contains(&chars)
+            && storable_text(&raw)
             && !raw.chars().any(|c| c.is_whitespace() || c.is_control());
         if valid {
             Ok(Self(raw))
@@ -180,6 +181,19 @@ mod tests {
         assert!(Emoji::try_from(String::new()).is_err());
         for bad in ["a b", "a\tb", "\u{3000}", "a\0"] {
             assert!(Emoji::try_from(bad.to_owned()).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn an_emoji_with_a_nul_is_refused(
+            raw in crate::domain::hostile::text(),
+            nul in crate::domain::hostile::plain_with_nul(),
+        ) {
+            proptest::prop_assert!(Emoji::try_from(nul).is_err());
+            if Emoji::try_from(raw.clone()).is_ok() {
+                proptest::prop_assert!(crate::domain::storable_text(&raw), "{raw:?}");
+            }
         }
     }
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use ulid::Ulid;
 
 use crate::clock::now_unix;
-use crate::domain::parse_id;
+use crate::domain::{parse_id, storable_text};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
@@ -52,6 +52,7 @@ impl TryFrom<String> for RoleName {
     fn try_from(raw: String) -> Result<Self, Self::Error> {
         let name = raw.trim();
         let valid = (1..=32).contains(&name.len())
+            && storable_text(name)
             && !name.chars().any(char::is_control)
             && !name.eq_ignore_ascii_case("@everyone")
             && !name.eq_ignore_ascii_case("workspace_owner");
@@ -460,7 +461,8 @@ pub async fn unassign(
     AuthUser(user): AuthUser,
     Ids([guild_id, role_id, target]): Ids<3>,
 ) -> ApiResult<Json<Ack>> {
-    assignable_role(&state, guild_id, role_id, user.user_id).await?;
+    let (access, _) = assignable_role(&state, guild_id, role_id, user.user_id).await?;
+    require_outranks(&state, &access, target).await?;
     let outcome = state
         .store()
         .unassign_role(guild_id, target, role_id)
@@ -517,15 +519,32 @@ async fn manageable_role(
     }
 }
 
+/// Taking a role away is refused (403, as kick and ban refuse) unless the
+/// caller outranks the member ([`GuildAccess::outranks_member`]); dropping
+/// one's own role takes nothing from anyone above. A target that is not a
+/// member is left to the store, which answers 404.
+async fn require_outranks(state: &AppState, actor: &GuildAccess, target: Ulid) -> ApiResult<()> {
+    if target == actor.user_id {
+        return Ok(());
+    }
+    match state.authorizer().guild(actor.guild_id, target).await {
+        Ok(target) if actor.outranks_member(&target) => Ok(()),
+        Ok(_) => Err(ApiError::Forbidden),
+        Err(ApiError::Forbidden) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
 /// The checks of assign and unassign that do not depend on the target:
 /// `manage_member_roles`, the role exists (404), is not @everyone (400), is
 /// `workspace_owner` only for the server owner, and is below the caller.
+/// Returns the caller's access with the role.
 async fn assignable_role(
     state: &AppState,
     guild_id: Ulid,
     role_id: Ulid,
     actor: Ulid,
-) -> ApiResult<RoleRecord> {
+) -> ApiResult<(GuildAccess, RoleRecord)> {
     let access = state.authorizer().guild(guild_id, actor).await?;
     access.require(Permission::ManageMemberRoles)?;
     let role = state
@@ -537,7 +556,7 @@ async fn assignable_role(
         Some(BuiltinRole::Everyone) => Err(ApiError::InvalidRequest),
         Some(BuiltinRole::WorkspaceOwner) if !access.server_owner => Err(ApiError::Forbidden),
         _ if !access.outranks(role.position) => Err(ApiError::Forbidden),
-        _ => Ok(role),
+        _ => Ok((access, role)),
     }
 }
 
@@ -617,6 +636,19 @@ mod tests {
         );
         for bad in ["A1B2C3", "#A1B2C", "#A1B2C3D", "#G1B2C3", "#A1B2C\u{e9}"] {
             assert!(ColorHex::try_from(bad.to_owned()).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_role_name_with_a_nul_is_refused(
+            raw in crate::domain::hostile::text(),
+            nul in crate::domain::hostile::plain_with_nul(),
+        ) {
+            proptest::prop_assert!(RoleName::try_from(nul).is_err());
+            if RoleName::try_from(raw.clone()).is_ok() {
+                proptest::prop_assert!(crate::domain::storable_text(&raw), "{raw:?}");
+            }
         }
     }
 }

@@ -19,12 +19,13 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use filament_proto::v1 as pb;
 use filament_proto::v1::search_client::SearchClient;
+use filament_runtime::trace::TracedChannel;
 use serde::{Deserialize, Serialize};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use ulid::Ulid;
 
-use crate::domain::{page_limit, parse_id};
+use crate::domain::{page_limit, parse_id, storable_text};
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::{AuthUser, Ids, QueryParams};
 use crate::permissions::Permission;
@@ -65,7 +66,7 @@ impl TryFrom<SearchQueryDto> for SearchRequest {
 
     fn try_from(dto: SearchQueryDto) -> Result<Self, Self::Error> {
         let text = dto.q.trim();
-        if text.is_empty() || text.len() > MAX_QUERY_BYTES {
+        if text.is_empty() || text.len() > MAX_QUERY_BYTES || !storable_text(text) {
             return Err(ApiError::InvalidRequest);
         }
         Ok(Self {
@@ -92,7 +93,7 @@ pub struct ReconcileResults {
 /// configured.
 #[derive(Clone)]
 pub struct SearchBackend {
-    client: Option<SearchClient<Channel>>,
+    client: Option<SearchClient<TracedChannel>>,
 }
 
 impl SearchBackend {
@@ -100,11 +101,11 @@ impl SearchBackend {
     /// the search service is still down.
     fn new(url: Option<&str>) -> Self {
         let client = url.and_then(|url| match Endpoint::from_shared(url.to_owned()) {
-            Ok(endpoint) => Some(SearchClient::new(
+            Ok(endpoint) => Some(SearchClient::new(filament_runtime::trace::traced(
                 endpoint
                     .connect_timeout(Duration::from_secs(1))
                     .connect_lazy(),
-            )),
+            ))),
             Err(err) => {
                 tracing::error!(%err, url, "FILAMENT_SEARCH_GRPC_URL is not a valid url");
                 None
@@ -113,7 +114,7 @@ impl SearchBackend {
         Self { client }
     }
 
-    fn client(&self) -> ApiResult<SearchClient<Channel>> {
+    fn client(&self) -> ApiResult<SearchClient<TracedChannel>> {
         self.client
             .clone()
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no search service configured")))
@@ -171,7 +172,7 @@ pub async fn search(
 /// database in rank order.
 async fn authorized_hits(
     state: &AppState,
-    mut client: SearchClient<Channel>,
+    mut client: SearchClient<TracedChannel>,
     guild_id: Ulid,
     request: &SearchRequest,
     viewable: &mut ViewableChannels<'_>,
@@ -209,7 +210,7 @@ async fn authorized_hits(
 
 /// One query to the search service: candidate message ids, best first.
 async fn query(
-    client: &mut SearchClient<Channel>,
+    client: &mut SearchClient<TracedChannel>,
     guild_id: Ulid,
     request: &SearchRequest,
     excluded: &[Ulid],
@@ -387,6 +388,19 @@ mod tests {
                 search_error(&tonic::Status::new(code, "x")),
                 ApiError::Internal(_)
             ));
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_query_with_a_nul_is_refused(
+            raw in crate::domain::hostile::text(),
+            nul in crate::domain::hostile::plain_with_nul(),
+        ) {
+            proptest::prop_assert!(SearchRequest::try_from(dto(&nul, None, None)).is_err());
+            if SearchRequest::try_from(dto(&raw.clone(), None, None)).is_ok() {
+                proptest::prop_assert!(crate::domain::storable_text(&raw), "{raw:?}");
+            }
         }
     }
 }

@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::storable_text;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::JsonBody;
 use crate::state::AppState;
@@ -31,9 +32,10 @@ async fn health() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
-/// Sends the message back; an empty one is a 400. The body limit bounds it.
+/// Sends the message back; an empty one is a 400, and so is a NUL, like in
+/// every other text field. The body limit bounds it.
 async fn echo(JsonBody(echo): JsonBody<Echo>) -> ApiResult<Json<Echo>> {
-    if echo.message.is_empty() {
+    if echo.message.is_empty() || !storable_text(&echo.message) {
         return Err(ApiError::InvalidRequest);
     }
     Ok(Json(echo))

@@ -1,6 +1,6 @@
 //! Membership changes and moderation: the public directory, joins and adds
-//! that respect bans, kicks, bans, the addresses users joined from, and
-//! guild IP bans.
+//! that respect bans, kicks, bans, the addresses users joined each guild
+//! from, and guild IP bans.
 //!
 //! Every write that must not interleave with a ban — adding a member,
 //! banning, creating IP bans under their cap — first locks the guild's row,
@@ -23,8 +23,9 @@ use ulid::Ulid;
 use super::sql::{SqlStore, decode_guild, decode_ulid};
 use super::{GuildRecord, MemberRecord, StoreResult};
 
-/// Addresses kept per user for bans by user; older ones are forgotten.
-pub const MAX_OBSERVED_IPS_PER_USER: u32 = 32;
+/// Join addresses kept per guild and user for bans by user; older ones are
+/// forgotten.
+pub const MAX_JOIN_ADDRESSES_PER_MEMBER: u32 = 32;
 
 /// What adding a membership did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +72,8 @@ impl IpBanRecord {
     }
 }
 
-/// Bans of every address a user made directory joins from.
+/// Bans of every address a user made accepted directory joins to the guild
+/// from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewIpBansByUser {
     pub guild_id: Ulid,
@@ -113,6 +115,15 @@ pub trait MemberStore: Send + Sync + 'static {
     /// already a member.
     async fn add_member_unless_banned(&self, member: MemberRecord)
     -> StoreResult<AddMemberOutcome>;
+    /// A directory join from `ip`: [`add_member_unless_banned`], and, when
+    /// the user is a member afterwards (added, or already one), remembers
+    /// in the same transaction that they came from `ip` to this guild at
+    /// `member.joined_at_unix`, keeping the newest
+    /// [`MAX_JOIN_ADDRESSES_PER_MEMBER`] per guild. A refused join records
+    /// nothing.
+    ///
+    /// [`add_member_unless_banned`]: MemberStore::add_member_unless_banned
+    async fn join_from(&self, member: MemberRecord, ip: IpAddr) -> StoreResult<AddMemberOutcome>;
     /// Removes the membership and, by cascade, its role assignments.
     /// Returns whether the user was a member.
     async fn remove_member(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<bool>;
@@ -121,10 +132,6 @@ pub trait MemberStore: Send + Sync + 'static {
     async fn ban_member(&self, ban: NewGuildBan) -> StoreResult<bool>;
     async fn is_banned(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<bool>;
 
-    /// Remembers that the user made a directory join from `ip`, keeping the
-    /// newest [`MAX_OBSERVED_IPS_PER_USER`] addresses.
-    async fn record_join_ip(&self, user_id: Ulid, ip: IpAddr, seen_at_unix: i64)
-    -> StoreResult<()>;
     /// Whether an IP ban of the guild, active at `now_unix`, covers `ip`.
     async fn ip_banned(&self, guild_id: Ulid, ip: IpAddr, now_unix: i64) -> StoreResult<bool>;
     /// Active IP bans of the guild, newest first, strictly after `cursor`,
@@ -136,9 +143,10 @@ pub trait MemberStore: Send + Sync + 'static {
         now_unix: i64,
         limit: u32,
     ) -> StoreResult<Vec<IpBanRecord>>;
-    /// Bans every address the target was seen joining from that the guild
-    /// does not ban yet. Expired bans are dropped first and do not count
-    /// against the cap.
+    /// Bans every address the target was seen joining this guild from
+    /// that the guild does not ban yet; addresses seen only in other guilds
+    /// are not this guild's to ban. Expired bans are dropped first and do
+    /// not count against the cap.
     async fn ban_user_ips(&self, request: NewIpBansByUser) -> StoreResult<IpBanOutcome>;
     /// Removes the ban; `None` if the guild has no such ban.
     async fn remove_ip_ban(
@@ -203,36 +211,11 @@ where
         &self,
         member: MemberRecord,
     ) -> StoreResult<AddMemberOutcome> {
-        let (guild, user) = (member.guild_id.to_string(), member.user_id.to_string());
-        let mut tx = self.pool.begin().await?;
-        lock_guild(&mut *tx, &guild).await?;
-        let banned =
-            sqlx::query("SELECT user_id FROM guild_bans WHERE guild_id = $1 AND user_id = $2")
-                .bind(guild.clone())
-                .bind(user.clone())
-                .fetch_optional(&mut *tx)
-                .await?;
-        if banned.is_some() {
-            return Ok(AddMemberOutcome::Banned);
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO guild_members (guild_id, user_id, role, joined_at_unix) \
-             VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (guild_id, user_id) DO NOTHING \
-             RETURNING user_id",
-        )
-        .bind(guild)
-        .bind(user)
-        .bind(member.role.as_str().to_owned())
-        .bind(member.joined_at_unix)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(if inserted.is_some() {
-            AddMemberOutcome::Added
-        } else {
-            AddMemberOutcome::AlreadyMember
-        })
+        self.add_member_from(member, None).await
+    }
+
+    async fn join_from(&self, member: MemberRecord, ip: IpAddr) -> StoreResult<AddMemberOutcome> {
+        self.add_member_from(member, Some(ip)).await
     }
 
     async fn remove_member(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<bool> {
@@ -279,40 +262,6 @@ where
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.is_some())
-    }
-
-    async fn record_join_ip(
-        &self,
-        user_id: Ulid,
-        ip: IpAddr,
-        seen_at_unix: i64,
-    ) -> StoreResult<()> {
-        let user = user_id.to_string();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO user_ip_observations \
-             (user_id, ip_cidr, first_seen_at_unix, last_seen_at_unix) VALUES ($1, $2, $3, $3) \
-             ON CONFLICT (user_id, ip_cidr) \
-             DO UPDATE SET last_seen_at_unix = excluded.last_seen_at_unix",
-        )
-        .bind(user.clone())
-        .bind(host_network(ip))
-        .bind(seen_at_unix)
-        .execute(&mut *tx)
-        .await?;
-        // Bounded per user: a ban by user needs recent addresses, and
-        // keeping every address anyone ever used would only be a liability.
-        sqlx::query(
-            "DELETE FROM user_ip_observations WHERE user_id = $1 AND ip_cidr NOT IN \
-             (SELECT ip_cidr FROM user_ip_observations WHERE user_id = $1 \
-              ORDER BY last_seen_at_unix DESC, ip_cidr DESC LIMIT $2)",
-        )
-        .bind(user)
-        .bind(i64::from(MAX_OBSERVED_IPS_PER_USER))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn ip_banned(&self, guild_id: Ulid, ip: IpAddr, now_unix: i64) -> StoreResult<bool> {
@@ -372,8 +321,8 @@ where
         // Every remaining ban is active, so "not banned yet" is a plain
         // NOT EXISTS.
         let unbanned = sqlx::query(
-            "SELECT o.ip_cidr FROM user_ip_observations o \
-             WHERE o.user_id = $2 AND NOT EXISTS \
+            "SELECT o.ip_cidr FROM guild_join_addresses o \
+             WHERE o.guild_id = $1 AND o.user_id = $2 AND NOT EXISTS \
                (SELECT 1 FROM guild_ip_bans b WHERE b.guild_id = $1 AND b.ip_cidr = o.ip_cidr) \
              ORDER BY o.last_seen_at_unix DESC, o.ip_cidr",
         )
@@ -448,6 +397,104 @@ where
     }
 }
 
+impl<DB> SqlStore<DB>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+{
+    /// Adds the membership unless banned and, for a join with an address,
+    /// records the address once the user is a member (see
+    /// [`MemberStore::join_from`]).
+    async fn add_member_from(
+        &self,
+        member: MemberRecord,
+        ip: Option<IpAddr>,
+    ) -> StoreResult<AddMemberOutcome> {
+        let (guild, user) = (member.guild_id.to_string(), member.user_id.to_string());
+        let mut tx = self.pool.begin().await?;
+        lock_guild(&mut *tx, &guild).await?;
+        let banned =
+            sqlx::query("SELECT user_id FROM guild_bans WHERE guild_id = $1 AND user_id = $2")
+                .bind(guild.clone())
+                .bind(user.clone())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if banned.is_some() {
+            return Ok(AddMemberOutcome::Banned);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO guild_members (guild_id, user_id, role, joined_at_unix) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (guild_id, user_id) DO NOTHING \
+             RETURNING user_id",
+        )
+        .bind(guild.clone())
+        .bind(user.clone())
+        .bind(member.role.as_str().to_owned())
+        .bind(member.joined_at_unix)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(ip) = ip {
+            record_join_address(&mut tx, guild, user, ip, member.joined_at_unix).await?;
+        }
+        tx.commit().await?;
+        Ok(if inserted.is_some() {
+            AddMemberOutcome::Added
+        } else {
+            AddMemberOutcome::AlreadyMember
+        })
+    }
+}
+
+/// Remembers, within the caller's transaction, that the user came to the
+/// guild from `ip`, and forgets all but the newest
+/// [`MAX_JOIN_ADDRESSES_PER_MEMBER`] of their addresses there.
+async fn record_join_address<DB>(
+    tx: &mut sqlx::Transaction<'_, DB>,
+    guild: String,
+    user: String,
+    ip: IpAddr,
+    seen_at_unix: i64,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query(
+        "INSERT INTO guild_join_addresses \
+         (guild_id, user_id, ip_cidr, first_seen_at_unix, last_seen_at_unix) \
+         VALUES ($1, $2, $3, $4, $4) \
+         ON CONFLICT (guild_id, user_id, ip_cidr) \
+         DO UPDATE SET last_seen_at_unix = excluded.last_seen_at_unix",
+    )
+    .bind(guild.clone())
+    .bind(user.clone())
+    .bind(host_network(ip))
+    .bind(seen_at_unix)
+    .execute(&mut **tx)
+    .await?;
+    // Bounded: a ban by user needs recent addresses, and keeping every
+    // address anyone ever used would only be a liability.
+    sqlx::query(
+        "DELETE FROM guild_join_addresses \
+         WHERE guild_id = $1 AND user_id = $2 AND ip_cidr NOT IN \
+         (SELECT ip_cidr FROM guild_join_addresses WHERE guild_id = $1 AND user_id = $2 \
+          ORDER BY last_seen_at_unix DESC, ip_cidr DESC LIMIT $3)",
+    )
+    .bind(guild)
+    .bind(user)
+    .bind(i64::from(MAX_JOIN_ADDRESSES_PER_MEMBER))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// Locks the guild's row for the rest of the transaction (see the module
 /// header). A missing guild locks nothing.
 async fn lock_guild<'c, DB>(
@@ -517,7 +564,8 @@ mod tests {
         public_guilds_filter_by_name_newest_first,
         bans_drop_membership_and_block_adds,
         kicks_remove_only_members,
-        join_ips_are_kept_per_user_and_bounded,
+        join_addresses_are_kept_per_member_and_bounded,
+        join_addresses_are_per_guild_and_only_from_accepted_joins,
         ip_bans_by_user_match_list_expire_and_cap,
         removed_ip_bans_report_their_source,
     );
@@ -558,12 +606,50 @@ mod tests {
     }
 
     fn member(guild_id: Ulid, user_id: Ulid) -> MemberRecord {
+        member_at(guild_id, user_id, NOW)
+    }
+
+    fn member_at(guild_id: Ulid, user_id: Ulid, joined_at_unix: i64) -> MemberRecord {
         MemberRecord {
             guild_id,
             user_id,
             role: MemberRole::Member,
-            joined_at_unix: NOW,
+            joined_at_unix,
         }
+    }
+
+    /// A directory join of `user` to `g` from `address` at `at`.
+    async fn join(
+        store: &dyn Store,
+        g: Ulid,
+        user: Ulid,
+        address: &str,
+        at: i64,
+    ) -> AddMemberOutcome {
+        store
+            .join_from(member_at(g, user, at), ip(address))
+            .await
+            .expect("join")
+    }
+
+    /// Bans by user in `g` at `at`; the new bans' count.
+    async fn ban_by_user(store: &dyn Store, g: Ulid, target: Ulid, by: Ulid, at: i64) -> usize {
+        let outcome = store
+            .ban_user_ips(NewIpBansByUser {
+                guild_id: g,
+                target_user_id: target,
+                reason: None,
+                created_by: by,
+                created_at_unix: at,
+                expires_at_unix: None,
+                max_entries: 4096,
+            })
+            .await
+            .expect("ban");
+        let IpBanOutcome::Created(ids) = outcome else {
+            panic!("under the cap: {outcome:?}");
+        };
+        ids.len()
     }
 
     fn ip(raw: &str) -> IpAddr {
@@ -695,39 +781,27 @@ mod tests {
         );
     }
 
-    async fn join_ips_are_kept_per_user_and_bounded(store: Arc<dyn Store>) {
+    async fn join_addresses_are_kept_per_member_and_bounded(store: Arc<dyn Store>) {
         let owner = user(store.as_ref()).await;
         let target = user(store.as_ref()).await;
         let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
-        let total = MAX_OBSERVED_IPS_PER_USER + 3;
+        let total = MAX_JOIN_ADDRESSES_PER_MEMBER + 3;
         for n in 0..total {
             let address = IpAddr::from([198, 51, 100, u8::try_from(n).expect("small")]);
             store
-                .record_join_ip(target, address, NOW + i64::from(n))
+                .join_from(member_at(g, target, NOW + i64::from(n)), address)
                 .await
-                .expect("record");
+                .expect("join");
         }
         // Seen again: refreshed, not duplicated.
-        store
-            .record_join_ip(target, ip("198.51.100.0"), NOW + 100)
-            .await
-            .expect("record");
-        let outcome = store
-            .ban_user_ips(NewIpBansByUser {
-                guild_id: g,
-                target_user_id: target,
-                reason: None,
-                created_by: owner,
-                created_at_unix: NOW + 200,
-                expires_at_unix: None,
-                max_entries: 4096,
-            })
-            .await
-            .expect("ban");
-        let IpBanOutcome::Created(ids) = outcome else {
-            panic!("under the cap: {outcome:?}");
-        };
-        assert_eq!(ids.len(), MAX_OBSERVED_IPS_PER_USER as usize);
+        assert_eq!(
+            join(&*store, g, target, "198.51.100.0", NOW + 100).await,
+            AddMemberOutcome::AlreadyMember
+        );
+        assert_eq!(
+            ban_by_user(&*store, g, target, owner, NOW + 200).await,
+            MAX_JOIN_ADDRESSES_PER_MEMBER as usize
+        );
         // The refreshed address was kept; the oldest others were forgotten.
         assert!(
             store
@@ -747,6 +821,75 @@ mod tests {
                 .await
                 .expect("check")
         );
+    }
+
+    /// A ban by user in one guild takes only the addresses seen joining
+    /// that guild, and a refused join (a banned user) leaves no address.
+    async fn join_addresses_are_per_guild_and_only_from_accepted_joins(store: Arc<dyn Store>) {
+        let owner = user(store.as_ref()).await;
+        let target = user(store.as_ref()).await;
+        let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
+        let h = guild(&*store, owner, "h", Visibility::Public, NOW).await;
+        assert_eq!(
+            join(&*store, h, target, "203.0.113.1", NOW).await,
+            AddMemberOutcome::Added
+        );
+        assert_eq!(
+            ban_by_user(&*store, g, target, owner, NOW + 1).await,
+            0,
+            "nothing was seen in g"
+        );
+        assert!(
+            !store
+                .ip_banned(g, ip("203.0.113.1"), NOW + 2)
+                .await
+                .expect("check")
+        );
+
+        let ban = NewGuildBan {
+            guild_id: g,
+            user_id: target,
+            banned_by: owner,
+            created_at_unix: NOW,
+        };
+        store.ban_member(ban).await.expect("ban");
+        assert_eq!(
+            join(&*store, g, target, "203.0.113.2", NOW + 3).await,
+            AddMemberOutcome::Banned
+        );
+        assert_eq!(
+            ban_by_user(&*store, g, target, owner, NOW + 4).await,
+            0,
+            "a refused join records nothing"
+        );
+
+        // A member's repeated join is still a join from that address.
+        assert_eq!(
+            join(&*store, h, target, "203.0.113.3", NOW + 5).await,
+            AddMemberOutcome::AlreadyMember
+        );
+        assert_eq!(ban_by_user(&*store, h, target, owner, NOW + 6).await, 2);
+        for (address, banned) in [
+            ("203.0.113.1", true),
+            ("203.0.113.2", false),
+            ("203.0.113.3", true),
+        ] {
+            assert_eq!(
+                store
+                    .ip_banned(h, ip(address), NOW + 7)
+                    .await
+                    .expect("check"),
+                banned,
+                "{address}"
+            );
+        }
+        // A plain add (not a directory join) records nothing either.
+        let other = user(store.as_ref()).await;
+        store
+            .add_member_unless_banned(member(g, other))
+            .await
+            .expect("add");
+        assert_eq!(ban_by_user(&*store, g, other, owner, NOW + 8).await, 0);
     }
 
     async fn ip_bans_by_user_match_list_expire_and_cap(store: Arc<dyn Store>) {
@@ -771,19 +914,10 @@ mod tests {
                 .expect("ban"),
             IpBanOutcome::Created(Vec::new())
         );
-        store
-            .record_join_ip(target, ip("203.0.113.7"), NOW)
-            .await
-            .expect("record");
+        join(&*store, g, target, "203.0.113.7", NOW).await;
         // A dual-stack listener reports the same client as a mapped address.
-        store
-            .record_join_ip(target, ip("::ffff:203.0.113.7"), NOW + 1)
-            .await
-            .expect("record");
-        store
-            .record_join_ip(target, ip("2001:db8::5"), NOW + 2)
-            .await
-            .expect("record");
+        join(&*store, g, target, "::ffff:203.0.113.7", NOW + 1).await;
+        join(&*store, g, target, "2001:db8::5", NOW + 2).await;
 
         // Two addresses, one ban slot: refused, nothing written.
         assert_eq!(
@@ -887,10 +1021,7 @@ mod tests {
         let owner = user(store.as_ref()).await;
         let target = user(store.as_ref()).await;
         let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
-        store
-            .record_join_ip(target, ip("203.0.113.7"), NOW)
-            .await
-            .expect("record");
+        join(&*store, g, target, "203.0.113.7", NOW).await;
         let IpBanOutcome::Created(ids) = store
             .ban_user_ips(NewIpBansByUser {
                 guild_id: g,

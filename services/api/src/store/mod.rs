@@ -121,8 +121,8 @@ pub enum RotateOutcome {
     /// The token matched: the session now holds the new hash and expiry.
     Rotated { user_id: Ulid },
     /// The session exists but the hash did not match: the token was rotated
-    /// before (a replay) or forged. The session is now revoked.
-    Replayed,
+    /// before (a replay) or forged. The session of this user is now revoked.
+    Replayed { user_id: Ulid },
     /// No live session: unknown, expired or already revoked.
     Invalid,
 }
@@ -241,9 +241,21 @@ pub struct MessageRecord {
 #[async_trait]
 pub trait CoreStore: Send + Sync + 'static {
     // --- users -----------------------------------------------------------
-    /// `Conflict("username")` when the username is taken.
+    /// `Conflict("username")` when the username is taken, in any case:
+    /// usernames are ASCII, unique once folded to lowercase, and stored in
+    /// the case they were given.
     async fn create_user(&self, user: NewUser) -> StoreResult<()>;
     async fn user_by_id(&self, user_id: Ulid) -> StoreResult<Option<UserRecord>>;
+    /// The user, if `session_id` is one of theirs and was not revoked
+    /// (logout, or a replayed refresh token). One read: every
+    /// authenticated request makes it, so a revocation holds whatever
+    /// happens to the registry's copy of it.
+    async fn user_in_session(
+        &self,
+        user_id: Ulid,
+        session_id: Ulid,
+    ) -> StoreResult<Option<UserRecord>>;
+    /// The user whose username equals `username` in any (ASCII) case.
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>>;
 
     // --- sessions --------------------------------------------------------
@@ -261,9 +273,13 @@ pub trait CoreStore: Send + Sync + 'static {
         now_unix: i64,
     ) -> StoreResult<RotateOutcome>;
     /// Revokes the session if its hash matches and it is not revoked yet.
-    /// Returns whether it did. Expiry is not checked: the trait has no clock
-    /// here, and revoking an expired session is harmless.
-    async fn revoke_session(&self, session_id: Ulid, presented_hash: &str) -> StoreResult<bool>;
+    /// Returns the session's user if it did. Expiry is not checked: the
+    /// trait has no clock here, and revoking an expired session is harmless.
+    async fn revoke_session(
+        &self,
+        session_id: Ulid,
+        presented_hash: &str,
+    ) -> StoreResult<Option<Ulid>>;
 
     // --- guilds and members ---------------------------------------------
     /// Creates the guild and makes its creator a member with role `Owner`.

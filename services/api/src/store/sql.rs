@@ -83,10 +83,31 @@ where
         Ok(row.as_ref().map(decode_user).transpose()?)
     }
 
+    async fn user_in_session(
+        &self,
+        user_id: Ulid,
+        session_id: Ulid,
+    ) -> StoreResult<Option<UserRecord>> {
+        let row = sqlx::query(
+            "SELECT u.user_id, u.username, u.password_hash, u.about_markdown, \
+             u.avatar_version, u.banner_version, u.created_at_unix \
+             FROM users u JOIN sessions s ON s.user_id = u.user_id \
+             WHERE u.user_id = $1 AND s.session_id = $2 AND NOT s.revoked",
+        )
+        .bind(user_id.to_string())
+        .bind(session_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(decode_user).transpose()?)
+    }
+
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
+        // Usernames are ASCII (contract §2), so lower() folds them alike on
+        // both backends; the expression is the one the unique index of
+        // migration 0008 is built on, so that index serves the lookup.
         let row = sqlx::query(
             "SELECT user_id, username, password_hash, about_markdown, avatar_version, \
-             banner_version, created_at_unix FROM users WHERE username = $1",
+             banner_version, created_at_unix FROM users WHERE lower(username) = lower($1)",
         )
         .bind(username.to_owned())
         .fetch_optional(&self.pool)
@@ -146,33 +167,40 @@ where
             let revoked = sqlx::query(
                 "UPDATE sessions SET revoked = TRUE \
                  WHERE session_id = $1 AND NOT revoked AND expires_at_unix > $2 \
-                 RETURNING session_id",
+                 RETURNING user_id",
             )
             .bind(session_id)
             .bind(now_unix)
             .fetch_optional(&mut *tx)
             .await?;
-            if revoked.is_some() {
-                RotateOutcome::Replayed
-            } else {
-                RotateOutcome::Invalid
+            match revoked {
+                Some(row) => RotateOutcome::Replayed {
+                    user_id: decode_ulid(&row, "user_id")?,
+                },
+                None => RotateOutcome::Invalid,
             }
         };
         tx.commit().await?;
         Ok(outcome)
     }
 
-    async fn revoke_session(&self, session_id: Ulid, presented_hash: &str) -> StoreResult<bool> {
+    async fn revoke_session(
+        &self,
+        session_id: Ulid,
+        presented_hash: &str,
+    ) -> StoreResult<Option<Ulid>> {
         let revoked = sqlx::query(
             "UPDATE sessions SET revoked = TRUE \
              WHERE session_id = $1 AND refresh_token_hash = $2 AND NOT revoked \
-             RETURNING session_id",
+             RETURNING user_id",
         )
         .bind(session_id.to_string())
         .bind(presented_hash.to_owned())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(revoked.is_some())
+        Ok(revoked
+            .map(|row| decode_ulid(&row, "user_id"))
+            .transpose()?)
     }
 
     async fn create_guild(&self, guild: GuildRecord) -> StoreResult<()> {

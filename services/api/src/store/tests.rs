@@ -17,8 +17,8 @@ use ulid::Ulid;
 use super::postgres::quote_identifier;
 use super::{
     ChannelKind, ChannelRecord, CoreStore as _, GuildRecord, MemberRecord, MemberRole,
-    MessageRecord, NewSession, NewUser, PostgresStore, RotateOutcome, SqliteStore, Store,
-    StoreError, UserRecord, Visibility,
+    MessageRecord, NewSession, NewUser, PostgresStore, ProfileChange, RotateOutcome, SqliteStore,
+    Store, StoreError, UserRecord, Visibility,
 };
 
 const POSTGRES_URL_VAR: &str = "TEST_DATABASE_URL";
@@ -56,11 +56,13 @@ pub(crate) use conformance;
 conformance!(
     user_create_and_lookup,
     duplicate_username_is_a_conflict,
+    usernames_are_unique_in_any_case_and_keep_their_case,
     rotate_session_happy_path,
     replayed_refresh_token_revokes_the_session,
     expired_or_unknown_session_is_invalid,
     concurrent_double_use_rotates_once_and_revokes,
     revoke_session_needs_the_current_hash,
+    a_revoked_session_no_longer_authenticates,
     create_guild_makes_the_creator_owner,
     create_guild_is_atomic,
     guilds_for_user_newest_first_limited_members_only,
@@ -291,6 +293,184 @@ async fn duplicate_username_is_a_conflict(store: Arc<dyn Store>) {
     assert_eq!(kept.map(|user| user.user_id), Some(first));
 }
 
+/// `victim` and `VICTIM` are one account: a second registration in another
+/// case, or a rename onto someone else's name in another case, is taken;
+/// lookups fold case; the stored name keeps its case, and its owner may
+/// change that case.
+async fn usernames_are_unique_in_any_case_and_keep_their_case(store: Arc<dyn Store>) {
+    let victim = create_user(&*store, "Victim.1").await;
+    for twin in ["victim.1", "VICTIM.1", "vIcTiM.1"] {
+        let again = store
+            .create_user(NewUser {
+                user_id: Ulid::generate(),
+                username: twin.to_owned(),
+                password_hash: "other".to_owned(),
+                created_at_unix: NOW,
+            })
+            .await;
+        assert!(
+            matches!(again, Err(StoreError::Conflict("username"))),
+            "{twin}: {again:?}"
+        );
+    }
+    for spelling in ["Victim.1", "victim.1", "VICTIM.1"] {
+        let found = store.user_by_username(spelling).await.expect("lookup");
+        assert_eq!(
+            found.map(|user| (user.user_id, user.username)),
+            Some((victim, "Victim.1".to_owned())),
+            "{spelling}"
+        );
+    }
+    assert_eq!(
+        store.user_by_username("victim_1").await.expect("lookup"),
+        None
+    );
+
+    let rename = |username: &str| ProfileChange {
+        username: Some(username.to_owned()),
+        about_markdown: None,
+    };
+    let other = create_user(&*store, "other").await;
+    assert!(
+        matches!(
+            store.update_profile(other, rename("VICTIM.1")).await,
+            Err(StoreError::Conflict("username"))
+        ),
+        "someone else's name in another case is taken"
+    );
+    let renamed = store
+        .update_profile(victim, rename("VICTIM.1"))
+        .await
+        .expect("own name in another case");
+    assert_eq!(
+        renamed.map(|user| user.username),
+        Some("VICTIM.1".to_owned())
+    );
+    let found = store.user_by_username("victim.1").await.expect("lookup");
+    assert_eq!(found.map(|user| user.user_id), Some(victim));
+}
+
+// --- migration 0008 on existing twins ------------------------------------------
+
+/// The statements of `migrations/<backend>/NNNN_*.sql` up to and including
+/// `last`, in order.
+fn migrations_up_to(backend: &str, last: u32) -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("migrations dir")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .and_then(|name| name.get(..4))
+                .and_then(|number| number.parse::<u32>().ok())
+                .is_some_and(|number| number <= last)
+        })
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|path| std::fs::read_to_string(path).expect("migration"))
+        .collect()
+}
+
+/// Rows inserted before 0008: `victim` three times over (the oldest one
+/// in mixed case), and a bystander.
+const TWINS: &str = "INSERT INTO users (user_id, username, password_hash, created_at_unix) VALUES \
+     ('01HZZZZZZZZZZZZZZZZZZZZZZ3', 'VICTIM', 'h', 1700000002), \
+     ('01HZZZZZZZZZZZZZZZZZZZZZZ1', 'Victim', 'h', 1700000001), \
+     ('01HZZZZZZZZZZZZZZZZZZZZZZ2', 'victim', 'h', 1700000002), \
+     ('01HZZZZZZZZZZZZZZZZZZZZZZ4', 'bystander', 'h', 1700000000)";
+
+const NAMES: &str = "SELECT user_id, username FROM users ORDER BY user_id";
+
+/// What 0008 must leave: the oldest twin keeps its name, the later ones
+/// are renamed to their ids, the bystander is untouched.
+fn twins_after_0008() -> Vec<(String, String)> {
+    [
+        ("01HZZZZZZZZZZZZZZZZZZZZZZ1", "Victim"),
+        ("01HZZZZZZZZZZZZZZZZZZZZZZ2", "01HZZZZZZZZZZZZZZZZZZZZZZ2"),
+        ("01HZZZZZZZZZZZZZZZZZZZZZZ3", "01HZZZZZZZZZZZZZZZZZZZZZZ3"),
+        ("01HZZZZZZZZZZZZZZZZZZZZZZ4", "bystander"),
+    ]
+    .map(|(id, name)| (id.to_owned(), name.to_owned()))
+    .to_vec()
+}
+
+#[tokio::test]
+async fn sqlite_migration_0008_renames_later_case_twins() {
+    use sqlx::SqliteConnection;
+    let mut connection = SqliteConnection::connect("sqlite::memory:")
+        .await
+        .expect("sqlite");
+    for migration in migrations_up_to("sqlite", 7) {
+        connection
+            .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(migration)))
+            .await
+            .expect("0001-0007");
+    }
+    connection.execute(TWINS).await.expect("twins");
+    for migration in migrations_up_to("sqlite", 8).split_off(7) {
+        connection
+            .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(migration)))
+            .await
+            .expect("0008 applies over twins");
+    }
+    let names: Vec<(String, String)> = sqlx::query_as(NAMES)
+        .fetch_all(&mut connection)
+        .await
+        .expect("names");
+    assert_eq!(names, twins_after_0008());
+}
+
+#[tokio::test]
+async fn postgres_migration_0008_renames_later_case_twins() {
+    let Some(url) = std::env::var(POSTGRES_URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty())
+    else {
+        announce_postgres_skipped();
+        return;
+    };
+    let schema = format!("test_{}", Ulid::generate().to_string().to_lowercase());
+    let mut connection = PgConnection::connect(&url).await.expect("postgres");
+    let quoted = quote_identifier(&schema);
+    for statement in [
+        format!("CREATE SCHEMA {quoted}"),
+        format!("SET search_path TO {quoted}"),
+    ] {
+        connection
+            .execute(sqlx::AssertSqlSafe(statement))
+            .await
+            .expect("schema");
+    }
+    let migrated = async {
+        for migration in migrations_up_to("postgres", 7) {
+            connection
+                .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(migration)))
+                .await?;
+        }
+        connection.execute(TWINS).await?;
+        for migration in migrations_up_to("postgres", 8).split_off(7) {
+            connection
+                .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(migration)))
+                .await?;
+        }
+        sqlx::query_as::<_, (String, String)>(NAMES)
+            .fetch_all(&mut connection)
+            .await
+    }
+    .await;
+    connection.close().await.expect("close");
+    drop_schema(&url, &schema).await;
+    assert_eq!(
+        migrated.expect("0008 applies over twins"),
+        twins_after_0008()
+    );
+}
+
 // --- sessions ----------------------------------------------------------------
 
 async fn rotate_session_happy_path(store: Arc<dyn Store>) {
@@ -318,19 +498,61 @@ async fn replayed_refresh_token_revokes_the_session(store: Arc<dyn Store>) {
 
     assert_eq!(
         rotate(&*store, session_id, "h1", "h-replay", NOW).await,
-        RotateOutcome::Replayed
+        RotateOutcome::Replayed { user_id }
     );
     // The replay revoked the session: the legitimate latest token is dead too.
     assert_eq!(
         rotate(&*store, session_id, "h2", "h3", NOW).await,
         RotateOutcome::Invalid
     );
-    assert!(
-        !store
+    assert_eq!(
+        store
             .revoke_session(session_id, "h2")
             .await
             .expect("revoke"),
+        None,
         "the session should already be revoked"
+    );
+}
+
+async fn a_revoked_session_no_longer_authenticates(store: Arc<dyn Store>) {
+    let alice = create_user(&*store, "alice").await;
+    let bob = create_user(&*store, "bob").await;
+    let session_id = create_session(&*store, alice, "h1", NOW + 100).await;
+    let found = store
+        .user_in_session(alice, session_id)
+        .await
+        .expect("read")
+        .expect("alice in her session");
+    assert_eq!(found.user_id, alice);
+    // Someone else's session, or an unknown one, is not hers.
+    assert!(
+        store
+            .user_in_session(bob, session_id)
+            .await
+            .expect("read")
+            .is_none()
+    );
+    assert!(
+        store
+            .user_in_session(alice, Ulid::generate())
+            .await
+            .expect("read")
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .revoke_session(session_id, "h1")
+            .await
+            .expect("revoke"),
+        Some(alice)
+    );
+    assert!(
+        store
+            .user_in_session(alice, session_id)
+            .await
+            .expect("read")
+            .is_none()
     );
 }
 
@@ -370,10 +592,13 @@ async fn concurrent_double_use_rotates_once_and_revokes(store: Arc<dyn Store>) {
         rotate(&*store, session_id, "h1", "h-b", NOW),
     );
     let mut outcomes = [first, second];
-    outcomes.sort_by_key(|outcome| matches!(outcome, RotateOutcome::Replayed));
+    outcomes.sort_by_key(|outcome| matches!(outcome, RotateOutcome::Replayed { .. }));
     assert_eq!(
         outcomes,
-        [RotateOutcome::Rotated { user_id }, RotateOutcome::Replayed]
+        [
+            RotateOutcome::Rotated { user_id },
+            RotateOutcome::Replayed { user_id }
+        ]
     );
     for hash in ["h-a", "h-b"] {
         assert_eq!(
@@ -388,17 +613,19 @@ async fn revoke_session_needs_the_current_hash(store: Arc<dyn Store>) {
     let user_id = create_user(&*store, "alice").await;
     let session_id = create_session(&*store, user_id, "h1", NOW + 100).await;
 
-    assert!(
-        !store
+    assert_eq!(
+        store
             .revoke_session(session_id, "wrong")
             .await
-            .expect("revoke")
+            .expect("revoke"),
+        None
     );
-    assert!(
-        !store
+    assert_eq!(
+        store
             .revoke_session(Ulid::generate(), "h1")
             .await
-            .expect("revoke")
+            .expect("revoke"),
+        None
     );
     // A failed logout leaves the session alone.
     assert_eq!(
@@ -406,24 +633,28 @@ async fn revoke_session_needs_the_current_hash(store: Arc<dyn Store>) {
         RotateOutcome::Rotated { user_id }
     );
     // The rotated-away hash no longer logs out.
-    assert!(
-        !store
+    assert_eq!(
+        store
             .revoke_session(session_id, "h1")
             .await
-            .expect("revoke")
+            .expect("revoke"),
+        None
     );
 
-    assert!(
+    assert_eq!(
         store
             .revoke_session(session_id, "h2")
             .await
-            .expect("revoke")
+            .expect("revoke"),
+        Some(user_id),
+        "the logout names whose session it ended"
     );
-    assert!(
-        !store
+    assert_eq!(
+        store
             .revoke_session(session_id, "h2")
             .await
-            .expect("revoke twice")
+            .expect("revoke twice"),
+        None
     );
     assert_eq!(
         rotate(&*store, session_id, "h2", "h3", NOW).await,
@@ -775,10 +1006,13 @@ async fn sqlite_file_rotates_once_across_connections_and_reopens() {
         rotate(&store, session_id, "h1", "h-b", NOW),
     );
     let mut outcomes = [first, second];
-    outcomes.sort_by_key(|outcome| matches!(outcome, RotateOutcome::Replayed));
+    outcomes.sort_by_key(|outcome| matches!(outcome, RotateOutcome::Replayed { .. }));
     assert_eq!(
         outcomes,
-        [RotateOutcome::Rotated { user_id }, RotateOutcome::Replayed]
+        [
+            RotateOutcome::Rotated { user_id },
+            RotateOutcome::Replayed { user_id }
+        ]
     );
     let wal = path.with_extension("db-wal");
     assert!(wal.exists(), "expected WAL journal {}", wal.display());

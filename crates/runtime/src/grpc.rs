@@ -1,0 +1,353 @@
+//! What every Filament gRPC server carries besides its own services: server
+//! reflection, so an operator's `grpcurl` can list and call them without
+//! the `.proto` files, and one tower layer that times every call into a
+//! histogram by method and status code and opens a span holding the
+//! caller's trace id (`traceparent` metadata, see [`crate::trace`]).
+//!
+//! The layer is the one place this is done, so every server reports the
+//! same series under the same names.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+use http_body::{Frame, SizeHint};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tonic::Code;
+use tonic::body::Body;
+use tower::{Layer, Service};
+use tracing::Instrument as _;
+
+use crate::trace::{REQUEST_ID, TRACEPARENT, TraceContext};
+
+/// `filament_grpc_server_duration_seconds{method,code}`: from the request's
+/// arrival to the response's last frame (the trailers). For a streaming
+/// method that is the stream's lifetime.
+pub const SERVER_DURATION: &str = "filament_grpc_server_duration_seconds";
+/// The `method` label of a path no service answers (so a caller cannot
+/// mint label values by sending made-up paths).
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// A gRPC reflection service (`grpc.reflection.v1`) describing the
+/// services in `descriptor_sets` (encoded `FileDescriptorSet`s), the health
+/// service and reflection itself.
+pub fn reflection(
+    descriptor_sets: &[&'static [u8]],
+) -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::Error,
+> {
+    descriptor_sets
+        .iter()
+        .fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
+        .build_v1()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CallLabels {
+    /// The gRPC path, `/package.Service/Method`: one value per method a
+    /// server implements, or [`UNKNOWN_METHOD`].
+    method: String,
+    code: &'static str,
+}
+
+type DurationFamily = Family<CallLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    // 0.5 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// The gRPC server series of one process, and the layer that records them.
+#[derive(Debug, Clone)]
+pub struct GrpcServerMetrics {
+    duration: Arc<DurationFamily>,
+}
+
+impl Default for GrpcServerMetrics {
+    fn default() -> Self {
+        Self {
+            duration: Arc::new(Family::new_with_constructor(duration_histogram)),
+        }
+    }
+}
+
+impl GrpcServerMetrics {
+    /// Registers the series in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            SERVER_DURATION,
+            "gRPC calls served, by method and status code, timed to the last frame",
+            (*self.duration).clone(),
+        );
+    }
+
+    /// The tower layer for `tonic::transport::Server::builder().layer(…)`.
+    pub fn layer(&self) -> GrpcServerLayer {
+        GrpcServerLayer {
+            metrics: self.clone(),
+        }
+    }
+
+    fn observe(&self, method: &str, code: Code, started: Instant) {
+        let method = if code == Code::Unimplemented {
+            UNKNOWN_METHOD.to_owned()
+        } else {
+            method.to_owned()
+        };
+        self.duration
+            .get_or_create(&CallLabels {
+                method,
+                code: code_label(code),
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The status code as gRPC spells it.
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Times every call and opens its span; see the module docs.
+#[derive(Debug, Clone)]
+pub struct GrpcServerLayer {
+    metrics: GrpcServerMetrics,
+}
+
+impl<S> Layer<S> for GrpcServerLayer {
+    type Service = GrpcServerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcServerService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcServerService<S> {
+    inner: S,
+    metrics: GrpcServerMetrics,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S> Service<Request<Body>> for GrpcServerService<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let started = Instant::now();
+        let method = request.uri().path().to_owned();
+        let trace = request
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|value| value.to_str().ok())
+            .and_then(TraceContext::parse);
+        let request_id = request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(|value| value.to_str().ok())
+            .and_then(crate::trace::usable_request_id)
+            .map(str::to_owned);
+        let span = tracing::debug_span!(
+            "grpc_call",
+            method = %method,
+            trace_id = tracing::field::Empty,
+            request_id = tracing::field::Empty,
+        );
+        if let Some(trace) = &trace {
+            span.record("trace_id", trace.trace_id());
+        }
+        if let Some(request_id) = &request_id {
+            span.record("request_id", request_id.as_str());
+        }
+        // The service that was polled ready is the one to call; a fresh
+        // clone takes its place for the next call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let metrics = self.metrics.clone();
+        let future = inner.call(request);
+        Box::pin(
+            async move {
+                // Events the call publishes, and calls it makes, carry the
+                // caller's trace on.
+                let response = match trace {
+                    Some(trace) => {
+                        crate::trace::scope_request(trace, request_id.as_deref(), future).await?
+                    }
+                    None => future.await?,
+                };
+                // Inside the call's span: at debug, every call leaves one
+                // line with its method and the caller's trace and request.
+                let code = header_code(response.headers());
+                tracing::debug!(
+                    code = code.map_or("in_trailers", code_label),
+                    "grpc call answered"
+                );
+                // A trailers-only response (an error, or an unknown method)
+                // carries its status in the headers and has no body to wait
+                // for.
+                if let Some(code) = code {
+                    metrics.observe(&method, code, started);
+                    return Ok(response);
+                }
+                let (parts, body) = response.into_parts();
+                let timed = TimedBody {
+                    inner: body,
+                    pending: Some(Pending {
+                        metrics,
+                        method,
+                        started,
+                    }),
+                };
+                Ok(Response::from_parts(parts, Body::new(timed)))
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn header_code(headers: &http::HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .map(|value| Code::from_bytes(value.as_bytes()))
+}
+
+/// A call still to be recorded when its body ends.
+struct Pending {
+    metrics: GrpcServerMetrics,
+    method: String,
+    started: Instant,
+}
+
+/// A response body that records the call when its trailers pass (or, if
+/// the caller goes away first, as cancelled).
+struct TimedBody {
+    inner: Body,
+    pending: Option<Pending>,
+}
+
+impl TimedBody {
+    fn finish(&mut self, code: Code) {
+        if let Some(pending) = self.pending.take() {
+            pending
+                .metrics
+                .observe(&pending.method, code, pending.started);
+        }
+    }
+}
+
+impl http_body::Body for TimedBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(header_code) {
+                    self.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(status))) => {
+                let code = status.code();
+                self.finish(code);
+            }
+            // A body that ends without trailers broke the protocol.
+            Poll::Ready(None) => self.finish(Code::Unknown),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        // The client went away before the last frame.
+        self.finish(Code::Cancelled);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflection_accepts_the_health_descriptors() {
+        assert!(reflection(&[]).is_ok());
+    }
+
+    #[test]
+    fn unknown_paths_share_one_label() {
+        let metrics = GrpcServerMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        metrics.observe("/made.Up/Path", Code::Unimplemented, Instant::now());
+        metrics.observe("/filament.v1.Search/Query", Code::Ok, Instant::now());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains("made.Up"), "{text}");
+        assert!(
+            text.contains(
+                "filament_grpc_server_duration_seconds_count{method=\"unknown\",code=\"UNIMPLEMENTED\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("method=\"/filament.v1.Search/Query\",code=\"OK\"} 1"),
+            "{text}"
+        );
+    }
+}

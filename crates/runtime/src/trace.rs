@@ -1,0 +1,245 @@
+//! W3C trace context (`traceparent`), so one trace id follows a request
+//! from the REST edge through the api's gRPC calls and the event it
+//! publishes to the gateway that delivers it, and an operator can grep
+//! every process's logs for it.
+//!
+//! The REST edge accepts a caller's `traceparent` or starts a trace; the
+//! context is held in a task-local for the request ([`scope`]), gRPC
+//! clients send it as metadata ([`inject`]), the gRPC server layer
+//! (`crate::grpc`) records it in its span, and the api copies it onto the
+//! events it publishes.
+
+use std::fmt::Write as _;
+use std::future::Future;
+
+/// The header (and gRPC metadata key) that carries the trace context.
+pub const TRACEPARENT: &str = "traceparent";
+/// The header (and gRPC metadata key) naming one REST request, carried on
+/// to the gRPC calls the request makes.
+pub const REQUEST_ID: &str = "x-request-id";
+/// The longest request id passed on; a longer one is dropped, so a caller
+/// cannot fill log lines through it.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A parsed `traceparent`: version 00, trace id, parent span id, flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: String,
+    span_id: String,
+    flags: u8,
+}
+
+impl TraceContext {
+    /// Parses a `traceparent` value; `None` for anything the W3C spec says
+    /// to ignore (bad length or hex, an all-zero id, version `ff`).
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.trim().split('-');
+        let version = parts.next()?;
+        let trace_id = parts.next()?;
+        let span_id = parts.next()?;
+        let flags = parts.next()?;
+        // Version 00 has exactly four parts; later versions may add more.
+        if version.len() != 2 || !is_lower_hex(version) || version == "ff" {
+            return None;
+        }
+        if version == "00" && parts.next().is_some() {
+            return None;
+        }
+        let valid_id = |id: &str, len: usize| {
+            id.len() == len && is_lower_hex(id) && id.bytes().any(|b| b != b'0')
+        };
+        if !valid_id(trace_id, 32) || !valid_id(span_id, 16) || flags.len() != 2 {
+            return None;
+        }
+        Some(Self {
+            trace_id: trace_id.to_owned(),
+            span_id: span_id.to_owned(),
+            flags: u8::from_str_radix(flags, 16).ok()?,
+        })
+    }
+
+    /// A new trace, sampled, for a request that arrived without one.
+    pub fn new_root() -> Self {
+        Self {
+            trace_id: random_hex::<16>(),
+            span_id: random_hex::<8>(),
+            flags: 1,
+        }
+    }
+
+    /// The same trace with a new span id: what this process sends on.
+    #[must_use]
+    pub fn child(&self) -> Self {
+        Self {
+            trace_id: self.trace_id.clone(),
+            span_id: random_hex::<8>(),
+            flags: self.flags,
+        }
+    }
+
+    /// The 32 hex digits that name the trace in every process's logs.
+    pub fn trace_id(&self) -> &str {
+        &self.trace_id
+    }
+
+    /// The `traceparent` header value.
+    pub fn header(&self) -> String {
+        format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, self.flags)
+    }
+}
+
+fn is_lower_hex(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn random_hex<const N: usize>() -> String {
+    let bytes: [u8; N] = rand::random();
+    bytes
+        .iter()
+        .fold(String::with_capacity(N * 2), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
+/// What a task works on behalf of.
+#[derive(Debug, Clone)]
+struct Current {
+    trace: TraceContext,
+    request_id: Option<String>,
+}
+
+tokio::task_local! {
+    static CURRENT: Current;
+}
+
+/// Runs `future` with `trace` as the current trace context.
+pub async fn scope<F: Future>(trace: TraceContext, future: F) -> F::Output {
+    scope_request(trace, None, future).await
+}
+
+/// Runs `future` with `trace` as the current trace context, on behalf of
+/// the request `request_id` (if it has a usable one).
+pub async fn scope_request<F: Future>(
+    trace: TraceContext,
+    request_id: Option<&str>,
+    future: F,
+) -> F::Output {
+    let request_id = request_id.and_then(usable_request_id).map(str::to_owned);
+    CURRENT.scope(Current { trace, request_id }, future).await
+}
+
+/// The current trace context, if this task runs inside [`scope`].
+pub fn current() -> Option<TraceContext> {
+    CURRENT.try_with(|current| current.trace.clone()).ok()
+}
+
+/// The current request id, if this task runs on behalf of one.
+pub fn current_request_id() -> Option<String> {
+    CURRENT
+        .try_with(|current| current.request_id.clone())
+        .ok()
+        .flatten()
+}
+
+/// `request_id` if it is short, visible ASCII.
+pub fn usable_request_id(request_id: &str) -> Option<&str> {
+    (!request_id.is_empty()
+        && request_id.len() <= MAX_REQUEST_ID_LEN
+        && request_id.bytes().all(|b| b.is_ascii_graphic()))
+    .then_some(request_id)
+}
+
+/// Adds the current trace context (as a child span) and request id to an
+/// outgoing gRPC request, so the callee's span carries the same ids.
+pub fn inject<T>(request: &mut tonic::Request<T>) {
+    if let Some(trace) = current()
+        && let Ok(value) = trace.child().header().parse()
+    {
+        request.metadata_mut().insert(TRACEPARENT, value);
+    }
+    if let Some(request_id) = current_request_id()
+        && let Ok(value) = request_id.parse()
+    {
+        request.metadata_mut().insert(REQUEST_ID, value);
+    }
+}
+
+/// A client interceptor that [`inject`]s the current trace context into
+/// every call.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Propagate;
+
+impl tonic::service::Interceptor for Propagate {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        inject(&mut request);
+        Ok(request)
+    }
+}
+
+/// A gRPC channel whose calls carry the caller's trace context.
+pub type TracedChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Propagate>;
+
+/// Wraps `channel` so that its calls carry the caller's trace context.
+pub fn traced(channel: tonic::transport::Channel) -> TracedChannel {
+    tonic::service::interceptor::InterceptedService::new(channel, Propagate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn parses_valid_and_ignores_invalid_traceparents() {
+        let trace = TraceContext::parse(VALID).expect("valid");
+        assert_eq!(trace.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(trace.header(), VALID);
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(TraceContext::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_child_keeps_the_trace_and_a_root_is_valid() {
+        let root = TraceContext::new_root();
+        assert_eq!(TraceContext::parse(&root.header()), Some(root.clone()));
+        let child = root.child();
+        assert_eq!(child.trace_id(), root.trace_id());
+        assert_ne!(child.header(), root.header());
+    }
+
+    #[tokio::test]
+    async fn the_scope_is_injected_into_grpc_requests() {
+        let trace = TraceContext::parse(VALID).expect("valid");
+        let mut request = tonic::Request::new(());
+        inject(&mut request);
+        assert!(request.metadata().get(TRACEPARENT).is_none());
+        scope_request(trace, Some("req-1"), async {
+            inject(&mut request);
+        })
+        .await;
+        assert_eq!(
+            request.metadata().get(REQUEST_ID).expect("request id"),
+            "req-1"
+        );
+        let sent = request.metadata().get(TRACEPARENT).expect("injected");
+        let sent = TraceContext::parse(sent.to_str().expect("ascii")).expect("valid");
+        assert_eq!(sent.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
+}
