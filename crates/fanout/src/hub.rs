@@ -171,6 +171,10 @@ impl Fanout {
                 // them is safe; dropping the event would not be.
                 if matches!(err, filament_registry::RegistryError::Recovering) {
                     tracing::debug!("registry recovering; sending event to every gateway");
+                } else if matches!(err, filament_registry::RegistryError::CircuitOpen) {
+                    // Said once, at warn, when the circuit opened; not once
+                    // per event for as long as Redis is down.
+                    tracing::debug!("registry circuit open; sending event to every gateway");
                 } else {
                     tracing::warn!(%err, "registry unavailable; sending event to every gateway");
                 }
@@ -383,6 +387,7 @@ mod tests {
                 })),
             }),
             published_at_unix_ms: 0,
+            event_id: String::new(),
             payload: Some(event::Payload::MessageDelete(MessageDelete {
                 message_id: message_id.to_owned(),
                 ..MessageDelete::default()

@@ -27,15 +27,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+mod breaker;
 mod memory;
 pub mod metered;
 mod redis_registry;
 #[cfg(test)]
 mod tests;
 
+pub use breaker::BreakerConfig;
 pub use memory::MemoryRegistry;
 pub use metered::RegistryMetrics;
-pub use redis_registry::RedisRegistry;
+pub use redis_registry::{RedisRegistry, connection_manager};
 
 /// A gateway process, named by a fresh ULID at start-up.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -64,6 +66,8 @@ pub struct RegistryConfig {
     /// Prepended to every Redis key, so that deployments and tests can
     /// share one Redis.
     pub key_prefix: String,
+    /// Timeouts and the circuit breaker of the Redis registry.
+    pub redis: RedisOptions,
 }
 
 impl Default for RegistryConfig {
@@ -71,7 +75,80 @@ impl Default for RegistryConfig {
         Self {
             ttl: Duration::from_secs(30),
             key_prefix: "filament:".to_owned(),
+            redis: RedisOptions::default(),
         }
+    }
+}
+
+/// How long one Redis call may take, and when to stop asking a Redis that
+/// keeps failing. Every caller of Redis has a degraded answer ready (send
+/// to every gateway, hold again later), so waiting seconds for Redis only
+/// turns its outage into ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// The response timeout of every command, and the timeout of each
+    /// connection attempt (`FILAMENT_REDIS_TIMEOUT_MS`).
+    pub timeout: Duration,
+    /// The circuit breaker in front of the registry
+    /// (`FILAMENT_REDIS_BREAKER_FAILURES`, `FILAMENT_REDIS_BREAKER_COOL_DOWN_MS`);
+    /// its call timeout is derived from `timeout`.
+    pub breaker: BreakerConfig,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self::with_timeout(Duration::from_millis(250), BreakerConfig::default())
+    }
+}
+
+impl RedisOptions {
+    /// A call may need a reconnect (two attempts, a backoff between them)
+    /// before its command: four timeouts bound all of that.
+    const CALL_TIMEOUTS: u32 = 4;
+
+    fn with_timeout(timeout: Duration, breaker: BreakerConfig) -> Self {
+        Self {
+            timeout,
+            breaker: BreakerConfig {
+                call_timeout: timeout * Self::CALL_TIMEOUTS,
+                ..breaker
+            },
+        }
+    }
+
+    /// Reads `FILAMENT_REDIS_TIMEOUT_MS`, `FILAMENT_REDIS_BREAKER_FAILURES`
+    /// and `FILAMENT_REDIS_BREAKER_COOL_DOWN_MS`; see README.md.
+    pub fn from_env(env: &filament_runtime::Env) -> Result<Self, filament_runtime::ConfigError> {
+        let defaults = Self::default();
+        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let timeout_ms: u64 = env.or("FILAMENT_REDIS_TIMEOUT_MS", millis(defaults.timeout))?;
+        if timeout_ms == 0 {
+            return Err(filament_runtime::ConfigError::Invalid {
+                name: "FILAMENT_REDIS_TIMEOUT_MS",
+                value: "0".to_owned(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        let failures: u32 = env.or("FILAMENT_REDIS_BREAKER_FAILURES", defaults.breaker.failures)?;
+        if failures == 0 {
+            return Err(filament_runtime::ConfigError::Invalid {
+                name: "FILAMENT_REDIS_BREAKER_FAILURES",
+                value: "0".to_owned(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        let cool_down_ms: u64 = env.or(
+            "FILAMENT_REDIS_BREAKER_COOL_DOWN_MS",
+            millis(defaults.breaker.cool_down),
+        )?;
+        Ok(Self::with_timeout(
+            Duration::from_millis(timeout_ms),
+            BreakerConfig {
+                failures,
+                cool_down: Duration::from_millis(cool_down_ms),
+                call_timeout: defaults.breaker.call_timeout,
+            },
+        ))
     }
 }
 
@@ -83,6 +160,13 @@ pub enum RegistryError {
     /// theirs again: an answer now could miss a holder. Send to everyone.
     #[error("the registry is recovering lost state; its answers are incomplete")]
     Recovering,
+    /// Redis failed repeatedly and is not asked until the circuit
+    /// breaker's cool-down ends (see `breaker.rs`).
+    #[error("redis is unavailable (circuit open)")]
+    CircuitOpen,
+    /// The call took longer than the breaker's call timeout.
+    #[error("redis did not answer in time")]
+    TimedOut,
 }
 
 /// One life of the registry's state. It changes only when the state was

@@ -22,7 +22,10 @@
 //!
 //! Each call is one round trip on one shared [`ConnectionManager`], so a
 //! process holds a fixed number of connections however many sockets it
-//! serves. Lookups run a Lua script that filters out gateways whose liveness
+//! serves. Every call has a response timeout, a reconnect is tried twice
+//! with short timeouts, and a circuit breaker (`breaker.rs`) answers at
+//! once while Redis keeps failing: an unavailable Redis costs callers an
+//! error they have a fallback for, never seconds. Lookups run a Lua script that filters out gateways whose liveness
 //! key has expired and removes them from the sets it read: a crashed
 //! gateway's entries go away as they are met, with no `KEYS` or `SCAN`.
 //!
@@ -34,9 +37,30 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::{Epoch, GatewayId, Registry, RegistryConfig, RegistryResult, Scope};
+use crate::breaker::Breaker;
+use crate::{Epoch, GatewayId, RedisOptions, Registry, RegistryConfig, RegistryResult, Scope};
+
+/// A connection manager whose calls are bounded by `options`: the response
+/// timeout on every command, the connection timeout on each attempt, and
+/// one quick retry. A reconnect in progress is awaited by every call on the
+/// connection, so redis-rs' default of six retries with exponential backoff
+/// made each call wait seconds while Redis was down. Shared with the
+/// presence store, which keeps its state in the same Redis.
+pub async fn connection_manager(
+    url: &str,
+    options: &RedisOptions,
+) -> redis::RedisResult<ConnectionManager> {
+    let client = redis::Client::open(url)?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(options.timeout))
+        .set_connection_timeout(Some(options.timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(20))
+        .set_max_delay(options.timeout);
+    ConnectionManager::new_with_config(client, config).await
+}
 
 /// KEYS: the guild and user sets to read. ARGV[1]: the liveness key prefix;
 /// ARGV[2], ARGV[3]: the epoch and recovering keys. Returns `{'recovering'}`
@@ -111,6 +135,7 @@ return 0
 
 pub struct RedisRegistry {
     conn: ConnectionManager,
+    breaker: Breaker,
     keys: Keys,
     /// The TTL in Redis' unit. At least 1: Redis rejects `PX 0`.
     ttl_ms: u64,
@@ -123,8 +148,7 @@ impl RedisRegistry {
     /// Connects, and loads the scripts so that a Redis that cannot run them
     /// fails start-up rather than the first lookup.
     pub async fn connect(url: &str, config: RegistryConfig) -> RegistryResult<Self> {
-        let client = redis::Client::open(url)?;
-        let mut conn = ConnectionManager::new(client).await?;
+        let mut conn = connection_manager(url, &config.redis).await?;
         let live_holders = Script::new(LIVE_HOLDERS_LUA);
         let deregister = Script::new(DEREGISTER_LUA);
         let heartbeat = Script::new(HEARTBEAT_LUA);
@@ -133,6 +157,7 @@ impl RedisRegistry {
         heartbeat.load_async(&mut conn).await?;
         Ok(Self {
             conn,
+            breaker: Breaker::new(config.redis.breaker),
             keys: Keys {
                 prefix: config.key_prefix,
             },
@@ -282,23 +307,29 @@ impl Keys {
 #[async_trait]
 impl Registry for RedisRegistry {
     async fn heartbeat(&self, gateway: &GatewayId, known: Option<&Epoch>) -> RegistryResult<Epoch> {
-        let epoch: String = self
-            .heartbeat
-            .key(self.keys.liveness(gateway))
-            .key(self.keys.held(Scope::Guild, gateway))
-            .key(self.keys.held(Scope::User, gateway))
-            .key(self.keys.epoch())
-            .key(self.keys.recovering())
-            .arg(self.ttl_ms)
-            .arg(ulid::Ulid::generate().to_string())
-            .arg(known.map_or("", Epoch::as_str))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(Epoch::new(epoch))
+        self.breaker
+            .call(async {
+                let epoch: String = self
+                    .heartbeat
+                    .key(self.keys.liveness(gateway))
+                    .key(self.keys.held(Scope::Guild, gateway))
+                    .key(self.keys.held(Scope::User, gateway))
+                    .key(self.keys.epoch())
+                    .key(self.keys.recovering())
+                    .arg(self.ttl_ms)
+                    .arg(ulid::Ulid::generate().to_string())
+                    .arg(known.map_or("", Epoch::as_str))
+                    .invoke_async(&mut self.conn.clone())
+                    .await?;
+                Ok(Epoch::new(epoch))
+            })
+            .await
     }
 
     async fn hold_guilds(&self, gateway: &GatewayId, guild_ids: &[String]) -> RegistryResult<()> {
-        self.hold(Scope::Guild, gateway, guild_ids).await
+        self.breaker
+            .call(async { self.hold(Scope::Guild, gateway, guild_ids).await })
+            .await
     }
 
     async fn release_guilds(
@@ -306,20 +337,30 @@ impl Registry for RedisRegistry {
         gateway: &GatewayId,
         guild_ids: &[String],
     ) -> RegistryResult<()> {
-        self.release(Scope::Guild, gateway, guild_ids).await
+        self.breaker
+            .call(async { self.release(Scope::Guild, gateway, guild_ids).await })
+            .await
     }
 
     async fn hold_users(&self, gateway: &GatewayId, user_ids: &[String]) -> RegistryResult<()> {
-        self.hold(Scope::User, gateway, user_ids).await
+        self.breaker
+            .call(async { self.hold(Scope::User, gateway, user_ids).await })
+            .await
     }
 
     async fn release_users(&self, gateway: &GatewayId, user_ids: &[String]) -> RegistryResult<()> {
-        self.release(Scope::User, gateway, user_ids).await
+        self.breaker
+            .call(async { self.release(Scope::User, gateway, user_ids).await })
+            .await
     }
 
     async fn gateways_for_guild(&self, guild_id: &str) -> RegistryResult<Vec<GatewayId>> {
-        let guild_ids = [guild_id.to_owned()];
-        self.live_holders([(Scope::Guild, &guild_ids), (Scope::User, &[])])
+        self.breaker
+            .call(async {
+                let guild_ids = [guild_id.to_owned()];
+                self.live_holders([(Scope::Guild, &guild_ids), (Scope::User, &[])])
+                    .await
+            })
             .await
     }
 
@@ -328,41 +369,57 @@ impl Registry for RedisRegistry {
         user_ids: &[String],
         guild_ids: &[String],
     ) -> RegistryResult<Vec<GatewayId>> {
-        self.live_holders([(Scope::User, user_ids), (Scope::Guild, guild_ids)])
+        self.breaker
+            .call(async {
+                self.live_holders([(Scope::User, user_ids), (Scope::Guild, guild_ids)])
+                    .await
+            })
             .await
     }
 
     async fn deregister(&self, gateway: &GatewayId) -> RegistryResult<()> {
-        self.deregister
-            .key(self.keys.liveness(gateway))
-            .key(self.keys.held(Scope::Guild, gateway))
-            .key(self.keys.held(Scope::User, gateway))
-            .arg(gateway.as_str())
-            .arg(self.keys.holders_prefix(Scope::Guild))
-            .arg(self.keys.holders_prefix(Scope::User))
-            .invoke_async::<()>(&mut self.conn.clone())
-            .await?;
-        Ok(())
+        self.breaker
+            .call(async {
+                self.deregister
+                    .key(self.keys.liveness(gateway))
+                    .key(self.keys.held(Scope::Guild, gateway))
+                    .key(self.keys.held(Scope::User, gateway))
+                    .arg(gateway.as_str())
+                    .arg(self.keys.holders_prefix(Scope::Guild))
+                    .arg(self.keys.holders_prefix(Scope::User))
+                    .invoke_async::<()>(&mut self.conn.clone())
+                    .await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn revoke_session(&self, session_id: &str, ttl: Duration) -> RegistryResult<()> {
-        // At least 1 ms: Redis rejects `PX 0`.
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        redis::cmd("SET")
-            .arg(self.keys.revoked_session(session_id))
-            .arg(1)
-            .arg("PX")
-            .arg(ttl_ms)
-            .exec_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
+        self.breaker
+            .call(async {
+                // At least 1 ms: Redis rejects `PX 0`.
+                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                redis::cmd("SET")
+                    .arg(self.keys.revoked_session(session_id))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .exec_async(&mut self.conn.clone())
+                    .await?;
+                Ok(())
+            })
+            .await
     }
 
     async fn is_session_revoked(&self, session_id: &str) -> RegistryResult<bool> {
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(self.keys.revoked_session(session_id))
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(exists)
+        self.breaker
+            .call(async {
+                let exists: bool = redis::cmd("EXISTS")
+                    .arg(self.keys.revoked_session(session_id))
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                Ok(exists)
+            })
+            .await
     }
 }

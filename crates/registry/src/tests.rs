@@ -731,6 +731,7 @@ mod redis {
             let config = RegistryConfig {
                 ttl: Self::TTL,
                 key_prefix: prefix.clone(),
+                ..RegistryConfig::default()
             };
             let registry = RedisRegistry::connect(&url, config).await.unwrap();
             let client = ::redis::Client::open(url).unwrap();

@@ -55,18 +55,38 @@ pub fn reflection(
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct CallLabels {
+pub(crate) struct CallLabels {
     /// The gRPC path, `/package.Service/Method`: one value per method a
     /// server implements, or [`UNKNOWN_METHOD`].
     method: String,
     code: &'static str,
 }
 
-type DurationFamily = Family<CallLabels, Histogram, fn() -> Histogram>;
+/// Call durations by method and code: the server's series here, the
+/// client's in [`crate::grpc_client`].
+pub(crate) type DurationFamily = Family<CallLabels, Histogram, fn() -> Histogram>;
 
-fn duration_histogram() -> Histogram {
+pub(crate) fn duration_family() -> Arc<DurationFamily> {
     // 0.5 ms to ~16 s.
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    Arc::new(Family::new_with_constructor(|| {
+        Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    }))
+}
+
+/// Records one call. A path nobody answers (`UNIMPLEMENTED`) is labelled
+/// [`UNKNOWN_METHOD`], so a made-up path cannot mint a label value.
+pub(crate) fn observe(duration: &DurationFamily, method: &str, code: Code, started: Instant) {
+    let method = if code == Code::Unimplemented {
+        UNKNOWN_METHOD.to_owned()
+    } else {
+        method.to_owned()
+    };
+    duration
+        .get_or_create(&CallLabels {
+            method,
+            code: code_label(code),
+        })
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// The gRPC server series of one process, and the layer that records them.
@@ -78,7 +98,7 @@ pub struct GrpcServerMetrics {
 impl Default for GrpcServerMetrics {
     fn default() -> Self {
         Self {
-            duration: Arc::new(Family::new_with_constructor(duration_histogram)),
+            duration: duration_family(),
         }
     }
 }
@@ -101,17 +121,7 @@ impl GrpcServerMetrics {
     }
 
     fn observe(&self, method: &str, code: Code, started: Instant) {
-        let method = if code == Code::Unimplemented {
-            UNKNOWN_METHOD.to_owned()
-        } else {
-            method.to_owned()
-        };
-        self.duration
-            .get_or_create(&CallLabels {
-                method,
-                code: code_label(code),
-            })
-            .observe(started.elapsed().as_secs_f64());
+        observe(&self.duration, method, code, started);
     }
 }
 
@@ -198,6 +208,7 @@ where
         );
         if let Some(trace) = &trace {
             span.record("trace_id", trace.trace_id());
+            crate::trace::set_parent(&span, trace);
         }
         if let Some(request_id) = &request_id {
             span.record("request_id", request_id.as_str());
@@ -233,14 +244,7 @@ where
                     return Ok(response);
                 }
                 let (parts, body) = response.into_parts();
-                let timed = TimedBody {
-                    inner: body,
-                    pending: Some(Pending {
-                        metrics,
-                        method,
-                        started,
-                    }),
-                };
+                let timed = TimedBody::new(body, metrics.duration, method, started);
                 Ok(Response::from_parts(parts, Body::new(timed)))
             }
             .instrument(span),
@@ -248,7 +252,7 @@ where
     }
 }
 
-fn header_code(headers: &http::HeaderMap) -> Option<Code> {
+pub(crate) fn header_code(headers: &http::HeaderMap) -> Option<Code> {
     headers
         .get("grpc-status")
         .map(|value| Code::from_bytes(value.as_bytes()))
@@ -256,24 +260,39 @@ fn header_code(headers: &http::HeaderMap) -> Option<Code> {
 
 /// A call still to be recorded when its body ends.
 struct Pending {
-    metrics: GrpcServerMetrics,
+    duration: Arc<DurationFamily>,
     method: String,
     started: Instant,
 }
 
 /// A response body that records the call when its trailers pass (or, if
-/// the caller goes away first, as cancelled).
-struct TimedBody {
+/// the caller goes away first, as cancelled). Servers and clients both
+/// wrap their responses in it.
+pub(crate) struct TimedBody {
     inner: Body,
     pending: Option<Pending>,
 }
 
 impl TimedBody {
+    pub(crate) fn new(
+        inner: Body,
+        duration: Arc<DurationFamily>,
+        method: String,
+        started: Instant,
+    ) -> Self {
+        Self {
+            inner,
+            pending: Some(Pending {
+                duration,
+                method,
+                started,
+            }),
+        }
+    }
+
     fn finish(&mut self, code: Code) {
         if let Some(pending) = self.pending.take() {
-            pending
-                .metrics
-                .observe(&pending.method, code, pending.started);
+            observe(&pending.duration, &pending.method, code, pending.started);
         }
     }
 }

@@ -2,8 +2,8 @@
 //! from an injected environment, tracing set-up, the shutdown signal, the
 //! probe endpoints Kubernetes calls, the public HTTP listener with its
 //! connection caps, the admin listener that serves metrics away from
-//! the public port, and what every gRPC server carries (reflection, call
-//! metrics, the trace context).
+//! the public port, what every gRPC server carries (reflection, call
+//! metrics, the trace context), and how every gRPC client connects.
 //!
 //! Nothing domain-specific lives here.
 
@@ -12,6 +12,7 @@ pub mod client_ip;
 pub mod env;
 pub mod fd_limit;
 pub mod grpc;
+pub mod grpc_client;
 pub mod net;
 pub mod probes;
 pub mod public;

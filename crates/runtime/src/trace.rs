@@ -67,12 +67,15 @@ impl TraceContext {
         }
     }
 
-    /// The same trace with a new span id: what this process sends on.
+    /// The same trace with this process's span id: what it sends on. When
+    /// spans are exported and the current span belongs to this trace, that
+    /// is the exported span's id, so the callee's exported span nests under
+    /// it in the collector; otherwise a new one.
     #[must_use]
     pub fn child(&self) -> Self {
         Self {
             trace_id: self.trace_id.clone(),
-            span_id: random_hex::<8>(),
+            span_id: exported_span_id(&self.trace_id).unwrap_or_else(random_hex::<8>),
             flags: self.flags,
         }
     }
@@ -86,6 +89,49 @@ impl TraceContext {
     pub fn header(&self) -> String {
         format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, self.flags)
     }
+}
+
+/// Makes `trace` the remote parent of `span` for span export
+/// ([`crate::telemetry`]), so the exported span carries the same trace id
+/// as the logs and the caller's span. Without export it does nothing.
+///
+/// A trace this process started ([`TraceContext::new_root`]) names a parent
+/// span no process exported; collectors show the span as the trace's
+/// root.
+pub fn set_parent(span: &tracing::Span, trace: &TraceContext) {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    let (Ok(trace_id), Ok(span_id)) = (
+        TraceId::from_hex(&trace.trace_id),
+        SpanId::from_hex(&trace.span_id),
+    ) else {
+        return;
+    };
+    let remote = SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(trace.flags),
+        true,
+        TraceState::default(),
+    );
+    // An error only says no exporting layer is installed.
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+}
+
+/// The id of the current span as exported, if it is exported and in the
+/// trace `trace_id`.
+fn exported_span_id(trace_id: &str) -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let exported = span.span_context();
+    (exported.is_valid() && exported.trace_id().to_string() == trace_id)
+        .then(|| exported.span_id().to_string())
 }
 
 fn is_lower_hex(value: &str) -> bool {
@@ -129,6 +175,23 @@ pub async fn scope_request<F: Future>(
 ) -> F::Output {
     let request_id = request_id.and_then(usable_request_id).map(str::to_owned);
     CURRENT.scope(Current { trace, request_id }, future).await
+}
+
+/// `future`, run in this task's trace context and tracing span: for a
+/// task spawned on behalf of a request, so that what it does (an event it
+/// publishes) stays on the request's trace.
+pub fn carried<F: Future>(future: F) -> impl Future<Output = F::Output> {
+    use tracing::Instrument as _;
+    let current = CURRENT
+        .try_with(|current| (current.trace.clone(), current.request_id.clone()))
+        .ok();
+    async move {
+        match current {
+            Some((trace, request_id)) => scope_request(trace, request_id.as_deref(), future).await,
+            None => future.await,
+        }
+    }
+    .instrument(tracing::Span::current())
 }
 
 /// The current trace context, if this task runs inside [`scope`].
@@ -184,10 +247,11 @@ impl tonic::service::Interceptor for Propagate {
 
 /// A gRPC channel whose calls carry the caller's trace context.
 pub type TracedChannel =
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Propagate>;
+    tonic::service::interceptor::InterceptedService<crate::grpc_client::GrpcChannel, Propagate>;
 
-/// Wraps `channel` so that its calls carry the caller's trace context.
-pub fn traced(channel: tonic::transport::Channel) -> TracedChannel {
+/// Wraps `channel` (from [`crate::grpc_client::connect`]) so that its calls
+/// carry the caller's trace context.
+pub fn traced(channel: crate::grpc_client::GrpcChannel) -> TracedChannel {
     tonic::service::interceptor::InterceptedService::new(channel, Propagate)
 }
 

@@ -93,6 +93,7 @@ pub fn encode_frames(event: &Event, max_frame_bytes: usize) -> Result<Vec<Frame>
     let with_payload = |payload: Payload| Event {
         audience: event.audience.clone(),
         published_at_unix_ms: event.published_at_unix_ms,
+        event_id: event.event_id.clone(),
         payload: Some(payload),
     };
     match &event.payload {

@@ -851,6 +851,7 @@ fn event(payload: Payload) -> proto::Event {
     proto::Event {
         audience: None,
         published_at_unix_ms: 0,
+        event_id: String::new(),
         payload: Some(payload),
     }
 }

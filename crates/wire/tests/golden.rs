@@ -27,6 +27,7 @@ fn assert_frame(payload: Payload, event_type: &str, d: &Value) {
     let event = proto::Event {
         audience: None,
         published_at_unix_ms: 1_767_225_600_123,
+        event_id: String::new(),
         payload: Some(payload),
     };
     let frame = encode_event(&event, MAX_FRAME_BYTES).expect("event encodes");

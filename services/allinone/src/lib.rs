@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use filament_registry::{MemoryRegistry, RedisRegistry, Registry, RegistryConfig};
+use filament_registry::{MemoryRegistry, RedisOptions, RedisRegistry, Registry, RegistryConfig};
 use filament_runtime::Env;
 use filament_runtime::public::PublicLimits;
 use tokio::net::TcpListener;
@@ -123,14 +123,17 @@ impl Stack {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let ip = config.internal_ip;
-        let memory: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(registry_config(&config)));
+        let memory: Arc<dyn Registry> = Arc::new(MemoryRegistry::new(registry_config(&config)?));
         let registry = || connect_registry(&config, &memory);
 
         let store = match &config.store {
             Some(store) => Arc::clone(store),
-            None => filament_api::store::connect(&config.database_url)
-                .await
-                .context("opening the database")?,
+            None => filament_api::store::connect_with(
+                &config.database_url,
+                filament_api::store::DatabaseLimits::from_env(&config.env)?,
+            )
+            .await
+            .context("opening the database")?,
         };
         // Voice and presence are bound before the api and the gateways,
         // which call them; presence tells voice who went offline.
@@ -148,6 +151,7 @@ impl Stack {
         tasks.spawn(named("voice", voice.run(shutdown.clone())));
         let mut presence_config = filament_presence::Config::new((ip, 0).into());
         presence_config.store.lease_ttl = config.registry_ttl;
+        presence_config.store.redis = RedisOptions::from_env(&config.env)?;
         presence_config.voice_grpc_url = Some(format!("http://{voice_grpc_addr}"));
         presence_config.admin_addr = Some((ip, 0).into());
         let presence_redis = match &config.registry {
@@ -338,15 +342,16 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn registry_config(config: &StackConfig) -> RegistryConfig {
+fn registry_config(config: &StackConfig) -> anyhow::Result<RegistryConfig> {
     let key_prefix = match &config.registry {
         RegistryChoice::Redis { key_prefix, .. } => key_prefix.clone(),
         RegistryChoice::Memory => RegistryConfig::default().key_prefix,
     };
-    RegistryConfig {
+    Ok(RegistryConfig {
         ttl: config.registry_ttl,
         key_prefix,
-    }
+        redis: RedisOptions::from_env(&config.env)?,
+    })
 }
 
 async fn connect_registry(
@@ -356,7 +361,7 @@ async fn connect_registry(
     Ok(match &config.registry {
         RegistryChoice::Memory => Arc::clone(memory),
         RegistryChoice::Redis { url, .. } => {
-            Arc::new(RedisRegistry::connect(url, registry_config(config)).await?)
+            Arc::new(RedisRegistry::connect(url, registry_config(config)?).await?)
         }
     })
 }

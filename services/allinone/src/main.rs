@@ -76,7 +76,9 @@ async fn main() -> anyhow::Result<()> {
         signalled.cancelled().await;
         shutdown.cancel();
     });
-    stack.wait().await
+    let ran = stack.wait().await;
+    filament_runtime::telemetry::shutdown().await;
+    ran
 }
 
 /// Says where to connect: a banner on a terminal; one structured log line

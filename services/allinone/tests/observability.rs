@@ -12,6 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use serde_json::{Value, json};
 use support::{Backends, DEADLINE, PASSWORD, TestStack};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
@@ -37,8 +43,17 @@ struct JsonFilament {
 
 impl JsonFilament {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Started with `extra` variables besides the usual ones.
+    async fn start_with(extra: &[(&str, String)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_filament"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_filament"));
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let mut child = command
             .env("FILAMENT_PUBLIC_ADDR", "127.0.0.1:0")
             .env("FILAMENT_DATA_DIR", dir.path())
             .env("FILAMENT_ARGON2_MEMORY_KIB", "1024")
@@ -100,6 +115,23 @@ impl JsonFilament {
         // Let the reader take what was still in the pipe.
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.lines()
+    }
+
+    /// Stops the binary as Kubernetes does (SIGTERM) and waits for it to
+    /// drain and exit on its own.
+    async fn terminate(mut self) {
+        let pid = self.child.id().expect("running");
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await
+            .expect("kill runs");
+        assert!(sent.success());
+        let exited = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("filament exits after SIGTERM")
+            .expect("exit status");
+        assert!(exited.success(), "{exited}");
     }
 }
 
@@ -389,6 +421,95 @@ async fn an_invalid_log_format_stops_the_binary_naming_the_variable() {
     );
 }
 
+/// An OTLP collector that passes on every trace export it receives.
+struct FakeCollector(tokio::sync::mpsc::UnboundedSender<ExportTraceServiceRequest>);
+
+#[tonic::async_trait]
+impl TraceService for FakeCollector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let _ = self.0.send(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// `(service.name, span name, trace id as hex)` of every exported span.
+fn exported_spans(export: &ExportTraceServiceRequest) -> Vec<(String, String, String)> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+    export
+        .resource_spans
+        .iter()
+        .flat_map(|resource_spans| {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|resource| &resource.attributes)
+                .find(|attribute| attribute.key == "service.name")
+                .and_then(|attribute| attribute.value.as_ref()?.value.as_ref())
+                .and_then(|value| match value {
+                    AnyValue::StringValue(name) => Some(name.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            resource_spans
+                .scope_spans
+                .iter()
+                .flat_map(|scope| &scope.spans)
+                .map(move |span| {
+                    let trace_id = span.trace_id.iter().fold(String::new(), |mut hex, b| {
+                        hex.push_str(&format!("{b:02x}"));
+                        hex
+                    });
+                    (service.clone(), span.name.clone(), trace_id)
+                })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn spans_are_exported_over_otlp_with_the_request_trace_and_flushed_at_sigterm() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let collector = listener.local_addr().expect("addr");
+    let (received, mut exports) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(FakeCollector(received)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let filament =
+        JsonFilament::start_with(&[("FILAMENT_OTLP_ENDPOINT", format!("http://{collector}"))])
+            .await;
+    let username = format!("otlp_{}", &ulid::Ulid::generate().to_string()[20..]).to_lowercase();
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/api/auth/register", filament.origin))
+        .header("traceparent", TRACEPARENT)
+        .json(&json!({"username": username, "password": PASSWORD}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(response.status(), 200);
+    // Well inside the 5 s batch delay: the span leaves with the flush at
+    // shutdown.
+    filament.terminate().await;
+
+    let mut spans = Vec::new();
+    while let Ok(export) = exports.try_recv() {
+        spans.extend(exported_spans(&export));
+    }
+    assert!(
+        spans
+            .iter()
+            .any(|(service, name, trace_id)| service == "filament"
+                && name == "http_request"
+                && trace_id == TRACE_ID),
+        "no http_request span of trace {TRACE_ID} from service filament in {spans:?}"
+    );
+}
+
 /// Lists the services of the gRPC server at `addr` through reflection.
 async fn reflected_services(addr: SocketAddr) -> HashSet<String> {
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -555,6 +676,15 @@ async fn every_service_exports_its_series_after_a_post_a_subscribe_and_a_search(
         ) >= 1.0,
         "{api}"
     );
+    // The api's own gRPC client: the search it asked.
+    assert!(
+        sample(
+            &api,
+            "filament_grpc_client_duration_seconds_count{method=\"/filament.v1.Search/Query\",code=\"OK\"}"
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{api}"
+    );
 
     let gateway = scrape(&http, stack.gateway_admin_addrs[0], "gateway").await;
     for series in [
@@ -562,6 +692,9 @@ async fn every_service_exports_its_series_after_a_post_a_subscribe_and_a_search(
         "filament_gateway_outbound_queue_depth_count",
         "filament_gateway_write_batch_items_count",
         "filament_registry_call_duration_seconds_count{operation=\"hold_guilds\"}",
+        // The gateway's gRPC clients: its questions to the api.
+        "filament_grpc_client_duration_seconds_count{method=\"/filament.v1.EdgeAccess/Identify\",code=\"OK\"}",
+        "filament_grpc_client_duration_seconds_count{method=\"/filament.v1.EdgeAccess/AuthorizeSubscribe\",code=\"OK\"}",
     ] {
         assert!(
             sample(&gateway, series).is_some_and(|n| n >= 1.0),

@@ -28,6 +28,7 @@ fn reporter(t: &TestStack) -> PresenceClient {
         &format!("http://{}", t.stack.presence_grpc_addr),
         ulid::Ulid::generate().to_string(),
         Duration::from_secs(3),
+        &filament_runtime::grpc_client::GrpcClientMetrics::default(),
     )
     .expect("presence url")
 }

@@ -643,6 +643,7 @@ async fn the_last_connection_closing_anywhere_leaves_voice() {
             &format!("http://{}", t.stack.presence_grpc_addr),
             ulid::Ulid::generate().to_string(),
             std::time::Duration::from_secs(3),
+            &filament_runtime::grpc_client::GrpcClientMetrics::default(),
         )
         .expect("presence url")
     };

@@ -13,6 +13,7 @@ use axum::Extension;
 use filament_registry::RegistryMetrics;
 use filament_runtime::admin::AdminListener;
 use filament_runtime::grpc::GrpcServerMetrics;
+use filament_runtime::grpc_client::GrpcClientMetrics;
 use filament_runtime::public::ListenerMetrics;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -210,6 +211,7 @@ pub struct Admin {
     listener: Option<AdminListener>,
     public_listener: ListenerMetrics,
     grpc: GrpcServerMetrics,
+    grpc_clients: GrpcClientMetrics,
     registry_calls: RegistryMetrics,
 }
 
@@ -225,6 +227,8 @@ impl Admin {
         public_listener.register(&mut registry);
         let grpc = GrpcServerMetrics::default();
         grpc.register(&mut registry);
+        let grpc_clients = GrpcClientMetrics::default();
+        grpc_clients.register(&mut registry);
         let registry_calls = RegistryMetrics::default();
         registry_calls.register(&mut registry);
         let listener = match config.admin_addr {
@@ -237,6 +241,7 @@ impl Admin {
             listener,
             public_listener,
             grpc,
+            grpc_clients,
             registry_calls,
         })
     }
@@ -258,6 +263,11 @@ impl Admin {
     /// The routing registry's call timings, served with these.
     pub fn registry_calls(&self) -> &RegistryMetrics {
         &self.registry_calls
+    }
+
+    /// The api's gRPC clients (voice, search) time their calls into these.
+    pub fn grpc_clients(&self) -> &GrpcClientMetrics {
+        &self.grpc_clients
     }
 
     /// The layer that times the api's gRPC calls into this registry.

@@ -61,6 +61,54 @@ pub struct Config {
     /// The REST listener's connection caps and header timer
     /// (`FILAMENT_HTTP_*`).
     pub public: PublicLimits,
+    /// How long a request may wait on the database
+    /// (`FILAMENT_DATABASE_*_TIMEOUT_MS`); past it, 503.
+    pub database: crate::store::DatabaseLimits,
+    /// How the event outbox's relay runs (docs/adr/0006-outbox.md).
+    pub outbox: OutboxConfig,
+}
+
+/// The event outbox's timing. Not read from the environment: the defaults
+/// fit every deployment, and tests shorten them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxConfig {
+    /// How long the request that wrote an event keeps it to itself; a relay
+    /// publishes it only after this. It bounds how late an event arrives
+    /// when its writer died between commit and publish, and must exceed a
+    /// healthy request path's publish, or events go out twice (gateways
+    /// then drop the repeat).
+    pub lease: Duration,
+    /// How often the relay looks for events whose lease ran out, written
+    /// here or by another replica.
+    pub sweep_interval: Duration,
+    /// What the request path does after its commit:
+    /// [`OutboxRequestPath::PublishAndForget`] in production. Tests choose
+    /// the others to stand for a process that died on the way.
+    pub request_path: OutboxRequestPath,
+}
+
+/// What a request does with its event once its write committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxRequestPath {
+    /// Publishes it, then deletes its outbox row.
+    PublishAndForget,
+    /// Publishes it and leaves the row, as a process killed right after
+    /// publishing would: a relay publishes it again, and gateways drop the
+    /// repeat.
+    PublishOnly,
+    /// Leaves it to the relay, as a process killed right after the commit
+    /// would.
+    Nothing,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(5),
+            sweep_interval: Duration::from_secs(1),
+            request_path: OutboxRequestPath::PublishAndForget,
+        }
+    }
 }
 
 /// Argon2id cost. The defaults are OWASP's; tests lower them.
@@ -142,6 +190,8 @@ impl Config {
             guild_ip_ban_max_entries: 4096,
             trusted_proxy_cidrs: Vec::new(),
             public: PublicLimits::default(),
+            database: crate::store::DatabaseLimits::default(),
+            outbox: OutboxConfig::default(),
         }
     }
 
@@ -180,6 +230,7 @@ impl Config {
         )?;
         config.server_owner = env.optional("FILAMENT_SERVER_OWNER_USER_ID")?;
         config.public = PublicLimits::from_env(env)?;
+        config.database = crate::store::DatabaseLimits::from_env(env)?;
         config.rate_limit_per_minute = env.or(
             "FILAMENT_RATE_LIMIT_REQUESTS_PER_MINUTE",
             config.rate_limit_per_minute,
@@ -235,6 +286,43 @@ mod tests {
             "sqlite::memory:",
             vec![0; 32],
         )
+    }
+
+    #[test]
+    fn database_limits_default_below_the_request_timeout_and_read_their_variables() {
+        let mut defaults = config();
+        defaults.apply_env(&Env::default()).unwrap();
+        let limits = defaults.database;
+        assert!(limits.acquire_timeout + limits.statement_timeout < defaults.request_timeout);
+
+        let mut tuned = config();
+        tuned
+            .apply_env(&Env::from_pairs([
+                ("FILAMENT_DATABASE_ACQUIRE_TIMEOUT_MS", "1500"),
+                ("FILAMENT_DATABASE_STATEMENT_TIMEOUT_MS", "2500"),
+            ]))
+            .unwrap();
+        assert_eq!(
+            tuned.database,
+            crate::store::DatabaseLimits {
+                acquire_timeout: Duration::from_millis(1500),
+                statement_timeout: Duration::from_millis(2500),
+            }
+        );
+        let zero = config().apply_env(&Env::from_pairs([(
+            "FILAMENT_DATABASE_STATEMENT_TIMEOUT_MS",
+            "0",
+        )]));
+        assert!(
+            matches!(
+                zero,
+                Err(ConfigError::Invalid {
+                    name: "FILAMENT_DATABASE_STATEMENT_TIMEOUT_MS",
+                    ..
+                })
+            ),
+            "{zero:?}"
+        );
     }
 
     #[test]

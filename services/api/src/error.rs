@@ -43,6 +43,15 @@ pub enum ApiError {
     QuotaExceeded,
     #[error("rate limited")]
     RateLimited,
+    /// An `Idempotency-Key` already used by this user for another request
+    /// (another body or route): 422 (`http::idempotency`).
+    #[error("idempotency key reused for another request")]
+    IdempotencyKeyReused,
+    /// A concurrent request with the same `Idempotency-Key` committed
+    /// first. Handlers answer with that request's response instead; should
+    /// one escape, it is a 409.
+    #[error("idempotency key taken by a concurrent request")]
+    IdempotencyKeyTaken,
     /// Shed load: the server is healthy but saturated (password hashing,
     /// see `auth::PasswordHasher`). 503 with `retry-after`.
     #[error("temporarily unavailable")]
@@ -69,15 +78,57 @@ impl ApiError {
             Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::QuotaExceeded => (StatusCode::CONFLICT, "quota_exceeded"),
             Self::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Self::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+            Self::IdempotencyKeyTaken => (StatusCode::CONFLICT, "idempotency_key_reused"),
             Self::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
 }
 
+/// What a client is told to wait before retrying when the database is
+/// unavailable.
+const DATABASE_RETRY_AFTER: Duration = Duration::from_secs(2);
+
 impl From<StoreError> for ApiError {
+    /// The one place a database failure becomes an answer: a database
+    /// that is unreachable, out of connections, or held up past the
+    /// statement timeout is a 503 with `retry-after` (the request may
+    /// succeed later and wrote nothing: a cancelled statement rolls its
+    /// transaction back); a write whose `Idempotency-Key` another request
+    /// holds is [`Self::IdempotencyKeyTaken`]; anything else is a 500.
     fn from(err: StoreError) -> Self {
-        Self::Internal(err.into())
+        match &err {
+            StoreError::Backend(backend) if database_unavailable(backend) => {
+                tracing::warn!(error = %err, "database unavailable; answering 503");
+                Self::Unavailable {
+                    retry_after: DATABASE_RETRY_AFTER,
+                }
+            }
+            StoreError::Conflict("idempotency_key") => Self::IdempotencyKeyTaken,
+            _ => Self::Internal(err.into()),
+        }
+    }
+}
+
+/// Whether the error says "not now" rather than "never": the pool timed
+/// out or the connection failed, or Postgres cancelled or refused the work
+/// for a reason that passes (SQLSTATE `57014` query_canceled — the
+/// statement timeout —, `55P03` lock_not_available, `53300`
+/// too_many_connections, `57P01`..`57P03` shutdown and start-up, and the
+/// connection exceptions `08…`).
+fn database_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            matches!(
+                &*code,
+                "57014" | "55P03" | "53300" | "57P01" | "57P02" | "57P03"
+            ) || code.starts_with("08")
+        }),
+        _ => false,
     }
 }
 
@@ -127,6 +178,9 @@ impl From<ApiError> for tonic::Status {
             | ApiError::DirectoryJoinUserBanned
             | ApiError::DirectoryJoinIpBanned => Self::permission_denied(err.to_string()),
             ApiError::NotFound => Self::not_found(err.to_string()),
+            ApiError::IdempotencyKeyReused | ApiError::IdempotencyKeyTaken => {
+                Self::failed_precondition(err.to_string())
+            }
             ApiError::RateLimited | ApiError::QuotaExceeded => {
                 Self::resource_exhausted(err.to_string())
             }

@@ -49,6 +49,7 @@ fn event_with(target: audience::Target, payload: event::Payload) -> Event {
             target: Some(target),
         }),
         published_at_unix_ms: now_unix_ms(),
+        event_id: String::new(),
         payload: Some(payload),
     }
 }

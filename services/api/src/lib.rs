@@ -18,6 +18,7 @@ mod feed;
 mod grpc;
 mod http;
 mod markdown;
+mod outbox;
 mod state;
 mod voice;
 
@@ -30,7 +31,7 @@ use filament_registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, HashingLimits, PasswordHashing};
+pub use config::{Config, HashingLimits, OutboxConfig, OutboxRequestPath, PasswordHashing};
 pub use error::ApiError;
 
 use crate::state::AppState;
@@ -55,7 +56,14 @@ pub async fn bind(
     let admin = admin::Admin::bind(&config).await?;
     let registry = admin.registry_calls().wrap(registry);
     let fanout = Fanout::new("api", Arc::clone(&registry), FanoutConfig::default());
-    let state = AppState::new(config, store, registry, fanout, admin.hashing_metrics())?;
+    let state = AppState::new(
+        config,
+        store,
+        registry,
+        fanout,
+        admin.hashing_metrics(),
+        admin.grpc_clients(),
+    )?;
     Ok(BoundApi {
         http,
         grpc,
@@ -123,6 +131,12 @@ impl BoundApi {
             );
         let grpc_task = tokio::spawn(grpc_server);
 
+        // One relay per process, stopped only after the last request has
+        // published: what it leaves, the next process (or another replica)
+        // publishes.
+        let relay_stop = CancellationToken::new();
+        let relay = tokio::spawn(outbox::run_relay(state.clone(), relay_stop.clone()));
+
         // Readiness turns false with the drain, before the listener stops.
         let http_stop = shutdown.child_token();
         tokio::spawn(async move {
@@ -138,6 +152,10 @@ impl BoundApi {
         )
         .await;
 
+        relay_stop.cancel();
+        if let Err(err) = relay.await {
+            tracing::error!(%err, "outbox relay failed");
+        }
         state.fanout().close();
         grpc_stop.cancel();
         let grpc_result = grpc_task.await?;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use filament_registry::{RedisRegistry, RegistryConfig};
+use filament_registry::{RedisOptions, RedisRegistry, RegistryConfig};
 use filament_runtime::Env;
 
 /// jemalloc, not glibc's malloc: it hands large freed blocks (a 19 MiB
@@ -27,10 +27,13 @@ async fn main() -> anyhow::Result<()> {
                 "FILAMENT_REGISTRY_PREFIX",
                 RegistryConfig::default().key_prefix,
             )?,
+            redis: RedisOptions::from_env(&env)?,
         },
     )
     .await?;
-    let store = filament_api::store::connect(&config.database_url).await?;
+    let store = filament_api::store::connect_with(&config.database_url, config.database).await?;
     let api = filament_api::bind(config, store, Arc::new(registry)).await?;
-    api.run(filament_runtime::shutdown::token_on_signal()).await
+    let ran = api.run(filament_runtime::shutdown::token_on_signal()).await;
+    filament_runtime::telemetry::shutdown().await;
+    ran
 }

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use filament_fanout::Fanout;
 use filament_registry::Registry;
+use filament_runtime::grpc_client::GrpcClientMetrics;
 use ulid::Ulid;
 
 use crate::admin::HashingMetrics;
@@ -32,6 +33,8 @@ struct Inner {
     /// sessions every replica consults.
     registry: Arc<dyn Registry>,
     voice: VoiceLink,
+    /// Where the api's gRPC clients (voice, search) time their calls.
+    grpc_clients: GrpcClientMetrics,
     /// Monotonic within a millisecond, so ids created in the same
     /// millisecond still sort in creation order (message pagination relies
     /// on it).
@@ -45,6 +48,7 @@ impl AppState {
         registry: Arc<dyn Registry>,
         fanout: Fanout,
         hashing_metrics: HashingMetrics,
+        grpc_clients: &GrpcClientMetrics,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             inner: Arc::new(Inner {
@@ -57,7 +61,8 @@ impl AppState {
                 )?,
                 lockout: Lockout::default(),
                 auth_limiter: AuthRouteLimiter::new(config.auth_route_per_minute),
-                voice: VoiceLink::new(config.voice_url.as_deref())?,
+                voice: VoiceLink::new(config.voice_url.as_deref(), grpc_clients)?,
+                grpc_clients: grpc_clients.clone(),
                 ids: Mutex::new(ulid::Generator::new()),
                 config,
                 store,
@@ -69,6 +74,11 @@ impl AppState {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Where the api's gRPC clients time their calls.
+    pub fn grpc_clients(&self) -> &GrpcClientMetrics {
+        &self.inner.grpc_clients
     }
 
     pub fn store(&self) -> &dyn Store {

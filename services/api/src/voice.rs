@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use filament_proto::v1 as pb;
 use filament_proto::v1::voice_client::VoiceClient;
+use filament_runtime::grpc_client::GrpcClientMetrics;
 use filament_runtime::trace::TracedChannel;
-use tonic::transport::Endpoint;
 use ulid::Ulid;
 
 use crate::error::{ApiError, ApiResult};
@@ -31,13 +31,15 @@ pub struct VoiceLink {
 impl VoiceLink {
     /// Connects lazily: the api starts (and serves everything else) while
     /// the voice service is still down. No url: voice is not deployed.
-    pub fn new(url: Option<&str>) -> anyhow::Result<Self> {
+    pub fn new(url: Option<&str>, grpc_clients: &GrpcClientMetrics) -> anyhow::Result<Self> {
         let client = url
             .map(|url| -> anyhow::Result<_> {
-                let channel = Endpoint::from_shared(url.to_owned())?
-                    .connect_timeout(VOICE_CALL_TIMEOUT)
-                    .timeout(VOICE_CALL_TIMEOUT)
-                    .connect_lazy();
+                let channel = filament_runtime::grpc_client::connect(
+                    url,
+                    VOICE_CALL_TIMEOUT,
+                    Some(VOICE_CALL_TIMEOUT),
+                    grpc_clients,
+                )?;
                 Ok(VoiceClient::new(filament_runtime::trace::traced(channel)))
             })
             .transpose()?;

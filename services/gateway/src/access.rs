@@ -12,8 +12,8 @@ use filament_proto::v1::edge_access_client::EdgeAccessClient;
 use filament_proto::v1::{
     AuthorizeSubscribeRequest, BannedAddressesRequest, EdgeCreateMessageRequest, IdentifyRequest,
 };
+use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::ids::{ChannelId, GuildId, SessionId, UserId};
 
@@ -50,15 +50,17 @@ pub(crate) enum AccessError {
 
 #[derive(Clone)]
 pub(crate) struct Access {
-    client: EdgeAccessClient<Channel>,
+    client: EdgeAccessClient<GrpcChannel>,
 }
 
 impl Access {
-    pub(crate) fn new(api_url: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(api_url.to_owned())?
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .connect_lazy();
+    pub(crate) fn new(
+        api_url: &str,
+        timeout: Duration,
+        grpc_clients: &GrpcClientMetrics,
+    ) -> anyhow::Result<Self> {
+        let channel =
+            filament_runtime::grpc_client::connect(api_url, timeout, Some(timeout), grpc_clients)?;
         Ok(Self {
             client: EdgeAccessClient::new(channel),
         })

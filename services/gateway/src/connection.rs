@@ -96,8 +96,10 @@ async fn serve(
     shutdown: &CancellationToken,
 ) -> Option<CloseReason> {
     if let Err(err) = shared.holdings.hold_user(identity.user).await {
-        tracing::warn!(%err, "registry unavailable; refusing socket");
-        return Some(CloseReason::UpstreamUnavailable);
+        // Not a reason to refuse the socket: the sweeps hold the user once
+        // the registry answers, and until then producers whose lookups fail
+        // send to every gateway, this one included (see `holdings`).
+        tracing::warn!(%err, "registry unavailable; the user is held later");
     }
     // A logout between this socket's identify and now found nothing to
     // close here: its `SessionRevoked` was routed before the socket was in
@@ -108,8 +110,19 @@ async fn serve(
         Ok(false) => {}
         Ok(true) => return Some(CloseReason::AccessRevoked),
         Err(err) => {
-            tracing::warn!(%err, "registry unavailable; refusing socket");
-            return Some(CloseReason::UpstreamUnavailable);
+            // Fail open. This look only guards the race above: `Identify`
+            // already read the session from the store (the authority on
+            // revocations) and refused it if it was revoked. With Redis
+            // down a logout cannot list the session in the registry anyway
+            // (the list would answer "not revoked" even if we could read
+            // it), while its `SessionRevoked` goes to every gateway (the
+            // producer's lookup fails too) and closes any socket already
+            // in the index. What remains is a socket identified in the
+            // milliseconds before a logout and registered after it, during
+            // a Redis outage: it lives until its access token expires.
+            // Failing closed instead would refuse every new socket for as
+            // long as Redis is down.
+            tracing::warn!(%err, "revocation list unavailable; accepting the identified socket");
         }
     }
     shared.peers.connected(registration.id, identity.user).await;
@@ -366,11 +379,12 @@ async fn subscribe(
             .subscribe(registration.id, guild, channel, epoch)
         {
             SubscribeOutcome::Subscribed => {
-                shared
-                    .holdings
-                    .hold_guild(guild)
-                    .await
-                    .map_err(|err| unavailable(&err))?;
+                if let Err(err) = shared.holdings.hold_guild(guild).await {
+                    // Accepted anyway: the guild is in the index, and the
+                    // sweeps hold it once the registry answers; meanwhile
+                    // producers send to every gateway (see `holdings`).
+                    tracing::warn!(%err, "registry unavailable; the guild is held later");
+                }
                 let mut snapshots = Vec::with_capacity(3);
                 if let Some(sync) = shared
                     .peers
@@ -463,6 +477,7 @@ fn connection_event(payload: event::Payload) -> Event {
     Event {
         audience: None,
         published_at_unix_ms: 0,
+        event_id: String::new(),
         payload: Some(payload),
     }
 }

@@ -9,6 +9,21 @@
 //!
 //! It is also where a new socket reads the registry's list of revoked
 //! sessions, once its user is held (see `connection::serve`).
+//!
+//! A hold that fails (Redis down, the registry's circuit open) does not
+//! refuse the socket or the subscribe: the index has the entry, `held`
+//! does not, and every sweep holds what the index has and `held` lacks,
+//! retrying every [`REHOLD_RETRY`] until it succeeds. Why that loses no
+//! event: while this gateway cannot reach the registry, neither (as a
+//! rule) can the producers, and a producer whose lookup fails sends to
+//! every gateway; when Redis comes back empty (restarted, failed over) the
+//! registry answers `Recovering` — again to every gateway — until the
+//! gateways have heartbeated and held everything again, this one included.
+//! The one window left is a Redis that kept its state and was unreachable
+//! from here only, or answers a producer again before this gateway's next
+//! sweep: at most the breaker's cool-down plus [`REHOLD_RETRY`], the same
+//! kind of window a gateway whose liveness lapsed already has (and covers
+//! by resynchronising, see [`Sweep::Lapsed`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -21,6 +36,11 @@ use tokio::time::Instant;
 use crate::ids::{GuildId, SessionId, UserId};
 use crate::index::Index;
 
+/// How soon a sweep runs again while a hold is unconfirmed, instead of
+/// the heartbeat's TTL / 3: this is the window in which a registry that
+/// answers again may not know a guild one of our sockets subscribed to.
+pub(crate) const REHOLD_RETRY: Duration = Duration::from_millis(500);
+
 #[derive(Default)]
 struct Held {
     guilds: HashSet<GuildId>,
@@ -29,6 +49,9 @@ struct Held {
     last_heartbeat: Option<Instant>,
     /// The registry's epoch at the last heartbeat.
     epoch: Option<Epoch>,
+    /// A hold failed since the last successful sweep: the index has
+    /// something the registry may not (see the module docs).
+    unconfirmed: bool,
 }
 
 /// What a sweep found.
@@ -68,26 +91,41 @@ impl Holdings {
         &self.gateway
     }
 
+    /// Holds the guild in the registry. On `Err` the guild is left for the
+    /// sweeps to hold (it is in the index, not in `held`), and the caller
+    /// may carry on: see the module docs.
     pub(crate) async fn hold_guild(&self, guild: GuildId) -> RegistryResult<()> {
         let mut held = self.held.lock().await;
         if !held.guilds.contains(&guild) {
-            self.registry
+            let result = self
+                .registry
                 .hold_guilds(&self.gateway, &[guild.to_string()])
-                .await?;
+                .await;
+            held.unconfirmed |= result.is_err();
+            result?;
             held.guilds.insert(guild);
         }
         Ok(())
     }
 
+    /// Like [`hold_guild`](Self::hold_guild), for a user.
     pub(crate) async fn hold_user(&self, user: UserId) -> RegistryResult<()> {
         let mut held = self.held.lock().await;
         if !held.users.contains(&user) {
-            self.registry
+            let result = self
+                .registry
                 .hold_users(&self.gateway, &[user.to_string()])
-                .await?;
+                .await;
+            held.unconfirmed |= result.is_err();
+            result?;
             held.users.insert(user);
         }
         Ok(())
+    }
+
+    /// Whether a failed hold still waits for a sweep to confirm it.
+    pub(crate) async fn unconfirmed(&self) -> bool {
+        self.held.lock().await.unconfirmed
     }
 
     /// Whether the registry lists the session as revoked (logged out).
@@ -120,10 +158,27 @@ impl Holdings {
             held.users = live_users;
             held.epoch = Some(epoch);
             held.last_heartbeat = Some(now);
+            held.unconfirmed = false;
             return Ok(if lapsed { Sweep::Lapsed } else { Sweep::Healed });
         }
         held.epoch = Some(epoch);
         held.last_heartbeat = Some(now);
+        // What a failed hold left out (or anything else the index has that
+        // `held` lacks). Idempotent, so a hold that did land but answered
+        // an error is no harm.
+        let missing_guilds: Vec<_> = live_guilds.difference(&held.guilds).copied().collect();
+        let missing_users: Vec<_> = live_users.difference(&held.users).copied().collect();
+        if !missing_guilds.is_empty() {
+            let ids: Vec<_> = missing_guilds.iter().map(ToString::to_string).collect();
+            self.registry.hold_guilds(&self.gateway, &ids).await?;
+            held.guilds.extend(missing_guilds);
+        }
+        if !missing_users.is_empty() {
+            let ids: Vec<_> = missing_users.iter().map(ToString::to_string).collect();
+            self.registry.hold_users(&self.gateway, &ids).await?;
+            held.users.extend(missing_users);
+        }
+        held.unconfirmed = false;
         let stale_guilds: Vec<_> = held.guilds.difference(&live_guilds).copied().collect();
         let stale_users: Vec<_> = held.users.difference(&live_users).copied().collect();
         if !stale_guilds.is_empty() {
@@ -150,5 +205,139 @@ impl Holdings {
         held.guilds.clear();
         held.users.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use filament_registry::{MemoryRegistry, RegistryConfig, RegistryError};
+    use ulid::Ulid;
+
+    use super::*;
+    use crate::ids::ChannelId;
+
+    /// A memory registry that can be switched off, as Redis behind an open
+    /// circuit is: every call fails at once.
+    struct Switchable {
+        inner: MemoryRegistry,
+        down: AtomicBool,
+    }
+
+    impl Switchable {
+        fn check(&self) -> RegistryResult<()> {
+            if self.down.load(Ordering::SeqCst) {
+                Err(RegistryError::CircuitOpen)
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Registry for Switchable {
+        async fn heartbeat(
+            &self,
+            gateway: &GatewayId,
+            known: Option<&Epoch>,
+        ) -> RegistryResult<Epoch> {
+            self.check()?;
+            self.inner.heartbeat(gateway, known).await
+        }
+        async fn hold_guilds(&self, gateway: &GatewayId, ids: &[String]) -> RegistryResult<()> {
+            self.check()?;
+            self.inner.hold_guilds(gateway, ids).await
+        }
+        async fn release_guilds(&self, gateway: &GatewayId, ids: &[String]) -> RegistryResult<()> {
+            self.check()?;
+            self.inner.release_guilds(gateway, ids).await
+        }
+        async fn hold_users(&self, gateway: &GatewayId, ids: &[String]) -> RegistryResult<()> {
+            self.check()?;
+            self.inner.hold_users(gateway, ids).await
+        }
+        async fn release_users(&self, gateway: &GatewayId, ids: &[String]) -> RegistryResult<()> {
+            self.check()?;
+            self.inner.release_users(gateway, ids).await
+        }
+        async fn gateways_for_guild(&self, guild_id: &str) -> RegistryResult<Vec<GatewayId>> {
+            self.check()?;
+            self.inner.gateways_for_guild(guild_id).await
+        }
+        async fn gateways_for_audience(
+            &self,
+            user_ids: &[String],
+            guild_ids: &[String],
+        ) -> RegistryResult<Vec<GatewayId>> {
+            self.check()?;
+            self.inner.gateways_for_audience(user_ids, guild_ids).await
+        }
+        async fn deregister(&self, gateway: &GatewayId) -> RegistryResult<()> {
+            self.check()?;
+            self.inner.deregister(gateway).await
+        }
+        async fn revoke_session(&self, session_id: &str, ttl: Duration) -> RegistryResult<()> {
+            self.check()?;
+            self.inner.revoke_session(session_id, ttl).await
+        }
+        async fn is_session_revoked(&self, session_id: &str) -> RegistryResult<bool> {
+            self.check()?;
+            self.inner.is_session_revoked(session_id).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hold_that_failed_is_made_by_the_first_sweep_that_reaches_the_registry() {
+        let registry = Arc::new(Switchable {
+            inner: MemoryRegistry::new(RegistryConfig::default()),
+            down: AtomicBool::new(false),
+        });
+        let gateway = GatewayId::new("gw");
+        let holdings = Holdings::new(
+            gateway.clone(),
+            Arc::clone(&registry) as Arc<dyn Registry>,
+            Duration::from_secs(30),
+        );
+        let index = Index::new(Arc::default());
+        assert_eq!(holdings.sweep(&index).await.unwrap(), Sweep::Alive);
+
+        registry.down.store(true, Ordering::SeqCst);
+        let user = UserId(Ulid::generate());
+        let (guild, channel) = (GuildId(Ulid::generate()), ChannelId(Ulid::generate()));
+        let socket = index.register(
+            user,
+            SessionId(Ulid::generate()),
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            8,
+        );
+        holdings.hold_user(user).await.unwrap_err();
+        let epoch = index.revocation_epoch();
+        index.subscribe(socket.id, guild, channel, epoch);
+        holdings.hold_guild(guild).await.unwrap_err();
+        assert!(holdings.unconfirmed().await);
+        // Still down: the sweep fails and the holds stay owed.
+        holdings.sweep(&index).await.unwrap_err();
+        assert!(holdings.unconfirmed().await);
+
+        registry.down.store(false, Ordering::SeqCst);
+        assert_eq!(holdings.sweep(&index).await.unwrap(), Sweep::Alive);
+        assert!(!holdings.unconfirmed().await);
+        assert_eq!(
+            registry
+                .gateways_for_guild(&guild.to_string())
+                .await
+                .unwrap(),
+            vec![gateway.clone()]
+        );
+        assert_eq!(
+            registry
+                .gateways_for_audience(&[user.to_string()], &[])
+                .await
+                .unwrap(),
+            vec![gateway]
+        );
     }
 }

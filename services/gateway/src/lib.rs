@@ -15,6 +15,7 @@ mod access;
 mod close;
 mod config;
 mod connection;
+mod dedupe;
 mod holdings;
 mod ids;
 mod index;
@@ -31,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use filament_proto::v1::{AccessChanged, Event, SessionRevoked, audience, event};
+use filament_runtime::grpc_client::GrpcClientMetrics;
 
 pub use close::CloseReason;
 pub use config::Config;
@@ -62,8 +64,13 @@ pub(crate) struct Shared {
     peers: peers::Peers,
     ip_limits: Arc<IpLimits>,
     metrics: Arc<Metrics>,
+    /// The series of every gRPC client the gateway holds (api, presence,
+    /// voice, the event streams).
+    grpc_clients: GrpcClientMetrics,
     /// One flag per upstream event stream: open and welcomed.
     upstream_ready: Vec<AtomicBool>,
+    /// Ids of the events applied lately, to apply a repeat only once.
+    recent_events: dedupe::RecentEvents,
 }
 
 impl Shared {
@@ -92,8 +99,14 @@ impl Shared {
         self.index.close_all(CloseReason::Resync);
     }
 
-    /// Applies one event from a service stream.
+    /// Applies one event from a service stream, unless it is a repeat of
+    /// one applied lately (a service published it twice).
     pub(crate) async fn dispatch(&self, event: Event) {
+        if !self.recent_events.first_sight(&event.event_id) {
+            self.metrics.dropped(DropReason::Duplicate);
+            tracing::debug!(event_id = %event.event_id, "repeated event dropped");
+            return;
+        }
         match &event.payload {
             Some(event::Payload::AccessChanged(change)) => self.apply_access_change(change).await,
             Some(event::Payload::SessionRevoked(revoked)) => self.close_session(revoked),
@@ -321,15 +334,18 @@ mod tests {
         config.max_frame_bytes = max_frame_bytes;
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
+        let grpc_clients = GrpcClientMetrics::default();
         Shared {
-            access: Access::new(&config.api_url, config.upstream_timeout).unwrap(),
+            access: Access::new(&config.api_url, config.upstream_timeout, &grpc_clients).unwrap(),
             index: Index::new(Arc::clone(&metrics)),
-            peers: peers::Peers::new(None, None, "test", config.upstream_timeout)
+            peers: peers::Peers::new(None, None, "test", config.upstream_timeout, &grpc_clients)
                 .expect("no peers"),
             holdings: Holdings::new(GatewayId::new("test"), registry, config.registry_ttl),
             ip_limits: Arc::new(IpLimits::new(1, 1)),
             metrics,
+            grpc_clients,
             upstream_ready: Vec::new(),
+            recent_events: crate::dedupe::RecentEvents::default(),
             config,
         }
     }
@@ -343,6 +359,7 @@ mod tests {
                 })),
             }),
             published_at_unix_ms: 0,
+            event_id: String::new(),
             payload: Some(event::Payload::MessageDelete(MessageDelete {
                 guild_id: guild.to_string(),
                 channel_id: channel.to_string(),
@@ -394,6 +411,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_repeated_event_id_is_applied_once_and_counted() {
+        let shared = shared(Config::DEFAULT_MAX_FRAME_BYTES);
+        let (user, guild, channel) = ids();
+        let mut socket = shared
+            .index
+            .register(user, SessionId(Ulid::generate()), HOME, 8);
+        shared.index.subscribe(socket.id, guild, channel, 0);
+        let event = Event {
+            event_id: Ulid::generate().to_string(),
+            ..message_delete(guild, channel, Ulid::generate().to_string())
+        };
+        shared.dispatch(event.clone()).await;
+        shared.dispatch(event).await;
+        // Events without an id are never taken for repeats.
+        let anonymous = message_delete(guild, channel, Ulid::generate().to_string());
+        shared.dispatch(anonymous.clone()).await;
+        shared.dispatch(anonymous).await;
+        let mut frames = 0;
+        while socket.frames.try_recv().is_ok() {
+            frames += 1;
+        }
+        assert_eq!(frames, 3);
+        assert_eq!(shared.metrics.dropped_count(DropReason::Duplicate), 1);
+    }
+
+    #[tokio::test]
     async fn an_oversized_frame_is_never_queued_and_is_counted() {
         let shared = shared(1024);
         let (user, guild, channel) = ids();
@@ -425,6 +468,7 @@ mod tests {
         let event = Event {
             audience: None,
             published_at_unix_ms: 0,
+            event_id: String::new(),
             payload: Some(event::Payload::PresenceUpdate(PresenceUpdate {
                 guild_id: guild.to_string(),
                 user_id: user.to_string(),
@@ -451,6 +495,7 @@ mod tests {
         let roster = Event {
             audience: None,
             published_at_unix_ms: 0,
+            event_id: String::new(),
             payload: Some(event::Payload::VoiceParticipantSync(
                 filament_proto::v1::VoiceParticipantSync {
                     guild_id: guild.to_string(),

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use filament_registry::{RedisRegistry, RegistryConfig};
+use filament_registry::{RedisOptions, RedisRegistry, RegistryConfig};
 use filament_runtime::Env;
 
 /// jemalloc, not glibc's malloc: it hands large freed blocks (a 19 MiB
@@ -27,11 +27,14 @@ async fn main() -> anyhow::Result<()> {
                 "FILAMENT_REGISTRY_PREFIX",
                 RegistryConfig::default().key_prefix,
             )?,
+            redis: RedisOptions::from_env(&env)?,
         },
     )
     .await?;
     let gateway = filament_gateway::bind(config, Arc::new(registry)).await?;
-    gateway
+    let ran = gateway
         .run(filament_runtime::shutdown::token_on_signal())
-        .await
+        .await;
+    filament_runtime::telemetry::shutdown().await;
+    ran
 }

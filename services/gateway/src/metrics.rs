@@ -23,14 +23,19 @@ pub enum DropReason {
     FullQueue,
     /// The socket was already closing.
     Closed,
+    /// The event's id was seen recently: a service published it twice (an
+    /// outbox relay that died after publishing, before marking). Counted
+    /// once per event, not per socket.
+    Duplicate,
 }
 
 impl DropReason {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::SerializeError,
         Self::OversizedOutbound,
         Self::FullQueue,
         Self::Closed,
+        Self::Duplicate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +44,7 @@ impl DropReason {
             Self::OversizedOutbound => "oversized_outbound",
             Self::FullQueue => "full_queue",
             Self::Closed => "closed",
+            Self::Duplicate => "duplicate",
         }
     }
 }
@@ -359,6 +365,7 @@ mod tests {
             "filament_gateway_events_dropped_total{reason=\"oversized_outbound\"} 1",
             "filament_gateway_events_dropped_total{reason=\"full_queue\"} 1",
             "filament_gateway_events_dropped_total{reason=\"closed\"} 1",
+            "filament_gateway_events_dropped_total{reason=\"duplicate\"} 1",
             "filament_gateway_closes_total{reason=\"slow_consumer\"} 1",
             "filament_gateway_upgrades_rejected_total{reason=\"origin_forbidden\"} 1",
             "filament_gateway_ingress_rejected_total{reason=\"unknown_event\"} 1",

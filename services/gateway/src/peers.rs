@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use filament_presence::client::{LeaseStatus, PresenceClient};
 use filament_proto::v1::{PresenceSync, VoiceParticipantSync};
+use filament_runtime::grpc_client::GrpcClientMetrics;
 use filament_voice::client::VoiceClient;
 
 use crate::ids::{ChannelId, ConnectionId, GuildId, UserId};
@@ -26,13 +27,14 @@ impl Peers {
         voice_url: Option<&str>,
         gateway_id: &str,
         timeout: Duration,
+        grpc_clients: &GrpcClientMetrics,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             presence: presence_url
-                .map(|url| PresenceClient::new(url, gateway_id, timeout))
+                .map(|url| PresenceClient::new(url, gateway_id, timeout, grpc_clients))
                 .transpose()?,
             voice: voice_url
-                .map(|url| VoiceClient::new(url, timeout))
+                .map(|url| VoiceClient::new(url, timeout, grpc_clients))
                 .transpose()?,
         })
     }

@@ -21,6 +21,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use filament_registry::{GatewayId, Registry};
 use filament_runtime::admin::AdminListener;
+use filament_runtime::grpc_client::GrpcClientMetrics;
 use filament_runtime::public::ListenerMetrics;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -83,15 +84,18 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
     let registry_metrics = filament_registry::RegistryMetrics::default();
     registry_metrics.register(&mut metrics_registry);
     let registry = registry_metrics.wrap(registry);
+    let grpc_clients = GrpcClientMetrics::default();
+    grpc_clients.register(&mut metrics_registry);
     let upstreams = 1 + config.event_service_urls.len();
     let shared = Arc::new(Shared {
-        access: Access::new(&config.api_url, config.upstream_timeout)?,
+        access: Access::new(&config.api_url, config.upstream_timeout, &grpc_clients)?,
         index: Index::new(Arc::clone(&metrics)),
         peers: crate::peers::Peers::new(
             config.presence_url.as_deref(),
             config.voice_url.as_deref(),
             &gateway_id.to_string(),
             config.upstream_timeout,
+            &grpc_clients,
         )?,
         holdings: Holdings::new(gateway_id, registry, config.registry_ttl),
         ip_limits: Arc::new(IpLimits::new(
@@ -99,7 +103,9 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
             config.handshakes_per_ip_per_minute,
         )),
         metrics,
+        grpc_clients,
         upstream_ready: (0..upstreams).map(|_| AtomicBool::new(false)).collect(),
+        recent_events: crate::dedupe::RecentEvents::default(),
         config,
     });
     Ok(BoundGateway {
@@ -372,7 +378,9 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                match shared.holdings.sweep(&shared.index).await {
+                let swept = shared.holdings.sweep(&shared.index).await;
+                let failed = swept.is_err();
+                match swept {
                     Ok(Sweep::Alive) => {}
                     Ok(Sweep::Lapsed) => {
                         tracing::warn!("registry lost this gateway for longer than the TTL; resynchronising");
@@ -382,6 +390,14 @@ async fn heartbeat(shared: Arc<Shared>, stop: CancellationToken) {
                         tracing::warn!("the registry lost its state; held everything again");
                     }
                     Err(err) => tracing::warn!(%err, "registry heartbeat failed"),
+                }
+                // The registry failed (a heartbeat, or a hold since the last
+                // sweep): sweep again soon rather than in TTL / 3, so that a
+                // registry that answers again learns at once what our sockets
+                // subscribed to meanwhile (see `holdings`). While Redis stays
+                // down these retries cost nothing: the circuit is open.
+                if failed || shared.holdings.unconfirmed().await {
+                    tick.reset_after(crate::holdings::REHOLD_RETRY.min(shared.config.registry_ttl / 3));
                 }
                 if shared.peers.heartbeat().await {
                     tracing::warn!("presence let this gateway's lease lapse; telling it again");

@@ -19,7 +19,6 @@ use filament_runtime::trace::TraceContext;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tracing::Instrument as _;
 
 use crate::Shared;
@@ -28,6 +27,7 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// The api's stream: the one whose loss means missed messages.
 const API_SLOT: usize = 0;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How a stream ended.
 enum StreamEnd {
@@ -91,11 +91,11 @@ async fn run_stream(
     slot: usize,
     views_lost: &mut bool,
 ) -> anyhow::Result<StreamEnd> {
-    let channel = Endpoint::from_shared(url.to_owned())?
-        .connect_timeout(Duration::from_secs(3))
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    // A stream stays open: no call timeout. Keepalive pings notice a dead
+    // service behind a half-open connection, and the stream then breaks
+    // into the reconnect loop above.
+    let channel =
+        filament_runtime::grpc_client::connect(url, CONNECT_TIMEOUT, None, &shared.grpc_clients)?;
     let (tx, rx) = mpsc::channel(64);
     tx.send(GatewayMessage {
         kind: Some(gateway_message::Kind::Hello(Hello {
@@ -175,6 +175,7 @@ async fn deliver(shared: &Shared, event: filament_proto::v1::Event, traceparent:
         return;
     };
     let span = tracing::debug_span!("deliver_event", trace_id = trace.trace_id());
+    filament_runtime::trace::set_parent(&span, &trace);
     filament_runtime::trace::scope(trace, shared.dispatch(event))
         .instrument(span)
         .await;

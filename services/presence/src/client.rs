@@ -22,7 +22,7 @@ use filament_proto::v1::{
     PresenceEnterGuildRequest, PresenceHeartbeatRequest, PresenceLease, PresenceLeaveGuildRequest,
     PresenceSnapshotRequest, PresenceSync,
 };
-use tonic::transport::{Channel, Endpoint};
+use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -52,7 +52,7 @@ pub struct Disconnected {
 }
 
 pub struct PresenceClient {
-    client: ProtoClient<Channel>,
+    client: ProtoClient<GrpcChannel>,
     gateway_id: String,
     /// A heartbeat succeeded at least once: a lease that is not live from
     /// now on means a lapse, not a first start.
@@ -64,17 +64,16 @@ pub struct PresenceClient {
 impl PresenceClient {
     /// A client for the presence service at `url` (`http://host:port`), on
     /// behalf of the gateway `gateway_id` (its registry id, a ULID). Each
-    /// call fails after `timeout`. Must be called inside a tokio runtime.
+    /// call fails after `timeout`; calls are timed in `grpc_clients`. Must
+    /// be called inside a tokio runtime.
     pub fn new(
         url: &str,
         gateway_id: impl Into<String>,
         timeout: Duration,
+        grpc_clients: &GrpcClientMetrics,
     ) -> Result<Self, ClientError> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel =
+            filament_runtime::grpc_client::connect(url, timeout, Some(timeout), grpc_clients)?;
         Ok(Self {
             client: ProtoClient::new(channel),
             gateway_id: gateway_id.into(),

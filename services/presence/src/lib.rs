@@ -38,6 +38,7 @@ use anyhow::Context as _;
 use filament_fanout::{Fanout, FanoutConfig};
 use filament_registry::Registry;
 use filament_runtime::admin::AdminListener;
+use filament_runtime::grpc_client::GrpcClientMetrics;
 use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -89,6 +90,7 @@ impl Config {
         }
         let registry_prefix: String = env.or("FILAMENT_REGISTRY_PREFIX", "filament:".to_owned())?;
         config.store.key_prefix = format!("{registry_prefix}presence:");
+        config.store.redis = filament_registry::RedisOptions::from_env(env)?;
         config.store.max_guilds_per_connection = env.or(
             "FILAMENT_PRESENCE_MAX_GUILDS_PER_CONNECTION",
             config.store.max_guilds_per_connection,
@@ -136,6 +138,7 @@ pub struct BoundPresence {
     background: CancellationToken,
     admin: Option<AdminListener>,
     metrics: Arc<PresenceMetrics>,
+    grpc_clients: GrpcClientMetrics,
 }
 
 /// Binds the listener; nothing runs until [`BoundPresence::run`]. `registry`
@@ -150,9 +153,10 @@ pub async fn bind(
     let registry = metrics.registry_calls().wrap(registry);
     let fanout = Fanout::new("presence", registry, FanoutConfig::default());
     let background = CancellationToken::new();
+    let grpc_clients = GrpcClientMetrics::default();
     let offline: Option<Arc<dyn OfflineListener>> = match &config.voice_grpc_url {
         Some(url) => Some(Arc::new(
-            VoiceNotifier::spawn(url, background.clone())
+            VoiceNotifier::spawn(url, &grpc_clients, background.clone())
                 .context("FILAMENT_PRESENCE_VOICE_GRPC_URL")?,
         )),
         None => None,
@@ -174,6 +178,7 @@ pub async fn bind(
         background,
         admin,
         metrics,
+        grpc_clients,
     })
 }
 
@@ -198,6 +203,7 @@ impl BoundPresence {
             background,
             admin,
             metrics,
+            grpc_clients,
         } = self;
         tracing::info!(grpc = %listener.local_addr()?, "presence listening");
         tokio::spawn(
@@ -211,6 +217,7 @@ impl BoundPresence {
             let mut registry = prometheus_client::registry::Registry::default();
             metrics.register(&mut registry);
             grpc_metrics.register(&mut registry);
+            grpc_clients.register(&mut registry);
             tokio::spawn(admin.serve(Arc::new(registry), background.clone()));
         }
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use filament_registry::{RedisRegistry, RegistryConfig};
+use filament_registry::{RedisOptions, RedisRegistry, RegistryConfig};
 use filament_runtime::Env;
 
 /// jemalloc, not glibc's malloc: it hands large freed blocks (a 19 MiB
@@ -29,10 +29,13 @@ async fn main() -> anyhow::Result<()> {
                 "FILAMENT_REGISTRY_PREFIX",
                 RegistryConfig::default().key_prefix,
             )?,
+            redis: RedisOptions::from_env(&env)?,
         },
     )
     .await?;
     let store = filament_presence::open_store(&config.store, Some(&redis_url)).await?;
     let service = filament_presence::bind(config, Arc::new(registry), store).await?;
-    service.run(shutdown).await
+    let ran = service.run(shutdown).await;
+    filament_runtime::telemetry::shutdown().await;
+    ran
 }

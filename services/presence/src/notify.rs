@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use filament_proto::v1::VoiceConnectionClosedRequest;
 use filament_proto::v1::voice_client::VoiceClient;
+use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::service::OfflineListener;
 
@@ -28,11 +28,17 @@ pub struct VoiceNotifier {
 impl VoiceNotifier {
     /// Starts the delivery task for the voice service at `url`. The channel
     /// connects lazily, so a voice service that starts later is fine.
-    pub fn spawn(url: &str, shutdown: CancellationToken) -> anyhow::Result<Self> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(CALL_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .connect_lazy();
+    pub fn spawn(
+        url: &str,
+        grpc_clients: &GrpcClientMetrics,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let channel = filament_runtime::grpc_client::connect(
+            url,
+            CALL_TIMEOUT,
+            Some(CALL_TIMEOUT),
+            grpc_clients,
+        )?;
         let (queue, rx) = mpsc::channel(QUEUE);
         tokio::spawn(deliver(VoiceClient::new(channel), rx, shutdown));
         Ok(Self { queue })
@@ -52,7 +58,7 @@ impl OfflineListener for VoiceNotifier {
 }
 
 async fn deliver(
-    mut voice: VoiceClient<Channel>,
+    mut voice: VoiceClient<GrpcChannel>,
     mut rx: mpsc::Receiver<(String, i64)>,
     shutdown: CancellationToken,
 ) {

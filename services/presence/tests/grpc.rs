@@ -135,6 +135,7 @@ impl FakeGateway {
             &format!("http://{}", service.addr),
             self.id.clone(),
             Duration::from_secs(3),
+            &filament_runtime::grpc_client::GrpcClientMetrics::default(),
         )
         .unwrap()
     }

@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use filament_proto::v1 as pb;
 use filament_proto::v1::message_feed_client::MessageFeedClient;
+use filament_runtime::grpc_client::GrpcChannel;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
-use tonic::transport::Channel;
 use ulid::Ulid;
 
 use crate::error::SearchError;
@@ -94,7 +94,7 @@ pub(crate) enum Command {
 
 pub(crate) struct Indexer {
     index: MessageIndex,
-    feed: MessageFeedClient<Channel>,
+    feed: MessageFeedClient<GrpcChannel>,
     commands: mpsc::Receiver<Command>,
     config: IndexerConfig,
     stats: Arc<IndexerStats>,
@@ -118,7 +118,7 @@ enum AfterCommand {
 impl Indexer {
     pub(crate) fn new(
         index: MessageIndex,
-        feed: MessageFeedClient<Channel>,
+        feed: MessageFeedClient<GrpcChannel>,
         commands: mpsc::Receiver<Command>,
         config: IndexerConfig,
         stats: Arc<IndexerStats>,

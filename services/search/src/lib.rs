@@ -27,7 +27,6 @@ use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 pub use error::SearchError;
 pub use index::{
@@ -39,6 +38,8 @@ pub use service::{Engine, QueryRequest, SearchService};
 
 /// The gRPC service name this process reports as serving.
 pub const SERVICE_NAME: &str = "filament.v1.Search";
+/// How long connecting to the api's feed may take; the indexer retries.
+const FEED_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -179,11 +180,14 @@ impl BoundSearch {
     /// Indexes and serves until `shutdown`; then stops serving, and commits
     /// what was indexed so that the next start resumes from there.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let feed = MessageFeedClient::new(
-            Endpoint::from_shared(self.config.feed_url.clone())?
-                .connect_timeout(Duration::from_secs(2))
-                .connect_lazy(),
-        )
+        let grpc_clients = filament_runtime::grpc_client::GrpcClientMetrics::default();
+        // The feed is one long stream: no call timeout.
+        let feed = MessageFeedClient::new(filament_runtime::grpc_client::connect(
+            &self.config.feed_url,
+            FEED_CONNECT_TIMEOUT,
+            None,
+            &grpc_clients,
+        )?)
         // A batch of full messages can exceed the 4 MiB default.
         .max_decoding_message_size(64 * 1024 * 1024);
         let grpc_metrics = filament_runtime::grpc::GrpcServerMetrics::default();
@@ -191,6 +195,7 @@ impl BoundSearch {
             let mut registry = prometheus_client::registry::Registry::default();
             self.stats.metrics().register(&mut registry);
             grpc_metrics.register(&mut registry);
+            grpc_clients.register(&mut registry);
             tokio::spawn(admin.serve(Arc::new(registry), shutdown.clone()));
         }
         let indexer = indexer::Indexer::new(

@@ -21,5 +21,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let service = filament_search::bind(config).await?;
-    service.run(signalled).await
+    let ran = service.run(signalled).await;
+    filament_runtime::telemetry::shutdown().await;
+    ran
 }

@@ -11,7 +11,7 @@ use filament_proto::v1::{
     VoiceConnectionClosedRequest, VoiceParticipantSync, VoiceRemoveUserRequest,
     VoiceSnapshotRequest,
 };
-use tonic::transport::{Channel, Endpoint};
+use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -23,18 +23,20 @@ pub enum ClientError {
 
 #[derive(Clone)]
 pub struct VoiceClient {
-    client: ProtoClient<Channel>,
+    client: ProtoClient<GrpcChannel>,
 }
 
 impl VoiceClient {
     /// A client for the voice service at `url` (`http://host:port`); each
-    /// call fails after `timeout`. Must be called inside a tokio runtime.
-    pub fn new(url: &str, timeout: Duration) -> Result<Self, ClientError> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+    /// call fails after `timeout`; calls are timed in `grpc_clients`. Must
+    /// be called inside a tokio runtime.
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        grpc_clients: &GrpcClientMetrics,
+    ) -> Result<Self, ClientError> {
+        let channel =
+            filament_runtime::grpc_client::connect(url, timeout, Some(timeout), grpc_clients)?;
         Ok(Self {
             client: ProtoClient::new(channel),
         })

@@ -368,6 +368,7 @@ impl Roster {
                 })),
             }),
             published_at_unix_ms: clock.unix_ms,
+            event_id: String::new(),
             payload: Some(event::Payload::VoiceParticipantSync(
                 self.snapshot(key, clock),
             )),
@@ -721,6 +722,7 @@ fn channel_event(key: &ChannelKey, payload: event::Payload) -> Event {
             })),
         }),
         published_at_unix_ms: Clock::now().unix_ms,
+        event_id: String::new(),
         payload: Some(payload),
     }
 }

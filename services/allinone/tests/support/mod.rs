@@ -32,6 +32,8 @@ pub enum Backends {
 pub struct TestStack {
     pub stack: Stack,
     pub http: reqwest::Client,
+    /// What the stack was started with, for [`restart_with`](Self::restart_with).
+    config: StackConfig,
     _dir: Option<TempDir>,
 }
 
@@ -99,12 +101,34 @@ impl TestStack {
             iterations: 1,
         };
         tune(&mut config);
-        let stack = Stack::start(config).await.expect("stack starts");
+        let stack = Stack::start(config.clone()).await.expect("stack starts");
         Some(Self {
             stack,
             http: reqwest::Client::new(),
+            config,
             _dir: dir,
         })
+    }
+
+    /// Stops the stack and starts a new one on the same database, as a
+    /// restarted deployment would be; `tune` changes the new stack's
+    /// config. Users and their tokens carry over; sockets do not.
+    pub async fn restart_with(self, tune: impl FnOnce(&mut StackConfig)) -> Self {
+        let Self {
+            stack,
+            http,
+            mut config,
+            _dir,
+        } = self;
+        stack.stop().await.expect("clean shutdown");
+        tune(&mut config);
+        let stack = Stack::start(config.clone()).await.expect("stack restarts");
+        Self {
+            stack,
+            http,
+            config,
+            _dir,
+        }
     }
 
     /// A stack whose api and gateways believe `X-Forwarded-For` from

@@ -2,6 +2,9 @@
 //! attachments), list (with attachments and the caller's view of the
 //! reactions), edit and delete.
 //!
+//! Every write stores its event in the event outbox with the change and
+//! publishes it after the commit (`crate::outbox`).
+//!
 //! Edits and deletes are the author's, or a moderator's (channel
 //! `delete_message`); a moderator acting on someone else's message leaves
 //! an audit entry.
@@ -11,7 +14,8 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::{patch, post};
 use filament_proto::v1::{self as pb, event};
 use serde::{Deserialize, Serialize};
@@ -23,7 +27,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::events;
 use crate::http::attachments::{proto_attachment, remove_file, storage};
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
+use crate::http::idempotency::Keyed;
 use crate::http::reactions::proto_reaction;
+use crate::outbox::Pending;
 use crate::permissions::{GuildAccess, Permission};
 use crate::state::AppState;
 use crate::store::{MessageInsert, MessageRecord};
@@ -95,16 +101,47 @@ impl TryFrom<CreateMessageDto> for NewMessage {
     }
 }
 
+/// Takes an `Idempotency-Key` (`http::idempotency`): a retry with the key
+/// of a message that was posted answers that message, and posts nothing.
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Ids([guild_id, channel_id]): Ids<2>,
+    headers: HeaderMap,
     JsonBody(dto): JsonBody<CreateMessageDto>,
-) -> ApiResult<Json<filament_wire::Message>> {
+) -> ApiResult<Response> {
+    let route = format!("POST /guilds/{guild_id}/channels/{channel_id}/messages");
+    let attachments = dto.attachment_ids.as_deref().unwrap_or_default().join(",");
+    let keyed = Keyed::from_headers(
+        &headers,
+        user.user_id,
+        &[&route, &dto.content, &attachments],
+    )?;
+    if let Some(keyed) = &keyed
+        && let Some(original) = keyed.replay(&state).await?
+    {
+        return Ok(original);
+    }
     let new = NewMessage::try_from(dto)?;
-    post_message(&state, user.user_id, guild_id, channel_id, new)
-        .await
-        .map(Json)
+    let posted = post_keyed(
+        &state,
+        user.user_id,
+        guild_id,
+        channel_id,
+        new,
+        keyed.as_ref(),
+    )
+    .await;
+    match (posted, &keyed) {
+        (Ok(message), _) => Ok(Json(message).into_response()),
+        // A concurrent request with the key committed first: answer what
+        // it answered.
+        (Err(ApiError::IdempotencyKeyTaken), Some(keyed)) => keyed
+            .replay(&state)
+            .await?
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished"))),
+        (Err(err), _) => Err(err),
+    }
 }
 
 /// Posts a message as `author`: the one path behind the REST route and a
@@ -116,6 +153,19 @@ pub(crate) async fn post_message(
     guild_id: Ulid,
     channel_id: Ulid,
     new: NewMessage,
+) -> ApiResult<filament_wire::Message> {
+    post_keyed(state, author, guild_id, channel_id, new, None).await
+}
+
+/// [`post_message`], recording the request's idempotency key, if any, with
+/// the message; `ApiError::IdempotencyKeyTaken` if another request holds it.
+async fn post_keyed(
+    state: &AppState,
+    author: Ulid,
+    guild_id: Ulid,
+    channel_id: Ulid,
+    new: NewMessage,
+    keyed: Option<&Keyed>,
 ) -> ApiResult<filament_wire::Message> {
     state
         .authorizer()
@@ -147,19 +197,24 @@ pub(crate) async fn post_message(
     let body = wire_message(&message)?;
     let event = events::message_create(message);
     events::ensure_deliverable(&event)?;
-    if new.attachment_ids.is_empty() {
-        state.store().create_message(record).await?;
-    } else {
-        let inserted = state
-            .store()
-            .create_message_with_attachments(record, &new.attachment_ids)
-            .await?;
-        if inserted == MessageInsert::AttachmentUnavailable {
-            // Another message took an upload since it was checked above.
-            return Err(ApiError::InvalidRequest);
-        }
+    let pending = Pending::new(state, event);
+    let idempotency = keyed
+        .map(|keyed| keyed.record(StatusCode::OK, &body))
+        .transpose()?;
+    let inserted = state
+        .store()
+        .create_message_with_attachments(
+            record,
+            &new.attachment_ids,
+            Some(pending.row()),
+            idempotency,
+        )
+        .await?;
+    if inserted == MessageInsert::AttachmentUnavailable {
+        // Another message took an upload since it was checked above.
+        return Err(ApiError::InvalidRequest);
     }
-    events::publish(state, event).await;
+    pending.publish(state).await;
     Ok(body)
 }
 
@@ -211,14 +266,21 @@ pub async fn edit(
     record.content = content;
     let event = message_update(&record, now_unix());
     events::ensure_deliverable(&event)?;
+    let pending = Pending::new(&state, event);
     let edited = state
         .store()
-        .edit_message(guild_id, channel_id, message_id, &record.content)
+        .edit_message(
+            guild_id,
+            channel_id,
+            message_id,
+            &record.content,
+            Some(pending.row()),
+        )
         .await?;
     if !edited {
         return Err(ApiError::NotFound);
     }
-    events::publish(&state, event).await;
+    pending.publish(&state).await;
     if moderated {
         let action = "message.edit.moderation";
         events::audit(
@@ -255,16 +317,19 @@ pub async fn delete(
     let moderated = may_change(&access, &record)?;
     let event = message_delete(&record, now_unix());
     events::ensure_deliverable(&event)?;
+    let pending = Pending::new(&state, event);
     let attachments = state
         .store()
-        .delete_message(guild_id, channel_id, message_id)
+        .delete_message(guild_id, channel_id, message_id, Some(pending.row()))
         .await?
         .ok_or(ApiError::NotFound)?;
+    // Published before the files go: subscribers hear of the delete as soon
+    // as it committed.
+    pending.publish(&state).await;
     let storage = storage(&state);
     for attachment in &attachments {
         remove_file(&storage, attachment.attachment_id).await;
     }
-    events::publish(&state, event).await;
     if moderated {
         let action = "message.delete.moderation";
         events::audit(

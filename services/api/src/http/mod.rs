@@ -9,6 +9,7 @@ mod client_ip;
 mod extract;
 mod friends;
 mod guilds;
+pub(crate) mod idempotency;
 mod members;
 pub(crate) mod messages;
 mod moderation;

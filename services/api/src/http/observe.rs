@@ -83,16 +83,18 @@ pub fn request_span(request: &Request) -> Span {
         .and_then(|value| value.to_str().ok())
         .and_then(trace::usable_request_id)
         .unwrap_or_default();
-    let trace_id = request
-        .extensions()
-        .get::<TraceContext>()
-        .map(TraceContext::trace_id)
-        .unwrap_or_default();
-    tracing::info_span!(
+    let trace = request.extensions().get::<TraceContext>();
+    let trace_id = trace.map(TraceContext::trace_id).unwrap_or_default();
+    let span = tracing::info_span!(
         "http_request",
         method = %request.method(),
         route,
         request_id,
         trace_id,
-    )
+    );
+    // Exported spans (FILAMENT_OTLP_ENDPOINT) join the same trace.
+    if let Some(trace) = trace {
+        trace::set_parent(&span, trace);
+    }
+    span
 }

@@ -15,6 +15,7 @@ use crate::domain::{parse_id, storable_text};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
 use crate::http::extract::AuthUser;
+use crate::outbox::Pending;
 use crate::state::AppState;
 use crate::store::{ReactionChange, ReactionKey, ReactionSummary};
 
@@ -111,9 +112,24 @@ async fn react(
     // The count is known only after the write; the largest count this
     // event could carry stands in for it, so the check is still made first.
     events::ensure_deliverable(&reaction_event(&key, i64::MAX, operation))?;
+    // The event goes to the outbox with the change (`crate::outbox`), built
+    // there from the count the transaction sees.
+    let event_id = state.new_id();
+    let outbox =
+        |count| Pending::with_id(&state, event_id, reaction_event(&key, count, operation)).row();
     let change = match operation {
-        Operation::Add => state.store().add_reaction(key.clone(), now_unix()).await?,
-        Operation::Remove => state.store().remove_reaction(key.clone()).await?,
+        Operation::Add => {
+            state
+                .store()
+                .add_reaction(key.clone(), now_unix(), Some(&outbox))
+                .await?
+        }
+        Operation::Remove => {
+            state
+                .store()
+                .remove_reaction(key.clone(), Some(&outbox))
+                .await?
+        }
     };
     let (changed, summary) = match change {
         ReactionChange::Applied { changed, summary } => (changed, summary),
@@ -121,7 +137,10 @@ async fn react(
         ReactionChange::TooManyEmoji => return Err(ApiError::InvalidRequest),
     };
     if changed {
-        events::publish(&state, reaction_event(&key, summary.count, operation)).await;
+        let event = reaction_event(&key, summary.count, operation);
+        Pending::with_id(&state, event_id, event)
+            .publish(&state)
+            .await;
     }
     Ok(Json(filament_wire::Reaction::from(&proto_reaction(
         &summary,

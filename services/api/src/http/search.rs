@@ -19,10 +19,10 @@ use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use filament_proto::v1 as pb;
 use filament_proto::v1::search_client::SearchClient;
+use filament_runtime::grpc_client::GrpcClientMetrics;
 use filament_runtime::trace::TracedChannel;
 use serde::{Deserialize, Serialize};
 use tonic::Code;
-use tonic::transport::Endpoint;
 use ulid::Ulid;
 
 use crate::domain::{page_limit, parse_id, storable_text};
@@ -45,6 +45,8 @@ const MAX_ROUNDS: usize = 4;
 /// Rebuilds and reconciles walk a whole guild; the request timeout bounds
 /// them from outside.
 const MAINTENANCE_DEADLINE: Duration = Duration::from_secs(60);
+/// How long connecting to the search service may take.
+const SEARCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,16 +101,21 @@ pub struct SearchBackend {
 impl SearchBackend {
     /// Connects lazily: the api starts (and serves everything else) while
     /// the search service is still down.
-    fn new(url: Option<&str>) -> Self {
-        let client = url.and_then(|url| match Endpoint::from_shared(url.to_owned()) {
-            Ok(endpoint) => Some(SearchClient::new(filament_runtime::trace::traced(
-                endpoint
-                    .connect_timeout(Duration::from_secs(1))
-                    .connect_lazy(),
-            ))),
-            Err(err) => {
-                tracing::error!(%err, url, "FILAMENT_SEARCH_GRPC_URL is not a valid url");
-                None
+    fn new(url: Option<&str>, grpc_clients: &GrpcClientMetrics) -> Self {
+        // No channel-wide call timeout: each call carries its own deadline
+        // (`QUERY_DEADLINE`, `MAINTENANCE_DEADLINE`).
+        let client = url.and_then(|url| {
+            match filament_runtime::grpc_client::connect(
+                url,
+                SEARCH_CONNECT_TIMEOUT,
+                None,
+                grpc_clients,
+            ) {
+                Ok(channel) => Some(SearchClient::new(filament_runtime::trace::traced(channel))),
+                Err(err) => {
+                    tracing::error!(%err, url, "FILAMENT_SEARCH_GRPC_URL is not a valid url");
+                    None
+                }
             }
         });
         Self { client }
@@ -333,6 +340,7 @@ pub fn routes(state: &AppState) -> Router<AppState> {
         .route("/guilds/{guild_id}/search/reconcile", post(reconcile))
         .layer(Extension(SearchBackend::new(
             state.config().search_url.as_deref(),
+            state.grpc_clients(),
         )))
 }
 

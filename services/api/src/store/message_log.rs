@@ -6,7 +6,8 @@
 //! See docs/adr/0002-search-feed.md.
 //!
 //! Writers call [`SqlStore::commit_logged`] instead of `tx.commit()`: it
-//! appends the change, commits, and then wakes this process's followers.
+//! appends the change (and the write's realtime event to the outbox,
+//! `outbox.rs`), commits, and then wakes this process's followers.
 //! Positions come from the one row of `message_log_head`, taken with an
 //! UPDATE whose row lock lasts until commit, so positions become visible in
 //! order on Postgres too (a sequence would not guarantee that).
@@ -20,6 +21,7 @@ use sqlx::{
 use tokio::sync::watch;
 use ulid::Ulid;
 
+use super::outbox::OutboxEvent;
 use super::sql::{SqlStore, decode_message, decode_ulid};
 use super::{MessageRecord, StoreError, StoreResult};
 
@@ -140,11 +142,13 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'i> &'i str: ColumnIndex<DB::Row>,
 {
-    /// Appends one change to the log inside `tx`, commits, and wakes the
-    /// followers. Use it in place of `tx.commit()` in every transaction that
-    /// creates, edits or deletes a message, so the change and its log entry
+    /// Appends one change to the log inside `tx`, with the write's realtime
+    /// event in the outbox when given, commits, and wakes the followers. Use
+    /// it in place of `tx.commit()` in every transaction that creates, edits
+    /// or deletes a message, so the change, its log entry and its event
     /// commit together or not at all.
     pub(super) async fn commit_logged(
         &self,
@@ -153,7 +157,11 @@ where
         guild_id: Ulid,
         channel_id: Ulid,
         message_id: Ulid,
+        outbox: Option<OutboxEvent>,
     ) -> StoreResult<()> {
+        if let Some(event) = outbox {
+            Self::enqueue_outbox(&mut tx, event).await?;
+        }
         // Last statement before the commit, so the head's row lock (which
         // serialises every message write) is held as briefly as possible.
         let head =
@@ -324,8 +332,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::tests::conformance;
-    use crate::store::{ChannelKind, ChannelRecord, GuildRecord, NewUser, Store, Visibility};
+    use crate::store::Store;
+    use crate::store::tests::{TextChannel, conformance};
 
     conformance!(
         every_message_write_is_logged_in_order_with_current_content,
@@ -333,86 +341,32 @@ mod tests {
         guild_pages_and_lookups_by_id,
     );
 
-    struct Fixture {
-        author: Ulid,
-        guild_id: Ulid,
-        channel_id: Ulid,
-    }
-
-    async fn fixture(store: &dyn Store) -> Fixture {
-        let author = Ulid::generate();
-        store
-            .create_user(NewUser {
-                user_id: author,
-                username: format!("u{}", &author.to_string()[16..]).to_lowercase(),
-                password_hash: "x".to_owned(),
-                created_at_unix: 1,
-            })
-            .await
-            .expect("user");
-        let guild_id = Ulid::generate();
-        store
-            .create_guild(GuildRecord {
-                guild_id,
-                name: "g".to_owned(),
-                visibility: Visibility::Private,
-                created_by: author,
-                created_at_unix: 1,
-            })
-            .await
-            .expect("guild");
-        let channel_id = Ulid::generate();
-        store
-            .create_channel(ChannelRecord {
-                channel_id,
-                guild_id,
-                name: "c".to_owned(),
-                kind: ChannelKind::Text,
-                created_at_unix: 1,
-            })
-            .await
-            .expect("channel");
-        Fixture {
-            author,
-            guild_id,
-            channel_id,
-        }
-    }
-
-    fn message(fixture: &Fixture, content: &str) -> MessageRecord {
-        MessageRecord {
-            message_id: Ulid::generate(),
-            guild_id: fixture.guild_id,
-            channel_id: fixture.channel_id,
-            author_id: fixture.author,
-            content: content.to_owned(),
-            created_at_unix: 1,
-        }
-    }
-
     async fn every_message_write_is_logged_in_order_with_current_content(store: Arc<dyn Store>) {
-        let fixture = fixture(&*store).await;
+        let fixture = TextChannel::create(&*store).await;
         assert_eq!(store.message_log_head().await.expect("head"), 0);
         let mut committed = store.watch_message_log();
-        let first = message(&fixture, "first");
-        let second = message(&fixture, "second");
-        store.create_message(first.clone()).await.expect("create");
+        let first = fixture.message("first");
+        let second = fixture.message("second");
+        store
+            .create_message(first.clone(), None)
+            .await
+            .expect("create");
         assert!(committed.has_changed().expect("open"));
         assert_eq!(*committed.borrow_and_update(), 1);
         store
-            .create_message_with_attachments(second.clone(), &[])
+            .create_message_with_attachments(second.clone(), &[], None, None)
             .await
             .expect("create");
         let (g, c) = (fixture.guild_id, fixture.channel_id);
         assert!(
             store
-                .edit_message(g, c, first.message_id, "first, edited")
+                .edit_message(g, c, first.message_id, "first, edited", None)
                 .await
                 .expect("edit")
         );
         assert!(
             store
-                .delete_message(g, c, second.message_id)
+                .delete_message(g, c, second.message_id, None)
                 .await
                 .expect("delete")
                 .is_some()
@@ -420,13 +374,13 @@ mod tests {
         // Writes that change nothing log nothing.
         assert!(
             !store
-                .edit_message(g, c, Ulid::generate(), "nobody")
+                .edit_message(g, c, Ulid::generate(), "nobody", None)
                 .await
                 .expect("edit")
         );
         assert!(
             store
-                .delete_message(g, c, second.message_id)
+                .delete_message(g, c, second.message_id, None)
                 .await
                 .expect("delete")
                 .is_none()
@@ -470,13 +424,13 @@ mod tests {
     }
 
     async fn concurrent_writes_get_gap_free_positions_in_commit_order(store: Arc<dyn Store>) {
-        let fixture = Arc::new(fixture(&*store).await);
+        let fixture = Arc::new(TextChannel::create(&*store).await);
         let writers: Vec<_> = (0..16)
             .map(|n| {
                 let (store, fixture) = (Arc::clone(&store), Arc::clone(&fixture));
                 tokio::spawn(async move {
                     store
-                        .create_message(message(&fixture, &format!("m{n}")))
+                        .create_message(fixture.message(&format!("m{n}")), None)
                         .await
                         .expect("create");
                 })
@@ -497,18 +451,21 @@ mod tests {
     }
 
     async fn guild_pages_and_lookups_by_id(store: Arc<dyn Store>) {
-        let fixture = fixture(&*store).await;
-        let other = self::fixture(&*store).await;
+        let fixture = TextChannel::create(&*store).await;
+        let other = TextChannel::create(&*store).await;
         let mut ours = Vec::new();
         for n in 0..5 {
-            let record = message(&fixture, &format!("m{n}"));
-            store.create_message(record.clone()).await.expect("create");
+            let record = fixture.message(&format!("m{n}"));
+            store
+                .create_message(record.clone(), None)
+                .await
+                .expect("create");
             ours.push(record);
         }
         // Pages go by id, and ids minted in one millisecond are not ordered.
         ours.sort_by_key(|m| m.message_id);
         store
-            .create_message(message(&other, "elsewhere"))
+            .create_message(other.message("elsewhere"), None)
             .await
             .expect("create");
         let first = store

@@ -14,7 +14,9 @@ use async_trait::async_trait;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
 use ulid::Ulid;
 
+use super::idempotency::IdempotencyRecord;
 use super::message_log::ChangeKind;
+use super::outbox::{OutboxEvent, ReactionOutbox};
 use super::sql::{SqlStore, decode_message, decode_ulid};
 use super::{MessageRecord, StoreResult};
 
@@ -105,10 +107,18 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Creates the message and binds the attachments to it, all or nothing.
     /// Each attachment must be the author's, unbound, and in the message's
     /// channel.
+    ///
+    /// Like every message write here, it stores `outbox` (the write's
+    /// realtime event) in the same transaction, and only if the write
+    /// happens; so is `idempotency`, the request's key and response. A live
+    /// row of that key is `StoreError::Conflict("idempotency_key")`, and
+    /// nothing is written.
     async fn create_message_with_attachments(
         &self,
         message: MessageRecord,
         attachment_ids: &[Ulid],
+        outbox: Option<OutboxEvent>,
+        idempotency: Option<IdempotencyRecord>,
     ) -> StoreResult<MessageInsert>;
 
     /// Replaces the content; false if there is no such message.
@@ -118,6 +128,7 @@ pub trait MessageStore: Send + Sync + 'static {
         channel_id: Ulid,
         message_id: Ulid,
         content: &str,
+        outbox: Option<OutboxEvent>,
     ) -> StoreResult<bool>;
 
     /// Deletes the message with its reactions and attachments (whose bytes
@@ -128,6 +139,7 @@ pub trait MessageStore: Send + Sync + 'static {
         guild_id: Ulid,
         channel_id: Ulid,
         message_id: Ulid,
+        outbox: Option<OutboxEvent>,
     ) -> StoreResult<Option<Vec<AttachmentRecord>>>;
 
     /// The attachments bound to these messages, by message then id.
@@ -141,10 +153,22 @@ pub trait MessageStore: Send + Sync + 'static {
         viewer: Ulid,
     ) -> StoreResult<Vec<ReactionSummary>>;
 
-    async fn add_reaction(&self, key: ReactionKey, now_unix: i64) -> StoreResult<ReactionChange>;
+    /// When the reaction changes anything, stores the event `outbox` builds
+    /// from the emoji's count after the change, in the same transaction.
+    async fn add_reaction(
+        &self,
+        key: ReactionKey,
+        now_unix: i64,
+        outbox: Option<ReactionOutbox<'_>>,
+    ) -> StoreResult<ReactionChange>;
 
-    /// Never `TooManyEmoji`.
-    async fn remove_reaction(&self, key: ReactionKey) -> StoreResult<ReactionChange>;
+    /// Never `TooManyEmoji`. Stores `outbox`'s event like
+    /// [`add_reaction`](Self::add_reaction).
+    async fn remove_reaction(
+        &self,
+        key: ReactionKey,
+        outbox: Option<ReactionOutbox<'_>>,
+    ) -> StoreResult<ReactionChange>;
 
     /// Records an upload unless the owner's attachments would then hold more
     /// than `quota_bytes`.
@@ -191,6 +215,7 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Decode<'q, DB>,
     for<'q> Option<i64>: Decode<'q, DB>,
     for<'i> &'i str: ColumnIndex<DB::Row>,
@@ -217,6 +242,8 @@ where
         &self,
         message: MessageRecord,
         attachment_ids: &[Ulid],
+        outbox: Option<OutboxEvent>,
+        idempotency: Option<IdempotencyRecord>,
     ) -> StoreResult<MessageInsert> {
         let message_id = message.message_id.to_string();
         let mut tx = self.pool.begin().await?;
@@ -234,6 +261,9 @@ where
         .execute(&mut *tx)
         .await
         .map_err(super::sql::conflict_on("message_id"))?;
+        if let Some(record) = idempotency {
+            Self::record_idempotency(&mut tx, record).await?;
+        }
         for attachment_id in attachment_ids {
             // The conditions are re-checked here, under the row lock the
             // UPDATE takes, so two messages racing for one upload cannot
@@ -257,7 +287,7 @@ where
             }
         }
         let (guild_id, channel_id, id) = (message.guild_id, message.channel_id, message.message_id);
-        self.commit_logged(tx, ChangeKind::Upsert, guild_id, channel_id, id)
+        self.commit_logged(tx, ChangeKind::Upsert, guild_id, channel_id, id, outbox)
             .await?;
         Ok(MessageInsert::Created)
     }
@@ -268,6 +298,7 @@ where
         channel_id: Ulid,
         message_id: Ulid,
         content: &str,
+        outbox: Option<OutboxEvent>,
     ) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
         let edited = sqlx::query(
@@ -284,7 +315,8 @@ where
         if edited.is_none() {
             return Ok(false);
         }
-        self.commit_logged(tx, ChangeKind::Upsert, guild_id, channel_id, message_id)
+        let kind = ChangeKind::Upsert;
+        self.commit_logged(tx, kind, guild_id, channel_id, message_id, outbox)
             .await?;
         Ok(true)
     }
@@ -294,6 +326,7 @@ where
         guild_id: Ulid,
         channel_id: Ulid,
         message_id: Ulid,
+        outbox: Option<OutboxEvent>,
     ) -> StoreResult<Option<Vec<AttachmentRecord>>> {
         let mut tx = self.pool.begin().await?;
         // Attachments first: deleting the message would cascade them away
@@ -326,7 +359,8 @@ where
             return Ok(None);
         }
         release_usage(&mut tx, &attachments).await?;
-        self.commit_logged(tx, ChangeKind::Delete, guild_id, channel_id, message_id)
+        let kind = ChangeKind::Delete;
+        self.commit_logged(tx, kind, guild_id, channel_id, message_id, outbox)
             .await?;
         Ok(Some(attachments))
     }
@@ -403,7 +437,12 @@ where
         Ok(summaries.into_values().collect())
     }
 
-    async fn add_reaction(&self, key: ReactionKey, now_unix: i64) -> StoreResult<ReactionChange> {
+    async fn add_reaction(
+        &self,
+        key: ReactionKey,
+        now_unix: i64,
+        outbox: Option<ReactionOutbox<'_>>,
+    ) -> StoreResult<ReactionChange> {
         let mut tx = self.pool.begin().await?;
         if !lock_message(&mut tx, &key).await? {
             return Ok(ReactionChange::MessageNotFound);
@@ -435,6 +474,9 @@ where
         .fetch_optional(&mut *tx)
         .await?;
         let summary = reaction_summary(&mut tx, &key).await?;
+        if let (Some(build), Some(_)) = (outbox, &inserted) {
+            Self::enqueue_outbox(&mut tx, build(summary.count)).await?;
+        }
         tx.commit().await?;
         Ok(ReactionChange::Applied {
             changed: inserted.is_some(),
@@ -442,7 +484,11 @@ where
         })
     }
 
-    async fn remove_reaction(&self, key: ReactionKey) -> StoreResult<ReactionChange> {
+    async fn remove_reaction(
+        &self,
+        key: ReactionKey,
+        outbox: Option<ReactionOutbox<'_>>,
+    ) -> StoreResult<ReactionChange> {
         let mut tx = self.pool.begin().await?;
         if !lock_message(&mut tx, &key).await? {
             return Ok(ReactionChange::MessageNotFound);
@@ -458,6 +504,9 @@ where
         .fetch_optional(&mut *tx)
         .await?;
         let summary = reaction_summary(&mut tx, &key).await?;
+        if let (Some(build), Some(_)) = (outbox, &removed) {
+            Self::enqueue_outbox(&mut tx, build(summary.count)).await?;
+        }
         tx.commit().await?;
         Ok(ReactionChange::Applied {
             changed: removed.is_some(),
@@ -793,7 +842,7 @@ mod tests {
         let author = Ulid::generate();
         let original = message(&place, author, "first");
         let id = original.message_id;
-        store.create_message(original.clone()).await.unwrap();
+        store.create_message(original.clone(), None).await.unwrap();
         let (g, c, other) = (place.guild_id, place.channel_id, place.other_channel_id);
 
         assert_eq!(
@@ -801,20 +850,28 @@ mod tests {
             Some(original.clone())
         );
         assert_eq!(store.message(g, other, id).await.unwrap(), None);
-        assert!(!store.edit_message(g, other, id, "moved?").await.unwrap());
-        assert!(store.edit_message(g, c, id, "second").await.unwrap());
+        assert!(
+            !store
+                .edit_message(g, other, id, "moved?", None)
+                .await
+                .unwrap()
+        );
+        assert!(store.edit_message(g, c, id, "second", None).await.unwrap());
         let edited = store.message(g, c, id).await.unwrap().unwrap();
         assert_eq!(edited.content, "second");
         assert_eq!(edited.created_at_unix, original.created_at_unix);
 
-        assert_eq!(store.delete_message(g, other, id).await.unwrap(), None);
         assert_eq!(
-            store.delete_message(g, c, id).await.unwrap(),
+            store.delete_message(g, other, id, None).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store.delete_message(g, c, id, None).await.unwrap(),
             Some(Vec::new())
         );
         assert_eq!(store.message(g, c, id).await.unwrap(), None);
-        assert_eq!(store.delete_message(g, c, id).await.unwrap(), None);
-        assert!(!store.edit_message(g, c, id, "gone").await.unwrap());
+        assert_eq!(store.delete_message(g, c, id, None).await.unwrap(), None);
+        assert!(!store.edit_message(g, c, id, "gone", None).await.unwrap());
     }
 
     async fn attachments_bind_once_and_leave_with_their_message(store: Arc<dyn Store>) {
@@ -835,7 +892,12 @@ mod tests {
         for bad in [strangers.attachment_id, elsewhere.attachment_id] {
             let refused = message(&place, author, "with files");
             let outcome = store
-                .create_message_with_attachments(refused.clone(), &[own.attachment_id, bad])
+                .create_message_with_attachments(
+                    refused.clone(),
+                    &[own.attachment_id, bad],
+                    None,
+                    None,
+                )
                 .await
                 .unwrap();
             assert_eq!(outcome, MessageInsert::AttachmentUnavailable);
@@ -847,7 +909,7 @@ mod tests {
 
         let sent = message(&place, author, "");
         let outcome = store
-            .create_message_with_attachments(sent.clone(), &[own.attachment_id])
+            .create_message_with_attachments(sent.clone(), &[own.attachment_id], None, None)
             .await
             .unwrap();
         assert_eq!(outcome, MessageInsert::Created);
@@ -861,13 +923,16 @@ mod tests {
         // Bound once only.
         let again = message(&place, author, "reuse");
         let outcome = store
-            .create_message_with_attachments(again, &[own.attachment_id])
+            .create_message_with_attachments(again, &[own.attachment_id], None, None)
             .await
             .unwrap();
         assert_eq!(outcome, MessageInsert::AttachmentUnavailable);
 
         let (g, c) = (place.guild_id, place.channel_id);
-        let deleted = store.delete_message(g, c, sent.message_id).await.unwrap();
+        let deleted = store
+            .delete_message(g, c, sent.message_id, None)
+            .await
+            .unwrap();
         assert_eq!(deleted, Some(vec![bound]));
         assert_eq!(
             store.attachment(g, c, own.attachment_id).await.unwrap(),
@@ -968,13 +1033,13 @@ mod tests {
         let place = place(store.as_ref()).await;
         let target = message(&place, Ulid::generate(), "react to me");
         let quiet = message(&place, Ulid::generate(), "no reactions");
-        store.create_message(target.clone()).await.unwrap();
-        store.create_message(quiet.clone()).await.unwrap();
+        store.create_message(target.clone(), None).await.unwrap();
+        store.create_message(quiet.clone(), None).await.unwrap();
         let m = target.message_id;
         let mut reactors: Vec<Ulid> = (0..40).map(|_| Ulid::generate()).collect();
         for user in &reactors {
             let change = store
-                .add_reaction(key(&place, m, "👍", *user), NOW)
+                .add_reaction(key(&place, m, "👍", *user), NOW, None)
                 .await
                 .unwrap();
             assert!(matches!(
@@ -985,7 +1050,7 @@ mod tests {
         reactors.sort_unstable();
         let me = reactors[7];
         let change = store
-            .add_reaction(key(&place, m, "🎉", me), NOW)
+            .add_reaction(key(&place, m, "🎉", me), NOW, None)
             .await
             .unwrap();
         let ReactionChange::Applied { changed, summary } = change else {
@@ -1011,14 +1076,14 @@ mod tests {
 
         // Idempotent both ways; the summary is the reactor's view.
         let again = store
-            .add_reaction(key(&place, m, "👍", me), NOW)
+            .add_reaction(key(&place, m, "👍", me), NOW, None)
             .await
             .unwrap();
         assert!(
             matches!(again, ReactionChange::Applied { changed: false, ref summary } if summary.count == 40)
         );
         let removed = store
-            .remove_reaction(key(&place, m, "👍", me))
+            .remove_reaction(key(&place, m, "👍", me), None)
             .await
             .unwrap();
         let ReactionChange::Applied { changed, summary } = removed else {
@@ -1028,7 +1093,7 @@ mod tests {
         assert_eq!((summary.count, summary.reacted_by_me), (39, false));
         assert!(!summary.reactor_ids.contains(&me));
         let twice = store
-            .remove_reaction(key(&place, m, "👍", me))
+            .remove_reaction(key(&place, m, "👍", me), None)
             .await
             .unwrap();
         assert!(matches!(
@@ -1038,7 +1103,7 @@ mod tests {
 
         // Unknown or misplaced messages.
         let nowhere = store
-            .add_reaction(key(&place, Ulid::generate(), "👍", me), NOW)
+            .add_reaction(key(&place, Ulid::generate(), "👍", me), NOW, None)
             .await
             .unwrap();
         assert_eq!(nowhere, ReactionChange::MessageNotFound);
@@ -1047,7 +1112,7 @@ mod tests {
             ..key(&place, m, "👍", me)
         };
         assert_eq!(
-            store.remove_reaction(misplaced).await.unwrap(),
+            store.remove_reaction(misplaced, None).await.unwrap(),
             ReactionChange::MessageNotFound
         );
 
@@ -1055,7 +1120,7 @@ mod tests {
         for n in 2..MAX_REACTION_EMOJI {
             let emoji = format!("e{n}");
             let change = store
-                .add_reaction(key(&place, m, &emoji, me), NOW)
+                .add_reaction(key(&place, m, &emoji, me), NOW, None)
                 .await
                 .unwrap();
             assert!(matches!(
@@ -1064,12 +1129,12 @@ mod tests {
             ));
         }
         let over = store
-            .add_reaction(key(&place, m, "one-more", me), NOW)
+            .add_reaction(key(&place, m, "one-more", me), NOW, None)
             .await
             .unwrap();
         assert_eq!(over, ReactionChange::TooManyEmoji);
         let existing = store
-            .add_reaction(key(&place, m, "e2", reactors[0]), NOW)
+            .add_reaction(key(&place, m, "e2", reactors[0]), NOW, None)
             .await
             .unwrap();
         assert!(matches!(
@@ -1081,7 +1146,7 @@ mod tests {
 
         // Reactions go with their message.
         let (g, c) = (place.guild_id, place.channel_id);
-        store.delete_message(g, c, m).await.unwrap();
+        store.delete_message(g, c, m, None).await.unwrap();
         assert!(store.reactions_of(&[m], me).await.unwrap().is_empty());
     }
 
@@ -1092,11 +1157,11 @@ mod tests {
         // show up reliably.
         for _ in 0..4 {
             let target = message(&place, Ulid::generate(), "busy");
-            store.create_message(target.clone()).await.unwrap();
+            store.create_message(target.clone(), None).await.unwrap();
             let m = target.message_id;
             for n in 1..MAX_REACTION_EMOJI {
                 store
-                    .add_reaction(key(&place, m, &format!("e{n}"), user), NOW)
+                    .add_reaction(key(&place, m, &format!("e{n}"), user), NOW, None)
                     .await
                     .unwrap();
             }
@@ -1107,7 +1172,7 @@ mod tests {
                 tokio::spawn(async move {
                     start.wait().await;
                     store
-                        .add_reaction(key(&place, m, &format!("new{n}"), user), NOW)
+                        .add_reaction(key(&place, m, &format!("new{n}"), user), NOW, None)
                         .await
                         .unwrap()
                 })

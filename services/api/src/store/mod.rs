@@ -9,14 +9,17 @@
 //! commit.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ulid::Ulid;
 
 mod audit;
+mod idempotency;
 mod members;
 mod message_log;
 mod messages;
+mod outbox;
 mod postgres;
 mod roles;
 mod social;
@@ -26,6 +29,7 @@ mod sqlite;
 pub(crate) mod tests;
 
 pub use audit::{AuditCursor, AuditEntry, AuditPage, AuditStore, NewAuditEntry};
+pub use idempotency::{IdempotencyRecord, IdempotencyStore, StoredResponse};
 pub use members::{
     AddMemberOutcome, IpBanCursor, IpBanOutcome, IpBanRecord, MemberStore, NewGuildBan,
     NewIpBansByUser,
@@ -35,6 +39,7 @@ pub use messages::{
     AttachmentInsert, AttachmentRecord, MAX_REACTION_EMOJI, MAX_REACTOR_IDS, MessageInsert,
     MessageStore, ReactionChange, ReactionKey, ReactionSummary,
 };
+pub use outbox::{OutboxEvent, OutboxRecord, OutboxStore, ReactionOutbox};
 pub use roles::{
     AssignOutcome, BuiltinRole, ChannelChange, CreateRoleOutcome, GuildChange, OverrideRecord,
     OverrideTarget, RoleChanges, RoleRecord, RoleStore, UnassignOutcome, WORKSPACE_OWNER_POSITION,
@@ -47,14 +52,82 @@ pub use social::{
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
+/// How long a request may wait on the database before it is refused
+/// (503 + `retry-after`, see `error.rs`) rather than left to run into the
+/// REST timeout: a database that is down, saturated or locked must cost a
+/// caller seconds at most, with an answer that says "try again".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatabaseLimits {
+    /// The longest wait for a pooled connection
+    /// (`FILAMENT_DATABASE_ACQUIRE_TIMEOUT_MS`).
+    pub acquire_timeout: Duration,
+    /// Postgres' `statement_timeout` on every pooled connection
+    /// (`FILAMENT_DATABASE_STATEMENT_TIMEOUT_MS`): a statement waiting on a
+    /// lock is cancelled after it, which rolls its transaction back.
+    /// Migrations run without it. Both apply to Postgres only: SQLite is
+    /// a file in the process, with its own busy timeout.
+    pub statement_timeout: Duration,
+}
+
+impl Default for DatabaseLimits {
+    /// 3 s to get a connection plus 5 s for a statement stay inside the
+    /// 10 s REST request timeout, so a caller gets the 503, not the 408.
+    fn default() -> Self {
+        Self {
+            acquire_timeout: Duration::from_secs(3),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl DatabaseLimits {
+    /// Reads `FILAMENT_DATABASE_ACQUIRE_TIMEOUT_MS` and
+    /// `FILAMENT_DATABASE_STATEMENT_TIMEOUT_MS`; see README.md.
+    pub fn from_env(env: &filament_runtime::Env) -> Result<Self, filament_runtime::ConfigError> {
+        let defaults = Self::default();
+        let millis = |name: &'static str, default: Duration| {
+            let value: u64 =
+                env.or(name, u64::try_from(default.as_millis()).unwrap_or(u64::MAX))?;
+            if value == 0 {
+                return Err(filament_runtime::ConfigError::Invalid {
+                    name,
+                    value: "0".to_owned(),
+                    reason: "must be at least 1".to_owned(),
+                });
+            }
+            Ok(Duration::from_millis(value))
+        };
+        Ok(Self {
+            acquire_timeout: millis(
+                "FILAMENT_DATABASE_ACQUIRE_TIMEOUT_MS",
+                defaults.acquire_timeout,
+            )?,
+            statement_timeout: millis(
+                "FILAMENT_DATABASE_STATEMENT_TIMEOUT_MS",
+                defaults.statement_timeout,
+            )?,
+        })
+    }
+}
+
 /// Opens the store a database URL names: `sqlite:` for SQLite,
 /// `postgres://` or `postgresql://` for Postgres. Migrations are applied
 /// before this returns.
 pub async fn connect(database_url: &str) -> StoreResult<Arc<dyn Store>> {
+    connect_with(database_url, DatabaseLimits::default()).await
+}
+
+/// Like [`connect`], with the given limits.
+pub async fn connect_with(
+    database_url: &str,
+    limits: DatabaseLimits,
+) -> StoreResult<Arc<dyn Store>> {
     if database_url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(database_url).await?))
     } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresStore::connect(database_url).await?))
+        Ok(Arc::new(
+            PostgresStore::connect_with(database_url, limits).await?,
+        ))
     } else {
         // Only the scheme is echoed: the rest of a URL may hold a password.
         let scheme = database_url
@@ -310,7 +383,13 @@ pub trait CoreStore: Send + Sync + 'static {
     async fn channels(&self, guild_id: Ulid, limit: u32) -> StoreResult<Vec<ChannelRecord>>;
 
     // --- messages --------------------------------------------------------
-    async fn create_message(&self, message: MessageRecord) -> StoreResult<()>;
+    /// Stores `outbox`, the message's realtime event, in the same
+    /// transaction (docs/adr/0006-outbox.md).
+    async fn create_message(
+        &self,
+        message: MessageRecord,
+        outbox: Option<OutboxEvent>,
+    ) -> StoreResult<()>;
     /// Messages of a channel, newest first, strictly older than `before`
     /// (by message id) when given, at most `limit`.
     async fn messages(
@@ -327,7 +406,15 @@ pub trait CoreStore: Send + Sync + 'static {
 /// trait here (and its file under `store/`, with its records, its SQL and
 /// its conformance cases).
 pub trait Store:
-    CoreStore + AuditStore + SocialStore + MessageStore + RoleStore + MessageLogStore + MemberStore
+    CoreStore
+    + AuditStore
+    + SocialStore
+    + MessageStore
+    + RoleStore
+    + MessageLogStore
+    + MemberStore
+    + OutboxStore
+    + IdempotencyStore
 {
 }
 
@@ -339,5 +426,7 @@ impl<T> Store for T where
         + RoleStore
         + MessageLogStore
         + MemberStore
+        + OutboxStore
+        + IdempotencyStore
 {
 }

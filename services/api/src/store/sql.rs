@@ -15,7 +15,8 @@ use ulid::Ulid;
 
 use super::{
     ChannelKind, ChannelRecord, CoreStore, GuildRecord, MemberRecord, MemberRole, MessageRecord,
-    NewSession, NewUser, RotateOutcome, StoreError, StoreResult, UserRecord, Visibility,
+    NewSession, NewUser, OutboxEvent, RotateOutcome, StoreError, StoreResult, UserRecord,
+    Visibility,
 };
 
 /// A [`Store`] over a pool of one sqlx backend. Named through the
@@ -55,6 +56,7 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'i> &'i str: ColumnIndex<DB::Row>,
 {
     async fn create_user(&self, user: NewUser) -> StoreResult<()> {
@@ -366,7 +368,11 @@ where
         Ok(rows.iter().map(decode_channel).collect::<Result<_, _>>()?)
     }
 
-    async fn create_message(&self, message: MessageRecord) -> StoreResult<()> {
+    async fn create_message(
+        &self,
+        message: MessageRecord,
+        outbox: Option<OutboxEvent>,
+    ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO messages \
@@ -389,6 +395,7 @@ where
             message.guild_id,
             message.channel_id,
             message.message_id,
+            outbox,
         )
         .await
     }

@@ -53,6 +53,68 @@ macro_rules! conformance {
 
 pub(crate) use conformance;
 
+/// A user who owns a guild with one text channel: where the message-path
+/// suites (change log, outbox, idempotency keys) write.
+pub(crate) struct TextChannel {
+    pub(crate) author: Ulid,
+    pub(crate) guild_id: Ulid,
+    pub(crate) channel_id: Ulid,
+}
+
+impl TextChannel {
+    pub(crate) async fn create(store: &dyn Store) -> Self {
+        let author = Ulid::generate();
+        store
+            .create_user(NewUser {
+                user_id: author,
+                username: format!("u{}", &author.to_string()[16..]).to_lowercase(),
+                password_hash: "x".to_owned(),
+                created_at_unix: 1,
+            })
+            .await
+            .expect("user");
+        let guild_id = Ulid::generate();
+        store
+            .create_guild(GuildRecord {
+                guild_id,
+                name: "g".to_owned(),
+                visibility: Visibility::Private,
+                created_by: author,
+                created_at_unix: 1,
+            })
+            .await
+            .expect("guild");
+        let channel_id = Ulid::generate();
+        store
+            .create_channel(ChannelRecord {
+                channel_id,
+                guild_id,
+                name: "c".to_owned(),
+                kind: ChannelKind::Text,
+                created_at_unix: 1,
+            })
+            .await
+            .expect("channel");
+        Self {
+            author,
+            guild_id,
+            channel_id,
+        }
+    }
+
+    /// A new message by the author in the channel.
+    pub(crate) fn message(&self, content: &str) -> MessageRecord {
+        MessageRecord {
+            message_id: Ulid::generate(),
+            guild_id: self.guild_id,
+            channel_id: self.channel_id,
+            author_id: self.author,
+            content: content.to_owned(),
+            created_at_unix: 1,
+        }
+    }
+}
+
 conformance!(
     user_create_and_lookup,
     duplicate_username_is_a_conflict,
@@ -919,7 +981,7 @@ async fn messages_paginate_newest_first(store: Arc<dyn Store>) {
         &ours[3], &theirs[0], &ours[0], &ours[4], &theirs[1], &ours[1], &ours[2],
     ] {
         store
-            .create_message(record.clone())
+            .create_message(record.clone(), None)
             .await
             .expect("create message");
     }

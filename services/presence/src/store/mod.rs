@@ -79,6 +79,10 @@ pub struct PresenceStoreConfig {
     pub snapshot_limit: usize,
     /// Prepended to every Redis key.
     pub key_prefix: String,
+    /// Timeouts of the Redis store's calls (`FILAMENT_REDIS_TIMEOUT_MS`),
+    /// so a Redis that is down fails presence calls quickly instead of
+    /// holding a gateway's subscribe for seconds.
+    pub redis: filament_registry::RedisOptions,
 }
 
 impl Default for PresenceStoreConfig {
@@ -88,6 +92,7 @@ impl Default for PresenceStoreConfig {
             max_guilds_per_connection: 256,
             snapshot_limit: 1024,
             key_prefix: "filament:presence:".to_owned(),
+            redis: filament_registry::RedisOptions::default(),
         }
     }
 }

@@ -179,8 +179,7 @@ impl RedisPresenceStore {
     /// Connects and loads every script, so that a Redis that cannot run
     /// them fails start-up rather than the first call.
     pub async fn connect(url: &str, config: PresenceStoreConfig) -> StoreResult<Self> {
-        let client = redis::Client::open(url)?;
-        let mut conn = ConnectionManager::new(client).await?;
+        let mut conn = filament_registry::connection_manager(url, &config.redis).await?;
         let script = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
         let store = Self {
             ttl_ms: u64::try_from(config.lease_ttl.as_millis())

@@ -31,6 +31,7 @@ fn suite_config(ttl: Duration, key_prefix: String) -> PresenceStoreConfig {
         max_guilds_per_connection: 3,
         snapshot_limit: 3,
         key_prefix,
+        redis: filament_registry::RedisOptions::default(),
     }
 }
 

@@ -1,0 +1,23 @@
+-- Idempotency keys: a REST write sent with `Idempotency-Key` records the
+-- key and its response in the write's own transaction, so a retry of a
+-- write that committed (its answer lost to a timeout or a dropped
+-- connection) gets the original response instead of making a duplicate.
+-- See docs/adr/0006-outbox.md. The SQLite twin of this file is
+-- ../sqlite/0010_idempotency_keys.sql; keep them in step.
+--
+-- Keys are per user and live 24 hours (the api ignores older rows and
+-- deletes them). `fingerprint` is a hash of what the request asked for, so
+-- the same key with another body is refused rather than replayed.
+
+CREATE TABLE idempotency_keys (
+    user_id         TEXT COLLATE "C" NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
+    idempotency_key TEXT COLLATE "C" NOT NULL,
+    fingerprint     TEXT             NOT NULL,
+    status          BIGINT           NOT NULL,
+    response        TEXT             NOT NULL,
+    created_at_unix BIGINT           NOT NULL,
+    PRIMARY KEY (user_id, idempotency_key)
+);
+
+-- Expired keys are deleted by age.
+CREATE INDEX idempotency_keys_created_at_idx ON idempotency_keys (created_at_unix);

@@ -1,0 +1,473 @@
+//! The event outbox: the realtime event of a write, stored in the write's own
+//! transaction, so that committing a change and publishing its event are one
+//! fact. Before it, a crash (or a request dropped by its timeout) between
+//! the commit and `Fanout::publish` lost the event for good: the change was
+//! in history and reached no subscriber. See docs/adr/0006-outbox.md.
+//!
+//! The store only keeps bytes: the api encodes the `filament.v1.Event`, and
+//! its relay (`src/outbox.rs`) decodes and publishes it. Each row carries a
+//! lease (`claimed_until_unix_ms`): the request path that wrote the row
+//! holds it from the insert and deletes the row once it published; a relay
+//! claims only rows whose lease ran out, so on several replicas each
+//! leftover is taken by one relay at a time.
+
+use async_trait::async_trait;
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type,
+};
+use ulid::Ulid;
+
+use super::sql::{SqlStore, decode_ulid};
+use super::{StoreError, StoreResult};
+
+/// An event to store with a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    /// Unique; also the order relays publish leftovers in.
+    pub event_id: Ulid,
+    /// The encoded `filament.v1.Event`.
+    pub payload: Vec<u8>,
+    pub created_at_unix: i64,
+    /// Until when the writer keeps the row to itself (it publishes right
+    /// after its commit); a relay takes it only after this.
+    pub claimed_until_unix_ms: i64,
+}
+
+/// Builds a reaction's event from the emoji's count after the change, which
+/// only the reaction's transaction knows.
+pub type ReactionOutbox<'a> = &'a (dyn Fn(i64) -> OutboxEvent + Send + Sync);
+
+/// A stored event a relay claimed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRecord {
+    pub event_id: Ulid,
+    pub payload: Vec<u8>,
+}
+
+#[async_trait]
+pub trait OutboxStore: Send + Sync + 'static {
+    /// Claims up to `limit` rows whose lease ended at or before `now_unix_ms`
+    /// by extending it to `claimed_until_unix_ms`, and returns them oldest
+    /// first. Concurrent claimers never get the same row while its new lease
+    /// runs: the UPDATE re-checks the lease under the row lock.
+    async fn claim_outbox(
+        &self,
+        now_unix_ms: i64,
+        claimed_until_unix_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxRecord>>;
+
+    /// Forgets published events. Ids that are already gone are ignored
+    /// (another relay, or the request path, published them too).
+    async fn outbox_published(&self, event_ids: &[Ulid]) -> StoreResult<()>;
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+{
+    /// Stores `event` inside `tx`: it commits with the write, or not at all.
+    pub(super) async fn enqueue_outbox(
+        tx: &mut Transaction<'_, DB>,
+        event: OutboxEvent,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO event_outbox \
+             (event_id, payload, created_at_unix, claimed_until_unix_ms) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(event.event_id.to_string())
+        .bind(event.payload)
+        .bind(event.created_at_unix)
+        .bind(event.claimed_until_unix_ms)
+        .execute(&mut **tx)
+        .await
+        .map_err(super::sql::conflict_on("event_id"))?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<DB> OutboxStore for SqlStore<DB>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'i> &'i str: ColumnIndex<DB::Row>,
+{
+    async fn claim_outbox(
+        &self,
+        now_unix_ms: i64,
+        claimed_until_unix_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxRecord>> {
+        // The outer lease condition is what makes concurrent claims safe on
+        // Postgres without `SKIP LOCKED` (which SQLite does not parse): a
+        // claimer that waited on another's row lock re-evaluates it on the
+        // row as that one left it, finds the lease extended, and skips the
+        // row. SQLite has a single writer, so claims never interleave.
+        let rows = sqlx::query(
+            "UPDATE event_outbox SET claimed_until_unix_ms = $2 \
+             WHERE claimed_until_unix_ms <= $1 AND event_id IN ( \
+               SELECT event_id FROM event_outbox WHERE claimed_until_unix_ms <= $1 \
+               ORDER BY event_id LIMIT $3) \
+             RETURNING event_id, payload",
+        )
+        .bind(now_unix_ms)
+        .bind(claimed_until_unix_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| {
+                Ok(OutboxRecord {
+                    event_id: decode_ulid(row, "event_id")?,
+                    payload: row.try_get("payload")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(StoreError::from)?;
+        // RETURNING promises no order.
+        claimed.sort_by_key(|record| record.event_id);
+        Ok(claimed)
+    }
+
+    async fn outbox_published(&self, event_ids: &[Ulid]) -> StoreResult<()> {
+        if event_ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders = (1..=event_ids.len())
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!("DELETE FROM event_outbox WHERE event_id IN ({placeholders})");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in event_ids {
+            query = query.bind(id.to_string());
+        }
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::tests::{TextChannel, conformance};
+    use crate::store::{MessageInsert, ReactionKey, Store};
+
+    conformance!(
+        events_commit_with_their_write_and_are_claimed_in_order,
+        a_write_that_does_not_happen_stores_no_event,
+        a_lease_keeps_a_row_from_relays_until_it_ends,
+        concurrent_claims_never_share_a_row,
+        reactions_store_their_event_built_from_the_new_count,
+    );
+
+    /// A fixed clock, in milliseconds.
+    const NOW_MS: i64 = 1_700_000_000_000;
+
+    /// An event held by its writer until `NOW_MS + lease_ms`.
+    fn event(generator: &mut ulid::Generator, lease_ms: i64) -> OutboxEvent {
+        let event_id = generator.generate().expect("id");
+        OutboxEvent {
+            event_id,
+            payload: event_id.to_string().into_bytes(),
+            created_at_unix: 1,
+            claimed_until_unix_ms: NOW_MS + lease_ms,
+        }
+    }
+
+    fn ids(records: &[OutboxRecord]) -> Vec<Ulid> {
+        records.iter().map(|r| r.event_id).collect()
+    }
+
+    async fn events_commit_with_their_write_and_are_claimed_in_order(store: Arc<dyn Store>) {
+        let place = TextChannel::create(&*store).await;
+        let mut generator = ulid::Generator::new();
+        let (created, edited, deleted, attached) = (
+            event(&mut generator, 0),
+            event(&mut generator, 0),
+            event(&mut generator, 0),
+            event(&mut generator, 0),
+        );
+        let first = place.message("hello");
+        let (g, c, m) = (place.guild_id, place.channel_id, first.message_id);
+        store
+            .create_message(first, Some(created.clone()))
+            .await
+            .expect("create");
+        assert!(
+            store
+                .edit_message(g, c, m, "edited", Some(edited.clone()))
+                .await
+                .expect("edit")
+        );
+        assert!(
+            store
+                .delete_message(g, c, m, Some(deleted.clone()))
+                .await
+                .expect("delete")
+                .is_some()
+        );
+        let inserted = store
+            .create_message_with_attachments(
+                place.message("hello"),
+                &[],
+                Some(attached.clone()),
+                None,
+            )
+            .await
+            .expect("create");
+        assert_eq!(inserted, MessageInsert::Created);
+
+        // Oldest first, with the bytes as written.
+        let claimed = store
+            .claim_outbox(NOW_MS, NOW_MS + 1000, 10)
+            .await
+            .expect("claim");
+        assert_eq!(
+            ids(&claimed),
+            [
+                created.event_id,
+                edited.event_id,
+                deleted.event_id,
+                attached.event_id
+            ]
+        );
+        assert_eq!(claimed[1].payload, edited.payload);
+        // Claimed rows are held for the new lease.
+        assert!(
+            store
+                .claim_outbox(NOW_MS + 999, NOW_MS + 2000, 10)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        // Published rows are gone; the others come back once the lease ends.
+        store
+            .outbox_published(&[created.event_id, deleted.event_id, Ulid::generate()])
+            .await
+            .expect("published");
+        let again = store
+            .claim_outbox(NOW_MS + 1000, NOW_MS + 2000, 1)
+            .await
+            .expect("claim");
+        assert_eq!(ids(&again), [edited.event_id], "the limit holds");
+        let rest = store
+            .claim_outbox(NOW_MS + 1000, NOW_MS + 2000, 10)
+            .await
+            .expect("claim");
+        assert_eq!(ids(&rest), [attached.event_id]);
+        store
+            .outbox_published(&[edited.event_id, attached.event_id])
+            .await
+            .expect("published");
+        store.outbox_published(&[]).await.expect("nothing");
+        assert!(
+            store
+                .claim_outbox(i64::MAX, i64::MAX, 10)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+    }
+
+    async fn a_write_that_does_not_happen_stores_no_event(store: Arc<dyn Store>) {
+        let place = TextChannel::create(&*store).await;
+        let mut generator = ulid::Generator::new();
+        let (g, c) = (place.guild_id, place.channel_id);
+        let missing = Ulid::generate();
+        assert!(
+            !store
+                .edit_message(g, c, missing, "x", Some(event(&mut generator, 0)))
+                .await
+                .expect("edit")
+        );
+        assert!(
+            store
+                .delete_message(g, c, missing, Some(event(&mut generator, 0)))
+                .await
+                .expect("delete")
+                .is_none()
+        );
+        // Rolled back with its message: the upload is not the author's.
+        let refused = store
+            .create_message_with_attachments(
+                place.message("hello"),
+                &[Ulid::generate()],
+                Some(event(&mut generator, 0)),
+                None,
+            )
+            .await
+            .expect("create");
+        assert_eq!(refused, MessageInsert::AttachmentUnavailable);
+        // A failed insert takes its event with it.
+        let record = place.message("hello");
+        store
+            .create_message(record.clone(), None)
+            .await
+            .expect("create");
+        assert!(
+            store
+                .create_message(record, Some(event(&mut generator, 0)))
+                .await
+                .is_err()
+        );
+        assert!(
+            store
+                .claim_outbox(i64::MAX, i64::MAX, 10)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+    }
+
+    async fn a_lease_keeps_a_row_from_relays_until_it_ends(store: Arc<dyn Store>) {
+        let place = TextChannel::create(&*store).await;
+        let mut generator = ulid::Generator::new();
+        let held = event(&mut generator, 5000);
+        store
+            .create_message(place.message("hello"), Some(held.clone()))
+            .await
+            .expect("create");
+        // The writer still holds it: no relay takes it.
+        assert!(
+            store
+                .claim_outbox(NOW_MS + 4999, NOW_MS + 9999, 10)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        // Its writer died: the lease ends and a relay takes it, once.
+        let claimed = store
+            .claim_outbox(NOW_MS + 5000, NOW_MS + 6000, 10)
+            .await
+            .expect("claim");
+        assert_eq!(ids(&claimed), [held.event_id]);
+        assert!(
+            store
+                .claim_outbox(NOW_MS + 5999, NOW_MS + 7000, 10)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        // That relay died too: the next one takes it after the new lease.
+        let reclaimed = store
+            .claim_outbox(NOW_MS + 6000, NOW_MS + 7000, 10)
+            .await
+            .expect("claim");
+        assert_eq!(ids(&reclaimed), [held.event_id]);
+    }
+
+    async fn concurrent_claims_never_share_a_row(store: Arc<dyn Store>) {
+        let place = TextChannel::create(&*store).await;
+        let mut generator = ulid::Generator::new();
+        let mut written = HashSet::new();
+        for _ in 0..40 {
+            let row = event(&mut generator, 0);
+            written.insert(row.event_id);
+            store
+                .create_message(place.message("hello"), Some(row))
+                .await
+                .expect("create");
+        }
+        // Eight relays on one database, each claiming small batches until
+        // nothing is left, all within one lease.
+        let relays: Vec<_> = (0..8)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let mut mine = Vec::new();
+                    loop {
+                        let claimed = store
+                            .claim_outbox(NOW_MS, NOW_MS + 60_000, 3)
+                            .await
+                            .expect("claim");
+                        if claimed.is_empty() {
+                            return mine;
+                        }
+                        mine.extend(ids(&claimed));
+                    }
+                })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for relay in relays {
+            seen.extend(relay.await.expect("relay"));
+        }
+        let unique: HashSet<_> = seen.iter().copied().collect();
+        assert_eq!(unique.len(), seen.len(), "a row was claimed twice");
+        assert_eq!(unique, written);
+    }
+
+    async fn reactions_store_their_event_built_from_the_new_count(store: Arc<dyn Store>) {
+        let place = TextChannel::create(&*store).await;
+        let target = place.message("hello");
+        store
+            .create_message(target.clone(), None)
+            .await
+            .expect("create");
+        let key = ReactionKey {
+            guild_id: place.guild_id,
+            channel_id: place.channel_id,
+            message_id: target.message_id,
+            emoji: "👍".to_owned(),
+            user_id: place.author,
+        };
+        // The payload records the count the transaction saw.
+        let built = |event_id: Ulid| {
+            move |count: i64| OutboxEvent {
+                event_id,
+                payload: count.to_string().into_bytes(),
+                created_at_unix: 1,
+                claimed_until_unix_ms: NOW_MS,
+            }
+        };
+        let (added, repeated, removed, absent) = (
+            Ulid::generate(),
+            Ulid::generate(),
+            Ulid::generate(),
+            Ulid::generate(),
+        );
+        store
+            .add_reaction(key.clone(), 1, Some(&built(added)))
+            .await
+            .expect("add");
+        // Changes nothing, so stores nothing.
+        store
+            .add_reaction(key.clone(), 1, Some(&built(repeated)))
+            .await
+            .expect("add");
+        store
+            .remove_reaction(key.clone(), Some(&built(removed)))
+            .await
+            .expect("remove");
+        store
+            .remove_reaction(key, Some(&built(absent)))
+            .await
+            .expect("remove");
+        let mut claimed = store
+            .claim_outbox(NOW_MS, NOW_MS + 1, 10)
+            .await
+            .expect("claim");
+        claimed.sort_by_key(|r| r.payload.clone());
+        let seen: Vec<_> = claimed
+            .iter()
+            .map(|r| (r.event_id, String::from_utf8_lossy(&r.payload).into_owned()))
+            .collect();
+        assert_eq!(seen, [(removed, "0".to_owned()), (added, "1".to_owned())]);
+    }
+}
