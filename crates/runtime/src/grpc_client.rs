@@ -11,7 +11,9 @@
 //! [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`] instead of at the next
 //! call's timeout or never, for a stream that only reads. A tower layer
 //! times every call into `filament_grpc_client_duration_seconds{method,code}`,
-//! the client-side twin of the server layer in [`crate::grpc`].
+//! the client-side twin of the server layer in [`crate::grpc`], and every
+//! call carries the process's service token ([`crate::service_auth`]), which
+//! every internal server asks for.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 use tower::Service;
 
 use crate::grpc::{DurationFamily, TimedBody, duration_family, header_code, observe};
+use crate::service_auth::{METADATA_KEY, ServiceToken};
 
 /// `filament_grpc_client_duration_seconds{method,code}`: from sending the
 /// request to the response's last frame (its trailers), or to the failure
@@ -38,21 +41,24 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A connected client channel: a tonic [`Channel`] whose calls are timed.
 pub type GrpcChannel = TimedChannel<Channel>;
 
-/// The gRPC client series of one process.
+/// What every gRPC client of one process shares: the series its calls are
+/// timed into, and the service token each call presents. (No `Default`: a
+/// client without the token would be refused by every internal server.)
 #[derive(Debug, Clone)]
 pub struct GrpcClientMetrics {
     duration: Arc<DurationFamily>,
-}
-
-impl Default for GrpcClientMetrics {
-    fn default() -> Self {
-        Self {
-            duration: duration_family(),
-        }
-    }
+    token: ServiceToken,
 }
 
 impl GrpcClientMetrics {
+    /// Clients that present `token` on every call.
+    pub fn new(token: ServiceToken) -> Self {
+        Self {
+            duration: duration_family(),
+            token,
+        }
+    }
+
     /// Registers the series in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -87,14 +93,16 @@ pub fn connect(
     Ok(TimedChannel {
         inner: endpoint.connect_lazy(),
         duration: Arc::clone(&metrics.duration),
+        token: metrics.token.clone(),
     })
 }
 
-/// Times every call made through `inner`.
+/// Times every call made through `inner`, and attaches the service token.
 #[derive(Debug, Clone)]
 pub struct TimedChannel<S> {
     inner: S,
     duration: Arc<DurationFamily>,
+    token: ServiceToken,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
@@ -113,9 +121,12 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let started = Instant::now();
         let method = request.uri().path().to_owned();
+        request
+            .headers_mut()
+            .insert(METADATA_KEY, self.token.header().clone());
         let duration = Arc::clone(&self.duration);
         let future = self.inner.call(request);
         Box::pin(async move {
@@ -172,7 +183,7 @@ mod tests {
                 .add_service(health)
                 .serve_with_incoming(crate::net::grpc_incoming(listener)),
         );
-        let metrics = GrpcClientMetrics::default();
+        let metrics = GrpcClientMetrics::new(ServiceToken::generate());
         let channel =
             connect(&format!("http://{addr}"), TIMEOUT, Some(TIMEOUT), &metrics).expect("url");
         let mut client = HealthClient::new(channel);
@@ -211,7 +222,7 @@ mod tests {
         let addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("free port");
-        let metrics = GrpcClientMetrics::default();
+        let metrics = GrpcClientMetrics::new(ServiceToken::generate());
         let channel =
             connect(&format!("http://{addr}"), TIMEOUT, Some(TIMEOUT), &metrics).expect("url");
         let status = HealthClient::new(channel)
@@ -228,7 +239,7 @@ mod tests {
 
     #[test]
     fn a_malformed_url_is_refused() {
-        let metrics = GrpcClientMetrics::default();
+        let metrics = GrpcClientMetrics::new(ServiceToken::generate());
         assert!(connect("not a url", TIMEOUT, None, &metrics).is_err());
     }
 }

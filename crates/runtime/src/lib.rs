@@ -3,7 +3,8 @@
 //! probe endpoints Kubernetes calls, the public HTTP listener with its
 //! connection caps, the admin listener that serves metrics away from
 //! the public port, what every gRPC server carries (reflection, call
-//! metrics, the trace context), and how every gRPC client connects.
+//! metrics, the trace context, the service-token check), and how every
+//! gRPC client connects (presenting that token).
 //!
 //! Nothing domain-specific lives here.
 
@@ -16,6 +17,7 @@ pub mod grpc_client;
 pub mod net;
 pub mod probes;
 pub mod public;
+pub mod service_auth;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trace;

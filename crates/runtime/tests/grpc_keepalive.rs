@@ -68,7 +68,7 @@ async fn a_stream_to_a_peer_gone_silent_fails_within_the_keepalive_bound() {
     let silent = Arc::new(AtomicBool::new(false));
     let url = silenceable_proxy(server, Arc::clone(&silent)).await;
 
-    let metrics = GrpcClientMetrics::default();
+    let metrics = GrpcClientMetrics::new(filament_runtime::service_auth::ServiceToken::generate());
     // No call timeout, as for the event streams: only keepalive can end it.
     let channel = grpc_client::connect(&url, Duration::from_secs(1), None, &metrics).expect("url");
     let mut watch = HealthClient::new(channel)

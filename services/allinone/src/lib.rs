@@ -18,6 +18,7 @@ use axum::Router;
 use filament_registry::{MemoryRegistry, RedisOptions, RedisRegistry, Registry, RegistryConfig};
 use filament_runtime::Env;
 use filament_runtime::public::PublicLimits;
+use filament_runtime::service_auth::ServiceToken;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +65,9 @@ pub struct StackConfig {
     /// listeners, read the way `filament-api` and `filament-gateway` read
     /// them (before `tune_api` and `tune_gateway`). Empty: the defaults.
     pub env: Env,
+    /// The service secret every internal gRPC call carries; `new` makes a
+    /// random one, since this process starts every service itself.
+    pub internal_token: ServiceToken,
 }
 
 impl StackConfig {
@@ -85,6 +89,7 @@ impl StackConfig {
             livekit: None,
             tune_voice: |_| {},
             env: Env::default(),
+            internal_token: ServiceToken::generate(),
         }
     }
 }
@@ -99,6 +104,9 @@ pub struct Stack {
     pub presence_grpc_addr: SocketAddr,
     pub voice_grpc_addr: SocketAddr,
     pub search_grpc_addr: SocketAddr,
+    /// The service secret the internal servers ask for (tests calling them
+    /// directly present it).
+    pub internal_token: ServiceToken,
     pub gateway_metrics: Vec<Arc<filament_gateway::Metrics>>,
     pub voice_metrics: Arc<filament_voice::VoiceMetrics>,
     /// `/metrics` of the api and of each gateway, on loopback admin
@@ -143,6 +151,7 @@ impl Stack {
         };
         let mut voice_config = filament_voice::Config::new((ip, 0).into(), livekit);
         voice_config.admin_addr = Some((ip, 0).into());
+        voice_config.internal_token = config.internal_token.clone();
         (config.tune_voice)(&mut voice_config);
         let voice = filament_voice::bind(voice_config, registry().await?).await?;
         let voice_grpc_addr = voice.grpc_addr()?;
@@ -154,6 +163,7 @@ impl Stack {
         presence_config.store.redis = RedisOptions::from_env(&config.env)?;
         presence_config.voice_grpc_url = Some(format!("http://{voice_grpc_addr}"));
         presence_config.admin_addr = Some((ip, 0).into());
+        presence_config.internal_token = config.internal_token.clone();
         let presence_redis = match &config.registry {
             RegistryChoice::Redis { url, key_prefix } => {
                 presence_config.store.key_prefix = format!("{key_prefix}presence:");
@@ -173,6 +183,7 @@ impl Stack {
         // api's message feed once the api is bound (`with_feed_url` below).
         let mut search_config = filament_search::Config::new((ip, 0).into(), String::new());
         search_config.admin_addr = Some((ip, 0).into());
+        search_config.internal_token = config.internal_token.clone();
         let search = filament_search::bind(search_config).await?;
         let search_grpc_addr = search.grpc_addr()?;
         let search_admin_addr = search.admin_addr();
@@ -186,6 +197,7 @@ impl Stack {
         let (attachment_root, attachment_dir) = attachment_root(&config);
         api_config.attachment_root.clone_from(&attachment_root);
         api_config.admin_addr = Some((ip, 0).into());
+        api_config.internal_token = config.internal_token.clone();
         api_config.search_url = Some(format!("http://{search_grpc_addr}"));
         api_config.voice_url = Some(format!("http://{voice_grpc_addr}"));
         api_config.apply_env(&config.env)?;
@@ -214,6 +226,7 @@ impl Stack {
                 format!("http://{voice_grpc_addr}"),
             ];
             gateway_config.admin_addr = Some((ip, 0).into());
+            gateway_config.internal_token = config.internal_token.clone();
             gateway_config.presence_url = Some(format!("http://{presence_grpc_addr}"));
             gateway_config.voice_url = Some(format!("http://{voice_grpc_addr}"));
             let mut gateway_config = gateway_config.with_env(&config.env)?;
@@ -264,6 +277,7 @@ impl Stack {
             presence_grpc_addr,
             voice_grpc_addr,
             search_grpc_addr,
+            internal_token: config.internal_token.clone(),
             gateway_metrics,
             voice_metrics,
             api_admin_addr,

@@ -44,6 +44,10 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let mut config = StackConfig::new(database_url, token_secret);
+    // Unset: a random secret per start is enough, since every service this
+    // process calls is one it started.
+    config.internal_token =
+        filament_runtime::service_auth::ServiceToken::from_env_or_generate(&env)?;
     // The api's and the gateway's tuning variables mean here what they
     // mean for `filament-api` and `filament-gateway` (README.md).
     config.env = env.clone();

@@ -28,7 +28,7 @@ fn reporter(t: &TestStack) -> PresenceClient {
         &format!("http://{}", t.stack.presence_grpc_addr),
         ulid::Ulid::generate().to_string(),
         Duration::from_secs(3),
-        &filament_runtime::grpc_client::GrpcClientMetrics::default(),
+        &filament_runtime::grpc_client::GrpcClientMetrics::new(t.stack.internal_token.clone()),
     )
     .expect("presence url")
 }

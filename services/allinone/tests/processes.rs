@@ -20,6 +20,7 @@ use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN_SECRET: &str = "a-secret-the-two-processes-share-of-32-bytes";
+const INTERNAL_TOKEN: &str = "a-test-internal-service-token-of-32-bytes-or-more";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
@@ -134,6 +135,9 @@ async fn one_trace_runs_from_the_api_process_to_the_gateway_process() {
         ("REDIS_URL", redis),
         ("FILAMENT_REGISTRY_PREFIX", prefix),
         ("FILAMENT_TOKEN_SECRET", TOKEN_SECRET.to_owned()),
+        // The gateway's calls to the api carry it; the api refuses them
+        // without it.
+        ("FILAMENT_INTERNAL_TOKEN", INTERNAL_TOKEN.to_owned()),
     ];
 
     let api = Service::spawn(

@@ -527,10 +527,12 @@ async fn search_answers_500_until_the_search_service_is_up() {
     let (status, body) = search_raw(&t, &g.member, &g.id, "q=late").await;
     assert_eq!((status, body), (500, json!({"error": "internal_error"})));
 
-    let config = filament_search::Config::new(
+    let mut config = filament_search::Config::new(
         ([127, 0, 0, 1], port).into(),
         format!("http://{}", t.stack.api_grpc_addr),
     );
+    // The api's feed refuses a caller without the stack's service token.
+    config.internal_token = t.stack.internal_token.clone();
     let search = filament_search::bind(config).await.expect("search binds");
     let stop = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(search.run(stop.clone()));
@@ -554,6 +556,7 @@ async fn a_restarted_search_service_catches_up(backends: Backends) {
             format!("http://{}", t.stack.api_grpc_addr),
         );
         config.index = filament_search::IndexLocation::Dir(dir.clone());
+        config.internal_token = t.stack.internal_token.clone();
         let search = filament_search::bind(config).await.expect("search binds");
         let engine = search.engine();
         let stop = tokio_util::sync::CancellationToken::new();

@@ -643,7 +643,7 @@ async fn the_last_connection_closing_anywhere_leaves_voice() {
             &format!("http://{}", t.stack.presence_grpc_addr),
             ulid::Ulid::generate().to_string(),
             std::time::Duration::from_secs(3),
-            &filament_runtime::grpc_client::GrpcClientMetrics::default(),
+            &filament_runtime::grpc_client::GrpcClientMetrics::new(t.stack.internal_token.clone()),
         )
         .expect("presence url")
     };
@@ -924,13 +924,13 @@ async fn a_full_channel_reaches_a_subscriber_whole() {
     .expect("embedded");
     let alice = t.user("alice").await;
     let (guild, voice, _) = voice_guild(&t, &alice).await;
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", t.stack.voice_grpc_addr))
-            .expect("voice url")
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .expect("voice grpc");
+    let channel = filament_runtime::grpc_client::connect(
+        &format!("http://{}", t.stack.voice_grpc_addr),
+        std::time::Duration::from_secs(5),
+        None,
+        &filament_runtime::grpc_client::GrpcClientMetrics::new(t.stack.internal_token.clone()),
+    )
+    .expect("voice url");
     let mut seats = filament_proto::v1::voice_client::VoiceClient::new(channel);
     let mut expected = BTreeSet::new();
     for _ in 0..512 {

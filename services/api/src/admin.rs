@@ -15,6 +15,7 @@ use filament_runtime::admin::AdminListener;
 use filament_runtime::grpc::GrpcServerMetrics;
 use filament_runtime::grpc_client::GrpcClientMetrics;
 use filament_runtime::public::ListenerMetrics;
+use filament_runtime::service_auth::{RequireServiceToken, ServiceToken};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -213,6 +214,7 @@ pub struct Admin {
     grpc: GrpcServerMetrics,
     grpc_clients: GrpcClientMetrics,
     registry_calls: RegistryMetrics,
+    internal_token: ServiceToken,
 }
 
 impl Admin {
@@ -227,7 +229,7 @@ impl Admin {
         public_listener.register(&mut registry);
         let grpc = GrpcServerMetrics::default();
         grpc.register(&mut registry);
-        let grpc_clients = GrpcClientMetrics::default();
+        let grpc_clients = GrpcClientMetrics::new(config.internal_token.clone());
         grpc_clients.register(&mut registry);
         let registry_calls = RegistryMetrics::default();
         registry_calls.register(&mut registry);
@@ -243,6 +245,7 @@ impl Admin {
             grpc,
             grpc_clients,
             registry_calls,
+            internal_token: config.internal_token.clone(),
         })
     }
 
@@ -273,6 +276,11 @@ impl Admin {
     /// The layer that times the api's gRPC calls into this registry.
     pub fn grpc_layer(&self) -> filament_runtime::grpc::GrpcServerLayer {
         self.grpc.layer()
+    }
+
+    /// The layer that refuses gRPC callers without the service token.
+    pub fn grpc_auth_layer(&self) -> RequireServiceToken {
+        RequireServiceToken::new(self.internal_token.clone())
     }
 
     /// The layer that hands the shared [`Edge`] to the REST middleware.

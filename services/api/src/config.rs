@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use filament_runtime::public::PublicLimits;
+use filament_runtime::service_auth::ServiceToken;
 use filament_runtime::{ConfigError, Env};
 
 #[derive(Debug, Clone)]
@@ -66,6 +67,9 @@ pub struct Config {
     pub database: crate::store::DatabaseLimits,
     /// How the event outbox's relay runs (docs/adr/0006-outbox.md).
     pub outbox: OutboxConfig,
+    /// Presented on every call to voice and search, and asked of every
+    /// gRPC caller (`FILAMENT_INTERNAL_TOKEN`).
+    pub internal_token: ServiceToken,
 }
 
 /// The event outbox's timing. Not read from the environment: the defaults
@@ -192,6 +196,7 @@ impl Config {
             public: PublicLimits::default(),
             database: crate::store::DatabaseLimits::default(),
             outbox: OutboxConfig::default(),
+            internal_token: ServiceToken::generate(),
         }
     }
 
@@ -211,6 +216,7 @@ impl Config {
             env.required::<String>("DATABASE_URL")?,
             secret.into_bytes(),
         );
+        config.internal_token = ServiceToken::from_env(env)?;
         config.search_url = env.optional("FILAMENT_SEARCH_GRPC_URL")?;
         config.voice_url = env.optional("FILAMENT_VOICE_GRPC_URL")?;
         config.admin_addr = env.optional("FILAMENT_API_ADMIN_ADDR")?;

@@ -109,12 +109,14 @@ impl BoundApi {
         } = self;
         let listener_metrics = admin.listener_metrics();
         let grpc_layer = admin.grpc_layer();
+        let grpc_auth_layer = admin.grpc_auth_layer();
         admin.spawn(shutdown.clone());
         tracing::info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, "api listening");
 
         let grpc_stop = CancellationToken::new();
         let grpc_server = tonic::transport::Server::builder()
             .layer(grpc_layer)
+            .layer(grpc_auth_layer)
             .add_service(filament_runtime::probes::grpc_health("filament.v1.EdgeAccess").await)
             .add_service(filament_runtime::grpc::reflection(&[
                 filament_proto::FILE_DESCRIPTOR_SET,

@@ -1,5 +1,6 @@
 //! `filament-api`: the api as its own process. Needs `DATABASE_URL`,
-//! `REDIS_URL` and `FILAMENT_TOKEN_SECRET`; see README.md.
+//! `REDIS_URL`, `FILAMENT_TOKEN_SECRET` and `FILAMENT_INTERNAL_TOKEN`; see
+//! README.md.
 
 use std::sync::Arc;
 

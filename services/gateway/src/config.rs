@@ -8,6 +8,7 @@ use filament_runtime::{ConfigError, Env};
 
 use filament_runtime::client_ip::TrustedProxy;
 use filament_runtime::public::PublicLimits;
+use filament_runtime::service_auth::ServiceToken;
 use ipnet::IpNet;
 
 #[derive(Debug, Clone)]
@@ -57,6 +58,9 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// The listener's connection caps and header timer (`FILAMENT_HTTP_*`).
     pub public: PublicLimits,
+    /// Presented on every call to the api, presence and voice
+    /// (`FILAMENT_INTERNAL_TOKEN`).
+    pub internal_token: ServiceToken,
 }
 
 impl Config {
@@ -86,6 +90,7 @@ impl Config {
             handshakes_per_ip_per_minute: 120,
             trusted_proxies: Vec::new(),
             public: PublicLimits::default(),
+            internal_token: ServiceToken::generate(),
         }
     }
 
@@ -96,6 +101,7 @@ impl Config {
             event_service_urls: env.list("FILAMENT_GATEWAY_EVENT_SERVICE_URLS")?,
             presence_url: env.optional("FILAMENT_GATEWAY_PRESENCE_GRPC_URL")?,
             voice_url: env.optional("FILAMENT_GATEWAY_VOICE_GRPC_URL")?,
+            internal_token: ServiceToken::from_env(env)?,
             ..Self::new(
                 env.or("FILAMENT_GATEWAY_LISTEN_ADDR", ([0, 0, 0, 0], 8081).into())?,
                 env.required::<String>("FILAMENT_API_GRPC_URL")?,
@@ -219,7 +225,13 @@ mod tests {
     use super::*;
 
     fn env(extra: &[(&'static str, &'static str)]) -> Env {
-        let mut pairs = vec![("FILAMENT_API_GRPC_URL", "http://api:50051")];
+        let mut pairs = vec![
+            ("FILAMENT_API_GRPC_URL", "http://api:50051"),
+            (
+                "FILAMENT_INTERNAL_TOKEN",
+                "a-test-internal-service-token-of-32-bytes",
+            ),
+        ];
         pairs.extend_from_slice(extra);
         Env::from_pairs(pairs)
     }
@@ -269,5 +281,15 @@ mod tests {
             let err = Config::from_env(&env(&[(name, value)])).unwrap_err();
             assert!(err.to_string().starts_with(name), "{name}: {err}");
         }
+    }
+
+    #[test]
+    fn the_service_token_is_required() {
+        let env = Env::from_pairs([("FILAMENT_API_GRPC_URL", "http://api:50051")]);
+        let err = Config::from_env(&env).unwrap_err();
+        assert!(
+            err.to_string().starts_with("FILAMENT_INTERNAL_TOKEN"),
+            "{err}"
+        );
     }
 }

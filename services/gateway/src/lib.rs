@@ -334,7 +334,7 @@ mod tests {
         config.max_frame_bytes = max_frame_bytes;
         let metrics = Arc::new(Metrics::default());
         let registry = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
-        let grpc_clients = GrpcClientMetrics::default();
+        let grpc_clients = GrpcClientMetrics::new(config.internal_token.clone());
         Shared {
             access: Access::new(&config.api_url, config.upstream_timeout, &grpc_clients).unwrap(),
             index: Index::new(Arc::clone(&metrics)),

@@ -1,5 +1,6 @@
 //! `filament-gateway`: one websocket edge process. Needs
-//! `FILAMENT_API_GRPC_URL` and `REDIS_URL`; see README.md.
+//! `FILAMENT_API_GRPC_URL`, `REDIS_URL` and `FILAMENT_INTERNAL_TOKEN`; see
+//! README.md.
 
 use std::sync::Arc;
 

@@ -84,7 +84,7 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
     let registry_metrics = filament_registry::RegistryMetrics::default();
     registry_metrics.register(&mut metrics_registry);
     let registry = registry_metrics.wrap(registry);
-    let grpc_clients = GrpcClientMetrics::default();
+    let grpc_clients = GrpcClientMetrics::new(config.internal_token.clone());
     grpc_clients.register(&mut metrics_registry);
     let upstreams = 1 + config.event_service_urls.len();
     let shared = Arc::new(Shared {

@@ -39,6 +39,7 @@ use filament_fanout::{Fanout, FanoutConfig};
 use filament_registry::Registry;
 use filament_runtime::admin::AdminListener;
 use filament_runtime::grpc_client::GrpcClientMetrics;
+use filament_runtime::service_auth::{RequireServiceToken, ServiceToken};
 use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +63,8 @@ pub struct Config {
     pub voice_grpc_url: Option<String>,
     /// Where `/metrics` is served; unset: nowhere.
     pub admin_addr: Option<SocketAddr>,
+    /// Presented on every call to voice, and asked of every caller.
+    pub internal_token: ServiceToken,
 }
 
 impl Config {
@@ -72,6 +75,7 @@ impl Config {
             store: PresenceStoreConfig::default(),
             voice_grpc_url: None,
             admin_addr: None,
+            internal_token: ServiceToken::generate(),
         }
     }
 
@@ -104,6 +108,7 @@ impl Config {
         }
         config.voice_grpc_url = env.optional("FILAMENT_PRESENCE_VOICE_GRPC_URL")?;
         config.admin_addr = env.optional("FILAMENT_PRESENCE_ADMIN_ADDR")?;
+        config.internal_token = ServiceToken::from_env(env)?;
         Ok(config)
     }
 
@@ -139,6 +144,7 @@ pub struct BoundPresence {
     admin: Option<AdminListener>,
     metrics: Arc<PresenceMetrics>,
     grpc_clients: GrpcClientMetrics,
+    internal_token: ServiceToken,
 }
 
 /// Binds the listener; nothing runs until [`BoundPresence::run`]. `registry`
@@ -153,7 +159,7 @@ pub async fn bind(
     let registry = metrics.registry_calls().wrap(registry);
     let fanout = Fanout::new("presence", registry, FanoutConfig::default());
     let background = CancellationToken::new();
-    let grpc_clients = GrpcClientMetrics::default();
+    let grpc_clients = GrpcClientMetrics::new(config.internal_token.clone());
     let offline: Option<Arc<dyn OfflineListener>> = match &config.voice_grpc_url {
         Some(url) => Some(Arc::new(
             VoiceNotifier::spawn(url, &grpc_clients, background.clone())
@@ -179,6 +185,7 @@ pub async fn bind(
         admin,
         metrics,
         grpc_clients,
+        internal_token: config.internal_token,
     })
 }
 
@@ -204,6 +211,7 @@ impl BoundPresence {
             admin,
             metrics,
             grpc_clients,
+            internal_token,
         } = self;
         tracing::info!(grpc = %listener.local_addr()?, "presence listening");
         tokio::spawn(
@@ -224,6 +232,7 @@ impl BoundPresence {
         let grpc_stop = CancellationToken::new();
         let server = tonic::transport::Server::builder()
             .layer(grpc_metrics.layer())
+            .layer(RequireServiceToken::new(internal_token))
             .add_service(filament_runtime::probes::grpc_health(SERVICE_NAME).await)
             .add_service(filament_runtime::grpc::reflection(&[
                 filament_proto::FILE_DESCRIPTOR_SET,

@@ -1,5 +1,6 @@
 //! `filament-presence`: the presence service as its own process. Needs
-//! `REDIS_URL` (the routing registry and the presence state); see README.md.
+//! `REDIS_URL` (the routing registry and the presence state) and
+//! `FILAMENT_INTERNAL_TOKEN`; see README.md.
 
 use std::sync::Arc;
 

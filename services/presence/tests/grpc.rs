@@ -18,6 +18,7 @@ use filament_proto::v1::{
     PresenceUpdate, ServiceMessage, event, gateway_message, service_message,
 };
 use filament_registry::{GatewayId, MemoryRegistry, Registry, RegistryConfig};
+use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -31,6 +32,8 @@ struct Service {
     addr: SocketAddr,
     registry: Arc<MemoryRegistry>,
     shutdown: CancellationToken,
+    /// What a caller presents; the server refuses calls without it.
+    clients: GrpcClientMetrics,
 }
 
 impl Drop for Service {
@@ -48,6 +51,7 @@ async fn start() -> Service {
         lease_ttl: TTL,
         ..PresenceStoreConfig::default()
     };
+    let clients = GrpcClientMetrics::new(config.internal_token.clone());
     let store = filament_presence::open_store(&config.store, None)
         .await
         .unwrap();
@@ -61,6 +65,19 @@ async fn start() -> Service {
         addr,
         registry,
         shutdown,
+        clients,
+    }
+}
+
+impl Service {
+    fn channel(&self) -> GrpcChannel {
+        filament_runtime::grpc_client::connect(
+            &format!("http://{}", self.addr),
+            Duration::from_secs(3),
+            None,
+            &self.clients,
+        )
+        .unwrap()
     }
 }
 
@@ -93,9 +110,7 @@ impl FakeGateway {
         })
         .await
         .unwrap();
-        let mut client = EventStreamClient::connect(format!("http://{}", service.addr))
-            .await
-            .unwrap();
+        let mut client = EventStreamClient::new(service.channel());
         let mut inbound = client
             .open(ReceiverStream::new(rx))
             .await
@@ -135,7 +150,7 @@ impl FakeGateway {
             &format!("http://{}", service.addr),
             self.id.clone(),
             Duration::from_secs(3),
-            &filament_runtime::grpc_client::GrpcClientMetrics::default(),
+            &service.clients,
         )
         .unwrap()
     }
@@ -281,9 +296,7 @@ async fn bad_reports_are_refused_and_change_nothing() {
     let service = start().await;
     let guild = ulid();
     let mut watcher = FakeGateway::open(&service, &[&guild]).await;
-    let mut raw = RawClient::connect(format!("http://{}", service.addr))
-        .await
-        .unwrap();
+    let mut raw = RawClient::new(service.channel());
     let gateway_id = ulid();
     let connected = |gateway_id: &str, user_id: &str| PresenceConnectedRequest {
         connection: Some(PresenceConnection {

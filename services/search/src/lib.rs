@@ -36,6 +36,8 @@ pub use index::{
 pub use indexer::{IndexerConfig, IndexerStats, Reconciled};
 pub use service::{Engine, QueryRequest, SearchService};
 
+use filament_runtime::service_auth::{RequireServiceToken, ServiceToken};
+
 /// The gRPC service name this process reports as serving.
 pub const SERVICE_NAME: &str = "filament.v1.Search";
 /// How long connecting to the api's feed may take; the indexer retries.
@@ -57,6 +59,8 @@ pub struct Config {
     pub max_concurrent_queries: usize,
     /// Where `/metrics` is served; unset: nowhere.
     pub admin_addr: Option<SocketAddr>,
+    /// Presented to the api's feed, and asked of every caller.
+    pub internal_token: ServiceToken,
 }
 
 impl Config {
@@ -73,6 +77,7 @@ impl Config {
             query_timeout: Duration::from_millis(200),
             max_concurrent_queries: 8,
             admin_addr: None,
+            internal_token: ServiceToken::generate(),
         }
     }
 
@@ -105,6 +110,7 @@ impl Config {
         }
         config.writer.memory_bytes = memory_mb * 1024 * 1024;
         config.admin_addr = env.optional("FILAMENT_SEARCH_ADMIN_ADDR")?;
+        config.internal_token = ServiceToken::from_env(env)?;
         Ok(config)
     }
 }
@@ -180,7 +186,9 @@ impl BoundSearch {
     /// Indexes and serves until `shutdown`; then stops serving, and commits
     /// what was indexed so that the next start resumes from there.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let grpc_clients = filament_runtime::grpc_client::GrpcClientMetrics::default();
+        let internal_token = self.config.internal_token.clone();
+        let grpc_clients =
+            filament_runtime::grpc_client::GrpcClientMetrics::new(internal_token.clone());
         // The feed is one long stream: no call timeout.
         let feed = MessageFeedClient::new(filament_runtime::grpc_client::connect(
             &self.config.feed_url,
@@ -209,6 +217,7 @@ impl BoundSearch {
         tracing::info!(grpc = %self.listener.local_addr()?, "search listening");
         let served = tonic::transport::Server::builder()
             .layer(grpc_metrics.layer())
+            .layer(RequireServiceToken::new(internal_token))
             .add_service(filament_runtime::probes::grpc_health(SERVICE_NAME).await)
             .add_service(filament_runtime::grpc::reflection(&[
                 filament_proto::FILE_DESCRIPTOR_SET,

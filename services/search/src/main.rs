@@ -1,4 +1,5 @@
-//! `filament-search`: the search service as its own process.
+//! `filament-search`: the search service as its own process. Needs
+//! `FILAMENT_API_GRPC_URL` and `FILAMENT_INTERNAL_TOKEN`; see README.md.
 
 use filament_runtime::Env;
 

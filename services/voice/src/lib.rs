@@ -39,6 +39,7 @@ use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use filament_runtime::service_auth::{RequireServiceToken, ServiceToken};
 pub use livekit::LiveKit;
 pub use metrics::VoiceMetrics;
 pub use service::{EventSink, Join, JoinGrant, Observed, TOKEN_TTL_SECS, VoiceService};
@@ -64,6 +65,8 @@ pub struct Config {
     pub livekit_api_url: Option<String>,
     /// How often the drift check runs (`FILAMENT_VOICE_DRIFT_CHECK_SECS`).
     pub drift_check_interval: Duration,
+    /// Asked of every gRPC caller (`FILAMENT_INTERNAL_TOKEN`).
+    pub internal_token: ServiceToken,
 }
 
 impl Config {
@@ -78,6 +81,7 @@ impl Config {
             admin_addr: None,
             livekit_api_url: None,
             drift_check_interval: Duration::from_secs(15),
+            internal_token: ServiceToken::generate(),
         }
     }
 
@@ -106,6 +110,7 @@ impl Config {
             env.or("FILAMENT_VOICE_MAX_PARTICIPANTS", limits.max_participants)?;
         config.webhook_addr = env.optional("FILAMENT_VOICE_WEBHOOK_ADDR")?;
         config.admin_addr = env.optional("FILAMENT_VOICE_ADMIN_ADDR")?;
+        config.internal_token = ServiceToken::from_env(env)?;
         config.livekit_api_url = env.optional("FILAMENT_LIVEKIT_API_URL")?;
         if let Some(url) = &config.livekit_api_url
             && !url.starts_with("http://")
@@ -192,6 +197,7 @@ pub struct BoundVoice {
     /// LiveKit's server API and how often to check it, when configured.
     drift: Option<(drift::RoomService, Duration)>,
     metrics: Arc<VoiceMetrics>,
+    internal_token: ServiceToken,
 }
 
 /// Binds the listeners; nothing runs until [`BoundVoice::run`]. `registry`
@@ -231,6 +237,7 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
         prune_interval,
         drift,
         metrics,
+        internal_token: config.internal_token,
     })
 }
 
@@ -264,6 +271,7 @@ impl BoundVoice {
             prune_interval,
             drift,
             metrics,
+            internal_token,
         } = self;
         tracing::info!(grpc = %grpc.local_addr()?, "voice listening");
         let background = CancellationToken::new();
@@ -305,6 +313,7 @@ impl BoundVoice {
         let grpc_stop = CancellationToken::new();
         let server = tonic::transport::Server::builder()
             .layer(grpc_metrics.layer())
+            .layer(RequireServiceToken::new(internal_token))
             .add_service(filament_runtime::probes::grpc_health(SERVICE_NAME).await)
             .add_service(filament_runtime::grpc::reflection(&[
                 filament_proto::FILE_DESCRIPTOR_SET,

@@ -1,6 +1,6 @@
 //! `filament-voice`: the voice service as its own process. Needs
-//! `REDIS_URL` (the routing registry) and the LiveKit key, secret and URL;
-//! see README.md.
+//! `REDIS_URL` (the routing registry), `FILAMENT_INTERNAL_TOKEN` and the
+//! LiveKit key, secret and URL; see README.md.
 
 use std::sync::Arc;
 

@@ -18,6 +18,7 @@ use filament_proto::v1::{
     VoiceUpdateStateRequest, audience, event, gateway_message, service_message,
 };
 use filament_registry::{GatewayId, MemoryRegistry, Registry, RegistryConfig};
+use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
 use filament_voice::metrics::SyncReason;
 use filament_voice::{LiveKit, VoiceMetrics};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -27,7 +28,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::Channel;
 
 const API_KEY: &str = "APItestkey";
 const API_SECRET: &str = "a-test-livekit-secret-of-at-least-32-bytes";
@@ -40,6 +40,8 @@ struct Service {
     registry: Arc<MemoryRegistry>,
     metrics: Arc<VoiceMetrics>,
     shutdown: CancellationToken,
+    /// What a caller presents; the server refuses calls without it.
+    clients: GrpcClientMetrics,
 }
 
 impl Drop for Service {
@@ -54,6 +56,7 @@ async fn start(max_per_channel: usize) -> Service {
     let mut config = filament_voice::Config::new(([127, 0, 0, 1], 0).into(), livekit);
     config.limits.max_participants_per_channel = max_per_channel;
     config.webhook_addr = Some(([127, 0, 0, 1], 0).into());
+    let clients = GrpcClientMetrics::new(config.internal_token.clone());
     let bound = filament_voice::bind(config, registry.clone())
         .await
         .unwrap();
@@ -63,16 +66,25 @@ async fn start(max_per_channel: usize) -> Service {
         registry,
         metrics: bound.metrics(),
         shutdown: CancellationToken::new(),
+        clients,
     };
     tokio::spawn(bound.run(service.shutdown.clone()));
     service
 }
 
 impl Service {
-    async fn client(&self) -> RawClient<Channel> {
-        RawClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
+    async fn client(&self) -> RawClient<GrpcChannel> {
+        RawClient::new(self.channel())
+    }
+
+    fn channel(&self) -> GrpcChannel {
+        filament_runtime::grpc_client::connect(
+            &format!("http://{}", self.addr),
+            DEADLINE,
+            None,
+            &self.clients,
+        )
+        .unwrap()
     }
 }
 
@@ -114,9 +126,7 @@ impl FakeGateway {
         })
         .await
         .unwrap();
-        let mut client = EventStreamClient::connect(format!("http://{}", service.addr))
-            .await
-            .unwrap();
+        let mut client = EventStreamClient::new(service.channel());
         let mut inbound = client
             .open(ReceiverStream::new(rx))
             .await
