@@ -14,28 +14,75 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use support::{Backends, Socket, TestStack};
 
+/// Alice's public guild with Bob in it, each subscribed to its channel on
+/// a gateway of their own, on an api whose relay sweeps fast and whose
+/// request path `tune_api` sets.
+struct Scene {
+    t: TestStack,
+    a: support::User,
+    b: support::User,
+    guild: String,
+    channel: String,
+    sa: Socket,
+    sb: Socket,
+}
+
+impl Scene {
+    async fn start(backends: Backends, tune_api: fn(&mut filament_api::Config)) -> Option<Self> {
+        let t = TestStack::start_with(backends, 2, |config| config.tune_api = tune_api).await?;
+        let (a, b) = (t.user("alice").await, t.user("bob").await);
+        let (guild, channel) = t.guild_with_channel(&a, "public").await;
+        t.join(&b, &guild).await;
+        let mut sa = t.connect(0, &a).await;
+        let mut sb = t.connect(1, &b).await;
+        sa.subscribed(&guild, &channel).await;
+        sb.subscribed(&guild, &channel).await;
+        Some(Self {
+            t,
+            a,
+            b,
+            guild,
+            channel,
+            sa,
+            sb,
+        })
+    }
+}
+
+/// A relay that sweeps every 20 ms and takes rows 100 ms after their writer.
+fn fast_relay(api: &mut filament_api::Config) {
+    api.outbox.lease = Duration::from_millis(100);
+    api.outbox.sweep_interval = Duration::from_millis(20);
+}
+
+/// The request path publishes nothing: only the relay does.
+fn only_the_relay(api: &mut filament_api::Config) {
+    fast_relay(api);
+    api.outbox.request_path = OutboxRequestPath::Nothing;
+}
+
+/// The request path publishes but leaves its row for the relay.
+fn publish_but_never_forget(api: &mut filament_api::Config) {
+    fast_relay(api);
+    api.outbox.request_path = OutboxRequestPath::PublishOnly;
+}
+
 /// The request path publishes nothing, standing for a process that died
 /// (or a request that timed out) right after each commit: every event of a
 /// message's life still arrives, in order, exactly once, through the relay.
 async fn the_relay_delivers_what_no_request_published(backends: Backends) {
-    let Some(t) = TestStack::start_with(backends, 2, |config| {
-        config.tune_api = |api| {
-            api.outbox.request_path = OutboxRequestPath::Nothing;
-            api.outbox.lease = Duration::from_millis(100);
-            api.outbox.sweep_interval = Duration::from_millis(20);
-        };
-    })
-    .await
+    let Some(Scene {
+        t,
+        a,
+        b,
+        guild,
+        channel,
+        mut sa,
+        mut sb,
+    }) = Scene::start(backends, only_the_relay).await
     else {
         return;
     };
-    let (a, b) = (t.user("alice").await, t.user("bob").await);
-    let (guild, channel) = t.guild_with_channel(&a, "public").await;
-    t.join(&b, &guild).await;
-    let mut sa = t.connect(0, &a).await;
-    let mut sb = t.connect(1, &b).await;
-    sa.subscribed(&guild, &channel).await;
-    sb.subscribed(&guild, &channel).await;
 
     let messages = format!("/guilds/{guild}/channels/{channel}/messages");
     let (status, message) = t
@@ -135,24 +182,18 @@ async fn a_restarted_api_publishes_what_its_predecessor_committed(backends: Back
 /// relay publishes the event again, and each gateway drops the repeat by
 /// its id, so every socket gets the message once.
 async fn a_republished_event_reaches_each_socket_once(backends: Backends) {
-    let Some(t) = TestStack::start_with(backends, 2, |config| {
-        config.tune_api = |api| {
-            api.outbox.request_path = OutboxRequestPath::PublishOnly;
-            api.outbox.lease = Duration::from_millis(100);
-            api.outbox.sweep_interval = Duration::from_millis(20);
-        };
-    })
-    .await
+    let Some(Scene {
+        t,
+        a,
+        guild,
+        channel,
+        mut sa,
+        mut sb,
+        ..
+    }) = Scene::start(backends, publish_but_never_forget).await
     else {
         return;
     };
-    let (a, b) = (t.user("alice").await, t.user("bob").await);
-    let (guild, channel) = t.guild_with_channel(&a, "public").await;
-    t.join(&b, &guild).await;
-    let mut sa = t.connect(0, &a).await;
-    let mut sb = t.connect(1, &b).await;
-    sa.subscribed(&guild, &channel).await;
-    sb.subscribed(&guild, &channel).await;
 
     let messages = format!("/guilds/{guild}/channels/{channel}/messages");
     let (status, message) = t
