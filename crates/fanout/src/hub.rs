@@ -105,6 +105,10 @@ impl Fanout {
         &self.inner.instance_id
     }
 
+    pub(crate) fn registry(&self) -> &dyn Registry {
+        self.inner.registry.as_ref()
+    }
+
     pub(crate) fn config(&self) -> &FanoutConfig {
         &self.inner.config
     }
@@ -585,6 +589,9 @@ mod tests {
             _: &GatewayId,
             _: &[String],
         ) -> filament_registry::RegistryResult<()> {
+            Err(down())
+        }
+        async fn live_gateways(&self) -> filament_registry::RegistryResult<Vec<GatewayId>> {
             Err(down())
         }
         async fn gateways_for_guild(

@@ -10,9 +10,15 @@
 //! gateway, and the count is sent in the `Welcome` of its next stream so the
 //! gateway knows it missed something and resynchronises its sockets. See
 //! docs/adr/0001-event-stream.md.
+//!
+//! A replica is ready to take work only once every live gateway streams
+//! from it ([`Coverage`]), so several replicas of one service can be
+//! rolled without a gateway missing an event.
 
+mod coverage;
 mod hub;
 mod service;
 
+pub use coverage::{COVERAGE_INTERVAL, Coverage};
 pub use hub::{Fanout, FanoutConfig, PublishReport};
 pub use service::EventStreamService;

@@ -14,6 +14,9 @@
 //! probe is in flight fail at once too, so a Redis that is still down is
 //! asked once per cool-down, not once per request.
 //!
+//! The voice roster's Redis store stands behind one of its own
+//! ([`Breaker::run`] takes any error type).
+//!
 //! Time is `tokio::time`, so the state machine is tested on a paused clock.
 
 use std::future::Future;
@@ -59,9 +62,18 @@ enum State {
     HalfOpen,
 }
 
+/// Why [`Breaker::run`] did not give the call's own answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tripped {
+    /// The breaker is open: the call was not made.
+    Open,
+    /// The call ran past the call timeout and was dropped.
+    TimedOut,
+}
+
 /// The breaker's state machine; see the module docs.
 #[derive(Debug)]
-pub(crate) struct Breaker {
+pub struct Breaker {
     config: BreakerConfig,
     state: Mutex<State>,
 }
@@ -98,7 +110,7 @@ impl Drop for Permit<'_> {
 }
 
 impl Breaker {
-    pub(crate) fn new(config: BreakerConfig) -> Self {
+    pub fn new(config: BreakerConfig) -> Self {
         Self {
             config: BreakerConfig {
                 failures: config.failures.max(1),
@@ -115,17 +127,31 @@ impl Breaker {
         &self,
         call: impl Future<Output = RegistryResult<T>>,
     ) -> RegistryResult<T> {
-        let permit = self.admit()?;
-        let result = match tokio::time::timeout(self.config.call_timeout, call).await {
+        match self
+            .run(call, |err| matches!(err, RegistryError::Redis(_)))
+            .await
+        {
             Ok(result) => result,
-            Err(_) => Err(RegistryError::TimedOut),
+            Err(Tripped::Open) => Err(RegistryError::CircuitOpen),
+            Err(Tripped::TimedOut) => Err(RegistryError::TimedOut),
+        }
+    }
+
+    /// Runs `call` unless the breaker is open, within the call timeout, and
+    /// records its outcome: a timeout, or an error for which `unreachable`
+    /// holds, is a failure; any other answer is a success.
+    pub async fn run<T, E>(
+        &self,
+        call: impl Future<Output = Result<T, E>>,
+        unreachable: impl Fn(&E) -> bool,
+    ) -> Result<Result<T, E>, Tripped> {
+        let permit = self.admit().map_err(|_| Tripped::Open)?;
+        let Ok(result) = tokio::time::timeout(self.config.call_timeout, call).await else {
+            permit.report(false);
+            return Err(Tripped::TimedOut);
         };
-        let failed = matches!(
-            result,
-            Err(RegistryError::Redis(_) | RegistryError::TimedOut)
-        );
-        permit.report(!failed);
-        result
+        permit.report(!result.as_ref().is_err_and(&unreachable));
+        Ok(result)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

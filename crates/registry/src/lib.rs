@@ -30,13 +30,15 @@ use async_trait::async_trait;
 mod breaker;
 mod memory;
 pub mod metered;
+mod redis_client;
 mod redis_registry;
 #[cfg(test)]
 mod tests;
 
-pub use breaker::BreakerConfig;
+pub use breaker::{Breaker, BreakerConfig, Tripped};
 pub use memory::MemoryRegistry;
 pub use metered::RegistryMetrics;
+pub use redis_client::RedisCa;
 pub use redis_registry::{RedisRegistry, connection_manager};
 
 /// A gateway process, named by a fresh ULID at start-up.
@@ -83,8 +85,9 @@ impl Default for RegistryConfig {
 /// How long one Redis call may take, and when to stop asking a Redis that
 /// keeps failing. Every caller of Redis has a degraded answer ready (send
 /// to every gateway, hold again later), so waiting seconds for Redis only
-/// turns its outage into ours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// turns its outage into ours. Also what a `rediss://` connection trusts
+/// (see `redis_client.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisOptions {
     /// The response timeout of every command, and the timeout of each
     /// connection attempt (`FILAMENT_REDIS_TIMEOUT_MS`).
@@ -93,6 +96,9 @@ pub struct RedisOptions {
     /// (`FILAMENT_REDIS_BREAKER_FAILURES`, `FILAMENT_REDIS_BREAKER_COOL_DOWN_MS`);
     /// its call timeout is derived from `timeout`.
     pub breaker: BreakerConfig,
+    /// A private CA that signs the Redis server's TLS certificate
+    /// (`FILAMENT_REDIS_CA_FILE`); `None` trusts the webpki roots.
+    pub ca: Option<RedisCa>,
 }
 
 impl Default for RedisOptions {
@@ -113,11 +119,13 @@ impl RedisOptions {
                 call_timeout: timeout * Self::CALL_TIMEOUTS,
                 ..breaker
             },
+            ca: None,
         }
     }
 
-    /// Reads `FILAMENT_REDIS_TIMEOUT_MS`, `FILAMENT_REDIS_BREAKER_FAILURES`
-    /// and `FILAMENT_REDIS_BREAKER_COOL_DOWN_MS`; see README.md.
+    /// Reads `FILAMENT_REDIS_TIMEOUT_MS`, `FILAMENT_REDIS_BREAKER_FAILURES`,
+    /// `FILAMENT_REDIS_BREAKER_COOL_DOWN_MS` and `FILAMENT_REDIS_CA_FILE`;
+    /// see README.md.
     pub fn from_env(env: &filament_runtime::Env) -> Result<Self, filament_runtime::ConfigError> {
         let defaults = Self::default();
         let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
@@ -141,14 +149,17 @@ impl RedisOptions {
             "FILAMENT_REDIS_BREAKER_COOL_DOWN_MS",
             millis(defaults.breaker.cool_down),
         )?;
-        Ok(Self::with_timeout(
-            Duration::from_millis(timeout_ms),
-            BreakerConfig {
-                failures,
-                cool_down: Duration::from_millis(cool_down_ms),
-                call_timeout: defaults.breaker.call_timeout,
-            },
-        ))
+        Ok(Self {
+            ca: RedisCa::from_env(env)?,
+            ..Self::with_timeout(
+                Duration::from_millis(timeout_ms),
+                BreakerConfig {
+                    failures,
+                    cool_down: Duration::from_millis(cool_down_ms),
+                    call_timeout: defaults.breaker.call_timeout,
+                },
+            )
+        })
     }
 }
 
@@ -243,6 +254,13 @@ pub trait Registry: Send + Sync + 'static {
         user_ids: &[String],
         guild_ids: &[String],
     ) -> RegistryResult<Vec<GatewayId>>;
+
+    /// Every live gateway, sorted. A producer replica uses it to know when
+    /// every gateway streams from it (its readiness), so that it never
+    /// publishes to a gateway it has no stream from. Never `Recovering`:
+    /// right after a loss of state the list may lack gateways for one
+    /// heartbeat interval, which a caller treats as "not known yet".
+    async fn live_gateways(&self) -> RegistryResult<Vec<GatewayId>>;
 
     /// Removes the gateway and everything it held (graceful shutdown).
     async fn deregister(&self, gateway: &GatewayId) -> RegistryResult<()>;

@@ -360,6 +360,19 @@ impl Registry for MemoryRegistry {
         Ok(())
     }
 
+    async fn live_gateways(&self) -> RegistryResult<Vec<GatewayId>> {
+        let now = Instant::now();
+        let mut live: Vec<GatewayId> = self
+            .state()
+            .gateways
+            .iter()
+            .filter(|(_, holdings)| holdings.is_alive(now, self.ttl))
+            .map(|(gateway, _)| gateway.clone())
+            .collect();
+        live.sort_unstable();
+        Ok(live)
+    }
+
     async fn gateways_for_guild(&self, guild_id: &str) -> RegistryResult<Vec<GatewayId>> {
         let guild_ids = [guild_id.to_owned()];
         self.live_holders([(Scope::Guild, &guild_ids), (Scope::User, &[])])

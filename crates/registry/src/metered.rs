@@ -28,6 +28,7 @@ pub mod operation {
     pub const RELEASE_USERS: &str = "release_users";
     pub const GATEWAYS_FOR_GUILD: &str = "gateways_for_guild";
     pub const GATEWAYS_FOR_AUDIENCE: &str = "gateways_for_audience";
+    pub const LIVE_GATEWAYS: &str = "live_gateways";
     pub const DEREGISTER: &str = "deregister";
     pub const REVOKE_SESSION: &str = "revoke_session";
     pub const IS_SESSION_REVOKED: &str = "is_session_revoked";
@@ -141,6 +142,11 @@ impl Registry for Metered {
             self.inner.release_users(gateway, user_ids),
         )
         .await
+    }
+
+    async fn live_gateways(&self) -> RegistryResult<Vec<GatewayId>> {
+        self.timed(operation::LIVE_GATEWAYS, self.inner.live_gateways())
+            .await
     }
 
     async fn gateways_for_guild(&self, guild_id: &str) -> RegistryResult<Vec<GatewayId>> {

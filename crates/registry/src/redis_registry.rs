@@ -5,6 +5,9 @@
 //! - `{p}gw:{gateway}`: liveness, `SET … PX ttl` on every heartbeat and hold;
 //! - `{p}guild:{guild_id}`, `{p}user:{user_id}`: sets of the gateways holding
 //!   that guild or user, read by lookups;
+//! - `{p}gateways`: the set of gateways that heartbeat, read by producers
+//!   to know which gateways must stream from them before they are ready;
+//!   dead members are removed as a read meets them, like the sets below;
 //! - `{p}gw-guilds:{gateway}`, `{p}gw-users:{gateway}`: what one gateway
 //!   holds, read by `deregister`. They expire with the liveness key, so a
 //!   crashed gateway leaves nothing permanent there;
@@ -47,12 +50,13 @@ use crate::{Epoch, GatewayId, RedisOptions, Registry, RegistryConfig, RegistryRe
 /// one quick retry. A reconnect in progress is awaited by every call on the
 /// connection, so redis-rs' default of six retries with exponential backoff
 /// made each call wait seconds while Redis was down. Shared with the
-/// presence store, which keeps its state in the same Redis.
+/// presence store, which keeps its state in the same Redis. The client
+/// comes from [`RedisOptions::client`], so a `rediss://` URL gets TLS.
 pub async fn connection_manager(
     url: &str,
     options: &RedisOptions,
 ) -> redis::RedisResult<ConnectionManager> {
-    let client = redis::Client::open(url)?;
+    let client = options.client(url)?;
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(options.timeout))
         .set_connection_timeout(Some(options.timeout))
@@ -62,13 +66,14 @@ pub async fn connection_manager(
     ConnectionManager::new_with_config(client, config).await
 }
 
-/// KEYS: the guild and user sets to read. ARGV[1]: the liveness key prefix;
-/// ARGV[2], ARGV[3]: the epoch and recovering keys. Returns `{'recovering'}`
-/// while the state may be incomplete, else `'ok'` followed by the live
-/// gateway ids, without duplicates, in no order: Lua sorts by the server's
-/// locale, so the caller sorts.
+/// KEYS: the sets of gateways to read. ARGV[1]: the liveness key prefix;
+/// ARGV[2], ARGV[3]: the epoch and recovering keys, or '' for a read that
+/// does not depend on them (the set of all gateways). Returns
+/// `{'recovering'}` while the state may be incomplete, else `'ok'` followed
+/// by the live gateway ids, without duplicates, in no order: Lua sorts by
+/// the server's locale, so the caller sorts.
 const LIVE_HOLDERS_LUA: &str = r"
-if redis.call('EXISTS', ARGV[2]) == 0 or redis.call('EXISTS', ARGV[3]) == 1 then
+if ARGV[2] ~= '' and (redis.call('EXISTS', ARGV[2]) == 0 or redis.call('EXISTS', ARGV[3]) == 1) then
     return {'recovering'}
 end
 local liveness_prefix = ARGV[1]
@@ -97,13 +102,15 @@ return live
 ";
 
 /// KEYS[1]: liveness key; KEYS[2], KEYS[3]: what the gateway holds (guilds,
-/// users); KEYS[4], KEYS[5]: the epoch and recovering keys. ARGV[1]: the TTL
-/// in ms; ARGV[2]: an epoch to start if there is none; ARGV[3]: the epoch
-/// the gateway knew, or ''. Returns the epoch. One script, so that no
+/// users); KEYS[4], KEYS[5]: the epoch and recovering keys; KEYS[6]: the
+/// set of all gateways. ARGV[1]: the TTL in ms; ARGV[2]: an epoch to start
+/// if there is none; ARGV[3]: the epoch the gateway knew, or ''; ARGV[4]:
+/// the gateway id. Returns the epoch. One script, so that no
 /// lookup can slip between a new epoch and the recovery it starts.
 const HEARTBEAT_LUA: &str = r"
 local ttl = ARGV[1]
 redis.call('SET', KEYS[1], 1, 'PX', ttl)
+redis.call('SADD', KEYS[6], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PEXPIRE', KEYS[3], ttl)
 local epoch = redis.call('GET', KEYS[4])
@@ -118,7 +125,7 @@ return epoch
 ";
 
 /// KEYS[1]: liveness key; KEYS[2], KEYS[3]: what the gateway holds (guilds,
-/// users). ARGV[1]: the gateway id; ARGV[2], ARGV[3]: the guild and user set
+/// users); KEYS[4]: the set of all gateways. ARGV[1]: the gateway id; ARGV[2], ARGV[3]: the guild and user set
 /// prefixes. A script rather than read-then-write so that a hold racing
 /// with the shutdown cannot slip between the two.
 const DEREGISTER_LUA: &str = r"
@@ -130,6 +137,7 @@ for i = 2, 3 do
     end
 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('SREM', KEYS[4], gateway)
 return 0
 ";
 
@@ -178,6 +186,7 @@ impl RedisRegistry {
             .arg("PX")
             .arg(self.ttl_ms)
             .ignore();
+        pipe.sadd(self.keys.gateways(), gateway.as_str()).ignore();
         for scope in [Scope::Guild, Scope::User] {
             pipe.cmd("PEXPIRE")
                 .arg(self.keys.held(scope, gateway))
@@ -270,6 +279,10 @@ impl Keys {
         format!("{}gw:{gateway}", self.prefix)
     }
 
+    fn gateways(&self) -> String {
+        format!("{}gateways", self.prefix)
+    }
+
     fn holders_prefix(&self, scope: Scope) -> String {
         match scope {
             Scope::Guild => format!("{}guild:", self.prefix),
@@ -316,9 +329,11 @@ impl Registry for RedisRegistry {
                     .key(self.keys.held(Scope::User, gateway))
                     .key(self.keys.epoch())
                     .key(self.keys.recovering())
+                    .key(self.keys.gateways())
                     .arg(self.ttl_ms)
                     .arg(ulid::Ulid::generate().to_string())
                     .arg(known.map_or("", Epoch::as_str))
+                    .arg(gateway.as_str())
                     .invoke_async(&mut self.conn.clone())
                     .await?;
                 Ok(Epoch::new(epoch))
@@ -354,6 +369,27 @@ impl Registry for RedisRegistry {
             .await
     }
 
+    async fn live_gateways(&self) -> RegistryResult<Vec<GatewayId>> {
+        self.breaker
+            .call(async {
+                let mut live: Vec<String> = self
+                    .live_holders
+                    .key(self.keys.gateways())
+                    .arg(self.keys.liveness_prefix())
+                    .arg("")
+                    .arg("")
+                    .invoke_async(&mut self.conn.clone())
+                    .await?;
+                if !live.is_empty() {
+                    // The script's leading 'ok'.
+                    live.swap_remove(0);
+                }
+                live.sort_unstable();
+                Ok(live.into_iter().map(GatewayId::new).collect())
+            })
+            .await
+    }
+
     async fn gateways_for_guild(&self, guild_id: &str) -> RegistryResult<Vec<GatewayId>> {
         self.breaker
             .call(async {
@@ -384,6 +420,7 @@ impl Registry for RedisRegistry {
                     .key(self.keys.liveness(gateway))
                     .key(self.keys.held(Scope::Guild, gateway))
                     .key(self.keys.held(Scope::User, gateway))
+                    .key(self.keys.gateways())
                     .arg(gateway.as_str())
                     .arg(self.keys.holders_prefix(Scope::Guild))
                     .arg(self.keys.holders_prefix(Scope::User))

@@ -211,6 +211,24 @@ async fn deregister_removes_everything_the_gateway_held(h: &impl Harness) {
     assert_eq!(for_guild(r, "g2").await, gateways(["a"]));
 }
 
+/// Producers wait for every live gateway's stream before they are ready:
+/// the list must hold whoever heartbeats or holds, lose a deregistered
+/// gateway at once and a silent one after its TTL.
+async fn live_gateways_are_listed_until_they_leave_or_fall_silent(h: &impl Harness) {
+    let r = h.registry();
+    let (a, b) = (gateway("a"), gateway("b"));
+    assert_eq!(r.live_gateways().await.unwrap(), vec![]);
+    r.heartbeat(&a, None).await.unwrap();
+    r.hold_guilds(&b, &[]).await.unwrap();
+    assert_eq!(r.live_gateways().await.unwrap(), gateways(["a", "b"]));
+
+    r.deregister(&a).await.unwrap();
+    assert_eq!(r.live_gateways().await.unwrap(), gateways(["b"]));
+
+    h.pass(h.ttl() + h.slack() + Duration::from_millis(1)).await;
+    assert_eq!(r.live_gateways().await.unwrap(), vec![], "b fell silent");
+}
+
 /// `a` falls silent while `b` keeps heartbeating. `a` must be returned for
 /// as long as its TTL runs, and must not be returned once it has run out.
 async fn silent_gateway_expires_after_ttl(h: &impl Harness) {
@@ -520,6 +538,7 @@ macro_rules! suite {
             session_revocation_lapses_after_its_ttl,
             revoking_again_restarts_the_ttl,
             a_lost_state_is_recovered_not_reported_empty,
+            live_gateways_are_listed_until_they_leave_or_fall_silent,
         );
     };
 }
@@ -796,6 +815,7 @@ mod redis {
             vec![
                 format!("{}epoch", self.prefix),
                 format!("{}recovering", self.prefix),
+                format!("{}gateways", self.prefix),
             ]
         }
 

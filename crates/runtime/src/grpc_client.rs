@@ -177,7 +177,7 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let health = crate::probes::grpc_health("filament.test").await;
+        let health = crate::probes::grpc_health("filament.test", || true, Default::default()).await;
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(health)

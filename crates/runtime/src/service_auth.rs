@@ -212,7 +212,7 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let health = crate::probes::grpc_health(SERVICE).await;
+        let health = crate::probes::grpc_health(SERVICE, || true, Default::default()).await;
         let reflection = crate::grpc::reflection(&[]).expect("reflection");
         tokio::spawn(
             tonic::transport::Server::builder()

@@ -59,7 +59,8 @@ async fn silenceable_proxy(upstream: std::net::SocketAddr, silent: Arc<AtomicBoo
 async fn a_stream_to_a_peer_gone_silent_fails_within_the_keepalive_bound() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let server = listener.local_addr().expect("addr");
-    let health = filament_runtime::probes::grpc_health("filament.test").await;
+    let health =
+        filament_runtime::probes::grpc_health("filament.test", || true, Default::default()).await;
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health)

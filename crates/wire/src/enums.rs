@@ -7,7 +7,9 @@
 //! `"online"`), so the two cannot drift apart.
 
 use filament_proto::v1 as proto;
+use schemars::JsonSchema;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// A wire enum with a proto counterpart.
 pub(crate) trait ProtoEnum: Sized {
@@ -18,7 +20,7 @@ pub(crate) trait ProtoEnum: Sized {
 }
 
 /// A channel's kind (contract §3.0 Channel).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChannelKind {
     Text,
@@ -38,7 +40,7 @@ impl ProtoEnum for ChannelKind {
 }
 
 /// Whether a guild is listed in the public directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Visibility {
     Private,
@@ -59,7 +61,7 @@ impl ProtoEnum for Visibility {
 
 /// The legacy membership role (contract §4.3), ranked owner > moderator >
 /// member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LegacyRole {
     Owner,
@@ -82,7 +84,9 @@ impl ProtoEnum for LegacyRole {
 
 /// A permission, by name. Declared in bit order (contract §4.1), so
 /// [`Permission::ALL`] and a derived ordering both follow the bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Permission {
     ManageRoles,
@@ -147,7 +151,7 @@ impl ProtoEnum for Permission {
 }
 
 /// A user's presence in a guild.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
     Online,
@@ -167,7 +171,7 @@ impl ProtoEnum for PresenceStatus {
 }
 
 /// Whether a reaction was added or removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReactionOperation {
     Add,
@@ -187,7 +191,7 @@ impl ProtoEnum for ReactionOperation {
 }
 
 /// Why a member left a guild.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberRemoveReason {
     Kick,
@@ -209,7 +213,7 @@ impl ProtoEnum for MemberRemoveReason {
 }
 
 /// What a channel permission override targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OverrideTargetKind {
     Role,
@@ -229,7 +233,7 @@ impl ProtoEnum for OverrideTargetKind {
 }
 
 /// Whether IP bans were added or removed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IpBanAction {
     Upsert,
@@ -249,7 +253,7 @@ impl ProtoEnum for IpBanAction {
 }
 
 /// A media source a voice participant publishes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VoiceStream {
     Microphone,
@@ -272,7 +276,7 @@ impl ProtoEnum for VoiceStream {
 
 /// The state in `friend_request_update`. The proto carries a string, so the
 /// one value the contract allows is checked here rather than passed through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FriendRequestState {
     Accepted,

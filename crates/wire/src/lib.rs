@@ -15,13 +15,16 @@
 //! well-formed but wrong payload is worse than a dropped one.
 //!
 //! `docs/events.json` and `docs/GATEWAY_EVENTS.md` are generated from the proto
-//! event catalogue by `tests/manifest.rs`.
+//! event catalogue by `tests/manifest.rs`; the JSON Schema of every payload
+//! in events.json comes from these types ([`schema`]), which also derive
+//! `utoipa::ToSchema` for the api's OpenAPI document.
 
 mod convert;
 mod enums;
 pub mod events;
 mod frame;
 mod markdown;
+pub mod schema;
 mod shapes;
 
 pub use convert::ConvertError;

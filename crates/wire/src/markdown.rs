@@ -9,18 +9,22 @@
 
 use filament_proto::v1 as proto;
 use filament_proto::v1::markdown_token::Kind;
+use schemars::JsonSchema;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::convert::ConvertError;
 
 /// One markdown token. Unit variants carry no payload; the others carry
 /// exactly the payload fields of the contract.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MarkdownToken {
     ParagraphStart,
     ParagraphEnd,
     HeadingStart {
+        #[schemars(range(min = 1, max = 6))]
+        #[schema(minimum = 1, maximum = 6)]
         level: u8,
     },
     HeadingEnd,
@@ -46,6 +50,9 @@ pub enum MarkdownToken {
     },
     /// `language` is `null` when the fence named none (or an invalid one).
     FencedCode {
+        // Always sent, `null` included (utoipa would make an `Option`
+        // optional).
+        #[schema(required = true)]
         language: Option<String>,
         code: String,
     },

@@ -6,16 +6,25 @@
 //! never drift from a `message_create` one. Optional proto fields that the
 //! contract marks `S|null` serialize as `null`; fields it marks "omitted"
 //! carry `skip_serializing_if`.
+//!
+//! Each shape also derives its JSON Schema (`docs/events.json`) and its
+//! OpenAPI schema (the api's REST document). These types are only ever
+//! serialized, so `deny_unknown_fields` changes no behaviour: it is there
+//! for both schema derives, which then close the object
+//! (`additionalProperties: false`) as clients that validate strictly expect.
 
 use filament_proto::v1 as proto;
+use schemars::JsonSchema;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::convert::{ConvertError, convert_all, enum_list, enum_value};
 use crate::enums::{ChannelKind, Permission, Visibility};
 use crate::markdown::MarkdownToken;
 
 /// `{guild_id, name, visibility}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Guild {
     pub guild_id: String,
     pub name: String,
@@ -23,7 +32,8 @@ pub struct Guild {
 }
 
 /// `{channel_id, name, kind}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Channel {
     pub channel_id: String,
     pub name: String,
@@ -44,7 +54,8 @@ impl TryFrom<&proto::Channel> for Channel {
 
 /// A user profile (`GET /auth/me`, profile routes). `about_markdown_tokens`
 /// is always present here, unlike in `profile_update`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Profile {
     pub user_id: String,
     pub username: String,
@@ -56,7 +67,8 @@ pub struct Profile {
 
 /// A chat message, with its tokens, attachments (≤5) and reactions (≤64).
 /// `message_create` sends this object itself as `d`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Message {
     pub message_id: String,
     pub guild_id: String,
@@ -88,7 +100,8 @@ impl TryFrom<&proto::Message> for Message {
 }
 
 /// An uploaded file bound to a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Attachment {
     pub attachment_id: String,
     pub guild_id: String,
@@ -117,12 +130,15 @@ impl From<&proto::Attachment> for Attachment {
 
 /// One emoji's reactions on a message. The client rejects an empty
 /// `reactor_user_ids` array, so an empty list is omitted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Reaction {
     pub emoji: String,
     pub count: i64,
     pub reacted_by_me: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(min = 1))]
+    #[schema(min_items = 1)]
     pub reactor_user_ids: Vec<String>,
 }
 
@@ -140,13 +156,17 @@ impl From<&proto::Reaction> for Reaction {
 /// A guild role as REST returns it: `color_hex` is `"#RRGGBB"` or `null`.
 /// (`workspace_role_create` omits a null color instead; see
 /// [`crate::events::CreatedRole`].)
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct Role {
     pub role_id: String,
     pub name: String,
     pub position: i64,
     pub is_system: bool,
     pub permissions: Vec<Permission>,
+    // Always sent, `null` included; utoipa would otherwise make an
+    // `Option` optional.
+    #[schema(required = true)]
     pub color_hex: Option<String>,
 }
 
@@ -166,7 +186,8 @@ impl TryFrom<&proto::Role> for Role {
 }
 
 /// A voice participant ("P" in contract §5.5); every flag is always sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(clippy::struct_excessive_bools)] // The contract's shape, flag for flag.
 pub struct VoiceParticipant {
     pub user_id: String,

@@ -9,6 +9,12 @@
 //! rendering fails the test, so the docs cannot drift from the code;
 //! `UPDATE_MANIFEST=1 cargo test -p filament-wire --test manifest` rewrites
 //! them.
+//!
+//! events.json is also a JSON Schema (draft 2020-12): the document validates
+//! one frame, each event's `d_schema` refers to its payload in the shared
+//! `$defs`, and all of it comes from the wire types
+//! ([`filament_wire::schema`]). `tests/schema.rs` checks the encoder's output
+//! against the checked-in file.
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -16,6 +22,9 @@ use std::path::{Path, PathBuf};
 
 use filament_proto::v1 as proto;
 use filament_proto::v1::event::Payload;
+use filament_wire::schema::{
+    FRAME_SCHEMA_NAME, GatewaySchema, JSON_SCHEMA_DIALECT, gateway_schema,
+};
 use prost::Message as _;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor, Value,
@@ -203,10 +212,32 @@ fn every_payload_is_a_named_event_that_the_wire_crate_encodes() {
 // docs/events.json
 // ---------------------------------------------------------------------------
 
+/// Field order here is the order in the file: the schema keywords that say
+/// what the document validates, then the events, then the definitions.
 #[derive(Serialize)]
 struct Manifest {
+    #[serde(rename = "$schema")]
+    schema: &'static str,
+    #[serde(rename = "$comment")]
+    comment: &'static str,
+    title: &'static str,
+    description: &'static str,
+    /// The frame schema: the whole document validates one frame.
+    #[serde(rename = "$ref")]
+    frame: String,
+    /// Not a JSON Schema keyword: validators ignore it.
     events: Vec<ManifestEvent>,
+    #[serde(rename = "$defs")]
+    defs: serde_json::Map<String, serde_json::Value>,
 }
+
+const MANIFEST_COMMENT: &str = "Generated from proto/filament/v1/events.proto and the \
+     filament-wire types by crates/wire/tests/manifest.rs; do not edit by hand.";
+
+const MANIFEST_DESCRIPTION: &str = "The gateway event manifest. As a JSON Schema \
+     (draft 2020-12) this document validates one gateway frame {v, t, d}. `events` \
+     lists every event type with its metadata and, in `d_schema`, a reference to the \
+     schema of its payload `d` in `$defs`.";
 
 /// Field order here is the order in the file.
 #[derive(Serialize)]
@@ -218,6 +249,8 @@ struct ManifestEvent {
     recipients: String,
     emitted_by: Vec<String>,
     fields: Vec<ManifestField>,
+    /// `{"$ref": "#/$defs/<payload type>"}`.
+    d_schema: serde_json::Value,
 }
 
 #[derive(Serialize)]
@@ -280,11 +313,39 @@ fn scalar_name(kind: &Kind) -> &'static str {
     }
 }
 
+/// Each event's payload schema, by event type, after checking that the wire
+/// crate's event table describes exactly the proto's events, in the same
+/// order.
+fn payload_schemas(events: &[EventSpec], schema: &GatewaySchema) -> Vec<serde_json::Value> {
+    let table: Vec<&str> = schema.events.iter().map(|event| event.event_type).collect();
+    let proto: Vec<&str> = events
+        .iter()
+        .map(|event| event.event_type.as_str())
+        .collect();
+    assert_eq!(
+        table, proto,
+        "the wire crate's event table and events.proto list different events"
+    );
+    schema
+        .events
+        .iter()
+        .map(|event| event.d_schema.clone())
+        .collect()
+}
+
 fn render_json(events: &[EventSpec]) -> String {
+    let schema = gateway_schema();
+    let d_schemas = payload_schemas(events, &schema);
     let manifest = Manifest {
+        schema: JSON_SCHEMA_DIALECT,
+        comment: MANIFEST_COMMENT,
+        title: "Filament gateway frame",
+        description: MANIFEST_DESCRIPTION,
+        frame: format!("#/$defs/{FRAME_SCHEMA_NAME}"),
         events: events
             .iter()
-            .map(|event| ManifestEvent {
+            .zip(d_schemas)
+            .map(|(event, d_schema)| ManifestEvent {
                 event_type: event.event_type.clone(),
                 schema_version: event.version,
                 scope: event.scope.clone(),
@@ -292,8 +353,10 @@ fn render_json(events: &[EventSpec]) -> String {
                 recipients: event.recipients.clone(),
                 emitted_by: event.emitted_by.clone(),
                 fields: fields_of(&event.message),
+                d_schema,
             })
             .collect(),
+        defs: schema.defs,
     };
     let mut json = serde_json::to_string_pretty(&manifest).expect("serializes");
     json.push('\n');
@@ -326,6 +389,16 @@ directions, is one envelope:
 Clients ignore event types and payload fields they do not know: a payload may
 gain optional fields within a schema version, and an incompatible change bumps
 the event's schema version.
+
+`docs/events.json` lists the same events and is also a JSON Schema (draft
+2020-12) of a frame, generated from the types the server encodes: validated
+against the whole document, a frame must match the `d` schema of its `t`.
+Each event's `d_schema` refers to the definition of its payload in `$defs`.
+Those schemas are exact for the server that generated them: every object
+lists all its fields, a field that is always sent is `required`, and no other
+field is allowed (`additionalProperties: false`), so the server's own tests
+catch any drift. A client that follows the rule above still accepts a field
+that a newer server added.
 
 "#;
 

@@ -152,8 +152,18 @@ impl Stack {
         let mut voice_config = filament_voice::Config::new((ip, 0).into(), livekit);
         voice_config.admin_addr = Some((ip, 0).into());
         voice_config.internal_token = config.internal_token.clone();
+        voice_config.redis = RedisOptions::from_env(&config.env)?;
         (config.tune_voice)(&mut voice_config);
-        let voice = filament_voice::bind(voice_config, registry().await?).await?;
+        // Like presence: the roster goes where the registry goes.
+        let voice_redis = match &config.registry {
+            RegistryChoice::Redis { url, key_prefix } => {
+                voice_config.roster_key_prefix = format!("{key_prefix}voice:");
+                Some(url.as_str())
+            }
+            RegistryChoice::Memory => None,
+        };
+        let voice_store = filament_voice::open_store(&voice_config, voice_redis).await?;
+        let voice = filament_voice::bind(voice_config, registry().await?, voice_store).await?;
         let voice_grpc_addr = voice.grpc_addr()?;
         let voice_admin_addr = voice.admin_addr();
         let voice_metrics = voice.metrics();

@@ -641,8 +641,13 @@ async fn every_service_exports_its_series_after_a_post_a_subscribe_and_a_search(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (status, _) = t.get("/no/such/route", Some(&owner.token)).await;
+    let (status, body) = t.get("/no/such/route", Some(&owner.token)).await;
     assert_eq!(status, 404);
+    assert_eq!(
+        body,
+        serde_json::json!({"error": "not_found"}),
+        "a clear error"
+    );
 
     let http = reqwest::Client::new();
     let stack = &t.stack;

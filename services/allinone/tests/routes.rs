@@ -1111,6 +1111,66 @@ fn the_table_covers_every_contract_route() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The api's OpenAPI document lists exactly the api's routes of the table
+/// (the contract's and the extensions), plus the tooling ones; `/metrics`
+/// (the admin listener) and `/gateway/ws` (the gateway) are not the api's.
+#[test]
+fn the_openapi_document_lists_exactly_the_routes_of_the_table() {
+    const NOT_THE_API: &[&str] = &["/metrics", "/gateway/ws"];
+    const TOOLING: &[(&str, &str)] = &[
+        ("GET", "/openapi.json"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+    ];
+    let document = serde_json::to_value(filament_api::openapi_document()).expect("serializes");
+    let documented: Vec<(String, String)> = document["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .flat_map(|(path, item)| {
+            let methods = item.as_object().expect("path item").keys();
+            methods.map(move |method| (method.to_uppercase(), path.clone()))
+        })
+        .collect();
+    let expected: Vec<&(&str, &str)> = ROUTES
+        .iter()
+        .chain(EXTENSIONS)
+        .chain(TOOLING)
+        .filter(|(_, route)| !NOT_THE_API.contains(route))
+        .collect();
+    let mut problems = Vec::new();
+    for (verb, route) in &expected {
+        let found = documented
+            .iter()
+            .filter(|(method, path)| method == verb && same_shape(path, route))
+            .count();
+        if found != 1 {
+            problems.push(format!("{verb} {route}: documented {found} times"));
+        }
+    }
+    for (method, path) in &documented {
+        if !expected
+            .iter()
+            .any(|(verb, route)| method == verb && same_shape(path, route))
+        {
+            problems.push(format!("{method} {path}: documented, not in the table"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Whether two templates name the same route: placeholders (whatever
+/// their names) where the other has placeholders, literals equal.
+fn same_shape(left: &str, right: &str) -> bool {
+    let placeholder = |segment: &str| segment.starts_with('{');
+    let (left, right): (Vec<_>, Vec<_>) = (left.split('/').collect(), right.split('/').collect());
+    left.len() == right.len()
+        && left
+            .iter()
+            .zip(&right)
+            .all(|(l, r)| (placeholder(l) && placeholder(r)) || l == r)
+}
+
 // --- running a row ----------------------------------------------------------------
 
 /// Mismatches found so far: a run reports all of them at the end.

@@ -88,6 +88,50 @@ impl ApiError {
     }
 }
 
+/// The body of every error answer: `{"error":"<code>"}`. The OpenAPI
+/// document references this one schema from every non-2xx response.
+#[derive(Debug, serde::Serialize)]
+pub struct ErrorBody {
+    pub error: &'static str,
+}
+
+/// Every code [`ApiError::status_and_code`] can answer with, for the
+/// schema: clients switch on them, so the document lists them all.
+pub const ERROR_CODES: [&str; 14] = [
+    "invalid_request",
+    "invalid_credentials",
+    "forbidden",
+    "guild_creation_limit_reached",
+    "audit_access_denied",
+    "directory_join_user_banned",
+    "directory_join_ip_banned",
+    "not_found",
+    "payload_too_large",
+    "quota_exceeded",
+    "rate_limited",
+    "idempotency_key_reused",
+    "unavailable",
+    "internal_error",
+];
+
+impl utoipa::ToSchema for ErrorBody {}
+
+impl utoipa::PartialSchema for ErrorBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+        let code = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(ERROR_CODES))
+            .description(Some("What went wrong, as the contract names it."));
+        ObjectBuilder::new()
+            .property("error", code)
+            .required("error")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+            .description(Some("The body of every error response."))
+            .into()
+    }
+}
+
 /// What a client is told to wait before retrying when the database is
 /// unavailable.
 const DATABASE_RETRY_AFTER: Duration = Duration::from_secs(2);
@@ -147,7 +191,7 @@ impl IntoResponse for ApiError {
         if let Self::Internal(err) = &self {
             tracing::error!(error = %err, "request failed");
         }
-        let mut response = (status, Json(serde_json::json!({ "error": code }))).into_response();
+        let mut response = (status, Json(ErrorBody { error: code })).into_response();
         if let Self::Unavailable { retry_after } = self {
             response
                 .headers_mut()
@@ -198,6 +242,35 @@ pub type ApiResult<T> = Result<T, ApiError>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schema_lists_every_code() {
+        let every = [
+            ApiError::InvalidRequest,
+            ApiError::UnprocessableBody,
+            ApiError::UnsupportedMediaType,
+            ApiError::InvalidCredentials,
+            ApiError::Forbidden,
+            ApiError::GuildCreationLimitReached,
+            ApiError::AuditAccessDenied,
+            ApiError::DirectoryJoinUserBanned,
+            ApiError::DirectoryJoinIpBanned,
+            ApiError::NotFound,
+            ApiError::PayloadTooLarge,
+            ApiError::QuotaExceeded,
+            ApiError::RateLimited,
+            ApiError::IdempotencyKeyReused,
+            ApiError::IdempotencyKeyTaken,
+            ApiError::Unavailable {
+                retry_after: Duration::ZERO,
+            },
+            ApiError::Internal(anyhow::anyhow!("x")),
+        ];
+        for err in &every {
+            let (_, code) = err.status_and_code();
+            assert!(ERROR_CODES.contains(&code), "{code} is missing");
+        }
+    }
 
     #[tokio::test]
     async fn unavailable_is_503_with_retry_after_in_whole_seconds() {

@@ -26,13 +26,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use filament_fanout::{Fanout, FanoutConfig};
+use filament_fanout::{COVERAGE_INTERVAL, Coverage, Fanout, FanoutConfig};
 use filament_registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, HashingLimits, OutboxConfig, OutboxRequestPath, PasswordHashing};
 pub use error::ApiError;
+pub use http::openapi_document;
 
 use crate::state::AppState;
 
@@ -43,6 +44,9 @@ pub struct BoundApi {
     state: AppState,
     shutdown: CancellationToken,
     admin: admin::Admin,
+    /// Whether every live gateway streams from this replica: until then it
+    /// is not ready, so it takes no request whose event a gateway would miss.
+    coverage: Coverage,
 }
 
 /// Connects nothing and binds both listeners; [`BoundApi::run`] serves.
@@ -56,6 +60,8 @@ pub async fn bind(
     let admin = admin::Admin::bind(&config).await?;
     let registry = admin.registry_calls().wrap(registry);
     let fanout = Fanout::new("api", Arc::clone(&registry), FanoutConfig::default());
+    let shutdown = CancellationToken::new();
+    let coverage = Coverage::track(fanout.clone(), COVERAGE_INTERVAL, shutdown.clone());
     let state = AppState::new(
         config,
         store,
@@ -68,8 +74,9 @@ pub async fn bind(
         http,
         grpc,
         state,
-        shutdown: CancellationToken::new(),
+        shutdown,
         admin,
+        coverage,
     })
 }
 
@@ -91,8 +98,11 @@ impl BoundApi {
     /// origin mounts them at `/api`).
     pub fn router(&self) -> Router {
         let draining = self.shutdown.clone();
-        http::router(self.state.clone(), move || !draining.is_cancelled())
-            .layer(self.admin.extension())
+        let coverage = self.coverage.clone();
+        http::router(self.state.clone(), move || {
+            !draining.is_cancelled() && coverage.is_complete()
+        })
+        .layer(self.admin.extension())
     }
 
     /// Serves until `shutdown`, then drains: in-flight requests finish and
@@ -106,6 +116,7 @@ impl BoundApi {
             state,
             shutdown: draining,
             admin,
+            coverage,
         } = self;
         let listener_metrics = admin.listener_metrics();
         let grpc_layer = admin.grpc_layer();
@@ -117,7 +128,14 @@ impl BoundApi {
         let grpc_server = tonic::transport::Server::builder()
             .layer(grpc_layer)
             .layer(grpc_auth_layer)
-            .add_service(filament_runtime::probes::grpc_health("filament.v1.EdgeAccess").await)
+            .add_service(
+                filament_runtime::probes::grpc_health(
+                    "filament.v1.EdgeAccess",
+                    move || coverage.is_complete(),
+                    draining.clone(),
+                )
+                .await,
+            )
             .add_service(filament_runtime::grpc::reflection(&[
                 filament_proto::FILE_DESCRIPTOR_SET,
             ])?)

@@ -20,9 +20,19 @@ pub struct Config {
     pub admin_addr: Option<SocketAddr>,
     /// The api's gRPC endpoint: identity, subscribe authorization, events.
     pub api_url: String,
+    /// Where the api's replicas are found for their event streams, when
+    /// not at `api_url`: in Kubernetes a headless Service that also lists
+    /// replicas that are not ready yet (a replica waits for every gateway's
+    /// stream before it is ready), while unary calls go through the
+    /// load-balanced `api_url`.
+    pub api_stream_url: Option<String>,
     /// Other services whose event streams this gateway follows
-    /// (presence, voice).
+    /// (presence, voice). A host name is resolved to every replica behind
+    /// it.
     pub event_service_urls: Vec<String>,
+    /// How often service host names are resolved again to find replicas
+    /// that came or went.
+    pub discovery_interval: Duration,
     /// The presence service, told about every socket; unset: no presence.
     pub presence_url: Option<String>,
     /// The voice service, asked for rosters on subscribe; unset: empty
@@ -73,7 +83,9 @@ impl Config {
             listen_addr,
             admin_addr: None,
             api_url: api_url.into(),
+            api_stream_url: None,
             event_service_urls: Vec::new(),
+            discovery_interval: Duration::from_secs(5),
             presence_url: None,
             voice_url: None,
             max_frame_bytes: Self::DEFAULT_MAX_FRAME_BYTES,
@@ -98,6 +110,7 @@ impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let wired = Self {
             admin_addr: env.optional("FILAMENT_GATEWAY_ADMIN_ADDR")?,
+            api_stream_url: env.optional("FILAMENT_GATEWAY_API_STREAM_URL")?,
             event_service_urls: env.list("FILAMENT_GATEWAY_EVENT_SERVICE_URLS")?,
             presence_url: env.optional("FILAMENT_GATEWAY_PRESENCE_GRPC_URL")?,
             voice_url: env.optional("FILAMENT_GATEWAY_VOICE_GRPC_URL")?,
@@ -127,6 +140,10 @@ impl Config {
                 .secs_or("FILAMENT_GATEWAY_IDLE_TIMEOUT_SECS", defaults.idle_timeout)?,
             allowed_origins: env.list("FILAMENT_GATEWAY_ALLOWED_ORIGINS")?,
             registry_ttl: env.secs_or("FILAMENT_REGISTRY_TTL_SECS", defaults.registry_ttl)?,
+            discovery_interval: env.secs_or(
+                "FILAMENT_GATEWAY_DISCOVERY_INTERVAL_SECS",
+                defaults.discovery_interval,
+            )?,
             ingress_events_per_window: env.or(
                 "FILAMENT_GATEWAY_INGRESS_EVENTS_PER_WINDOW",
                 defaults.ingress_events_per_window,
@@ -154,6 +171,11 @@ impl Config {
         config.validate()
     }
 
+    /// Where the api's event streams are followed from.
+    pub fn api_stream_url(&self) -> &str {
+        self.api_stream_url.as_deref().unwrap_or(&self.api_url)
+    }
+
     fn validate(self) -> Result<Self, ConfigError> {
         let invalid = |name: &'static str, value: String, reason: &str| ConfigError::Invalid {
             name,
@@ -172,6 +194,13 @@ impl Config {
                 "FILAMENT_GATEWAY_OUTBOUND_QUEUE",
                 self.outbound_queue.to_string(),
                 "must be between 1 and 65536",
+            ));
+        }
+        if self.discovery_interval.is_zero() {
+            return Err(invalid(
+                "FILAMENT_GATEWAY_DISCOVERY_INTERVAL_SECS",
+                "0".to_owned(),
+                "must be at least 1",
             ));
         }
         if self.idle_timeout <= self.ping_interval {

@@ -263,6 +263,10 @@ mod tests {
             self.check()?;
             self.inner.release_users(gateway, ids).await
         }
+        async fn live_gateways(&self) -> RegistryResult<Vec<GatewayId>> {
+            self.check()?;
+            self.inner.live_gateways().await
+        }
         async fn gateways_for_guild(&self, guild_id: &str) -> RegistryResult<Vec<GatewayId>> {
             self.check()?;
             self.inner.gateways_for_guild(guild_id).await

@@ -16,6 +16,7 @@ mod close;
 mod config;
 mod connection;
 mod dedupe;
+mod discovery;
 mod holdings;
 mod ids;
 mod index;
@@ -28,7 +29,6 @@ mod upstream;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use filament_proto::v1::{AccessChanged, Event, SessionRevoked, audience, event};
@@ -67,28 +67,20 @@ pub(crate) struct Shared {
     /// The series of every gRPC client the gateway holds (api, presence,
     /// voice, the event streams).
     grpc_clients: GrpcClientMetrics,
-    /// One flag per upstream event stream: open and welcomed.
-    upstream_ready: Vec<AtomicBool>,
+    /// The api replicas' streams: the gateway's readiness.
+    api_streams: discovery::ApiStreams,
     /// Ids of the events applied lately, to apply a repeat only once.
     recent_events: dedupe::RecentEvents,
 }
 
 impl Shared {
-    /// Ready to accept sockets: every upstream stream is open.
-    /// Ready while the api's event stream (slot 0) is open: without it a
-    /// socket would miss messages. Presence and voice are views that
-    /// repair themselves when their streams come back, so their outage
-    /// does not make the gateway unready.
+    /// Ready to accept sockets while an api event stream is open (see
+    /// [`discovery::ApiStreams`]): without one a socket would miss
+    /// messages. Presence and voice are views that repair themselves when
+    /// their streams come back, so their outage does not make the gateway
+    /// unready.
     pub(crate) fn is_ready(&self) -> bool {
-        self.upstream_ready
-            .first()
-            .is_some_and(|r| r.load(Ordering::Acquire))
-    }
-
-    pub(crate) fn set_upstream_ready(&self, slot: usize, ready: bool) {
-        if let Some(flag) = self.upstream_ready.get(slot) {
-            flag.store(ready, Ordering::Release);
-        }
+        self.api_streams.is_ready()
     }
 
     /// The gateway may have missed events: every socket must reconnect.
@@ -344,7 +336,7 @@ mod tests {
             ip_limits: Arc::new(IpLimits::new(1, 1)),
             metrics,
             grpc_clients,
-            upstream_ready: Vec::new(),
+            api_streams: discovery::ApiStreams::default(),
             recent_events: crate::dedupe::RecentEvents::default(),
             config,
         }

@@ -10,7 +10,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use axum::extract::connect_info::ConnectInfo;
@@ -34,7 +33,8 @@ use crate::holdings::{Holdings, Sweep};
 use crate::index::Index;
 use crate::limits::{IpLimits, IpRefusal};
 use crate::metrics::UpgradeRejection;
-use crate::{Config, Metrics, Shared, connection, upstream};
+use crate::upstream::Role;
+use crate::{Config, Metrics, Shared, connection};
 use filament_runtime::client_ip::resolve as client_ip;
 
 /// Read buffer per socket. Inbound frames are small (a subscribe is ~120
@@ -86,7 +86,6 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
     let registry = registry_metrics.wrap(registry);
     let grpc_clients = GrpcClientMetrics::new(config.internal_token.clone());
     grpc_clients.register(&mut metrics_registry);
-    let upstreams = 1 + config.event_service_urls.len();
     let shared = Arc::new(Shared {
         access: Access::new(&config.api_url, config.upstream_timeout, &grpc_clients)?,
         index: Index::new(Arc::clone(&metrics)),
@@ -104,7 +103,7 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
         )),
         metrics,
         grpc_clients,
-        upstream_ready: (0..upstreams).map(|_| AtomicBool::new(false)).collect(),
+        api_streams: crate::discovery::ApiStreams::default(),
         recent_events: crate::dedupe::RecentEvents::default(),
         config,
     });
@@ -183,13 +182,18 @@ impl BoundGateway {
                 }
             });
         }
-        let mut urls = vec![shared.config.api_url.clone()];
-        urls.extend(shared.config.event_service_urls.iter().cloned());
-        for (slot, url) in urls.into_iter().enumerate() {
-            tokio::spawn(upstream::follow(
+        let api = (shared.config.api_stream_url().to_owned(), Role::Api);
+        let views = shared
+            .config
+            .event_service_urls
+            .iter()
+            .map(|url| (url.clone(), Role::View));
+        for (url, role) in std::iter::once(api).chain(views) {
+            tokio::spawn(crate::discovery::follow_service(
                 Arc::clone(&shared),
                 url,
-                slot,
+                role,
+                shared.config.discovery_interval,
                 background.clone(),
             ));
         }

@@ -1,7 +1,7 @@
 //! Following the event streams of the domain services.
 //!
-//! One task per service URL keeps a `filament.v1.EventStream/Open` stream
-//! open, reconnecting with backoff. Events are applied in sequence order and
+//! One task per service replica ([`crate::discovery`] finds them) keeps a
+//! `filament.v1.EventStream/Open` stream open, reconnecting with backoff. Events are applied in sequence order and
 //! acknowledged when the service asked for it. Any sign of a lost event — a
 //! sequence gap, a stream that broke instead of ending cleanly, or a
 //! `Welcome` that reports missed events — on the api's stream makes the
@@ -24,10 +24,18 @@ use tracing::Instrument as _;
 use crate::Shared;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// The api's stream: the one whose loss means missed messages.
-const API_SLOT: usize = 0;
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a followed service is to this gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The api: losing its events means missed messages, so a loss
+    /// resynchronises every socket, and its streams make the gateway ready.
+    Api,
+    /// Presence or voice: views, repaired with fresh snapshots.
+    View,
+}
 
 /// How a stream ended.
 enum StreamEnd {
@@ -37,30 +45,33 @@ enum StreamEnd {
     Lossy(String),
 }
 
-/// Follows the stream at `url` until `shutdown`. `slot` is this stream's
-/// index in the gateway's readiness table.
+/// Follows the stream at `url` until `shutdown`, or, once `retire` fired
+/// (the replica is gone from discovery), until its current stream ends.
 pub(crate) async fn follow(
     shared: Arc<Shared>,
     url: String,
-    slot: usize,
+    role: Role,
+    retire: CancellationToken,
     shutdown: CancellationToken,
 ) {
     let mut backoff = MIN_BACKOFF;
     // A presence or voice stream lost events: repair the views at the
     // next open.
     let mut views_lost = false;
-    while !shutdown.is_cancelled() {
+    while !retire.is_cancelled() {
         let end = tokio::select! {
-            end = run_stream(&shared, &url, slot, &mut views_lost) => end,
+            end = run_stream(&shared, &url, role, &mut views_lost) => end,
             () = shutdown.cancelled() => break,
         };
-        shared.set_upstream_ready(slot, false);
+        if role == Role::Api {
+            shared.api_streams.set_open(&url, false);
+        }
         match end {
             Ok(StreamEnd::Clean) => {
                 tracing::info!(%url, "event stream ended cleanly; reconnecting");
                 backoff = MIN_BACKOFF;
             }
-            Ok(StreamEnd::Lossy(why)) if slot == API_SLOT => {
+            Ok(StreamEnd::Lossy(why)) if role == Role::Api => {
                 tracing::warn!(%url, %why, "event stream lost events; resynchronising sockets");
                 shared.resync();
                 backoff = MIN_BACKOFF;
@@ -80,15 +91,23 @@ pub(crate) async fn follow(
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            () = shutdown.cancelled() => break,
+            () = retire.cancelled() => break,
         }
+    }
+    if views_lost && !shutdown.is_cancelled() {
+        // The replica that lost them is gone (a crash, then discovery
+        // dropped it), so the repair cannot wait for its stream to come
+        // back: the other replicas answer the snapshots, and carry every
+        // later change on their own streams.
+        tracing::info!(%url, "replica retired after losing events; repairing views");
+        crate::connection::repair_views(&shared, crate::connection::Repair::StreamLost).await;
     }
 }
 
 async fn run_stream(
     shared: &Arc<Shared>,
     url: &str,
-    slot: usize,
+    role: Role,
     views_lost: &mut bool,
 ) -> anyhow::Result<StreamEnd> {
     // A stream stays open: no call timeout. Keepalive pings notice a dead
@@ -120,7 +139,7 @@ async fn run_stream(
         missed = welcome.missed_events,
         "event stream open"
     );
-    if slot == API_SLOT {
+    if role == Role::Api {
         if welcome.missed_events > 0 {
             shared.resync();
         }
@@ -132,7 +151,9 @@ async fn run_stream(
             crate::connection::repair_views(&shared, crate::connection::Repair::StreamLost).await;
         });
     }
-    shared.set_upstream_ready(slot, true);
+    if role == Role::Api {
+        shared.api_streams.set_open(url, true);
+    }
 
     let mut expected_seq = 1;
     loop {

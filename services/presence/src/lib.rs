@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use filament_fanout::{Fanout, FanoutConfig};
+use filament_fanout::{COVERAGE_INTERVAL, Coverage, Fanout, FanoutConfig};
 use filament_registry::Registry;
 use filament_runtime::admin::AdminListener;
 use filament_runtime::grpc_client::GrpcClientMetrics;
@@ -230,10 +230,17 @@ impl BoundPresence {
         }
 
         let grpc_stop = CancellationToken::new();
+        let coverage = Coverage::track(fanout.clone(), COVERAGE_INTERVAL, background.clone());
+        let health = filament_runtime::probes::grpc_health(
+            SERVICE_NAME,
+            move || coverage.is_complete(),
+            shutdown.clone(),
+        )
+        .await;
         let server = tonic::transport::Server::builder()
             .layer(grpc_metrics.layer())
             .layer(RequireServiceToken::new(internal_token))
-            .add_service(filament_runtime::probes::grpc_health(SERVICE_NAME).await)
+            .add_service(health)
             .add_service(filament_runtime::grpc::reflection(&[
                 filament_proto::FILE_DESCRIPTOR_SET,
             ])?)

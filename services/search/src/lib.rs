@@ -218,7 +218,10 @@ impl BoundSearch {
         let served = tonic::transport::Server::builder()
             .layer(grpc_metrics.layer())
             .layer(RequireServiceToken::new(internal_token))
-            .add_service(filament_runtime::probes::grpc_health(SERVICE_NAME).await)
+            .add_service(
+                filament_runtime::probes::grpc_health(SERVICE_NAME, || true, shutdown.clone())
+                    .await,
+            )
             .add_service(filament_runtime::grpc::reflection(&[
                 filament_proto::FILE_DESCRIPTOR_SET,
             ])?)

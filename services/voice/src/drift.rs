@@ -26,6 +26,7 @@ use crate::livekit::{self, LiveKit, ServerScope};
 use crate::metrics::DriftKind;
 use crate::roster::{Clock, LiveParticipant};
 use crate::service::VoiceService;
+use crate::store::StoreError;
 
 /// A token younger than this is spared: its holder may not have reached
 /// LiveKit yet.
@@ -46,6 +47,8 @@ pub enum DriftError {
     TooLarge,
     #[error("LiveKit server API answer does not parse: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("the voice roster: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// LiveKit's `RoomService`, as far as the drift check needs it.
@@ -192,7 +195,7 @@ pub async fn check_once(
     rooms: &RoomService,
     grace: Duration,
 ) -> Result<(), DriftError> {
-    let mut keys = service.voice_channels().await;
+    let mut keys = service.voice_channels().await?;
     for key in rooms
         .rooms()
         .await?
@@ -213,7 +216,13 @@ pub async fn check_once(
                 continue;
             }
         };
-        let done = service.reconcile(&key, &live, grace).await;
+        let done = match service.reconcile(&key, &live, grace).await {
+            Ok(done) => done,
+            Err(err) => {
+                tracing::warn!(%err, room, "cannot reconcile a room; skipped");
+                continue;
+            }
+        };
         metrics.drift_corrected(DriftKind::Left, done.left);
         metrics.drift_corrected(DriftKind::Unmuted, done.unmuted);
         for identity in done.strays {
@@ -381,7 +390,7 @@ mod tests {
             is_muted: Some(true),
             ..Default::default()
         };
-        service.update_state(&here, &muted, &mute).await;
+        service.update_state(&here, &muted, &mute).await.unwrap();
         recorder.kinds();
 
         let fake = Shared::default();

@@ -1,6 +1,9 @@
 //! `filament.v1.Voice`: the thin tonic adapter over [`VoiceService`]. Every
 //! request is validated here, whole, before anything changes: canonical
 //! ULIDs, a bounded username, distinct known sources, consistent grants.
+//! Store errors map to a status in one place ([`status`]): a bound is
+//! RESOURCE_EXHAUSTED, a store that cannot answer UNAVAILABLE — it fails
+//! closed, never guessing an answer.
 
 use std::collections::BTreeSet;
 
@@ -13,8 +16,9 @@ use filament_proto::v1::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::roster::{ChannelKey, RosterError, Stream};
+use crate::roster::{ChannelKey, Stream};
 use crate::service::{Join, VoiceService};
+use crate::store::StoreError;
 
 /// The largest request accepted: a join with every field at its maximum is
 /// well under a kilobyte.
@@ -39,7 +43,7 @@ impl Voice for VoiceGrpc {
         request: Request<VoiceJoinRequest>,
     ) -> Result<Response<VoiceJoinResponse>, Status> {
         let join = parse_join(request.into_inner())?;
-        let grant = self.service.join(join).await.map_err(full)?;
+        let grant = self.service.join(join).await.map_err(status)?;
         Ok(Response::new(VoiceJoinResponse {
             token: grant.token,
             livekit_url: grant.livekit_url,
@@ -59,7 +63,11 @@ impl Voice for VoiceGrpc {
         let request = request.into_inner();
         let channel = channel_key(&request.guild_id, &request.channel_id)?;
         let user_id = ulid("user_id", &request.user_id)?;
-        let left = self.service.leave(&channel, &user_id).await;
+        let left = self
+            .service
+            .leave(&channel, &user_id)
+            .await
+            .map_err(status)?;
         Ok(Response::new(VoiceLeaveResponse { left }))
     }
 
@@ -84,7 +92,11 @@ impl Voice for VoiceGrpc {
                 .any(Option::is_some)
             })
             .ok_or_else(|| Status::invalid_argument("fields must set at least one flag"))?;
-        let changed = self.service.update_state(&channel, &user_id, &fields).await;
+        let changed = self
+            .service
+            .update_state(&channel, &user_id, &fields)
+            .await
+            .map_err(status)?;
         Ok(Response::new(VoiceUpdateStateResponse { changed }))
     }
 
@@ -94,7 +106,8 @@ impl Voice for VoiceGrpc {
     ) -> Result<Response<VoiceParticipantSync>, Status> {
         let request = request.into_inner();
         let channel = channel_key(&request.guild_id, &request.channel_id)?;
-        Ok(Response::new(self.service.snapshot(&channel).await))
+        let sync = self.service.snapshot(&channel).await.map_err(status)?;
+        Ok(Response::new(sync))
     }
 
     async fn connection_closed(
@@ -106,7 +119,8 @@ impl Voice for VoiceGrpc {
         let removed = self
             .service
             .connection_closed(&user_id, request.closed_at_unix_ms)
-            .await;
+            .await
+            .map_err(status)?;
         Ok(Response::new(VoiceRemoved { removed }))
     }
 
@@ -117,7 +131,11 @@ impl Voice for VoiceGrpc {
         let request = request.into_inner();
         let guild_id = ulid("guild_id", &request.guild_id)?;
         let user_id = ulid("user_id", &request.user_id)?;
-        let removed = self.service.remove_user(&guild_id, &user_id).await;
+        let removed = self
+            .service
+            .remove_user(&guild_id, &user_id)
+            .await
+            .map_err(status)?;
         Ok(Response::new(VoiceRemoved { removed }))
     }
 
@@ -126,7 +144,11 @@ impl Voice for VoiceGrpc {
         request: Request<VoiceGuildParticipantsRequest>,
     ) -> Result<Response<VoiceGuildParticipantsResponse>, Status> {
         let guild_id = ulid("guild_id", &request.into_inner().guild_id)?;
-        let participants = self.service.guild_participants(&guild_id).await;
+        let participants = self
+            .service
+            .guild_participants(&guild_id)
+            .await
+            .map_err(status)?;
         Ok(Response::new(VoiceGuildParticipantsResponse {
             participants,
         }))
@@ -185,6 +207,12 @@ fn channel_key(guild_id: &str, channel_id: &str) -> Result<ChannelKey, Status> {
     })
 }
 
-fn full(err: RosterError) -> Status {
-    Status::resource_exhausted(err.to_string())
+fn status(err: StoreError) -> Status {
+    match err {
+        StoreError::Refused(refused) => Status::resource_exhausted(refused.to_string()),
+        other => {
+            tracing::warn!(err = %other, "voice roster store failed; call refused");
+            Status::unavailable("the voice roster is unavailable")
+        }
+    }
 }

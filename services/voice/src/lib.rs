@@ -4,7 +4,7 @@
 //! The api authorizes a caller (membership, channel visibility, channel
 //! kind, grants from permissions) and calls `filament.v1.Voice.Join`
 //! (`proto/filament/v1/voice.proto`); this service registers the participant
-//! in its [`roster::Roster`] and signs a LiveKit access token with the key
+//! in its roster ([`roster::Roster`]'s rules, kept in a [`store::RosterStore`]) and signs a LiveKit access token with the key
 //! and secret that only it holds. Every change — join, leave, flag updates,
 //! streams published and unpublished — is published as a channel event on
 //! the service's own event stream ([`filament_fanout::Fanout`]), which the
@@ -17,7 +17,9 @@
 //! renewal (a token, a state update, a webhook about them). Every removal
 //! unpublishes their streams, then announces the leave.
 //!
-//! The roster is in memory: one voice instance per deployment.
+//! The roster is in Redis for the `filament-voice` binary, so that several
+//! replicas share it and a restart loses no participant; the embedded
+//! all-in-one keeps it in memory unless it runs on Redis ([`open_store`]).
 
 pub mod client;
 mod drift;
@@ -26,14 +28,16 @@ pub mod livekit;
 pub mod metrics;
 pub mod roster;
 mod service;
+pub mod store;
 pub mod webhook;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use filament_fanout::{Fanout, FanoutConfig};
-use filament_registry::Registry;
+use anyhow::Context as _;
+use filament_fanout::{COVERAGE_INTERVAL, Coverage, Fanout, FanoutConfig};
+use filament_registry::{RedisOptions, Registry};
 use filament_runtime::admin::AdminListener;
 use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
@@ -42,9 +46,10 @@ use tokio_util::sync::CancellationToken;
 use filament_runtime::service_auth::{RequireServiceToken, ServiceToken};
 pub use livekit::LiveKit;
 pub use metrics::VoiceMetrics;
-pub use service::{EventSink, Join, JoinGrant, Observed, TOKEN_TTL_SECS, VoiceService};
+pub use service::{EventSink, Join, JoinGrant, Observed, TOKEN_TTL_SECS, TimeSource, VoiceService};
 
-use crate::roster::{Limits, Roster};
+use crate::roster::Limits;
+use crate::store::{MemoryRosterStore, RedisRosterStore, RedisRosterStoreConfig, RosterStore};
 
 /// The gRPC service name this process reports as serving.
 pub const SERVICE_NAME: &str = "filament.v1.Voice";
@@ -67,6 +72,11 @@ pub struct Config {
     pub drift_check_interval: Duration,
     /// Asked of every gRPC caller (`FILAMENT_INTERNAL_TOKEN`).
     pub internal_token: ServiceToken,
+    /// Prepended to the roster's Redis keys: `$FILAMENT_REGISTRY_PREFIX` +
+    /// `voice:`.
+    pub roster_key_prefix: String,
+    /// Timeouts of the roster's Redis calls (`FILAMENT_REDIS_TIMEOUT_MS`).
+    pub redis: RedisOptions,
 }
 
 impl Config {
@@ -82,6 +92,8 @@ impl Config {
             livekit_api_url: None,
             drift_check_interval: Duration::from_secs(15),
             internal_token: ServiceToken::generate(),
+            roster_key_prefix: "filament:voice:".to_owned(),
+            redis: RedisOptions::default(),
         }
     }
 
@@ -111,6 +123,9 @@ impl Config {
         config.webhook_addr = env.optional("FILAMENT_VOICE_WEBHOOK_ADDR")?;
         config.admin_addr = env.optional("FILAMENT_VOICE_ADMIN_ADDR")?;
         config.internal_token = ServiceToken::from_env(env)?;
+        let registry_prefix: String = env.or("FILAMENT_REGISTRY_PREFIX", "filament:".to_owned())?;
+        config.roster_key_prefix = format!("{registry_prefix}voice:");
+        config.redis = RedisOptions::from_env(env)?;
         config.livekit_api_url = env.optional("FILAMENT_LIVEKIT_API_URL")?;
         if let Some(url) = &config.livekit_api_url
             && !url.starts_with("http://")
@@ -186,6 +201,33 @@ fn invalid(name: &'static str, value: String, reason: &str) -> ConfigError {
     }
 }
 
+/// The roster's store: on the Redis at `redis_url` under
+/// `config.roster_key_prefix`, or in memory when there is none.
+pub async fn open_store(
+    config: &Config,
+    redis_url: Option<&str>,
+) -> anyhow::Result<Arc<dyn RosterStore>> {
+    Ok(match redis_url {
+        Some(url) => {
+            let store_config = RedisRosterStoreConfig {
+                limits: config.limits.clone(),
+                ttl: config.participant_ttl,
+                key_prefix: config.roster_key_prefix.clone(),
+                redis: config.redis.clone(),
+            };
+            Arc::new(
+                RedisRosterStore::connect(url, store_config)
+                    .await
+                    .context("connecting the Redis voice roster")?,
+            )
+        }
+        None => Arc::new(MemoryRosterStore::new(
+            config.limits.clone(),
+            config.participant_ttl,
+        )),
+    })
+}
+
 /// The service with its listeners bound.
 pub struct BoundVoice {
     grpc: TcpListener,
@@ -201,8 +243,13 @@ pub struct BoundVoice {
 }
 
 /// Binds the listeners; nothing runs until [`BoundVoice::run`]. `registry`
-/// routes events to the gateways that hold each channel's guild.
-pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result<BoundVoice> {
+/// routes events to the gateways that hold each channel's guild; `store`
+/// holds the roster ([`open_store`]).
+pub async fn bind(
+    config: Config,
+    registry: Arc<dyn Registry>,
+    store: Arc<dyn RosterStore>,
+) -> anyhow::Result<BoundVoice> {
     let grpc = TcpListener::bind(config.grpc_addr).await?;
     let webhook = match config.webhook_addr {
         Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -224,7 +271,7 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
         .map(|rooms| (rooms, config.drift_check_interval));
     let service = VoiceService::new(
         config.livekit,
-        Roster::new(config.limits, config.participant_ttl),
+        store,
         Arc::new(fanout.clone()),
         Arc::clone(&metrics),
     );
@@ -311,10 +358,17 @@ impl BoundVoice {
         }
 
         let grpc_stop = CancellationToken::new();
+        let coverage = Coverage::track(fanout.clone(), COVERAGE_INTERVAL, background.clone());
+        let health = filament_runtime::probes::grpc_health(
+            SERVICE_NAME,
+            move || coverage.is_complete(),
+            shutdown.clone(),
+        )
+        .await;
         let server = tonic::transport::Server::builder()
             .layer(grpc_metrics.layer())
             .layer(RequireServiceToken::new(internal_token))
-            .add_service(filament_runtime::probes::grpc_health(SERVICE_NAME).await)
+            .add_service(health)
             .add_service(filament_runtime::grpc::reflection(&[
                 filament_proto::FILE_DESCRIPTOR_SET,
             ])?)

@@ -1,6 +1,6 @@
 //! `filament-voice`: the voice service as its own process. Needs
-//! `REDIS_URL` (the routing registry), `FILAMENT_INTERNAL_TOKEN` and the
-//! LiveKit key, secret and URL; see README.md.
+//! `REDIS_URL` (the routing registry and the roster), `FILAMENT_INTERNAL_TOKEN`
+//! and the LiveKit key, secret and URL; see README.md.
 
 use std::sync::Arc;
 
@@ -21,8 +21,9 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = filament_runtime::shutdown::token_on_signal();
     let env = Env::from_process();
     let config = filament_voice::Config::from_env(&env)?;
+    let redis_url: String = env.required("REDIS_URL")?;
     let registry = RedisRegistry::connect(
-        &env.required::<String>("REDIS_URL")?,
+        &redis_url,
         RegistryConfig {
             ttl: env.secs_or("FILAMENT_REGISTRY_TTL_SECS", RegistryConfig::default().ttl)?,
             key_prefix: env.or(
@@ -33,7 +34,8 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let service = filament_voice::bind(config, Arc::new(registry)).await?;
+    let store = filament_voice::open_store(&config, Some(&redis_url)).await?;
+    let service = filament_voice::bind(config, Arc::new(registry), store).await?;
     let ran = service.run(shutdown).await;
     filament_runtime::telemetry::shutdown().await;
     ran

@@ -12,6 +12,13 @@
 //!
 //! Idempotence: leaving twice, or a leave for someone who rejoined since
 //! (out of order), is a no-op; a repeat join only sends what changed.
+//!
+//! A roster may be the whole state (the memory store) or a slice of it that
+//! a store loaded for one change (the Redis store): some channels whole,
+//! some only as the seats the change touches plus how many others sit
+//! there, and the totals of everything not loaded. The rules read only
+//! those counts and the loaded seats, so one definition serves both.
+//! Expiry is wall-clock unix time, which every replica shares.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -19,12 +26,12 @@ use std::time::Duration;
 use filament_proto::v1::{
     self as pb, Audience, ChannelAudience, Event, UserAudience, VoiceStateFields, audience, event,
 };
-use tokio::time::Instant;
+use serde::{Deserialize, Serialize};
 
 use crate::livekit;
 
 /// A media source, in the order the contract lists them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Stream {
     Microphone,
     Camera,
@@ -92,11 +99,11 @@ pub enum RosterError {
     TooManyParticipants,
 }
 
-/// When an operation happens: the monotonic instant for expiry, and the
-/// wall clock for the timestamps clients see.
-#[derive(Debug, Clone, Copy)]
+/// When an operation happens, as wall-clock unix milliseconds: both the
+/// timestamps clients see and expiry, which must mean the same on every
+/// replica (a monotonic `Instant` is private to one process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Clock {
-    pub now: Instant,
     pub unix_ms: i64,
 }
 
@@ -105,10 +112,17 @@ impl Clock {
         let unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        Self {
-            now: Instant::now(),
-            unix_ms,
-        }
+        Self { unix_ms }
+    }
+
+    pub fn at(unix_ms: i64) -> Self {
+        Self { unix_ms }
+    }
+
+    /// `by` later.
+    #[must_use]
+    pub fn after(self, by: Duration) -> Self {
+        Self::at(self.unix_ms.saturating_add(millis(by)))
     }
 
     fn unix(self) -> i64 {
@@ -116,8 +130,12 @@ impl Clock {
     }
 }
 
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// Flags a participant shows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flags {
     pub is_muted: bool,
     pub is_deafened: bool,
@@ -165,7 +183,10 @@ impl Flags {
     }
 }
 
-struct Participant {
+/// One seat. Serialized whole by the Redis store; a field added here must
+/// take a `#[serde(default)]` so that seats written before it still load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Participant {
     user_id: String,
     identity: String,
     joined_at_unix: i64,
@@ -174,7 +195,8 @@ struct Participant {
     streams: BTreeSet<Stream>,
     /// Whether the current token lets them subscribe to others' streams.
     can_subscribe: bool,
-    expires_at: Instant,
+    /// Wall-clock unix ms after which the participant is pruned.
+    expires_at_ms: i64,
     /// When a token was last issued, to order it against a connection
     /// close or a webhook leave that happened before it.
     last_join_ms: i64,
@@ -184,6 +206,18 @@ struct Participant {
 }
 
 impl Participant {
+    pub(crate) fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    pub(crate) fn expires_at_ms(&self) -> i64 {
+        self.expires_at_ms
+    }
+
+    fn renew(&mut self, clock: Clock, ttl: Duration) {
+        self.expires_at_ms = clock.after(ttl).unix_ms;
+    }
+
     fn to_proto(&self) -> pb::VoiceParticipant {
         pb::VoiceParticipant {
             user_id: self.user_id.clone(),
@@ -199,10 +233,33 @@ impl Participant {
     }
 }
 
+/// The seats of one channel that are loaded, and how many others there are.
+/// A channel is listed only while someone sits in it.
+#[derive(Default)]
+struct Seats {
+    loaded: HashMap<String, Participant>,
+    /// Participants of the channel that this roster did not load.
+    unloaded: usize,
+}
+
+impl Seats {
+    fn len(&self) -> usize {
+        self.loaded.len() + self.unloaded
+    }
+}
+
+/// What exists outside a slice: channels and participants not loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Elsewhere {
+    pub channels: usize,
+    pub participants: usize,
+}
+
 pub struct Roster {
-    channels: HashMap<ChannelKey, HashMap<String, Participant>>,
-    /// Which channel each participating user is in.
+    channels: HashMap<ChannelKey, Seats>,
+    /// Which channel each loaded participant is in.
     users: HashMap<String, ChannelKey>,
+    elsewhere: Elsewhere,
     limits: Limits,
     ttl: Duration,
 }
@@ -211,16 +268,58 @@ impl Roster {
     /// `ttl`: how long a participant stays without a renewal (a token, a
     /// state update, a webhook about them).
     pub fn new(limits: Limits, ttl: Duration) -> Self {
+        Self::slice(limits, ttl, Elsewhere::default())
+    }
+
+    /// An empty slice of a larger roster; fill it with [`Roster::load`].
+    pub(crate) fn slice(limits: Limits, ttl: Duration, elsewhere: Elsewhere) -> Self {
         Self {
             channels: HashMap::new(),
             users: HashMap::new(),
+            elsewhere,
             limits,
             ttl,
         }
     }
 
+    /// Adds a channel that has `size` participants, of which `seats` are
+    /// loaded. Nothing is listed for an empty channel, as in a whole roster.
+    pub(crate) fn load(&mut self, key: &ChannelKey, size: usize, seats: Vec<Participant>) {
+        let unloaded = size.saturating_sub(seats.len());
+        if unloaded == 0 && seats.is_empty() {
+            return;
+        }
+        let channel = self.channels.entry(key.clone()).or_default();
+        channel.unloaded = unloaded;
+        for participant in seats {
+            self.users.insert(participant.user_id.clone(), key.clone());
+            channel
+                .loaded
+                .insert(participant.user_id.clone(), participant);
+        }
+    }
+
+    /// Every loaded seat.
+    pub(crate) fn seats(&self) -> impl Iterator<Item = (&ChannelKey, &str, &Participant)> {
+        self.channels.iter().flat_map(|(key, seats)| {
+            seats
+                .loaded
+                .iter()
+                .map(move |(user_id, p)| (key, user_id.as_str(), p))
+        })
+    }
+
+    /// How many sit in `key`, loaded or not.
+    pub(crate) fn channel_size(&self, key: &ChannelKey) -> usize {
+        self.channels.get(key).map_or(0, Seats::len)
+    }
+
     pub fn participant_count(&self) -> usize {
-        self.users.len()
+        self.users.len() + self.elsewhere.participants
+    }
+
+    fn channel_count(&self) -> usize {
+        self.channels.len() + self.elsewhere.channels
     }
 
     /// Registers `user_id` in `key` with these streams, or refreshes them
@@ -250,7 +349,7 @@ impl Roster {
             },
             streams: streams.clone(),
             can_subscribe: false,
-            expires_at: clock.now + self.ttl,
+            expires_at_ms: clock.after(self.ttl).unix_ms,
             last_join_ms: clock.unix_ms,
             livekit_sid: None,
         };
@@ -274,6 +373,7 @@ impl Roster {
         self.channels
             .entry(key.clone())
             .or_default()
+            .loaded
             .insert(user_id.to_owned(), participant);
         Ok(())
     }
@@ -291,8 +391,8 @@ impl Roster {
         self.channels
             .iter()
             .filter(|(key, _)| key.guild_id == guild_id)
-            .flat_map(|(key, participants)| {
-                participants.values().map(|p| pb::VoiceGrantHolder {
+            .flat_map(|(key, seats)| {
+                seats.loaded.values().map(|p| pb::VoiceGrantHolder {
                     user_id: p.user_id.clone(),
                     channel_id: key.channel_id.clone(),
                     can_subscribe: p.can_subscribe,
@@ -327,7 +427,7 @@ impl Roster {
         let Some(participant) = self.participant_mut(key, user_id) else {
             return false;
         };
-        participant.expires_at = clock.now + ttl;
+        participant.renew(clock, ttl);
         let Some(changed) = participant.flags.apply(change) else {
             return false;
         };
@@ -342,7 +442,7 @@ impl Roster {
             .channels
             .get(key)
             .into_iter()
-            .flat_map(HashMap::values)
+            .flat_map(|seats| seats.loaded.values())
             .collect();
         participants
             .sort_by(|a, b| (a.joined_at_unix, &a.identity).cmp(&(b.joined_at_unix, &b.identity)));
@@ -448,7 +548,7 @@ impl Roster {
             .channels
             .get(key)
             .into_iter()
-            .flat_map(HashMap::values)
+            .flat_map(|seats| seats.loaded.values())
             .filter(|p| !listed.contains(&p.user_id))
             .filter(|p| clock.unix_ms.saturating_sub(p.last_join_ms) >= grace_ms)
             .map(|p| p.user_id.clone())
@@ -466,10 +566,11 @@ impl Roster {
         let expired: Vec<(ChannelKey, String)> = self
             .channels
             .iter()
-            .flat_map(|(key, participants)| {
-                participants
+            .flat_map(|(key, seats)| {
+                seats
+                    .loaded
                     .values()
-                    .filter(|p| clock.now > p.expires_at)
+                    .filter(|p| clock.unix_ms > p.expires_at_ms)
                     .map(|p| (key.clone(), p.user_id.clone()))
             })
             .collect();
@@ -495,7 +596,7 @@ impl Roster {
         let Some(participant) = self.participant_mut(key, user_id) else {
             return false;
         };
-        participant.expires_at = clock.now + ttl;
+        participant.renew(clock, ttl);
         if !livekit_sid.is_empty() {
             participant.livekit_sid = Some(livekit_sid.to_owned());
         }
@@ -544,7 +645,7 @@ impl Roster {
         let Some(participant) = self.participant_mut(key, user_id) else {
             return false;
         };
-        participant.expires_at = clock.now + ttl;
+        participant.renew(clock, ttl);
         let mut change = VoiceStateFields::default();
         match track.stream {
             Stream::Camera => change.is_video_enabled = Some(track.published),
@@ -581,13 +682,13 @@ impl Roster {
     // --- Internals ------------------------------------------------------------
 
     fn participant_mut(&mut self, key: &ChannelKey, user_id: &str) -> Option<&mut Participant> {
-        self.channels.get_mut(key)?.get_mut(user_id)
+        self.channels.get_mut(key)?.loaded.get_mut(user_id)
     }
 
     /// Whether `user_id` may enter `key` without exceeding a bound.
     fn check_room_for(&self, key: &ChannelKey, user_id: &str) -> Result<(), RosterError> {
         let in_voice = self.users.contains_key(user_id);
-        if !in_voice && self.users.len() >= self.limits.max_participants {
+        if !in_voice && self.participant_count() >= self.limits.max_participants {
             return Err(RosterError::TooManyParticipants);
         }
         let Some(participants) = self.channels.get(key) else {
@@ -598,7 +699,7 @@ impl Roster {
                 .get(user_id)
                 .and_then(|old| self.channels.get(old))
                 .is_some_and(|old| old.len() == 1);
-            if self.channels.len() - usize::from(freed) >= self.limits.max_channels {
+            if self.channel_count() - usize::from(freed) >= self.limits.max_channels {
                 return Err(RosterError::TooManyChannels);
             }
             return Ok(());
@@ -622,7 +723,7 @@ impl Roster {
         let Some(participant) = self.participant_mut(key, user_id) else {
             return;
         };
-        participant.expires_at = clock.now + ttl;
+        participant.renew(clock, ttl);
         participant.last_join_ms = clock.unix_ms;
         // A new token may start a new LiveKit session; the next webhook
         // about a join says which.
@@ -658,13 +759,13 @@ impl Roster {
         clock: Clock,
         out: &mut Vec<Event>,
     ) -> bool {
-        let Some(participants) = self.channels.get_mut(key) else {
+        let Some(seats) = self.channels.get_mut(key) else {
             return false;
         };
-        let Some(participant) = participants.remove(user_id) else {
+        let Some(participant) = seats.loaded.remove(user_id) else {
             return false;
         };
-        if participants.is_empty() {
+        if seats.len() == 0 {
             self.channels.remove(key);
         }
         self.users.remove(user_id);
@@ -779,14 +880,14 @@ fn stream_event(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, reason = "a failed call is a failed test")]
 
     use super::*;
 
     const TTL: Duration = Duration::from_secs(300);
 
-    fn key(n: u8) -> ChannelKey {
+    pub(crate) fn key(n: u8) -> ChannelKey {
         ChannelKey {
             guild_id: format!("G{n}"),
             channel_id: format!("C{n}"),
@@ -797,12 +898,12 @@ mod tests {
         Clock::now()
     }
 
-    fn streams(list: &[Stream]) -> BTreeSet<Stream> {
+    pub(crate) fn streams(list: &[Stream]) -> BTreeSet<Stream> {
         list.iter().copied().collect()
     }
 
     /// One line per event: kind, channel, user and what changed.
-    fn describe(events: &[Event]) -> Vec<String> {
+    pub(crate) fn describe(events: &[Event]) -> Vec<String> {
         events
             .iter()
             .map(|e| {
@@ -1045,10 +1146,7 @@ mod tests {
             ..VoiceStateFields::default()
         };
         r.update(&key, &muted, &mute, early, &mut out);
-        let later = Clock {
-            unix_ms: early.unix_ms + 60_000,
-            ..early
-        };
+        let later = early.after(Duration::from_secs(60));
         r.join(&key, &fresh, &BTreeSet::new(), later, &mut out)
             .unwrap();
         out.clear();
@@ -1119,30 +1217,33 @@ mod tests {
         let mut r = roster();
         let mut out = Vec::new();
         let mic = streams(&[Stream::Microphone]);
-        r.join(&key(1), "alice", &mic, clock(), &mut out).unwrap();
-        r.join(&key(1), "bob", &BTreeSet::new(), clock(), &mut out)
+        let start = clock();
+        r.join(&key(1), "alice", &mic, start, &mut out).unwrap();
+        r.join(&key(1), "bob", &BTreeSet::new(), start, &mut out)
             .unwrap();
         out.clear();
 
-        tokio::time::advance(TTL - Duration::from_secs(10)).await;
+        let renewed = start.after(TTL - Duration::from_secs(10));
         let speak = VoiceStateFields {
             is_speaking: Some(true),
             ..VoiceStateFields::default()
         };
-        r.update(&key(1), "bob", &speak, clock(), &mut out); // renews bob
+        r.update(&key(1), "bob", &speak, renewed, &mut out);
         out.clear();
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(r.prune(clock(), &mut out), 0, "alive for the whole TTL");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(r.prune(clock(), &mut out), 1);
+        let at_ttl = start.after(TTL);
+        assert_eq!(r.prune(at_ttl, &mut out), 0, "alive for the whole TTL");
+        let past_ttl = at_ttl.after(Duration::from_millis(1));
+        assert_eq!(r.prune(past_ttl, &mut out), 1);
         assert_eq!(
             describe(&out),
             ["C1: unpublish alice microphone", "C1: leave alice"]
         );
         assert_eq!(roster_of(&r, &key(1)), ["bob"]);
-        tokio::time::advance(TTL).await;
         out.clear();
-        assert_eq!(r.prune(clock(), &mut out), 1);
+        assert_eq!(
+            r.prune(renewed.after(TTL).after(Duration::from_millis(1)), &mut out),
+            1
+        );
         assert_eq!(describe(&out), ["C1: leave bob"]);
         assert_eq!(r.participant_count(), 0);
     }

@@ -1,8 +1,11 @@
 //! The voice domain: joins, leaves, state changes, snapshots, removals and
-//! what LiveKit observed, applied to the [`Roster`] and published as channel
-//! events. One async lock covers each change and the publishing of its
-//! events, so events leave in the order the changes happened (a join can
-//! never be overtaken by the leave that followed it).
+//! what LiveKit observed, applied as [`Change`]s to the roster's store and
+//! published as channel events. One async lock covers each change and the
+//! publishing of its events, so a replica's events leave in the order its
+//! changes committed (a join can never be overtaken by the leave that
+//! followed it). Two replicas publish independently: their events about one
+//! channel may interleave differently from their commits, which the roster
+//! syncs sent on every join and subscribe repair.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::livekit::{self, LiveKit, TokenGrant};
 use crate::metrics::{SyncReason, VoiceMetrics};
 use crate::roster::{
-    ChannelKey, Clock, LiveParticipant, ObservedTrack, Reconciled, Roster, RosterError, Stream,
+    ChannelKey, Clock, LiveParticipant, ObservedTrack, Reconciled, RosterError, Stream,
 };
+use crate::store::{Applied, Change, Outcome, RosterStore, StoreError, StoreResult};
 
 /// LiveKit access tokens live this long (contract §6: 300 s, also the
 /// maximum).
@@ -75,13 +79,21 @@ pub enum Observed {
     Track(ObservedTrack),
 }
 
+/// Where the service reads the time: the wall clock in production, a
+/// clock the test moves in tests.
+pub type TimeSource = Arc<dyn Fn() -> Clock + Send + Sync>;
+
 #[derive(Clone)]
 pub struct VoiceService {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    roster: Mutex<Roster>,
+    store: Arc<dyn RosterStore>,
+    /// Held across each change and the publishing of its events, so this
+    /// replica publishes in the order it committed.
+    order: Mutex<()>,
+    time: TimeSource,
     livekit: LiveKit,
     events: Arc<dyn EventSink>,
     metrics: Arc<VoiceMetrics>,
@@ -90,13 +102,25 @@ struct Inner {
 impl VoiceService {
     pub fn new(
         livekit: LiveKit,
-        roster: Roster,
+        store: Arc<dyn RosterStore>,
         events: Arc<dyn EventSink>,
         metrics: Arc<VoiceMetrics>,
     ) -> Self {
+        Self::with_time(livekit, store, events, metrics, Arc::new(Clock::now))
+    }
+
+    pub fn with_time(
+        livekit: LiveKit,
+        store: Arc<dyn RosterStore>,
+        events: Arc<dyn EventSink>,
+        metrics: Arc<VoiceMetrics>,
+        time: TimeSource,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                roster: Mutex::new(roster),
+                store,
+                order: Mutex::new(()),
+                time,
                 livekit,
                 events,
                 metrics,
@@ -115,21 +139,33 @@ impl VoiceService {
     /// Registers the participant (leaving their previous channel), publishes
     /// the changes and a roster snapshot for the user's sockets, and signs
     /// their token. A full channel or registry refuses it unchanged.
-    pub async fn join(&self, join: Join) -> Result<JoinGrant, RosterError> {
+    pub async fn join(&self, join: Join) -> StoreResult<JoinGrant> {
         let streams: BTreeSet<Stream> = join.sources.iter().copied().collect();
-        self.change(|roster, clock, out| {
-            roster.prune(clock, out);
-            roster.join(&join.channel, &join.user_id, &streams, clock, out)?;
-            roster.grant_subscribe(&join.channel, &join.user_id, join.can_subscribe);
-            out.push(roster.sync_for_user(&join.channel, &join.user_id, clock));
-            Ok(())
-        })
-        .await?;
+        let change = Change::Join {
+            channel: &join.channel,
+            user_id: &join.user_id,
+            streams: &streams,
+            can_subscribe: join.can_subscribe,
+        };
+        match self.change(&change).await {
+            // A replica's slice prunes only what the join touches: someone
+            // expired elsewhere may still hold the place a bound counts.
+            Err(StoreError::Refused(
+                RosterError::TooManyChannels | RosterError::TooManyParticipants,
+            )) => {
+                self.prune().await?;
+                self.change(&change).await?
+            }
+            other => other?,
+        };
         self.inner.metrics.sync_repaired(SyncReason::Join);
+        Ok(self.grant(&join, streams.into_iter().collect()))
+    }
 
+    /// The LiveKit token for a join that was registered.
+    fn grant(&self, join: &Join, sources: Vec<Stream>) -> JoinGrant {
         let room = livekit::room_name(&join.channel);
         let identity = livekit::identity(&join.user_id, &join.channel);
-        let sources: Vec<Stream> = streams.into_iter().collect();
         let grant = TokenGrant {
             identity: &identity,
             name: &join.username,
@@ -138,11 +174,12 @@ impl VoiceService {
             can_subscribe: join.can_subscribe,
             sources: &sources,
         };
-        let token =
-            self.inner
-                .livekit
-                .access_token(&grant, Clock::now().unix_ms / 1000, TOKEN_TTL_SECS);
-        Ok(JoinGrant {
+        let now_unix = (self.inner.time)().unix_ms / 1000;
+        let token = self
+            .inner
+            .livekit
+            .access_token(&grant, now_unix, TOKEN_TTL_SECS);
+        JoinGrant {
             token,
             livekit_url: self.inner.livekit.url().to_owned(),
             room,
@@ -151,71 +188,79 @@ impl VoiceService {
             can_subscribe: join.can_subscribe,
             sources,
             expires_in_secs: TOKEN_TTL_SECS,
-        })
+        }
     }
 
-    pub async fn leave(&self, channel: &ChannelKey, user_id: &str) -> bool {
-        self.change(|roster, clock, out| Ok(roster.leave(channel, user_id, clock, out)))
-            .await
-            .unwrap_or(false)
+    pub async fn leave(&self, channel: &ChannelKey, user_id: &str) -> StoreResult<bool> {
+        let change = Change::Leave { channel, user_id };
+        changed(self.change(&change).await?, "leave")
     }
 
     pub async fn update_state(
         &self,
         channel: &ChannelKey,
         user_id: &str,
-        change: &VoiceStateFields,
-    ) -> bool {
-        self.change(|roster, clock, out| Ok(roster.update(channel, user_id, change, clock, out)))
-            .await
-            .unwrap_or(false)
+        fields: &VoiceStateFields,
+    ) -> StoreResult<bool> {
+        let change = Change::Update {
+            channel,
+            user_id,
+            fields,
+        };
+        changed(self.change(&change).await?, "update")
     }
 
     /// The roster of a channel for a socket whose subscribe was accepted.
-    pub async fn snapshot(&self, channel: &ChannelKey) -> VoiceParticipantSync {
-        let mut sync = None;
-        let _ = self
-            .change(|roster, clock, out| {
-                roster.prune(clock, out);
-                sync = Some(roster.snapshot(channel, clock));
-                Ok(())
-            })
-            .await;
+    pub async fn snapshot(&self, channel: &ChannelKey) -> StoreResult<VoiceParticipantSync> {
+        let Outcome::Snapshot(sync) = self.change(&Change::Snapshot { channel }).await? else {
+            return Err(StoreError::Mismatch("snapshot"));
+        };
         self.inner.metrics.sync_repaired(SyncReason::Subscribe);
-        sync.unwrap_or_else(|| VoiceParticipantSync {
-            guild_id: channel.guild_id.clone(),
-            channel_id: channel.channel_id.clone(),
-            participants: Vec::new(),
-            synced_at_unix: Clock::now().unix_ms / 1000,
-        })
+        Ok(sync)
     }
 
     /// The user's last connection closed at `closed_at_unix_ms`.
-    pub async fn connection_closed(&self, user_id: &str, closed_at_unix_ms: i64) -> u32 {
-        self.change(|roster, clock, out| {
-            Ok(roster.remove_user(user_id, None, Some(closed_at_unix_ms), clock, out))
-        })
-        .await
-        .unwrap_or(0)
+    pub async fn connection_closed(
+        &self,
+        user_id: &str,
+        closed_at_unix_ms: i64,
+    ) -> StoreResult<u32> {
+        self.remove(user_id, None, Some(closed_at_unix_ms)).await
     }
 
     /// The user lost access to `guild_id`.
-    pub async fn remove_user(&self, guild_id: &str, user_id: &str) -> u32 {
-        self.change(|roster, clock, out| {
-            Ok(roster.remove_user(user_id, Some(guild_id), None, clock, out))
-        })
-        .await
-        .unwrap_or(0)
+    pub async fn remove_user(&self, guild_id: &str, user_id: &str) -> StoreResult<u32> {
+        self.remove(user_id, Some(guild_id), None).await
+    }
+
+    async fn remove(
+        &self,
+        user_id: &str,
+        guild_id: Option<&str>,
+        unless_joined_after_ms: Option<i64>,
+    ) -> StoreResult<u32> {
+        let change = Change::RemoveUser {
+            user_id,
+            guild_id,
+            unless_joined_after_ms,
+        };
+        match self.change(&change).await? {
+            Outcome::Removed(n) => Ok(n),
+            _ => Err(StoreError::Mismatch("remove")),
+        }
     }
 
     /// Who is in the guild's voice channels, with their grants.
-    pub async fn guild_participants(&self, guild_id: &str) -> Vec<VoiceGrantHolder> {
-        self.inner.roster.lock().await.guild_participants(guild_id)
+    pub async fn guild_participants(&self, guild_id: &str) -> StoreResult<Vec<VoiceGrantHolder>> {
+        match self.change(&Change::GuildParticipants { guild_id }).await? {
+            Outcome::Holders(holders) => Ok(holders),
+            _ => Err(StoreError::Mismatch("guild participants")),
+        }
     }
 
     /// The voice channels that have a participant.
-    pub async fn voice_channels(&self) -> Vec<ChannelKey> {
-        self.inner.roster.lock().await.channels()
+    pub async fn voice_channels(&self) -> StoreResult<Vec<ChannelKey>> {
+        self.inner.store.channels().await
     }
 
     /// Applies what LiveKit lists in a channel's room (the drift check).
@@ -224,34 +269,39 @@ impl VoiceService {
         channel: &ChannelKey,
         live: &[LiveParticipant],
         grace: Duration,
-    ) -> Reconciled {
-        self.change(|roster, clock, out| Ok(roster.reconcile(channel, live, grace, clock, out)))
-            .await
-            .unwrap_or_default()
+    ) -> StoreResult<Reconciled> {
+        let change = Change::Reconcile {
+            channel,
+            live,
+            grace,
+        };
+        match self.change(&change).await? {
+            Outcome::Reconciled(done) => Ok(done),
+            _ => Err(StoreError::Mismatch("reconcile")),
+        }
     }
 
     /// Removes participants whose TTL ran out.
-    pub async fn prune(&self) -> usize {
-        self.change(|roster, clock, out| Ok(roster.prune(clock, out)))
-            .await
-            .unwrap_or(0)
+    pub async fn prune(&self) -> StoreResult<usize> {
+        match self.change(&Change::Prune).await? {
+            Outcome::Pruned(n) => Ok(n),
+            _ => Err(StoreError::Mismatch("prune")),
+        }
     }
 
     /// Applies what a verified LiveKit webhook reported about a participant.
-    pub async fn observe(&self, channel: &ChannelKey, user_id: &str, observed: Observed) -> bool {
-        self.change(|roster, clock, out| {
-            Ok(match &observed {
-                Observed::Joined { sid } => roster.observe_joined(channel, user_id, sid, clock),
-                Observed::Left { sid, at_unix } => {
-                    roster.observe_left(channel, user_id, sid, *at_unix, clock, out)
-                }
-                Observed::Track(track) => {
-                    roster.observe_track(channel, user_id, *track, clock, out)
-                }
-            })
-        })
-        .await
-        .unwrap_or(false)
+    pub async fn observe(
+        &self,
+        channel: &ChannelKey,
+        user_id: &str,
+        observed: &Observed,
+    ) -> StoreResult<bool> {
+        let change = Change::Observe {
+            channel,
+            user_id,
+            observed,
+        };
+        changed(self.change(&change).await?, "observe")
     }
 
     /// Prunes every `interval` until `shutdown`.
@@ -260,34 +310,44 @@ impl VoiceService {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    let pruned = self.prune().await;
-                    if pruned > 0 {
-                        tracing::info!(pruned, "expired voice participants removed");
-                    }
-                }
+                _ = tick.tick() => match self.prune().await {
+                    Ok(0) => {}
+                    Ok(pruned) => tracing::info!(pruned, "expired voice participants removed"),
+                    Err(err) => tracing::warn!(%err, "voice prune failed; retried next tick"),
+                },
                 () = shutdown.cancelled() => return,
             }
         }
     }
 
-    /// Runs one change on the roster and publishes its events, in order,
-    /// under the same lock. Events of a refused change that were caused
-    /// before the refusal (pruning) are still published: they happened.
-    async fn change<T>(
-        &self,
-        apply: impl FnOnce(&mut Roster, Clock, &mut Vec<Event>) -> Result<T, RosterError>,
-    ) -> Result<T, RosterError> {
-        let mut roster = self.inner.roster.lock().await;
+    /// Applies one change in the store and publishes its events, in order,
+    /// under this replica's order lock. Events of a refused change that
+    /// were caused before the refusal (pruning) are still published: they
+    /// happened.
+    async fn change(&self, change: &Change<'_>) -> StoreResult<Outcome> {
+        let _order = self.inner.order.lock().await;
         let mut events = Vec::new();
-        let result = apply(&mut roster, Clock::now(), &mut events);
-        self.inner
-            .metrics
-            .set_participants(roster.participant_count());
+        let clock = (self.inner.time)();
+        let result = self.inner.store.apply(change, clock, &mut events).await;
+        if let Ok(Applied {
+            participants: Some(count),
+            ..
+        }) = &result
+        {
+            self.inner.metrics.set_participants(*count);
+        }
         for event in events {
             self.inner.events.publish(event).await;
         }
-        result
+        result.map(|applied| applied.outcome)
+    }
+}
+
+/// The answer of a change that reports whether anything changed.
+fn changed(outcome: Outcome, kind: &'static str) -> StoreResult<bool> {
+    match outcome {
+        Outcome::Changed(changed) => Ok(changed),
+        _ => Err(StoreError::Mismatch(kind)),
     }
 }
 
@@ -301,6 +361,7 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::roster::Limits;
+    use crate::store::MemoryRosterStore;
 
     const TTL: Duration = Duration::from_secs(300);
 
@@ -316,6 +377,11 @@ pub(crate) mod tests {
     }
 
     impl Recorder {
+        /// The events published since the last call.
+        pub(crate) fn take(&self) -> Vec<Event> {
+            self.0.lock().unwrap().drain(..).collect()
+        }
+
         /// The kinds of the events published since the last call.
         pub(crate) fn kinds(&self) -> Vec<&'static str> {
             self.0
@@ -335,21 +401,40 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn service() -> (VoiceService, Arc<Recorder>) {
-        let recorder = Arc::new(Recorder::default());
-        let livekit = LiveKit::new(
+    pub(crate) fn livekit() -> LiveKit {
+        LiveKit::new(
             "key",
             b"a-unit-test-secret-of-32-bytes-or-more".to_vec(),
             "ws://lk",
         )
-        .unwrap();
-        let service = VoiceService::new(
-            livekit,
-            Roster::new(Limits::default(), TTL),
+        .unwrap()
+    }
+
+    /// A service over `store` that reads `time`, and what it publishes.
+    pub(crate) fn service_on(
+        store: Arc<dyn RosterStore>,
+        time: TimeSource,
+    ) -> (VoiceService, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        let service = VoiceService::with_time(
+            livekit(),
+            store,
             recorder.clone(),
             Arc::new(VoiceMetrics::default()),
+            time,
         );
         (service, recorder)
+    }
+
+    pub(crate) fn service() -> (VoiceService, Arc<Recorder>) {
+        let store = Arc::new(MemoryRosterStore::new(Limits::default(), TTL));
+        service_on(store, Arc::new(Clock::now))
+    }
+
+    /// Wall-clock time that moves with tokio's (paused) clock.
+    fn tokio_time() -> TimeSource {
+        let (origin, start) = (tokio::time::Instant::now(), Clock::now());
+        Arc::new(move || start.after(origin.elapsed()))
     }
 
     pub(crate) fn join(user: &str) -> Join {
@@ -370,7 +455,8 @@ pub(crate) mod tests {
     /// unpublish then leave, and not a moment before.
     #[tokio::test(start_paused = true)]
     async fn the_pruner_removes_silent_participants_after_their_ttl() {
-        let (service, recorder) = service();
+        let store = Arc::new(MemoryRosterStore::new(Limits::default(), TTL));
+        let (service, recorder) = service_on(store, tokio_time());
         service.join(join("alice")).await.unwrap();
         assert_eq!(recorder.kinds(), ["join", "publish", "sync"]);
         let stop = CancellationToken::new();
@@ -388,6 +474,7 @@ pub(crate) mod tests {
             service
                 .snapshot(&join("x").channel)
                 .await
+                .unwrap()
                 .participants
                 .len(),
             0

@@ -86,8 +86,14 @@ async fn receive(State(service): State<VoiceService>, headers: HeaderMap, body: 
         return error(StatusCode::BAD_REQUEST, "invalid_request");
     };
     if let Some((channel, user_id, observed)) = interpret(&event, now) {
-        let applied = service.observe(&channel, &user_id, observed).await;
-        tracing::debug!(kind = %event.event, applied, "LiveKit webhook applied");
+        match service.observe(&channel, &user_id, &observed).await {
+            Ok(applied) => tracing::debug!(kind = %event.event, applied, "LiveKit webhook applied"),
+            // Not a 2xx: LiveKit delivers it again later.
+            Err(err) => {
+                tracing::warn!(%err, kind = %event.event, "LiveKit webhook not applied");
+                return error(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+            }
+        }
     }
     (
         StatusCode::OK,

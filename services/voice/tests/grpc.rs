@@ -13,13 +13,16 @@ use base64::Engine as _;
 use filament_proto::v1::event_stream_client::EventStreamClient;
 use filament_proto::v1::voice_client::VoiceClient as RawClient;
 use filament_proto::v1::{
-    GatewayMessage, Hello, ServiceMessage, VoiceConnectionClosedRequest, VoiceJoinRequest,
-    VoiceLeaveRequest, VoiceRemoveUserRequest, VoiceSnapshotRequest, VoiceStateFields, VoiceStream,
-    VoiceUpdateStateRequest, audience, event, gateway_message, service_message,
+    Event, GatewayMessage, Hello, ServiceMessage, VoiceConnectionClosedRequest,
+    VoiceGuildParticipantsRequest, VoiceJoinRequest, VoiceLeaveRequest, VoiceRemoveUserRequest,
+    VoiceSnapshotRequest, VoiceStateFields, VoiceStream, VoiceUpdateStateRequest, audience, event,
+    gateway_message, service_message,
 };
 use filament_registry::{GatewayId, MemoryRegistry, Registry, RegistryConfig};
 use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
 use filament_voice::metrics::SyncReason;
+use filament_voice::roster::{ChannelKey, Clock};
+use filament_voice::store::{Applied, Change, RosterStore, StoreError, StoreResult};
 use filament_voice::{LiveKit, VoiceMetrics};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Value, json};
@@ -51,13 +54,22 @@ impl Drop for Service {
 }
 
 async fn start(max_per_channel: usize) -> Service {
+    start_on(max_per_channel, None).await
+}
+
+/// The service on `store`, or on a memory roster when `None`.
+async fn start_on(max_per_channel: usize, store: Option<Arc<dyn RosterStore>>) -> Service {
     let registry = Arc::new(MemoryRegistry::new(RegistryConfig::default()));
     let livekit = LiveKit::new(API_KEY, API_SECRET, LIVEKIT_URL).unwrap();
     let mut config = filament_voice::Config::new(([127, 0, 0, 1], 0).into(), livekit);
     config.limits.max_participants_per_channel = max_per_channel;
     config.webhook_addr = Some(([127, 0, 0, 1], 0).into());
     let clients = GrpcClientMetrics::new(config.internal_token.clone());
-    let bound = filament_voice::bind(config, registry.clone())
+    let store = match store {
+        Some(store) => store,
+        None => filament_voice::open_store(&config, None).await.unwrap(),
+    };
+    let bound = filament_voice::bind(config, registry.clone(), store)
         .await
         .unwrap();
     let service = Service {
@@ -847,4 +859,80 @@ async fn forged_or_malformed_webhooks_are_refused_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(member.next().await, format!("join {sentinel}"));
+}
+
+// ---------------------------------------------------------------------------
+// A roster store that cannot answer.
+// ---------------------------------------------------------------------------
+
+/// What a Redis roster answers while Redis is down.
+struct DownStore;
+
+#[async_trait::async_trait]
+impl RosterStore for DownStore {
+    async fn apply(&self, _: &Change<'_>, _: Clock, _: &mut Vec<Event>) -> StoreResult<Applied> {
+        Err(StoreError::TimedOut)
+    }
+
+    async fn channels(&self) -> StoreResult<Vec<ChannelKey>> {
+        Err(StoreError::TimedOut)
+    }
+}
+
+/// Every call fails closed: UNAVAILABLE, never a guessed answer (an empty
+/// roster, "not in voice"); the webhook asks LiveKit to deliver again.
+#[tokio::test]
+async fn a_store_that_cannot_answer_fails_every_call_closed() {
+    let service = start_on(512, Some(Arc::new(DownStore))).await;
+    let (guild, channel, alice) = (ulid(), ulid(), ulid());
+    let mut client = service.client().await;
+    let unavailable = |status: tonic::Status| assert_eq!(status.code(), Code::Unavailable);
+    unavailable(
+        client
+            .join(join_request(&guild, &channel, &alice, &[]))
+            .await
+            .unwrap_err(),
+    );
+    let leave = VoiceLeaveRequest {
+        guild_id: guild.clone(),
+        channel_id: channel.clone(),
+        user_id: alice.clone(),
+    };
+    unavailable(client.leave(leave).await.unwrap_err());
+    let update = VoiceUpdateStateRequest {
+        guild_id: guild.clone(),
+        channel_id: channel.clone(),
+        user_id: alice.clone(),
+        fields: Some(VoiceStateFields {
+            is_muted: Some(true),
+            ..VoiceStateFields::default()
+        }),
+    };
+    unavailable(client.update_state(update).await.unwrap_err());
+    let snapshot = VoiceSnapshotRequest {
+        guild_id: guild.clone(),
+        channel_id: channel.clone(),
+    };
+    unavailable(client.snapshot(snapshot).await.unwrap_err());
+    let closed = VoiceConnectionClosedRequest {
+        user_id: alice.clone(),
+        closed_at_unix_ms: now_unix() * 1000,
+    };
+    unavailable(client.connection_closed(closed).await.unwrap_err());
+    let remove = VoiceRemoveUserRequest {
+        guild_id: guild.clone(),
+        user_id: alice.clone(),
+    };
+    unavailable(client.remove_user(remove).await.unwrap_err());
+    let holders = VoiceGuildParticipantsRequest {
+        guild_id: guild.clone(),
+    };
+    unavailable(client.guild_participants(holders).await.unwrap_err());
+
+    let body = webhook_body("participant_joined", &guild, &channel, &alice, None);
+    let auth = signed(&body, API_SECRET, API_KEY);
+    assert_eq!(
+        post_webhook(&service, &body, Some(&auth)).await,
+        (503, json!({"error": "unavailable"}))
+    );
 }

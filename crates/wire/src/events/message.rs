@@ -2,6 +2,7 @@
 //! `message_reaction`.
 
 use filament_proto::v1 as proto;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::convert::{ConvertError, convert_all, enum_value, required};
@@ -11,7 +12,7 @@ use crate::shapes::Message;
 
 /// `message_create`: the new [`Message`] itself is `d`, flat (contract §9.2),
 /// not wrapped in `{guild_id, channel_id, message}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(transparent)]
 pub struct MessageCreate(pub Message);
 
@@ -25,7 +26,7 @@ impl TryFrom<&proto::MessageCreate> for MessageCreate {
 }
 
 /// `message_update`: an edit. Both content fields are always sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct MessageUpdate {
     pub guild_id: String,
     pub channel_id: String,
@@ -35,7 +36,7 @@ pub struct MessageUpdate {
 }
 
 /// The edited content of `message_update`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct MessageContentFields {
     pub content: String,
     pub markdown_tokens: Vec<MarkdownToken>,
@@ -63,7 +64,7 @@ impl TryFrom<&proto::MessageUpdate> for MessageUpdate {
 }
 
 /// `message_delete`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct MessageDelete {
     pub guild_id: String,
     pub channel_id: String,
@@ -86,7 +87,7 @@ impl TryFrom<&proto::MessageDelete> for MessageDelete {
 
 /// `message_reaction` (schema 2): the client accepts `operation` and
 /// `actor_user_id` only together, so both are always sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct MessageReaction {
     pub guild_id: String,
     pub channel_id: String,

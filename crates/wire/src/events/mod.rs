@@ -4,7 +4,14 @@
 //! The table below is the only place that lists the events. The manifest
 //! test (`tests/manifest.rs`) checks it against the `(event)` option of every
 //! payload in events.proto, and the `match` it generates is exhaustive, so a
-//! new payload in the proto fails to compile until it is added here.
+//! new payload in the proto fails to compile until it is added here. The
+//! JSON Schema of `docs/events.json` ([`crate::schema`]) walks the same
+//! table, so an event cannot be encoded without also being described.
+//!
+//! A field omitted when `None` also carries `#[schemars(with = "T")]`: it is
+//! absent or a `T`, never `null`, while schemars would describe any `Option`
+//! as nullable. (`RoleFields.color_hex` is the one field that may be absent
+//! or `null`.)
 
 mod message;
 mod session;
@@ -14,6 +21,7 @@ mod workspace;
 
 use filament_proto::v1 as proto;
 use filament_proto::v1::event::Payload;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 pub use message::{
@@ -40,8 +48,8 @@ pub use workspace::{
 use crate::convert::ConvertError;
 
 /// The `d` of one gateway event: its wire type and the proto payload it is
-/// built from.
-pub trait WireEvent: Serialize + Sized {
+/// built from. Its JSON Schema must say exactly what its `Serialize` emits.
+pub trait WireEvent: Serialize + JsonSchema + Sized {
     /// The proto payload message (`filament_proto::v1::…`).
     type Proto;
 
@@ -62,6 +70,12 @@ pub(crate) trait PayloadVisitor {
     type Output;
 
     fn visit<E: WireEvent>(self, proto: &E::Proto) -> Self::Output;
+}
+
+/// Something done once per event type, with no payload at hand: how the
+/// schema generator lists every event from the same table.
+pub(crate) trait EventTypeVisitor {
+    fn visit<E: WireEvent>(&mut self);
 }
 
 /// Declares the event table: `WireType => "t"`. The proto payload message and
@@ -86,6 +100,11 @@ macro_rules! event_table {
                 $(Payload::$event(proto) => Some(visitor.visit::<$event>(proto)),)*
                 Payload::AccessChanged(_) | Payload::SessionRevoked(_) => None,
             }
+        }
+
+        /// Applies `visitor` to every client event type, in table order.
+        pub(crate) fn visit_types<V: EventTypeVisitor>(visitor: &mut V) {
+            $(visitor.visit::<$event>();)*
         }
     };
 }

@@ -2,13 +2,14 @@
 //! `presence_sync`, `presence_update`.
 
 use filament_proto::v1 as proto;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::convert::{ConvertError, enum_value};
 use crate::enums::PresenceStatus;
 
 /// `ready`: sent once, right after the upgrade.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Ready {
     pub user_id: String,
 }
@@ -24,7 +25,7 @@ impl TryFrom<&proto::Ready> for Ready {
 }
 
 /// `subscribed`: a subscribe was accepted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct Subscribed {
     pub guild_id: String,
     pub channel_id: String,
@@ -42,7 +43,7 @@ impl TryFrom<&proto::Subscribed> for Subscribed {
 }
 
 /// `presence_sync`: who is present in the guild, for one socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct PresenceSync {
     pub guild_id: String,
     pub user_ids: Vec<String>,
@@ -60,7 +61,7 @@ impl TryFrom<&proto::PresenceSync> for PresenceSync {
 }
 
 /// `presence_update`: a user came online in, or left, a guild.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct PresenceUpdate {
     pub guild_id: String,
     pub user_id: String,

@@ -1,21 +1,25 @@
 //! User-scoped payloads: profile changes and the friend graph.
 
+use std::borrow::Cow;
+
 use filament_proto::v1 as proto;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::convert::{ConvertError, convert_all, required};
 use crate::enums::FriendRequestState;
 use crate::markdown::MarkdownToken;
 
 /// `profile_update`: at least one field changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ProfileUpdate {
     pub user_id: String,
     pub updated_fields: ProfileFields,
     pub updated_at_unix: i64,
 }
 
-/// What changed in `profile_update`.
+/// What changed in `profile_update`. Its schema is written by hand (below).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ProfileFields {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -27,10 +31,50 @@ pub struct ProfileFields {
 }
 
 /// A new about text and its tokens.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct AboutFields {
     pub about_markdown: String,
     pub about_markdown_tokens: Vec<MarkdownToken>,
+}
+
+/// Written by hand because `about` is flattened and optional: a derived
+/// schema would let `about_markdown` come without its tokens. The encoder
+/// sends both or neither, so the schema is a union of two closed objects,
+/// the second with `AboutFields`' own properties (so a renamed field there
+/// cannot drift from this one).
+impl JsonSchema for ProfileFields {
+    fn schema_name() -> Cow<'static, str> {
+        "ProfileFields".into()
+    }
+
+    fn schema_id() -> Cow<'static, str> {
+        concat!(module_path!(), "::ProfileFields").into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        let username = generator.subschema_for::<String>().to_value();
+        let mut with_about = AboutFields::json_schema(generator);
+        with_about.remove("description");
+        if let Some(properties) = with_about
+            .get_mut("properties")
+            .and_then(Value::as_object_mut)
+        {
+            properties.insert("username".to_owned(), username.clone());
+        }
+        with_about.insert("additionalProperties".to_owned(), Value::Bool(false));
+        json_schema!({
+            "description": "What changed in `profile_update`: `about_markdown` and \
+                            `about_markdown_tokens` come together or not at all.",
+            "oneOf": [
+                {
+                    "type": "object",
+                    "properties": { "username": username },
+                    "additionalProperties": false,
+                },
+                with_about,
+            ],
+        })
+    }
 }
 
 impl TryFrom<&proto::ProfileUpdate> for ProfileUpdate {
@@ -63,7 +107,7 @@ impl TryFrom<&proto::ProfileUpdate> for ProfileUpdate {
 }
 
 /// `profile_avatar_update`: clients refetch the avatar with the new version.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ProfileAvatarUpdate {
     pub user_id: String,
     pub avatar_version: i64,
@@ -83,7 +127,7 @@ impl TryFrom<&proto::ProfileAvatarUpdate> for ProfileAvatarUpdate {
 }
 
 /// `profile_banner_update`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ProfileBannerUpdate {
     pub user_id: String,
     pub banner_version: i64,
@@ -102,8 +146,10 @@ impl TryFrom<&proto::ProfileBannerUpdate> for ProfileBannerUpdate {
     }
 }
 
-/// `friend_request_create`: sent to both parties.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// `friend_request_create`: sent to both parties. Also the shape of one
+/// pending request in `GET /friends/requests`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct FriendRequestCreate {
     pub request_id: String,
     pub sender_user_id: String,
@@ -130,7 +176,7 @@ impl TryFrom<&proto::FriendRequestCreate> for FriendRequestCreate {
 
 /// `friend_request_update`: each party gets its own copy, where `user_id`
 /// is the receiver and `friend_*` the other party.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct FriendRequestUpdate {
     pub request_id: String,
     pub state: FriendRequestState,
@@ -140,6 +186,7 @@ pub struct FriendRequestUpdate {
     pub friendship_created_at_unix: i64,
     pub updated_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
@@ -164,11 +211,12 @@ impl TryFrom<&proto::FriendRequestUpdate> for FriendRequestUpdate {
 }
 
 /// `friend_request_delete`: cancelled or declined.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct FriendRequestDelete {
     pub request_id: String,
     pub deleted_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
@@ -185,12 +233,13 @@ impl TryFrom<&proto::FriendRequestDelete> for FriendRequestDelete {
 }
 
 /// `friend_remove`: each former friend gets its own copy.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct FriendRemove {
     pub user_id: String,
     pub friend_user_id: String,
     pub removed_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 

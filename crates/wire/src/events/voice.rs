@@ -2,6 +2,7 @@
 //! media streams they publish.
 
 use filament_proto::v1 as proto;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::convert::{ConvertError, enum_value, required};
@@ -9,7 +10,7 @@ use crate::enums::VoiceStream;
 use crate::shapes::VoiceParticipant;
 
 /// `voice_participant_sync`: everyone in the channel, for one socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct VoiceParticipantSync {
     pub guild_id: String,
     pub channel_id: String,
@@ -35,7 +36,7 @@ impl TryFrom<&proto::VoiceParticipantSync> for VoiceParticipantSync {
 }
 
 /// `voice_participant_join`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct VoiceParticipantJoin {
     pub guild_id: String,
     pub channel_id: String,
@@ -59,7 +60,7 @@ impl TryFrom<&proto::VoiceParticipantJoin> for VoiceParticipantJoin {
 }
 
 /// `voice_participant_leave`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct VoiceParticipantLeave {
     pub guild_id: String,
     pub channel_id: String,
@@ -83,7 +84,7 @@ impl TryFrom<&proto::VoiceParticipantLeave> for VoiceParticipantLeave {
 }
 
 /// `voice_participant_update`: only the flags that changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct VoiceParticipantUpdate {
     pub guild_id: String,
     pub channel_id: String,
@@ -94,17 +95,22 @@ pub struct VoiceParticipantUpdate {
 }
 
 /// What changed in `voice_participant_update`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct VoiceStateFields {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "bool")]
     pub is_muted: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "bool")]
     pub is_deafened: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "bool")]
     pub is_speaking: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "bool")]
     pub is_video_enabled: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "bool")]
     pub is_screen_share_enabled: Option<bool>,
 }
 
@@ -134,7 +140,7 @@ impl TryFrom<&proto::VoiceParticipantUpdate> for VoiceParticipantUpdate {
 }
 
 /// `voice_stream_publish`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct VoiceStreamPublish {
     pub guild_id: String,
     pub channel_id: String,
@@ -160,7 +166,7 @@ impl TryFrom<&proto::VoiceStreamPublish> for VoiceStreamPublish {
 }
 
 /// `voice_stream_unpublish`: precedes a leave.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct VoiceStreamUnpublish {
     pub guild_id: String,
     pub channel_id: String,

@@ -5,6 +5,7 @@
 //! `updated_fields` members are omitted when they did not change.
 
 use filament_proto::v1 as proto;
+use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::convert::{ConvertError, enum_list, enum_value, required};
@@ -14,7 +15,7 @@ use crate::enums::{
 use crate::shapes::Channel;
 
 /// `channel_create`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ChannelCreate {
     pub guild_id: String,
     pub channel: Channel,
@@ -33,20 +34,22 @@ impl TryFrom<&proto::ChannelCreate> for ChannelCreate {
 }
 
 /// `channel_update` (not in the reference contract; a rename).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ChannelUpdate {
     pub guild_id: String,
     pub channel_id: String,
     pub updated_fields: ChannelFields,
     pub updated_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
 /// What changed in `channel_update`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ChannelFields {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub name: Option<String>,
 }
 
@@ -71,12 +74,13 @@ impl TryFrom<&proto::ChannelUpdate> for ChannelUpdate {
 }
 
 /// `channel_delete` (not in the reference contract).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ChannelDelete {
     pub guild_id: String,
     pub channel_id: String,
     pub deleted_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
@@ -94,21 +98,24 @@ impl TryFrom<&proto::ChannelDelete> for ChannelDelete {
 }
 
 /// `workspace_update`: the guild's name or visibility changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceUpdate {
     pub guild_id: String,
     pub updated_fields: WorkspaceFields,
     pub updated_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
 /// What changed in `workspace_update`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceFields {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Visibility")]
     pub visibility: Option<Visibility>,
 }
 
@@ -137,13 +144,14 @@ impl TryFrom<&proto::WorkspaceUpdate> for WorkspaceUpdate {
 }
 
 /// `workspace_member_add`: a join or an added member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceMemberAdd {
     pub guild_id: String,
     pub user_id: String,
     pub role: LegacyRole,
     pub joined_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
@@ -162,18 +170,19 @@ impl TryFrom<&proto::WorkspaceMemberAdd> for WorkspaceMemberAdd {
 }
 
 /// `workspace_member_update`: a member's legacy role changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceMemberUpdate {
     pub guild_id: String,
     pub user_id: String,
     pub updated_fields: MemberFields,
     pub updated_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
 /// What changed in `workspace_member_update`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct MemberFields {
     pub role: LegacyRole,
 }
@@ -199,13 +208,14 @@ impl TryFrom<&proto::WorkspaceMemberUpdate> for WorkspaceMemberUpdate {
 }
 
 /// `workspace_member_remove`: a kick, a ban or a leave.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceMemberRemove {
     pub guild_id: String,
     pub user_id: String,
     pub reason: MemberRemoveReason,
     pub removed_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
@@ -224,12 +234,13 @@ impl TryFrom<&proto::WorkspaceMemberRemove> for WorkspaceMemberRemove {
 }
 
 /// `workspace_member_ban`: sent before the matching `workspace_member_remove`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceMemberBan {
     pub guild_id: String,
     pub user_id: String,
     pub banned_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
@@ -247,18 +258,19 @@ impl TryFrom<&proto::WorkspaceMemberBan> for WorkspaceMemberBan {
 }
 
 /// `workspace_role_create`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceRoleCreate {
     pub guild_id: String,
     pub role: CreatedRole,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
 /// The role inside `workspace_role_create`. Unlike the REST
 /// [`crate::Role`], a role without a color omits `color_hex` rather than
 /// sending `null`: that is the shape the client decodes for this event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct CreatedRole {
     pub role_id: String,
     pub name: String,
@@ -266,6 +278,7 @@ pub struct CreatedRole {
     pub is_system: bool,
     pub permissions: Vec<Permission>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub color_hex: Option<String>,
 }
 
@@ -290,25 +303,29 @@ impl TryFrom<&proto::WorkspaceRoleCreate> for WorkspaceRoleCreate {
 }
 
 /// `workspace_role_update`: the fields the PATCH sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceRoleUpdate {
     pub guild_id: String,
     pub role_id: String,
     pub updated_fields: RoleFields,
     pub updated_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
 /// What changed in `workspace_role_update`. `color_hex` has three states:
 /// absent (unchanged), `null` (cleared) or a color.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct RoleFields {
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Vec<Permission>")]
     pub permissions: Option<Vec<Permission>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
     pub color_hex: Option<Option<String>>,
 }
 
@@ -340,12 +357,13 @@ impl TryFrom<&proto::WorkspaceRoleUpdate> for WorkspaceRoleUpdate {
 }
 
 /// `workspace_role_delete`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceRoleDelete {
     pub guild_id: String,
     pub role_id: String,
     pub deleted_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
@@ -363,12 +381,13 @@ impl TryFrom<&proto::WorkspaceRoleDelete> for WorkspaceRoleDelete {
 }
 
 /// `workspace_role_reorder`: the new order, highest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceRoleReorder {
     pub guild_id: String,
     pub role_ids: Vec<String>,
     pub updated_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
@@ -386,13 +405,14 @@ impl TryFrom<&proto::WorkspaceRoleReorder> for WorkspaceRoleReorder {
 }
 
 /// `workspace_role_assignment_add`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceRoleAssignmentAdd {
     pub guild_id: String,
     pub user_id: String,
     pub role_id: String,
     pub assigned_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
@@ -411,13 +431,14 @@ impl TryFrom<&proto::WorkspaceRoleAssignmentAdd> for WorkspaceRoleAssignmentAdd 
 }
 
 /// `workspace_role_assignment_remove`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceRoleAssignmentRemove {
     pub guild_id: String,
     pub user_id: String,
     pub role_id: String,
     pub removed_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
@@ -436,7 +457,7 @@ impl TryFrom<&proto::WorkspaceRoleAssignmentRemove> for WorkspaceRoleAssignmentR
 }
 
 /// The allow and deny lists of a channel override; both always sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct OverrideFields {
     pub allow: Vec<Permission>,
     pub deny: Vec<Permission>,
@@ -454,7 +475,7 @@ impl TryFrom<&proto::OverrideFields> for OverrideFields {
 }
 
 /// `workspace_channel_role_override_update`: the legacy per-role override.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceChannelRoleOverrideUpdate {
     pub guild_id: String,
     pub channel_id: String,
@@ -462,6 +483,7 @@ pub struct WorkspaceChannelRoleOverrideUpdate {
     pub updated_fields: OverrideFields,
     pub updated_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
@@ -486,7 +508,7 @@ impl TryFrom<&proto::WorkspaceChannelRoleOverrideUpdate> for WorkspaceChannelRol
 
 /// `workspace_channel_permission_override_update`: an override on a role or
 /// a member.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceChannelPermissionOverrideUpdate {
     pub guild_id: String,
     pub channel_id: String,
@@ -495,6 +517,7 @@ pub struct WorkspaceChannelPermissionOverrideUpdate {
     pub updated_fields: OverrideFields,
     pub updated_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
@@ -526,17 +549,18 @@ impl TryFrom<&proto::WorkspaceChannelPermissionOverrideUpdate>
 }
 
 /// `workspace_ip_ban_sync`: how many bans changed, never an address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct WorkspaceIpBanSync {
     pub guild_id: String,
     pub summary: IpBanSummary,
     pub updated_at_unix: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub actor_user_id: Option<String>,
 }
 
 /// The summary of `workspace_ip_ban_sync`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct IpBanSummary {
     pub action: IpBanAction,
     pub changed_count: i64,

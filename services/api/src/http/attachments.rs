@@ -7,23 +7,25 @@
 //! description to the store, where the owner's quota is charged.
 
 use axum::Json;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use filament_proto::v1 as pb;
 use serde::Deserialize;
 use ulid::Ulid;
+use utoipa::IntoParams;
+use utoipa_axum::router::UtoipaMethodRouterExt as _;
+use utoipa_axum::routes;
 
 use crate::attachments::{
     AttachmentStorage, LocalStorage, MAX_ATTACHMENT_BYTES, StageError, USER_QUOTA_BYTES,
 };
 use crate::clock::now_unix;
 use crate::domain::storable_text;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{AuthUser, Ids, QueryParams};
+use crate::http::openapi::{ApiRouter, AttachmentPath, Binary, ChannelPath};
 use crate::http::uploads::{Disposition, untrusted_content_headers};
 use crate::state::AppState;
 use crate::store::{AttachmentInsert, AttachmentRecord, MemberRole};
@@ -38,9 +40,12 @@ pub fn storage(state: &AppState) -> LocalStorage {
     LocalStorage::new(&state.config().attachment_root)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct UploadQuery {
+    /// 1–128 bytes, no `/`, `\` or control characters; default
+    /// `upload.bin`.
     filename: Option<String>,
 }
 
@@ -78,6 +83,29 @@ fn declared_type(headers: &HeaderMap) -> ApiResult<Option<String>> {
         .transpose()
 }
 
+/// The body is the file itself, up to 25 MiB. Its type is sniffed from the
+/// bytes; a declared `Content-Type` must be that very type (so
+/// `application/octet-stream` is refused), or be left out.
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/channels/{channel_id}/attachments",
+    tag = "attachments",
+    security(("bearer" = [])),
+    params(ChannelPath, UploadQuery),
+    request_body(
+        content = Binary,
+        content_type = "*/*",
+        description = "The file's bytes, declared as the file's own media type.",
+    ),
+    responses(
+        (status = 200, description = "The upload, not yet bound to a message.", body = filament_wire::Attachment),
+        (status = 400, description = "Empty, of an unknown type, or not of the declared type; or a malformed id or filename (`invalid_request`).", body = ErrorBody),
+        (status = 403, description = "Cannot view the channel (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such channel (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The caller's upload quota is used up (`quota_exceeded`).", body = ErrorBody),
+        (status = 413, description = "Over 25 MiB (`payload_too_large`).", body = ErrorBody),
+    ),
+)]
 pub async fn upload(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -156,6 +184,18 @@ pub async fn upload(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/guilds/{guild_id}/channels/{channel_id}/attachments/{attachment_id}",
+    tag = "attachments",
+    security(("bearer" = [])),
+    params(AttachmentPath),
+    responses(
+        (status = 200, description = "The file, as its sniffed type, to be saved (`Content-Disposition: attachment`).", body = Binary, content_type = "*/*"),
+        (status = 403, description = "Cannot view the channel (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such attachment, or someone else's unsent upload (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn download(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -203,6 +243,18 @@ pub async fn download(
         .into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/guilds/{guild_id}/channels/{channel_id}/attachments/{attachment_id}",
+    tag = "attachments",
+    security(("bearer" = [])),
+    params(AttachmentPath),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 403, description = "Cannot view the channel, or someone else's sent attachment and not a moderator (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such attachment (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -259,19 +311,13 @@ pub fn proto_attachment(attachment: &AttachmentRecord) -> pb::Attachment {
     }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/guilds/{guild_id}/channels/{channel_id}/attachments",
-            // The upload streams under its own 25 MiB cap. The 1 MiB JSON
-            // limit only binds buffering extractors, which this handler
-            // does not use; disabled here so that it never will.
-            post(upload).layer(DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/guilds/{guild_id}/channels/{channel_id}/attachments/{attachment_id}",
-            get(download).delete(delete),
-        )
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        // The upload streams under its own 25 MiB cap. The 1 MiB JSON limit
+        // only binds buffering extractors, which this handler does not use;
+        // disabled here so that it never will.
+        .routes(routes!(upload).layer(DefaultBodyLimit::disable()))
+        .routes(routes!(download, delete))
 }
 
 #[cfg(test)]

@@ -1,29 +1,36 @@
 //! `/auth/*`: register, login, refresh, logout, me.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use filament_wire::Profile;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use crate::auth::RefreshToken;
 use crate::clock::now_unix;
 use crate::domain::{Password, Username, storable_text};
+use crate::error::ErrorBody;
 use crate::error::{ApiError, ApiResult};
 use crate::events;
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, JsonBody};
+use crate::http::openapi::ApiRouter;
 use crate::http::rate_limit::AuthRoute;
+use crate::http::roles::{ACK, Ack};
 use crate::state::AppState;
 use crate::store::{NewSession, NewUser, RotateOutcome, StoreError, UserRecord};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterDto {
+    /// 3–32 of `[A-Za-z0-9_.]`.
+    #[schema(pattern = "^[A-Za-z0-9_.]{3,32}$")]
     username: String,
+    /// 12–128 bytes.
+    #[schema(min_length = 12, max_length = 128)]
     password: String,
     /// Only checked when hCaptcha is configured; ignored otherwise, except
     /// that a NUL is refused as in every text field.
@@ -31,25 +38,20 @@ pub struct RegisterDto {
     captcha_token: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginDto {
     username: String,
     password: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RefreshDto {
     refresh_token: String,
 }
 
-#[derive(Serialize)]
-pub struct Accepted {
-    accepted: bool,
-}
-
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TokenPair {
     access_token: String,
     refresh_token: String,
@@ -75,11 +77,22 @@ pub fn profile(user: &UserRecord) -> ApiResult<Profile> {
 
 /// Always answers `{accepted:true}` for a well-formed request, so the
 /// response does not tell whether a username exists.
+#[utoipa::path(
+    post,
+    path = "/auth/register",
+    tag = "auth",
+    request_body = RegisterDto,
+    responses(
+        (status = 200, description = "Accepted, whether or not the name was free.", body = Ack),
+        (status = 500, description = "An unexpected failure (`internal_error`).", body = ErrorBody),
+        (status = 503, description = "Shedding load (`unavailable`), with `retry-after`.", body = ErrorBody),
+    ),
+)]
 pub async fn register(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     JsonBody(dto): JsonBody<RegisterDto>,
-) -> ApiResult<Json<Accepted>> {
+) -> ApiResult<Json<Ack>> {
     state.auth_limiter().check(AuthRoute::Register, ip)?;
     let username = Username::try_from(dto.username)?;
     let password = Password::try_from(dto.password)?;
@@ -98,11 +111,23 @@ pub async fn register(
         created_at_unix: now_unix(),
     };
     match state.store().create_user(user).await {
-        Ok(()) | Err(StoreError::Conflict(_)) => Ok(Json(Accepted { accepted: true })),
+        Ok(()) | Err(StoreError::Conflict(_)) => Ok(Json(ACK)),
         Err(err) => Err(err.into()),
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/login",
+    tag = "auth",
+    request_body = LoginDto,
+    responses(
+        (status = 200, description = "A new session's tokens.", body = TokenPair),
+        (status = 401, description = "Wrong name or password, or the account is locked out (`invalid_credentials`).", body = ErrorBody),
+        (status = 500, description = "An unexpected failure (`internal_error`).", body = ErrorBody),
+        (status = 503, description = "Shedding load (`unavailable`), with `retry-after`.", body = ErrorBody),
+    ),
+)]
 pub async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -146,6 +171,18 @@ pub async fn login(
     token_pair(&state, &user, &refresh)
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/refresh",
+    tag = "auth",
+    request_body = RefreshDto,
+    responses(
+        (status = 200, description = "The rotated tokens.", body = TokenPair),
+        (status = 401, description = "The refresh token is unknown, expired or replayed (`invalid_credentials`).", body = ErrorBody),
+        (status = 500, description = "An unexpected failure (`internal_error`).", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`unavailable`), with `retry-after`.", body = ErrorBody),
+    ),
+)]
 pub async fn refresh(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
@@ -183,6 +220,18 @@ pub async fn refresh(
     token_pair(&state, &user, &next)
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/logout",
+    tag = "auth",
+    request_body = RefreshDto,
+    responses(
+        (status = 204, description = "The session is ended everywhere."),
+        (status = 401, description = "The refresh token is unknown or expired (`invalid_credentials`).", body = ErrorBody),
+        (status = 500, description = "An unexpected failure (`internal_error`).", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`unavailable`), with `retry-after`.", body = ErrorBody),
+    ),
+)]
 pub async fn logout(
     State(state): State<AppState>,
     JsonBody(dto): JsonBody<RefreshDto>,
@@ -220,6 +269,13 @@ async fn end_session(state: &AppState, user_id: Ulid, session_id: Ulid) -> ApiRe
     Ok(())
 }
 
+#[utoipa::path(
+    get,
+    path = "/auth/me",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The caller's profile.", body = Profile)),
+)]
 pub async fn me(AuthUser(user): AuthUser) -> ApiResult<Json<Profile>> {
     profile(&user).map(Json)
 }
@@ -248,11 +304,11 @@ fn token_pair(
     }))
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/auth/register", post(register))
-        .route("/auth/login", post(login))
-        .route("/auth/refresh", post(refresh))
-        .route("/auth/logout", post(logout))
-        .route("/auth/me", get(me))
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
 }

@@ -5,19 +5,20 @@
 //! returns, so no gateway keeps a subscription to a channel that is gone.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, patch, post};
 use filament_proto::v1::{self as pb, event};
 use filament_wire::Channel;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::Name;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
+use crate::http::openapi::{ApiRouter, ChannelPath, GuildPath};
 use crate::permissions::Permission;
 use crate::state::AppState;
 use crate::store::{ChannelKind, ChannelRecord, MemberRole};
@@ -25,11 +26,15 @@ use crate::store::{ChannelKind, ChannelRecord, MemberRole};
 /// The most channels `GET /guilds/{g}/channels` returns.
 const CHANNEL_LIST_LIMIT: u32 = 500;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateChannelDto {
+    /// 1–64 printable ASCII characters or spaces, not blank.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[ -~]*[!-~][ -~]*$")]
     name: String,
+    /// `text` (the default) or `voice`.
     #[serde(default)]
+    #[schema(value_type = Option<filament_wire::ChannelKind>)]
     kind: Option<String>,
 }
 
@@ -45,25 +50,39 @@ fn wire_channel(channel: &ChannelRecord) -> Channel {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ChannelList {
     channels: Vec<Channel>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateChannelDto {
+    /// The new name; without it the request is a 400.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[ -~]*[!-~][ -~]*$")]
     name: Option<String>,
 }
 
 /// `GET …/permissions/self`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SelfPermissions {
     role: filament_wire::LegacyRole,
     permissions: Vec<filament_wire::Permission>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/channels",
+    tag = "channels",
+    security(("bearer" = [])),
+    params(GuildPath),
+    request_body = CreateChannelDto,
+    responses(
+        (status = 200, description = "The new channel.", body = Channel),
+        (status = 403, description = "Not a member (or no such guild), or lacks `manage_channel_overrides` (`forbidden`).", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -96,6 +115,17 @@ pub async fn create(
     Ok(Json(wire_channel(&channel)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/guilds/{guild_id}/channels",
+    tag = "channels",
+    security(("bearer" = [])),
+    params(GuildPath),
+    responses(
+        (status = 200, description = "The channels the caller can view (at most 500).", body = ChannelList),
+        (status = 403, description = "Not a member, or no such guild (`forbidden`).", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -111,6 +141,19 @@ pub async fn list(
 }
 
 /// Renames a channel; channel-level `manage_channel_overrides`.
+#[utoipa::path(
+    patch,
+    path = "/guilds/{guild_id}/channels/{channel_id}",
+    tag = "channels",
+    security(("bearer" = [])),
+    params(ChannelPath),
+    request_body = UpdateChannelDto,
+    responses(
+        (status = 200, description = "The renamed channel.", body = Channel),
+        (status = 403, description = "Cannot view the channel, or lacks `manage_channel_overrides` (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such channel in the guild (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -153,6 +196,18 @@ pub async fn update(
 
 /// Deletes a channel with its messages; channel-level
 /// `manage_channel_overrides`. 204 like the other deletes of content.
+#[utoipa::path(
+    delete,
+    path = "/guilds/{guild_id}/channels/{channel_id}",
+    tag = "channels",
+    security(("bearer" = [])),
+    params(ChannelPath),
+    responses(
+        (status = 204, description = "Deleted, with its messages."),
+        (status = 403, description = "Cannot view the channel, or lacks `manage_channel_overrides` (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such channel in the guild (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -186,6 +241,18 @@ pub async fn delete(
 }
 
 /// The caller's legacy role and channel-level permissions, in bit order.
+#[utoipa::path(
+    get,
+    path = "/guilds/{guild_id}/channels/{channel_id}/permissions/self",
+    tag = "channels",
+    security(("bearer" = [])),
+    params(ChannelPath),
+    responses(
+        (status = 200, description = "The caller's role and permissions in the channel.", body = SelfPermissions),
+        (status = 403, description = "Cannot view the channel (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such channel in the guild (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn permissions_self(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -217,15 +284,9 @@ pub fn proto_channel(channel: &ChannelRecord) -> pb::Channel {
     }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/guilds/{guild_id}/channels", post(create).get(list))
-        .route(
-            "/guilds/{guild_id}/channels/{channel_id}",
-            patch(update).delete(delete),
-        )
-        .route(
-            "/guilds/{guild_id}/channels/{channel_id}/permissions/self",
-            get(permissions_self),
-        )
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(update, delete))
+        .routes(routes!(permissions_self))
 }

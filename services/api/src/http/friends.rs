@@ -6,38 +6,41 @@
 //! gets its own copy, addressed to that party alone.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
 use filament_proto::v1::{self as pb, event};
 use filament_wire::events::FriendRequestCreate;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::parse_id;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
+use crate::http::openapi::{ApiRouter, FriendRequestPath, Id, UserPath};
+use crate::http::roles::{ACK, Ack};
 use crate::state::AppState;
 use crate::store::{AcceptedFriendRequest, FriendRequestRecord, NewFriendRequest};
 
 /// The state `friend_request_update` reports; the only one there is.
 const ACCEPTED: &str = "accepted";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequestDto {
+    #[schema(value_type = Id)]
     recipient_user_id: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct FriendList {
     friends: Vec<Friend>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Friend {
     user_id: String,
     username: String,
@@ -45,7 +48,7 @@ pub struct Friend {
 }
 
 /// The body of `POST /friends/requests` (no usernames, unlike the lists).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct CreatedRequest {
     request_id: String,
     sender_user_id: String,
@@ -55,17 +58,19 @@ pub struct CreatedRequest {
 
 /// `GET /friends/requests`. Each entry has exactly the fields of
 /// `friend_request_create`, so it reuses that shape.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RequestLists {
     incoming: Vec<FriendRequestCreate>,
     outgoing: Vec<FriendRequestCreate>,
 }
 
-#[derive(Serialize)]
-pub struct Accepted {
-    accepted: bool,
-}
-
+#[utoipa::path(
+    get,
+    path = "/friends",
+    tag = "friends",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The caller's friends.", body = FriendList)),
+)]
 pub async fn list_friends(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -83,6 +88,17 @@ pub async fn list_friends(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/friends/requests",
+    tag = "friends",
+    security(("bearer" = [])),
+    request_body = CreateRequestDto,
+    responses(
+        (status = 200, description = "The request, sent.", body = CreatedRequest),
+        (status = 400, description = "A malformed id, oneself, an unknown user, a friend already, or a request pending either way (`invalid_request`).", body = ErrorBody),
+    ),
+)]
 pub async fn create_request(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -116,6 +132,13 @@ pub async fn create_request(
     Ok(Json(body))
 }
 
+#[utoipa::path(
+    get,
+    path = "/friends/requests",
+    tag = "friends",
+    security(("bearer" = [])),
+    responses((status = 200, description = "Pending requests to and from the caller.", body = RequestLists)),
+)]
 pub async fn list_requests(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -145,11 +168,22 @@ pub async fn list_requests(
 
 /// Only the recipient may accept; for anyone else the request does not
 /// exist (404), so ids cannot be probed.
+#[utoipa::path(
+    post,
+    path = "/friends/requests/{request_id}/accept",
+    tag = "friends",
+    security(("bearer" = [])),
+    params(FriendRequestPath),
+    responses(
+        (status = 200, description = "Friends now.", body = Ack),
+        (status = 404, description = "No such request to the caller (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn accept_request(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
     Ids([request_id]): Ids<1>,
-) -> ApiResult<Json<Accepted>> {
+) -> ApiResult<Json<Ack>> {
     let now = now_unix();
     let accepted = state
         .store()
@@ -159,10 +193,21 @@ pub async fn accept_request(
     for copy in request_update_copies(&accepted, user.user_id, now) {
         events::publish(&state, copy).await;
     }
-    Ok(Json(Accepted { accepted: true }))
+    Ok(Json(ACK))
 }
 
 /// Cancels (sender) or declines (recipient) a request.
+#[utoipa::path(
+    delete,
+    path = "/friends/requests/{request_id}",
+    tag = "friends",
+    security(("bearer" = [])),
+    params(FriendRequestPath),
+    responses(
+        (status = 204, description = "Cancelled or declined."),
+        (status = 404, description = "No such request of the caller's (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn delete_request(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -188,6 +233,14 @@ pub async fn delete_request(
 
 /// Idempotent: unfriending someone who is not a friend (or does not exist)
 /// is a 204 that changes nothing and tells nobody.
+#[utoipa::path(
+    delete,
+    path = "/friends/{user_id}",
+    tag = "friends",
+    security(("bearer" = [])),
+    params(UserPath),
+    responses((status = 204, description = "Not friends (any more).")),
+)]
 pub async fn remove_friend(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -254,14 +307,11 @@ fn to_one_user(user_id: Ulid, payload: event::Payload) -> pb::Event {
     events::for_users(vec![user_id.to_string()], Vec::new(), payload)
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/friends", get(list_friends))
-        .route("/friends/requests", post(create_request).get(list_requests))
-        .route(
-            "/friends/requests/{request_id}/accept",
-            post(accept_request),
-        )
-        .route("/friends/requests/{request_id}", delete(delete_request))
-        .route("/friends/{user_id}", delete(remove_friend))
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(list_friends))
+        .routes(routes!(create_request, list_requests))
+        .routes(routes!(accept_request))
+        .routes(routes!(delete_request))
+        .routes(routes!(remove_friend))
 }

@@ -10,20 +10,23 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use filament_wire::Guild;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use ulid::Ulid;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::UtoipaMethodRouterExt as _;
+use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::{Name, page_limit, storable_text};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::members::apply_default_join_role;
+use crate::http::openapi::{ApiRouter, GuildPath};
 use crate::http::sliding::SlidingWindow;
 use crate::state::AppState;
 use crate::store::{AddMemberOutcome, GuildRecord, MemberRecord, MemberRole, Visibility};
@@ -41,18 +44,26 @@ const JOIN_REJECTED_VISIBILITY: &str = "directory.join.rejected.visibility";
 const JOIN_REJECTED_USER_BAN: &str = "directory.join.rejected.user_ban";
 const JOIN_REJECTED_IP_BAN: &str = "directory.join.rejected.ip_ban";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGuildDto {
+    /// 1–64 printable ASCII characters or spaces, not blank.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[ -~]*[!-~][ -~]*$")]
     name: String,
+    /// `private` (the default) or `public`.
     #[serde(default)]
+    #[schema(value_type = Option<filament_wire::Visibility>)]
     visibility: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DirectoryQuery {
+    /// Only guilds whose name contains this, in any case; at most 64 bytes.
     q: Option<String>,
+    /// Page size, 1–50 (default 20).
+    #[param(minimum = 1, maximum = 50)]
     limit: Option<u32>,
 }
 
@@ -91,17 +102,30 @@ fn wire_guild(guild: &GuildRecord) -> Guild {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct GuildList {
     guilds: Vec<Guild>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct JoinOutcome {
     guild_id: String,
+    /// `accepted`, or `already_member`.
+    #[schema(value_type = String)]
     outcome: &'static str,
 }
 
+#[utoipa::path(
+    post,
+    path = "/guilds",
+    tag = "guilds",
+    security(("bearer" = [])),
+    request_body = CreateGuildDto,
+    responses(
+        (status = 200, description = "The new guild, owned by the caller.", body = Guild),
+        (status = 403, description = "The caller created as many guilds as allowed (`guild_creation_limit_reached`).", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -131,6 +155,13 @@ pub async fn create(
 
 /// The caller's guilds; a ban removed the membership, so banned guilds are
 /// not among them.
+#[utoipa::path(
+    get,
+    path = "/guilds",
+    tag = "guilds",
+    security(("bearer" = [])),
+    responses((status = 200, description = "The caller's guilds (at most 200).", body = GuildList)),
+)]
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -146,6 +177,14 @@ pub async fn list(
 
 /// `GET /guilds/public`: public guilds, newest first, optionally those whose
 /// name contains `q` in any case.
+#[utoipa::path(
+    get,
+    path = "/guilds/public",
+    tag = "guilds",
+    security(("bearer" = [])),
+    params(DirectoryQuery),
+    responses((status = 200, description = "Public guilds, newest first.", body = GuildList)),
+)]
 pub async fn directory(
     State(state): State<AppState>,
     AuthUser(_): AuthUser,
@@ -163,6 +202,18 @@ pub async fn directory(
 
 /// Joins a public guild. A private or unknown guild is a 404, so private
 /// guilds cannot be discovered by id.
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/join",
+    tag = "guilds",
+    security(("bearer" = [])),
+    params(GuildPath),
+    responses(
+        (status = 200, description = "Joined, or already a member.", body = JoinOutcome),
+        (status = 403, description = "The caller is banned (`directory_join_user_banned`) or their address is (`directory_join_ip_banned`).", body = ErrorBody),
+        (status = 404, description = "No such public guild (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn join(
     State(state): State<AppState>,
     Extension(limiter): Extension<Arc<JoinLimiter>>,
@@ -250,14 +301,11 @@ async fn refusal(
     })
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/guilds", post(create).get(list))
-        .route("/guilds/public", get(directory))
-        .route(
-            "/guilds/{guild_id}/join",
-            post(join).layer(Extension(Arc::new(JoinLimiter::default()))),
-        )
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(directory))
+        .routes(routes!(join).layer(Extension(Arc::new(JoinLimiter::default()))))
 }
 
 // --- the directory-join limiter ------------------------------------------------

@@ -9,18 +9,20 @@
 
 use std::collections::BTreeMap;
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use filament_proto::v1::{self as pb, event};
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::{page_limit, parse_id};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
+use crate::http::openapi::{ApiRouter, GuildPath, Id, MemberPath};
 use crate::http::roles::{ACK, Ack, MAX_ASSIGNMENTS};
 use crate::permissions::Permission;
 use crate::state::AppState;
@@ -32,28 +34,36 @@ const MEMBER_LIST_MAX_LIMIT: u32 = 200;
 /// Audit action of `PATCH /guilds/{g}/members/{u}`.
 const MEMBER_ROLE_UPDATE: &str = "member.role.update";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct MemberListQuery {
+    /// The `next_cursor` of the page before.
+    #[param(value_type = Option<Id>)]
     cursor: Option<String>,
+    /// Page size, 1–200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct MemberEntry {
     user_id: String,
+    /// Explicitly assigned roles, ascending (at most 16).
     role_ids: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct MemberList {
     members: Vec<MemberEntry>,
+    /// Where the next page starts; `null` on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
 /// The legacy role as clients send it; anything else is a 422 like any
 /// other mistyped field.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 enum LegacyRoleDto {
     Owner,
@@ -71,7 +81,7 @@ impl From<LegacyRoleDto> for MemberRole {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateMemberDto {
     role: LegacyRoleDto,
@@ -79,6 +89,17 @@ pub struct UpdateMemberDto {
 
 /// `GET /guilds/{g}/members`: members by user id, with their explicit role
 /// assignments.
+#[utoipa::path(
+    get,
+    path = "/guilds/{guild_id}/members",
+    tag = "members",
+    security(("bearer" = [])),
+    params(GuildPath, MemberListQuery),
+    responses(
+        (status = 200, description = "A page of members, by user id.", body = MemberList),
+        (status = 403, description = "Not a member, or no such guild (`forbidden`).", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -128,6 +149,18 @@ pub async fn list(
 
 /// `POST /guilds/{g}/members/{u}`: adds a member. Idempotent; a banned user
 /// cannot be added.
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/members/{user_id}",
+    tag = "members",
+    security(("bearer" = [])),
+    params(MemberPath),
+    responses(
+        (status = 200, description = "A member now, or already.", body = Ack),
+        (status = 403, description = "Lacks `manage_member_roles`, or the user is banned (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such user (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn add(
     State(state): State<AppState>,
     AuthUser(actor): AuthUser,
@@ -164,6 +197,19 @@ pub async fn add(
 
 /// `PATCH /guilds/{g}/members/{u}`: moves a member between `member` and
 /// `moderator` under the legacy rules.
+#[utoipa::path(
+    patch,
+    path = "/guilds/{guild_id}/members/{user_id}",
+    tag = "members",
+    security(("bearer" = [])),
+    params(MemberPath),
+    request_body = UpdateMemberDto,
+    responses(
+        (status = 200, description = "The role is changed.", body = Ack),
+        (status = 403, description = "The legacy rules refuse the change (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "Not a member (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(actor): AuthUser,
@@ -262,13 +308,10 @@ pub async fn apply_default_join_role(state: &AppState, guild_id: Ulid, user_id: 
     }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/guilds/{guild_id}/members", get(list))
-        .route(
-            "/guilds/{guild_id}/members/{user_id}",
-            post(add).patch(update),
-        )
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(add, update))
 }
 
 #[cfg(test)]

@@ -12,22 +12,23 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse as _, Response};
-use axum::routing::{patch, post};
 use filament_proto::v1::{self as pb, event};
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::{MessageContent, page_limit, parse_id};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::attachments::{proto_attachment, remove_file, storage};
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::idempotency::Keyed;
+use crate::http::openapi::{ApiRouter, ChannelPath, Id, MessagePath};
 use crate::http::reactions::proto_reaction;
 use crate::outbox::Pending;
 use crate::permissions::{GuildAccess, Permission};
@@ -37,30 +38,45 @@ use crate::store::{MessageInsert, MessageRecord};
 /// Attachments one message may carry.
 const MAX_ATTACHMENTS: usize = 5;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMessageDto {
+    /// 1–2000 bytes; may be empty when something is attached.
+    #[schema(max_length = 2000)]
     pub(crate) content: String,
+    /// Up to 5 distinct uploads of the caller's to this channel, not yet
+    /// used by a message.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Id>>, max_items = 5)]
     pub(crate) attachment_ids: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EditMessageDto {
+    /// 1–2000 bytes.
+    #[schema(min_length = 1, max_length = 2000)]
     content: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
+    /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
+    /// Only messages older than this one.
+    #[param(value_type = Option<Id>)]
     before: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct MessagePage {
+    /// Newest first.
     messages: Vec<filament_wire::Message>,
+    /// The `before` of the next page; `null` when this page is empty.
+    #[schema(required = true)]
     next_before: Option<String>,
 }
 
@@ -103,6 +119,24 @@ impl TryFrom<CreateMessageDto> for NewMessage {
 
 /// Takes an `Idempotency-Key` (`http::idempotency`): a retry with the key
 /// of a message that was posted answers that message, and posts nothing.
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/channels/{channel_id}/messages",
+    tag = "messages",
+    security(("bearer" = [])),
+    params(
+        ChannelPath,
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry answer the first request's message instead of posting again."),
+    ),
+    request_body = CreateMessageDto,
+    responses(
+        (status = 200, description = "The posted message.", body = filament_wire::Message),
+        (status = 403, description = "Cannot view the channel (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such channel in the guild (`not_found`).", body = ErrorBody),
+        (status = 409, description = "A concurrent request holds the `Idempotency-Key` (`idempotency_key_reused`).", body = ErrorBody),
+        (status = 422, description = "The body has the wrong shape, or the `Idempotency-Key` was used for another request (`invalid_request`, `idempotency_key_reused`).", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -218,6 +252,18 @@ async fn post_keyed(
     Ok(body)
 }
 
+#[utoipa::path(
+    get,
+    path = "/guilds/{guild_id}/channels/{channel_id}/messages",
+    tag = "messages",
+    security(("bearer" = [])),
+    params(ChannelPath, HistoryQuery),
+    responses(
+        (status = 200, description = "A page of history, newest first.", body = MessagePage),
+        (status = 403, description = "Cannot view the channel (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such channel in the guild (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -246,6 +292,19 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/guilds/{guild_id}/channels/{channel_id}/messages/{message_id}",
+    tag = "messages",
+    security(("bearer" = [])),
+    params(MessagePath),
+    request_body = EditMessageDto,
+    responses(
+        (status = 200, description = "The edited message.", body = filament_wire::Message),
+        (status = 403, description = "Cannot view the channel, or neither the author nor holds `delete_message` (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such channel or message (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn edit(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -300,6 +359,18 @@ pub async fn edit(
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("edited message vanished")))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/guilds/{guild_id}/channels/{channel_id}/messages/{message_id}",
+    tag = "messages",
+    security(("bearer" = [])),
+    params(MessagePath),
+    responses(
+        (status = 204, description = "Deleted, with its attachments."),
+        (status = 403, description = "Cannot view the channel, or neither the author nor holds `delete_message` (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such channel or message (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -442,14 +513,8 @@ pub(super) fn wire_message(message: &pb::Message) -> ApiResult<filament_wire::Me
         .map_err(|err| ApiError::Internal(anyhow::anyhow!("message shape: {err}")))
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/guilds/{guild_id}/channels/{channel_id}/messages",
-            post(create).get(list),
-        )
-        .route(
-            "/guilds/{guild_id}/channels/{channel_id}/messages/{message_id}",
-            patch(edit).delete(delete),
-        )
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(edit, delete))
 }

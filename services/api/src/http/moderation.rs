@@ -12,18 +12,20 @@
 //! `workspace_ip_ban_sync` summary carry ids, counts and times only, and the
 //! summary goes only to the users who may manage IP bans.
 
+use axum::Json;
 use axum::extract::State;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use filament_proto::v1::{self as pb, event};
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::{page_limit, parse_id, storable_text};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
+use crate::http::openapi::{ApiRouter, GuildPath, Id, IpBanPath, MemberPath};
 use crate::http::roles::{ACK, Ack};
 use crate::permissions::Permission;
 use crate::state::AppState;
@@ -56,6 +58,18 @@ enum Removal {
 }
 
 /// `POST /guilds/{g}/members/{u}/kick`.
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/members/{user_id}/kick",
+    tag = "moderation",
+    security(("bearer" = [])),
+    params(MemberPath),
+    responses(
+        (status = 200, description = "Removed; their access is gone everywhere.", body = Ack),
+        (status = 403, description = "Not a moderator, or does not outrank the member (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "Not a member (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn kick(
     State(state): State<AppState>,
     AuthUser(actor): AuthUser,
@@ -82,6 +96,18 @@ pub async fn kick(
 
 /// `POST /guilds/{g}/members/{u}/ban`. Non-members can be banned too, so
 /// they can never join.
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/members/{user_id}/ban",
+    tag = "moderation",
+    security(("bearer" = [])),
+    params(MemberPath),
+    responses(
+        (status = 200, description = "Banned (and removed, if a member).", body = Ack),
+        (status = 403, description = "Not a moderator, or does not outrank the member (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such user (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn ban(
     State(state): State<AppState>,
     AuthUser(actor): AuthUser,
@@ -165,18 +191,26 @@ async fn tear_down(state: &AppState, guild_id: Ulid, user_id: Ulid, actor: Ulid,
 
 // --- the audit log ------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// The `next_cursor` of the page before: `<created_at_unix>_<id>`.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     cursor: Option<String>,
+    /// Page size, 1 to the configured maximum (default 20).
+    #[param(minimum = 1)]
     limit: Option<u32>,
+    /// Only actions starting with this: 1–64 bytes of `[a-z0-9._]`.
+    #[param(pattern = "^[a-z0-9._]{1,64}$")]
     action_prefix: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct AuditEvent {
     audit_id: String,
     actor_user_id: String,
+    #[schema(required = true)]
     target_user_id: Option<String>,
     action: String,
     created_at_unix: i64,
@@ -196,9 +230,11 @@ impl From<&AuditEntry> for AuditEvent {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct AuditList {
     events: Vec<AuditEvent>,
+    /// Where the next page starts; `null` on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
@@ -207,6 +243,18 @@ pub struct AuditList {
 /// an existing guild and of an unknown one alike, and to a member without
 /// `view_audit_log`. Only the server owner, who may see any guild, learns
 /// that an id is unknown (404).
+#[utoipa::path(
+    get,
+    path = "/guilds/{guild_id}/audit",
+    tag = "moderation",
+    security(("bearer" = [])),
+    params(GuildPath, AuditQuery),
+    responses(
+        (status = 200, description = "A page of the audit log, newest first.", body = AuditList),
+        (status = 403, description = "Not a member, no such guild, or lacks `view_audit_log` (`audit_access_denied`).", body = ErrorBody),
+        (status = 404, description = "No such guild; told only to the server owner (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn audit(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -276,21 +324,29 @@ fn action_prefix(raw: &str) -> ApiResult<&str> {
 
 // --- IP bans ------------------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct IpBanQuery {
+    /// The `next_cursor` of the page before: `<created_at_unix>_<id>`.
+    #[param(pattern = "^[A-Za-z0-9_-]{1,128}$")]
     cursor: Option<String>,
+    /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
 }
 
 /// A ban as clients see it. The client rejects any key containing `ip` or
 /// `cidr`; the address never leaves the store anyway.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct IpBan {
     ban_id: String,
+    #[schema(required = true)]
     source_user_id: Option<String>,
+    #[schema(required = true)]
     reason: Option<String>,
     created_at_unix: i64,
+    #[schema(required = true)]
     expires_at_unix: Option<i64>,
 }
 
@@ -306,19 +362,26 @@ impl From<&IpBanRecord> for IpBan {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct IpBanList {
     bans: Vec<IpBan>,
+    /// Where the next page starts; `null` on the last page.
+    #[schema(required = true)]
     next_cursor: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IpBanByUserDto {
+    #[schema(value_type = Id)]
     target_user_id: String,
+    /// 1–240 bytes, not blank.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 240)]
     reason: Option<String>,
+    /// 1 s to 180 days; none: until removed.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 15_552_000)]
     expires_in_secs: Option<u64>,
 }
 
@@ -359,13 +422,24 @@ impl TryFrom<IpBanByUserDto> for IpBanByUser {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct IpBansCreated {
     created_count: usize,
     ban_ids: Vec<String>,
 }
 
 /// `GET /guilds/{g}/ip-bans`: active bans, newest first.
+#[utoipa::path(
+    get,
+    path = "/guilds/{guild_id}/ip-bans",
+    tag = "moderation",
+    security(("bearer" = [])),
+    params(GuildPath, IpBanQuery),
+    responses(
+        (status = 200, description = "A page of active bans, without addresses.", body = IpBanList),
+        (status = 403, description = "Not a member, or lacks `manage_ip_bans` (`forbidden`).", body = ErrorBody),
+    ),
+)]
 pub async fn ip_bans(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -404,6 +478,19 @@ pub async fn ip_bans(
 /// accepted directory joins to this guild from. It is a ban, so the ban's
 /// rule applies (403): a member the actor does not outrank, and any owner,
 /// is refused; a non-member may be banned.
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/ip-bans/by-user",
+    tag = "moderation",
+    security(("bearer" = [])),
+    params(GuildPath),
+    request_body = IpBanByUserDto,
+    responses(
+        (status = 200, description = "The bans created (none if no address was seen).", body = IpBansCreated),
+        (status = 403, description = "Lacks `manage_ip_bans`, or does not outrank the member (`forbidden`).", body = ErrorBody),
+        (status = 409, description = "The guild holds as many IP bans as allowed (`quota_exceeded`).", body = ErrorBody),
+    ),
+)]
 pub async fn ban_ips_by_user(
     State(state): State<AppState>,
     AuthUser(actor): AuthUser,
@@ -456,6 +543,18 @@ pub async fn ban_ips_by_user(
 }
 
 /// `DELETE /guilds/{g}/ip-bans/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/guilds/{guild_id}/ip-bans/{ban_id}",
+    tag = "moderation",
+    security(("bearer" = [])),
+    params(IpBanPath),
+    responses(
+        (status = 200, description = "Removed.", body = Ack),
+        (status = 403, description = "Not a member, or lacks `manage_ip_bans` (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such ban (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn remove_ip_ban(
     State(state): State<AppState>,
     AuthUser(actor): AuthUser,
@@ -522,14 +621,14 @@ async fn publish_ip_ban_sync(
     events::publish(state, event).await;
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/guilds/{guild_id}/members/{user_id}/kick", post(kick))
-        .route("/guilds/{guild_id}/members/{user_id}/ban", post(ban))
-        .route("/guilds/{guild_id}/audit", get(audit))
-        .route("/guilds/{guild_id}/ip-bans", get(ip_bans))
-        .route("/guilds/{guild_id}/ip-bans/by-user", post(ban_ips_by_user))
-        .route("/guilds/{guild_id}/ip-bans/{ban_id}", delete(remove_ip_ban))
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(kick))
+        .routes(routes!(ban))
+        .routes(routes!(audit))
+        .routes(routes!(ip_bans))
+        .routes(routes!(ban_ips_by_user))
+        .routes(routes!(remove_ip_ban))
 }
 
 #[cfg(test)]

@@ -10,28 +10,32 @@
 //! [`Authorizer`]: crate::permissions::Authorizer
 
 use axum::Json;
-use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::routing::post;
 use filament_proto::v1::{self as pb, event};
 use serde::Deserialize;
 use ulid::Ulid;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::parse_id;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, JsonBody};
+use crate::http::openapi::{ApiRouter, LegacyOverridePath, TargetOverridePath};
 use crate::http::roles::{ACK, Ack};
 use crate::permissions::{Permission, Permissions};
 use crate::state::AppState;
 use crate::store::{BuiltinRole, MemberRole, OverrideRecord, OverrideTarget};
 
-#[derive(Deserialize)]
+/// The permissions an override allows and denies; none in both.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OverrideDto {
+    #[schema(value_type = Vec<filament_wire::Permission>)]
     allow: Vec<String>,
+    #[schema(value_type = Vec<filament_wire::Permission>)]
     deny: Vec<String>,
 }
 
@@ -76,6 +80,19 @@ impl Masks {
 /// `POST /guilds/{g}/channels/{c}/overrides/{role}`: `role` is
 /// `owner`/`moderator`/`member`, stored on the matching built-in role.
 /// Legacy owners (and the server owner) only.
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/channels/{channel_id}/overrides/{role}",
+    tag = "channels",
+    security(("bearer" = [])),
+    params(LegacyOverridePath),
+    request_body = OverrideDto,
+    responses(
+        (status = 200, description = "The override is set.", body = Ack),
+        (status = 403, description = "Not a legacy owner (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such channel, or the built-in role was deleted (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn set_legacy(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -140,6 +157,19 @@ pub async fn set_legacy(
 /// `POST /guilds/{g}/channels/{c}/permission-overrides/{target_kind}/{target_id}`:
 /// an override on any role of the guild or on one member; channel-level
 /// `manage_channel_overrides`.
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/channels/{channel_id}/permission-overrides/{target_kind}/{target_id}",
+    tag = "channels",
+    security(("bearer" = [])),
+    params(TargetOverridePath),
+    request_body = OverrideDto,
+    responses(
+        (status = 200, description = "The override is set.", body = Ack),
+        (status = 403, description = "Cannot view the channel, or lacks `manage_channel_overrides` (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such channel, role or member (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn set_target(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -220,14 +250,8 @@ fn legacy_role(role: MemberRole) -> pb::LegacyRole {
     }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/guilds/{guild_id}/channels/{channel_id}/overrides/{role}",
-            post(set_legacy),
-        )
-        .route(
-            "/guilds/{guild_id}/channels/{channel_id}/permission-overrides/{target_kind}/{target_id}",
-            post(set_target),
-        )
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(set_legacy))
+        .routes(routes!(set_target))
 }

@@ -7,26 +7,27 @@
 //! the avatar refreshes.
 
 use axum::Json;
-use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post};
 use filament_proto::v1::{self as pb, event};
 use filament_wire::Profile;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio_stream::StreamExt as _;
 use ulid::Ulid;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::{Username, parse_id, storable_text};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::auth::profile;
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
+use crate::http::openapi::{ApiRouter, Binary, Id, UserPath};
 use crate::http::rate_limit::AuthRoute;
 use crate::http::uploads::{Disposition, untrusted_content_headers};
 use crate::state::AppState;
@@ -64,27 +65,33 @@ fn is_gif(bytes: &[u8]) -> bool {
 /// the client adds after an upload gets around that.
 const IMAGE_CACHE_CONTROL: HeaderValue = HeaderValue::from_static("public, max-age=300");
 
-#[derive(Deserialize)]
+/// At least one field.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfilePatchDto {
+    /// 3–32 of `[A-Za-z0-9_.]`, not taken.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.]{3,32}$")]
     username: Option<String>,
+    /// At most 2048 bytes.
     #[serde(default)]
     about_markdown: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LookupDto {
+    #[schema(value_type = Vec<Id>, min_items = 1, max_items = 64)]
     user_ids: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct LookupResponse {
+    /// The users found; unknown ids are left out.
     users: Vec<UserSummary>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct UserSummary {
     user_id: String,
     username: String,
@@ -154,6 +161,17 @@ impl TryFrom<LookupDto> for LookupIds {
     }
 }
 
+#[utoipa::path(
+    patch,
+    path = "/users/me/profile",
+    tag = "users",
+    security(("bearer" = [])),
+    request_body = ProfilePatchDto,
+    responses(
+        (status = 200, description = "The caller's profile as it is now.", body = Profile),
+        (status = 400, description = "A malformed field, no field, or the name is taken (`invalid_request`).", body = ErrorBody),
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -183,6 +201,17 @@ pub async fn update(
     profile(&updated).map(Json)
 }
 
+#[utoipa::path(
+    get,
+    path = "/users/{user_id}/profile",
+    tag = "users",
+    security(("bearer" = [])),
+    params(UserPath),
+    responses(
+        (status = 200, description = "The user's profile.", body = Profile),
+        (status = 404, description = "No such user (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn get_profile(
     State(state): State<AppState>,
     AuthUser(_): AuthUser,
@@ -196,6 +225,14 @@ pub async fn get_profile(
     profile(&user).map(Json)
 }
 
+#[utoipa::path(
+    post,
+    path = "/users/lookup",
+    tag = "users",
+    security(("bearer" = [])),
+    request_body = LookupDto,
+    responses((status = 200, description = "Who the ids are.", body = LookupResponse)),
+)]
 pub async fn lookup(
     State(state): State<AppState>,
     AuthUser(_): AuthUser,
@@ -215,6 +252,27 @@ pub async fn lookup(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/users/me/profile/avatar",
+    tag = "users",
+    security(("bearer" = [])),
+    request_body(
+        description = "The image, at most 2 MiB, declared as its own type (or not at all): the type is sniffed from the bytes.",
+        content(
+            (Binary = "image/png"),
+            (Binary = "image/jpeg"),
+            (Binary = "image/webp"),
+            (Binary = "image/gif"),
+            (Binary = "image/avif"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The caller's profile with the new `avatar_version`.", body = Profile),
+        (status = 400, description = "Not an accepted image type, or not the declared one (`invalid_request`).", body = ErrorBody),
+        (status = 413, description = "Over 2 MiB (`payload_too_large`).", body = ErrorBody),
+    ),
+)]
 pub async fn upload_avatar(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -226,6 +284,27 @@ pub async fn upload_avatar(
     upload(&state, &user, ImageKind::Avatar, &headers, body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/users/me/profile/banner",
+    tag = "users",
+    security(("bearer" = [])),
+    request_body(
+        description = "The image, at most 6 MiB, declared as its own type (or not at all): the type is sniffed from the bytes.",
+        content(
+            (Binary = "image/png"),
+            (Binary = "image/jpeg"),
+            (Binary = "image/webp"),
+            (Binary = "image/gif"),
+            (Binary = "image/avif"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "The caller's profile with the new `banner_version`.", body = Profile),
+        (status = 400, description = "Not an accepted image type, or not the declared one (`invalid_request`).", body = ErrorBody),
+        (status = 413, description = "Over 6 MiB (`payload_too_large`).", body = ErrorBody),
+    ),
+)]
 pub async fn upload_banner(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -237,6 +316,26 @@ pub async fn upload_banner(
     upload(&state, &user, ImageKind::Banner, &headers, body).await
 }
 
+/// Public: `<img>` tags carry no token.
+#[utoipa::path(
+    get,
+    path = "/users/{user_id}/avatar",
+    tag = "users",
+    params(UserPath, ("If-None-Match" = Option<String>, Header, description = "An `ETag` from before.")),
+    responses(
+        (status = 200, description = "The image, as its sniffed type; `ETag` is its SHA-256.", content(
+            (Binary = "image/png"),
+            (Binary = "image/jpeg"),
+            (Binary = "image/webp"),
+            (Binary = "image/gif"),
+            (Binary = "image/avif"),
+        )),
+        (status = 304, description = "`If-None-Match` names the current image."),
+        (status = 404, description = "No such user, or no image (`not_found`).", body = ErrorBody),
+        (status = 500, description = "An unexpected failure (`internal_error`).", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`unavailable`), with `retry-after`.", body = ErrorBody),
+    ),
+)]
 pub async fn avatar(
     State(state): State<AppState>,
     Ids([user_id]): Ids<1>,
@@ -245,6 +344,26 @@ pub async fn avatar(
     serve_image(&state, user_id, ImageKind::Avatar, &headers).await
 }
 
+/// Public: `<img>` tags carry no token.
+#[utoipa::path(
+    get,
+    path = "/users/{user_id}/banner",
+    tag = "users",
+    params(UserPath, ("If-None-Match" = Option<String>, Header, description = "An `ETag` from before.")),
+    responses(
+        (status = 200, description = "The image, as its sniffed type; `ETag` is its SHA-256.", content(
+            (Binary = "image/png"),
+            (Binary = "image/jpeg"),
+            (Binary = "image/webp"),
+            (Binary = "image/gif"),
+            (Binary = "image/avif"),
+        )),
+        (status = 304, description = "`If-None-Match` names the current image."),
+        (status = 404, description = "No such user, or no image (`not_found`).", body = ErrorBody),
+        (status = 500, description = "An unexpected failure (`internal_error`).", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`unavailable`), with `retry-after`.", body = ErrorBody),
+    ),
+)]
 pub async fn banner(
     State(state): State<AppState>,
     Ids([user_id]): Ids<1>,
@@ -461,15 +580,15 @@ async fn publish_to_profile_audience(state: &AppState, user_id: Ulid, payload: e
     events::publish(state, events::for_users(user_ids, guild_ids, payload)).await;
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/users/me/profile", patch(update))
-        .route("/users/me/profile/avatar", post(upload_avatar))
-        .route("/users/me/profile/banner", post(upload_banner))
-        .route("/users/lookup", post(lookup))
-        .route("/users/{user_id}/profile", get(get_profile))
-        .route("/users/{user_id}/avatar", get(avatar))
-        .route("/users/{user_id}/banner", get(banner))
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(update))
+        .routes(routes!(upload_avatar))
+        .routes(routes!(upload_banner))
+        .routes(routes!(lookup))
+        .routes(routes!(get_profile))
+        .routes(routes!(avatar))
+        .routes(routes!(banner))
 }
 
 #[cfg(test)]

@@ -3,18 +3,18 @@
 //! real change publishes `message_reaction`.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::routing::post;
 use filament_proto::v1::{self as pb, event};
 use ulid::Ulid;
+use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::{parse_id, storable_text};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::AuthUser;
+use crate::http::openapi::{ApiRouter, EmojiPath};
 use crate::outbox::Pending;
 use crate::state::AppState;
 use crate::store::{ReactionChange, ReactionKey, ReactionSummary};
@@ -74,6 +74,19 @@ enum Operation {
     Remove,
 }
 
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/channels/{channel_id}/messages/{message_id}/reactions/{emoji}",
+    tag = "messages",
+    security(("bearer" = [])),
+    params(EmojiPath),
+    responses(
+        (status = 200, description = "The emoji's reactions, the caller's included.", body = filament_wire::Reaction),
+        (status = 400, description = "A malformed id or emoji, or the message has 64 emoji (`invalid_request`).", body = ErrorBody),
+        (status = 403, description = "Cannot view the channel (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such channel or message (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn add(
     state: State<AppState>,
     user: AuthUser,
@@ -82,6 +95,18 @@ pub async fn add(
     react(state, user, path, Operation::Add).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/guilds/{guild_id}/channels/{channel_id}/messages/{message_id}/reactions/{emoji}",
+    tag = "messages",
+    security(("bearer" = [])),
+    params(EmojiPath),
+    responses(
+        (status = 200, description = "The emoji's reactions, without the caller's.", body = filament_wire::Reaction),
+        (status = 403, description = "Cannot view the channel (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such channel or message (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn remove(
     state: State<AppState>,
     user: AuthUser,
@@ -178,11 +203,8 @@ pub fn proto_reaction(summary: &ReactionSummary) -> pb::Reaction {
     }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route(
-        "/guilds/{guild_id}/channels/{channel_id}/messages/{message_id}/reactions/{emoji}",
-        post(add).delete(remove),
-    )
+pub fn routes() -> ApiRouter {
+    ApiRouter::new().routes(routes!(add, remove))
 }
 
 #[cfg(test)]

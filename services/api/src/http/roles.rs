@@ -7,18 +7,19 @@
 //! gateways drop the subscriptions that are no longer allowed.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::{patch, post};
 use filament_proto::v1::{self as pb, event};
 use serde::{Deserialize, Deserializer, Serialize};
 use ulid::Ulid;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::{parse_id, storable_text};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
+use crate::http::openapi::{ApiRouter, GuildPath, Id, RoleMemberPath, RolePath};
 use crate::permissions::{GuildAccess, Permission, Permissions};
 use crate::state::AppState;
 use crate::store::{
@@ -34,8 +35,9 @@ pub const MAX_ASSIGNMENTS: u32 = 16;
 const MAX_POSITION: i64 = i32::MAX as i64;
 
 /// `{"accepted":true}`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct Ack {
+    /// Always `true`.
     accepted: bool,
 }
 
@@ -83,26 +85,36 @@ impl TryFrom<String> for ColorHex {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRoleDto {
+    /// 1–32 bytes after trimming, no control characters; not `@everyone`
+    /// or `workspace_owner`.
+    #[schema(min_length = 1, max_length = 32)]
     name: String,
+    #[schema(value_type = Vec<filament_wire::Permission>)]
     permissions: Vec<String>,
+    /// 1 to 2^31-1, below the caller's highest role; default just below it.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 2_147_483_647)]
     position: Option<i64>,
+    /// `#RRGGBB`.
     #[serde(default)]
+    #[schema(pattern = "^#[0-9A-Fa-f]{6}$")]
     color_hex: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRoleDto {
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<filament_wire::Permission>>)]
     permissions: Option<Vec<String>>,
     /// Absent leaves the color; `null` clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = "^#[0-9A-Fa-f]{6}$")]
     color_hex: Option<Option<String>>,
 }
 
@@ -116,24 +128,28 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReorderDto {
+    /// 1–64 distinct ids of roles the caller may manage.
+    #[schema(value_type = Vec<Id>, min_items = 1, max_items = 64)]
     role_ids: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultRoleDto {
     /// Required, and nullable: `null` clears the default (contract
     /// `{role_id:S|null}`); a missing field is a 422 like any other.
     #[serde(deserialize_with = "present")]
+    #[schema(value_type = Option<Id>, required = true)]
     role_id: Option<Option<String>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct RoleList {
     roles: Vec<filament_wire::Role>,
+    #[schema(required = true)]
     default_join_role_id: Option<String>,
 }
 
@@ -181,6 +197,17 @@ impl TryFrom<UpdateRoleDto> for RoleUpdate {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/guilds/{guild_id}/roles",
+    tag = "roles",
+    security(("bearer" = [])),
+    params(GuildPath),
+    responses(
+        (status = 200, description = "The guild's roles and its default join role.", body = RoleList),
+        (status = 403, description = "Not a member, or no such guild (`forbidden`).", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -211,6 +238,19 @@ pub async fn list(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/roles",
+    tag = "roles",
+    security(("bearer" = [])),
+    params(GuildPath),
+    request_body = CreateRoleDto,
+    responses(
+        (status = 200, description = "The new role.", body = filament_wire::Role),
+        (status = 403, description = "Not a member, or lacks `manage_workspace_roles` or rank (`forbidden`).", body = ErrorBody),
+        (status = 409, description = "The guild has 64 roles (`quota_exceeded`).", body = ErrorBody),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -268,6 +308,19 @@ pub async fn create(
     Ok(Json(body))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/guilds/{guild_id}/roles/{role_id}",
+    tag = "roles",
+    security(("bearer" = [])),
+    params(RolePath),
+    request_body = UpdateRoleDto,
+    responses(
+        (status = 200, description = "The updated role.", body = filament_wire::Role),
+        (status = 403, description = "Not a member, or lacks `manage_workspace_roles` or rank (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such role (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -310,6 +363,18 @@ pub async fn update(
     Ok(Json(wire_role(&proto_role(&role))?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/guilds/{guild_id}/roles/{role_id}",
+    tag = "roles",
+    security(("bearer" = [])),
+    params(RolePath),
+    responses(
+        (status = 200, description = "Deleted.", body = Ack),
+        (status = 403, description = "A system role, or lacks `manage_workspace_roles` or rank (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such role (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -344,6 +409,18 @@ pub async fn delete(
     Ok(Json(ACK))
 }
 
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/roles/reorder",
+    tag = "roles",
+    security(("bearer" = [])),
+    params(GuildPath),
+    request_body = ReorderDto,
+    responses(
+        (status = 200, description = "Reordered, highest first.", body = Ack),
+        (status = 403, description = "Not a member, or lacks `manage_workspace_roles` or rank (`forbidden`).", body = ErrorBody),
+    ),
+)]
 pub async fn reorder(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -382,6 +459,18 @@ pub async fn reorder(
     Ok(Json(ACK))
 }
 
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/roles/default",
+    tag = "roles",
+    security(("bearer" = [])),
+    params(GuildPath),
+    request_body = DefaultRoleDto,
+    responses(
+        (status = 200, description = "Set, or cleared.", body = Ack),
+        (status = 403, description = "Not a member, or lacks `manage_workspace_roles` or rank (`forbidden`).", body = ErrorBody),
+    ),
+)]
 pub async fn set_default(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -419,6 +508,19 @@ pub async fn set_default(
     Ok(Json(ACK))
 }
 
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/roles/{role_id}/members/{user_id}",
+    tag = "roles",
+    security(("bearer" = [])),
+    params(RoleMemberPath),
+    responses(
+        (status = 200, description = "Assigned, or already.", body = Ack),
+        (status = 403, description = "Lacks `manage_member_roles`, or the role is not below the caller (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such role, or not a member (`not_found`).", body = ErrorBody),
+        (status = 409, description = "The member has 16 roles (`quota_exceeded`).", body = ErrorBody),
+    ),
+)]
 pub async fn assign(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -456,6 +558,18 @@ pub async fn assign(
     Ok(Json(ACK))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/guilds/{guild_id}/roles/{role_id}/members/{user_id}",
+    tag = "roles",
+    security(("bearer" = [])),
+    params(RoleMemberPath),
+    responses(
+        (status = 200, description = "Unassigned, or was not assigned.", body = Ack),
+        (status = 403, description = "Lacks `manage_member_roles` or rank, or the last `workspace_owner` (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such role, or not a member (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn unassign(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -594,19 +708,13 @@ fn wire_role(role: &pb::Role) -> ApiResult<filament_wire::Role> {
         .map_err(|err| ApiError::Internal(anyhow::anyhow!("role shape: {err}")))
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/guilds/{guild_id}/roles", post(create).get(list))
-        .route("/guilds/{guild_id}/roles/reorder", post(reorder))
-        .route("/guilds/{guild_id}/roles/default", post(set_default))
-        .route(
-            "/guilds/{guild_id}/roles/{role_id}",
-            patch(update).delete(delete),
-        )
-        .route(
-            "/guilds/{guild_id}/roles/{role_id}/members/{user_id}",
-            post(assign).delete(unassign),
-        )
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(reorder))
+        .routes(routes!(set_default))
+        .routes(routes!(update, delete))
+        .routes(routes!(assign, unassign))
 }
 
 #[cfg(test)]

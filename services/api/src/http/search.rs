@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use filament_proto::v1 as pb;
 use filament_proto::v1::search_client::SearchClient;
 use filament_runtime::grpc_client::GrpcClientMetrics;
@@ -24,10 +23,13 @@ use filament_runtime::trace::TracedChannel;
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 use ulid::Ulid;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 
 use crate::domain::{page_limit, parse_id, storable_text};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{AuthUser, Ids, QueryParams};
+use crate::http::openapi::{ApiRouter, GuildPath, Id};
 use crate::permissions::Permission;
 use crate::state::AppState;
 use crate::store::MessageRecord;
@@ -48,11 +50,18 @@ const MAINTENANCE_DEADLINE: Duration = Duration::from_secs(60);
 /// How long connecting to the search service may take.
 const SEARCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQueryDto {
+    /// The words to find: 1–256 bytes after trimming.
+    #[param(min_length = 1, max_length = 256)]
     q: String,
+    /// Page size, 1–50 (default 20).
+    #[param(minimum = 1, maximum = 50)]
     limit: Option<u32>,
+    /// Only this channel.
+    #[param(value_type = Option<Id>)]
     channel_id: Option<String>,
 }
 
@@ -79,13 +88,14 @@ impl TryFrom<SearchQueryDto> for SearchRequest {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SearchResults {
+    /// The ids of `messages`, best first.
     message_ids: Vec<String>,
     messages: Vec<filament_wire::Message>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ReconcileResults {
     upserted: u64,
     deleted: u64,
@@ -101,7 +111,7 @@ pub struct SearchBackend {
 impl SearchBackend {
     /// Connects lazily: the api starts (and serves everything else) while
     /// the search service is still down.
-    fn new(url: Option<&str>, grpc_clients: &GrpcClientMetrics) -> Self {
+    pub fn new(url: Option<&str>, grpc_clients: &GrpcClientMetrics) -> Self {
         // No channel-wide call timeout: each call carries its own deadline
         // (`QUERY_DEADLINE`, `MAINTENANCE_DEADLINE`).
         let client = url.and_then(|url| {
@@ -119,6 +129,12 @@ impl SearchBackend {
             }
         });
         Self { client }
+    }
+
+    /// No search service: every search route answers 500. The document is
+    /// built from routes with this backend.
+    pub fn disconnected() -> Self {
+        Self { client: None }
     }
 
     fn client(&self) -> ApiResult<SearchClient<TracedChannel>> {
@@ -140,6 +156,19 @@ fn search_error(status: &tonic::Status) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/guilds/{guild_id}/search",
+    tag = "search",
+    security(("bearer" = [])),
+    params(GuildPath, SearchQueryDto),
+    responses(
+        (status = 200, description = "The best matches the caller may see, as they are now.", body = SearchResults),
+        (status = 400, description = "A malformed query, or the search took too long (`invalid_request`).", body = ErrorBody),
+        (status = 403, description = "Not a member, or lacks `create_message` (`forbidden`).", body = ErrorBody),
+        (status = 500, description = "The search service is down or not configured (`internal_error`).", body = ErrorBody),
+    ),
+)]
 pub async fn search(
     State(state): State<AppState>,
     Extension(backend): Extension<SearchBackend>,
@@ -281,6 +310,18 @@ impl<'a> ViewableChannels<'a> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/search/rebuild",
+    tag = "search",
+    security(("bearer" = [])),
+    params(GuildPath),
+    responses(
+        (status = 204, description = "The guild's index is rebuilt."),
+        (status = 403, description = "Lacks `manage_workspace_roles` (`forbidden`).", body = ErrorBody),
+        (status = 500, description = "The search service is down or not configured (`internal_error`).", body = ErrorBody),
+    ),
+)]
 pub async fn rebuild(
     State(state): State<AppState>,
     Extension(backend): Extension<SearchBackend>,
@@ -300,6 +341,18 @@ pub async fn rebuild(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/search/reconcile",
+    tag = "search",
+    security(("bearer" = [])),
+    params(GuildPath),
+    responses(
+        (status = 200, description = "What the reconcile changed.", body = ReconcileResults),
+        (status = 403, description = "Lacks `manage_workspace_roles` (`forbidden`).", body = ErrorBody),
+        (status = 500, description = "The search service is down or not configured (`internal_error`).", body = ErrorBody),
+    ),
+)]
 pub async fn reconcile(
     State(state): State<AppState>,
     Extension(backend): Extension<SearchBackend>,
@@ -332,16 +385,13 @@ async fn require_maintainer(state: &AppState, guild_id: Ulid, user_id: Ulid) -> 
         .require(Permission::ManageWorkspaceRoles)
 }
 
-/// The routes, with a client for the search service named in the config.
-pub fn routes(state: &AppState) -> Router<AppState> {
-    Router::new()
-        .route("/guilds/{guild_id}/search", get(search))
-        .route("/guilds/{guild_id}/search/rebuild", post(rebuild))
-        .route("/guilds/{guild_id}/search/reconcile", post(reconcile))
-        .layer(Extension(SearchBackend::new(
-            state.config().search_url.as_deref(),
-            state.grpc_clients(),
-        )))
+/// The routes, with the client for the search service.
+pub fn routes(backend: SearchBackend) -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(search))
+        .routes(routes!(rebuild))
+        .routes(routes!(reconcile))
+        .layer(Extension(backend))
 }
 
 #[cfg(test)]

@@ -23,17 +23,19 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::post;
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use filament_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tonic::Code;
 use ulid::Ulid;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
+use crate::http::openapi::{ApiRouter, ChannelPath};
 use crate::http::sliding::SlidingWindow;
 use crate::permissions::{Permission, Permissions};
 use crate::state::AppState;
@@ -46,7 +48,7 @@ const PUBLISH_GRANTS_PER_MINUTE: usize = 60;
 
 // --- DTOs -----------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceDto {
     Microphone,
@@ -54,18 +56,23 @@ pub enum SourceDto {
     ScreenShare,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenDto {
+    /// Default `true`.
     #[serde(default)]
     can_publish: Option<bool>,
+    /// Default `false`.
     #[serde(default)]
     can_subscribe: Option<bool>,
+    /// Default `["microphone"]`; at most 3.
     #[serde(default)]
+    #[schema(max_items = 3)]
     publish_sources: Option<Vec<SourceDto>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// At least one field.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateDto {
     #[serde(default)]
@@ -157,7 +164,7 @@ impl Grants {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct VoiceToken {
     token: String,
     livekit_url: String,
@@ -171,6 +178,22 @@ pub struct VoiceToken {
 
 // --- handlers -------------------------------------------------------------
 
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/channels/{channel_id}/voice/token",
+    tag = "voice",
+    security(("bearer" = [])),
+    params(ChannelPath),
+    request_body = TokenDto,
+    responses(
+        (status = 200, description = "A LiveKit token for what was asked and is allowed.", body = VoiceToken),
+        (status = 400, description = "A malformed request, not a voice channel, or nothing to grant (`invalid_request`).", body = ErrorBody),
+        (status = 403, description = "Cannot view the channel (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such channel (`not_found`).", body = ErrorBody),
+        (status = 429, description = "Too many token requests, or the channel or voice registry is full (`rate_limited`).", body = ErrorBody),
+        (status = 500, description = "The voice service failed or is down (`internal_error`).", body = ErrorBody),
+    ),
+)]
 pub async fn token(
     State(state): State<AppState>,
     Extension(limits): Extension<VoiceLimiters>,
@@ -238,6 +261,17 @@ pub async fn token(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/channels/{channel_id}/voice/leave",
+    tag = "voice",
+    security(("bearer" = [])),
+    params(ChannelPath),
+    responses(
+        (status = 204, description = "Not in the channel (any more)."),
+        (status = 500, description = "The voice service failed or is down (`internal_error`).", body = ErrorBody),
+    ),
+)]
 pub async fn leave(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -256,6 +290,18 @@ pub async fn leave(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    path = "/guilds/{guild_id}/channels/{channel_id}/voice/state",
+    tag = "voice",
+    security(("bearer" = [])),
+    params(ChannelPath),
+    request_body = StateDto,
+    responses(
+        (status = 204, description = "Updated, or not in the channel."),
+        (status = 500, description = "The voice service failed or is down (`internal_error`).", body = ErrorBody),
+    ),
+)]
 pub async fn update_state(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -277,12 +323,11 @@ pub async fn update_state(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub fn routes() -> Router<AppState> {
-    let prefix = "/guilds/{guild_id}/channels/{channel_id}/voice";
-    Router::new()
-        .route(&format!("{prefix}/token"), post(token))
-        .route(&format!("{prefix}/leave"), post(leave))
-        .route(&format!("{prefix}/state"), post(update_state))
+pub fn routes() -> ApiRouter {
+    ApiRouter::new()
+        .routes(routes!(token))
+        .routes(routes!(leave))
+        .routes(routes!(update_state))
         .layer(Extension(VoiceLimiters::new()))
 }
 

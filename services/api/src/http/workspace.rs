@@ -2,28 +2,33 @@
 //! announced with `workspace_update` when something actually changed.
 
 use axum::Json;
-use axum::Router;
 use axum::extract::State;
-use axum::routing::patch;
 use filament_proto::v1::{self as pb, event};
 use filament_wire::Guild;
 use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::Name;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
+use crate::http::openapi::{ApiRouter, GuildPath};
 use crate::permissions::Permission;
 use crate::state::AppState;
 use crate::store::{GuildRecord, Visibility};
 
-#[derive(Deserialize)]
+/// At least one field.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateGuildDto {
+    /// 1–64 printable ASCII characters or spaces, not blank.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[ -~]*[!-~][ -~]*$")]
     name: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<filament_wire::Visibility>)]
     visibility: Option<String>,
 }
 
@@ -50,6 +55,19 @@ impl TryFrom<UpdateGuildDto> for GuildUpdate {
     }
 }
 
+#[utoipa::path(
+    patch,
+    path = "/guilds/{guild_id}",
+    tag = "guilds",
+    security(("bearer" = [])),
+    params(GuildPath),
+    request_body = UpdateGuildDto,
+    responses(
+        (status = 200, description = "The guild as it is now.", body = Guild),
+        (status = 403, description = "Not a member, or lacks `manage_roles` (`forbidden`).", body = ErrorBody),
+        (status = 404, description = "No such guild (`not_found`).", body = ErrorBody),
+    ),
+)]
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
@@ -111,6 +129,6 @@ fn wire_guild(guild: &GuildRecord) -> Guild {
     }
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/guilds/{guild_id}", patch(update))
+pub fn routes() -> ApiRouter {
+    ApiRouter::new().routes(routes!(update))
 }
