@@ -67,6 +67,22 @@ impl Coverage {
     }
 }
 
+impl Coverage {
+    /// The gRPC health service of a producer whose readiness is its
+    /// coverage: `service_name` is SERVING once every live gateway streams
+    /// from it, and NOT_SERVING from the drain on
+    /// (`filament_runtime::probes::grpc_health`).
+    pub async fn grpc_health(
+        self,
+        service_name: &str,
+        draining: CancellationToken,
+    ) -> tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>
+    {
+        filament_runtime::probes::grpc_health(service_name, move || self.is_complete(), draining)
+            .await
+    }
+}
+
 fn log_change(service: &str, missing: &[GatewayId]) {
     if missing.is_empty() {
         tracing::info!(service, "every live gateway streams from this instance");

@@ -769,8 +769,8 @@ impl Drop for Cluster {
 /// every api replica starts with that `search_path`.
 async fn fresh_schema(url: &str) -> (String, String) {
     use sqlx::Connection as _;
+    support::drop_stale_schemas(url, SCHEMA_PREFIX).await;
     let mut conn = sqlx::PgConnection::connect(url).await.expect("postgres");
-    drop_stale_schemas(&mut conn).await;
     let schema = format!(
         "{SCHEMA_PREFIX}{}",
         ulid::Ulid::generate().to_string().to_lowercase()
@@ -783,30 +783,6 @@ async fn fresh_schema(url: &str) -> (String, String) {
     let separator = if url.contains('?') { '&' } else { '?' };
     let in_schema = format!("{url}{separator}options=-c%20search_path%3D{schema}");
     (schema, in_schema)
-}
-
-async fn drop_stale_schemas(conn: &mut sqlx::PgConnection) {
-    use sqlx::Row as _;
-    let rows = sqlx::query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'cluster\\_%'")
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap_or_default();
-    let cutoff = std::time::SystemTime::now() - Duration::from_secs(3600);
-    for row in rows {
-        let name: String = row.get("nspname");
-        let Some(id) = name
-            .strip_prefix(SCHEMA_PREFIX)
-            .and_then(|id| ulid::Ulid::from_string(&id.to_uppercase()).ok())
-        else {
-            continue;
-        };
-        if id.datetime() < cutoff {
-            let drop = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
-            let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-                .execute(&mut *conn)
-                .await;
-        }
-    }
 }
 
 /// How many messages the schema holds.

@@ -129,12 +129,9 @@ impl BoundApi {
             .layer(grpc_layer)
             .layer(grpc_auth_layer)
             .add_service(
-                filament_runtime::probes::grpc_health(
-                    "filament.v1.EdgeAccess",
-                    move || coverage.is_complete(),
-                    draining.clone(),
-                )
-                .await,
+                coverage
+                    .grpc_health("filament.v1.EdgeAccess", draining.clone())
+                    .await,
             )
             .add_service(filament_runtime::grpc::reflection(&[
                 filament_proto::FILE_DESCRIPTOR_SET,

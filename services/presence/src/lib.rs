@@ -230,13 +230,9 @@ impl BoundPresence {
         }
 
         let grpc_stop = CancellationToken::new();
-        let coverage = Coverage::track(fanout.clone(), COVERAGE_INTERVAL, background.clone());
-        let health = filament_runtime::probes::grpc_health(
-            SERVICE_NAME,
-            move || coverage.is_complete(),
-            shutdown.clone(),
-        )
-        .await;
+        let health = Coverage::track(fanout.clone(), COVERAGE_INTERVAL, background.clone())
+            .grpc_health(SERVICE_NAME, shutdown.clone())
+            .await;
         let server = tonic::transport::Server::builder()
             .layer(grpc_metrics.layer())
             .layer(RequireServiceToken::new(internal_token))

@@ -77,7 +77,7 @@ impl TestStack {
                     );
                     return None;
                 };
-                drop_stale_schemas(&pg).await;
+                drop_stale_schemas(&pg, "e2e_").await;
                 let store = filament_api::store::PostgresStore::connect_in_schema(
                     &pg,
                     &format!("e2e_{unique}"),
@@ -356,15 +356,18 @@ impl TestStack {
     }
 }
 
-/// Drops `e2e_<ulid>` schemas older than an hour. Tests do not drop their
-/// own (a failing test must not leave a half-stopped stack behind a DROP),
-/// so each run sweeps what earlier runs left. The ULID's time says the age.
-async fn drop_stale_schemas(url: &str) {
+/// Drops `<prefix><ulid>` schemas older than an hour. Tests do not drop
+/// their own (a failing test must not leave a half-stopped stack behind a
+/// DROP), so each run sweeps what earlier runs left. The ULID's time says
+/// the age.
+pub async fn drop_stale_schemas(url: &str, prefix: &str) {
     use sqlx::{Connection as _, Row as _};
     let Ok(mut conn) = sqlx::PgConnection::connect(url).await else {
         return;
     };
-    let rows = sqlx::query("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'e2e\\_%'")
+    let pattern = format!("{}%", prefix.replace('_', "\\_"));
+    let rows = sqlx::query("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1")
+        .bind(pattern)
         .fetch_all(&mut conn)
         .await
         .unwrap_or_default();
@@ -372,13 +375,13 @@ async fn drop_stale_schemas(url: &str) {
     for row in rows {
         let name: String = row.get("nspname");
         let Some(id) = name
-            .strip_prefix("e2e_")
+            .strip_prefix(prefix)
             .and_then(|id| ulid::Ulid::from_string(&id.to_uppercase()).ok())
         else {
             continue;
         };
         if id.datetime() < cutoff {
-            // The name is `e2e_` + a parsed ULID: nothing to inject.
+            // The name is the prefix + a parsed ULID: nothing to inject.
             let drop = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
             let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
                 .execute(&mut conn)
