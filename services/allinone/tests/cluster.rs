@@ -80,14 +80,6 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Self; 5] = [
-        Self::Api,
-        Self::Gateway,
-        Self::Presence,
-        Self::Voice,
-        Self::Search,
-    ];
-
     fn binary(self) -> &'static str {
         match self {
             Self::Api => "filament-api",
@@ -133,23 +125,6 @@ impl Kind {
             Self::Gateway | Self::Search => None,
         }
     }
-}
-
-/// Builds (or finds up to date) every service binary with the same cargo
-/// and profile as this test, in one build; the directory that holds them.
-fn build_binaries() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut build = std::process::Command::new(cargo);
-    build.args(["build", "--quiet"]);
-    for kind in Kind::ALL {
-        build.args(["-p", kind.binary(), "--bin", kind.binary()]);
-    }
-    let status = build.status().expect("cargo runs");
-    assert!(status.success(), "building the service binaries failed");
-    PathBuf::from(env!("CARGO_BIN_EXE_filament"))
-        .parent()
-        .expect("target dir")
-        .to_owned()
 }
 
 // --- replicas --------------------------------------------------------------
@@ -1398,7 +1373,7 @@ async fn rolling_every_producer_costs_clients_nothing() {
         return;
     };
     let mut phases = Phases::default();
-    let binaries = tokio::task::spawn_blocking(build_binaries)
+    let binaries = tokio::task::spawn_blocking(support::workspace_binaries)
         .await
         .expect("build");
     phases.mark("build binaries");

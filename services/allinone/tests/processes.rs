@@ -24,19 +24,6 @@ const INTERNAL_TOKEN: &str = "a-test-internal-service-token-of-32-bytes-or-more"
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-/// The path of a workspace binary, built (or found up to date) with the
-/// same cargo and profile as this test: another package's binary has no
-/// `CARGO_BIN_EXE_*` here.
-fn workspace_binary(package: &str) -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", package])
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building {package} failed");
-    PathBuf::from(env!("CARGO_BIN_EXE_filament")).with_file_name(package)
-}
-
 /// A service process and everything it logged so far (tracing writes JSON
 /// lines to stdout).
 struct Service {
@@ -141,7 +128,7 @@ async fn one_trace_runs_from_the_api_process_to_the_gateway_process() {
     ];
 
     let api = Service::spawn(
-        workspace_binary("filament-api"),
+        support::workspace_binaries().join("filament-api"),
         &[
             shared.as_slice(),
             &[
@@ -174,7 +161,7 @@ async fn one_trace_runs_from_the_api_process_to_the_gateway_process() {
         .to_owned();
 
     let gateway = Service::spawn(
-        workspace_binary("filament-gateway"),
+        support::workspace_binaries().join("filament-gateway"),
         &[
             shared.as_slice(),
             &[

@@ -356,6 +356,26 @@ impl TestStack {
     }
 }
 
+/// The directory of every workspace binary (`filament-api`,
+/// `filament-gateway`, …), for tests that run them as separate processes:
+/// another package's binary has no `CARGO_BIN_EXE_*` here. It asks cargo
+/// to build exactly what `cargo test --workspace --all-targets` builds, so
+/// inside that run it is a no-op that only checks freshness; building only
+/// those packages' binaries would resolve features differently and compile
+/// a second copy of their dependencies.
+pub fn workspace_binaries() -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "--workspace", "--all-targets"])
+        .status()
+        .expect("cargo runs");
+    assert!(status.success(), "building the workspace failed");
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_filament"))
+        .parent()
+        .expect("the target directory")
+        .to_owned()
+}
+
 /// Drops `<prefix><ulid>` schemas older than an hour. Tests do not drop
 /// their own (a failing test must not leave a half-stopped stack behind a
 /// DROP), so each run sweeps what earlier runs left. The ULID's time says
