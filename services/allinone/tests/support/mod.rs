@@ -365,10 +365,20 @@ impl TestStack {
 /// a second copy of their dependencies.
 pub fn workspace_binaries() -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "--workspace", "--all-targets"])
-        .status()
-        .expect("cargo runs");
+    let mut build = std::process::Command::new(cargo);
+    build.args(["build", "--quiet", "--workspace", "--all-targets"]);
+    // Without what cargo set for this test process alone (`CARGO_PKG_*`,
+    // `CARGO_BIN_EXE_*`, `OUT_DIR`, …): builds see them as a changed
+    // environment and compile everything again.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let kept = ["CARGO_HOME", "CARGO_TARGET_DIR"].contains(&name.as_ref())
+            || name.starts_with("CARGO_TERM_");
+        if (name.starts_with("CARGO_") && !kept) || name == "OUT_DIR" {
+            build.env_remove(name.as_ref());
+        }
+    }
+    let status = build.status().expect("cargo runs");
     assert!(status.success(), "building the workspace failed");
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_filament"))
         .parent()
