@@ -40,7 +40,6 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,9 +47,8 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use support::DEADLINE;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -130,7 +128,7 @@ impl Kind {
 // --- replicas --------------------------------------------------------------
 
 /// Everything a process logged (JSON lines on stdout).
-type Log = Arc<Mutex<Vec<Value>>>;
+type Log = support::JsonLog;
 
 /// One service process.
 struct Replica {
@@ -146,29 +144,7 @@ impl Replica {
     /// Starts `binary` with nothing but `env`, and waits until it says
     /// where it listens.
     async fn spawn(name: String, kind: Kind, binary: &Path, env: &[(&str, String)]) -> Self {
-        let mut child = Command::new(binary)
-            .env_clear()
-            .env("FILAMENT_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().map(|(name, value)| (name, value)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|err| panic!("{name} starts: {err}"));
-        let log = Log::default();
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        tokio::spawn({
-            let log = Arc::clone(&log);
-            async move {
-                while let Ok(Some(line)) = stdout.next_line().await {
-                    if let Ok(entry) = serde_json::from_str::<Value>(&line) {
-                        log.lock().expect("log").push(entry);
-                    }
-                }
-            }
-        });
+        let (child, log) = support::spawn_logged(binary, "info", env);
         let mut replica = Self {
             name,
             kind,

@@ -8,15 +8,12 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
 use support::DEADLINE;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN_SECRET: &str = "a-secret-the-two-processes-share-of-32-bytes";
@@ -28,34 +25,12 @@ const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-
 /// lines to stdout).
 struct Service {
     _child: Child,
-    lines: Arc<Mutex<Vec<Value>>>,
+    lines: support::JsonLog,
 }
 
 impl Service {
     fn spawn(binary: PathBuf, env: &[(&str, String)]) -> Self {
-        let mut child = Command::new(binary)
-            .env_clear()
-            .env("FILAMENT_LOG_FORMAT", "json")
-            .env("RUST_LOG", "debug")
-            .envs(env.iter().map(|(name, value)| (name, value)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("service starts");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        tokio::spawn({
-            let lines = Arc::clone(&lines);
-            async move {
-                while let Ok(Some(line)) = stdout.next_line().await {
-                    if let Ok(entry) = serde_json::from_str::<Value>(&line) {
-                        lines.lock().expect("lines").push(entry);
-                    }
-                }
-            }
-        });
+        let (child, lines) = support::spawn_logged(&binary, "debug", env);
         Self {
             _child: child,
             lines,

@@ -356,6 +356,44 @@ impl TestStack {
     }
 }
 
+/// Everything a service process logged so far: its JSON log lines, parsed.
+pub type JsonLog = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+
+/// Starts a service binary with nothing but `env` (JSON logs at `rust_log`
+/// on stdout, collected into the returned log); killed when dropped.
+pub fn spawn_logged(
+    binary: &std::path::Path,
+    rust_log: &str,
+    env: &[(&str, String)],
+) -> (tokio::process::Child, JsonLog) {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = tokio::process::Command::new(binary)
+        .env_clear()
+        .env("FILAMENT_LOG_FORMAT", "json")
+        .env("RUST_LOG", rust_log)
+        .envs(env.iter().map(|(name, value)| (name, value)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|err| panic!("{} starts: {err}", binary.display()));
+    let log = JsonLog::default();
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    tokio::spawn({
+        let log = std::sync::Arc::clone(&log);
+        async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(entry) = serde_json::from_str::<Value>(&line) {
+                    log.lock().expect("log").push(entry);
+                }
+            }
+        }
+    });
+    (child, log)
+}
+
 /// The directory of every workspace binary (`filament-api`,
 /// `filament-gateway`, …), for tests that run them as separate processes:
 /// another package's binary has no `CARGO_BIN_EXE_*` here. It asks cargo
