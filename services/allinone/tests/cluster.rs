@@ -574,7 +574,11 @@ impl Cluster {
                     "FILAMENT_GATEWAY_EVENT_SERVICE_URLS",
                     format!("{},{}", self.presence.peers_url(), self.voice.peers_url()),
                 ),
-                ("FILAMENT_GATEWAY_DISCOVERY_INTERVAL_SECS", "1".to_owned()),
+                // Long enough that a new replica would take requests well
+                // before the gateways find it, were it ready on its own:
+                // only the producers' readiness gate (every live gateway
+                // streams from it) keeps that from costing a 4011.
+                ("FILAMENT_GATEWAY_DISCOVERY_INTERVAL_SECS", "3".to_owned()),
                 (
                     "FILAMENT_GATEWAY_PRESENCE_GRPC_URL",
                     self.presence.service_url(),
