@@ -17,4 +17,11 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 pub mod limits {
     /// `EdgeAccess.BannedAddresses` takes at most this many addresses.
     pub const MAX_BANNED_ADDRESSES_PER_CALL: usize = 1024;
+
+    /// A durable service (`Welcome.durable`) publishes an event again until
+    /// every gateway holding its audience acknowledged it, and gives up
+    /// this long after the event's creation (the time in its ULID id):
+    /// then it counts the event as missed for the gateways still without
+    /// it. Gateways remember event ids at least this long to drop repeats.
+    pub const REPUBLISH_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
 }

@@ -19,6 +19,10 @@ pub struct FanoutConfig {
     pub ack_timeout: Duration,
     /// Gateways whose missed-event counts are remembered.
     pub max_tracked_gateways: usize,
+    /// Every event is kept by the publisher until it is confirmed
+    /// ([`Fanout::publish_durable`]), and gateways are told so in
+    /// `Welcome`: a broken stream then costs them no resynchronisation.
+    pub durable: bool,
 }
 
 impl Default for FanoutConfig {
@@ -27,6 +31,7 @@ impl Default for FanoutConfig {
             stream_capacity: 4096,
             ack_timeout: Duration::from_secs(2),
             max_tracked_gateways: 4096,
+            durable: false,
         }
     }
 }
@@ -44,6 +49,60 @@ pub struct PublishReport {
 
 pub(crate) type Outbound = mpsc::Sender<Result<ServiceMessage, Status>>;
 
+/// How a publish treats a gateway it cannot reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Queued and forgotten; a miss is counted against the gateway, whose
+    /// next `Welcome` makes it resynchronise.
+    Lossy,
+    /// Like `Lossy`, and the gateway acknowledges the event at once.
+    Acked,
+    /// The caller keeps the event until it is confirmed and publishes it
+    /// again otherwise, so a miss is not counted: the gateway will get it.
+    Durable,
+}
+
+/// An event published with [`Fanout::publish_durable`], until every gateway
+/// it was queued for acknowledged it.
+#[must_use = "an unconfirmed event must be published again"]
+pub struct Confirmation {
+    report: PublishReport,
+    pending: Vec<(GatewayId, Arc<GatewayStream>, u64)>,
+    ack_timeout: Duration,
+}
+
+impl Confirmation {
+    pub fn report(&self) -> &PublishReport {
+        &self.report
+    }
+
+    /// Waits until every gateway the event was queued for acknowledged it.
+    /// True when every gateway holding the audience has it; false when one
+    /// had no stream, a stream was full or closed, or an acknowledgement
+    /// did not come within the ack timeout. The caller then publishes the
+    /// event again later; gateways drop the repeat by event id.
+    pub async fn confirmed(self) -> bool {
+        if self.report.missed > 0 {
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + self.ack_timeout;
+        for (_, stream, seq) in &self.pending {
+            if !stream.acked_by(*seq, deadline).await {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// What a gateway acknowledged on one stream, and whether the stream is
+/// gone (no acknowledgement will come any more).
+#[derive(Debug, Clone, Copy, Default)]
+struct AckState {
+    seq: u64,
+    closed: bool,
+}
+
 /// One open stream to a gateway.
 pub(crate) struct GatewayStream {
     /// Distinguishes this stream from a later one of the same gateway.
@@ -52,7 +111,7 @@ pub(crate) struct GatewayStream {
     /// order is queue order.
     sender: Mutex<StreamSender>,
     /// The highest sequence number the gateway acknowledged.
-    acked: watch::Sender<u64>,
+    acked: watch::Sender<AckState>,
 }
 
 struct StreamSender {
@@ -125,9 +184,30 @@ impl Fanout {
         ids
     }
 
+    /// Whether this fanout's events are kept until confirmed.
+    pub fn is_durable(&self) -> bool {
+        self.inner.config.durable
+    }
+
     /// Queues `event` for every gateway holding its audience.
     pub async fn publish(&self, event: Event) -> PublishReport {
-        self.route(event, false).await.0
+        self.route(event, Mode::Lossy).await.0
+    }
+
+    /// Queues `event` for every gateway holding its audience, for a caller
+    /// that keeps the event (the api's outbox) until the returned
+    /// [`Confirmation`] says every one of them has it, and publishes it
+    /// again otherwise. A gateway that cannot get it now is therefore not
+    /// counted as having missed it, and a full stream is cut without a
+    /// count. Gateways acknowledge such events in batches, as a running
+    /// total, when they run out of events to apply.
+    pub async fn publish_durable(&self, event: Event) -> Confirmation {
+        let (report, pending) = self.route(event, Mode::Durable).await;
+        Confirmation {
+            report,
+            pending,
+            ack_timeout: self.inner.config.ack_timeout,
+        }
     }
 
     /// Like [`publish`](Self::publish), then waits until every target gateway
@@ -135,17 +215,12 @@ impl Fanout {
     /// configured timeout has its stream cut (it will resynchronise), so when
     /// this returns, no target gateway still acts on the old state.
     pub async fn publish_acked(&self, event: Event) -> PublishReport {
-        let (report, pending) = self.route(event, true).await;
+        let (report, pending) = self.route(event, Mode::Acked).await;
         let deadline = tokio::time::Instant::now() + self.inner.config.ack_timeout;
         for (gateway, stream, seq) in pending {
-            let mut acked = stream.acked.subscribe();
-            let wait = acked.wait_for(|&value| value >= seq);
-            match tokio::time::timeout_at(deadline, wait).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(_)) | Err(_) => {
-                    tracing::warn!(%gateway, seq, "gateway did not acknowledge in time; cutting its stream");
-                    self.cut(&gateway, &stream);
-                }
+            if !stream.acked_by(seq, deadline).await {
+                tracing::warn!(%gateway, seq, "gateway did not acknowledge in time; cutting its stream");
+                self.cut(&gateway, &stream, Mode::Acked);
             }
         }
         report
@@ -165,7 +240,7 @@ impl Fanout {
     async fn route(
         &self,
         event: Event,
-        ack_requested: bool,
+        mode: Mode,
     ) -> (PublishReport, Vec<(GatewayId, Arc<GatewayStream>, u64)>) {
         let mut report = PublishReport::default();
         let targets = match self.targets(&event).await {
@@ -197,20 +272,22 @@ impl Fanout {
             let stream = self.lock().streams.get(&gateway).cloned();
             let Some(stream) = stream else {
                 report.missed += 1;
-                self.record_missed(&gateway, 1);
+                if mode != Mode::Durable {
+                    self.record_missed(&gateway, 1);
+                }
                 continue;
             };
-            match stream.push(&event, ack_requested, &traceparent) {
+            match stream.push(&event, mode == Mode::Acked, &traceparent) {
                 Ok(seq) => {
                     report.queued += 1;
-                    if ack_requested {
+                    if mode != Mode::Lossy {
                         pending.push((gateway, stream, seq));
                     }
                 }
                 Err(()) => {
                     tracing::warn!(%gateway, "gateway stream full or closed; cutting it");
                     report.missed += 1;
-                    self.cut(&gateway, &stream);
+                    self.cut(&gateway, &stream, mode);
                 }
             }
         }
@@ -253,7 +330,7 @@ impl Fanout {
                 next_seq: 1,
                 tx: Some(tx),
             }),
-            acked: watch::Sender::new(0),
+            acked: watch::Sender::new(AckState::default()),
         });
         let mut state = self.lock();
         if state.closed {
@@ -278,11 +355,14 @@ impl Fanout {
         }
     }
 
-    /// Ends a stream that lost an event, and remembers that it did.
-    fn cut(&self, gateway: &GatewayId, stream: &GatewayStream) {
+    /// Ends a stream that lost an event, and remembers that it did unless
+    /// the event's publisher keeps it to publish again.
+    fn cut(&self, gateway: &GatewayId, stream: &GatewayStream, mode: Mode) {
         stream.close();
         self.detach(gateway, stream.generation);
-        self.record_missed(gateway, 1);
+        if mode != Mode::Durable {
+            self.record_missed(gateway, 1);
+        }
     }
 
     fn record_missed(&self, gateway: &GatewayId, missed: u64) {
@@ -339,24 +419,37 @@ impl GatewayStream {
     }
 
     /// Drops the sender: the gateway sees the stream end after what is
-    /// already queued.
-    fn close(&self) {
+    /// already queued. Waiters for acknowledgements stop waiting.
+    pub(crate) fn close(&self) {
         self.sender
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .tx
             .take();
+        self.acked
+            .send_if_modified(|acked| !std::mem::replace(&mut acked.closed, true));
     }
 
     pub(crate) fn acknowledge(&self, seq: u64) {
         self.acked.send_if_modified(|acked| {
-            if seq > *acked {
-                *acked = seq;
+            if seq > acked.seq {
+                acked.seq = seq;
                 true
             } else {
                 false
             }
         });
+    }
+
+    /// Whether the gateway acknowledged `seq` by `deadline`; false as soon
+    /// as the stream closes without it.
+    async fn acked_by(&self, seq: u64, deadline: tokio::time::Instant) -> bool {
+        let mut acked = self.acked.subscribe();
+        let wait = acked.wait_for(|state| state.seq >= seq || state.closed);
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(Ok(state)) => state.seq >= seq,
+            Ok(Err(_)) | Err(_) => false,
+        }
     }
 }
 
@@ -534,6 +627,84 @@ mod tests {
         );
         let (_stream, missed, _rx) = attach(&fanout, &silent, 8);
         assert_eq!(missed, 1, "so it resynchronises on reconnect");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_durable_event_is_confirmed_once_every_holder_acknowledged_it() {
+        let registry = memory();
+        let fanout = fanout(registry.clone(), FanoutConfig::default());
+        let (first, second) = (gateway(), gateway());
+        for gw in [&first, &second] {
+            registry.hold_guilds(gw, &["G".to_owned()]).await.unwrap();
+        }
+        let (first_stream, _, mut first_rx) = attach(&fanout, &first, 8);
+        let (second_stream, _, mut second_rx) = attach(&fanout, &second, 8);
+
+        let confirmation = fanout.publish_durable(guild_event("G", "kept")).await;
+        assert_eq!(confirmation.report().queued, 2);
+        // Gateways acknowledge durable events in batches, not at once.
+        assert_eq!(drain(&mut first_rx), [(1, "kept".to_owned(), false)]);
+        assert_eq!(drain(&mut second_rx), [(1, "kept".to_owned(), false)]);
+        let waiting = tokio::spawn(confirmation.confirmed());
+        first_stream.acknowledge(1);
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "one gateway has not acknowledged");
+        second_stream.acknowledge(1);
+        assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_holder_leaves_a_durable_event_unconfirmed_and_uncounted() {
+        let registry = memory();
+        let fanout = fanout(registry.clone(), FanoutConfig::default());
+        let (silent, absent, full) = (gateway(), gateway(), gateway());
+        for gw in [&silent, &absent, &full] {
+            registry.hold_guilds(gw, &["G".to_owned()]).await.unwrap();
+        }
+        let (_silent_stream, _, _silent_rx) = attach(&fanout, &silent, 8);
+        let (_full_stream, _, _full_rx) = attach(&fanout, &full, 1);
+        let filling = fanout.publish_durable(guild_event("G", "fills")).await;
+        assert_eq!(filling.report().queued, 2);
+        assert_eq!(filling.report().missed, 1, "the absent gateway");
+
+        let confirmation = fanout.publish_durable(guild_event("G", "kept")).await;
+        assert_eq!(
+            confirmation.report(),
+            &PublishReport {
+                queued: 1,
+                missed: 2,
+                registry_degraded: false
+            }
+        );
+        assert!(!confirmation.confirmed().await);
+        assert!(
+            !fanout.connected_gateways().contains(&full),
+            "the full stream was cut"
+        );
+        // The publisher publishes both again: no gateway is told to
+        // resynchronise for them.
+        let (_stream, missed, _rx) = attach(&fanout, &full, 8);
+        assert_eq!(missed, 0);
+        let (_stream, missed, _rx) = attach(&fanout, &absent, 8);
+        assert_eq!(missed, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_stream_stops_the_wait_for_its_acknowledgement() {
+        let registry = memory();
+        let fanout = fanout(registry.clone(), FanoutConfig::default());
+        let gw = gateway();
+        registry.hold_guilds(&gw, &["G".to_owned()]).await.unwrap();
+        let (stream, _, _rx) = attach(&fanout, &gw, 8);
+        let confirmation = fanout.publish_durable(guild_event("G", "kept")).await;
+        stream.close();
+        let started = tokio::time::Instant::now();
+        assert!(!confirmation.confirmed().await);
+        assert_eq!(
+            tokio::time::Instant::now(),
+            started,
+            "it did not wait for the ack timeout"
+        );
     }
 
     #[tokio::test]

@@ -20,5 +20,5 @@ mod hub;
 mod service;
 
 pub use coverage::{COVERAGE_INTERVAL, Coverage};
-pub use hub::{Fanout, FanoutConfig, PublishReport};
+pub use hub::{Confirmation, Fanout, FanoutConfig, PublishReport};
 pub use service::EventStreamService;

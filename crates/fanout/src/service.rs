@@ -63,6 +63,7 @@ impl EventStream for EventStreamService {
                 service: self.fanout.service_name().to_owned(),
                 instance_id: self.fanout.instance_id().to_owned(),
                 missed_events: missed,
+                durable: self.fanout.is_durable(),
             })),
         };
         tracing::info!(%gateway, missed, "gateway stream opened");
@@ -85,6 +86,9 @@ impl EventStream for EventStreamService {
                     }
                 }
             }
+            // No acknowledgement can come any more: whoever waits for one
+            // stops waiting now.
+            stream.close();
             fanout.detach(&gateway, stream.generation);
             tracing::info!(%gateway, "gateway stream closed");
         });

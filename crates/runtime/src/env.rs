@@ -9,10 +9,19 @@ use std::collections::HashMap;
 use std::fmt::Display;
 use std::str::FromStr;
 
-/// A snapshot of environment variables.
-#[derive(Debug, Clone, Default)]
+/// A snapshot of environment variables. Its `Debug` lists the names only:
+/// the values include secrets (`FILAMENT_TOKEN_SECRET`, `DATABASE_URL`).
+#[derive(Clone, Default)]
 pub struct Env {
     vars: HashMap<String, String>,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.vars.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("Env").field("names", &names).finish()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +146,18 @@ mod tests {
         assert!(err.starts_with("BAD=\"x\" is invalid"), "{err}");
         let err = env.required::<u16>("UNSET").unwrap_err().to_string();
         assert_eq!(err, "UNSET is required but not set");
+    }
+
+    #[test]
+    fn debug_shows_names_not_values() {
+        let env = Env::from_pairs([
+            ("DATABASE_URL", "postgres://user:s3cretpw@db/filament"),
+            ("FILAMENT_TOKEN_SECRET", "a-token-secret-value"),
+        ]);
+        let printed = format!("{env:?}");
+        assert!(printed.contains("DATABASE_URL"), "{printed}");
+        assert!(!printed.contains("s3cretpw"), "{printed}");
+        assert!(!printed.contains("a-token-secret-value"), "{printed}");
     }
 
     #[test]

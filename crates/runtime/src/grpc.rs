@@ -5,8 +5,14 @@
 //! caller's trace id (`traceparent` metadata, see [`crate::trace`]).
 //!
 //! The layer is the one place this is done, so every server reports the
-//! same series under the same names.
+//! same series under the same names. It sits outside the service-token
+//! check ([`crate::service_auth`]), so it sees every call, also those of a
+//! caller without a token: a call is labelled by its method only when the
+//! path is one of the methods the server serves ([`GrpcServerMetrics::serving`]),
+//! else [`UNKNOWN_METHOD`], whatever its status, so no caller can mint
+//! label values by sending made-up paths.
 
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -29,9 +35,69 @@ use crate::trace::{REQUEST_ID, TRACEPARENT, TraceContext};
 /// arrival to the response's last frame (the trailers). For a streaming
 /// method that is the stream's lifetime.
 pub const SERVER_DURATION: &str = "filament_grpc_server_duration_seconds";
-/// The `method` label of a path no service answers (so a caller cannot
-/// mint label values by sending made-up paths).
+/// The `method` label of a path the server does not serve (so a caller
+/// cannot mint label values by sending made-up paths).
 pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// Why the methods of a server could not be listed: a bug in how the
+/// server was put together, found at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum MethodsError {
+    #[error("a gRPC descriptor set does not decode: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("no descriptor set describes the gRPC service {0}")]
+    UnknownService(String),
+}
+
+/// Every `/package.Service/Method` path of the services named in
+/// `services` (full names, as `NamedService::NAME` spells them), read from
+/// `descriptor_sets` (encoded `FileDescriptorSet`s).
+fn methods_of(
+    descriptor_sets: &[&[u8]],
+    services: &[&str],
+) -> Result<HashSet<String>, MethodsError> {
+    let mut methods = HashSet::new();
+    let mut found = HashSet::new();
+    for set in descriptor_sets {
+        let set: prost_types::FileDescriptorSet = prost::Message::decode(*set)?;
+        for file in &set.file {
+            for service in &file.service {
+                let name = match file.package() {
+                    "" => service.name().to_owned(),
+                    package => format!("{package}.{}", service.name()),
+                };
+                if !services.contains(&name.as_str()) {
+                    continue;
+                }
+                methods.extend(
+                    service
+                        .method
+                        .iter()
+                        .map(|method| format!("/{name}/{}", method.name())),
+                );
+                found.insert(name);
+            }
+        }
+    }
+    match services.iter().find(|name| !found.contains(**name)) {
+        Some(missing) => Err(MethodsError::UnknownService((*missing).to_owned())),
+        None => Ok(methods),
+    }
+}
+
+/// The health and reflection services every Filament gRPC server carries.
+fn builtin_methods() -> Result<HashSet<String>, MethodsError> {
+    methods_of(
+        &[
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ],
+        &[
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+        ],
+    )
+}
 
 /// A gRPC reflection service (`grpc.reflection.v1`) describing the
 /// services in `descriptor_sets` (encoded `FileDescriptorSet`s), the health
@@ -73,8 +139,10 @@ pub(crate) fn duration_family() -> Arc<DurationFamily> {
     }))
 }
 
-/// Records one call. A path nobody answers (`UNIMPLEMENTED`) is labelled
-/// [`UNKNOWN_METHOD`], so a made-up path cannot mint a label value.
+/// Records one call under `method`, already chosen by the caller (a
+/// server's known method or [`UNKNOWN_METHOD`]; a client's own path). A
+/// path nobody answers (`UNIMPLEMENTED`) is labelled [`UNKNOWN_METHOD`]
+/// too.
 pub(crate) fn observe(duration: &DurationFamily, method: &str, code: Code, started: Instant) {
     let method = if code == Code::Unimplemented {
         UNKNOWN_METHOD.to_owned()
@@ -90,20 +158,39 @@ pub(crate) fn observe(duration: &DurationFamily, method: &str, code: Code, start
 }
 
 /// The gRPC server series of one process, and the layer that records them.
+/// (No `Default`: a server must say which methods it serves.)
 #[derive(Debug, Clone)]
 pub struct GrpcServerMetrics {
     duration: Arc<DurationFamily>,
-}
-
-impl Default for GrpcServerMetrics {
-    fn default() -> Self {
-        Self {
-            duration: duration_family(),
-        }
-    }
+    /// The paths labelled by name; every other path is [`UNKNOWN_METHOD`].
+    methods: Arc<HashSet<String>>,
 }
 
 impl GrpcServerMetrics {
+    /// The series of a server that serves `services` (full names, e.g.
+    /// `filament.v1.Search`, as the generated `SERVICE_NAME` constants
+    /// spell them), whose methods `descriptor_sets` describe (the sets its
+    /// [`reflection`] serves), besides health and reflection. A service no
+    /// set describes is an error, not a server whose calls all go
+    /// unlabelled.
+    pub fn serving(descriptor_sets: &[&[u8]], services: &[&str]) -> Result<Self, MethodsError> {
+        let mut methods = builtin_methods()?;
+        methods.extend(methods_of(descriptor_sets, services)?);
+        Ok(Self {
+            duration: duration_family(),
+            methods: Arc::new(methods),
+        })
+    }
+
+    /// The `method` label of a call to `path`.
+    fn label(&self, path: &str) -> String {
+        if self.methods.contains(path) {
+            path.to_owned()
+        } else {
+            UNKNOWN_METHOD.to_owned()
+        }
+    }
+
     /// Registers the series in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
@@ -188,7 +275,8 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let started = Instant::now();
-        let method = request.uri().path().to_owned();
+        let path = request.uri().path().to_owned();
+        let method = self.metrics.label(&path);
         let trace = request
             .headers()
             .get(TRACEPARENT)
@@ -200,9 +288,10 @@ where
             .and_then(|value| value.to_str().ok())
             .and_then(crate::trace::usable_request_id)
             .map(str::to_owned);
+        // The span holds the path as sent: it is a log line, not a series.
         let span = tracing::debug_span!(
             "grpc_call",
-            method = %method,
+            method = %path,
             trace_id = tracing::field::Empty,
             request_id = tracing::field::Empty,
         );
@@ -341,7 +430,46 @@ impl Drop for TimedBody {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
     use super::*;
+    use crate::service_auth::{RequireServiceToken, ServiceToken};
+
+    const PROTECTED: &str = "filament.test.Protected";
+
+    /// A descriptor set with one service, `filament.test.Protected`, whose
+    /// only method is `Call`.
+    fn descriptor_set() -> Vec<u8> {
+        use prost_types::{
+            FileDescriptorProto, FileDescriptorSet, MethodDescriptorProto, ServiceDescriptorProto,
+        };
+        prost::Message::encode_to_vec(&FileDescriptorSet {
+            file: vec![FileDescriptorProto {
+                name: Some("filament/test.proto".into()),
+                package: Some("filament.test".into()),
+                service: vec![ServiceDescriptorProto {
+                    name: Some("Protected".into()),
+                    method: vec![MethodDescriptorProto {
+                        name: Some("Call".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        })
+    }
+
+    fn scrape(metrics: &GrpcServerMetrics) -> String {
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        text
+    }
 
     #[test]
     fn reflection_accepts_the_health_descriptors() {
@@ -349,14 +477,50 @@ mod tests {
     }
 
     #[test]
-    fn unknown_paths_share_one_label() {
-        let metrics = GrpcServerMetrics::default();
-        let mut registry = Registry::default();
-        metrics.register(&mut registry);
-        metrics.observe("/made.Up/Path", Code::Unimplemented, Instant::now());
-        metrics.observe("/filament.v1.Search/Query", Code::Ok, Instant::now());
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    fn a_server_knows_its_methods_health_and_reflection_only() {
+        let set = descriptor_set();
+        let metrics = GrpcServerMetrics::serving(&[&set], &[PROTECTED]).expect("described");
+        for known in [
+            "/filament.test.Protected/Call",
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        ] {
+            assert_eq!(metrics.label(known), known);
+        }
+        for unknown in [
+            "/filament.test.Protected/Other",
+            "/filament.test.Protected/Call/",
+            "/made.Up/Path",
+            "",
+        ] {
+            assert_eq!(metrics.label(unknown), UNKNOWN_METHOD, "{unknown}");
+        }
+        // Described but not served: unknown.
+        let none = GrpcServerMetrics::serving(&[&set], &[]).expect("nothing to find");
+        assert_eq!(none.label("/filament.test.Protected/Call"), UNKNOWN_METHOD);
+        // Served but not described: refused at start-up.
+        let err = GrpcServerMetrics::serving(&[&set], &["filament.test.Missing"])
+            .expect_err("undescribed");
+        assert!(err.to_string().contains("filament.test.Missing"), "{err}");
+        assert!(GrpcServerMetrics::serving(&[b"\xff\xff"], &[]).is_err());
+    }
+
+    #[test]
+    fn unimplemented_paths_share_one_label() {
+        let set = descriptor_set();
+        let metrics = GrpcServerMetrics::serving(&[&set], &[PROTECTED]).expect("described");
+        metrics.observe(
+            &metrics.label("/made.Up/Path"),
+            Code::Unimplemented,
+            Instant::now(),
+        );
+        metrics.observe(
+            &metrics.label("/filament.test.Protected/Call"),
+            Code::Ok,
+            Instant::now(),
+        );
+        let text = scrape(&metrics);
         assert!(!text.contains("made.Up"), "{text}");
         assert!(
             text.contains(
@@ -365,8 +529,98 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("method=\"/filament.v1.Search/Query\",code=\"OK\"} 1"),
+            text.contains("method=\"/filament.test.Protected/Call\",code=\"OK\"} 1"),
             "{text}"
         );
+    }
+
+    /// Calls `path` on `channel` with an empty message; the status.
+    async fn call(channel: tonic::transport::Channel, path: String) -> Code {
+        let mut grpc = tonic::client::Grpc::new(channel);
+        grpc.ready().await.expect("ready");
+        let codec = tonic_prost::ProstCodec::<HealthCheckRequest, HealthCheckRequest>::default();
+        let path = http::uri::PathAndQuery::try_from(path).expect("path");
+        match grpc
+            .unary(
+                tonic::Request::new(HealthCheckRequest::default()),
+                path,
+                codec,
+            )
+            .await
+        {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        }
+    }
+
+    #[tokio::test]
+    async fn made_up_paths_without_a_token_share_one_unknown_series() {
+        let set = descriptor_set();
+        let metrics = GrpcServerMetrics::serving(&[&set], &[PROTECTED]).expect("described");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let health = crate::probes::grpc_health(PROTECTED, || true, Default::default()).await;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(metrics.layer())
+                .layer(RequireServiceToken::new(ServiceToken::generate()))
+                .add_service(health)
+                .serve_with_incoming(crate::net::grpc_incoming(listener)),
+        );
+        // No token: every call but health's is refused by the token check,
+        // which sits inside the timing layer.
+        let plain = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("url")
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        for n in 0..20 {
+            for path in [
+                format!("/made.Up{n}/Path"),
+                format!("/filament.test.Protected/Made{n}"),
+            ] {
+                assert_eq!(call(plain.clone(), path).await, Code::Unauthenticated);
+            }
+        }
+        assert_eq!(
+            call(plain.clone(), "/filament.test.Protected/Call".into()).await,
+            Code::Unauthenticated
+        );
+        HealthClient::new(plain)
+            .check(HealthCheckRequest {
+                service: PROTECTED.into(),
+            })
+            .await
+            .expect("health is exempt");
+
+        let text = scrape(&metrics);
+        let counts: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("filament_grpc_server_duration_seconds_count"))
+            .collect();
+        assert!(
+            !text.contains("Made") && !text.contains("made.Up"),
+            "{text}"
+        );
+        assert!(
+            counts.contains(
+                &"filament_grpc_server_duration_seconds_count{method=\"unknown\",code=\"UNAUTHENTICATED\"} 40"
+            ),
+            "{text}"
+        );
+        assert!(
+            counts.contains(
+                &"filament_grpc_server_duration_seconds_count{method=\"/filament.test.Protected/Call\",code=\"UNAUTHENTICATED\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            counts.contains(
+                &"filament_grpc_server_duration_seconds_count{method=\"/grpc.health.v1.Health/Check\",code=\"OK\"} 1"
+            ),
+            "{text}"
+        );
+        assert_eq!(counts.len(), 3, "{text}");
     }
 }

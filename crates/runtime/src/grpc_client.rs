@@ -11,9 +11,12 @@
 //! [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`] instead of at the next
 //! call's timeout or never, for a stream that only reads. A tower layer
 //! times every call into `filament_grpc_client_duration_seconds{method,code}`,
-//! the client-side twin of the server layer in [`crate::grpc`], and every
+//! the client-side twin of the server layer in [`crate::grpc`]; every
 //! call carries the process's service token ([`crate::service_auth`]), which
-//! every internal server asks for.
+//! every internal server asks for, and the caller's trace context
+//! ([`crate::trace::current`]: `traceparent` as a child of the current
+//! span, and `x-request-id`), so no call site can forget to pass the trace
+//! on.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -97,7 +100,8 @@ pub fn connect(
     })
 }
 
-/// Times every call made through `inner`, and attaches the service token.
+/// Times every call made through `inner`, and attaches the service token
+/// and the calling task's trace context.
 #[derive(Debug, Clone)]
 pub struct TimedChannel<S> {
     inner: S,
@@ -127,6 +131,8 @@ where
         request
             .headers_mut()
             .insert(METADATA_KEY, self.token.header().clone());
+        // `call` runs in the calling task, where the trace is current.
+        crate::trace::inject(request.headers_mut());
         let duration = Arc::clone(&self.duration);
         let future = self.inner.call(request);
         Box::pin(async move {
@@ -235,6 +241,84 @@ mod tests {
             text.contains("method=\"/grpc.health.v1.Health/Check\",code=\"UNAVAILABLE\"} 1"),
             "{text}"
         );
+    }
+
+    /// What one call's metadata said: its `traceparent` and `x-request-id`.
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Option<String>, Option<String>)>>>;
+
+    #[tokio::test]
+    async fn every_call_carries_the_callers_trace_as_a_child_span() {
+        use crate::trace::{REQUEST_ID, TRACEPARENT, TraceContext};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Seen::default();
+        let record = {
+            let seen = std::sync::Arc::clone(&seen);
+            move |request: tonic::Request<()>| {
+                let value = |key: &str| {
+                    request
+                        .metadata()
+                        .get(key)
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_owned)
+                };
+                seen.lock()
+                    .expect("seen")
+                    .push((value(TRACEPARENT), value(REQUEST_ID)));
+                Ok(request)
+            }
+        };
+        let health = crate::probes::grpc_health("filament.test", || true, Default::default()).await;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .layer(tonic::service::InterceptorLayer::new(record))
+                .add_service(health)
+                .serve_with_incoming(crate::net::grpc_incoming(listener)),
+        );
+        let metrics = GrpcClientMetrics::new(ServiceToken::generate());
+        let channel =
+            connect(&format!("http://{addr}"), TIMEOUT, Some(TIMEOUT), &metrics).expect("url");
+        let mut client = HealthClient::new(channel);
+        let request = || HealthCheckRequest {
+            service: "filament.test".into(),
+        };
+
+        // Outside any trace: nothing to send.
+        client.check(request()).await.expect("serving");
+        // On behalf of a traced request.
+        let caller = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .expect("valid");
+        crate::trace::scope_request(caller.clone(), Some("req-42"), async {
+            client.check(request()).await.expect("serving");
+        })
+        .await;
+        // In a task spawned for the request, carried on.
+        let mut spawned = client.clone();
+        crate::trace::scope(caller.clone(), async move {
+            tokio::spawn(crate::trace::carried(async move {
+                spawned.check(request()).await.expect("serving");
+            }))
+            .await
+            .expect("joined");
+        })
+        .await;
+
+        let seen = seen.lock().expect("seen").clone();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen[0], (None, None));
+        for (n, (traceparent, _)) in seen.iter().enumerate().skip(1) {
+            let sent = traceparent
+                .as_deref()
+                .and_then(TraceContext::parse)
+                .unwrap_or_else(|| panic!("call {n} carried no traceparent: {seen:?}"));
+            assert_eq!(sent.trace_id(), caller.trace_id());
+            // A child: this process's span, not the caller's.
+            assert_ne!(sent.header(), caller.header());
+        }
+        assert_eq!(seen[1].1.as_deref(), Some("req-42"));
     }
 
     #[test]

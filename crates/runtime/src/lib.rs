@@ -4,7 +4,8 @@
 //! connection caps, the admin listener that serves metrics away from
 //! the public port, what every gRPC server carries (reflection, call
 //! metrics, the trace context, the service-token check), and how every
-//! gRPC client connects (presenting that token).
+//! gRPC client connects (presenting that token), and connection URLs
+//! whose `Debug` hides their password.
 //!
 //! Nothing domain-specific lives here.
 
@@ -17,6 +18,7 @@ pub mod grpc_client;
 pub mod net;
 pub mod probes;
 pub mod public;
+pub mod secret;
 pub mod service_auth;
 pub mod shutdown;
 pub mod telemetry;

@@ -166,6 +166,14 @@ impl ListenerMetrics {
             "Failed accepts, by reason",
             self.accept_errors.clone(),
         );
+        // Every series exists from the start, at zero: a scrape lists each
+        // family, and `increase()` counts the first refusal.
+        for reason in [reason::PER_ADDRESS_CAP, reason::GLOBAL_CAP] {
+            drop(self.refused.get_or_create(&ReasonLabels { reason }));
+        }
+        for reason in [reason::DESCRIPTORS, reason::OTHER] {
+            drop(self.accept_errors.get_or_create(&ReasonLabels { reason }));
+        }
     }
 
     fn refused(&self, reason: &'static str) {

@@ -4,8 +4,9 @@
 //! every process's logs for it.
 //!
 //! The REST edge accepts a caller's `traceparent` or starts a trace; the
-//! context is held in a task-local for the request ([`scope`]), gRPC
-//! clients send it as metadata ([`inject`]), the gRPC server layer
+//! context is held in a task-local for the request ([`scope`]), every gRPC
+//! client channel sends it as metadata (`crate::grpc_client`), the gRPC
+//! server layer
 //! (`crate::grpc`) records it in its span, and the api copies it onto the
 //! events it publishes.
 
@@ -215,44 +216,23 @@ pub fn usable_request_id(request_id: &str) -> Option<&str> {
     .then_some(request_id)
 }
 
-/// Adds the current trace context (as a child span) and request id to an
-/// outgoing gRPC request, so the callee's span carries the same ids.
-pub fn inject<T>(request: &mut tonic::Request<T>) {
-    if let Some(trace) = current()
+/// Adds the current trace context (as a child span) and request id to the
+/// headers (gRPC metadata) of an outgoing call, unless the call already
+/// carries them, so the callee's span carries the same ids. Every channel
+/// from [`crate::grpc_client::connect`] does this on every call.
+pub(crate) fn inject(headers: &mut http::HeaderMap) {
+    if !headers.contains_key(TRACEPARENT)
+        && let Some(trace) = current()
         && let Ok(value) = trace.child().header().parse()
     {
-        request.metadata_mut().insert(TRACEPARENT, value);
+        headers.insert(TRACEPARENT, value);
     }
-    if let Some(request_id) = current_request_id()
+    if !headers.contains_key(REQUEST_ID)
+        && let Some(request_id) = current_request_id()
         && let Ok(value) = request_id.parse()
     {
-        request.metadata_mut().insert(REQUEST_ID, value);
+        headers.insert(REQUEST_ID, value);
     }
-}
-
-/// A client interceptor that [`inject`]s the current trace context into
-/// every call.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Propagate;
-
-impl tonic::service::Interceptor for Propagate {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        inject(&mut request);
-        Ok(request)
-    }
-}
-
-/// A gRPC channel whose calls carry the caller's trace context.
-pub type TracedChannel =
-    tonic::service::interceptor::InterceptedService<crate::grpc_client::GrpcChannel, Propagate>;
-
-/// Wraps `channel` (from [`crate::grpc_client::connect`]) so that its calls
-/// carry the caller's trace context.
-pub fn traced(channel: crate::grpc_client::GrpcChannel) -> TracedChannel {
-    tonic::service::interceptor::InterceptedService::new(channel, Propagate)
 }
 
 #[cfg(test)]
@@ -291,19 +271,26 @@ mod tests {
     #[tokio::test]
     async fn the_scope_is_injected_into_grpc_requests() {
         let trace = TraceContext::parse(VALID).expect("valid");
-        let mut request = tonic::Request::new(());
-        inject(&mut request);
-        assert!(request.metadata().get(TRACEPARENT).is_none());
-        scope_request(trace, Some("req-1"), async {
-            inject(&mut request);
+        let mut headers = http::HeaderMap::new();
+        inject(&mut headers);
+        assert!(headers.get(TRACEPARENT).is_none());
+        scope_request(trace.clone(), Some("req-1"), async {
+            inject(&mut headers);
         })
         .await;
-        assert_eq!(
-            request.metadata().get(REQUEST_ID).expect("request id"),
-            "req-1"
-        );
-        let sent = request.metadata().get(TRACEPARENT).expect("injected");
+        assert_eq!(headers.get(REQUEST_ID).expect("request id"), "req-1");
+        let sent = headers.get(TRACEPARENT).expect("injected");
         let sent = TraceContext::parse(sent.to_str().expect("ascii")).expect("valid");
         assert_eq!(sent.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+
+        // A call that names its own trace keeps it.
+        let mut own = http::HeaderMap::new();
+        own.insert(TRACEPARENT, http::HeaderValue::from_static(VALID));
+        scope_request(TraceContext::new_root(), Some("req-2"), async {
+            inject(&mut own);
+        })
+        .await;
+        assert_eq!(own.get(TRACEPARENT).expect("kept"), VALID);
+        assert_eq!(own.get(REQUEST_ID).expect("request id"), "req-2");
     }
 }

@@ -16,6 +16,12 @@
 //! set the first two very high to see the process without a bound. The
 //! rate limiters are raised out of the way: this measures hashing, not
 //! 429s. It is a benchmark: it prints figures and asserts nothing.
+//!
+//! It also prints whether each storm held the memory bound the README
+//! states: at the peak, at most [`PER_RUNNING_HASH_MIB`] per hash allowed
+//! to run at once plus [`SLACK_MIB`] above the start (one Argon2id hash
+//! takes 19 MiB); `FILAMENT_STORM_SETTLE_SECS` after the storm, within
+//! [`SLACK_MIB`] of the start.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +39,12 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const SECRET: &[u8] = b"the-benchmark-token-secret-of-32-bytes-or-more";
 const PASSWORD: &str = "correct horse battery";
+/// The stated bound: RSS a running hash may add at the peak (its 19 MiB
+/// block, and the allocator's rounding).
+const PER_RUNNING_HASH_MIB: u64 = 24;
+/// The stated bound: what a storm may add beyond the hashes at the peak,
+/// and what it may leave behind once settled.
+const SLACK_MIB: u64 = 16;
 /// How often the peak sampler reads `/proc/self/status`.
 const SAMPLE_EVERY: Duration = Duration::from_millis(5);
 
@@ -120,20 +132,17 @@ async fn storms(
     let usernames: Vec<String> = (0..settings.requests)
         .map(|i| format!("storm{i}_{suffix}"))
         .collect();
-    storm(
-        settings,
-        &client,
-        &format!("{base}/auth/register"),
-        &usernames,
-    )
-    .await?;
-    storm(settings, &client, &format!("{base}/auth/login"), &usernames).await?;
+    let register = format!("{base}/auth/register");
+    storm(settings, &limits, &client, &register, &usernames).await?;
+    let login = format!("{base}/auth/login");
+    storm(settings, &limits, &client, &login, &usernames).await?;
     stack.stop().await
 }
 
 /// One storm against `url`, one request per username, with its figures.
 async fn storm(
     settings: &Settings,
+    limits: &filament_api::HashingLimits,
     client: &reqwest::Client,
     url: &str,
     usernames: &[String],
@@ -186,6 +195,18 @@ async fn storm(
         mib(at_end.rss_kib),
         settings.settle.as_secs(),
         mib(after.rss_kib),
+    );
+    let running = u64::try_from(limits.max_concurrent.get()).unwrap_or(u64::MAX);
+    let peak_bound = before.rss_kib + (running * PER_RUNNING_HASH_MIB + SLACK_MIB) * 1024;
+    let after_bound = before.rss_kib + SLACK_MIB * 1024;
+    let peak = peak.load(Ordering::Relaxed).max(at_end.rss_kib);
+    let verdict = |held: bool| if held { "held" } else { "EXCEEDED" };
+    println!(
+        "  bound: peak <= {:.1} MiB ({}), settled <= {:.1} MiB ({})",
+        mib(peak_bound),
+        verdict(peak <= peak_bound),
+        mib(after_bound),
+        verdict(after.rss_kib <= after_bound),
     );
     Ok(())
 }

@@ -23,14 +23,28 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Which registry the stack's services share.
-#[derive(Debug, Clone)]
+/// Which registry the stack's services share. Its `Debug` hides a
+/// password in the Redis URL.
+#[derive(Clone)]
 pub enum RegistryChoice {
     /// One in-memory registry shared by every service of this process.
     Memory,
     /// Redis; each service gets its own connection, as separate processes
     /// would.
     Redis { url: String, key_prefix: String },
+}
+
+impl std::fmt::Debug for RegistryChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Redis { url, key_prefix } => f
+                .debug_struct("Redis")
+                .field("url", &filament_runtime::secret::redact_url(url))
+                .field("key_prefix", key_prefix)
+                .finish(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -395,4 +409,23 @@ where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
     (name, future.await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_registry_choice_prints_without_its_redis_password() {
+        let choice = RegistryChoice::Redis {
+            url: "redis://default:s3cretpw@redis:6379/0".to_owned(),
+            key_prefix: "filament:".to_owned(),
+        };
+        let printed = format!("{choice:?}");
+        assert!(!printed.contains("s3cretpw"), "{printed}");
+        assert!(
+            printed.contains("redis://default:<redacted>@redis:6379/0"),
+            "{printed}"
+        );
+    }
 }

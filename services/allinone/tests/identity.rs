@@ -292,7 +292,7 @@ async fn a_replayed_refresh_token_ends_the_session() {
 /// may IP-ban a member. Role removal follows the same rule in the role
 /// hierarchy: a moderator may not take a role from the owner or a fellow
 /// moderator, nor from a member whose custom role ranks above theirs, but
-/// may from a plain member.
+/// may from a plain member; and IP bans follow the hierarchy too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moderators_cannot_act_on_those_who_outrank_them() {
     let t = TestStack::start_trusting(Backends::Embedded, 1)
@@ -432,6 +432,45 @@ async fn moderators_cannot_act_on_those_who_outrank_them() {
     ] {
         assert_eq!(holds_helper(user), holds, "{}", user.username);
     }
+
+    // `admin` is a member by legacy rank, but holds `senior`, above the
+    // moderator: banning their addresses is refused too, as taking their
+    // role away is, and bans nothing.
+    let (status, body) = post(
+        &t,
+        &by_user,
+        &moderator,
+        json!({"target_user_id": admin.id}),
+    )
+    .await;
+    assert_eq!((status, body), (403, json!({"error": "forbidden"})));
+    let (status, list) = t
+        .call_from(
+            Method::GET,
+            &format!("/guilds/{g}/ip-bans"),
+            Some(&owner.token),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["bans"].as_array().map(Vec::len), Some(1), "{list}");
+    // Kicking or banning them is refused alike: one rule for all three.
+    for action in ["kick", "ban"] {
+        let path = format!("/guilds/{g}/members/{}/{action}", admin.id);
+        assert_eq!(
+            post(&t, &path, &moderator, json!(null)).await,
+            (403, json!({"error": "forbidden"})),
+            "{action}"
+        );
+    }
+    // The owner outranks them, and may.
+    let (status, created) = post(&t, &by_user, &owner, json!({"target_user_id": admin.id})).await;
+    assert_eq!(
+        (status, &created["created_count"]),
+        (200, &json!(1)),
+        "{created}"
+    );
     t.stack.stop().await.expect("clean shutdown");
 }
 

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -26,6 +26,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// The token secret the binary is started with; it must never be logged.
 const TOKEN_SECRET: &str = "an-observability-test-secret-that-is-long-enough";
+/// The service secret of the internal gRPC calls, set explicitly.
+const INTERNAL_TOKEN: &str = "an-observability-internal-token-of-32-bytes-plus";
+/// The LiveKit key pair voice signs tokens with.
+const LIVEKIT_KEY: &str = "APIobservabilitykey";
+const LIVEKIT_SECRET: &str = "an-observability-livekit-secret-of-32-bytes-plus";
 /// The trace the REST post continues.
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -33,19 +38,32 @@ const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-
 const SEARCH_TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const SEARCH_TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-/// The `filament` binary with JSON logs at debug, and everything it wrote.
+/// The `filament` binary with JSON logs at debug, and everything it wrote
+/// to stdout (its logs) and stderr.
 struct JsonFilament {
     child: tokio::process::Child,
     origin: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
-impl JsonFilament {
-    async fn start() -> Self {
-        Self::start_with(&[]).await
-    }
+/// Collects every line `from` writes, until it closes.
+fn drain(from: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut reader = BufReader::new(from).lines();
+    tokio::spawn({
+        let lines = Arc::clone(&lines);
+        async move {
+            while let Ok(Some(line)) = reader.next_line().await {
+                lines.lock().expect("lines").push(line);
+            }
+        }
+    });
+    lines
+}
 
+impl JsonFilament {
     /// Started with `extra` variables besides the usual ones.
     async fn start_with(extra: &[(&str, String)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -64,10 +82,11 @@ impl JsonFilament {
             .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("spawn filament");
+        let stderr = drain(child.stderr.take().expect("stderr"));
         let mut reader = BufReader::new(child.stdout.take().expect("stdout")).lines();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let origin = tokio::time::timeout(Duration::from_secs(60), async {
@@ -101,6 +120,7 @@ impl JsonFilament {
             child,
             origin,
             lines,
+            stderr,
             _dir: dir,
         }
     }
@@ -109,12 +129,14 @@ impl JsonFilament {
         self.lines.lock().expect("lines").clone()
     }
 
-    async fn stop(mut self) -> Vec<String> {
+    /// Stops the binary; its stdout and its stderr lines.
+    async fn stop(mut self) -> (Vec<String>, Vec<String>) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
-        // Let the reader take what was still in the pipe.
+        // Let the readers take what was still in the pipes.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        self.lines()
+        let stderr = self.stderr.lock().expect("stderr").clone();
+        (self.lines(), stderr)
     }
 
     /// Stops the binary as Kubernetes does (SIGTERM) and waits for it to
@@ -201,13 +223,21 @@ fn span_has_trace(entry: &Value, trace_id: &str) -> bool {
 
 #[tokio::test]
 async fn json_logs_hold_no_secret_and_follow_one_trace_to_the_gateway() {
-    let filament = JsonFilament::start().await;
+    let filament = JsonFilament::start_with(&[
+        ("FILAMENT_INTERNAL_TOKEN", INTERNAL_TOKEN.to_owned()),
+        ("FILAMENT_LIVEKIT_API_KEY", LIVEKIT_KEY.to_owned()),
+        ("FILAMENT_LIVEKIT_API_SECRET", LIVEKIT_SECRET.to_owned()),
+    ])
+    .await;
     let client = Client {
         http: reqwest::Client::new(),
         origin: filament.origin,
     };
     let mut secrets = Secrets::default();
     secrets.add("the token secret", TOKEN_SECRET);
+    secrets.add("the internal service token", INTERNAL_TOKEN);
+    secrets.add("the LiveKit API key", LIVEKIT_KEY);
+    secrets.add("the LiveKit API secret", LIVEKIT_SECRET);
     secrets.add("the password", PASSWORD);
 
     let username = format!("obs_{}", &ulid::Ulid::generate().to_string()[20..]).to_lowercase();
@@ -263,6 +293,30 @@ async fn json_logs_hold_no_secret_and_follow_one_trace_to_the_gateway() {
         .await;
     assert_eq!(status, 200, "{channel}");
     let channel_id = channel["channel_id"].as_str().expect("channel").to_owned();
+    // A voice token, signed with the LiveKit secret and naming the key.
+    let (status, voice) = client
+        .post(
+            &format!("/guilds/{guild_id}/channels"),
+            Some(&token),
+            json!({"name": "lounge", "kind": "voice"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{voice}");
+    let (status, seat) = client
+        .post(
+            &format!(
+                "/guilds/{guild_id}/channels/{}/voice/token",
+                voice["channel_id"].as_str().expect("voice channel")
+            ),
+            Some(&token),
+            json!({"can_subscribe": true, "publish_sources": ["microphone"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{seat}");
+    secrets.add(
+        "the voice token",
+        seat["token"].as_str().expect("voice token"),
+    );
 
     // The token in the query string, as web clients send it.
     let (mut ws, _) = tokio_tungstenite::connect_async(format!(
@@ -337,9 +391,14 @@ async fn json_logs_hold_no_secret_and_follow_one_trace_to_the_gateway() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let lines = filament.stop().await;
+    let (lines, stderr) = filament.stop().await;
 
     assert!(lines.len() > 20, "too few log lines: {lines:?}");
+    for line in &stderr {
+        for (what, secret) in &secrets.0 {
+            assert!(!line.contains(secret.as_str()), "{what} on stderr: {line}");
+        }
+    }
     let mut entries = Vec::new();
     for line in &lines {
         let entry: Value = serde_json::from_str(line)
@@ -395,6 +454,65 @@ async fn json_logs_hold_no_secret_and_follow_one_trace_to_the_gateway() {
             .is_some_and(|target| target.starts_with("filament_gateway")),
         "{delivery}"
     );
+}
+
+/// A loopback port nothing listens on (it was free a moment ago).
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("free port")
+}
+
+#[tokio::test]
+async fn passwords_in_connection_urls_never_reach_the_logs_even_when_start_fails() {
+    const DATABASE_PASSWORD: &str = "s3cretpw-of-the-database";
+    const REDIS_PASSWORD: &str = "s3cretpw-of-the-redis";
+    let port = closed_port();
+    for (name, url) in [
+        (
+            "DATABASE_URL",
+            format!("postgres://filament:{DATABASE_PASSWORD}@127.0.0.1:{port}/filament"),
+        ),
+        (
+            "REDIS_URL",
+            format!("redis://default:{REDIS_PASSWORD}@127.0.0.1:{port}/0"),
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let output = tokio::time::timeout(
+            Duration::from_secs(60),
+            Command::new(env!("CARGO_BIN_EXE_filament"))
+                .env_remove("DATABASE_URL")
+                .env_remove("REDIS_URL")
+                .env(name, &url)
+                .env("FILAMENT_PUBLIC_ADDR", "127.0.0.1:0")
+                .env("FILAMENT_DATA_DIR", dir.path())
+                .env("FILAMENT_TOKEN_SECRET", TOKEN_SECRET)
+                .env("FILAMENT_LOG_FORMAT", "json")
+                .env("RUST_LOG", "debug")
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("with nothing at {name} the binary stops"))
+        .expect("ran");
+        assert!(!output.status.success(), "{name}: started against nothing");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        // It said why it stopped…
+        assert!(!stderr.trim().is_empty(), "{name}: a silent failure");
+        // …without the password, in the logs or the error.
+        for (stream, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+            for password in [DATABASE_PASSWORD, REDIS_PASSWORD] {
+                assert!(
+                    !text.contains(password),
+                    "{name}'s password on {stream}:\n{text}"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]
@@ -601,13 +719,70 @@ fn total(text: &str, prefix: &str) -> f64 {
         .sum()
 }
 
+/// The metric names a scrape exports, as docs/OPERATIONS.md names them: a
+/// counter by its samples' name (`…_total`), a histogram or a gauge by its
+/// family's (without `_bucket`, `_sum`, `_count`).
+fn exported_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' '))
+        .map(|(name, kind)| match kind {
+            "counter" => format!("{name}_total"),
+            _ => name.to_owned(),
+        })
+        .collect()
+}
+
+/// Every metric docs/OPERATIONS.md lists: the first cell of each row of its
+/// metric tables.
+fn documented_names() -> BTreeSet<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/OPERATIONS.md");
+    std::fs::read_to_string(path)
+        .expect("docs/OPERATIONS.md")
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split_once('`'))
+        .map(|(name, _)| name)
+        .filter(|name| name.starts_with("filament_"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn names_are_read_as_the_doc_writes_them() {
+    let text = "# HELP filament_x_events Events.\n# TYPE filament_x_events counter\n\
+                filament_x_events_total 1\n# TYPE filament_x_seconds histogram\n\
+                filament_x_seconds_count 1\n# TYPE filament_x_open gauge\nfilament_x_open 0\n";
+    assert_eq!(
+        exported_names(text),
+        BTreeSet::from([
+            "filament_x_events_total".to_owned(),
+            "filament_x_seconds".to_owned(),
+            "filament_x_open".to_owned(),
+        ])
+    );
+    let documented = documented_names();
+    assert!(
+        documented.contains("filament_gateway_closes_total"),
+        "{documented:?}"
+    );
+    assert!(
+        documented.contains("filament_grpc_server_duration_seconds"),
+        "{documented:?}"
+    );
+}
+
 #[tokio::test]
 async fn every_service_exports_its_series_after_a_post_a_subscribe_and_a_search() {
     let Some(t) = TestStack::start(Backends::Embedded, 1).await else {
         return;
     };
+    // REST requests through the api, counted as they are made.
+    let mut requests = 0.0;
+    // `user`: register, login, me; `guild_with_channel`: two posts.
     let owner = t.user("metrics").await;
     let (guild_id, channel_id) = t.guild_with_channel(&owner, "private").await;
+    requests += 5.0;
     let mut socket = t.connect(0, &owner).await;
     socket.subscribed(&guild_id, &channel_id).await;
     let (status, _) = t
@@ -617,6 +792,7 @@ async fn every_service_exports_its_series_after_a_post_a_subscribe_and_a_search(
             json!({"content": "a measurable kitten"}),
         )
         .await;
+    requests += 1.0;
     assert_eq!(status, 200);
     assert_eq!(socket.next_event().await["t"], "message_create");
     // Searchable within the commit interval.
@@ -628,6 +804,7 @@ async fn every_service_exports_its_series_after_a_post_a_subscribe_and_a_search(
                 Some(&owner.token),
             )
             .await;
+        requests += 1.0;
         assert_eq!(status, 200, "{body}");
         if body["message_ids"]
             .as_array()
@@ -642,6 +819,7 @@ async fn every_service_exports_its_series_after_a_post_a_subscribe_and_a_search(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (status, body) = t.get("/no/such/route", Some(&owner.token)).await;
+    requests += 1.0;
     assert_eq!(status, 404);
     assert_eq!(
         body,
@@ -652,6 +830,14 @@ async fn every_service_exports_its_series_after_a_post_a_subscribe_and_a_search(
     let http = reqwest::Client::new();
     let stack = &t.stack;
     let api = scrape(&http, stack.api_admin_addr, "api").await;
+    // Every request was timed, each well under a minute.
+    let timed = total(&api, "filament_api_http_request_duration_seconds_count{");
+    assert!(
+        timed >= requests,
+        "{timed} timed of {requests} made:\n{api}"
+    );
+    let spent = total(&api, "filament_api_http_request_duration_seconds_sum{");
+    assert!(spent > 0.0 && spent < 60.0, "{spent} s in all:\n{api}");
     let message_route = "filament_api_http_request_duration_seconds_count{route=\"/guilds/{guild_id}/channels/{channel_id}/messages\",status=\"2xx\"}";
     assert!(
         sample(&api, message_route).is_some_and(|n| n >= 1.0),
@@ -692,6 +878,14 @@ async fn every_service_exports_its_series_after_a_post_a_subscribe_and_a_search(
     );
 
     let gateway = scrape(&http, stack.gateway_admin_addrs[0], "gateway").await;
+    let delivered = sample(&gateway, "filament_gateway_publish_to_deliver_seconds_sum")
+        .expect("publish to deliver");
+    assert!((0.0..60.0).contains(&delivered), "{gateway}");
+    assert_eq!(
+        sample(&gateway, "filament_gateway_connections "),
+        Some(1.0),
+        "one socket:\n{gateway}"
+    );
     for series in [
         "filament_gateway_publish_to_deliver_seconds_count",
         "filament_gateway_outbound_queue_depth_count",
@@ -708,8 +902,10 @@ async fn every_service_exports_its_series_after_a_post_a_subscribe_and_a_search(
     }
 
     let presence = scrape(&http, stack.presence_admin_addr, "presence").await;
-    assert!(
-        sample(&presence, "filament_presence_sessions ").is_some_and(|n| n >= 1.0),
+    // The scenario's one socket.
+    assert_eq!(
+        sample(&presence, "filament_presence_sessions "),
+        Some(1.0),
         "{presence}"
     );
     assert!(
@@ -759,5 +955,33 @@ async fn every_service_exports_its_series_after_a_post_a_subscribe_and_a_search(
         ) >= 1.0,
         "{voice}"
     );
+    // Its own series: nobody joined voice, no webhook came.
+    assert_eq!(
+        sample(&voice, "filament_voice_participants "),
+        Some(0.0),
+        "{voice}"
+    );
+    assert_eq!(
+        sample(&voice, "filament_voice_webhooks_rejected_total "),
+        Some(0.0),
+        "{voice}"
+    );
     t.stack.stop().await.expect("clean stop");
+
+    // docs/OPERATIONS.md lists exactly what the services export.
+    let exported: BTreeSet<String> = [&api, &gateway, &presence, &search, &voice]
+        .into_iter()
+        .flat_map(|text| exported_names(text))
+        .collect();
+    let documented = documented_names();
+    let undocumented: Vec<_> = exported.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported but not in docs/OPERATIONS.md: {undocumented:?}"
+    );
+    let unexported: Vec<_> = documented.difference(&exported).collect();
+    assert!(
+        unexported.is_empty(),
+        "in docs/OPERATIONS.md but exported by no service: {unexported:?}"
+    );
 }

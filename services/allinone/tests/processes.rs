@@ -3,7 +3,10 @@
 //! environment as a deployment configures them, sharing the Redis of
 //! `TEST_REDIS_URL` under a key prefix of their own. One `traceparent`
 //! sent with a REST post is followed through both processes' JSON logs:
-//! the api's request span and the gateway's delivery of the event.
+//! the api's request span and the gateway's delivery of the event. A
+//! second, on a channel's deletion, goes there and back: the access change
+//! the gateway applies on that trace asks the api again about the socket's
+//! subscription, and the api's gRPC span of that call holds the trace.
 
 mod support;
 
@@ -20,6 +23,9 @@ const TOKEN_SECRET: &str = "a-secret-the-two-processes-share-of-32-bytes";
 const INTERNAL_TOKEN: &str = "a-test-internal-service-token-of-32-bytes-or-more";
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+/// The trace of the channel deletion.
+const DELETE_TRACE_ID: &str = "5ce0e9a56015fec5aadfa328ae398115";
+const DELETE_TRACEPARENT: &str = "00-5ce0e9a56015fec5aadfa328ae398115-ab42124a3c573678-01";
 
 /// A service process and everything it logged so far (tracing writes JSON
 /// lines to stdout).
@@ -78,11 +84,28 @@ fn message_is(entry: &Value, message: &str) -> bool {
 }
 
 fn on_trace(entry: &Value) -> bool {
-    let in_span = |span: &Value| span["trace_id"].as_str() == Some(TRACE_ID);
+    on(entry, TRACE_ID)
+}
+
+/// Whether `entry` was logged inside a span of the trace `trace_id`.
+fn on(entry: &Value, trace_id: &str) -> bool {
+    let in_span = |span: &Value| span["trace_id"].as_str() == Some(trace_id);
     in_span(&entry["span"])
         || entry["spans"]
             .as_array()
             .is_some_and(|spans| spans.iter().any(in_span))
+}
+
+/// Whether `entry` was logged inside the api's span of a gRPC call to
+/// `method` on the trace `trace_id`.
+fn in_grpc_call(entry: &Value, method: &str, trace_id: &str) -> bool {
+    entry["spans"].as_array().is_some_and(|spans| {
+        spans.iter().any(|span| {
+            span["name"] == "grpc_call"
+                && span["method"] == method
+                && span["trace_id"].as_str() == Some(trace_id)
+        })
+    })
 }
 
 #[tokio::test]
@@ -251,4 +274,38 @@ async fn one_trace_runs_from_the_api_process_to_the_gateway_process() {
             message_is(e, "event delivered") && on_trace(e)
         })
         .await;
+
+    // Deleting another channel of the guild changes access: the gateway
+    // asks the api again whether the socket may keep its subscription, on
+    // behalf of the deletion, so that call carries the deletion's trace.
+    let doomed = call(
+        &format!("/guilds/{guild_id}/channels"),
+        Some(&token),
+        json!({"name": "doomed"}),
+    )
+    .await;
+    let doomed_id = doomed["channel_id"].as_str().expect("channel");
+    let response = http
+        .delete(format!(
+            "http://{api_http}/guilds/{guild_id}/channels/{doomed_id}"
+        ))
+        .bearer_auth(&token)
+        .header("traceparent", DELETE_TRACEPARENT)
+        .send()
+        .await
+        .expect("deleted");
+    assert!(response.status().is_success(), "{}", response.status());
+    // The gateway's question went back to the api process on that trace
+    // (the api's span of the call logs `grpc call answered` at debug).
+    api.logged(
+        "the gateway's AuthorizeSubscribe on the deletion's trace",
+        |e| {
+            in_grpc_call(
+                e,
+                "/filament.v1.EdgeAccess/AuthorizeSubscribe",
+                DELETE_TRACE_ID,
+            )
+        },
+    )
+    .await;
 }

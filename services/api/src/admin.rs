@@ -164,6 +164,18 @@ impl ApiMetrics {
             "REST requests, by route template and status class",
             self.request_duration.clone(),
         );
+        // Every counter series exists from the start, at zero: a scrape
+        // lists each family, and `increase()` counts the first refusal.
+        for limiter in [Limiter::Global, Limiter::Route] {
+            drop(self.rate_limit_hits.get_or_create(&LimiterLabels {
+                limiter: limiter.as_str(),
+            }));
+        }
+        for reason in [HashingRefusal::QueueFull, HashingRefusal::QueueTimeout] {
+            drop(self.hashing.refusals.get_or_create(&RefusalLabels {
+                reason: reason.as_str(),
+            }));
+        }
     }
 
     /// Records one REST request; `route` is a route template or
@@ -227,7 +239,15 @@ impl Admin {
         edge.metrics.register(&mut registry);
         let public_listener = ListenerMetrics::default();
         public_listener.register(&mut registry);
-        let grpc = GrpcServerMetrics::default();
+        // Labelled by method only for the methods `run` serves.
+        let grpc = GrpcServerMetrics::serving(
+            &[filament_proto::FILE_DESCRIPTOR_SET],
+            &[
+                filament_proto::v1::edge_access_server::SERVICE_NAME,
+                filament_proto::v1::event_stream_server::SERVICE_NAME,
+                filament_proto::v1::message_feed_server::SERVICE_NAME,
+            ],
+        )?;
         grpc.register(&mut registry);
         let grpc_clients = GrpcClientMetrics::new(config.internal_token.clone());
         grpc_clients.register(&mut registry);

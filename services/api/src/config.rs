@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use filament_runtime::public::PublicLimits;
+use filament_runtime::secret::{SecretBytes, SecretUrl};
 use filament_runtime::service_auth::ServiceToken;
 use filament_runtime::{ConfigError, Env};
 
@@ -21,10 +22,11 @@ pub struct Config {
     /// The global REST limiter: requests per minute per user, or per IP
     /// for anonymous calls (`FILAMENT_RATE_LIMIT_REQUESTS_PER_MINUTE`).
     pub rate_limit_per_minute: u32,
-    /// `sqlite:…` or `postgres://…`.
-    pub database_url: String,
-    /// HS256 key for access tokens, at least 32 bytes.
-    pub token_secret: Vec<u8>,
+    /// `sqlite:…` or `postgres://…`; its `Debug` hides the password.
+    pub database_url: SecretUrl,
+    /// HS256 key for access tokens, at least 32 bytes; its `Debug` shows
+    /// only the length.
+    pub token_secret: SecretBytes,
     pub access_token_ttl: Duration,
     pub session_ttl: Duration,
     pub max_created_guilds_per_user: u64,
@@ -174,8 +176,8 @@ impl Config {
             grpc_addr,
             admin_addr: None,
             rate_limit_per_minute: 600,
-            database_url: database_url.into(),
-            token_secret,
+            database_url: SecretUrl::new(database_url),
+            token_secret: SecretBytes::new(token_secret),
             access_token_ttl: Duration::from_secs(900),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             max_created_guilds_per_user: 5,
@@ -292,6 +294,39 @@ mod tests {
             "sqlite::memory:",
             vec![0; 32],
         )
+    }
+
+    #[test]
+    fn debug_hides_the_database_password() {
+        let config = Config::from_env(&Env::from_pairs([
+            (
+                "DATABASE_URL",
+                "postgres://filament:s3cretpw@db:5432/filament",
+            ),
+            (
+                "FILAMENT_TOKEN_SECRET",
+                "a-token-secret-of-at-least-32-bytes-long",
+            ),
+            (
+                "FILAMENT_INTERNAL_TOKEN",
+                "an-internal-token-of-at-least-32-bytes-long",
+            ),
+        ]))
+        .expect("config");
+        assert_eq!(
+            config.database_url.expose(),
+            "postgres://filament:s3cretpw@db:5432/filament"
+        );
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cretpw"), "{printed}");
+        assert!(
+            printed.contains("postgres://filament:<redacted>@db:5432/filament"),
+            "{printed}"
+        );
+        assert!(
+            !printed.contains("an-internal-token-of-at-least-32-bytes-long"),
+            "{printed}"
+        );
     }
 
     #[test]

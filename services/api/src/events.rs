@@ -1,14 +1,23 @@
-//! Building and publishing events. Handlers call these only after the
-//! store call that made the change returned `Ok`, so an event never
-//! describes a write that did not commit.
+//! Building and publishing events. Every event the api publishes goes
+//! through the event outbox (docs/adr/0006-outbox.md): a handler builds it
+//! before the write, wraps it in a [`Pending`] (or lets the store's
+//! transaction build it, [`Deferred`]), hands the row to the store call that
+//! makes the change, and publishes it only after that call returned `Ok`.
+//! So an event never describes a write that did not commit, and a write
+//! that committed never loses its event.
+
+use std::sync::{Mutex, PoisonError};
 
 use filament_proto::v1::{
     self as pb, Audience, ChannelAudience, Event, GuildAudience, audience, event,
 };
+use ulid::Ulid;
 
 use crate::clock::now_unix_ms;
 use crate::error::{ApiError, ApiResult};
+use crate::outbox::Pending;
 use crate::state::AppState;
+use crate::store::OutboxEvent;
 
 /// An event for the sockets subscribed to one channel.
 pub fn for_channel(guild_id: &str, channel_id: &str, payload: event::Payload) -> Event {
@@ -66,98 +75,184 @@ pub fn ensure_deliverable(event: &Event) -> ApiResult<()> {
     }
 }
 
-/// Publishes a committed change.
-pub async fn publish(state: &AppState, event: Event) {
+/// Publishes an event as it is, without waiting for acknowledgements: the
+/// outbox's publish (`crate::outbox`), for its request path and its relay.
+/// Handlers never call it: they store each event with its write through a
+/// [`Pending`] and publish that after the commit, so a crash in between
+/// delays the event instead of losing it (docs/adr/0006-outbox.md).
+pub(crate) async fn publish(state: &AppState, event: Event) {
     let report = state.fanout().publish(event).await;
     if report.missed > 0 {
         tracing::debug!(?report, "event missed some gateways");
     }
 }
 
-/// Tells every gateway holding the guild that these users' access shrank,
-/// and returns only once each gateway dropped what the users can no longer
-/// see (or had its stream cut and so resynchronises). Call it after the
-/// commit and before the REST call returns. An empty `user_ids` re-checks
-/// everyone present in the guild.
-///
-/// Voice follows: members who are gone leave voice, and the others are
-/// re-checked against what their voice tokens grant.
-pub async fn revoke_access(
-    state: &AppState,
+/// Publishes, in order, events whose write committed.
+pub async fn publish_all(state: &AppState, pending: Vec<Pending>) {
+    for event in pending {
+        event.publish(state).await;
+    }
+}
+
+/// Events a store call builds inside its transaction, from what only that
+/// transaction knows (a request's parties, a version it bumped, what an
+/// update changed), through an [`OutboxFor`](crate::store::OutboxFor)
+/// closure: `|known| deferred.rows(events_of(known))`. It keeps each
+/// event's [`Pending`], so that what is published after the commit is
+/// exactly what was stored.
+pub struct Deferred<'s> {
+    state: &'s AppState,
+    built: Mutex<Vec<Pending>>,
+}
+
+impl<'s> Deferred<'s> {
+    pub fn new(state: &'s AppState) -> Self {
+        Self {
+            state,
+            built: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Makes `events` pending, keeps them, and returns their rows for the
+    /// store to write. A transaction calls its closure once; a second call
+    /// replaces what the first built.
+    pub fn rows(&self, events: Vec<Event>) -> Vec<OutboxEvent> {
+        let pending: Vec<Pending> = events
+            .into_iter()
+            .map(|event| Pending::new(self.state, event))
+            .collect();
+        let rows = pending.iter().map(Pending::row).collect();
+        *self.built.lock().unwrap_or_else(PoisonError::into_inner) = pending;
+        rows
+    }
+
+    /// The events built, in order: empty when the write did not happen.
+    /// Publish them only after the store call returned `Ok`.
+    pub fn into_pending(self) -> Vec<Pending> {
+        self.built
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// `AccessChanged` for the guild: these users' access shrank
+/// (`membership_revoked` when they are no longer members; an empty
+/// `user_ids` re-checks everyone present in the guild), or, with
+/// `ip_bans_changed`, the guild bans more addresses. Published with
+/// [`publish_acked`], or through [`AccessRevocation`].
+pub fn access_changed(
     guild_id: &str,
     user_ids: Vec<String>,
     membership_revoked: bool,
-) {
-    publish_access_change(
-        state,
-        pb::AccessChanged {
+    ip_bans_changed: bool,
+) -> Event {
+    for_guild(
+        guild_id,
+        event::Payload::AccessChanged(pb::AccessChanged {
             guild_id: guild_id.to_owned(),
-            user_ids: user_ids.clone(),
+            user_ids,
             membership_revoked,
-            ip_bans_changed: false,
-        },
+            ip_bans_changed,
+        }),
     )
-    .await;
+}
+
+/// `SessionRevoked` for every socket of the user: one of the user's
+/// sessions ended. Published with [`publish_acked`], after the session is
+/// listed as revoked in the registry, so that a socket this misses
+/// (identified just before) finds the revocation there.
+pub fn session_revoked(user_id: Ulid, session_id: Ulid) -> Event {
+    let user = user_id.to_string();
+    for_users(
+        vec![user.clone()],
+        Vec::new(),
+        event::Payload::SessionRevoked(pb::SessionRevoked {
+            user_id: user,
+            session_id: session_id.to_string(),
+        }),
+    )
+}
+
+/// Publishes a committed access change or session revocation, and returns
+/// only once each gateway holding its audience acted on it (dropped what
+/// the users can no longer see, closed the banned addresses' or the
+/// session's sockets) or had its stream cut, and so resynchronises. Call it
+/// after the commit and before the REST call returns.
+pub async fn publish_acked(state: &AppState, pending: Pending, what: &'static str) {
+    let report = pending.publish_acked(state).await;
+    if report.missed > 0 {
+        tracing::warn!(
+            ?report,
+            what,
+            "acknowledged event missed some gateways; they will resynchronise"
+        );
+    }
+}
+
+/// Voice follows an access change: members who are gone leave voice, and
+/// the others are re-checked against what their voice tokens grant.
+pub async fn voice_follows_access(
+    state: &AppState,
+    guild_id: &str,
+    user_ids: &[String],
+    membership_revoked: bool,
+) {
     if membership_revoked {
-        state.voice().remove_members(guild_id, &user_ids).await;
+        state.voice().remove_members(guild_id, user_ids).await;
     } else {
         state
             .voice()
-            .recheck(state.authorizer(), guild_id, &user_ids)
+            .recheck(state.authorizer(), guild_id, user_ids)
             .await;
     }
 }
 
-/// Tells every gateway holding the guild that it bans more addresses, and
-/// returns once each gateway closed the sockets present in the guild from
-/// a banned address (contract §5.3: an IP-banned socket is disconnected).
-pub async fn ip_bans_changed(state: &AppState, guild_id: &str) {
-    publish_access_change(
-        state,
-        pb::AccessChanged {
+/// A change that shrinks what users may see in a guild, told to every
+/// gateway holding the guild: its `AccessChanged` row goes into the write's
+/// transaction ([`row`](Self::row)), and after the commit
+/// [`publish`](Self::publish) waits for the gateways, then voice follows.
+pub struct AccessRevocation {
+    pending: Pending,
+    guild_id: String,
+    user_ids: Vec<String>,
+    membership_revoked: bool,
+}
+
+impl AccessRevocation {
+    /// These users' access shrank (an empty `user_ids`: everyone present in
+    /// the guild is re-checked); `membership_revoked` when they are no
+    /// longer members.
+    pub fn new(
+        state: &AppState,
+        guild_id: &str,
+        user_ids: Vec<String>,
+        membership_revoked: bool,
+    ) -> Self {
+        let event = access_changed(guild_id, user_ids.clone(), membership_revoked, false);
+        Self {
+            pending: Pending::new(state, event),
             guild_id: guild_id.to_owned(),
-            user_ids: Vec::new(),
-            membership_revoked: false,
-            ip_bans_changed: true,
-        },
-    )
-    .await;
-}
-
-async fn publish_access_change(state: &AppState, change: pb::AccessChanged) {
-    let guild_id = change.guild_id.clone();
-    let event = for_guild(&guild_id, event::Payload::AccessChanged(change));
-    let report = state.fanout().publish_acked(event).await;
-    if report.missed > 0 {
-        tracing::warn!(
-            ?report,
-            "access change missed some gateways; they will resynchronise"
-        );
+            user_ids,
+            membership_revoked,
+        }
     }
-}
 
-/// Tells every gateway holding the user that one of the user's sessions
-/// ended, and returns once each closed that session's sockets (or had its
-/// stream cut, and so resynchronises, which closes every socket). Call it
-/// after the session is listed as revoked in the registry, so that a socket
-/// this misses (identified just before) finds the revocation there.
-pub async fn session_revoked(state: &AppState, user_id: ulid::Ulid, session_id: ulid::Ulid) {
-    let user = user_id.to_string();
-    let revoked = pb::SessionRevoked {
-        user_id: user.clone(),
-        session_id: session_id.to_string(),
-    };
-    let event = for_users(
-        vec![user],
-        Vec::new(),
-        event::Payload::SessionRevoked(revoked),
-    );
-    let report = state.fanout().publish_acked(event).await;
-    if report.missed > 0 {
-        tracing::warn!(
-            ?report,
-            "session revocation missed some gateways; they will resynchronise"
-        );
+    /// The row to store with the change.
+    pub fn row(&self) -> OutboxEvent {
+        self.pending.row()
+    }
+
+    /// After the commit: every gateway drops what the users can no longer
+    /// see and acknowledges it, then voice follows.
+    pub async fn publish(self, state: &AppState) {
+        publish_acked(state, self.pending, "access change").await;
+        voice_follows_access(
+            state,
+            &self.guild_id,
+            &self.user_ids,
+            self.membership_revoked,
+        )
+        .await;
     }
 }
 

@@ -59,7 +59,16 @@ pub async fn bind(
     let grpc = TcpListener::bind(config.grpc_addr).await?;
     let admin = admin::Admin::bind(&config).await?;
     let registry = admin.registry_calls().wrap(registry);
-    let fanout = Fanout::new("api", Arc::clone(&registry), FanoutConfig::default());
+    // Every api event is kept in the outbox until each gateway holding its
+    // audience acknowledged it (docs/adr/0010-durable-event-stream.md).
+    let fanout = Fanout::new(
+        "api",
+        Arc::clone(&registry),
+        FanoutConfig {
+            durable: true,
+            ..FanoutConfig::default()
+        },
+    );
     let shutdown = CancellationToken::new();
     let coverage = Coverage::track(fanout.clone(), COVERAGE_INTERVAL, shutdown.clone());
     let state = AppState::new(

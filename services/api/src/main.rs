@@ -32,7 +32,8 @@ async fn main() -> anyhow::Result<()> {
         },
     )
     .await?;
-    let store = filament_api::store::connect_with(&config.database_url, config.database).await?;
+    let store =
+        filament_api::store::connect_with(config.database_url.expose(), config.database).await?;
     let api = filament_api::bind(config, store, Arc::new(registry)).await?;
     let ran = api.run(filament_runtime::shutdown::token_on_signal()).await;
     filament_runtime::telemetry::shutdown().await;

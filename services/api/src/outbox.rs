@@ -1,17 +1,28 @@
-//! Commit and publish as one fact: the realtime event of a message write is
+//! Commit and publish as one fact: the realtime event of every api write is
 //! stored in the write's transaction (the store's event outbox), published
-//! by the request right after the commit, and otherwise by this process's
-//! relay. Without it, a crash between the commit and `Fanout::publish`, or
-//! a request dropped by its timeout there, lost the event: the message was
-//! in history and reached no subscriber. See docs/adr/0006-outbox.md.
+//! by the request right after the commit, and otherwise by a relay.
+//! Without it, a crash between the commit and the publish, or a request
+//! dropped by its timeout there, lost the event: the change was made and
+//! reached no subscriber. See docs/adr/0006-outbox.md.
 //!
-//! The request path keeps its latency: it publishes from memory, as before,
-//! in a task of its own (so a dropped request still publishes), and deletes
-//! the row after answering. The relay, one task per api process, publishes
-//! only rows whose lease ran out: at start-up whatever an earlier process
-//! committed but never published, and later whatever a request, here or on
-//! another replica, did not finish.
+//! A row is deleted only once every gateway holding the event's audience
+//! acknowledged it (docs/adr/0010-durable-event-stream.md). An event that
+//! was queued on a stream that then broke, or that found a gateway without
+//! a stream to this replica, stays, and a relay publishes it again: so a
+//! replica can die mid-stream without a gateway missing anything, and
+//! gateways keep their sockets instead of resynchronising.
+//!
+//! The request path keeps its latency: it publishes from memory, in a task
+//! of its own (so a dropped request still publishes), and deletes the row
+//! once confirmed, after answering. The relay, one task per api process,
+//! publishes only rows whose lease ran out: at start-up whatever an earlier
+//! process left, and later whatever a request, here or on another replica,
+//! did not see confirmed. It gives up on an event
+//! [`REPUBLISH_GIVE_UP`] after its creation: it publishes it once more,
+//! counting it as missed for every gateway still without a stream, which
+//! then resynchronises its sockets.
 
+use filament_proto::limits::REPUBLISH_GIVE_UP;
 use filament_proto::v1::Event;
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
@@ -78,19 +89,46 @@ impl Pending {
         // the event still goes out and its row still goes away. It stays on
         // the request's trace.
         tokio::spawn(filament_runtime::trace::carried(async move {
-            events::publish(&task_state, event).await;
+            let confirmation = task_state.fanout().publish_durable(event).await;
             let _ = published.send(());
             if !forget {
                 return;
             }
-            // After the answer: this write is not on the request's latency.
-            if let Err(err) = task_state.store().outbox_published(&[row.event_id]).await {
-                tracing::warn!(%err, event_id = %row.event_id,
-                    "cannot forget a published event; a relay will publish it again");
+            // After the answer: neither the acknowledgements nor the delete
+            // are on the request's latency.
+            if !confirmation.confirmed().await {
+                tracing::debug!(event_id = %row.event_id,
+                    "a gateway did not acknowledge the event; a relay publishes it again");
+                return;
             }
+            forget_published(&task_state, &[row.event_id]).await;
         }));
         // An error means the task panicked; the relay publishes the row.
         let _ = answered.await;
+    }
+}
+
+impl Pending {
+    /// Publishes the committed event and waits until every gateway that
+    /// holds its audience acknowledged it (or had its stream cut), as
+    /// access changes and session revocations need before their REST call
+    /// returns; then forgets its row. Call it only after the store call
+    /// that stored [`row`](Self::row) returned `Ok`.
+    pub async fn publish_acked(self, state: &AppState) -> filament_fanout::PublishReport {
+        let Self { row, event } = self;
+        // A gateway that did not get it or did not acknowledge it in time
+        // was counted as having missed it and resynchronises: the row has
+        // done its work either way.
+        let report = state.fanout().publish_acked(event).await;
+        forget_published(state, &[row.event_id]).await;
+        report
+    }
+}
+
+async fn forget_published(state: &AppState, event_ids: &[Ulid]) {
+    if let Err(err) = state.store().outbox_published(event_ids).await {
+        tracing::warn!(%err, events = event_ids.len(),
+            "cannot forget published events; a relay will publish them again");
     }
 }
 
@@ -112,10 +150,12 @@ pub async fn run_relay(state: AppState, stop: CancellationToken) {
             next_prune += PRUNE_INTERVAL;
         }
         match sweep(&state).await {
-            Ok(0) => {}
-            Ok(relayed) => tracing::warn!(
-                relayed,
-                "published events whose writer did not (it died or timed out after its commit)"
+            Ok(swept) if swept == Swept::default() => {}
+            Ok(swept) => tracing::warn!(
+                relayed = swept.relayed,
+                confirmed = swept.confirmed,
+                given_up = swept.given_up,
+                "published again events not seen confirmed (a writer died, a stream broke, or a gateway was slow)"
             ),
             Err(err) => tracing::warn!(%err, "outbox sweep failed; retrying"),
         }
@@ -126,31 +166,73 @@ pub async fn run_relay(state: AppState, stop: CancellationToken) {
     }
 }
 
-/// Publishes, oldest first, every row whose lease ran out, and forgets it.
-/// Returns how many it published.
-async fn sweep(state: &AppState) -> StoreResult<usize> {
-    let mut relayed = 0;
+/// What one sweep did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Swept {
+    /// Rows published again.
+    relayed: usize,
+    /// Of those, the ones every gateway acknowledged, now forgotten.
+    confirmed: usize,
+    /// Rows past [`REPUBLISH_GIVE_UP`]: published a last time, counted as
+    /// missed where a gateway had no stream, and forgotten.
+    given_up: usize,
+}
+
+/// Publishes, oldest first, every row whose lease ran out, and forgets the
+/// ones every gateway then acknowledged. The others keep the lease the
+/// claim gave them and are published again by a later sweep.
+async fn sweep(state: &AppState) -> StoreResult<Swept> {
+    let mut swept = Swept::default();
     loop {
         let now = now_unix_ms();
         let claimed = state
             .store()
             .claim_outbox(now, lease_end(state, now), CLAIM_BATCH)
             .await?;
-        let mut published: Vec<Ulid> = Vec::with_capacity(claimed.len());
+        let mut done: Vec<Ulid> = Vec::with_capacity(claimed.len());
+        let mut confirmations = Vec::with_capacity(claimed.len());
         for record in &claimed {
-            match Event::decode(record.payload.as_slice()) {
-                Ok(event) => events::publish(state, event).await,
-                // Only a payload from an incompatible build could do this;
-                // keeping it would retry it forever.
-                Err(err) => tracing::error!(%err, event_id = %record.event_id,
-                    "dropping an outbox event that does not decode"),
+            let event = match Event::decode(record.payload.as_slice()) {
+                Ok(event) => event,
+                Err(err) => {
+                    // Only a payload from an incompatible build could do
+                    // this; keeping it would retry it forever.
+                    tracing::error!(%err, event_id = %record.event_id,
+                        "dropping an outbox event that does not decode");
+                    done.push(record.event_id);
+                    continue;
+                }
+            };
+            swept.relayed += 1;
+            if is_given_up(record.event_id, now) {
+                events::publish(state, event).await;
+                swept.given_up += 1;
+                done.push(record.event_id);
+            } else {
+                let event_id = record.event_id;
+                let confirmation = state.fanout().publish_durable(event).await;
+                confirmations
+                    .push(async move { confirmation.confirmed().await.then_some(event_id) });
             }
-            published.push(record.event_id);
         }
-        state.store().outbox_published(&published).await?;
-        relayed += claimed.len();
+        let confirmed: Vec<Ulid> = futures_util::future::join_all(confirmations)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        swept.confirmed += confirmed.len();
+        done.extend(confirmed);
+        state.store().outbox_published(&done).await?;
         if claimed.len() < CLAIM_BATCH as usize {
-            return Ok(relayed);
+            return Ok(swept);
         }
     }
+}
+
+/// Whether an event was created longer than [`REPUBLISH_GIVE_UP`] ago
+/// (its id's time, which gateways read too).
+fn is_given_up(event_id: Ulid, now_unix_ms: i64) -> bool {
+    let give_up = i64::try_from(REPUBLISH_GIVE_UP.as_millis()).unwrap_or(i64::MAX);
+    let created = i64::try_from(event_id.timestamp_ms()).unwrap_or(i64::MAX);
+    now_unix_ms.saturating_sub(created) > give_up
 }

@@ -614,13 +614,16 @@ mod tests {
                     .unwrap();
                 let channel = Ulid::generate();
                 store
-                    .create_channel(ChannelRecord {
-                        channel_id: channel,
-                        guild_id: guild,
-                        name: "c".to_owned(),
-                        kind: ChannelKind::Text,
-                        created_at_unix: NOW,
-                    })
+                    .create_channel(
+                        ChannelRecord {
+                            channel_id: channel,
+                            guild_id: guild,
+                            name: "c".to_owned(),
+                            kind: ChannelKind::Text,
+                            created_at_unix: NOW,
+                        },
+                        Vec::new(),
+                    )
                     .await
                     .unwrap();
                 Self {
@@ -661,13 +664,16 @@ mod tests {
                 deny: &[Permission],
             ) {
                 self.store
-                    .upsert_override(OverrideRecord {
-                        guild_id: self.guild,
-                        channel_id: self.channel,
-                        target,
-                        allow: allow.iter().copied().collect::<Permissions>().bits(),
-                        deny: deny.iter().copied().collect::<Permissions>().bits(),
-                    })
+                    .upsert_override(
+                        OverrideRecord {
+                            guild_id: self.guild,
+                            channel_id: self.channel,
+                            target,
+                            allow: allow.iter().copied().collect::<Permissions>().bits(),
+                            deny: deny.iter().copied().collect::<Permissions>().bits(),
+                        },
+                        Vec::new(),
+                    )
                     .await
                     .unwrap();
             }
@@ -758,12 +764,12 @@ mod tests {
             // An explicit `member` assignment, then `moderator` on top.
             world
                 .store
-                .set_legacy_role(world.guild, member, MemberRole::Member, NOW)
+                .set_legacy_role(world.guild, member, MemberRole::Member, NOW, Vec::new())
                 .await
                 .unwrap();
             world
                 .store
-                .assign_role(world.guild, member, moderator, NOW, 16)
+                .assign_role(world.guild, member, moderator, NOW, 16, Vec::new())
                 .await
                 .unwrap();
             world
@@ -798,7 +804,7 @@ mod tests {
             };
             world
                 .store
-                .update_role(world.guild, everyone, strip.clone())
+                .update_role(world.guild, everyone, strip.clone(), Vec::new())
                 .await
                 .unwrap();
             assert!(
@@ -807,7 +813,7 @@ mod tests {
             );
             world
                 .store
-                .update_role(world.guild, member_role, strip)
+                .update_role(world.guild, member_role, strip, Vec::new())
                 .await
                 .unwrap();
             assert!(!world.can_view(&authorizer, member).await);
@@ -862,7 +868,7 @@ mod tests {
             let moderator = world.builtin(BuiltinRole::Moderator).await;
             world
                 .store
-                .assign_role(world.guild, member, moderator, NOW, 16)
+                .assign_role(world.guild, member, moderator, NOW, 16, Vec::new())
                 .await
                 .unwrap();
             let access = authorizer.guild(world.guild, member).await.unwrap();

@@ -53,7 +53,7 @@ impl AppState {
         Ok(Self {
             inner: Arc::new(Inner {
                 authorizer: Authorizer::new(Arc::clone(&store), config.server_owner),
-                tokens: TokenKeys::new(&config.token_secret),
+                tokens: TokenKeys::new(config.token_secret.expose()),
                 passwords: PasswordHasher::new(
                     config.password_hashing,
                     config.hashing_limits,

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use filament_proto::v1 as pb;
 use filament_proto::v1::voice_client::VoiceClient;
-use filament_runtime::grpc_client::GrpcClientMetrics;
-use filament_runtime::trace::TracedChannel;
+use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
 use ulid::Ulid;
 
 use crate::error::{ApiError, ApiResult};
@@ -25,12 +24,13 @@ const VOICE_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Clone)]
 pub struct VoiceLink {
-    client: Option<VoiceClient<TracedChannel>>,
+    client: Option<VoiceClient<GrpcChannel>>,
 }
 
 impl VoiceLink {
     /// Connects lazily: the api starts (and serves everything else) while
     /// the voice service is still down. No url: voice is not deployed.
+    /// Every call carries the calling request's trace (the channel adds it).
     pub fn new(url: Option<&str>, grpc_clients: &GrpcClientMetrics) -> anyhow::Result<Self> {
         let client = url
             .map(|url| -> anyhow::Result<_> {
@@ -40,7 +40,7 @@ impl VoiceLink {
                     Some(VOICE_CALL_TIMEOUT),
                     grpc_clients,
                 )?;
-                Ok(VoiceClient::new(filament_runtime::trace::traced(channel)))
+                Ok(VoiceClient::new(channel))
             })
             .transpose()?;
         Ok(Self { client })
@@ -48,7 +48,7 @@ impl VoiceLink {
 
     /// The client, for the voice routes; an error when voice is not
     /// configured.
-    pub fn client(&self) -> ApiResult<VoiceClient<TracedChannel>> {
+    pub fn client(&self) -> ApiResult<VoiceClient<GrpcChannel>> {
         self.client
             .clone()
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no voice service configured")))

@@ -94,7 +94,7 @@ impl Shared {
     /// Applies one event from a service stream, unless it is a repeat of
     /// one applied lately (a service published it twice).
     pub(crate) async fn dispatch(&self, event: Event) {
-        if !self.recent_events.first_sight(&event.event_id) {
+        if self.recent_events.sight(&event.event_id) == dedupe::Sight::Repeat {
             self.metrics.dropped(DropReason::Duplicate);
             tracing::debug!(event_id = %event.event_id, "repeated event dropped");
             return;

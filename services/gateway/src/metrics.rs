@@ -68,6 +68,15 @@ pub enum UpgradeRejection {
 }
 
 impl UpgradeRejection {
+    pub const ALL: [Self; 6] = [
+        Self::OriginForbidden,
+        Self::MissingToken,
+        Self::InvalidToken,
+        Self::IpConnectionLimit,
+        Self::HandshakeRateLimited,
+        Self::NotReady,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OriginForbidden => "origin_forbidden",
@@ -122,6 +131,7 @@ pub struct Metrics {
     ingress_rejected: Family<ReasonLabels, Counter>,
     unknown_events: Counter,
     resyncs: Counter,
+    durable_stream_breaks: Counter,
     delivery: DeliveryMetrics,
 }
 
@@ -204,6 +214,11 @@ impl Metrics {
             self.resyncs.clone(),
         );
         prefixed.register(
+            "durable_stream_breaks",
+            "Durable event streams that broke; their services publish again what was not acknowledged, so no socket is dropped",
+            self.durable_stream_breaks.clone(),
+        );
+        prefixed.register(
             PUBLISH_TO_DELIVER,
             "Time from an event's publication to its frames being queued on sockets",
             self.delivery.publish_to_deliver.clone(),
@@ -218,6 +233,32 @@ impl Metrics {
             "Queued items written to a socket under one flush",
             self.delivery.batch_items.clone(),
         );
+        // The bounded reason series exist from the start, at zero: a scrape
+        // lists each family, and `increase()` counts the first eviction.
+        for reason in DropReason::ALL {
+            drop(
+                self.events_dropped
+                    .get_or_create(&reason_labels(reason.as_str())),
+            );
+        }
+        for reason in CloseReason::ALL {
+            drop(self.closes.get_or_create(&reason_labels(reason.as_str())));
+        }
+        for reason in UpgradeRejection::ALL {
+            drop(
+                self.upgrades_rejected
+                    .get_or_create(&reason_labels(reason.as_str())),
+            );
+        }
+        for reason in [
+            IngressRejection::SubscribeDenied,
+            IngressRejection::SubscribeContended,
+        ] {
+            drop(
+                self.ingress_rejected
+                    .get_or_create(&reason_labels(reason.as_str())),
+            );
+        }
     }
 
     /// An event published at `published_at_unix_ms` was queued on sockets
@@ -326,6 +367,14 @@ impl Metrics {
 
     pub fn resynced(&self) {
         self.resyncs.inc();
+    }
+
+    pub fn durable_stream_break(&self) {
+        self.durable_stream_breaks.inc();
+    }
+
+    pub fn durable_stream_breaks_count(&self) -> u64 {
+        self.durable_stream_breaks.get()
     }
 }
 

@@ -220,7 +220,14 @@ impl BoundPresence {
                 .run_sweeper(sweep_interval, background.clone()),
         );
 
-        let grpc_metrics = filament_runtime::grpc::GrpcServerMetrics::default();
+        // Labelled by method only for the methods served here.
+        let grpc_metrics = filament_runtime::grpc::GrpcServerMetrics::serving(
+            &[filament_proto::FILE_DESCRIPTOR_SET],
+            &[
+                filament_proto::v1::presence_server::SERVICE_NAME,
+                filament_proto::v1::event_stream_server::SERVICE_NAME,
+            ],
+        )?;
         if let Some(admin) = admin {
             let mut registry = prometheus_client::registry::Registry::default();
             metrics.register(&mut registry);

@@ -198,7 +198,11 @@ impl BoundSearch {
         )?)
         // A batch of full messages can exceed the 4 MiB default.
         .max_decoding_message_size(64 * 1024 * 1024);
-        let grpc_metrics = filament_runtime::grpc::GrpcServerMetrics::default();
+        // Labelled by method only for the methods served here.
+        let grpc_metrics = filament_runtime::grpc::GrpcServerMetrics::serving(
+            &[filament_proto::FILE_DESCRIPTOR_SET],
+            &[filament_proto::v1::search_server::SERVICE_NAME],
+        )?;
         if let Some(admin) = self.admin {
             let mut registry = prometheus_client::registry::Registry::default();
             self.stats.metrics().register(&mut registry);

@@ -349,7 +349,14 @@ impl BoundVoice {
                 }
             });
         }
-        let grpc_metrics = filament_runtime::grpc::GrpcServerMetrics::default();
+        // Labelled by method only for the methods served here.
+        let grpc_metrics = filament_runtime::grpc::GrpcServerMetrics::serving(
+            &[filament_proto::FILE_DESCRIPTOR_SET],
+            &[
+                filament_proto::v1::voice_server::SERVICE_NAME,
+                filament_proto::v1::event_stream_server::SERVICE_NAME,
+            ],
+        )?;
         if let Some(admin) = admin {
             let mut registry = prometheus_client::registry::Registry::default();
             metrics.register(&mut registry);

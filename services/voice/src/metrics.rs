@@ -89,6 +89,18 @@ impl VoiceMetrics {
             "LiveKit webhook requests that failed verification",
             self.webhooks_rejected.clone(),
         );
+        // Every counter series exists from the start, at zero: a scrape
+        // lists each family, and `increase()` counts the first one.
+        for reason in [SyncReason::Subscribe, SyncReason::Join] {
+            drop(self.sync_repairs.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            }));
+        }
+        for kind in [DriftKind::Left, DriftKind::Unmuted, DriftKind::Removed] {
+            drop(self.drift_corrections.get_or_create(&KindLabels {
+                kind: kind.as_str(),
+            }));
+        }
         self.registry.register(registry);
     }
 

@@ -402,9 +402,29 @@ pub fn spawn_logged(
 /// those packages' binaries would resolve features differently and compile
 /// a second copy of their dependencies.
 pub fn workspace_binaries() -> std::path::PathBuf {
+    workspace_binaries_in(Profile::Test)
+}
+
+/// Which build of the workspace binaries [`workspace_binaries_in`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// What `cargo test --workspace --all-targets` builds (the dev profile).
+    Test,
+    /// `cargo build --release --workspace --bins`, for benchmarks.
+    Release,
+}
+
+/// Builds the workspace binaries in `profile` and returns their directory:
+/// the one this test or benchmark's own `filament` binary is in, which is
+/// `target/release` when it was built by `cargo bench` (pass
+/// [`Profile::Release`] then) and `target/debug` under `cargo test`.
+pub fn workspace_binaries_in(profile: Profile) -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut build = std::process::Command::new(cargo);
-    build.args(["build", "--quiet", "--workspace", "--all-targets"]);
+    match profile {
+        Profile::Test => build.args(["build", "--quiet", "--workspace", "--all-targets"]),
+        Profile::Release => build.args(["build", "--quiet", "--release", "--workspace", "--bins"]),
+    };
     // Without what cargo set for this test process alone (`CARGO_PKG_*`,
     // `CARGO_BIN_EXE_*`, `OUT_DIR`, …): builds see them as a changed
     // environment and compile everything again.

@@ -192,6 +192,15 @@ pub async fn refresh(
     let presented = RefreshToken::parse(&dto.refresh_token).ok_or(ApiError::InvalidCredentials)?;
     let next = RefreshToken::generate(presented.session_id);
     let now = now_unix();
+    // A replay revokes the session, and stores `session_revoked` for the
+    // session's user, whom only its transaction knows.
+    let deferred = events::Deferred::new(&state);
+    let outbox = |user_id: &Ulid| {
+        deferred.rows(vec![events::session_revoked(
+            *user_id,
+            presented.session_id,
+        )])
+    };
     let outcome = state
         .store()
         .rotate_session(
@@ -200,14 +209,15 @@ pub async fn refresh(
             &next.hash(),
             now + session_ttl(&state),
             now,
+            &outbox,
         )
         .await?;
     let user_id = match outcome {
         RotateOutcome::Rotated { user_id } => user_id,
-        RotateOutcome::Replayed { user_id } => {
+        RotateOutcome::Replayed { .. } => {
             tracing::warn!(session = %presented.session_id, "refresh token replayed; session revoked");
             // Whoever replayed it may hold the session's access tokens too.
-            end_session(&state, user_id, presented.session_id).await?;
+            end_session(&state, presented.session_id, deferred).await?;
             return Err(ApiError::InvalidCredentials);
         }
         RotateOutcome::Invalid => return Err(ApiError::InvalidCredentials),
@@ -237,12 +247,21 @@ pub async fn logout(
     JsonBody(dto): JsonBody<RefreshDto>,
 ) -> ApiResult<StatusCode> {
     let presented = RefreshToken::parse(&dto.refresh_token).ok_or(ApiError::InvalidCredentials)?;
-    let user_id = state
+    // `session_revoked` for the session's user, whom only the revoking
+    // transaction knows.
+    let deferred = events::Deferred::new(&state);
+    let outbox = |user_id: &Ulid| {
+        deferred.rows(vec![events::session_revoked(
+            *user_id,
+            presented.session_id,
+        )])
+    };
+    state
         .store()
-        .revoke_session(presented.session_id, &presented.hash())
+        .revoke_session(presented.session_id, &presented.hash(), &outbox)
         .await?
         .ok_or(ApiError::InvalidCredentials)?;
-    end_session(&state, user_id, presented.session_id).await?;
+    end_session(&state, presented.session_id, deferred).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -251,7 +270,12 @@ pub async fn logout(
 /// (the registry lists it for as long as any of them can still be valid),
 /// and before this returns every gateway holding the user has closed the
 /// session's sockets (4012). Only then does a logout answer 204.
-async fn end_session(state: &AppState, user_id: Ulid, session_id: Ulid) -> ApiResult<()> {
+/// `revoked` holds the `session_revoked` event the revocation stored.
+async fn end_session(
+    state: &AppState,
+    session_id: Ulid,
+    revoked: events::Deferred<'_>,
+) -> ApiResult<()> {
     let ttl = state.config().access_token_ttl;
     if let Err(err) = state
         .registry()
@@ -265,7 +289,12 @@ async fn end_session(state: &AppState, user_id: Ulid, session_id: Ulid) -> ApiRe
         // every gateway while the registry fails.
         tracing::warn!(%err, "cannot list the revoked session in the registry");
     }
-    events::session_revoked(state, user_id, session_id).await;
+    // Only now, after the registry (see `events::session_revoked`): a
+    // socket this misses, identified just before, finds the revocation
+    // there.
+    for pending in revoked.into_pending() {
+        events::publish_acked(state, pending, "session revocation").await;
+    }
     Ok(())
 }
 

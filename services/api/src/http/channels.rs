@@ -3,6 +3,7 @@
 //!
 //! A deleted channel is announced, then access is revoked before the call
 //! returns, so no gateway keeps a subscription to a channel that is gone.
+//! Each change's events are stored with it (docs/adr/0006-outbox.md).
 
 use axum::Json;
 use axum::extract::State;
@@ -19,9 +20,10 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, ChannelPath, GuildPath};
+use crate::outbox::Pending;
 use crate::permissions::Permission;
 use crate::state::AppState;
-use crate::store::{ChannelKind, ChannelRecord, MemberRole};
+use crate::store::{ChannelChange, ChannelKind, ChannelRecord, MemberRole};
 
 /// The most channels `GET /guilds/{g}/channels` returns.
 const CHANNEL_LIST_LIMIT: u32 = 500;
@@ -106,12 +108,15 @@ pub async fn create(
         kind,
         created_at_unix: now_unix(),
     };
-    state.store().create_channel(channel.clone()).await?;
-    events::publish(
+    let created = Pending::new(
         &state,
         events::channel_create(&guild_id.to_string(), proto_channel(&channel)),
-    )
-    .await;
+    );
+    state
+        .store()
+        .create_channel(channel.clone(), vec![created.row()])
+        .await?;
+    created.publish(&state).await;
     Ok(Json(wire_channel(&channel)))
 }
 
@@ -166,13 +171,15 @@ pub async fn update(
         .channel(guild_id, channel_id, user.user_id)
         .await?;
     access.require(Permission::ManageChannelOverrides)?;
-    let change = state
-        .store()
-        .rename_channel(guild_id, channel_id, name.into_string())
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    if change.after.name != change.before.name {
-        let guild = guild_id.to_string();
+    let guild = guild_id.to_string();
+    let now = now_unix();
+    // Only a rename that changed the name is announced, which only the
+    // write's transaction knows.
+    let deferred = events::Deferred::new(&state);
+    let outbox = |change: &ChannelChange| {
+        if change.after.name == change.before.name {
+            return Vec::new();
+        }
         // Only sockets subscribed to the channel: they were authorized to
         // see it, while a guild-wide event would show a private channel's
         // name to members who cannot view it.
@@ -185,12 +192,18 @@ pub async fn update(
                 updated_fields: Some(pb::ChannelFields {
                     name: Some(change.after.name.clone()),
                 }),
-                updated_at_unix: now_unix(),
+                updated_at_unix: now,
                 actor_user_id: Some(user.user_id.to_string()),
             }),
         );
-        events::publish(&state, event).await;
-    }
+        deferred.rows(vec![event])
+    };
+    let change = state
+        .store()
+        .rename_channel(guild_id, channel_id, name.into_string(), &outbox)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    events::publish_all(&state, deferred.into_pending()).await;
     Ok(Json(wire_channel(&change.after)))
 }
 
@@ -218,9 +231,6 @@ pub async fn delete(
         .channel(guild_id, channel_id, user.user_id)
         .await?;
     access.require(Permission::ManageChannelOverrides)?;
-    if !state.store().delete_channel(guild_id, channel_id).await? {
-        return Err(ApiError::NotFound);
-    }
     let guild = guild_id.to_string();
     // The event first, to the channel's subscribers only (see `update`): a
     // socket whose only subscription was this channel is no longer present
@@ -235,8 +245,18 @@ pub async fn delete(
             actor_user_id: Some(user.user_id.to_string()),
         }),
     );
-    events::publish(&state, event).await;
-    events::revoke_access(&state, &guild, Vec::new(), false).await;
+    let deleted = Pending::new(&state, event);
+    let revocation = events::AccessRevocation::new(&state, &guild, Vec::new(), false);
+    let outbox = vec![deleted.row(), revocation.row()];
+    if !state
+        .store()
+        .delete_channel(guild_id, channel_id, outbox)
+        .await?
+    {
+        return Err(ApiError::NotFound);
+    }
+    deleted.publish(&state).await;
+    revocation.publish(&state).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Every change is told to both parties' sockets. Where the payload names
 //! "the other party" (`friend_request_update`, `friend_remove`) each party
-//! gets its own copy, addressed to that party alone.
+//! gets its own copy, addressed to that party alone. Each change's events
+//! are stored with it (docs/adr/0006-outbox.md).
 
 use axum::Json;
 use axum::extract::State;
@@ -22,8 +23,11 @@ use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, FriendRequestPath, Id, UserPath};
 use crate::http::roles::{ACK, Ack};
+use crate::outbox::Pending;
 use crate::state::AppState;
-use crate::store::{AcceptedFriendRequest, FriendRequestRecord, NewFriendRequest};
+use crate::store::{
+    AcceptedFriendRequest, FriendRequestParties, FriendRequestRecord, NewFriendRequest,
+};
 
 /// The state `friend_request_update` reports; the only one there is.
 const ACCEPTED: &str = "accepted";
@@ -108,28 +112,39 @@ pub async fn create_request(
     if recipient == user.user_id {
         return Err(ApiError::InvalidRequest);
     }
+    // The event carries both usernames, which the write's transaction
+    // reads.
+    let deferred = events::Deferred::new(&state);
+    let outbox = |record: &FriendRequestRecord| {
+        let parties = vec![
+            record.sender_user_id.to_string(),
+            record.recipient_user_id.to_string(),
+        ];
+        let payload = event::Payload::FriendRequestCreate(proto_request(record));
+        deferred.rows(vec![events::for_users(parties, Vec::new(), payload)])
+    };
     // Unknown recipient, already friends, or pending either way: the
     // contract answers all of them with the same 400.
     let record = state
         .store()
-        .create_friend_request(NewFriendRequest {
-            request_id: state.new_id(),
-            sender_user_id: user.user_id,
-            recipient_user_id: recipient,
-            created_at_unix: now_unix(),
-        })
+        .create_friend_request(
+            NewFriendRequest {
+                request_id: state.new_id(),
+                sender_user_id: user.user_id,
+                recipient_user_id: recipient,
+                created_at_unix: now_unix(),
+            },
+            &outbox,
+        )
         .await?
         .ok_or(ApiError::InvalidRequest)?;
-    let body = CreatedRequest {
+    events::publish_all(&state, deferred.into_pending()).await;
+    Ok(Json(CreatedRequest {
         request_id: record.request_id.to_string(),
         sender_user_id: record.sender_user_id.to_string(),
         recipient_user_id: record.recipient_user_id.to_string(),
         created_at_unix: record.created_at_unix,
-    };
-    let parties = vec![body.sender_user_id.clone(), body.recipient_user_id.clone()];
-    let payload = event::Payload::FriendRequestCreate(proto_request(&record));
-    events::publish(&state, events::for_users(parties, Vec::new(), payload)).await;
-    Ok(Json(body))
+    }))
 }
 
 #[utoipa::path(
@@ -185,14 +200,17 @@ pub async fn accept_request(
     Ids([request_id]): Ids<1>,
 ) -> ApiResult<Json<Ack>> {
     let now = now_unix();
-    let accepted = state
+    // Who sent the request, and the names, only the transaction knows.
+    let deferred = events::Deferred::new(&state);
+    let outbox = |accepted: &AcceptedFriendRequest| {
+        deferred.rows(request_update_copies(accepted, user.user_id, now).into())
+    };
+    state
         .store()
-        .accept_friend_request(request_id, user.user_id, now)
+        .accept_friend_request(request_id, user.user_id, now, &outbox)
         .await?
         .ok_or(ApiError::NotFound)?;
-    for copy in request_update_copies(&accepted, user.user_id, now) {
-        events::publish(&state, copy).await;
-    }
+    events::publish_all(&state, deferred.into_pending()).await;
     Ok(Json(ACK))
 }
 
@@ -213,21 +231,27 @@ pub async fn delete_request(
     AuthUser(user): AuthUser,
     Ids([request_id]): Ids<1>,
 ) -> ApiResult<StatusCode> {
-    let parties = state
+    let now = now_unix();
+    // The other party only the transaction knows.
+    let deferred = events::Deferred::new(&state);
+    let outbox = |parties: &FriendRequestParties| {
+        let payload = event::Payload::FriendRequestDelete(pb::FriendRequestDelete {
+            request_id: request_id.to_string(),
+            deleted_at_unix: now,
+            actor_user_id: Some(user.user_id.to_string()),
+        });
+        let audience = vec![
+            parties.sender_user_id.to_string(),
+            parties.recipient_user_id.to_string(),
+        ];
+        deferred.rows(vec![events::for_users(audience, Vec::new(), payload)])
+    };
+    state
         .store()
-        .delete_friend_request(request_id, user.user_id)
+        .delete_friend_request(request_id, user.user_id, &outbox)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let payload = event::Payload::FriendRequestDelete(pb::FriendRequestDelete {
-        request_id: request_id.to_string(),
-        deleted_at_unix: now_unix(),
-        actor_user_id: Some(user.user_id.to_string()),
-    });
-    let audience = vec![
-        parties.sender_user_id.to_string(),
-        parties.recipient_user_id.to_string(),
-    ];
-    events::publish(&state, events::for_users(audience, Vec::new(), payload)).await;
+    events::publish_all(&state, deferred.into_pending()).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -249,17 +273,27 @@ pub async fn remove_friend(
     if friend_id == user.user_id {
         return Err(ApiError::InvalidRequest);
     }
-    if state.store().remove_friend(user.user_id, friend_id).await? {
-        let now = now_unix();
-        for (receiver, other) in [(user.user_id, friend_id), (friend_id, user.user_id)] {
+    let now = now_unix();
+    let copies: Vec<Pending> = [(user.user_id, friend_id), (friend_id, user.user_id)]
+        .into_iter()
+        .map(|(receiver, other)| {
             let payload = event::Payload::FriendRemove(pb::FriendRemove {
                 user_id: receiver.to_string(),
                 friend_user_id: other.to_string(),
                 removed_at_unix: now,
                 actor_user_id: Some(user.user_id.to_string()),
             });
-            events::publish(&state, to_one_user(receiver, payload)).await;
-        }
+            Pending::new(&state, to_one_user(receiver, payload))
+        })
+        .collect();
+    let outbox = copies.iter().map(Pending::row).collect();
+    // Stored, and so published, only if there was a friendship to end.
+    if state
+        .store()
+        .remove_friend(user.user_id, friend_id, outbox)
+        .await?
+    {
+        events::publish_all(&state, copies).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }

@@ -28,6 +28,7 @@ use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::members::apply_default_join_role;
 use crate::http::openapi::{ApiRouter, GuildPath};
 use crate::http::sliding::SlidingWindow;
+use crate::outbox::Pending;
 use crate::state::AppState;
 use crate::store::{AddMemberOutcome, GuildRecord, MemberRecord, MemberRole, Visibility};
 
@@ -245,10 +246,20 @@ pub async fn join(
         role: MemberRole::Member,
         joined_at_unix: now,
     };
+    let user_id = user.user_id.to_string();
+    let added = Pending::new(
+        &state,
+        events::member_add(&guild_id.to_string(), &user_id, now, &user_id),
+    );
     // The address is recorded with the membership, in the guild, and only
     // for a join that let the user in (contract §3.4): a refused join
     // records nothing, and a ban by user here bans only addresses seen here.
-    let outcome = match state.store().join_from(member, ip).await? {
+    // The event is stored only with a membership that is new.
+    let outcome = match state
+        .store()
+        .join_from(member, ip, vec![added.row()])
+        .await?
+    {
         AddMemberOutcome::Banned => {
             // A ban that landed since the check above.
             let action = JOIN_REJECTED_USER_BAN;
@@ -258,12 +269,7 @@ pub async fn join(
         AddMemberOutcome::AlreadyMember => "already_member",
         AddMemberOutcome::Added => {
             apply_default_join_role(&state, guild_id, user.user_id, now).await;
-            let user_id = user.user_id.to_string();
-            events::publish(
-                &state,
-                events::member_add(&guild_id.to_string(), &user_id, now, &user_id),
-            )
-            .await;
+            added.publish(&state).await;
             "accepted"
         }
     };

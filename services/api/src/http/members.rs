@@ -24,6 +24,7 @@ use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::openapi::{ApiRouter, GuildPath, Id, MemberPath};
 use crate::http::roles::{ACK, Ack, MAX_ASSIGNMENTS};
+use crate::outbox::Pending;
 use crate::permissions::Permission;
 use crate::state::AppState;
 use crate::store::{AddMemberOutcome, AssignOutcome, MemberRecord, MemberRole};
@@ -178,18 +179,24 @@ pub async fn add(
         role: MemberRole::Member,
         joined_at_unix: now,
     };
-    match state.store().add_member_unless_banned(member).await? {
+    let event = events::member_add(
+        &guild_id.to_string(),
+        &target.to_string(),
+        now,
+        &actor.user_id.to_string(),
+    );
+    let added = Pending::new(&state, event);
+    // The event is stored only with a membership that is new.
+    let outcome = state
+        .store()
+        .add_member_unless_banned(member, vec![added.row()])
+        .await?;
+    match outcome {
         AddMemberOutcome::Banned => Err(ApiError::Forbidden),
         AddMemberOutcome::AlreadyMember => Ok(Json(ACK)),
         AddMemberOutcome::Added => {
             apply_default_join_role(&state, guild_id, target, now).await;
-            let event = events::member_add(
-                &guild_id.to_string(),
-                &target.to_string(),
-                now,
-                &actor.user_id.to_string(),
-            );
-            events::publish(&state, event).await;
+            added.publish(&state).await;
             Ok(Json(ACK))
         }
     }
@@ -231,13 +238,6 @@ pub async fn update(
         return Err(ApiError::Forbidden);
     }
     let now = now_unix();
-    if !state
-        .store()
-        .set_legacy_role(guild_id, target, new_role, now)
-        .await?
-    {
-        return Err(ApiError::NotFound);
-    }
     let guild = guild_id.to_string();
     let event = events::for_guild(
         &guild,
@@ -251,11 +251,23 @@ pub async fn update(
             actor_user_id: Some(actor.user_id.to_string()),
         }),
     );
-    events::publish(&state, event).await;
-    if new_role < current {
-        // A moderator made member may no longer see moderator-only
-        // channels: gateways drop them before this call returns.
-        events::revoke_access(&state, &guild, vec![target.to_string()], false).await;
+    let updated = Pending::new(&state, event);
+    // A moderator made member may no longer see moderator-only channels:
+    // gateways drop them before this call returns.
+    let revocation = (new_role < current)
+        .then(|| events::AccessRevocation::new(&state, &guild, vec![target.to_string()], false));
+    let mut outbox = vec![updated.row()];
+    outbox.extend(revocation.as_ref().map(events::AccessRevocation::row));
+    if !state
+        .store()
+        .set_legacy_role(guild_id, target, new_role, now, outbox)
+        .await?
+    {
+        return Err(ApiError::NotFound);
+    }
+    updated.publish(&state).await;
+    if let Some(revocation) = revocation {
+        revocation.publish(&state).await;
     }
     events::audit(
         &state,
@@ -290,9 +302,10 @@ pub async fn apply_default_join_role(state: &AppState, guild_id: Ulid, user_id: 
         let Some(role_id) = state.store().default_join_role(guild_id).await? else {
             return Ok(None);
         };
+        // No event: the join's `workspace_member_add` announces the member.
         state
             .store()
-            .assign_role(guild_id, user_id, role_id, at, MAX_ASSIGNMENTS)
+            .assign_role(guild_id, user_id, role_id, at, MAX_ASSIGNMENTS, Vec::new())
             .await
             .map(Some)
     };

@@ -3,10 +3,12 @@
 //! Kick and ban are the system's core teardown. After the store committed,
 //! and before the call returns, the removed user's access is gone
 //! everywhere: `workspace_member_ban` (ban only) and `workspace_member_remove`
-//! go to the guild and to the removed user's own sockets, then
-//! [`events::revoke_access`] makes every gateway drop the user's
+//! go to the guild and to the removed user's own sockets, then an
+//! [`events::AccessRevocation`] makes every gateway drop the user's
 //! subscriptions in the guild and acknowledge it. A later message in the
-//! guild cannot reach them.
+//! guild cannot reach them. All of these events are stored with the
+//! removal (docs/adr/0006-outbox.md), so a crash after the commit delays
+//! them rather than losing them.
 //!
 //! IP bans never show an address: the list, the responses and the
 //! `workspace_ip_ban_sync` summary carry ids, counts and times only, and the
@@ -26,12 +28,13 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::openapi::{ApiRouter, GuildPath, Id, IpBanPath, MemberPath};
-use crate::http::roles::{ACK, Ack};
-use crate::permissions::Permission;
+use crate::http::roles::{ACK, Ack, require_outranks};
+use crate::outbox::Pending;
+use crate::permissions::{GuildAccess, Permission};
 use crate::state::AppState;
 use crate::store::{
-    AuditCursor, AuditEntry, IpBanCursor, IpBanOutcome, IpBanRecord, MemberRole, NewGuildBan,
-    NewIpBansByUser,
+    AuditCursor, AuditEntry, IpBanCursor, IpBanOutcome, IpBanRecord, MemberRecord, MemberRole,
+    NewGuildBan, NewIpBansByUser, OutboxEvent,
 };
 
 const MEMBER_KICK: &str = "member.kick";
@@ -75,21 +78,23 @@ pub async fn kick(
     AuthUser(actor): AuthUser,
     Ids([guild_id, target]): Ids<2>,
 ) -> ApiResult<Json<Ack>> {
-    let actor_role = moderator_role(&state, guild_id, actor.user_id).await?;
-    let target_role = state
+    let access = moderator_access(&state, guild_id, actor.user_id).await?;
+    let member = state
         .store()
         .member(guild_id, target)
         .await?
-        .ok_or(ApiError::NotFound)?
-        .role;
-    if !may_remove(actor_role, target_role) {
-        return Err(ApiError::Forbidden);
-    }
-    if !state.store().remove_member(guild_id, target).await? {
+        .ok_or(ApiError::NotFound)?;
+    require_may_remove(&state, &access, &member).await?;
+    let tear_down = TearDown::new(&state, guild_id, target, actor.user_id, Removal::Kick);
+    if !state
+        .store()
+        .remove_member(guild_id, target, tear_down.rows())
+        .await?
+    {
         // Someone else removed them first; their teardown ran.
         return Err(ApiError::NotFound);
     }
-    tear_down(&state, guild_id, target, actor.user_id, Removal::Kick).await;
+    tear_down.publish(&state).await;
     events::audit(&state, guild_id, actor.user_id, Some(target), MEMBER_KICK).await;
     Ok(Json(ACK))
 }
@@ -113,13 +118,12 @@ pub async fn ban(
     AuthUser(actor): AuthUser,
     Ids([guild_id, target]): Ids<2>,
 ) -> ApiResult<Json<Ack>> {
-    let actor_role = moderator_role(&state, guild_id, actor.user_id).await?;
+    let access = moderator_access(&state, guild_id, actor.user_id).await?;
     if state.store().user_by_id(target).await?.is_none() {
         return Err(ApiError::NotFound);
     }
-    let member = state.store().member(guild_id, target).await?;
-    if member.is_some_and(|member| !may_remove(actor_role, member.role)) {
-        return Err(ApiError::Forbidden);
+    if let Some(member) = state.store().member(guild_id, target).await? {
+        require_may_remove(&state, &access, &member).await?;
     }
     let ban = NewGuildBan {
         guild_id,
@@ -127,21 +131,36 @@ pub async fn ban(
         banned_by: actor.user_id,
         created_at_unix: now_unix(),
     };
-    state.store().ban_member(ban).await?;
     // Torn down even if they were not a member (any more): a socket that
     // slipped in through a concurrent join must not outlive the ban.
-    tear_down(&state, guild_id, target, actor.user_id, Removal::Ban).await;
+    let tear_down = TearDown::new(&state, guild_id, target, actor.user_id, Removal::Ban);
+    state.store().ban_member(ban, tear_down.rows()).await?;
+    tear_down.publish(&state).await;
     events::audit(&state, guild_id, actor.user_id, Some(target), MEMBER_BAN).await;
     Ok(Json(ACK))
 }
 
-/// The actor's legacy role, which must be moderator or owner.
-async fn moderator_role(state: &AppState, guild_id: Ulid, actor: Ulid) -> ApiResult<MemberRole> {
+/// The actor's access; their legacy role must be moderator or owner.
+async fn moderator_access(state: &AppState, guild_id: Ulid, actor: Ulid) -> ApiResult<GuildAccess> {
     let access = state.authorizer().guild(guild_id, actor).await?;
     if access.role < MemberRole::Moderator {
         return Err(ApiError::Forbidden);
     }
-    Ok(access.role)
+    Ok(access)
+}
+
+/// The one rule of kick, ban and IP bans by user: the legacy rule
+/// ([`may_remove`]), and the actor outranks the member in the role
+/// hierarchy too, as for taking a role away.
+async fn require_may_remove(
+    state: &AppState,
+    access: &GuildAccess,
+    member: &MemberRecord,
+) -> ApiResult<()> {
+    if !may_remove(access.role, member.role) {
+        return Err(ApiError::Forbidden);
+    }
+    require_outranks(state, access, member.user_id).await
 }
 
 /// The legacy rule of kick and ban: owners are never removed, and the actor
@@ -150,43 +169,68 @@ fn may_remove(actor: MemberRole, target: MemberRole) -> bool {
     target != MemberRole::Owner && actor > target
 }
 
-/// Tells the guild and the removed user, then revokes the user's access on
-/// every gateway and waits for each to acknowledge.
-async fn tear_down(state: &AppState, guild_id: Ulid, user_id: Ulid, actor: Ulid, removal: Removal) {
-    let (guild, user, actor) = (guild_id.to_string(), user_id.to_string(), actor.to_string());
-    let now = now_unix();
-    if removal == Removal::Ban {
-        let ban = pb::WorkspaceMemberBan {
+/// A removal's events, built before the write and stored with it: what the
+/// guild and the removed user are told, and the revocation of the user's
+/// access.
+struct TearDown {
+    told: Vec<Pending>,
+    revocation: events::AccessRevocation,
+}
+
+impl TearDown {
+    fn new(state: &AppState, guild_id: Ulid, user_id: Ulid, actor: Ulid, removal: Removal) -> Self {
+        let (guild, user, actor) = (guild_id.to_string(), user_id.to_string(), actor.to_string());
+        let now = now_unix();
+        let mut told = Vec::with_capacity(2);
+        if removal == Removal::Ban {
+            let ban = pb::WorkspaceMemberBan {
+                guild_id: guild.clone(),
+                user_id: user.clone(),
+                banned_at_unix: now,
+                actor_user_id: Some(actor.clone()),
+            };
+            let event = events::for_guild(&guild, event::Payload::WorkspaceMemberBan(ban));
+            told.push(Pending::new(state, event));
+        }
+        let reason = match removal {
+            Removal::Kick => pb::MemberRemoveReason::Kick,
+            Removal::Ban => pb::MemberRemoveReason::Ban,
+        };
+        let remove = pb::WorkspaceMemberRemove {
             guild_id: guild.clone(),
             user_id: user.clone(),
-            banned_at_unix: now,
-            actor_user_id: Some(actor.clone()),
+            reason: reason.into(),
+            removed_at_unix: now,
+            actor_user_id: Some(actor),
         };
-        events::publish(
-            state,
-            events::for_guild(&guild, event::Payload::WorkspaceMemberBan(ban)),
-        )
-        .await;
+        // The removed user hears it on every socket, wherever it is
+        // subscribed.
+        let event = events::for_users(
+            vec![user.clone()],
+            vec![guild.clone()],
+            event::Payload::WorkspaceMemberRemove(remove),
+        );
+        told.push(Pending::new(state, event));
+        Self {
+            told,
+            revocation: events::AccessRevocation::new(state, &guild, vec![user], true),
+        }
     }
-    let reason = match removal {
-        Removal::Kick => pb::MemberRemoveReason::Kick,
-        Removal::Ban => pb::MemberRemoveReason::Ban,
-    };
-    let remove = pb::WorkspaceMemberRemove {
-        guild_id: guild.clone(),
-        user_id: user.clone(),
-        reason: reason.into(),
-        removed_at_unix: now,
-        actor_user_id: Some(actor),
-    };
-    // The removed user hears it on every socket, wherever it is subscribed.
-    let event = events::for_users(
-        vec![user.clone()],
-        vec![guild.clone()],
-        event::Payload::WorkspaceMemberRemove(remove),
-    );
-    events::publish(state, event).await;
-    events::revoke_access(state, &guild, vec![user.clone()], true).await;
+
+    /// The rows to store with the removal, in publishing order.
+    fn rows(&self) -> Vec<OutboxEvent> {
+        let mut rows: Vec<OutboxEvent> = self.told.iter().map(Pending::row).collect();
+        rows.push(self.revocation.row());
+        rows
+    }
+
+    /// After the commit: tells the guild and the removed user, then revokes
+    /// the user's access on every gateway and waits for each to
+    /// acknowledge.
+    async fn publish(self, state: &AppState) {
+        events::publish_all(state, self.told).await;
+        self.revocation.publish(state).await;
+    }
 }
 
 // --- the audit log ------------------------------------------------------------
@@ -498,43 +542,63 @@ pub async fn ban_ips_by_user(
     JsonBody(dto): JsonBody<IpBanByUserDto>,
 ) -> ApiResult<Json<IpBansCreated>> {
     let request = IpBanByUser::try_from(dto)?;
-    let actor_role = require_ip_ban_manager(&state, guild_id, actor.user_id).await?;
+    let access = require_ip_ban_manager(&state, guild_id, actor.user_id).await?;
     let target = state
         .store()
         .member(guild_id, request.target_user_id)
         .await?;
-    if target.is_some_and(|member| !may_remove(actor_role, member.role)) {
-        return Err(ApiError::Forbidden);
+    if let Some(member) = target {
+        require_may_remove(&state, &access, &member).await?;
     }
     let now = now_unix();
+    let guild = guild_id.to_string();
+    // Built before the write and stored with it, if it creates a ban:
+    // gateways close the sockets from a banned address (contract §5.3),
+    // and the managers get the count only the transaction knows.
+    let ip_bans_changed = Pending::new(
+        &state,
+        events::access_changed(&guild, Vec::new(), false, true),
+    );
+    let managers = ip_ban_managers(&state, guild_id).await;
+    let deferred = events::Deferred::new(&state);
+    let outbox = |ban_ids: &[Ulid]| {
+        let mut rows = vec![ip_bans_changed.row()];
+        if let Some(managers) = &managers {
+            let sync = ip_ban_sync(
+                guild_id,
+                managers.clone(),
+                pb::IpBanAction::Upsert,
+                ban_ids.len(),
+                actor.user_id,
+                now,
+            );
+            rows.extend(deferred.rows(vec![sync]));
+        }
+        rows
+    };
     let outcome = state
         .store()
-        .ban_user_ips(NewIpBansByUser {
-            guild_id,
-            target_user_id: request.target_user_id,
-            reason: request.reason,
-            created_by: actor.user_id,
-            created_at_unix: now,
-            expires_at_unix: request.expires_in_secs.map(|secs| now.saturating_add(secs)),
-            max_entries: state.config().guild_ip_ban_max_entries,
-        })
+        .ban_user_ips(
+            NewIpBansByUser {
+                guild_id,
+                target_user_id: request.target_user_id,
+                reason: request.reason,
+                created_by: actor.user_id,
+                created_at_unix: now,
+                expires_at_unix: request.expires_in_secs.map(|secs| now.saturating_add(secs)),
+                max_entries: state.config().guild_ip_ban_max_entries,
+            },
+            &outbox,
+        )
         .await?;
     let IpBanOutcome::Created(ban_ids) = outcome else {
         return Err(ApiError::QuotaExceeded);
     };
     if !ban_ids.is_empty() {
-        events::ip_bans_changed(&state, &guild_id.to_string()).await;
+        events::publish_acked(&state, ip_bans_changed, "ip ban change").await;
         let target = Some(request.target_user_id);
         events::audit(&state, guild_id, actor.user_id, target, IP_BAN_ADD).await;
-        let count = ban_ids.len();
-        publish_ip_ban_sync(
-            &state,
-            guild_id,
-            pb::IpBanAction::Upsert,
-            count,
-            actor.user_id,
-        )
-        .await;
+        events::publish_all(&state, deferred.into_pending()).await;
     }
     Ok(Json(IpBansCreated {
         created_count: ban_ids.len(),
@@ -561,64 +625,80 @@ pub async fn remove_ip_ban(
     Ids([guild_id, ban_id]): Ids<2>,
 ) -> ApiResult<Json<Ack>> {
     require_ip_ban_manager(&state, guild_id, actor.user_id).await?;
+    let sync = ip_ban_managers(&state, guild_id).await.map(|managers| {
+        let event = ip_ban_sync(
+            guild_id,
+            managers,
+            pb::IpBanAction::Remove,
+            1,
+            actor.user_id,
+            now_unix(),
+        );
+        Pending::new(&state, event)
+    });
+    let outbox = sync.iter().map(Pending::row).collect();
     let removed = state
         .store()
-        .remove_ip_ban(guild_id, ban_id)
+        .remove_ip_ban(guild_id, ban_id, outbox)
         .await?
         .ok_or(ApiError::NotFound)?;
     let target = removed.source_user_id;
     events::audit(&state, guild_id, actor.user_id, target, IP_BAN_REMOVE).await;
-    publish_ip_ban_sync(&state, guild_id, pb::IpBanAction::Remove, 1, actor.user_id).await;
+    events::publish_all(&state, sync.into_iter().collect()).await;
     Ok(Json(ACK))
 }
 
-/// Refuses a caller without `manage_ip_bans`; returns their legacy role.
+/// Refuses a caller without `manage_ip_bans`; returns their access.
 async fn require_ip_ban_manager(
     state: &AppState,
     guild_id: Ulid,
     user_id: Ulid,
-) -> ApiResult<MemberRole> {
+) -> ApiResult<GuildAccess> {
     let access = state.authorizer().guild(guild_id, user_id).await?;
     access.require(Permission::ManageIpBans)?;
-    Ok(access.role)
+    Ok(access)
 }
 
-/// Sends the redacted summary to every socket of the users who may manage
-/// IP bans in the guild, and nobody else.
-async fn publish_ip_ban_sync(
-    state: &AppState,
-    guild_id: Ulid,
-    action: pb::IpBanAction,
-    changed: usize,
-    actor: Ulid,
-) {
-    let holders = match state
+/// The users who may manage IP bans in the guild: the audience of
+/// `workspace_ip_ban_sync`, read before the change it reports. `None` if
+/// they cannot be read; the change goes ahead without its sync event.
+async fn ip_ban_managers(state: &AppState, guild_id: Ulid) -> Option<Vec<String>> {
+    match state
         .authorizer()
         .members_with_permission(guild_id, Permission::ManageIpBans)
         .await
     {
-        Ok(holders) => holders,
+        Ok(holders) => Some(holders.iter().map(Ulid::to_string).collect()),
         Err(err) => {
             tracing::error!(%err, %guild_id, "cannot find who manages IP bans; sync event not sent");
-            return;
+            None
         }
-    };
-    let guild = guild_id.to_string();
+    }
+}
+
+/// The redacted summary, for every socket of `managers` and nobody else.
+fn ip_ban_sync(
+    guild_id: Ulid,
+    managers: Vec<String>,
+    action: pb::IpBanAction,
+    changed: usize,
+    actor: Ulid,
+    now: i64,
+) -> pb::Event {
     let sync = pb::WorkspaceIpBanSync {
-        guild_id: guild,
+        guild_id: guild_id.to_string(),
         summary: Some(pb::IpBanSummary {
             action: action.into(),
             changed_count: i64::try_from(changed).unwrap_or(i64::MAX),
         }),
-        updated_at_unix: now_unix(),
+        updated_at_unix: now,
         actor_user_id: Some(actor.to_string()),
     };
-    let event = events::for_users(
-        holders.iter().map(Ulid::to_string).collect(),
+    events::for_users(
+        managers,
         Vec::new(),
         event::Payload::WorkspaceIpBanSync(sync),
-    );
-    events::publish(state, event).await;
+    )
 }
 
 pub fn routes() -> ApiRouter {

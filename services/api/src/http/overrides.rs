@@ -25,6 +25,7 @@ use crate::events;
 use crate::http::extract::{AuthUser, JsonBody};
 use crate::http::openapi::{ApiRouter, LegacyOverridePath, TargetOverridePath};
 use crate::http::roles::{ACK, Ack};
+use crate::outbox::Pending;
 use crate::permissions::{Permission, Permissions};
 use crate::state::AppState;
 use crate::store::{BuiltinRole, MemberRole, OverrideRecord, OverrideTarget};
@@ -140,8 +141,13 @@ pub async fn set_legacy(
         channel_id,
         OverrideTarget::Role(target_role.role_id),
     );
-    state.store().upsert_override(record).await?;
-    events::publish(&state, event).await;
+    let updated = Pending::new(&state, event);
+    let revocation = events::AccessRevocation::new(&state, &guild, Vec::new(), false);
+    state
+        .store()
+        .upsert_override(record, vec![updated.row(), revocation.row()])
+        .await?;
+    updated.publish(&state).await;
     events::audit(
         &state,
         guild_id,
@@ -150,7 +156,7 @@ pub async fn set_legacy(
         "channel.override.update",
     )
     .await;
-    events::revoke_access(&state, &guild, Vec::new(), false).await;
+    revocation.publish(&state).await;
     Ok(Json(ACK))
 }
 
@@ -221,15 +227,20 @@ pub async fn set_target(
         ),
     );
     events::ensure_deliverable(&event)?;
-    state
-        .store()
-        .upsert_override(masks.record(guild_id, channel_id, target))
-        .await?;
-    events::publish(&state, event).await;
     let (audit_target, revoked) = match target {
         OverrideTarget::Member(member) => (Some(member), vec![member.to_string()]),
         OverrideTarget::Role(_) => (None, Vec::new()),
     };
+    let updated = Pending::new(&state, event);
+    let revocation = events::AccessRevocation::new(&state, &guild, revoked, false);
+    state
+        .store()
+        .upsert_override(
+            masks.record(guild_id, channel_id, target),
+            vec![updated.row(), revocation.row()],
+        )
+        .await?;
+    updated.publish(&state).await;
     events::audit(
         &state,
         guild_id,
@@ -238,7 +249,7 @@ pub async fn set_target(
         "channel.permission_override.update",
     )
     .await;
-    events::revoke_access(&state, &guild, revoked, false).await;
+    revocation.publish(&state).await;
     Ok(Json(ACK))
 }
 

@@ -30,6 +30,7 @@ use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, Binary, Id, UserPath};
 use crate::http::rate_limit::AuthRoute;
 use crate::http::uploads::{Disposition, untrusted_content_headers};
+use crate::outbox::Pending;
 use crate::state::AppState;
 use crate::store::{ImageKind, ProfileChange, ProfileImage, StoreError, UserRecord};
 
@@ -192,12 +193,18 @@ pub async fn update(
         username: patch.username.map(|u| u.as_str().to_owned()),
         about_markdown: patch.about.map(|about| about.0),
     };
-    let updated = match state.store().update_profile(user.user_id, change).await {
+    let audience = profile_audience(&state, user.user_id).await;
+    let updated_event = Pending::new(&state, audience.event(payload));
+    let updated = match state
+        .store()
+        .update_profile(user.user_id, change, vec![updated_event.row()])
+        .await
+    {
         Ok(updated) => updated.ok_or(ApiError::InvalidCredentials)?,
         Err(StoreError::Conflict(_)) => return Err(ApiError::InvalidRequest),
         Err(err) => return Err(err.into()),
     };
-    publish_to_profile_audience(&state, user.user_id, payload).await;
+    updated_event.publish(&state).await;
     profile(&updated).map(Json)
 }
 
@@ -408,25 +415,31 @@ async fn upload(
         sha256_hex,
         bytes,
     };
+    let audience = profile_audience(state, user.user_id).await;
+    // The new version only the write's transaction knows.
+    let deferred = events::Deferred::new(state);
+    let outbox = |updated: &UserRecord| {
+        let user_id = updated.user_id.to_string();
+        let payload = match kind {
+            ImageKind::Avatar => event::Payload::ProfileAvatarUpdate(pb::ProfileAvatarUpdate {
+                user_id,
+                avatar_version: updated.avatar_version,
+                updated_at_unix: now,
+            }),
+            ImageKind::Banner => event::Payload::ProfileBannerUpdate(pb::ProfileBannerUpdate {
+                user_id,
+                banner_version: updated.banner_version,
+                updated_at_unix: now,
+            }),
+        };
+        deferred.rows(vec![audience.event(payload)])
+    };
     let updated = state
         .store()
-        .set_profile_image(user.user_id, kind, image, now)
+        .set_profile_image(user.user_id, kind, image, now, &outbox)
         .await?
         .ok_or(ApiError::InvalidCredentials)?;
-    let user_id = updated.user_id.to_string();
-    let payload = match kind {
-        ImageKind::Avatar => event::Payload::ProfileAvatarUpdate(pb::ProfileAvatarUpdate {
-            user_id,
-            avatar_version: updated.avatar_version,
-            updated_at_unix: now,
-        }),
-        ImageKind::Banner => event::Payload::ProfileBannerUpdate(pb::ProfileBannerUpdate {
-            user_id,
-            banner_version: updated.banner_version,
-            updated_at_unix: now,
-        }),
-    };
-    publish_to_profile_audience(state, updated.user_id, payload).await;
+    events::publish_all(state, deferred.into_pending()).await;
     profile(&updated).map(Json)
 }
 
@@ -561,10 +574,24 @@ fn profile_update_payload(user_id: Ulid, patch: &ProfilePatch, now: i64) -> even
     })
 }
 
-/// Publishes a committed profile change to the user, their friends and the
-/// guilds they are in. If that audience cannot be read, the user's own
-/// sockets still hear of it; the others see it on their next fetch.
-async fn publish_to_profile_audience(state: &AppState, user_id: Ulid, payload: event::Payload) {
+/// Who hears of a user's profile change: the user, their friends and the
+/// guilds they are in, read before the change is written (its event is
+/// stored with it).
+struct Audience {
+    user_ids: Vec<String>,
+    guild_ids: Vec<String>,
+}
+
+impl Audience {
+    fn event(&self, payload: event::Payload) -> pb::Event {
+        events::for_users(self.user_ids.clone(), self.guild_ids.clone(), payload)
+    }
+}
+
+/// The audience of the user's profile changes. If it cannot be read, the
+/// user's own sockets still hear of the change; the others see it on their
+/// next fetch.
+async fn profile_audience(state: &AppState, user_id: Ulid) -> Audience {
     let audience = match state.store().profile_audience(user_id).await {
         Ok(audience) => audience,
         Err(err) => {
@@ -572,12 +599,13 @@ async fn publish_to_profile_audience(state: &AppState, user_id: Ulid, payload: e
             crate::store::ProfileAudience::default()
         }
     };
-    let user_ids = std::iter::once(user_id)
-        .chain(audience.friend_ids)
-        .map(|id| id.to_string())
-        .collect();
-    let guild_ids = audience.guild_ids.iter().map(Ulid::to_string).collect();
-    events::publish(state, events::for_users(user_ids, guild_ids, payload)).await;
+    Audience {
+        user_ids: std::iter::once(user_id)
+            .chain(audience.friend_ids)
+            .map(|id| id.to_string())
+            .collect(),
+        guild_ids: audience.guild_ids.iter().map(Ulid::to_string).collect(),
+    }
 }
 
 pub fn routes() -> ApiRouter {

@@ -4,7 +4,9 @@
 //! Every change that can shrink what someone sees (a role's permissions, a
 //! deleted role, an assignment, which may bring a role's deny overrides)
 //! publishes its event and then revokes access before the call returns, so
-//! gateways drop the subscriptions that are no longer allowed.
+//! gateways drop the subscriptions that are no longer allowed. Each
+//! change's events, the revocation included, are stored with it
+//! (docs/adr/0006-outbox.md).
 
 use axum::Json;
 use axum::extract::State;
@@ -20,6 +22,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, GuildPath, Id, RoleMemberPath, RolePath};
+use crate::outbox::Pending;
 use crate::permissions::{GuildAccess, Permission, Permissions};
 use crate::state::AppState;
 use crate::store::{
@@ -299,11 +302,16 @@ pub async fn create(
         }),
     );
     events::ensure_deliverable(&event)?;
-    match state.store().create_role(record, MAX_ROLES).await? {
+    let created = Pending::new(&state, event);
+    let outcome = state
+        .store()
+        .create_role(record, MAX_ROLES, vec![created.row()])
+        .await?;
+    match outcome {
         CreateRoleOutcome::Created => {}
         CreateRoleOutcome::QuotaExceeded => return Err(ApiError::QuotaExceeded),
     }
-    events::publish(&state, event).await;
+    created.publish(&state).await;
     events::audit(&state, guild_id, user.user_id, None, "role.create").await;
     Ok(Json(body))
 }
@@ -348,17 +356,23 @@ pub async fn update(
         }),
     );
     events::ensure_deliverable(&event)?;
+    let updated = Pending::new(&state, event);
+    // New permissions can take some away: gateways re-check everyone.
+    let revocation = shrinks
+        .then(|| events::AccessRevocation::new(&state, &guild_id.to_string(), Vec::new(), false));
+    let mut outbox = vec![updated.row()];
+    outbox.extend(revocation.as_ref().map(events::AccessRevocation::row));
     let role = state
         .store()
-        .update_role(guild_id, role_id, update.changes)
+        .update_role(guild_id, role_id, update.changes, outbox)
         .await?
         .ok_or(ApiError::NotFound)?;
-    events::publish(&state, event).await;
+    updated.publish(&state).await;
     for (_, action) in audits.into_iter().filter(|(sent, _)| *sent) {
         events::audit(&state, guild_id, user.user_id, None, action).await;
     }
-    if shrinks {
-        events::revoke_access(&state, &guild_id.to_string(), Vec::new(), false).await;
+    if let Some(revocation) = revocation {
+        revocation.publish(&state).await;
     }
     Ok(Json(wire_role(&proto_role(&role))?))
 }
@@ -385,14 +399,6 @@ pub async fn delete(
     if role.is_system() {
         return Err(ApiError::Forbidden);
     }
-    if state
-        .store()
-        .delete_role(guild_id, role_id)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::NotFound);
-    }
     let guild = guild_id.to_string();
     let event = events::for_guild(
         &guild,
@@ -403,9 +409,19 @@ pub async fn delete(
             actor_user_id: Some(user.user_id.to_string()),
         }),
     );
-    events::publish(&state, event).await;
+    let deleted = Pending::new(&state, event);
+    let revocation = events::AccessRevocation::new(&state, &guild, Vec::new(), false);
+    if state
+        .store()
+        .delete_role(guild_id, role_id, vec![deleted.row(), revocation.row()])
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::NotFound);
+    }
+    deleted.publish(&state).await;
     events::audit(&state, guild_id, user.user_id, None, "role.delete").await;
-    events::revoke_access(&state, &guild, Vec::new(), false).await;
+    revocation.publish(&state).await;
     Ok(Json(ACK))
 }
 
@@ -450,11 +466,16 @@ pub async fn reorder(
         }),
     );
     events::ensure_deliverable(&event)?;
-    if !state.store().reorder_roles(guild_id, &role_ids).await? {
+    let reordered = Pending::new(&state, event);
+    if !state
+        .store()
+        .reorder_roles(guild_id, &role_ids, vec![reordered.row()])
+        .await?
+    {
         // A role was deleted between the check and the write.
         return Err(ApiError::InvalidRequest);
     }
-    events::publish(&state, event).await;
+    reordered.publish(&state).await;
     events::audit(&state, guild_id, user.user_id, None, "role.reorder").await;
     Ok(Json(ACK))
 }
@@ -528,18 +549,6 @@ pub async fn assign(
 ) -> ApiResult<Json<Ack>> {
     assignable_role(&state, guild_id, role_id, user.user_id).await?;
     let now = now_unix();
-    let outcome = state
-        .store()
-        .assign_role(guild_id, target, role_id, now, MAX_ASSIGNMENTS)
-        .await?;
-    match outcome {
-        AssignOutcome::Assigned { .. } => {}
-        AssignOutcome::AlreadyAssigned => return Ok(Json(ACK)),
-        AssignOutcome::NotMember | AssignOutcome::RoleNotFound => {
-            return Err(ApiError::NotFound);
-        }
-        AssignOutcome::QuotaExceeded => return Err(ApiError::QuotaExceeded),
-    }
     let guild = guild_id.to_string();
     let event = events::for_guild(
         &guild,
@@ -551,10 +560,25 @@ pub async fn assign(
             actor_user_id: Some(user.user_id.to_string()),
         }),
     );
-    events::publish(&state, event).await;
-    events::audit(&state, guild_id, user.user_id, Some(target), "role.assign").await;
+    let assigned = Pending::new(&state, event);
     // A role can carry deny overrides, so even a new role can hide channels.
-    events::revoke_access(&state, &guild, vec![target.to_string()], false).await;
+    let revocation = events::AccessRevocation::new(&state, &guild, vec![target.to_string()], false);
+    let outbox = vec![assigned.row(), revocation.row()];
+    let outcome = state
+        .store()
+        .assign_role(guild_id, target, role_id, now, MAX_ASSIGNMENTS, outbox)
+        .await?;
+    match outcome {
+        AssignOutcome::Assigned { .. } => {}
+        AssignOutcome::AlreadyAssigned => return Ok(Json(ACK)),
+        AssignOutcome::NotMember | AssignOutcome::RoleNotFound => {
+            return Err(ApiError::NotFound);
+        }
+        AssignOutcome::QuotaExceeded => return Err(ApiError::QuotaExceeded),
+    }
+    assigned.publish(&state).await;
+    events::audit(&state, guild_id, user.user_id, Some(target), "role.assign").await;
+    revocation.publish(&state).await;
     Ok(Json(ACK))
 }
 
@@ -577,18 +601,6 @@ pub async fn unassign(
 ) -> ApiResult<Json<Ack>> {
     let (access, _) = assignable_role(&state, guild_id, role_id, user.user_id).await?;
     require_outranks(&state, &access, target).await?;
-    let outcome = state
-        .store()
-        .unassign_role(guild_id, target, role_id)
-        .await?;
-    match outcome {
-        UnassignOutcome::Removed { .. } => {}
-        UnassignOutcome::NotAssigned => return Ok(Json(ACK)),
-        UnassignOutcome::NotMember | UnassignOutcome::RoleNotFound => {
-            return Err(ApiError::NotFound);
-        }
-        UnassignOutcome::LastWorkspaceOwner => return Err(ApiError::Forbidden),
-    }
     let guild = guild_id.to_string();
     let event = events::for_guild(
         &guild,
@@ -600,7 +612,26 @@ pub async fn unassign(
             actor_user_id: Some(user.user_id.to_string()),
         }),
     );
-    events::publish(&state, event).await;
+    let removed = Pending::new(&state, event);
+    let revocation = events::AccessRevocation::new(&state, &guild, vec![target.to_string()], false);
+    let outcome = state
+        .store()
+        .unassign_role(
+            guild_id,
+            target,
+            role_id,
+            vec![removed.row(), revocation.row()],
+        )
+        .await?;
+    match outcome {
+        UnassignOutcome::Removed { .. } => {}
+        UnassignOutcome::NotAssigned => return Ok(Json(ACK)),
+        UnassignOutcome::NotMember | UnassignOutcome::RoleNotFound => {
+            return Err(ApiError::NotFound);
+        }
+        UnassignOutcome::LastWorkspaceOwner => return Err(ApiError::Forbidden),
+    }
+    removed.publish(&state).await;
     events::audit(
         &state,
         guild_id,
@@ -609,7 +640,7 @@ pub async fn unassign(
         "role.unassign",
     )
     .await;
-    events::revoke_access(&state, &guild, vec![target.to_string()], false).await;
+    revocation.publish(&state).await;
     Ok(Json(ACK))
 }
 
@@ -637,7 +668,11 @@ async fn manageable_role(
 /// caller outranks the member ([`GuildAccess::outranks_member`]); dropping
 /// one's own role takes nothing from anyone above. A target that is not a
 /// member is left to the store, which answers 404.
-async fn require_outranks(state: &AppState, actor: &GuildAccess, target: Ulid) -> ApiResult<()> {
+pub(crate) async fn require_outranks(
+    state: &AppState,
+    actor: &GuildAccess,
+    target: Ulid,
+) -> ApiResult<()> {
     if target == actor.user_id {
         return Ok(());
     }

@@ -18,8 +18,8 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use filament_proto::v1 as pb;
 use filament_proto::v1::search_client::SearchClient;
+use filament_runtime::grpc_client::GrpcChannel;
 use filament_runtime::grpc_client::GrpcClientMetrics;
-use filament_runtime::trace::TracedChannel;
 use serde::{Deserialize, Serialize};
 use tonic::Code;
 use ulid::Ulid;
@@ -105,7 +105,7 @@ pub struct ReconcileResults {
 /// configured.
 #[derive(Clone)]
 pub struct SearchBackend {
-    client: Option<SearchClient<TracedChannel>>,
+    client: Option<SearchClient<GrpcChannel>>,
 }
 
 impl SearchBackend {
@@ -121,7 +121,7 @@ impl SearchBackend {
                 None,
                 grpc_clients,
             ) {
-                Ok(channel) => Some(SearchClient::new(filament_runtime::trace::traced(channel))),
+                Ok(channel) => Some(SearchClient::new(channel)),
                 Err(err) => {
                     tracing::error!(%err, url, "FILAMENT_SEARCH_GRPC_URL is not a valid url");
                     None
@@ -137,7 +137,7 @@ impl SearchBackend {
         Self { client: None }
     }
 
-    fn client(&self) -> ApiResult<SearchClient<TracedChannel>> {
+    fn client(&self) -> ApiResult<SearchClient<GrpcChannel>> {
         self.client
             .clone()
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no search service configured")))
@@ -208,7 +208,7 @@ pub async fn search(
 /// database in rank order.
 async fn authorized_hits(
     state: &AppState,
-    mut client: SearchClient<TracedChannel>,
+    mut client: SearchClient<GrpcChannel>,
     guild_id: Ulid,
     request: &SearchRequest,
     viewable: &mut ViewableChannels<'_>,
@@ -246,7 +246,7 @@ async fn authorized_hits(
 
 /// One query to the search service: candidate message ids, best first.
 async fn query(
-    client: &mut SearchClient<TracedChannel>,
+    client: &mut SearchClient<GrpcChannel>,
     guild_id: Ulid,
     request: &SearchRequest,
     excluded: &[Ulid],

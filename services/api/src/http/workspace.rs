@@ -17,7 +17,7 @@ use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, GuildPath};
 use crate::permissions::Permission;
 use crate::state::AppState;
-use crate::store::{GuildRecord, Visibility};
+use crate::store::{GuildChange, GuildRecord, Visibility};
 
 /// At least one field.
 #[derive(Deserialize, ToSchema)]
@@ -80,35 +80,43 @@ pub async fn update(
         .guild(guild_id, user.user_id)
         .await?
         .require(Permission::ManageRoles)?;
-    let change = state
-        .store()
-        .update_guild(
-            guild_id,
-            update.name.map(Name::into_string),
-            update.visibility,
-        )
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let (before, after) = (&change.before, &change.after);
-    let fields = pb::WorkspaceFields {
-        name: (after.name != before.name).then(|| after.name.clone()),
-        visibility: (after.visibility != before.visibility)
-            .then(|| proto_visibility(after.visibility).into()),
-    };
-    if fields.name.is_some() || fields.visibility.is_some() {
+    let now = now_unix();
+    // What changed, and so the event, only the write's transaction knows.
+    let deferred = events::Deferred::new(&state);
+    let outbox = |change: &GuildChange| {
+        let (before, after) = (&change.before, &change.after);
+        let fields = pb::WorkspaceFields {
+            name: (after.name != before.name).then(|| after.name.clone()),
+            visibility: (after.visibility != before.visibility)
+                .then(|| proto_visibility(after.visibility).into()),
+        };
+        if fields.name.is_none() && fields.visibility.is_none() {
+            return Vec::new();
+        }
         let guild = guild_id.to_string();
         let event = events::for_guild(
             &guild,
             event::Payload::WorkspaceUpdate(pb::WorkspaceUpdate {
                 guild_id: guild.clone(),
                 updated_fields: Some(fields),
-                updated_at_unix: now_unix(),
+                updated_at_unix: now,
                 actor_user_id: Some(user.user_id.to_string()),
             }),
         );
-        events::publish(&state, event).await;
-    }
-    Ok(Json(wire_guild(after)))
+        deferred.rows(vec![event])
+    };
+    let change = state
+        .store()
+        .update_guild(
+            guild_id,
+            update.name.map(Name::into_string),
+            update.visibility,
+            &outbox,
+        )
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    events::publish_all(&state, deferred.into_pending()).await;
+    Ok(Json(wire_guild(&change.after)))
 }
 
 fn proto_visibility(visibility: Visibility) -> pb::Visibility {

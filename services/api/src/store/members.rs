@@ -21,7 +21,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, 
 use ulid::Ulid;
 
 use super::sql::{SqlStore, decode_guild, decode_ulid};
-use super::{GuildRecord, MemberRecord, StoreResult};
+use super::{GuildRecord, MemberRecord, OutboxEvent, OutboxFor, StoreResult};
 
 /// Join addresses kept per guild and user for bans by user; older ones are
 /// forgotten.
@@ -113,23 +113,47 @@ pub trait MemberStore: Send + Sync + 'static {
     ) -> StoreResult<Vec<GuildRecord>>;
     /// Adds the membership unless the user is banned from the guild or
     /// already a member.
-    async fn add_member_unless_banned(&self, member: MemberRecord)
-    -> StoreResult<AddMemberOutcome>;
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), only when the member was
+    /// `Added`.
+    async fn add_member_unless_banned(
+        &self,
+        member: MemberRecord,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<AddMemberOutcome>;
     /// A directory join from `ip`: [`add_member_unless_banned`], and, when
     /// the user is a member afterwards (added, or already one), remembers
     /// in the same transaction that they came from `ip` to this guild at
     /// `member.joined_at_unix`, keeping the newest
     /// [`MAX_JOIN_ADDRESSES_PER_MEMBER`] per guild. A refused join records
-    /// nothing.
+    /// nothing. Stores `outbox` like [`add_member_unless_banned`].
     ///
     /// [`add_member_unless_banned`]: MemberStore::add_member_unless_banned
-    async fn join_from(&self, member: MemberRecord, ip: IpAddr) -> StoreResult<AddMemberOutcome>;
+    async fn join_from(
+        &self,
+        member: MemberRecord,
+        ip: IpAddr,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<AddMemberOutcome>;
     /// Removes the membership and, by cascade, its role assignments.
     /// Returns whether the user was a member.
-    async fn remove_member(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<bool>;
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), only if they were.
+    async fn remove_member(
+        &self,
+        guild_id: Ulid,
+        user_id: Ulid,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<bool>;
     /// Records the ban (kept if it exists) and removes the membership with
     /// its role assignments. Returns whether the user was a member.
-    async fn ban_member(&self, ban: NewGuildBan) -> StoreResult<bool>;
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), member or not: a ban always
+    /// tears down.
+    async fn ban_member(&self, ban: NewGuildBan, outbox: Vec<OutboxEvent>) -> StoreResult<bool>;
     async fn is_banned(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<bool>;
 
     /// Whether an IP ban of the guild, active at `now_unix`, covers `ip`.
@@ -147,12 +171,24 @@ pub trait MemberStore: Send + Sync + 'static {
     /// that the guild does not ban yet; addresses seen only in other guilds
     /// are not this guild's to ban. Expired bans are dropped first and do
     /// not count against the cap.
-    async fn ban_user_ips(&self, request: NewIpBansByUser) -> StoreResult<IpBanOutcome>;
+    ///
+    /// Stores the events `outbox` builds from the new bans' ids, the
+    /// change's realtime events, in the same transaction
+    /// (docs/adr/0006-outbox.md); nothing when no ban was created.
+    async fn ban_user_ips(
+        &self,
+        request: NewIpBansByUser,
+        outbox: OutboxFor<'_, [Ulid]>,
+    ) -> StoreResult<IpBanOutcome>;
     /// Removes the ban; `None` if the guild has no such ban.
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), only if a ban was removed.
     async fn remove_ip_ban(
         &self,
         guild_id: Ulid,
         ban_id: Ulid,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<RemovedIpBan>>;
 }
 
@@ -186,6 +222,7 @@ where
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Decode<'q, DB>,
     for<'q> Option<i64>: Encode<'q, DB> + Decode<'q, DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'i> &'i str: ColumnIndex<DB::Row>,
 {
     async fn public_guilds(
@@ -210,26 +247,43 @@ where
     async fn add_member_unless_banned(
         &self,
         member: MemberRecord,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<AddMemberOutcome> {
-        self.add_member_from(member, None).await
+        self.add_member_from(member, None, outbox).await
     }
 
-    async fn join_from(&self, member: MemberRecord, ip: IpAddr) -> StoreResult<AddMemberOutcome> {
-        self.add_member_from(member, Some(ip)).await
+    async fn join_from(
+        &self,
+        member: MemberRecord,
+        ip: IpAddr,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<AddMemberOutcome> {
+        self.add_member_from(member, Some(ip), outbox).await
     }
 
-    async fn remove_member(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<bool> {
+    async fn remove_member(
+        &self,
+        guild_id: Ulid,
+        user_id: Ulid,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
         let removed = sqlx::query(
             "DELETE FROM guild_members WHERE guild_id = $1 AND user_id = $2 RETURNING user_id",
         )
         .bind(guild_id.to_string())
         .bind(user_id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(removed.is_some())
+        if removed.is_none() {
+            return Ok(false);
+        }
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
-    async fn ban_member(&self, ban: NewGuildBan) -> StoreResult<bool> {
+    async fn ban_member(&self, ban: NewGuildBan, outbox: Vec<OutboxEvent>) -> StoreResult<bool> {
         let (guild, user) = (ban.guild_id.to_string(), ban.user_id.to_string());
         let mut tx = self.pool.begin().await?;
         lock_guild(&mut *tx, &guild).await?;
@@ -250,6 +304,7 @@ where
         .bind(user)
         .fetch_optional(&mut *tx)
         .await?;
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
         tx.commit().await?;
         Ok(removed.is_some())
     }
@@ -306,7 +361,11 @@ where
         Ok(rows.iter().map(decode_ip_ban).collect::<Result<_, _>>()?)
     }
 
-    async fn ban_user_ips(&self, request: NewIpBansByUser) -> StoreResult<IpBanOutcome> {
+    async fn ban_user_ips(
+        &self,
+        request: NewIpBansByUser,
+        outbox: OutboxFor<'_, [Ulid]>,
+    ) -> StoreResult<IpBanOutcome> {
         let guild = request.guild_id.to_string();
         let mut tx = self.pool.begin().await?;
         lock_guild(&mut *tx, &guild).await?;
@@ -370,6 +429,7 @@ where
             .await?;
             created.push(ban_id);
         }
+        Self::enqueue_outbox_all(&mut tx, outbox(created.as_slice())).await?;
         tx.commit().await?;
         Ok(IpBanOutcome::Created(created))
     }
@@ -378,22 +438,26 @@ where
         &self,
         guild_id: Ulid,
         ban_id: Ulid,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<RemovedIpBan>> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "DELETE FROM guild_ip_bans WHERE guild_id = $1 AND ban_id = $2 \
              RETURNING source_user_id",
         )
         .bind(guild_id.to_string())
         .bind(ban_id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(row
-            .map(|row| {
-                Ok::<_, sqlx::Error>(RemovedIpBan {
-                    source_user_id: decode_optional_ulid(&row, "source_user_id")?,
-                })
-            })
-            .transpose()?)
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let removed = RemovedIpBan {
+            source_user_id: decode_optional_ulid(&row, "source_user_id")?,
+        };
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
+        tx.commit().await?;
+        Ok(Some(removed))
     }
 }
 
@@ -404,14 +468,16 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
 {
     /// Adds the membership unless banned and, for a join with an address,
     /// records the address once the user is a member (see
-    /// [`MemberStore::join_from`]).
+    /// [`MemberStore::join_from`]); stores `outbox` if it added one.
     async fn add_member_from(
         &self,
         member: MemberRecord,
         ip: Option<IpAddr>,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<AddMemberOutcome> {
         let (guild, user) = (member.guild_id.to_string(), member.user_id.to_string());
         let mut tx = self.pool.begin().await?;
@@ -439,6 +505,9 @@ where
         .await?;
         if let Some(ip) = ip {
             record_join_address(&mut tx, guild, user, ip, member.joined_at_unix).await?;
+        }
+        if inserted.is_some() {
+            Self::enqueue_outbox_all(&mut tx, outbox).await?;
         }
         tx.commit().await?;
         Ok(if inserted.is_some() {
@@ -555,7 +624,7 @@ mod tests {
 
     use super::*;
     use crate::store::Visibility;
-    use crate::store::tests::conformance;
+    use crate::store::tests::{conformance, no_events};
     use crate::store::{MemberRole, NewUser, Store};
 
     const NOW: i64 = 1_700_000_000;
@@ -627,7 +696,7 @@ mod tests {
         at: i64,
     ) -> AddMemberOutcome {
         store
-            .join_from(member_at(g, user, at), ip(address))
+            .join_from(member_at(g, user, at), ip(address), Vec::new())
             .await
             .expect("join")
     }
@@ -635,15 +704,18 @@ mod tests {
     /// Bans by user in `g` at `at`; the new bans' count.
     async fn ban_by_user(store: &dyn Store, g: Ulid, target: Ulid, by: Ulid, at: i64) -> usize {
         let outcome = store
-            .ban_user_ips(NewIpBansByUser {
-                guild_id: g,
-                target_user_id: target,
-                reason: None,
-                created_by: by,
-                created_at_unix: at,
-                expires_at_unix: None,
-                max_entries: 4096,
-            })
+            .ban_user_ips(
+                NewIpBansByUser {
+                    guild_id: g,
+                    target_user_id: target,
+                    reason: None,
+                    created_by: by,
+                    created_at_unix: at,
+                    expires_at_unix: None,
+                    max_entries: 4096,
+                },
+                &no_events,
+            )
             .await
             .expect("ban");
         let IpBanOutcome::Created(ids) = outcome else {
@@ -696,14 +768,14 @@ mod tests {
         let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
         assert_eq!(
             store
-                .add_member_unless_banned(member(g, target))
+                .add_member_unless_banned(member(g, target), Vec::new())
                 .await
                 .expect("add"),
             AddMemberOutcome::Added
         );
         assert_eq!(
             store
-                .add_member_unless_banned(member(g, target))
+                .add_member_unless_banned(member(g, target), Vec::new())
                 .await
                 .expect("add"),
             AddMemberOutcome::AlreadyMember
@@ -714,7 +786,12 @@ mod tests {
             banned_by: owner,
             created_at_unix: NOW,
         };
-        assert!(store.ban_member(ban.clone()).await.expect("ban"));
+        assert!(
+            store
+                .ban_member(ban.clone(), Vec::new())
+                .await
+                .expect("ban")
+        );
         assert!(store.is_banned(g, target).await.expect("banned?"));
         assert_eq!(store.member(g, target).await.expect("member"), None);
         assert!(
@@ -726,23 +803,26 @@ mod tests {
         );
         assert_eq!(
             store
-                .add_member_unless_banned(member(g, target))
+                .add_member_unless_banned(member(g, target), Vec::new())
                 .await
                 .expect("add"),
             AddMemberOutcome::Banned
         );
         assert_eq!(store.member(g, target).await.expect("member"), None);
         // Banning again, or banning a non-member, is fine and changes nothing.
-        assert!(!store.ban_member(ban).await.expect("ban again"));
+        assert!(!store.ban_member(ban, Vec::new()).await.expect("ban again"));
         let outsider = user(store.as_ref()).await;
         assert!(
             !store
-                .ban_member(NewGuildBan {
-                    guild_id: g,
-                    user_id: outsider,
-                    banned_by: owner,
-                    created_at_unix: NOW,
-                })
+                .ban_member(
+                    NewGuildBan {
+                        guild_id: g,
+                        user_id: outsider,
+                        banned_by: owner,
+                        created_at_unix: NOW,
+                    },
+                    Vec::new()
+                )
                 .await
                 .expect("ban outsider")
         );
@@ -752,7 +832,7 @@ mod tests {
         assert!(!store.is_banned(other, target).await.expect("banned?"));
         assert_eq!(
             store
-                .add_member_unless_banned(member(other, target))
+                .add_member_unless_banned(member(other, target), Vec::new())
                 .await
                 .expect("add"),
             AddMemberOutcome::Added
@@ -763,18 +843,28 @@ mod tests {
         let owner = user(store.as_ref()).await;
         let target = user(store.as_ref()).await;
         let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
-        assert!(!store.remove_member(g, target).await.expect("kick"));
+        assert!(
+            !store
+                .remove_member(g, target, Vec::new())
+                .await
+                .expect("kick")
+        );
         store
-            .add_member_unless_banned(member(g, target))
+            .add_member_unless_banned(member(g, target), Vec::new())
             .await
             .expect("add");
-        assert!(store.remove_member(g, target).await.expect("kick"));
+        assert!(
+            store
+                .remove_member(g, target, Vec::new())
+                .await
+                .expect("kick")
+        );
         assert_eq!(store.member(g, target).await.expect("member"), None);
         // A kick is not a ban.
         assert!(!store.is_banned(g, target).await.expect("banned?"));
         assert_eq!(
             store
-                .add_member_unless_banned(member(g, target))
+                .add_member_unless_banned(member(g, target), Vec::new())
                 .await
                 .expect("add"),
             AddMemberOutcome::Added
@@ -789,7 +879,11 @@ mod tests {
         for n in 0..total {
             let address = IpAddr::from([198, 51, 100, u8::try_from(n).expect("small")]);
             store
-                .join_from(member_at(g, target, NOW + i64::from(n)), address)
+                .join_from(
+                    member_at(g, target, NOW + i64::from(n)),
+                    address,
+                    Vec::new(),
+                )
                 .await
                 .expect("join");
         }
@@ -852,7 +946,7 @@ mod tests {
             banned_by: owner,
             created_at_unix: NOW,
         };
-        store.ban_member(ban).await.expect("ban");
+        store.ban_member(ban, Vec::new()).await.expect("ban");
         assert_eq!(
             join(&*store, g, target, "203.0.113.2", NOW + 3).await,
             AddMemberOutcome::Banned
@@ -886,7 +980,7 @@ mod tests {
         // A plain add (not a directory join) records nothing either.
         let other = user(store.as_ref()).await;
         store
-            .add_member_unless_banned(member(g, other))
+            .add_member_unless_banned(member(g, other), Vec::new())
             .await
             .expect("add");
         assert_eq!(ban_by_user(&*store, g, other, owner, NOW + 8).await, 0);
@@ -909,7 +1003,7 @@ mod tests {
         // Nothing observed yet: nothing to ban.
         assert_eq!(
             store
-                .ban_user_ips(request(NOW, None, 10))
+                .ban_user_ips(request(NOW, None, 10), &no_events)
                 .await
                 .expect("ban"),
             IpBanOutcome::Created(Vec::new())
@@ -922,7 +1016,7 @@ mod tests {
         // Two addresses, one ban slot: refused, nothing written.
         assert_eq!(
             store
-                .ban_user_ips(request(NOW + 10, None, 1))
+                .ban_user_ips(request(NOW + 10, None, 1), &no_events)
                 .await
                 .expect("ban"),
             IpBanOutcome::QuotaExceeded
@@ -935,7 +1029,7 @@ mod tests {
         );
 
         let IpBanOutcome::Created(first) = store
-            .ban_user_ips(request(NOW + 10, Some(NOW + 100), 2))
+            .ban_user_ips(request(NOW + 10, Some(NOW + 100), 2), &no_events)
             .await
             .expect("ban")
         else {
@@ -966,7 +1060,7 @@ mod tests {
         // Already banned: nothing new, and at the cap that is not an error.
         assert_eq!(
             store
-                .ban_user_ips(request(NOW + 20, None, 2))
+                .ban_user_ips(request(NOW + 20, None, 2), &no_events)
                 .await
                 .expect("ban"),
             IpBanOutcome::Created(Vec::new())
@@ -1002,7 +1096,7 @@ mod tests {
                 .is_empty()
         );
         let IpBanOutcome::Created(again) = store
-            .ban_user_ips(request(NOW + 100, None, 2))
+            .ban_user_ips(request(NOW + 100, None, 2), &no_events)
             .await
             .expect("ban")
         else {
@@ -1023,15 +1117,18 @@ mod tests {
         let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
         join(&*store, g, target, "203.0.113.7", NOW).await;
         let IpBanOutcome::Created(ids) = store
-            .ban_user_ips(NewIpBansByUser {
-                guild_id: g,
-                target_user_id: target,
-                reason: None,
-                created_by: owner,
-                created_at_unix: NOW,
-                expires_at_unix: None,
-                max_entries: 10,
-            })
+            .ban_user_ips(
+                NewIpBansByUser {
+                    guild_id: g,
+                    target_user_id: target,
+                    reason: None,
+                    created_by: owner,
+                    created_at_unix: NOW,
+                    expires_at_unix: None,
+                    max_entries: 10,
+                },
+                &no_events,
+            )
             .await
             .expect("ban")
         else {
@@ -1040,18 +1137,27 @@ mod tests {
         let other_guild = guild(&*store, owner, "h", Visibility::Public, NOW).await;
         assert_eq!(
             store
-                .remove_ip_ban(other_guild, ids[0])
+                .remove_ip_ban(other_guild, ids[0], Vec::new())
                 .await
                 .expect("remove"),
             None
         );
         assert_eq!(
-            store.remove_ip_ban(g, ids[0]).await.expect("remove"),
+            store
+                .remove_ip_ban(g, ids[0], Vec::new())
+                .await
+                .expect("remove"),
             Some(RemovedIpBan {
                 source_user_id: Some(target)
             })
         );
-        assert_eq!(store.remove_ip_ban(g, ids[0]).await.expect("remove"), None);
+        assert_eq!(
+            store
+                .remove_ip_ban(g, ids[0], Vec::new())
+                .await
+                .expect("remove"),
+            None
+        );
         assert!(
             !store
                 .ip_banned(g, ip("203.0.113.7"), NOW)

@@ -783,13 +783,16 @@ mod tests {
         for name in ["general", "other"] {
             let channel_id = Ulid::generate();
             store
-                .create_channel(ChannelRecord {
-                    channel_id,
-                    guild_id,
-                    name: name.to_owned(),
-                    kind: ChannelKind::Text,
-                    created_at_unix: NOW,
-                })
+                .create_channel(
+                    ChannelRecord {
+                        channel_id,
+                        guild_id,
+                        name: name.to_owned(),
+                        kind: ChannelKind::Text,
+                        created_at_unix: NOW,
+                    },
+                    Vec::new(),
+                )
                 .await
                 .unwrap();
             channels.push(channel_id);

@@ -4,9 +4,11 @@
 //! (`sql.rs`) but each have their own connection setup and migrations, and
 //! one conformance suite (`tests`) that runs against both.
 //!
-//! Every method is one transaction. Callers publish events only after a
-//! method returned `Ok`, so an event never describes a write that did not
-//! commit.
+//! Every method is one transaction. A write takes its realtime events and
+//! stores them in that transaction (the event outbox, `outbox.rs`, ADR
+//! 0006); callers publish them only after the method returned `Ok`, so an
+//! event never describes a write that did not commit, and a committed
+//! write never loses its event.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +41,7 @@ pub use messages::{
     AttachmentInsert, AttachmentRecord, MAX_REACTION_EMOJI, MAX_REACTOR_IDS, MessageInsert,
     MessageStore, ReactionChange, ReactionKey, ReactionSummary,
 };
-pub use outbox::{OutboxEvent, OutboxRecord, OutboxStore, ReactionOutbox};
+pub use outbox::{OutboxEvent, OutboxFor, OutboxRecord, OutboxStore, ReactionOutbox};
 pub use roles::{
     AssignOutcome, BuiltinRole, ChannelChange, CreateRoleOutcome, GuildChange, OverrideRecord,
     OverrideTarget, RoleChanges, RoleRecord, RoleStore, UnassignOutcome, WORKSPACE_OWNER_POSITION,
@@ -337,6 +339,10 @@ pub trait CoreStore: Send + Sync + 'static {
     /// match, stores `new_hash` and `new_expires_at_unix`. A mismatch revokes
     /// the session. A session is live while not revoked and `now_unix <
     /// expires_at_unix`.
+    ///
+    /// A revocation (`Replayed`) stores the events `outbox` builds from the
+    /// session's user, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md); a rotation stores none.
     async fn rotate_session(
         &self,
         session_id: Ulid,
@@ -344,14 +350,20 @@ pub trait CoreStore: Send + Sync + 'static {
         new_hash: &str,
         new_expires_at_unix: i64,
         now_unix: i64,
+        outbox: OutboxFor<'_, Ulid>,
     ) -> StoreResult<RotateOutcome>;
     /// Revokes the session if its hash matches and it is not revoked yet.
     /// Returns the session's user if it did. Expiry is not checked: the
     /// trait has no clock here, and revoking an expired session is harmless.
+    ///
+    /// Stores the events `outbox` builds from the session's user, the
+    /// change's realtime events, in the same transaction
+    /// (docs/adr/0006-outbox.md); nothing if no session was revoked.
     async fn revoke_session(
         &self,
         session_id: Ulid,
         presented_hash: &str,
+        outbox: OutboxFor<'_, Ulid>,
     ) -> StoreResult<Option<Ulid>>;
 
     // --- guilds and members ---------------------------------------------
@@ -376,7 +388,13 @@ pub trait CoreStore: Send + Sync + 'static {
     async fn add_member(&self, member: MemberRecord) -> StoreResult<bool>;
 
     // --- channels --------------------------------------------------------
-    async fn create_channel(&self, channel: ChannelRecord) -> StoreResult<()>;
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md).
+    async fn create_channel(
+        &self,
+        channel: ChannelRecord,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<()>;
     async fn channel(&self, guild_id: Ulid, channel_id: Ulid)
     -> StoreResult<Option<ChannelRecord>>;
     /// Channels of a guild in creation order, at most `limit`.

@@ -37,6 +37,12 @@ pub struct OutboxEvent {
 /// only the reaction's transaction knows.
 pub type ReactionOutbox<'a> = &'a (dyn Fn(i64) -> OutboxEvent + Send + Sync);
 
+/// Builds a change's events from what only its transaction knows (a
+/// request's parties, a version it bumped, what an update changed). The
+/// store calls it at most once, inside the transaction, and only for a
+/// write that happens.
+pub type OutboxFor<'a, T> = &'a (dyn Fn(&T) -> Vec<OutboxEvent> + Send + Sync);
+
 /// A stored event a relay claimed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRecord {
@@ -88,6 +94,17 @@ where
         .execute(&mut **tx)
         .await
         .map_err(super::sql::conflict_on("event_id"))?;
+        Ok(())
+    }
+
+    /// Stores each of `events`, in order, inside `tx`.
+    pub(super) async fn enqueue_outbox_all(
+        tx: &mut Transaction<'_, DB>,
+        events: Vec<OutboxEvent>,
+    ) -> StoreResult<()> {
+        for event in events {
+            Self::enqueue_outbox(tx, event).await?;
+        }
         Ok(())
     }
 }
@@ -166,7 +183,12 @@ mod tests {
 
     use super::*;
     use crate::store::tests::{TextChannel, conformance};
-    use crate::store::{MessageInsert, ReactionKey, Store};
+    use crate::store::{
+        AddMemberOutcome, AssignOutcome, ChannelChange, ChannelKind, ChannelRecord,
+        CreateRoleOutcome, FriendRequestRecord, MemberRecord, MemberRole, MessageInsert,
+        NewFriendRequest, NewSession, NewUser, ProfileChange, ReactionKey, RoleRecord, Store,
+        StoreError,
+    };
 
     conformance!(
         events_commit_with_their_write_and_are_claimed_in_order,
@@ -174,6 +196,7 @@ mod tests {
         a_lease_keeps_a_row_from_relays_until_it_ends,
         concurrent_claims_never_share_a_row,
         reactions_store_their_event_built_from_the_new_count,
+        every_write_stores_its_events_and_a_refused_one_none,
     );
 
     /// A fixed clock, in milliseconds.
@@ -469,5 +492,200 @@ mod tests {
             .map(|r| (r.event_id, String::from_utf8_lossy(&r.payload).into_owned()))
             .collect();
         assert_eq!(seen, [(removed, "0".to_owned()), (added, "1".to_owned())]);
+    }
+
+    /// Beyond messages: channel, member, role, session, friend and profile
+    /// writes store the rows they are given, or that their transaction
+    /// builds, with the change; a refused write (a duplicate, something
+    /// missing, a cap, a taken name) stores none.
+    async fn every_write_stores_its_events_and_a_refused_one_none(store: Arc<dyn Store>) {
+        let place = TextChannel::create(&*store).await;
+        let (g, owner) = (place.guild_id, place.author);
+        let mut generator = ulid::Generator::new();
+        let mut stored = Vec::new();
+
+        // Channels: created once; a duplicate id rolls its row back.
+        let channel = ChannelRecord {
+            channel_id: Ulid::generate(),
+            guild_id: g,
+            name: "new".to_owned(),
+            kind: ChannelKind::Text,
+            created_at_unix: 1,
+        };
+        let created = event(&mut generator, 0);
+        store
+            .create_channel(channel.clone(), vec![created.clone()])
+            .await
+            .expect("create");
+        stored.push(created.event_id);
+        let duplicate = store
+            .create_channel(channel.clone(), vec![event(&mut generator, 0)])
+            .await;
+        assert!(matches!(duplicate, Err(StoreError::Conflict(_))));
+        // A rename builds its row from what its transaction saw; a rename
+        // of no channel builds nothing.
+        let renamed = event(&mut generator, 0);
+        let build = |change: &ChannelChange| {
+            assert_eq!(
+                (change.before.name.as_str(), change.after.name.as_str()),
+                ("new", "renamed")
+            );
+            vec![renamed.clone()]
+        };
+        let change = store
+            .rename_channel(g, channel.channel_id, "renamed".to_owned(), &build)
+            .await
+            .expect("rename");
+        assert!(change.is_some());
+        stored.push(renamed.event_id);
+        let missing = store
+            .rename_channel(g, Ulid::generate(), "x".to_owned(), &build)
+            .await
+            .expect("rename");
+        assert!(missing.is_none());
+        let unknown_channel = Ulid::generate();
+        let gone = store
+            .delete_channel(g, unknown_channel, vec![event(&mut generator, 0)])
+            .await
+            .expect("delete");
+        assert!(!gone);
+
+        // Members: only a new membership stores its row, and a kick only
+        // once.
+        let user = Ulid::generate();
+        store
+            .create_user(NewUser {
+                user_id: user,
+                username: "second".to_owned(),
+                password_hash: "x".to_owned(),
+                created_at_unix: 1,
+            })
+            .await
+            .expect("user");
+        let member = MemberRecord {
+            guild_id: g,
+            user_id: user,
+            role: MemberRole::Member,
+            joined_at_unix: 1,
+        };
+        let added = event(&mut generator, 0);
+        let outcome = store
+            .add_member_unless_banned(member.clone(), vec![added.clone()])
+            .await
+            .expect("add");
+        assert_eq!(outcome, AddMemberOutcome::Added);
+        stored.push(added.event_id);
+        let outcome = store
+            .add_member_unless_banned(member, vec![event(&mut generator, 0)])
+            .await
+            .expect("add");
+        assert_eq!(outcome, AddMemberOutcome::AlreadyMember);
+        let kicked = event(&mut generator, 0);
+        let removed = store
+            .remove_member(g, user, vec![kicked.clone()])
+            .await
+            .expect("kick");
+        assert!(removed);
+        stored.push(kicked.event_id);
+        let removed = store
+            .remove_member(g, user, vec![event(&mut generator, 0)])
+            .await
+            .expect("kick");
+        assert!(!removed);
+
+        // Roles: over the cap, or assigned to a non-member, nothing.
+        let role = RoleRecord {
+            role_id: Ulid::generate(),
+            guild_id: g,
+            name: "crew".to_owned(),
+            position: 5,
+            builtin: None,
+            permissions: 0,
+            color_hex: None,
+            created_at_unix: 1,
+        };
+        let outcome = store
+            .create_role(role.clone(), 0, vec![event(&mut generator, 0)])
+            .await
+            .expect("create");
+        assert_eq!(outcome, CreateRoleOutcome::QuotaExceeded);
+        let role_created = event(&mut generator, 0);
+        let outcome = store
+            .create_role(role.clone(), 64, vec![role_created.clone()])
+            .await
+            .expect("create");
+        assert_eq!(outcome, CreateRoleOutcome::Created);
+        stored.push(role_created.event_id);
+        let outcome = store
+            .assign_role(g, user, role.role_id, 1, 16, vec![event(&mut generator, 0)])
+            .await
+            .expect("assign");
+        assert_eq!(outcome, AssignOutcome::NotMember);
+
+        // Sessions: the revoking transaction names the session's user; a
+        // wrong hash revokes, and stores, nothing.
+        let session_id = Ulid::generate();
+        store
+            .create_session(NewSession {
+                session_id,
+                user_id: owner,
+                refresh_token_hash: "h".to_owned(),
+                expires_at_unix: i64::MAX,
+            })
+            .await
+            .expect("session");
+        let revoked = event(&mut generator, 0);
+        let build = |user_id: &Ulid| {
+            assert_eq!(*user_id, owner);
+            vec![revoked.clone()]
+        };
+        let refused = store
+            .revoke_session(session_id, "wrong", &build)
+            .await
+            .expect("revoke");
+        assert_eq!(refused, None);
+        let ended = store
+            .revoke_session(session_id, "h", &build)
+            .await
+            .expect("revoke");
+        assert_eq!(ended, Some(owner));
+        stored.push(revoked.event_id);
+
+        // Friends: a request to nobody, or unfriending a stranger, nothing.
+        let request_row = event(&mut generator, 0);
+        let build = |_: &FriendRequestRecord| vec![request_row.clone()];
+        let request = NewFriendRequest {
+            request_id: Ulid::generate(),
+            sender_user_id: owner,
+            recipient_user_id: Ulid::generate(),
+            created_at_unix: 1,
+        };
+        let sent = store
+            .create_friend_request(request, &build)
+            .await
+            .expect("request");
+        assert!(sent.is_none());
+        let unfriended = store
+            .remove_friend(owner, user, vec![event(&mut generator, 0)])
+            .await
+            .expect("unfriend");
+        assert!(!unfriended);
+
+        // Profiles: a taken name rolls the change back with its row.
+        let rename = ProfileChange {
+            username: Some("SECOND".to_owned()),
+            about_markdown: None,
+        };
+        let taken = store
+            .update_profile(owner, rename, vec![event(&mut generator, 0)])
+            .await;
+        assert!(matches!(taken, Err(StoreError::Conflict(_))));
+
+        let claimed = store
+            .claim_outbox(i64::MAX, i64::MAX, 100)
+            .await
+            .expect("claim");
+        assert_eq!(ids(&claimed), stored);
+        assert_eq!(claimed[0].payload, created.payload);
     }
 }

@@ -14,7 +14,9 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, 
 use ulid::Ulid;
 
 use super::sql::{SqlStore, decode_channel, decode_enum, decode_guild, decode_ulid};
-use super::{ChannelRecord, GuildRecord, MemberRole, StoreResult, Visibility};
+use super::{
+    ChannelRecord, GuildRecord, MemberRole, OutboxEvent, OutboxFor, StoreResult, Visibility,
+};
 use crate::permissions::Permissions;
 
 /// Where the seeded roles sit (contract §4.2).
@@ -201,23 +203,54 @@ pub trait RoleStore: Send + Sync + 'static {
     async fn roles(&self, guild_id: Ulid) -> StoreResult<Vec<RoleRecord>>;
     async fn role(&self, guild_id: Ulid, role_id: Ulid) -> StoreResult<Option<RoleRecord>>;
     /// Creates the role unless the guild already has `max_roles` roles.
-    async fn create_role(&self, role: RoleRecord, max_roles: u32)
-    -> StoreResult<CreateRoleOutcome>;
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), only if it was
+    /// `Created`.
+    async fn create_role(
+        &self,
+        role: RoleRecord,
+        max_roles: u32,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<CreateRoleOutcome>;
     /// Applies the changes; `None` if the role does not exist.
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), only if it
+    /// does.
     async fn update_role(
         &self,
         guild_id: Ulid,
         role_id: Ulid,
         changes: RoleChanges,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<RoleRecord>>;
     /// Deletes the role with its assignments and overrides (and clears it
     /// as the default join role). Deleting the built-in `moderator` role
     /// also turns legacy moderators into members, since nothing backs that
     /// rank any more. Returns the deleted role.
-    async fn delete_role(&self, guild_id: Ulid, role_id: Ulid) -> StoreResult<Option<RoleRecord>>;
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), only if a
+    /// role was deleted.
+    async fn delete_role(
+        &self,
+        guild_id: Ulid,
+        role_id: Ulid,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<Option<RoleRecord>>;
     /// Sets the positions of `role_ids` to N…1 in list order. False, and
     /// nothing changed, if one of them is not a role of the guild.
-    async fn reorder_roles(&self, guild_id: Ulid, role_ids: &[Ulid]) -> StoreResult<bool>;
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), only if it
+    /// returns true.
+    async fn reorder_roles(
+        &self,
+        guild_id: Ulid,
+        role_ids: &[Ulid],
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<bool>;
     async fn default_join_role(&self, guild_id: Ulid) -> StoreResult<Option<Ulid>>;
     /// False, and nothing changed, if the role is not a role of the guild.
     async fn set_default_join_role(
@@ -242,6 +275,10 @@ pub trait RoleStore: Send + Sync + 'static {
     /// Adds an explicit assignment, at most `max_assignments` per member.
     /// Assigning `workspace_owner` or `moderator` raises the legacy role to
     /// match (never lowers it).
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), only if it
+    /// was `Assigned`.
     async fn assign_role(
         &self,
         guild_id: Ulid,
@@ -249,28 +286,39 @@ pub trait RoleStore: Send + Sync + 'static {
         role_id: Ulid,
         assigned_at_unix: i64,
         max_assignments: u32,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<AssignOutcome>;
     /// Removes the role from the user: the explicit assignment, and for the
     /// built-in role the legacy role implies, the legacy role itself, which
     /// is re-derived from what remains (workspace_owner → owner, moderator
     /// → moderator, else member). Refuses to remove the last workspace
     /// owner.
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), only if it
+    /// was `Removed`.
     async fn unassign_role(
         &self,
         guild_id: Ulid,
         user_id: Ulid,
         role_id: Ulid,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<UnassignOutcome>;
     /// Sets a member's legacy role and swaps the built-in assignment to
     /// match (for `PATCH /guilds/{g}/members/{u}`): explicit `member` and
     /// `moderator` assignments are dropped and the new role's built-in role
     /// is assigned. False if the user is not a member.
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), only if they
+    /// are.
     async fn set_legacy_role(
         &self,
         guild_id: Ulid,
         user_id: Ulid,
         role: MemberRole,
         at_unix: i64,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool>;
     /// Members whose guild-level permissions (contract §4.3 step 4) share a
     /// bit with `mask`, by user id, strictly after `after`, at most `limit`.
@@ -293,26 +341,52 @@ pub trait RoleStore: Send + Sync + 'static {
         user_id: Ulid,
     ) -> StoreResult<Vec<OverrideRecord>>;
     /// Inserts or replaces the override; empty masks remove it.
-    async fn upsert_override(&self, entry: OverrideRecord) -> StoreResult<()>;
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md).
+    async fn upsert_override(
+        &self,
+        entry: OverrideRecord,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<()>;
 
     // --- guild settings and channel lifecycle -------------------------------
     /// Sets the given fields; `None` if the guild does not exist.
+    ///
+    /// Stores the events `outbox` builds from the guild before and after,
+    /// the change's realtime events, in the same transaction
+    /// (docs/adr/0006-outbox.md); nothing for a guild that does not exist.
     async fn update_guild(
         &self,
         guild_id: Ulid,
         name: Option<String>,
         visibility: Option<Visibility>,
+        outbox: OutboxFor<'_, GuildChange>,
     ) -> StoreResult<Option<GuildChange>>;
     /// `None` if the channel does not exist in the guild.
+    ///
+    /// Stores the events `outbox` builds from the channel before and after,
+    /// the change's realtime events, in the same transaction
+    /// (docs/adr/0006-outbox.md); nothing for a channel that does not exist.
     async fn rename_channel(
         &self,
         guild_id: Ulid,
         channel_id: Ulid,
         name: String,
+        outbox: OutboxFor<'_, ChannelChange>,
     ) -> StoreResult<Option<ChannelChange>>;
     /// Deletes the channel with its messages and overrides. False if it did
     /// not exist in the guild.
-    async fn delete_channel(&self, guild_id: Ulid, channel_id: Ulid) -> StoreResult<bool>;
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), only if it
+    /// did.
+    async fn delete_channel(
+        &self,
+        guild_id: Ulid,
+        channel_id: Ulid,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<bool>;
 }
 
 const ROLE_COLUMNS: &str =
@@ -404,6 +478,7 @@ where
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Decode<'q, DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'i> &'i str: ColumnIndex<DB::Row>,
 {
     async fn roles(&self, guild_id: Ulid) -> StoreResult<Vec<RoleRecord>> {
@@ -432,6 +507,7 @@ where
         &self,
         role: RoleRecord,
         max_roles: u32,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<CreateRoleOutcome> {
         let guild_id = role.guild_id.to_string();
         let mut tx = self.pool.begin().await?;
@@ -458,6 +534,7 @@ where
         .bind(role.created_at_unix)
         .execute(&mut *tx)
         .await?;
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
         tx.commit().await?;
         Ok(CreateRoleOutcome::Created)
     }
@@ -467,6 +544,7 @@ where
         guild_id: Ulid,
         role_id: Ulid,
         changes: RoleChanges,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<RoleRecord>> {
         let guild = guild_id.to_string();
         let mut tx = self.pool.begin().await?;
@@ -501,11 +579,17 @@ where
         .bind(guild)
         .execute(&mut *tx)
         .await?;
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
         tx.commit().await?;
         Ok(Some(role))
     }
 
-    async fn delete_role(&self, guild_id: Ulid, role_id: Ulid) -> StoreResult<Option<RoleRecord>> {
+    async fn delete_role(
+        &self,
+        guild_id: Ulid,
+        role_id: Ulid,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<Option<RoleRecord>> {
         let (guild, role) = (guild_id.to_string(), role_id.to_string());
         let mut tx = self.pool.begin().await?;
         lock_guild(&mut *tx, &guild).await?;
@@ -538,11 +622,17 @@ where
             .execute(&mut *tx)
             .await?;
         }
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
         tx.commit().await?;
         Ok(Some(deleted))
     }
 
-    async fn reorder_roles(&self, guild_id: Ulid, role_ids: &[Ulid]) -> StoreResult<bool> {
+    async fn reorder_roles(
+        &self,
+        guild_id: Ulid,
+        role_ids: &[Ulid],
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<bool> {
         let guild = guild_id.to_string();
         let mut tx = self.pool.begin().await?;
         lock_guild(&mut *tx, &guild).await?;
@@ -563,6 +653,7 @@ where
             }
             position -= 1;
         }
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -651,6 +742,7 @@ where
         role_id: Ulid,
         assigned_at_unix: i64,
         max_assignments: u32,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<AssignOutcome> {
         let (guild, user, role_text) = (
             guild_id.to_string(),
@@ -691,6 +783,7 @@ where
         if let Some(rank) = raised {
             set_member_role(&mut *tx, &guild, &user, rank).await?;
         }
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
         tx.commit().await?;
         Ok(AssignOutcome::Assigned {
             legacy_role: raised,
@@ -702,6 +795,7 @@ where
         guild_id: Ulid,
         user_id: Ulid,
         role_id: Ulid,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<UnassignOutcome> {
         let (guild, user, role_text) = (
             guild_id.to_string(),
@@ -744,6 +838,7 @@ where
                 changed = Some(rank);
             }
         }
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
         tx.commit().await?;
         Ok(UnassignOutcome::Removed {
             legacy_role: changed,
@@ -756,6 +851,7 @@ where
         user_id: Ulid,
         role: MemberRole,
         at_unix: i64,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool> {
         let (guild, user) = (guild_id.to_string(), user_id.to_string());
         let mut tx = self.pool.begin().await?;
@@ -784,6 +880,7 @@ where
         .bind(BuiltinRole::of_member_role(role).as_str().to_owned())
         .execute(&mut *tx)
         .await?;
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -856,12 +953,17 @@ where
         Ok(rows.iter().map(decode_override).collect::<Result<_, _>>()?)
     }
 
-    async fn upsert_override(&self, entry: OverrideRecord) -> StoreResult<()> {
+    async fn upsert_override(
+        &self,
+        entry: OverrideRecord,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<()> {
         let key = (
             entry.channel_id.to_string(),
             entry.target.kind().to_owned(),
             entry.target.id().to_string(),
         );
+        let mut tx = self.pool.begin().await?;
         if entry.allow == 0 && entry.deny == 0 {
             sqlx::query(
                 "DELETE FROM channel_overrides \
@@ -870,25 +972,27 @@ where
             .bind(key.0)
             .bind(key.1)
             .bind(key.2)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO channel_overrides \
+        } else {
+            sqlx::query(
+                "INSERT INTO channel_overrides \
              (channel_id, target_kind, target_id, guild_id, allow_bits, deny_bits) \
              VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (channel_id, target_kind, target_id) \
              DO UPDATE SET allow_bits = excluded.allow_bits, deny_bits = excluded.deny_bits",
-        )
-        .bind(key.0)
-        .bind(key.1)
-        .bind(key.2)
-        .bind(entry.guild_id.to_string())
-        .bind(mask_to_db(entry.allow))
-        .bind(mask_to_db(entry.deny))
-        .execute(&self.pool)
-        .await?;
+            )
+            .bind(key.0)
+            .bind(key.1)
+            .bind(key.2)
+            .bind(entry.guild_id.to_string())
+            .bind(mask_to_db(entry.allow))
+            .bind(mask_to_db(entry.deny))
+            .execute(&mut *tx)
+            .await?;
+        }
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -897,6 +1001,7 @@ where
         guild_id: Ulid,
         name: Option<String>,
         visibility: Option<Visibility>,
+        outbox: OutboxFor<'_, GuildChange>,
     ) -> StoreResult<Option<GuildChange>> {
         let guild = guild_id.to_string();
         let mut tx = self.pool.begin().await?;
@@ -922,8 +1027,10 @@ where
             .bind(guild)
             .execute(&mut *tx)
             .await?;
+        let change = GuildChange { before, after };
+        Self::enqueue_outbox_all(&mut tx, outbox(&change)).await?;
         tx.commit().await?;
-        Ok(Some(GuildChange { before, after }))
+        Ok(Some(change))
     }
 
     async fn rename_channel(
@@ -931,6 +1038,7 @@ where
         guild_id: Ulid,
         channel_id: Ulid,
         name: String,
+        outbox: OutboxFor<'_, ChannelChange>,
     ) -> StoreResult<Option<ChannelChange>> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
@@ -949,23 +1057,36 @@ where
             .bind(channel_id.to_string())
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
         let after = ChannelRecord {
             name,
             ..before.clone()
         };
-        Ok(Some(ChannelChange { before, after }))
+        let change = ChannelChange { before, after };
+        Self::enqueue_outbox_all(&mut tx, outbox(&change)).await?;
+        tx.commit().await?;
+        Ok(Some(change))
     }
 
-    async fn delete_channel(&self, guild_id: Ulid, channel_id: Ulid) -> StoreResult<bool> {
+    async fn delete_channel(
+        &self,
+        guild_id: Ulid,
+        channel_id: Ulid,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query(
             "DELETE FROM channels WHERE channel_id = $1 AND guild_id = $2 RETURNING channel_id",
         )
         .bind(channel_id.to_string())
         .bind(guild_id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(deleted.is_some())
+        if deleted.is_none() {
+            return Ok(false);
+        }
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
@@ -1226,7 +1347,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::tests::conformance;
+    use crate::store::tests::{conformance, no_events};
     use crate::store::{ChannelKind, MemberRecord, NewUser, Store};
 
     const NOW: i64 = 1_700_000_000;
@@ -1291,13 +1412,16 @@ mod tests {
     async fn channel(store: &dyn Store, guild_id: Ulid) -> Ulid {
         let channel_id = Ulid::generate();
         store
-            .create_channel(ChannelRecord {
-                channel_id,
-                guild_id,
-                name: "c".to_owned(),
-                kind: ChannelKind::Text,
-                created_at_unix: NOW,
-            })
+            .create_channel(
+                ChannelRecord {
+                    channel_id,
+                    guild_id,
+                    name: "c".to_owned(),
+                    kind: ChannelKind::Text,
+                    created_at_unix: NOW,
+                },
+                Vec::new(),
+            )
             .await
             .unwrap();
         channel_id
@@ -1360,12 +1484,15 @@ mod tests {
         let channel_id = channel(&*store, guild_id).await;
         let role = custom_role(guild_id, "mods", 50, 256);
         assert_eq!(
-            store.create_role(role.clone(), 5).await.unwrap(),
+            store
+                .create_role(role.clone(), 5, Vec::new())
+                .await
+                .unwrap(),
             CreateRoleOutcome::Created
         );
         assert_eq!(
             store
-                .create_role(custom_role(guild_id, "one too many", 2, 0), 5)
+                .create_role(custom_role(guild_id, "one too many", 2, 0), 5, Vec::new())
                 .await
                 .unwrap(),
             CreateRoleOutcome::QuotaExceeded
@@ -1380,6 +1507,7 @@ mod tests {
                     color_hex: Some(Some("#ABCDEF".to_owned())),
                     ..RoleChanges::default()
                 },
+                Vec::new(),
             )
             .await
             .unwrap()
@@ -1392,7 +1520,7 @@ mod tests {
             color_hex: Some(None),
         };
         let updated = store
-            .update_role(guild_id, role.role_id, cleared)
+            .update_role(guild_id, role.role_id, cleared, Vec::new())
             .await
             .unwrap()
             .unwrap();
@@ -1411,7 +1539,12 @@ mod tests {
         // Another guild's id does not reach the role.
         assert_eq!(
             store
-                .update_role(Ulid::generate(), role.role_id, RoleChanges::default())
+                .update_role(
+                    Ulid::generate(),
+                    role.role_id,
+                    RoleChanges::default(),
+                    Vec::new()
+                )
                 .await
                 .unwrap(),
             None
@@ -1419,7 +1552,7 @@ mod tests {
 
         assert!(matches!(
             store
-                .assign_role(guild_id, user_id, role.role_id, NOW, 16)
+                .assign_role(guild_id, user_id, role.role_id, NOW, 16, Vec::new())
                 .await
                 .unwrap(),
             AssignOutcome::Assigned { legacy_role: None }
@@ -1435,17 +1568,23 @@ mod tests {
             Some(role.role_id)
         );
         store
-            .upsert_override(OverrideRecord {
-                guild_id,
-                channel_id,
-                target: OverrideTarget::Role(role.role_id),
-                allow: 0,
-                deny: 256,
-            })
+            .upsert_override(
+                OverrideRecord {
+                    guild_id,
+                    channel_id,
+                    target: OverrideTarget::Role(role.role_id),
+                    allow: 0,
+                    deny: 256,
+                },
+                Vec::new(),
+            )
             .await
             .unwrap();
 
-        let deleted = store.delete_role(guild_id, role.role_id).await.unwrap();
+        let deleted = store
+            .delete_role(guild_id, role.role_id, Vec::new())
+            .await
+            .unwrap();
         assert_eq!(deleted.map(|r| r.role_id), Some(role.role_id));
         assert_eq!(store.role(guild_id, role.role_id).await.unwrap(), None);
         assert!(
@@ -1464,7 +1603,10 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(
-            store.delete_role(guild_id, role.role_id).await.unwrap(),
+            store
+                .delete_role(guild_id, role.role_id, Vec::new())
+                .await
+                .unwrap(),
             None
         );
         assert!(
@@ -1480,11 +1622,14 @@ mod tests {
         let a = custom_role(guild_id, "a", 5, 0);
         let b = custom_role(guild_id, "b", 6, 0);
         for role in [&a, &b] {
-            store.create_role(role.clone(), 64).await.unwrap();
+            store
+                .create_role(role.clone(), 64, Vec::new())
+                .await
+                .unwrap();
         }
         assert!(
             store
-                .reorder_roles(guild_id, &[a.role_id, b.role_id])
+                .reorder_roles(guild_id, &[a.role_id, b.role_id], Vec::new())
                 .await
                 .unwrap()
         );
@@ -1499,7 +1644,7 @@ mod tests {
         // One unknown id changes nothing.
         assert!(
             !store
-                .reorder_roles(guild_id, &[b.role_id, Ulid::generate()])
+                .reorder_roles(guild_id, &[b.role_id, Ulid::generate()], Vec::new())
                 .await
                 .unwrap()
         );
@@ -1517,7 +1662,7 @@ mod tests {
 
         assert_eq!(
             store
-                .assign_role(guild_id, user_id, moderator.role_id, NOW, 2)
+                .assign_role(guild_id, user_id, moderator.role_id, NOW, 2, Vec::new())
                 .await
                 .unwrap(),
             AssignOutcome::Assigned {
@@ -1530,7 +1675,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .assign_role(guild_id, user_id, moderator.role_id, NOW, 2)
+                .assign_role(guild_id, user_id, moderator.role_id, NOW, 2, Vec::new())
                 .await
                 .unwrap(),
             AssignOutcome::AlreadyAssigned
@@ -1538,30 +1683,40 @@ mod tests {
         // Being given `member` never lowers a moderator.
         assert_eq!(
             store
-                .assign_role(guild_id, user_id, member_role.role_id, NOW, 2)
+                .assign_role(guild_id, user_id, member_role.role_id, NOW, 2, Vec::new())
                 .await
                 .unwrap(),
             AssignOutcome::Assigned { legacy_role: None }
         );
         let extra = custom_role(guild_id, "extra", 5, 0);
-        store.create_role(extra.clone(), 64).await.unwrap();
+        store
+            .create_role(extra.clone(), 64, Vec::new())
+            .await
+            .unwrap();
         assert_eq!(
             store
-                .assign_role(guild_id, user_id, extra.role_id, NOW, 2)
+                .assign_role(guild_id, user_id, extra.role_id, NOW, 2, Vec::new())
                 .await
                 .unwrap(),
             AssignOutcome::QuotaExceeded
         );
         assert_eq!(
             store
-                .assign_role(guild_id, Ulid::generate(), extra.role_id, NOW, 2)
+                .assign_role(
+                    guild_id,
+                    Ulid::generate(),
+                    extra.role_id,
+                    NOW,
+                    2,
+                    Vec::new()
+                )
                 .await
                 .unwrap(),
             AssignOutcome::NotMember
         );
         assert_eq!(
             store
-                .assign_role(guild_id, user_id, Ulid::generate(), NOW, 2)
+                .assign_role(guild_id, user_id, Ulid::generate(), NOW, 2, Vec::new())
                 .await
                 .unwrap(),
             AssignOutcome::RoleNotFound
@@ -1569,7 +1724,7 @@ mod tests {
 
         assert_eq!(
             store
-                .unassign_role(guild_id, user_id, moderator.role_id)
+                .unassign_role(guild_id, user_id, moderator.role_id, Vec::new())
                 .await
                 .unwrap(),
             UnassignOutcome::Removed {
@@ -1579,7 +1734,7 @@ mod tests {
         assert_eq!(legacy(&*store, guild_id, user_id).await, MemberRole::Member);
         assert_eq!(
             store
-                .unassign_role(guild_id, user_id, extra.role_id)
+                .unassign_role(guild_id, user_id, extra.role_id, Vec::new())
                 .await
                 .unwrap(),
             UnassignOutcome::NotAssigned
@@ -1592,7 +1747,7 @@ mod tests {
         // the remaining assignments say.
         assert_eq!(
             store
-                .unassign_role(guild_id, user_id, member_role.role_id)
+                .unassign_role(guild_id, user_id, member_role.role_id, Vec::new())
                 .await
                 .unwrap(),
             UnassignOutcome::Removed { legacy_role: None }
@@ -1612,7 +1767,7 @@ mod tests {
         let owner_role = builtin(&*store, guild_id, BuiltinRole::WorkspaceOwner).await;
         assert_eq!(
             store
-                .unassign_role(guild_id, owner, owner_role.role_id)
+                .unassign_role(guild_id, owner, owner_role.role_id, Vec::new())
                 .await
                 .unwrap(),
             UnassignOutcome::LastWorkspaceOwner
@@ -1621,7 +1776,7 @@ mod tests {
 
         assert_eq!(
             store
-                .assign_role(guild_id, other, owner_role.role_id, NOW, 16)
+                .assign_role(guild_id, other, owner_role.role_id, NOW, 16, Vec::new())
                 .await
                 .unwrap(),
             AssignOutcome::Assigned {
@@ -1630,7 +1785,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .unassign_role(guild_id, owner, owner_role.role_id)
+                .unassign_role(guild_id, owner, owner_role.role_id, Vec::new())
                 .await
                 .unwrap(),
             UnassignOutcome::Removed {
@@ -1639,7 +1794,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .unassign_role(guild_id, other, owner_role.role_id)
+                .unassign_role(guild_id, other, owner_role.role_id, Vec::new())
                 .await
                 .unwrap(),
             UnassignOutcome::LastWorkspaceOwner
@@ -1653,7 +1808,7 @@ mod tests {
         let member_role = builtin(&*store, guild_id, BuiltinRole::Member).await;
         assert!(
             store
-                .set_legacy_role(guild_id, user_id, MemberRole::Moderator, NOW)
+                .set_legacy_role(guild_id, user_id, MemberRole::Moderator, NOW, Vec::new())
                 .await
                 .unwrap()
         );
@@ -1667,7 +1822,7 @@ mod tests {
         );
         assert!(
             store
-                .set_legacy_role(guild_id, user_id, MemberRole::Member, NOW)
+                .set_legacy_role(guild_id, user_id, MemberRole::Member, NOW, Vec::new())
                 .await
                 .unwrap()
         );
@@ -1677,7 +1832,13 @@ mod tests {
         );
         assert!(
             !store
-                .set_legacy_role(guild_id, Ulid::generate(), MemberRole::Member, NOW)
+                .set_legacy_role(
+                    guild_id,
+                    Ulid::generate(),
+                    MemberRole::Member,
+                    NOW,
+                    Vec::new()
+                )
                 .await
                 .unwrap()
         );
@@ -1688,9 +1849,12 @@ mod tests {
         let plain = member(&*store, guild_id).await;
         let helper = member(&*store, guild_id).await;
         let auditors = custom_role(guild_id, "auditors", 5, 64);
-        store.create_role(auditors.clone(), 64).await.unwrap();
         store
-            .assign_role(guild_id, helper, auditors.role_id, NOW, 16)
+            .create_role(auditors.clone(), 64, Vec::new())
+            .await
+            .unwrap();
+        store
+            .assign_role(guild_id, helper, auditors.role_id, NOW, 16, Vec::new())
             .await
             .unwrap();
         let holders = |mask| {
@@ -1725,6 +1889,7 @@ mod tests {
                     permissions: Some(0),
                     ..RoleChanges::default()
                 },
+                Vec::new(),
             )
             .await
             .unwrap();
@@ -1750,11 +1915,20 @@ mod tests {
             deny,
         };
         let role_override = entry(first, OverrideTarget::Role(everyone.role_id), 0, 256);
-        store.upsert_override(role_override.clone()).await.unwrap();
+        store
+            .upsert_override(role_override.clone(), Vec::new())
+            .await
+            .unwrap();
         let replaced = entry(first, OverrideTarget::Role(everyone.role_id), 512, 256);
-        store.upsert_override(replaced.clone()).await.unwrap();
+        store
+            .upsert_override(replaced.clone(), Vec::new())
+            .await
+            .unwrap();
         let alice_second = entry(second, OverrideTarget::Member(alice), 256, 0);
-        store.upsert_override(alice_second.clone()).await.unwrap();
+        store
+            .upsert_override(alice_second.clone(), Vec::new())
+            .await
+            .unwrap();
 
         assert_eq!(
             store
@@ -1776,7 +1950,10 @@ mod tests {
         );
         // Empty masks remove the row.
         store
-            .upsert_override(entry(second, OverrideTarget::Member(alice), 0, 0))
+            .upsert_override(
+                entry(second, OverrideTarget::Member(alice), 0, 0),
+                Vec::new(),
+            )
             .await
             .unwrap();
         assert!(
@@ -1786,8 +1963,18 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        assert!(store.delete_channel(guild_id, first).await.unwrap());
-        assert!(!store.delete_channel(guild_id, first).await.unwrap());
+        assert!(
+            store
+                .delete_channel(guild_id, first, Vec::new())
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .delete_channel(guild_id, first, Vec::new())
+                .await
+                .unwrap()
+        );
         assert!(
             store
                 .overrides_for(guild_id, None, alice)
@@ -1801,7 +1988,7 @@ mod tests {
     async fn guild_update_and_channel_rename_report_before_and_after(store: Arc<dyn Store>) {
         let (guild_id, _) = guild(&*store).await;
         let change = store
-            .update_guild(guild_id, None, Some(Visibility::Public))
+            .update_guild(guild_id, None, Some(Visibility::Public), &no_events)
             .await
             .unwrap()
             .unwrap();
@@ -1813,7 +2000,7 @@ mod tests {
         assert_eq!(store.guild(guild_id).await.unwrap(), Some(change.after));
         assert_eq!(
             store
-                .update_guild(Ulid::generate(), None, None)
+                .update_guild(Ulid::generate(), None, None, &no_events)
                 .await
                 .unwrap(),
             None
@@ -1821,7 +2008,7 @@ mod tests {
 
         let channel_id = channel(&*store, guild_id).await;
         let renamed = store
-            .rename_channel(guild_id, channel_id, "renamed".to_owned())
+            .rename_channel(guild_id, channel_id, "renamed".to_owned(), &no_events)
             .await
             .unwrap()
             .unwrap();
@@ -1835,7 +2022,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .rename_channel(Ulid::generate(), channel_id, "x".to_owned())
+                .rename_channel(Ulid::generate(), channel_id, "x".to_owned(), &no_events)
                 .await
                 .unwrap(),
             None

@@ -16,7 +16,7 @@ use sqlx::{
 use ulid::Ulid;
 
 use super::sql::{SqlStore, conflict_on, decode_ulid, decode_user};
-use super::{StoreResult, UserRecord};
+use super::{OutboxEvent, OutboxFor, StoreResult, UserRecord};
 
 /// How many ids one lookup query takes. Shorter lists are padded with an id
 /// that matches nobody, so the statement text is always the same and is
@@ -120,10 +120,14 @@ pub trait SocialStore: Send + Sync + 'static {
     /// Applies the change and returns the user as it now is; `None` for an
     /// unknown user. `Conflict("username")` when the username is taken, and
     /// then nothing changes.
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), only if the user exists.
     async fn update_profile(
         &self,
         user_id: Ulid,
         change: ProfileChange,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<UserRecord>>;
 
     /// The users among `user_ids` that exist, in the order asked, each once.
@@ -132,12 +136,17 @@ pub trait SocialStore: Send + Sync + 'static {
     /// Stores the image and bumps its version to `max(previous + 1,
     /// now_unix)`, in one transaction; returns the user as it now is, or
     /// `None` (storing nothing) for an unknown user.
+    ///
+    /// Stores the events `outbox` builds from the user as it now is (its new
+    /// version), the change's realtime events, in the same transaction
+    /// (docs/adr/0006-outbox.md).
     async fn set_profile_image(
         &self,
         user_id: Ulid,
         kind: ImageKind,
         image: ProfileImage,
         now_unix: i64,
+        outbox: OutboxFor<'_, UserRecord>,
     ) -> StoreResult<Option<UserRecord>>;
 
     async fn profile_image(
@@ -155,9 +164,14 @@ pub trait SocialStore: Send + Sync + 'static {
     /// Creates the request unless the recipient is unknown, the two are
     /// already friends, or a request between them is pending either way;
     /// then `None` and nothing is written.
+    ///
+    /// Stores the events `outbox` builds from the new request (with both
+    /// usernames), the change's realtime events, in the same transaction
+    /// (docs/adr/0006-outbox.md).
     async fn create_friend_request(
         &self,
         request: NewFriendRequest,
+        outbox: OutboxFor<'_, FriendRequestRecord>,
     ) -> StoreResult<Option<FriendRequestRecord>>;
 
     /// Pending requests the user sent or received, newest first.
@@ -165,22 +179,40 @@ pub trait SocialStore: Send + Sync + 'static {
 
     /// Turns the request into a friendship, if `recipient_user_id` is its
     /// recipient; otherwise `None` and nothing changes.
+    ///
+    /// Stores the events `outbox` builds from the accepted request, the
+    /// change's realtime events, in the same transaction
+    /// (docs/adr/0006-outbox.md).
     async fn accept_friend_request(
         &self,
         request_id: Ulid,
         recipient_user_id: Ulid,
         now_unix: i64,
+        outbox: OutboxFor<'_, AcceptedFriendRequest>,
     ) -> StoreResult<Option<AcceptedFriendRequest>>;
 
     /// Deletes the request, if `party_user_id` sent or received it.
+    ///
+    /// Stores the events `outbox` builds from the request's parties, the
+    /// change's realtime events, in the same transaction
+    /// (docs/adr/0006-outbox.md), only if it was deleted.
     async fn delete_friend_request(
         &self,
         request_id: Ulid,
         party_user_id: Ulid,
+        outbox: OutboxFor<'_, FriendRequestParties>,
     ) -> StoreResult<Option<FriendRequestParties>>;
 
     /// Ends the friendship; returns whether there was one.
-    async fn remove_friend(&self, user_id: Ulid, friend_user_id: Ulid) -> StoreResult<bool>;
+    ///
+    /// Stores `outbox`, the change's realtime events, in the same
+    /// transaction (docs/adr/0006-outbox.md), only if there was.
+    async fn remove_friend(
+        &self,
+        user_id: Ulid,
+        friend_user_id: Ulid,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<bool>;
 }
 
 const USER_COLUMNS: &str = "user_id, username, password_hash, about_markdown, avatar_version, \
@@ -260,15 +292,22 @@ where
         &self,
         user_id: Ulid,
         change: ProfileChange,
+        outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<UserRecord>> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(sql(&UPDATE_PROFILE_SQL))
             .bind(user_id.to_string())
             .bind(change.username)
             .bind(change.about_markdown)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(conflict_on("username"))?;
-        Ok(row.as_ref().map(decode_user).transpose()?)
+        let Some(user) = row.as_ref().map(decode_user).transpose()? else {
+            return Ok(None);
+        };
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
+        tx.commit().await?;
+        Ok(Some(user))
     }
 
     async fn users_by_ids(&self, user_ids: &[Ulid]) -> StoreResult<Vec<UserSummary>> {
@@ -304,6 +343,7 @@ where
         kind: ImageKind,
         image: ProfileImage,
         now_unix: i64,
+        outbox: OutboxFor<'_, UserRecord>,
     ) -> StoreResult<Option<UserRecord>> {
         let bump = match kind {
             ImageKind::Avatar => &BUMP_AVATAR_SQL,
@@ -338,6 +378,7 @@ where
         .bind(now_unix)
         .execute(&mut *tx)
         .await?;
+        Self::enqueue_outbox_all(&mut tx, outbox(&user)).await?;
         tx.commit().await?;
         Ok(Some(user))
     }
@@ -411,6 +452,7 @@ where
     async fn create_friend_request(
         &self,
         request: NewFriendRequest,
+        outbox: OutboxFor<'_, FriendRequestRecord>,
     ) -> StoreResult<Option<FriendRequestRecord>> {
         let (sender, recipient) = (request.sender_user_id, request.recipient_user_id);
         if sender == recipient {
@@ -450,6 +492,7 @@ where
             .fetch_one(&mut *tx)
             .await?;
         let record = decode_request(&row)?;
+        Self::enqueue_outbox_all(&mut tx, outbox(&record)).await?;
         tx.commit().await?;
         Ok(Some(record))
     }
@@ -467,6 +510,7 @@ where
         request_id: Ulid,
         recipient_user_id: Ulid,
         now_unix: i64,
+        outbox: OutboxFor<'_, AcceptedFriendRequest>,
     ) -> StoreResult<Option<AcceptedFriendRequest>> {
         let mut tx = self.pool.begin().await?;
         // The conditional DELETE comes first and decides: it takes the write
@@ -521,6 +565,7 @@ where
             },
             friendship_created_at_unix: row.try_get("created_at_unix")?,
         };
+        Self::enqueue_outbox_all(&mut tx, outbox(&accepted)).await?;
         tx.commit().await?;
         Ok(Some(accepted))
     }
@@ -529,7 +574,9 @@ where
         &self,
         request_id: Ulid,
         party_user_id: Ulid,
+        outbox: OutboxFor<'_, FriendRequestParties>,
     ) -> StoreResult<Option<FriendRequestParties>> {
+        let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "DELETE FROM friend_requests \
              WHERE request_id = $1 AND (sender_user_id = $2 OR recipient_user_id = $2) \
@@ -537,18 +584,27 @@ where
         )
         .bind(request_id.to_string())
         .bind(party_user_id.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        row.map(|row| {
-            Ok(FriendRequestParties {
-                sender_user_id: decode_ulid(&row, "sender_user_id")?,
-                recipient_user_id: decode_ulid(&row, "recipient_user_id")?,
-            })
-        })
-        .transpose()
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let parties = FriendRequestParties {
+            sender_user_id: decode_ulid(&row, "sender_user_id")?,
+            recipient_user_id: decode_ulid(&row, "recipient_user_id")?,
+        };
+        Self::enqueue_outbox_all(&mut tx, outbox(&parties)).await?;
+        tx.commit().await?;
+        Ok(Some(parties))
     }
 
-    async fn remove_friend(&self, user_id: Ulid, friend_user_id: Ulid) -> StoreResult<bool> {
+    async fn remove_friend(
+        &self,
+        user_id: Ulid,
+        friend_user_id: Ulid,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
         let removed = sqlx::query(
             "DELETE FROM friendships \
              WHERE (user_id = $1 AND friend_user_id = $2) \
@@ -557,9 +613,14 @@ where
         )
         .bind(user_id.to_string())
         .bind(friend_user_id.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(!removed.is_empty())
+        if removed.is_empty() {
+            return Ok(false);
+        }
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 }
 
@@ -588,7 +649,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::tests::conformance;
+    use crate::store::tests::{conformance, no_events};
     use crate::store::{GuildRecord, NewUser, Store, StoreError, Visibility};
 
     const NOW: i64 = 1_700_000_000;
@@ -644,7 +705,11 @@ mod tests {
             username: None,
             about_markdown: Some("hi *there*".to_owned()),
         };
-        let updated = store.update_profile(alice, about).await.unwrap().unwrap();
+        let updated = store
+            .update_profile(alice, about, Vec::new())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (updated.username.as_str(), updated.about_markdown.as_str()),
             ("alice", "hi *there*")
@@ -654,7 +719,11 @@ mod tests {
             username: Some("alice2".to_owned()),
             about_markdown: None,
         };
-        let updated = store.update_profile(alice, rename).await.unwrap().unwrap();
+        let updated = store
+            .update_profile(alice, rename, Vec::new())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (updated.username.as_str(), updated.about_markdown.as_str()),
             ("alice2", "hi *there*")
@@ -666,7 +735,7 @@ mod tests {
             about_markdown: Some("changed".to_owned()),
         };
         assert!(matches!(
-            store.update_profile(alice, taken).await,
+            store.update_profile(alice, taken, Vec::new()).await,
             Err(StoreError::Conflict("username"))
         ));
         let stored = store.user_by_id(alice).await.unwrap().unwrap();
@@ -676,7 +745,7 @@ mod tests {
         );
 
         let unknown = store
-            .update_profile(Ulid::generate(), ProfileChange::default())
+            .update_profile(Ulid::generate(), ProfileChange::default(), Vec::new())
             .await
             .unwrap();
         assert_eq!(unknown, None);
@@ -707,20 +776,20 @@ mod tests {
         );
 
         let first = store
-            .set_profile_image(alice, ImageKind::Avatar, image(1), NOW)
+            .set_profile_image(alice, ImageKind::Avatar, image(1), NOW, &no_events)
             .await
             .unwrap()
             .unwrap();
         assert_eq!((first.avatar_version, first.banner_version), (NOW, 0));
         // Same second: previous + 1. Clock behind: still previous + 1.
         let second = store
-            .set_profile_image(alice, ImageKind::Avatar, image(2), NOW)
+            .set_profile_image(alice, ImageKind::Avatar, image(2), NOW, &no_events)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(second.avatar_version, NOW + 1);
         let third = store
-            .set_profile_image(alice, ImageKind::Avatar, image(3), NOW - 100)
+            .set_profile_image(alice, ImageKind::Avatar, image(3), NOW - 100, &no_events)
             .await
             .unwrap()
             .unwrap();
@@ -731,7 +800,7 @@ mod tests {
         );
 
         let banner = store
-            .set_profile_image(alice, ImageKind::Banner, image(9), NOW + 50)
+            .set_profile_image(alice, ImageKind::Banner, image(9), NOW + 50, &no_events)
             .await
             .unwrap()
             .unwrap();
@@ -748,7 +817,7 @@ mod tests {
         let ghost = Ulid::generate();
         assert_eq!(
             store
-                .set_profile_image(ghost, ImageKind::Avatar, image(4), NOW)
+                .set_profile_image(ghost, ImageKind::Avatar, image(4), NOW, &no_events)
                 .await
                 .unwrap(),
             None
@@ -764,7 +833,7 @@ mod tests {
         let bob = user(store.as_ref(), "bob").await;
         let new = request(alice, bob, NOW);
         let created = store
-            .create_friend_request(new.clone())
+            .create_friend_request(new.clone(), &no_events)
             .await
             .unwrap()
             .unwrap();
@@ -789,7 +858,7 @@ mod tests {
         // The sender cannot accept their own request.
         assert_eq!(
             store
-                .accept_friend_request(new.request_id, alice, NOW + 5)
+                .accept_friend_request(new.request_id, alice, NOW + 5, &no_events)
                 .await
                 .unwrap(),
             None
@@ -797,7 +866,7 @@ mod tests {
         assert!(store.friends(alice).await.unwrap().is_empty());
 
         let accepted = store
-            .accept_friend_request(new.request_id, bob, NOW + 5)
+            .accept_friend_request(new.request_id, bob, NOW + 5, &no_events)
             .await
             .unwrap()
             .unwrap();
@@ -811,7 +880,7 @@ mod tests {
         // Accepted once only.
         assert_eq!(
             store
-                .accept_friend_request(new.request_id, bob, NOW + 6)
+                .accept_friend_request(new.request_id, bob, NOW + 6, &no_events)
                 .await
                 .unwrap(),
             None
@@ -830,8 +899,8 @@ mod tests {
         assert_eq!(of_bob.len(), 1);
         assert_eq!(of_bob[0].user_id, alice);
 
-        assert!(store.remove_friend(bob, alice).await.unwrap());
-        assert!(!store.remove_friend(alice, bob).await.unwrap());
+        assert!(store.remove_friend(bob, alice, Vec::new()).await.unwrap());
+        assert!(!store.remove_friend(alice, bob, Vec::new()).await.unwrap());
         assert!(store.friends(alice).await.unwrap().is_empty());
         assert!(store.friends(bob).await.unwrap().is_empty());
     }
@@ -845,20 +914,20 @@ mod tests {
 
         assert!(
             store
-                .create_friend_request(request(alice, alice, NOW))
+                .create_friend_request(request(alice, alice, NOW), &no_events)
                 .await
                 .unwrap()
                 .is_none()
         );
         assert!(
             store
-                .create_friend_request(request(alice, Ulid::generate(), NOW))
+                .create_friend_request(request(alice, Ulid::generate(), NOW), &no_events)
                 .await
                 .unwrap()
                 .is_none()
         );
         let first = store
-            .create_friend_request(request(alice, bob, NOW))
+            .create_friend_request(request(alice, bob, NOW), &no_events)
             .await
             .unwrap()
             .unwrap();
@@ -866,7 +935,7 @@ mod tests {
         for (from, to) in [(alice, bob), (bob, alice)] {
             assert!(
                 store
-                    .create_friend_request(request(from, to, NOW + 1))
+                    .create_friend_request(request(from, to, NOW + 1), &no_events)
                     .await
                     .unwrap()
                     .is_none()
@@ -874,7 +943,7 @@ mod tests {
         }
         // Other pairs are independent; the newest comes first.
         let second = store
-            .create_friend_request(request(carol, alice, NOW + 2))
+            .create_friend_request(request(carol, alice, NOW + 2), &no_events)
             .await
             .unwrap()
             .unwrap();
@@ -889,14 +958,14 @@ mod tests {
 
         // Friends cannot request each other again.
         store
-            .accept_friend_request(first.request_id, bob, NOW + 3)
+            .accept_friend_request(first.request_id, bob, NOW + 3, &no_events)
             .await
             .unwrap()
             .unwrap();
         for (from, to) in [(alice, bob), (bob, alice)] {
             assert!(
                 store
-                    .create_friend_request(request(from, to, NOW + 4))
+                    .create_friend_request(request(from, to, NOW + 4), &no_events)
                     .await
                     .unwrap()
                     .is_none()
@@ -910,20 +979,20 @@ mod tests {
         let mallory = user(store.as_ref(), "mallory").await;
         for party in [alice, bob] {
             let created = store
-                .create_friend_request(request(alice, bob, NOW))
+                .create_friend_request(request(alice, bob, NOW), &no_events)
                 .await
                 .unwrap()
                 .unwrap();
             assert_eq!(
                 store
-                    .delete_friend_request(created.request_id, mallory)
+                    .delete_friend_request(created.request_id, mallory, &no_events)
                     .await
                     .unwrap(),
                 None
             );
             assert_eq!(
                 store
-                    .delete_friend_request(created.request_id, party)
+                    .delete_friend_request(created.request_id, party, &no_events)
                     .await
                     .unwrap(),
                 Some(FriendRequestParties {
@@ -933,7 +1002,7 @@ mod tests {
             );
             assert_eq!(
                 store
-                    .delete_friend_request(created.request_id, party)
+                    .delete_friend_request(created.request_id, party, &no_events)
                     .await
                     .unwrap(),
                 None
@@ -964,12 +1033,12 @@ mod tests {
             }
         );
         let created = store
-            .create_friend_request(request(bob, alice, NOW))
+            .create_friend_request(request(bob, alice, NOW), &no_events)
             .await
             .unwrap()
             .unwrap();
         store
-            .accept_friend_request(created.request_id, alice, NOW)
+            .accept_friend_request(created.request_id, alice, NOW, &no_events)
             .await
             .unwrap()
             .unwrap();

@@ -15,8 +15,8 @@ use ulid::Ulid;
 
 use super::{
     ChannelKind, ChannelRecord, CoreStore, GuildRecord, MemberRecord, MemberRole, MessageRecord,
-    NewSession, NewUser, OutboxEvent, RotateOutcome, StoreError, StoreResult, UserRecord,
-    Visibility,
+    NewSession, NewUser, OutboxEvent, OutboxFor, RotateOutcome, StoreError, StoreResult,
+    UserRecord, Visibility,
 };
 
 /// A [`Store`] over a pool of one sqlx backend. Named through the
@@ -139,6 +139,7 @@ where
         new_hash: &str,
         new_expires_at_unix: i64,
         now_unix: i64,
+        outbox: OutboxFor<'_, Ulid>,
     ) -> StoreResult<RotateOutcome> {
         let session_id = session_id.to_string();
         let mut tx = self.pool.begin().await?;
@@ -176,9 +177,11 @@ where
             .fetch_optional(&mut *tx)
             .await?;
             match revoked {
-                Some(row) => RotateOutcome::Replayed {
-                    user_id: decode_ulid(&row, "user_id")?,
-                },
+                Some(row) => {
+                    let user_id = decode_ulid(&row, "user_id")?;
+                    Self::enqueue_outbox_all(&mut tx, outbox(&user_id)).await?;
+                    RotateOutcome::Replayed { user_id }
+                }
                 None => RotateOutcome::Invalid,
             }
         };
@@ -190,7 +193,9 @@ where
         &self,
         session_id: Ulid,
         presented_hash: &str,
+        outbox: OutboxFor<'_, Ulid>,
     ) -> StoreResult<Option<Ulid>> {
+        let mut tx = self.pool.begin().await?;
         let revoked = sqlx::query(
             "UPDATE sessions SET revoked = TRUE \
              WHERE session_id = $1 AND refresh_token_hash = $2 AND NOT revoked \
@@ -198,11 +203,15 @@ where
         )
         .bind(session_id.to_string())
         .bind(presented_hash.to_owned())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(revoked
-            .map(|row| decode_ulid(&row, "user_id"))
-            .transpose()?)
+        let Some(row) = revoked else {
+            return Ok(None);
+        };
+        let user_id = decode_ulid(&row, "user_id")?;
+        Self::enqueue_outbox_all(&mut tx, outbox(&user_id)).await?;
+        tx.commit().await?;
+        Ok(Some(user_id))
     }
 
     async fn create_guild(&self, guild: GuildRecord) -> StoreResult<()> {
@@ -323,7 +332,12 @@ where
         Ok(inserted.is_some())
     }
 
-    async fn create_channel(&self, channel: ChannelRecord) -> StoreResult<()> {
+    async fn create_channel(
+        &self,
+        channel: ChannelRecord,
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO channels (channel_id, guild_id, name, kind, created_at_unix) \
              VALUES ($1, $2, $3, $4, $5)",
@@ -333,9 +347,11 @@ where
         .bind(channel.name)
         .bind(channel.kind.as_str().to_owned())
         .bind(channel.created_at_unix)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(conflict_on("channel_id"))?;
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
+        tx.commit().await?;
         Ok(())
     }
 

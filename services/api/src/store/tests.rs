@@ -17,8 +17,8 @@ use ulid::Ulid;
 use super::postgres::quote_identifier;
 use super::{
     ChannelKind, ChannelRecord, CoreStore as _, GuildRecord, MemberRecord, MemberRole,
-    MessageRecord, NewSession, NewUser, PostgresStore, ProfileChange, RotateOutcome, SqliteStore,
-    Store, StoreError, UserRecord, Visibility,
+    MessageRecord, NewSession, NewUser, OutboxEvent, PostgresStore, ProfileChange, RotateOutcome,
+    SqliteStore, Store, StoreError, UserRecord, Visibility,
 };
 
 const POSTGRES_URL_VAR: &str = "TEST_DATABASE_URL";
@@ -53,6 +53,12 @@ macro_rules! conformance {
 
 pub(crate) use conformance;
 
+/// An outbox closure that builds no event, for the writes of cases that do
+/// not look at events (`store/outbox.rs` has those that do).
+pub(crate) fn no_events<T: ?Sized>(_: &T) -> Vec<OutboxEvent> {
+    Vec::new()
+}
+
 /// A user who owns a guild with one text channel: where the message-path
 /// suites (change log, outbox, idempotency keys) write.
 pub(crate) struct TextChannel {
@@ -86,13 +92,16 @@ impl TextChannel {
             .expect("guild");
         let channel_id = Ulid::generate();
         store
-            .create_channel(ChannelRecord {
-                channel_id,
-                guild_id,
-                name: "c".to_owned(),
-                kind: ChannelKind::Text,
-                created_at_unix: 1,
-            })
+            .create_channel(
+                ChannelRecord {
+                    channel_id,
+                    guild_id,
+                    name: "c".to_owned(),
+                    kind: ChannelKind::Text,
+                    created_at_unix: 1,
+                },
+                Vec::new(),
+            )
             .await
             .expect("channel");
         Self {
@@ -253,7 +262,7 @@ async fn create_channel(
         created_at_unix,
     };
     store
-        .create_channel(channel.clone())
+        .create_channel(channel.clone(), Vec::new())
         .await
         .expect("create channel");
     channel
@@ -300,7 +309,7 @@ async fn rotate(
     now: i64,
 ) -> RotateOutcome {
     store
-        .rotate_session(session_id, presented, new, now + 3600, now)
+        .rotate_session(session_id, presented, new, now + 3600, now, &no_events)
         .await
         .expect("rotate session")
 }
@@ -395,13 +404,15 @@ async fn usernames_are_unique_in_any_case_and_keep_their_case(store: Arc<dyn Sto
     let other = create_user(&*store, "other").await;
     assert!(
         matches!(
-            store.update_profile(other, rename("VICTIM.1")).await,
+            store
+                .update_profile(other, rename("VICTIM.1"), Vec::new())
+                .await,
             Err(StoreError::Conflict("username"))
         ),
         "someone else's name in another case is taken"
     );
     let renamed = store
-        .update_profile(victim, rename("VICTIM.1"))
+        .update_profile(victim, rename("VICTIM.1"), Vec::new())
         .await
         .expect("own name in another case");
     assert_eq!(
@@ -569,7 +580,7 @@ async fn replayed_refresh_token_revokes_the_session(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store
-            .revoke_session(session_id, "h2")
+            .revoke_session(session_id, "h2", &no_events)
             .await
             .expect("revoke"),
         None,
@@ -604,7 +615,7 @@ async fn a_revoked_session_no_longer_authenticates(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store
-            .revoke_session(session_id, "h1")
+            .revoke_session(session_id, "h1", &no_events)
             .await
             .expect("revoke"),
         Some(alice)
@@ -677,14 +688,14 @@ async fn revoke_session_needs_the_current_hash(store: Arc<dyn Store>) {
 
     assert_eq!(
         store
-            .revoke_session(session_id, "wrong")
+            .revoke_session(session_id, "wrong", &no_events)
             .await
             .expect("revoke"),
         None
     );
     assert_eq!(
         store
-            .revoke_session(Ulid::generate(), "h1")
+            .revoke_session(Ulid::generate(), "h1", &no_events)
             .await
             .expect("revoke"),
         None
@@ -697,7 +708,7 @@ async fn revoke_session_needs_the_current_hash(store: Arc<dyn Store>) {
     // The rotated-away hash no longer logs out.
     assert_eq!(
         store
-            .revoke_session(session_id, "h1")
+            .revoke_session(session_id, "h1", &no_events)
             .await
             .expect("revoke"),
         None
@@ -705,7 +716,7 @@ async fn revoke_session_needs_the_current_hash(store: Arc<dyn Store>) {
 
     assert_eq!(
         store
-            .revoke_session(session_id, "h2")
+            .revoke_session(session_id, "h2", &no_events)
             .await
             .expect("revoke"),
         Some(user_id),
@@ -713,7 +724,7 @@ async fn revoke_session_needs_the_current_hash(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store
-            .revoke_session(session_id, "h2")
+            .revoke_session(session_id, "h2", &no_events)
             .await
             .expect("revoke twice"),
         None
@@ -945,7 +956,7 @@ async fn channels_in_creation_order(store: Arc<dyn Store>) {
         vec![elsewhere]
     );
 
-    let duplicate = store.create_channel(early).await;
+    let duplicate = store.create_channel(early, Vec::new()).await;
     assert!(
         matches!(duplicate, Err(StoreError::Conflict("channel_id"))),
         "expected Conflict(\"channel_id\"), got {duplicate:?}"

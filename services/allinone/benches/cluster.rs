@@ -1,0 +1,727 @@
+//! The multi-process cluster of `tests/cluster.rs` (every service as
+//! separate OS processes, in-process TCP proxies for Services, peers files
+//! for headless Services, the machine's Postgres and Redis), measured on
+//! this machine in one run with 1 and 2 api replicas × 1, 2 and 3 gateways
+//! (one presence, voice and search each):
+//!
+//! - **saturation**: `FILAMENT_BENCH_POSTERS` (32) concurrent posters post
+//!   as fast as the api answers, through the api's Service, for
+//!   `FILAMENT_BENCH_SECS` (10) s, while `FILAMENT_BENCH_SOCKETS` (300)
+//!   websocket clients, spread round-robin over the gateways and each
+//!   subscribed to one of `FILAMENT_BENCH_CHANNELS` (10) channels, count
+//!   the `message_create` frames they receive: deliveries per second (from
+//!   the first post to the last delivery, and at least the posting time),
+//!   acknowledged posts per second, and loss (deliveries expected from the
+//!   acknowledged posts − received once the last expected frame arrived or
+//!   the drain deadline passed);
+//! - **steady**: 20 posts/s for as long, and publish→deliver p50 / p99 per
+//!   delivery, measured client-side (frame received − POST sent, one
+//!   clock), and loss.
+//!
+//! It prints one table row per configuration, with each configuration's
+//! saturation deliveries/s as a ratio to the 1-api-1-gateway row of the
+//! same run. A benchmark prints figures; it asserts nothing about time.
+//!
+//! `cargo bench -p filament-allinone --bench cluster` builds the release
+//! binaries (`cargo build --release --workspace --bins`) and runs them.
+//! Under `cargo test` (the dev profile, no `--bench` argument) or with
+//! `FILAMENT_BENCH_QUICK=1` it runs a quick check instead: 20 sockets,
+//! 2 s phases, two configurations, on the debug binaries when built so.
+//! Without `TEST_DATABASE_URL` and `TEST_REDIS_URL` it says it was skipped.
+//! `FILAMENT_BENCH_CONFIGS` (e.g. `1x1,2x3`) picks the api × gateway
+//! configurations.
+
+#[path = "../tests/support/cluster.rs"]
+mod cluster;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cluster::{Channel, Cluster, Layout, User, Ws, channel, public_guild, register};
+use futures_util::StreamExt as _;
+use serde_json::json;
+use support::Profile;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Posts per second in the steady phase.
+const STEADY_RATE: u64 = 20;
+/// Sockets opened at once while connecting.
+const CONNECTING_AT_ONCE: usize = 16;
+/// What marks a benchmark message's content, followed by its sequence
+/// number and another `#`: clients find it without parsing the frame.
+const MARK: &str = "BENCH#";
+
+fn main() {
+    let bench_run = std::env::args().any(|arg| arg == "--bench");
+    let quick = cfg!(debug_assertions)
+        || !bench_run
+        || std::env::var("FILAMENT_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let (Ok(pg), Ok(redis)) = (
+        std::env::var("TEST_DATABASE_URL"),
+        std::env::var("TEST_REDIS_URL"),
+    ) else {
+        eprintln!(
+            "SKIPPED: TEST_DATABASE_URL or TEST_REDIS_URL is unset; \
+             the cluster benchmark was NOT run"
+        );
+        return;
+    };
+    let settings = Settings::new(quick);
+    // Hundreds of sockets, each with a proxy or a listener at the other end.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let profile = if cfg!(debug_assertions) {
+        Profile::Test
+    } else {
+        Profile::Release
+    };
+    eprintln!("cluster bench: building the workspace binaries ({profile:?})");
+    let binaries = support::workspace_binaries_in(profile);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let mut rows = Vec::new();
+    for &(api, gateways) in &settings.configs {
+        eprintln!("cluster bench: {api} api, {gateways} gateway(s)");
+        let row = runtime.block_on(measure(&binaries, &pg, &redis, &settings, api, gateways));
+        eprintln!(
+            "cluster bench: {:.0} deliveries/s at saturation, steady p99 {:.1} ms",
+            row.saturation.deliveries_per_second(),
+            row.steady.percentile_ms(0.99).unwrap_or(f64::NAN),
+        );
+        rows.push(row);
+    }
+    print_table(&settings, profile, &rows);
+}
+
+// --- settings ------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Settings {
+    quick: bool,
+    sockets: usize,
+    channels: usize,
+    posters: usize,
+    /// Users the sockets and posts are spread over, all in one guild.
+    users: usize,
+    phase: Duration,
+    /// How long the clients may take, after the last post was answered,
+    /// to receive every expected frame.
+    drain: Duration,
+    /// (api replicas, gateways), in the order run.
+    configs: Vec<(usize, usize)>,
+}
+
+impl Settings {
+    fn new(quick: bool) -> Self {
+        let (sockets, secs, posters, configs, drain) = if quick {
+            (20, 2, 8, "1x1,2x2", 5)
+        } else {
+            (300, 10, 32, "1x1,1x2,1x3,2x1,2x2,2x3", 15)
+        };
+        let sockets: usize = env_or("FILAMENT_BENCH_SOCKETS", sockets).max(1);
+        let channels: usize = env_or("FILAMENT_BENCH_CHANNELS", 10).clamp(1, sockets);
+        let configs =
+            std::env::var("FILAMENT_BENCH_CONFIGS").unwrap_or_else(|_| configs.to_owned());
+        Self {
+            quick,
+            sockets,
+            channels,
+            posters: env_or("FILAMENT_BENCH_POSTERS", posters).max(1),
+            users: sockets.min(16),
+            phase: Duration::from_secs(env_or("FILAMENT_BENCH_SECS", secs).max(1)),
+            drain: Duration::from_secs(drain),
+            configs: configs.split(',').map(parse_config).collect(),
+        }
+    }
+
+    /// How many sockets watch `channel` (socket `n` watches channel
+    /// `n % channels`).
+    fn watchers(&self, channel: usize) -> usize {
+        (0..self.sockets)
+            .filter(|n| n % self.channels == channel)
+            .count()
+    }
+}
+
+fn env_or<T: FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// `2x3`: two api replicas, three gateways.
+fn parse_config(config: &str) -> (usize, usize) {
+    let parsed = config.trim().split_once('x').and_then(|(api, gateways)| {
+        Some((api.parse::<usize>().ok()?, gateways.parse::<usize>().ok()?))
+    });
+    match parsed {
+        Some((api, gateways)) if api >= 1 && gateways >= 1 => (api, gateways),
+        _ => panic!("FILAMENT_BENCH_CONFIGS: {config:?} is not <api>x<gateways>"),
+    }
+}
+
+/// The limits a benchmark from one address would trip, out of the way:
+/// every socket, registration and join comes from 127.0.0.1.
+fn limits_out_of_the_way() -> Vec<(&'static str, String)> {
+    [
+        ("FILAMENT_GATEWAY_MAX_CONNECTIONS_PER_IP", "1000000"),
+        ("FILAMENT_GATEWAY_HANDSHAKES_PER_IP_PER_MINUTE", "1000000"),
+        ("FILAMENT_HTTP_MAX_CONNECTIONS_PER_ADDRESS", "1000000"),
+        ("FILAMENT_AUTH_ROUTE_REQUESTS_PER_MINUTE", "100000"),
+        (
+            "FILAMENT_DIRECTORY_JOIN_REQUESTS_PER_MINUTE_PER_IP",
+            "100000",
+        ),
+        (
+            "FILAMENT_DIRECTORY_JOIN_REQUESTS_PER_MINUTE_PER_USER",
+            "100000",
+        ),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name, value.to_owned()))
+    .collect()
+}
+
+// --- one configuration -----------------------------------------------------------
+
+/// One configuration's figures.
+#[derive(Debug)]
+struct Row {
+    api: usize,
+    gateways: usize,
+    sockets: usize,
+    saturation: Phase,
+    steady: Phase,
+    /// Sockets the gateways closed (or that broke) during the run.
+    closed: usize,
+}
+
+/// What one phase measured.
+#[derive(Debug, Default)]
+struct Phase {
+    /// Posts answered 2xx.
+    acknowledged: usize,
+    /// Posts answered otherwise, or not at all.
+    failed: usize,
+    first_failure: Option<String>,
+    /// Deliveries the acknowledged posts should have made.
+    expected: usize,
+    /// Deliveries of acknowledged posts received.
+    received: usize,
+    /// From the first post to the last delivery (at least the posting time).
+    span: Duration,
+    posting: Duration,
+    /// Publish→deliver, sorted.
+    latencies: Vec<Duration>,
+}
+
+impl Phase {
+    fn deliveries_per_second(&self) -> f64 {
+        count_f64(self.received) / self.span.as_secs_f64()
+    }
+
+    fn posts_per_second(&self) -> f64 {
+        count_f64(self.acknowledged) / self.posting.as_secs_f64()
+    }
+
+    /// Expected − received: negative if anything came twice.
+    fn loss(&self) -> i64 {
+        i64::try_from(self.expected).expect("a count")
+            - i64::try_from(self.received).expect("a count")
+    }
+
+    fn percentile_ms(&self, p: f64) -> Option<f64> {
+        let last = self.latencies.len().checked_sub(1)?;
+        // Nearest rank; the index is within 0..=last.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let rank = ((p * last as f64).round() as usize).min(last);
+        Some(self.latencies[rank].as_secs_f64() * 1000.0)
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn count_f64(count: usize) -> f64 {
+    count as f64
+}
+
+async fn measure(
+    binaries: &Path,
+    pg: &str,
+    redis: &str,
+    settings: &Settings,
+    api: usize,
+    gateways: usize,
+) -> Row {
+    let (schema, database_url) = cluster::fresh_schema(pg).await;
+    let layout = Layout {
+        api,
+        gateways,
+        presence: 1,
+        voice: 1,
+        search: 1,
+        env: limits_out_of_the_way(),
+    };
+    let cluster = Cluster::start(binaries.to_owned(), database_url, redis.to_owned(), layout).await;
+    let world = World::create(&cluster, settings).await;
+    let sockets = Sockets::connect(&cluster, &world, settings).await;
+    let poster = Arc::new(Poster::new(&cluster, &world));
+
+    let saturation = saturate(&poster, &sockets, settings).await;
+    let steady = steady(&poster, &sockets, settings).await;
+
+    let closed = sockets.closed();
+    drop(sockets);
+    cluster.stop().await;
+    drop_schema(pg, &schema).await;
+    Row {
+        api,
+        gateways,
+        sockets: settings.sockets,
+        saturation,
+        steady,
+        closed,
+    }
+}
+
+/// Users, all members of one public guild with the benchmark's channels.
+struct World {
+    users: Vec<User>,
+    guild_id: String,
+    channels: Vec<Channel>,
+}
+
+impl World {
+    async fn create(cluster: &Cluster, settings: &Settings) -> Self {
+        let mut users = Vec::new();
+        for n in 0..settings.users {
+            users.push(register(cluster, &format!("bench{n}")).await);
+        }
+        let guild_id = public_guild(cluster, "bench", &users).await;
+        let mut channels = Vec::new();
+        for n in 0..settings.channels {
+            let name = format!("c{n}");
+            channels.push(channel(cluster, &users[0], &guild_id, &name, "text").await);
+        }
+        Self {
+            users,
+            guild_id,
+            channels,
+        }
+    }
+}
+
+async fn drop_schema(pg: &str, schema: &str) {
+    use sqlx::Connection as _;
+    let Ok(mut conn) = sqlx::PgConnection::connect(pg).await else {
+        return;
+    };
+    // The name is fresh_schema's prefix and a ULID: nothing to inject.
+    let drop = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+        .execute(&mut conn)
+        .await;
+}
+
+// --- clients -----------------------------------------------------------------------
+
+/// What one socket received: each benchmark message's sequence number and
+/// when it arrived; and how the socket ended, if it did.
+#[derive(Default)]
+struct Inbox {
+    frames: Mutex<Vec<(u64, Instant)>>,
+    closed: Mutex<Option<String>>,
+}
+
+/// Deliveries of the current phase (sequence numbers from `floor` on), as
+/// they arrive, to know when to stop waiting.
+#[derive(Default)]
+struct Arrivals {
+    floor: AtomicU64,
+    received: AtomicUsize,
+}
+
+struct Sockets {
+    inboxes: Vec<Arc<Inbox>>,
+    readers: Vec<JoinHandle<()>>,
+    arrivals: Arc<Arrivals>,
+    /// How many sockets watch each channel.
+    watchers: Vec<usize>,
+}
+
+impl Sockets {
+    /// Socket `n` goes to gateway `n % gateways` as user `n % users`,
+    /// subscribed to channel `n % channels`; returns once all are
+    /// subscribed.
+    async fn connect(cluster: &Cluster, world: &World, settings: &Settings) -> Self {
+        let gateways: Vec<_> = cluster.gateways.iter().map(|g| g.addrs[0]).collect();
+        let connected: Vec<Ws> = futures_util::stream::iter(0..settings.sockets)
+            .map(|n| {
+                let gateway = gateways[n % gateways.len()];
+                let user = &world.users[n % world.users.len()];
+                let channel = &world.channels[n % world.channels.len()];
+                async move {
+                    let label = format!("socket {n} ({}@{gateway}/{})", user.name, channel.label);
+                    cluster::subscribed_socket(gateway, user, channel, &label)
+                        .await
+                        .0
+                }
+            })
+            .buffered(CONNECTING_AT_ONCE)
+            .collect()
+            .await;
+        let arrivals = Arc::new(Arrivals::default());
+        let mut inboxes = Vec::new();
+        let mut readers = Vec::new();
+        for ws in connected {
+            let inbox = Arc::new(Inbox::default());
+            readers.push(tokio::spawn(read(
+                ws,
+                Arc::clone(&inbox),
+                Arc::clone(&arrivals),
+            )));
+            inboxes.push(inbox);
+        }
+        Self {
+            inboxes,
+            readers,
+            arrivals,
+            watchers: (0..settings.channels)
+                .map(|c| settings.watchers(c))
+                .collect(),
+        }
+    }
+
+    fn closed(&self) -> usize {
+        self.inboxes
+            .iter()
+            .filter(|inbox| inbox.closed.lock().expect("closed").is_some())
+            .count()
+    }
+
+    /// Starts counting the phase whose first sequence number is `floor`.
+    fn count_from(&self, floor: u64) {
+        self.arrivals.floor.store(floor, Ordering::SeqCst);
+        self.arrivals.received.store(0, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Sockets {
+    fn drop(&mut self) {
+        for reader in &self.readers {
+            reader.abort();
+        }
+    }
+}
+
+/// Notes every benchmark message's arrival until the socket ends.
+async fn read(mut ws: Ws, inbox: Arc<Inbox>, arrivals: Arc<Arrivals>) {
+    let closed = loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let at = Instant::now();
+                if let Some(seq) = sequence_number(&text) {
+                    inbox.frames.lock().expect("frames").push((seq, at));
+                    if seq >= arrivals.floor.load(Ordering::Relaxed) {
+                        arrivals.received.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Some(Ok(message)) if !message.is_close() => {}
+            other => break cluster::end_of(other),
+        }
+    };
+    *inbox.closed.lock().expect("closed") = Some(closed);
+}
+
+/// A `message_create` frame's benchmark sequence number, found without
+/// parsing the JSON (hundreds of sockets share the two cores with the
+/// cluster).
+fn sequence_number(frame: &str) -> Option<u64> {
+    if !frame.contains("\"message_create\"") {
+        return None;
+    }
+    let rest = &frame[frame.find(MARK)? + MARK.len()..];
+    rest[..rest.find('#')?].parse().ok()
+}
+
+// --- posting -----------------------------------------------------------------------
+
+/// One post: which, where, when it was sent, and whether it was
+/// acknowledged.
+struct Post {
+    seq: u64,
+    channel: usize,
+    sent: Instant,
+    acknowledged: bool,
+}
+
+/// Posts through the api's Service, numbering every message.
+struct Poster {
+    http: reqwest::Client,
+    /// The channels' message URLs.
+    urls: Vec<String>,
+    users: Vec<User>,
+    next: AtomicU64,
+    posts: Mutex<Vec<Post>>,
+    first_failure: Mutex<Option<String>>,
+}
+
+impl Poster {
+    fn new(cluster: &Cluster, world: &World) -> Self {
+        let api = cluster.api.service_url();
+        Self {
+            http: cluster.http.clone(),
+            urls: world
+                .channels
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{api}/guilds/{}/channels/{}/messages",
+                        world.guild_id, c.channel_id
+                    )
+                })
+                .collect(),
+            users: world.users.clone(),
+            next: AtomicU64::new(0),
+            posts: Mutex::default(),
+            first_failure: Mutex::default(),
+        }
+    }
+
+    /// Posts the next message, in channel `seq % channels`, as user
+    /// `author % users`, and notes how it went.
+    async fn post(&self, author: usize) {
+        let seq = self.next.fetch_add(1, Ordering::SeqCst);
+        let channel = usize::try_from(seq).expect("a count") % self.urls.len();
+        let author = &self.users[author % self.users.len()];
+        let body = json!({"content": format!("{MARK}{seq}# from {}", author.name)});
+        let sent = Instant::now();
+        let answer = self
+            .http
+            .post(&self.urls[channel])
+            .bearer_auth(&author.token)
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        let failure = match answer {
+            Ok(response) if response.status().is_success() => {
+                // Read to the end, so the connection goes back to the pool.
+                response.bytes().await.err().map(|err| err.to_string())
+            }
+            Ok(response) => {
+                let status = response.status();
+                Some(format!(
+                    "{status}: {}",
+                    response.text().await.unwrap_or_default()
+                ))
+            }
+            Err(err) => Some(err.to_string()),
+        };
+        if let Some(failure) = &failure {
+            self.first_failure
+                .lock()
+                .expect("failure")
+                .get_or_insert_with(|| failure.clone());
+        }
+        self.posts.lock().expect("posts").push(Post {
+            seq,
+            channel,
+            sent,
+            acknowledged: failure.is_none(),
+        });
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.next.load(Ordering::SeqCst)
+    }
+}
+
+/// The saturation phase: every poster posts again as soon as answered.
+async fn saturate(poster: &Arc<Poster>, sockets: &Sockets, settings: &Settings) -> Phase {
+    let floor = poster.next_seq();
+    sockets.count_from(floor);
+    let started = Instant::now();
+    let until = started + settings.phase;
+    let mut posters = JoinSet::new();
+    for n in 0..settings.posters {
+        let poster = Arc::clone(poster);
+        posters.spawn(async move {
+            while Instant::now() < until {
+                poster.post(n).await;
+            }
+        });
+    }
+    while let Some(done) = posters.join_next().await {
+        done.expect("a poster");
+    }
+    let posting = started.elapsed();
+    finish(poster, sockets, settings, floor, started, posting).await
+}
+
+/// The steady phase: [`STEADY_RATE`] posts a second.
+async fn steady(poster: &Arc<Poster>, sockets: &Sockets, settings: &Settings) -> Phase {
+    let floor = poster.next_seq();
+    sockets.count_from(floor);
+    let started = Instant::now();
+    let count = STEADY_RATE * settings.phase.as_secs();
+    let mut ticks =
+        tokio::time::interval(Duration::from_secs(1) / u32::try_from(STEADY_RATE).expect("small"));
+    let mut posts = JoinSet::new();
+    for n in 0..count {
+        ticks.tick().await;
+        let poster = Arc::clone(poster);
+        let author = usize::try_from(n).expect("a count");
+        posts.spawn(async move { poster.post(author).await });
+    }
+    while let Some(done) = posts.join_next().await {
+        done.expect("a post");
+    }
+    let posting = started.elapsed();
+    finish(poster, sockets, settings, floor, started, posting).await
+}
+
+/// Waits until the clients received every delivery the phase's
+/// acknowledged posts should make, or the drain deadline; then counts.
+async fn finish(
+    poster: &Poster,
+    sockets: &Sockets,
+    settings: &Settings,
+    floor: u64,
+    started: Instant,
+    posting: Duration,
+) -> Phase {
+    let (sent, mut phase) = {
+        let posts = poster.posts.lock().expect("posts");
+        let mut sent = HashMap::new();
+        let mut phase = Phase {
+            posting,
+            ..Phase::default()
+        };
+        for post in posts.iter().filter(|p| p.seq >= floor) {
+            if post.acknowledged {
+                phase.acknowledged += 1;
+                phase.expected += sockets.watchers[post.channel];
+                sent.insert(post.seq, post.sent);
+            } else {
+                phase.failed += 1;
+            }
+        }
+        (sent, phase)
+    };
+    phase.first_failure = poster.first_failure.lock().expect("failure").take();
+    let deadline = Instant::now() + settings.drain;
+    while sockets.arrivals.received.load(Ordering::Relaxed) < phase.expected
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut last = started;
+    for inbox in &sockets.inboxes {
+        for (seq, at) in inbox.frames.lock().expect("frames").iter() {
+            if let Some(sent) = sent.get(seq) {
+                phase.received += 1;
+                last = last.max(*at);
+                phase.latencies.push(at.saturating_duration_since(*sent));
+            }
+        }
+    }
+    phase.latencies.sort_unstable();
+    phase.span = (last - started).max(posting);
+    phase
+}
+
+// --- the table -----------------------------------------------------------------------
+
+fn print_table(settings: &Settings, profile: Profile, rows: &[Row]) {
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    println!();
+    println!(
+        "cluster benchmark{}: {cpus} CPUs ({model}), {profile:?} binaries; {} sockets over {} \
+         channels ({} users, one guild); presence, voice, search: 1 each",
+        if settings.quick {
+            " (QUICK: a check of the logic, not figures)"
+        } else {
+            ""
+        },
+        settings.sockets,
+        settings.channels,
+        settings.users,
+    );
+    println!(
+        "saturation: {} posters for {} s; steady: {STEADY_RATE} posts/s for {} s; drain deadline {} s",
+        settings.posters,
+        settings.phase.as_secs(),
+        settings.phase.as_secs(),
+        settings.drain.as_secs(),
+    );
+    println!();
+    println!(
+        "| api | gateways | sockets | saturation deliveries/s | posts/s | loss | steady p50 ms | steady p99 ms | steady loss | vs 1 api, 1 gateway |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let base = rows
+        .iter()
+        .find(|row| (row.api, row.gateways) == (1, 1))
+        .map(|row| row.saturation.deliveries_per_second());
+    let ms = |value: Option<f64>| value.map_or("–".to_owned(), |ms| format!("{ms:.1}"));
+    for row in rows {
+        let rate = row.saturation.deliveries_per_second();
+        println!(
+            "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} |",
+            row.api,
+            row.gateways,
+            row.sockets,
+            rate,
+            row.saturation.posts_per_second(),
+            row.saturation.loss(),
+            ms(row.steady.percentile_ms(0.50)),
+            ms(row.steady.percentile_ms(0.99)),
+            row.steady.loss(),
+            base.map_or("–".to_owned(), |base| format!("{:.2}", rate / base)),
+        );
+    }
+    println!();
+    for row in rows {
+        let config = format!("{} api, {} gateway(s)", row.api, row.gateways);
+        for (name, phase) in [("saturation", &row.saturation), ("steady", &row.steady)] {
+            println!(
+                "{config}, {name}: {} posts acknowledged, {} failed, {} of {} deliveries in {:.2} s",
+                phase.acknowledged,
+                phase.failed,
+                phase.received,
+                phase.expected,
+                phase.span.as_secs_f64(),
+            );
+            if let Some(failure) = &phase.first_failure {
+                println!("  first failed post: {failure}");
+            }
+        }
+        if row.closed > 0 {
+            println!("{config}: {} socket(s) closed during the run", row.closed);
+        }
+    }
+}
