@@ -939,6 +939,23 @@ async fn every_service_exports_its_series_after_a_post_a_subscribe_and_a_search(
         sample(&search, "filament_search_index_lag").is_some_and(|n| n >= 0.0),
         "{search}"
     );
+    // The api's change-log head, which its relay reads about once a
+    // second: at least what search committed, so the lag an operator
+    // computes from the two is real.
+    let committed =
+        sample(&search, "filament_search_index_committed_position").expect("a committed position");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let api = scrape(&http, stack.api_admin_addr, "api").await;
+        if sample(&api, "filament_api_message_log_head ").is_some_and(|head| head >= committed) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the api never exported a change-log head of at least {committed}:\n{api}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         total(
             &search,

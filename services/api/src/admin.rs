@@ -19,6 +19,7 @@ use filament_runtime::service_auth::{RequireServiceToken, ServiceToken};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -128,6 +129,7 @@ pub struct ApiMetrics {
     rate_limit_hits: Family<LimiterLabels, Counter>,
     hashing: HashingMetrics,
     request_duration: DurationFamily<RouteLabels>,
+    message_log_head: Gauge,
 }
 
 impl Default for ApiMetrics {
@@ -137,6 +139,7 @@ impl Default for ApiMetrics {
             rate_limit_hits: Family::default(),
             hashing: HashingMetrics::default(),
             request_duration: Family::new_with_constructor(request_duration_histogram),
+            message_log_head: Gauge::default(),
         }
     }
 }
@@ -163,6 +166,11 @@ impl ApiMetrics {
             HTTP_REQUEST_DURATION,
             "REST requests, by route template and status class",
             self.request_duration.clone(),
+        );
+        prefixed.register(
+            "message_log_head",
+            "The message change log's last position, read about once a second; search's index lag is this minus filament_search_index_committed_position",
+            self.message_log_head.clone(),
         );
         // Every counter series exists from the start, at zero: a scrape
         // lists each family, and `increase()` counts the first refusal.
@@ -271,6 +279,12 @@ impl Admin {
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The gauge the outbox relay's housekeeping sets to the message change
+    /// log's head.
+    pub fn message_log_head(&self) -> Gauge {
+        self.edge.metrics.message_log_head.clone()
     }
 
     /// The counters of the api's password hasher.

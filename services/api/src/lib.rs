@@ -130,6 +130,7 @@ impl BoundApi {
         let listener_metrics = admin.listener_metrics();
         let grpc_layer = admin.grpc_layer();
         let grpc_auth_layer = admin.grpc_auth_layer();
+        let log_head = admin.message_log_head();
         admin.spawn(shutdown.clone());
         tracing::info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, "api listening");
 
@@ -161,7 +162,11 @@ impl BoundApi {
         // published: what it leaves, the next process (or another replica)
         // publishes.
         let relay_stop = CancellationToken::new();
-        let relay = tokio::spawn(outbox::run_relay(state.clone(), relay_stop.clone()));
+        let relay = tokio::spawn(outbox::run_relay(
+            state.clone(),
+            log_head,
+            relay_stop.clone(),
+        ));
 
         // Readiness turns false with the drain, before the listener stops.
         let http_stop = shutdown.child_token();

@@ -24,6 +24,7 @@
 
 use filament_proto::limits::REPUBLISH_GIVE_UP;
 use filament_proto::v1::Event;
+use prometheus_client::metrics::gauge::Gauge;
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
@@ -138,8 +139,10 @@ fn lease_end(state: &AppState, now_unix_ms: i64) -> i64 {
 }
 
 /// The relay: sweeps at once (what an earlier process left), then every
-/// `sweep_interval`, until `stop`.
-pub async fn run_relay(state: AppState, stop: CancellationToken) {
+/// `sweep_interval`, until `stop`. Each turn also reads the message change
+/// log's head into `log_head`, so that an operator sees how far search is
+/// behind the log, not only behind what it received.
+pub async fn run_relay(state: AppState, log_head: Gauge, stop: CancellationToken) {
     let interval = state.config().outbox.sweep_interval;
     let mut next_prune = tokio::time::Instant::now();
     loop {
@@ -148,6 +151,12 @@ pub async fn run_relay(state: AppState, stop: CancellationToken) {
         if tokio::time::Instant::now() >= next_prune {
             crate::http::idempotency::prune(&state).await;
             next_prune += PRUNE_INTERVAL;
+        }
+        match state.store().message_log_head().await {
+            Ok(head) => {
+                log_head.set(i64::try_from(head).unwrap_or(i64::MAX));
+            }
+            Err(err) => tracing::debug!(%err, "cannot read the change log's head"),
         }
         match sweep(&state).await {
             Ok(swept) if swept == Swept::default() => {}
