@@ -25,7 +25,9 @@
 //! with an `Idempotency-Key`, retried on a transport error or a 5xx), and
 //! a dozen websocket clients spread over the gateways record every frame.
 //! After every producer was rolled, an api replica is SIGKILLed mid-stream,
-//! under the load: its gateways' streams break, the events they had not
+//! under the load and a burst of [`BURST`] posts sent at once (some commit
+//! there unanswered and are retried under their keys on the other
+//! replica): its gateways' streams break, the events they had not
 //! acknowledged stay in the outbox and the other replica's relay publishes
 //! them again, and the gateways keep their sockets
 //! (docs/adr/0010-durable-event-stream.md). Then a voice replica is
@@ -59,6 +61,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The steady load.
 const POSTS_PER_SECOND: u64 = 20;
+/// Posts sent at once just before an api replica is SIGKILLed.
+const BURST: usize = 64;
 
 /// The cluster: two api, three gateways, two of every other producer.
 fn layout() -> Layout {
@@ -304,6 +308,24 @@ impl Load {
         eventually("the load goes on", || self.ledger.count() >= target).await;
     }
 
+    /// Sends `count` posts at once, to be in flight when a replica dies;
+    /// they go in the ledger, like the load's, once acknowledged.
+    fn burst(&self, cluster: &Cluster, world: &World, count: usize) -> JoinSet<()> {
+        let api = cluster.api.service_url();
+        let mut posts = JoinSet::new();
+        for n in 0..count {
+            posts.spawn(nth_post(
+                &cluster.http,
+                &api,
+                &world.posters,
+                "burst b",
+                n,
+                &self.ledger,
+            ));
+        }
+        posts
+    }
+
     /// Stops posting, and waits for every post in flight to be answered.
     async fn finish(self) -> Arc<Ledger> {
         self.stop.cancel();
@@ -328,24 +350,37 @@ async fn run_load(
             _ = ticks.tick() => {}
             () = stop.cancelled() => break,
         }
-        let (channel, members) = &posters[n % posters.len()];
-        let author = members[(n / posters.len()) % members.len()].clone();
-        let url = format!(
-            "{api}/guilds/{}/channels/{}/messages",
-            channel.guild_id, channel.channel_id
-        );
-        posts.spawn(post_until_acknowledged(
-            http.clone(),
-            url,
-            author,
-            format!("cluster message m{n}"),
-            channel.channel_id.clone(),
-            Arc::clone(&ledger),
-        ));
+        posts.spawn(nth_post(&http, &api, &posters, "message m", n, &ledger));
     }
     while let Some(done) = posts.join_next().await {
         done.expect("a post task");
     }
+}
+
+/// The `n`th post of a series (`label` tells the series apart in the
+/// content), round-robin over the channels and their members.
+fn nth_post(
+    http: &reqwest::Client,
+    api: &str,
+    posters: &[(Channel, Vec<User>)],
+    label: &str,
+    n: usize,
+    ledger: &Arc<Ledger>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let (channel, members) = &posters[n % posters.len()];
+    let author = members[(n / posters.len()) % members.len()].clone();
+    let url = format!(
+        "{api}/guilds/{}/channels/{}/messages",
+        channel.guild_id, channel.channel_id
+    );
+    post_until_acknowledged(
+        http.clone(),
+        url,
+        author,
+        format!("cluster {label}{n}"),
+        channel.channel_id.clone(),
+        Arc::clone(ledger),
+    )
 }
 
 /// One message, retried under its idempotency key until acknowledged:
@@ -561,8 +596,15 @@ async fn rolling_every_producer_costs_clients_nothing() {
             load.progress().await;
         }
     }
+    // A burst in flight as the api replica dies: some posts reach it and
+    // commit unanswered, some never reach it. Retries under their keys and
+    // the surviving replica's relay must make each count exactly once.
+    let mut burst = load.burst(&cluster, &world, BURST);
     let took = cluster.kill_and_replace(Producer::Api).await;
-    phases.record("SIGKILL an api replica, replace it".to_owned(), took);
+    while let Some(done) = burst.join_next().await {
+        done.expect("a burst post");
+    }
+    phases.record(format!("SIGKILL an api replica under {BURST} posts"), took);
     load.progress().await;
     phases.restart();
     clients.push(voice_survives_a_crash(&mut cluster, &world, &mut phases).await);
