@@ -23,6 +23,16 @@ async fn post(t: &TestStack, path: &str, user: &User, body: Value) -> (u16, Valu
         .await
 }
 
+/// The guild's IP bans, as `user` (who may list them) sees them.
+async fn ip_bans(t: &TestStack, guild_id: &str, user: &User) -> Value {
+    let path = format!("/guilds/{guild_id}/ip-bans");
+    let (status, list) = t
+        .call_from(Method::GET, &path, Some(&user.token), None, None)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    list
+}
+
 async fn delete(t: &TestStack, path: &str, user: &User) -> (u16, Value) {
     t.call_from(Method::DELETE, path, Some(&user.token), None, None)
         .await
@@ -349,16 +359,7 @@ async fn moderators_cannot_act_on_those_who_outrank_them() {
         (200, &json!(1)),
         "{created}"
     );
-    let (status, list) = t
-        .call_from(
-            Method::GET,
-            &format!("/guilds/{g}/ip-bans"),
-            Some(&owner.token),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{list}");
+    let list = ip_bans(&t, &g, &owner).await;
     assert_eq!(list["bans"].as_array().map(Vec::len), Some(1), "{list}");
     assert_eq!(list["bans"][0]["source_user_id"], member.id.as_str());
 
@@ -444,16 +445,7 @@ async fn moderators_cannot_act_on_those_who_outrank_them() {
     )
     .await;
     assert_eq!((status, body), (403, json!({"error": "forbidden"})));
-    let (status, list) = t
-        .call_from(
-            Method::GET,
-            &format!("/guilds/{g}/ip-bans"),
-            Some(&owner.token),
-            None,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{list}");
+    let list = ip_bans(&t, &g, &owner).await;
     assert_eq!(list["bans"].as_array().map(Vec::len), Some(1), "{list}");
     // Kicking or banning them is refused alike: one rule for all three.
     for action in ["kick", "ban"] {
