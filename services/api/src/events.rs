@@ -139,7 +139,7 @@ impl<'s> Deferred<'s> {
 /// (`membership_revoked` when they are no longer members; an empty
 /// `user_ids` re-checks everyone present in the guild), or, with
 /// `ip_bans_changed`, the guild bans more addresses. Published with
-/// [`publish_acked`], or through [`AccessRevocation`].
+/// [`Pending::publish_acked`], or through [`AccessRevocation`].
 pub fn access_changed(
     guild_id: &str,
     user_ids: Vec<String>,
@@ -158,7 +158,7 @@ pub fn access_changed(
 }
 
 /// `SessionRevoked` for every socket of the user: one of the user's
-/// sessions ended. Published with [`publish_acked`], after the session is
+/// sessions ended. Published with [`Pending::publish_acked`], after the session is
 /// listed as revoked in the registry, so that a socket this misses
 /// (identified just before) finds the revocation there.
 pub fn session_revoked(user_id: Ulid, session_id: Ulid) -> Event {
@@ -171,22 +171,6 @@ pub fn session_revoked(user_id: Ulid, session_id: Ulid) -> Event {
             session_id: session_id.to_string(),
         }),
     )
-}
-
-/// Publishes a committed access change or session revocation, and returns
-/// only once each gateway holding its audience acted on it (dropped what
-/// the users can no longer see, closed the banned addresses' or the
-/// session's sockets) or had its stream cut, and so resynchronises. Call it
-/// after the commit and before the REST call returns.
-pub async fn publish_acked(state: &AppState, pending: Pending, what: &'static str) {
-    let report = pending.publish_acked(state).await;
-    if report.missed > 0 {
-        tracing::warn!(
-            ?report,
-            what,
-            "acknowledged event missed some gateways; they will resynchronise"
-        );
-    }
 }
 
 /// Voice follows an access change: members who are gone leave voice, and
@@ -245,7 +229,7 @@ impl AccessRevocation {
     /// After the commit: every gateway drops what the users can no longer
     /// see and acknowledges it, then voice follows.
     pub async fn publish(self, state: &AppState) {
-        publish_acked(state, self.pending, "access change").await;
+        self.pending.publish_acked(state, "access change").await;
         voice_follows_access(
             state,
             &self.guild_id,

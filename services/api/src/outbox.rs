@@ -107,22 +107,27 @@ impl Pending {
         // An error means the task panicked; the relay publishes the row.
         let _ = answered.await;
     }
-}
 
-impl Pending {
     /// Publishes the committed event and waits until every gateway that
     /// holds its audience acknowledged it (or had its stream cut), as
     /// access changes and session revocations need before their REST call
-    /// returns; then forgets its row. Call it only after the store call
+    /// returns; then forgets its row. `what` names the event in the warning
+    /// logged when a gateway missed it. Call it only after the store call
     /// that stored [`row`](Self::row) returned `Ok`.
-    pub async fn publish_acked(self, state: &AppState) -> filament_fanout::PublishReport {
+    pub async fn publish_acked(self, state: &AppState, what: &'static str) {
         let Self { row, event } = self;
         // A gateway that did not get it or did not acknowledge it in time
         // was counted as having missed it and resynchronises: the row has
         // done its work either way.
         let report = state.fanout().publish_acked(event).await;
+        if report.missed > 0 {
+            tracing::warn!(
+                ?report,
+                what,
+                "acknowledged event missed some gateways; they will resynchronise"
+            );
+        }
         forget_published(state, &[row.event_id]).await;
-        report
     }
 }
 

@@ -293,7 +293,7 @@ async fn end_session(
     // socket this misses, identified just before, finds the revocation
     // there.
     for pending in revoked.into_pending() {
-        events::publish_acked(state, pending, "session revocation").await;
+        pending.publish_acked(state, "session revocation").await;
     }
     Ok(())
 }

@@ -595,7 +595,7 @@ pub async fn ban_ips_by_user(
         return Err(ApiError::QuotaExceeded);
     };
     if !ban_ids.is_empty() {
-        events::publish_acked(&state, ip_bans_changed, "ip ban change").await;
+        ip_bans_changed.publish_acked(&state, "ip ban change").await;
         let target = Some(request.target_user_id);
         events::audit(&state, guild_id, actor.user_id, target, IP_BAN_ADD).await;
         events::publish_all(&state, deferred.into_pending()).await;
