@@ -2,6 +2,7 @@
 //! end to end. Every route gets its happy path, a refusal for a caller
 //! without the permission, and bad input that writes nothing; every event
 //! reaches the channel's subscribers on both gateways and nobody else.
+//! Also the history a reconnecting client reads forward with `after`.
 
 mod support;
 
@@ -308,6 +309,108 @@ impl Scene {
             .map(|e| json!([e["action"], e["actor_user_id"], e["target_user_id"]]))
             .collect()
     }
+}
+
+// --- history -----------------------------------------------------------------
+
+/// A client that reconnects asks for what came after the last message it
+/// has: exactly the newer ones, oldest first, paged with `next_after` until
+/// a page is empty. Pages without `after` keep their shape.
+async fn history_after_a_message_pages_forward_oldest_first(backends: Backends) {
+    let Some(t) = TestStack::start(backends, 1).await else {
+        return;
+    };
+    let owner = t.user("owner").await;
+    let (guild, channel) = t.guild_with_channel(&owner, "private").await;
+    let messages = format!("/guilds/{guild}/channels/{channel}/messages");
+    let mut posted = Vec::new();
+    for i in 0..5 {
+        let (status, message) = t
+            .post(
+                &messages,
+                Some(&owner.token),
+                json!({"content": format!("m{i}")}),
+            )
+            .await;
+        assert_eq!(status, 200, "{message}");
+        posted.push(message);
+    }
+    let id = |message: &Value| message["message_id"].as_str().expect("id").to_owned();
+
+    let mut after = id(&posted[1]);
+    let mut read = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (status, page) = t
+            .get(
+                &format!("{messages}?after={after}&limit=2"),
+                Some(&owner.token),
+            )
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let batch = page["messages"].as_array().expect("messages").clone();
+        let Some(newest) = batch.last() else {
+            assert_eq!(
+                page,
+                json!({"messages": [], "next_before": null, "next_after": null})
+            );
+            break;
+        };
+        assert_eq!(page["next_after"], newest["message_id"], "{page}");
+        assert_eq!(page["next_before"], batch[0]["message_id"], "{page}");
+        after = id(newest);
+        read.extend(batch);
+        pages += 1;
+    }
+    assert_eq!(read, posted[2..]);
+    assert_eq!(pages, 2);
+
+    // Without `after` there is no `next_after` at all.
+    let (status, latest) = t
+        .get(&format!("{messages}?limit=2"), Some(&owner.token))
+        .await;
+    assert_eq!(status, 200, "{latest}");
+    assert_eq!(
+        latest,
+        json!({"messages": [posted[4], posted[3]], "next_before": posted[3]["message_id"]})
+    );
+    let before = format!("{messages}?before={}", id(&posted[1]));
+    let (status, older) = t.get(&before, Some(&owner.token)).await;
+    assert_eq!(status, 200, "{older}");
+    assert_eq!(
+        older,
+        json!({"messages": [posted[0]], "next_before": posted[0]["message_id"]})
+    );
+
+    // A malformed `after` is refused like a malformed `before`, and so is
+    // asking for both directions at once.
+    let bad_request = (400, json!({"error": "invalid_request"}));
+    let lowercase = id(&posted[1]).to_lowercase();
+    for query in [
+        format!("after={}&before={}", id(&posted[1]), id(&posted[3])),
+        "after=not-a-ulid".to_owned(),
+        format!("after={lowercase}"),
+        "after=".to_owned(),
+        format!("after={}&limit=0", id(&posted[1])),
+        format!("after={}&limit=101", id(&posted[1])),
+        "before=not-a-ulid".to_owned(),
+    ] {
+        let answer = t
+            .get(&format!("{messages}?{query}"), Some(&owner.token))
+            .await;
+        assert_eq!(answer, bad_request, "{query}");
+    }
+    t.stack.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_history_after_a_message_pages_forward_oldest_first() {
+    history_after_a_message_pages_forward_oldest_first(Backends::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_redis_history_after_a_message_pages_forward_oldest_first() {
+    history_after_a_message_pages_forward_oldest_first(Backends::External).await;
 }
 
 // --- edit and delete ---------------------------------------------------------

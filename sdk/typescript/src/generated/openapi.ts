@@ -1296,10 +1296,24 @@ export interface components {
             message_id: string;
             reactions: components["schemas"]["Reaction"][];
         };
+        /**
+         * @description One page of history. `next_before` is always the page's oldest message,
+         *     so it continues backwards from either kind of page; an `after` page adds
+         *     `next_after`, its newest.
+         */
         MessagePage: {
-            /** @description Newest first. */
+            /** @description Newest first; oldest first when the request had `after`. */
             messages: components["schemas"]["Message"][];
-            /** @description The `before` of the next page; `null` when this page is empty. */
+            /**
+             * @description Only when the request had `after`: the `after` of the next newer
+             *     page, this page's newest message; `null` when this page is empty
+             *     (nothing newer yet: keep the `after` you sent).
+             */
+            next_after?: string | null;
+            /**
+             * @description The `before` of the next older page: this page's oldest message;
+             *     `null` when this page is empty.
+             */
             next_before: string | null;
         };
         /** @description The permissions an override allows and denies; none in both. */
@@ -3612,8 +3626,13 @@ export interface operations {
             query?: {
                 /** @description Page size, 1–100 (default 20). */
                 limit?: number;
-                /** @description Only messages older than this one. */
+                /** @description Only messages older than this one, newest first. */
                 before?: components["schemas"]["Id"];
+                /**
+                 * @description Only messages newer than this one, oldest first: what a client that
+                 *     reconnects missed since the last message it has. Not with `before`.
+                 */
+                after?: components["schemas"]["Id"];
             };
             header?: never;
             path: {
@@ -3624,7 +3643,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description A page of history, newest first. */
+            /** @description A page of history: newest first, or oldest first after `after`. */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -3633,7 +3652,7 @@ export interface operations {
                     "application/json": components["schemas"]["MessagePage"];
                 };
             };
-            /** @description A malformed path id, query parameter or body (`invalid_request`). */
+            /** @description A malformed path id, `limit`, `before` or `after`, or `before` and `after` together (`invalid_request`). */
             400: {
                 headers: {
                     [name: string]: unknown;

@@ -33,7 +33,7 @@ use crate::http::reactions::proto_reaction;
 use crate::outbox::Pending;
 use crate::permissions::{GuildAccess, Permission};
 use crate::state::AppState;
-use crate::store::{MessageInsert, MessageRecord};
+use crate::store::{HistoryCursor, MessageInsert, MessageRecord};
 
 /// Attachments one message may carry.
 const MAX_ATTACHMENTS: usize = 5;
@@ -66,18 +66,65 @@ pub struct HistoryQuery {
     /// Page size, 1–100 (default 20).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
-    /// Only messages older than this one.
+    /// Only messages older than this one, newest first.
     #[param(value_type = Option<Id>)]
     before: Option<String>,
+    /// Only messages newer than this one, oldest first: what a client that
+    /// reconnects missed since the last message it has. Not with `before`.
+    #[param(value_type = Option<Id>)]
+    after: Option<String>,
 }
 
+impl HistoryQuery {
+    /// The page the query asks for: a malformed id, or `before` and
+    /// `after` together, is a bad request.
+    fn cursor(&self) -> ApiResult<HistoryCursor> {
+        match (self.before.as_deref(), self.after.as_deref()) {
+            (None, None) => Ok(HistoryCursor::Latest),
+            (Some(before), None) => parse_id(before).map(HistoryCursor::Before),
+            (None, Some(after)) => parse_id(after).map(HistoryCursor::After),
+            (Some(_), Some(_)) => Err(ApiError::InvalidRequest),
+        }
+    }
+}
+
+/// One page of history. `next_before` is always the page's oldest message,
+/// so it continues backwards from either kind of page; an `after` page adds
+/// `next_after`, its newest.
 #[derive(Serialize, ToSchema)]
 pub struct MessagePage {
-    /// Newest first.
+    /// Newest first; oldest first when the request had `after`.
     messages: Vec<filament_wire::Message>,
-    /// The `before` of the next page; `null` when this page is empty.
+    /// The `before` of the next older page: this page's oldest message;
+    /// `null` when this page is empty.
     #[schema(required = true)]
     next_before: Option<String>,
+    /// Only when the request had `after`: the `after` of the next newer
+    /// page, this page's newest message; `null` when this page is empty
+    /// (nothing newer yet: keep the `after` you sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    next_after: Option<Option<String>>,
+}
+
+impl MessagePage {
+    /// `records` in the order the store answered `cursor`.
+    fn new(
+        cursor: HistoryCursor,
+        records: &[MessageRecord],
+        messages: Vec<filament_wire::Message>,
+    ) -> Self {
+        let (oldest, newest) = match cursor {
+            HistoryCursor::After(_) => (records.first(), records.last()),
+            HistoryCursor::Latest | HistoryCursor::Before(_) => (records.last(), records.first()),
+        };
+        let id = |record: Option<&MessageRecord>| record.map(|m| m.message_id.to_string());
+        Self {
+            messages,
+            next_before: id(oldest),
+            next_after: matches!(cursor, HistoryCursor::After(_)).then(|| id(newest)),
+        }
+    }
 }
 
 /// A new message's content and attachments, validated together: the
@@ -259,7 +306,8 @@ async fn post_keyed(
     security(("bearer" = [])),
     params(ChannelPath, HistoryQuery),
     responses(
-        (status = 200, description = "A page of history, newest first.", body = MessagePage),
+        (status = 200, description = "A page of history: newest first, or oldest first after `after`.", body = MessagePage),
+        (status = 400, description = "A malformed path id, `limit`, `before` or `after`, or `before` and `after` together (`invalid_request`).", body = ErrorBody),
         (status = 403, description = "Cannot view the channel (`forbidden`).", body = ErrorBody),
         (status = 404, description = "No such channel in the guild (`not_found`).", body = ErrorBody),
     ),
@@ -271,25 +319,21 @@ pub async fn list(
     QueryParams(query): QueryParams<HistoryQuery>,
 ) -> ApiResult<Json<MessagePage>> {
     let limit = page_limit(query.limit, 20, 100)?;
-    let before = query.before.as_deref().map(parse_id).transpose()?;
+    let cursor = query.cursor()?;
     state
         .authorizer()
         .channel(guild_id, channel_id, user.user_id)
         .await?;
     let records = state
         .store()
-        .messages(guild_id, channel_id, before, limit)
+        .messages(guild_id, channel_id, cursor, limit)
         .await?;
-    let next_before = records.last().map(|m| m.message_id.to_string());
     let messages = full_messages(&state, &records, user.user_id)
         .await?
         .iter()
         .map(wire_message)
         .collect::<ApiResult<_>>()?;
-    Ok(Json(MessagePage {
-        messages,
-        next_before,
-    }))
+    Ok(Json(MessagePage::new(cursor, &records, messages)))
 }
 
 #[utoipa::path(

@@ -311,6 +311,19 @@ pub struct MessageRecord {
     pub created_at_unix: i64,
 }
 
+/// Where a page of a channel's history starts, by message id. A cursor id
+/// need not be a message of the channel: it is only a bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryCursor {
+    /// The newest messages, newest first.
+    Latest,
+    /// Messages strictly older than this id, newest first.
+    Before(Ulid),
+    /// Messages strictly newer than this id, oldest first: what a client
+    /// that reconnects missed since the last message it has.
+    After(Ulid),
+}
+
 /// Users, sessions, guilds, members, channels and messages: the core that
 /// every other area builds on.
 #[async_trait]
@@ -408,13 +421,13 @@ pub trait CoreStore: Send + Sync + 'static {
         message: MessageRecord,
         outbox: Option<OutboxEvent>,
     ) -> StoreResult<()>;
-    /// Messages of a channel, newest first, strictly older than `before`
-    /// (by message id) when given, at most `limit`.
+    /// At most `limit` messages of a channel from `cursor`, in the
+    /// cursor's order.
     async fn messages(
         &self,
         guild_id: Ulid,
         channel_id: Ulid,
-        before: Option<Ulid>,
+        cursor: HistoryCursor,
         limit: u32,
     ) -> StoreResult<Vec<MessageRecord>>;
 }

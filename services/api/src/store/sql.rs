@@ -14,9 +14,9 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 use ulid::Ulid;
 
 use super::{
-    ChannelKind, ChannelRecord, CoreStore, GuildRecord, MemberRecord, MemberRole, MessageRecord,
-    NewSession, NewUser, OutboxEvent, OutboxFor, RotateOutcome, StoreError, StoreResult,
-    UserRecord, Visibility,
+    ChannelKind, ChannelRecord, CoreStore, GuildRecord, HistoryCursor, MemberRecord, MemberRole,
+    MessageRecord, NewSession, NewUser, OutboxEvent, OutboxFor, RotateOutcome, StoreError,
+    StoreResult, UserRecord, Visibility,
 };
 
 /// A [`Store`] over a pool of one sqlx backend. Named through the
@@ -420,28 +420,39 @@ where
         &self,
         guild_id: Ulid,
         channel_id: Ulid,
-        before: Option<Ulid>,
+        cursor: HistoryCursor,
         limit: u32,
     ) -> StoreResult<Vec<MessageRecord>> {
-        // Two statements rather than `($4 IS NULL OR message_id < $4)`: a
+        // One statement per cursor rather than `($4 IS NULL OR ...)`: a
         // plain range bound lets the (channel_id, message_id) index start
         // right at the cursor, also under a cached generic plan. The cursor
-        // is the last placeholder so that both share the first three binds.
-        let sql = if before.is_some() {
-            "SELECT message_id, guild_id, channel_id, author_id, content, created_at_unix \
-             FROM messages WHERE channel_id = $1 AND guild_id = $2 AND message_id < $4 \
-             ORDER BY message_id DESC LIMIT $3"
-        } else {
-            "SELECT message_id, guild_id, channel_id, author_id, content, created_at_unix \
-             FROM messages WHERE channel_id = $1 AND guild_id = $2 \
-             ORDER BY message_id DESC LIMIT $3"
+        // is the last placeholder so that all share the first three binds.
+        let (sql, bound) = match cursor {
+            HistoryCursor::Latest => (
+                "SELECT message_id, guild_id, channel_id, author_id, content, created_at_unix \
+                 FROM messages WHERE channel_id = $1 AND guild_id = $2 \
+                 ORDER BY message_id DESC LIMIT $3",
+                None,
+            ),
+            HistoryCursor::Before(before) => (
+                "SELECT message_id, guild_id, channel_id, author_id, content, created_at_unix \
+                 FROM messages WHERE channel_id = $1 AND guild_id = $2 AND message_id < $4 \
+                 ORDER BY message_id DESC LIMIT $3",
+                Some(before),
+            ),
+            HistoryCursor::After(after) => (
+                "SELECT message_id, guild_id, channel_id, author_id, content, created_at_unix \
+                 FROM messages WHERE channel_id = $1 AND guild_id = $2 AND message_id > $4 \
+                 ORDER BY message_id ASC LIMIT $3",
+                Some(after),
+            ),
         };
         let mut query = sqlx::query(sql)
             .bind(channel_id.to_string())
             .bind(guild_id.to_string())
             .bind(i64::from(limit));
-        if let Some(before) = before {
-            query = query.bind(before.to_string());
+        if let Some(bound) = bound {
+            query = query.bind(bound.to_string());
         }
         let rows = query.fetch_all(&self.pool).await?;
         Ok(rows.iter().map(decode_message).collect::<Result<_, _>>()?)

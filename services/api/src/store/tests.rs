@@ -16,9 +16,9 @@ use ulid::Ulid;
 
 use super::postgres::quote_identifier;
 use super::{
-    ChannelKind, ChannelRecord, CoreStore as _, GuildRecord, MemberRecord, MemberRole,
-    MessageRecord, NewSession, NewUser, OutboxEvent, PostgresStore, ProfileChange, RotateOutcome,
-    SqliteStore, Store, StoreError, UserRecord, Visibility,
+    ChannelKind, ChannelRecord, CoreStore as _, GuildRecord, HistoryCursor, MemberRecord,
+    MemberRole, MessageRecord, NewSession, NewUser, OutboxEvent, PostgresStore, ProfileChange,
+    RotateOutcome, SqliteStore, Store, StoreError, UserRecord, Visibility,
 };
 
 const POSTGRES_URL_VAR: &str = "TEST_DATABASE_URL";
@@ -141,6 +141,7 @@ conformance!(
     members_page_by_user_id,
     channels_in_creation_order,
     messages_paginate_newest_first,
+    messages_after_a_cursor_come_oldest_first,
     count_guilds_created_by,
 );
 
@@ -965,69 +966,124 @@ async fn channels_in_creation_order(store: Arc<dyn Store>) {
 
 // --- messages ------------------------------------------------------------------
 
-async fn messages_paginate_newest_first(store: Arc<dyn Store>) {
-    let author = create_user(&*store, "alice").await;
-    let guild = create_guild(&*store, author, NOW).await;
-    let channel = create_channel(&*store, Ulid::generate(), guild.guild_id, NOW).await;
-    let other_channel = create_channel(&*store, Ulid::generate(), guild.guild_id, NOW).await;
+/// Five messages of a channel, inserted out of order and interleaved with
+/// two of another channel of the guild that must never show up; ids are
+/// `ulid_at(10_000 + i * 10)` for ours, `10_015` and `10_055` for theirs.
+struct History {
+    guild_id: Ulid,
+    channel_id: Ulid,
+    other_channel_id: Ulid,
+    ours: Vec<MessageRecord>,
+    theirs: [MessageRecord; 2],
+}
 
-    let message = |message_id: Ulid, channel_id: Ulid| MessageRecord {
-        message_id,
-        guild_id: guild.guild_id,
-        channel_id,
-        author_id: author,
-        content: format!("message {message_id}"),
-        created_at_unix: NOW,
-    };
-    // Five messages, inserted out of order, interleaved with two in another
-    // channel that must never show up.
-    let ours: Vec<MessageRecord> = (0..5)
-        .map(|i| message(ulid_at(10_000 + i * 10), channel.channel_id))
-        .collect();
-    let theirs = [
-        message(ulid_at(10_015), other_channel.channel_id),
-        message(ulid_at(10_055), other_channel.channel_id),
-    ];
-    for record in [
-        &ours[3], &theirs[0], &ours[0], &ours[4], &theirs[1], &ours[1], &ours[2],
-    ] {
-        store
-            .create_message(record.clone(), None)
-            .await
-            .expect("create message");
-    }
-    let page = |before: Option<Ulid>, limit: u32| {
-        let store = store.clone();
-        async move {
+impl History {
+    async fn create(store: &dyn Store) -> Self {
+        let author = create_user(store, "alice").await;
+        let guild = create_guild(store, author, NOW).await;
+        let channel = create_channel(store, Ulid::generate(), guild.guild_id, NOW).await;
+        let other_channel = create_channel(store, Ulid::generate(), guild.guild_id, NOW).await;
+        let message = |message_id: Ulid, channel_id: Ulid| MessageRecord {
+            message_id,
+            guild_id: guild.guild_id,
+            channel_id,
+            author_id: author,
+            content: format!("message {message_id}"),
+            created_at_unix: NOW,
+        };
+        let ours: Vec<MessageRecord> = (0..5)
+            .map(|i| message(ulid_at(10_000 + i * 10), channel.channel_id))
+            .collect();
+        let theirs = [
+            message(ulid_at(10_015), other_channel.channel_id),
+            message(ulid_at(10_055), other_channel.channel_id),
+        ];
+        for record in [
+            &ours[3], &theirs[0], &ours[0], &ours[4], &theirs[1], &ours[1], &ours[2],
+        ] {
             store
-                .messages(guild.guild_id, channel.channel_id, before, limit)
+                .create_message(record.clone(), None)
                 .await
-                .expect("messages")
+                .expect("create message");
         }
-    };
+        Self {
+            guild_id: guild.guild_id,
+            channel_id: channel.channel_id,
+            other_channel_id: other_channel.channel_id,
+            ours,
+            theirs,
+        }
+    }
 
-    let first = page(None, 2).await;
+    async fn page(
+        &self,
+        store: &dyn Store,
+        cursor: HistoryCursor,
+        limit: u32,
+    ) -> Vec<MessageRecord> {
+        store
+            .messages(self.guild_id, self.channel_id, cursor, limit)
+            .await
+            .expect("messages")
+    }
+}
+
+async fn messages_paginate_newest_first(store: Arc<dyn Store>) {
+    let h = History::create(&*store).await;
+    let (ours, theirs) = (&h.ours, &h.theirs);
+    let before = |message: &MessageRecord| HistoryCursor::Before(message.message_id);
+
+    let first = h.page(&*store, HistoryCursor::Latest, 2).await;
     assert_eq!(first, vec![ours[4].clone(), ours[3].clone()]);
-    let second = page(Some(ours[3].message_id), 2).await;
+    let second = h.page(&*store, before(&ours[3]), 2).await;
     assert_eq!(second, vec![ours[2].clone(), ours[1].clone()]);
-    let third = page(Some(ours[1].message_id), 2).await;
+    let third = h.page(&*store, before(&ours[1]), 2).await;
     assert_eq!(third, vec![ours[0].clone()]);
-    assert_eq!(page(Some(ours[0].message_id), 2).await, vec![]);
+    assert_eq!(h.page(&*store, before(&ours[0]), 2).await, vec![]);
 
-    let everything = page(None, 100).await;
+    let everything = h.page(&*store, HistoryCursor::Latest, 100).await;
     let newest_first: Vec<MessageRecord> = ours.iter().rev().cloned().collect();
     assert_eq!(everything, newest_first);
     // `before` need not be a message of this channel: it is only a bound.
-    let before_theirs = page(Some(theirs[1].message_id), 100).await;
+    let before_theirs = h.page(&*store, before(&theirs[1]), 100).await;
     assert_eq!(before_theirs, newest_first);
 
     let other = store
-        .messages(guild.guild_id, other_channel.channel_id, None, 100)
+        .messages(h.guild_id, h.other_channel_id, HistoryCursor::Latest, 100)
         .await
         .expect("messages");
     assert_eq!(other, vec![theirs[1].clone(), theirs[0].clone()]);
     let wrong_guild = store
-        .messages(Ulid::generate(), channel.channel_id, None, 100)
+        .messages(Ulid::generate(), h.channel_id, HistoryCursor::Latest, 100)
+        .await
+        .expect("messages");
+    assert_eq!(wrong_guild, vec![]);
+}
+
+async fn messages_after_a_cursor_come_oldest_first(store: Arc<dyn Store>) {
+    let h = History::create(&*store).await;
+    let (ours, theirs) = (&h.ours, &h.theirs);
+    let after = |message: &MessageRecord| HistoryCursor::After(message.message_id);
+
+    // Strictly newer than the cursor, oldest first, `limit` at most.
+    let first = h.page(&*store, after(&ours[1]), 2).await;
+    assert_eq!(first, vec![ours[2].clone(), ours[3].clone()]);
+    let second = h.page(&*store, after(&ours[3]), 2).await;
+    assert_eq!(second, vec![ours[4].clone()]);
+    assert_eq!(h.page(&*store, after(&ours[4]), 2).await, vec![]);
+
+    let everything = h
+        .page(&*store, HistoryCursor::After(Ulid::nil()), 100)
+        .await;
+    assert_eq!(&everything, ours);
+    // Only a bound: another channel's message in between the ones asked for.
+    let after_theirs = h.page(&*store, after(&theirs[0]), 100).await;
+    assert_eq!(after_theirs, ours[2..].to_vec());
+    let past_the_end = h.page(&*store, after(&theirs[1]), 100).await;
+    assert_eq!(past_the_end, vec![]);
+
+    let wrong_guild = store
+        .messages(Ulid::generate(), h.channel_id, after(&ours[0]), 100)
         .await
         .expect("messages");
     assert_eq!(wrong_guild, vec![]);
