@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use filament_proto::v1::{Event, ServiceMessage, StreamEvent, audience, service_message};
 use filament_registry::{GatewayId, Registry};
+
+use crate::log::Logs;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
@@ -22,6 +24,8 @@ pub struct FanoutConfig {
     /// Every event is kept by the publisher until it is confirmed
     /// ([`Fanout::publish_durable`]), and gateways are told so in
     /// `Welcome`: a broken stream then costs them no resynchronisation.
+    /// A durable publisher's events are also appended to the replay logs
+    /// and carry their positions (`log.rs`).
     pub durable: bool,
 }
 
@@ -132,6 +136,8 @@ struct Inner {
     config: FanoutConfig,
     next_generation: AtomicU64,
     state: Mutex<State>,
+    /// The replay logs, for a durable publisher.
+    logs: Option<Logs>,
 }
 
 #[derive(Default)]
@@ -148,6 +154,7 @@ impl Fanout {
             inner: Arc::new(Inner {
                 service,
                 instance_id: ulid::Ulid::generate().to_string(),
+                logs: config.durable.then(Logs::new),
                 registry,
                 config,
                 next_generation: AtomicU64::new(1),
@@ -260,6 +267,12 @@ impl Fanout {
                 report.registry_degraded = true;
                 self.lock().streams.keys().cloned().collect()
             }
+        };
+        let mut event = event;
+        // Held until the event is queued everywhere: see `log.rs`.
+        let _order = match &self.inner.logs {
+            Some(logs) => logs.stamp(self.registry(), &mut event).await,
+            None => Vec::new(),
         };
         let event = Arc::new(event);
         // The request (or gRPC call) that caused the event, if it is traced:
@@ -485,6 +498,7 @@ mod tests {
             }),
             published_at_unix_ms: 0,
             event_id: String::new(),
+            positions: Vec::new(),
             payload: Some(event::Payload::MessageDelete(MessageDelete {
                 message_id: message_id.to_owned(),
                 ..MessageDelete::default()
@@ -627,6 +641,57 @@ mod tests {
         );
         let (_stream, missed, _rx) = attach(&fanout, &silent, 8);
         assert_eq!(missed, 1, "so it resynchronises on reconnect");
+    }
+
+    /// The replay positions of every event queued so far.
+    fn positions(rx: &mut Rx) -> Vec<Vec<(String, u64)>> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|message| match message.expect("ok").kind {
+                Some(service_message::Kind::Event(e)) => e
+                    .event
+                    .expect("event")
+                    .positions
+                    .into_iter()
+                    .map(|p| (p.scope, p.offset))
+                    .collect(),
+                other => panic!("unexpected message {other:?}"),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_durable_publisher_logs_its_events_and_sends_their_positions() {
+        let registry = memory();
+        let durable = FanoutConfig {
+            durable: true,
+            ..FanoutConfig::default()
+        };
+        let logging = fanout(registry.clone(), durable);
+        let plain = fanout(registry.clone(), FanoutConfig::default());
+        let holder = gateway();
+        registry
+            .hold_guilds(&holder, &["G".to_owned()])
+            .await
+            .unwrap();
+        let (_stream, _, mut rx) = attach(&logging, &holder, 8);
+        let (_plain_stream, _, mut plain_rx) = attach(&plain, &holder, 8);
+
+        for (n, id) in ["a", "b"].into_iter().enumerate() {
+            let mut event = guild_event("G", id);
+            event.event_id = format!("event-{n}");
+            drop(logging.publish_durable(event).await);
+        }
+        // Published again (a relay's retry): the first positions, no new entry.
+        let mut repeat = guild_event("G", "a");
+        repeat.event_id = "event-0".to_owned();
+        drop(logging.publish_durable(repeat).await);
+        let g = |offset| vec![("g:G".to_owned(), offset)];
+        assert_eq!(positions(&mut rx), [g(1), g(2), g(1)]);
+        // A lossy publisher (presence, voice) logs nothing.
+        plain.publish(guild_event("G", "c")).await;
+        assert_eq!(positions(&mut plain_rx), [Vec::new()]);
+        let head = registry.log_head("g:G").await.unwrap().unwrap();
+        assert_eq!(head.offset, 2);
     }
 
     #[tokio::test(start_paused = true)]

@@ -17,6 +17,7 @@
 
 mod coverage;
 mod hub;
+mod log;
 mod service;
 
 pub use coverage::{COVERAGE_INTERVAL, Coverage};

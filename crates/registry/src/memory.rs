@@ -16,6 +16,9 @@
 //! through [`MemoryRegistry::lose_state`], which tests use to play a Redis
 //! restarted empty.
 //!
+//! The replay logs (`replay.rs`) live under a third lock: appends come
+//! from every publish and have nothing to do with routing either.
+//!
 //! Revoked sessions live in their own map under their own lock (every
 //! authenticated request reads it, and it has nothing to do with routing),
 //! with an index by expiry so that expired entries are dropped in order
@@ -28,6 +31,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
+use crate::replay::{LogConfig, LogPosition, MemoryLogs, Replay};
 use crate::{Epoch, GatewayId, Registry, RegistryConfig, RegistryError, RegistryResult, Scope};
 
 /// Forward index: who holds a guild (or a user). Sorted, so lookups come
@@ -38,6 +42,8 @@ pub struct MemoryRegistry {
     ttl: Duration,
     state: Mutex<State>,
     revoked: Mutex<RevokedSessions>,
+    log_config: LogConfig,
+    logs: Mutex<MemoryLogs>,
 }
 
 impl MemoryRegistry {
@@ -46,7 +52,14 @@ impl MemoryRegistry {
             ttl: config.ttl,
             state: Mutex::new(State::default()),
             revoked: Mutex::new(RevokedSessions::default()),
+            log_config: config.log,
+            logs: Mutex::new(MemoryLogs::default()),
         }
+    }
+
+    fn logs(&self) -> MutexGuard<'_, MemoryLogs> {
+        // As for `state`: updates cannot panic half way.
+        self.logs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn revoked(&self) -> MutexGuard<'_, RevokedSessions> {
@@ -82,6 +95,7 @@ impl MemoryRegistry {
             ..State::default()
         };
         *self.revoked() = RevokedSessions::default();
+        *self.logs() = MemoryLogs::default();
     }
 
     /// How many gateways and index entries are remembered, dead or alive.
@@ -404,5 +418,43 @@ impl Registry for MemoryRegistry {
         let mut revoked = self.revoked();
         revoked.forget_expired(now);
         Ok(revoked.is_revoked(session_id, now))
+    }
+
+    async fn append_to_logs(
+        &self,
+        event_id: &str,
+        scopes: &[String],
+        event: &[u8],
+        at_unix_ms: u64,
+    ) -> RegistryResult<Vec<LogPosition>> {
+        let config = &self.log_config;
+        Ok(self
+            .logs()
+            .append(config, event_id, scopes, event, at_unix_ms, Instant::now()))
+    }
+
+    async fn log_head(&self, scope: &str) -> RegistryResult<Option<LogPosition>> {
+        Ok(Some(self.logs().head(
+            &self.log_config,
+            scope,
+            Instant::now(),
+        )))
+    }
+
+    async fn replay(&self, position: &LogPosition, limit: usize) -> RegistryResult<Replay> {
+        let config = &self.log_config;
+        let read = self.logs().read(
+            config,
+            &position.scope,
+            position.offset,
+            limit,
+            Instant::now(),
+        );
+        Ok(read.replay(
+            &position.epoch,
+            position.offset,
+            limit,
+            config.oldest_unix_ms(),
+        ))
     }
 }

@@ -14,7 +14,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 
-use crate::{Epoch, GatewayId, Registry, RegistryResult};
+use crate::{Epoch, GatewayId, LogPosition, Registry, RegistryResult, Replay};
 
 /// `filament_registry_call_duration_seconds{operation}`.
 pub const CALL_DURATION: &str = "filament_registry_call_duration_seconds";
@@ -32,6 +32,9 @@ pub mod operation {
     pub const DEREGISTER: &str = "deregister";
     pub const REVOKE_SESSION: &str = "revoke_session";
     pub const IS_SESSION_REVOKED: &str = "is_session_revoked";
+    pub const APPEND_TO_LOGS: &str = "append_to_logs";
+    pub const LOG_HEAD: &str = "log_head";
+    pub const REPLAY: &str = "replay";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -188,6 +191,31 @@ impl Registry for Metered {
             self.inner.is_session_revoked(session_id),
         )
         .await
+    }
+
+    async fn append_to_logs(
+        &self,
+        event_id: &str,
+        scopes: &[String],
+        event: &[u8],
+        at_unix_ms: u64,
+    ) -> RegistryResult<Vec<LogPosition>> {
+        self.timed(
+            operation::APPEND_TO_LOGS,
+            self.inner
+                .append_to_logs(event_id, scopes, event, at_unix_ms),
+        )
+        .await
+    }
+
+    async fn log_head(&self, scope: &str) -> RegistryResult<Option<LogPosition>> {
+        self.timed(operation::LOG_HEAD, self.inner.log_head(scope))
+            .await
+    }
+
+    async fn replay(&self, position: &LogPosition, limit: usize) -> RegistryResult<Replay> {
+        self.timed(operation::REPLAY, self.inner.replay(position, limit))
+            .await
     }
 }
 

@@ -18,7 +18,12 @@
 //!   lost (or no gateway ever heartbeated);
 //! - `{p}recovering`: set `PX ttl` by a heartbeat that finds a different
 //!   epoch than its gateway knew. While it exists, or while `epoch` is
-//!   missing, lookups answer `Recovering`.
+//!   missing, lookups answer `Recovering`;
+//! - `{p}log:{scope}` and `{p}log-meta:{scope}`: a replay log (`replay.rs`),
+//!   a stream whose entry ids are the offsets (`<offset>-0`) and a hash of
+//!   its epoch and head, both expiring when the log is idle for its
+//!   retention; `{p}logged:{event_id}`: the positions of an appended event,
+//!   `PX` the marker TTL.
 //!
 //! The variable part is always last and follows a fixed head, so no two kinds
 //! of key can collide whatever the ids contain.
@@ -43,7 +48,10 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::breaker::Breaker;
-use crate::{Epoch, GatewayId, RedisOptions, Registry, RegistryConfig, RegistryResult, Scope};
+use crate::replay::{self, LogConfig, LogEntry, LogPosition, LogRead, Replay};
+use crate::{
+    Epoch, GatewayId, RedisOptions, Registry, RegistryConfig, RegistryError, RegistryResult, Scope,
+};
 
 /// A connection manager whose calls are bounded by `options`: the response
 /// timeout on every command, the connection timeout on each attempt, and
@@ -150,6 +158,9 @@ pub struct RedisRegistry {
     live_holders: Script,
     deregister: Script,
     heartbeat: Script,
+    log_config: LogConfig,
+    append: Script,
+    log_head: Script,
 }
 
 impl RedisRegistry {
@@ -163,6 +174,10 @@ impl RedisRegistry {
         live_holders.load_async(&mut conn).await?;
         deregister.load_async(&mut conn).await?;
         heartbeat.load_async(&mut conn).await?;
+        let append = Script::new(replay::APPEND_LUA);
+        let log_head = Script::new(replay::HEAD_LUA);
+        append.load_async(&mut conn).await?;
+        log_head.load_async(&mut conn).await?;
         Ok(Self {
             conn,
             breaker: Breaker::new(config.redis.breaker),
@@ -175,6 +190,9 @@ impl RedisRegistry {
             live_holders,
             deregister,
             heartbeat,
+            log_config: config.log,
+            append,
+            log_head,
         })
     }
 
@@ -309,6 +327,19 @@ impl Keys {
 
     fn recovering(&self) -> String {
         format!("{}recovering", self.prefix)
+    }
+
+    /// A replay log's meta hash (`e`: epoch, `n`: head) and its stream.
+    fn log(&self, scope: &str) -> (String, String) {
+        (
+            format!("{}log-meta:{scope}", self.prefix),
+            format!("{}log:{scope}", self.prefix),
+        )
+    }
+
+    /// Remembers the positions of one appended event.
+    fn logged_event(&self, event_id: &str) -> String {
+        format!("{}logged:{event_id}", self.prefix)
     }
 
     /// The marker of one revoked session.
@@ -459,4 +490,132 @@ impl Registry for RedisRegistry {
             })
             .await
     }
+
+    async fn append_to_logs(
+        &self,
+        event_id: &str,
+        scopes: &[String],
+        event: &[u8],
+        at_unix_ms: u64,
+    ) -> RegistryResult<Vec<LogPosition>> {
+        if scopes.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.breaker
+            .call(async {
+                let mut call = self.append.prepare_invoke();
+                if event_id.is_empty() {
+                    call.key("");
+                } else {
+                    call.key(self.keys.logged_event(event_id));
+                }
+                for scope in scopes {
+                    let (meta, stream) = self.keys.log(scope);
+                    call.key(meta).key(stream);
+                }
+                let answer: String = call
+                    .arg(event)
+                    .arg(at_unix_ms)
+                    .arg(replay::new_log_epoch())
+                    .arg(millis(self.log_config.marker_ttl))
+                    .arg(millis(self.log_config.retention))
+                    .arg(self.log_config.max_len)
+                    .invoke_async(&mut self.conn.clone())
+                    .await?;
+                replay::parse_appended(scopes, &answer).ok_or_else(|| {
+                    RegistryError::Redis(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "unexpected append answer",
+                    )))
+                })
+            })
+            .await
+    }
+
+    async fn log_head(&self, scope: &str) -> RegistryResult<Option<LogPosition>> {
+        self.breaker
+            .call(async {
+                let (meta, stream) = self.keys.log(scope);
+                let (epoch, head): (String, u64) = self
+                    .log_head
+                    .key(meta)
+                    .key(stream)
+                    .arg(replay::new_log_epoch())
+                    .arg(millis(self.log_config.retention))
+                    .invoke_async(&mut self.conn.clone())
+                    .await?;
+                Ok(Some(LogPosition {
+                    scope: scope.to_owned(),
+                    epoch,
+                    offset: head,
+                }))
+            })
+            .await
+    }
+
+    async fn replay(&self, position: &LogPosition, limit: usize) -> RegistryResult<Replay> {
+        self.breaker
+            .call(async {
+                let (meta, stream) = self.keys.log(&position.scope);
+                let start = format!("{}-0", position.offset.saturating_add(1));
+                let ((epoch, head), entries): (
+                    (Option<String>, Option<u64>),
+                    Vec<(String, Vec<Vec<u8>>)>,
+                ) = redis::pipe()
+                    .atomic()
+                    .cmd("HMGET")
+                    .arg(&meta)
+                    .arg("e")
+                    .arg("n")
+                    .cmd("XRANGE")
+                    .arg(&stream)
+                    .arg(start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit.saturating_add(1))
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                let read = LogRead {
+                    epoch: epoch.unwrap_or_default(),
+                    head: head.unwrap_or(0),
+                    entries: entries.into_iter().filter_map(log_entry).collect(),
+                };
+                Ok(read.replay(
+                    &position.epoch,
+                    position.offset,
+                    limit,
+                    self.log_config.oldest_unix_ms(),
+                ))
+            })
+            .await
+    }
+}
+
+/// One stream entry, `<offset>-0` with the fields `e` (the event) and `t`
+/// (its time); `None` for anything else, which the replay then reports as
+/// a gap.
+fn log_entry((id, fields): (String, Vec<Vec<u8>>)) -> Option<LogEntry> {
+    let offset = id.strip_suffix("-0")?.parse().ok()?;
+    let mut event = None;
+    let mut at_unix_ms = None;
+    for pair in fields.chunks(2) {
+        match pair {
+            [name, value] if name == b"e" => event = Some(value.clone()),
+            [name, value] if name == b"t" => {
+                at_unix_ms = std::str::from_utf8(value).ok()?.parse().ok();
+            }
+            _ => {}
+        }
+    }
+    Some(LogEntry {
+        offset,
+        at_unix_ms: at_unix_ms?,
+        event: event?,
+    })
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }

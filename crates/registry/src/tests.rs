@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::{GatewayId, MemoryRegistry, RedisRegistry, Registry, RegistryConfig, RegistryError};
+use crate::{
+    GatewayId, LogConfig, MemoryRegistry, RedisRegistry, Registry, RegistryConfig, RegistryError,
+    Replay,
+};
 
 /// What the suite needs from an implementation beyond the trait.
 trait Harness {
@@ -501,6 +504,107 @@ async fn a_lost_state_is_recovered_not_reported_empty(h: &impl Harness) {
     assert_eq!(for_guild(r, "g1").await, gateways(["a"]));
 }
 
+/// The replay logs the suite writes, and the event ids it appends.
+const LOGS: [&str; 2] = ["g:L1", "u:L1"];
+const LOGGED_EVENTS: [&str; 3] = ["e1", "e2", "e3"];
+
+fn now_ms() -> u64 {
+    u64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn offsets(replay: Replay) -> Vec<(u64, Vec<u8>)> {
+    match replay {
+        Replay::Covered(entries) => entries.into_iter().map(|e| (e.offset, e.event)).collect(),
+        Replay::Gap => panic!("the log should cover the gap"),
+    }
+}
+
+async fn logs_replay_exactly_the_gap(h: &impl Harness) {
+    let r = h.registry();
+    let head = r.log_head("g:L1").await.unwrap().unwrap();
+    assert_eq!(head.offset, 0);
+    let first = r
+        .append_to_logs("e1", &ids(LOGS), b"one", now_ms())
+        .await
+        .unwrap();
+    assert_eq!(
+        first
+            .iter()
+            .map(|p| (p.scope.as_str(), p.offset))
+            .collect::<Vec<_>>(),
+        [("g:L1", 1), ("u:L1", 1)]
+    );
+    assert_eq!(first[0].epoch, head.epoch, "a head keeps its epoch");
+    let second = r
+        .append_to_logs("e2", &ids(["g:L1"]), b"two", now_ms())
+        .await
+        .unwrap();
+    assert_eq!(second[0].offset, 2);
+    // A repeat of an event id gets the first append's positions and adds
+    // nothing.
+    let again = r
+        .append_to_logs("e1", &ids(LOGS), b"one", now_ms())
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(
+        offsets(r.replay(&head, 10).await.unwrap()),
+        [(1, b"one".to_vec()), (2, b"two".to_vec())]
+    );
+    assert_eq!(
+        offsets(r.replay(&first[0], 10).await.unwrap()),
+        [(2, b"two".to_vec())]
+    );
+    assert!(offsets(r.replay(&second[0], 10).await.unwrap()).is_empty());
+    // More than the limit, another epoch, a position past the head.
+    assert_eq!(r.replay(&head, 1).await.unwrap(), Replay::Gap);
+    let mut other_epoch = head.clone();
+    other_epoch.epoch = "ffff".to_owned();
+    assert_eq!(r.replay(&other_epoch, 10).await.unwrap(), Replay::Gap);
+    let mut ahead = second[0].clone();
+    ahead.offset = 3;
+    assert_eq!(r.replay(&ahead, 10).await.unwrap(), Replay::Gap);
+}
+
+async fn a_lost_log_starts_a_new_epoch(h: &impl Harness) {
+    let r = h.registry();
+    let before = r
+        .append_to_logs("e1", &ids(["g:L1"]), b"one", now_ms())
+        .await
+        .unwrap();
+    h.lose_state().await;
+    assert_eq!(r.replay(&before[0], 10).await.unwrap(), Replay::Gap);
+    let after = r
+        .append_to_logs("e2", &ids(["g:L1"]), b"two", now_ms())
+        .await
+        .unwrap();
+    assert_eq!(after[0].offset, 1);
+    assert_ne!(after[0].epoch, before[0].epoch);
+}
+
+async fn a_gap_marker_refuses_the_replays_it_spans(h: &impl Harness) {
+    let r = h.registry();
+    let head = r.log_head("g:L1").await.unwrap().unwrap();
+    r.append_to_logs("e1", &ids(["g:L1"]), b"one", now_ms())
+        .await
+        .unwrap();
+    let marker = r.append_to_logs("", &ids(["g:L1"]), &[], 0).await.unwrap();
+    r.append_to_logs("e3", &ids(["g:L1"]), b"three", now_ms())
+        .await
+        .unwrap();
+    assert_eq!(r.replay(&head, 10).await.unwrap(), Replay::Gap);
+    assert_eq!(
+        offsets(r.replay(&marker[0], 10).await.unwrap()),
+        [(3, b"three".to_vec())]
+    );
+}
+
 /// Runs each named suite test against one harness, as one test each with
 /// the given test attribute.
 macro_rules! conformance {
@@ -539,6 +643,9 @@ macro_rules! suite {
             revoking_again_restarts_the_ttl,
             a_lost_state_is_recovered_not_reported_empty,
             live_gateways_are_listed_until_they_leave_or_fall_silent,
+            logs_replay_exactly_the_gap,
+            a_lost_log_starts_a_new_epoch,
+            a_gap_marker_refuses_the_replays_it_spans,
         );
     };
 }
@@ -810,13 +917,25 @@ mod redis {
                 .collect()
         }
 
-        /// The epoch and recovery markers, which outlive every gateway.
+        /// The epoch and recovery markers, which outlive every gateway,
+        /// and the replay logs, which expire only when idle.
         fn state_keys(&self) -> Vec<String> {
-            vec![
-                format!("{}epoch", self.prefix),
-                format!("{}recovering", self.prefix),
-                format!("{}gateways", self.prefix),
+            let p = &self.prefix;
+            let logs = LOGS
+                .into_iter()
+                .flat_map(|scope| [format!("{p}log:{scope}"), format!("{p}log-meta:{scope}")]);
+            let logged = LOGGED_EVENTS
+                .into_iter()
+                .map(|id| format!("{p}logged:{id}"));
+            [
+                format!("{p}epoch"),
+                format!("{p}recovering"),
+                format!("{p}gateways"),
             ]
+            .into_iter()
+            .chain(logs)
+            .chain(logged)
+            .collect()
         }
 
         /// The revocation markers the suite can make the registry write.
@@ -910,6 +1029,28 @@ mod redis {
             let pttl = harness.pttl(&format!("{p}{key}")).await;
             assert!(0 < pttl && pttl <= ttl_ms, "{key} expires in {pttl} ms");
         }
+        harness.finish().await;
+    }
+
+    #[tokio::test]
+    async fn a_log_and_its_markers_expire() {
+        let Some(mut harness) = RedisHarness::start().await else {
+            return;
+        };
+        let p = harness.prefix.clone();
+        harness
+            .registry
+            .append_to_logs("e1", &ids(["g:L1"]), b"one", now_ms())
+            .await
+            .unwrap();
+        let retention = i64::try_from(LogConfig::default().retention.as_millis()).unwrap();
+        let marker = i64::try_from(LogConfig::default().marker_ttl.as_millis()).unwrap();
+        for key in [format!("{p}log:g:L1"), format!("{p}log-meta:g:L1")] {
+            let pttl = harness.pttl(&key).await;
+            assert!(0 < pttl && pttl <= retention, "{key} expires in {pttl} ms");
+        }
+        let pttl = harness.pttl(&format!("{p}logged:e1")).await;
+        assert!(0 < pttl && pttl <= marker, "the marker expires in {pttl} ms");
         harness.finish().await;
     }
 

@@ -94,6 +94,7 @@ pub fn encode_frames(event: &Event, max_frame_bytes: usize) -> Result<Vec<Frame>
         audience: event.audience.clone(),
         published_at_unix_ms: event.published_at_unix_ms,
         event_id: event.event_id.clone(),
+        positions: Vec::new(),
         payload: Some(payload),
     };
     match &event.payload {

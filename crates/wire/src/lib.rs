@@ -24,6 +24,7 @@ mod enums;
 pub mod events;
 mod frame;
 mod markdown;
+mod positions;
 pub mod schema;
 mod shapes;
 
@@ -35,6 +36,7 @@ pub use enums::{
 pub use events::WireEvent;
 pub use frame::{EncodeError, Frame, SerializeError, encode_event, encode_frames, event_type};
 pub use markdown::MarkdownToken;
+pub use positions::{POSITIONS_HEADROOM_BYTES, Position, with_positions};
 pub use shapes::{Attachment, Channel, Guild, Message, Profile, Reaction, Role, VoiceParticipant};
 
 /// The envelope's `v`.

@@ -11,7 +11,8 @@
 //! Every object is closed (`additionalProperties: false`): a client that
 //! validates strictly must see a new field in the schema before it sees one
 //! in a frame, and a field the encoder stops sending must break validation
-//! rather than pass as "optional".
+//! rather than pass as "optional". The one map is the envelope's optional
+//! `p` ([`POSITIONS_SCHEMA_NAME`]), whose keys are log scopes.
 
 use schemars::generate::SchemaSettings;
 use schemars::transform::{RecursiveTransform, Transform};
@@ -27,6 +28,13 @@ pub const JSON_SCHEMA_DIALECT: &str = "https://json-schema.org/draft/2020-12/sch
 /// The name in `$defs` of the frame schema: `{v, t, d}` with `d` chosen by
 /// `t`.
 pub const FRAME_SCHEMA_NAME: &str = "GatewayFrame";
+
+/// The name in `$defs` of the envelope's optional `p`: replay positions,
+/// sent only to sockets opened with `?positions=1`
+/// (`crate::with_positions`).
+pub const POSITIONS_SCHEMA_NAME: &str = "LogPositions";
+
+pub use crate::positions::POSITION_TOKEN_PATTERN;
 
 /// The schema of one event's `d`.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +77,7 @@ pub fn gateway_schema() -> GatewaySchema {
     let mut defs = generator.take_definitions(false);
     let frame = frame_schema(&events);
     defs.insert(FRAME_SCHEMA_NAME.to_owned(), frame);
+    defs.insert(POSITIONS_SCHEMA_NAME.to_owned(), positions_schema());
     let mut plain = RecursiveTransform(make_plain);
     for value in defs.values_mut() {
         if let Ok(schema) = <&mut Schema>::try_from(value) {
@@ -93,9 +102,10 @@ impl EventTypeVisitor for Collector {
     }
 }
 
-/// One closed `{v, t, d}` object per event: the frame is a union
+/// One closed `{v, t, d, p?}` object per event: the frame is a union
 /// discriminated by the constant `t`.
 fn frame_schema(events: &[EventSchema]) -> Value {
+    let positions = json!({ "$ref": format!("#/$defs/{POSITIONS_SCHEMA_NAME}") });
     let variants: Vec<Value> = events
         .iter()
         .map(|event| {
@@ -105,6 +115,7 @@ fn frame_schema(events: &[EventSchema]) -> Value {
                     "v": { "const": PROTOCOL_VERSION },
                     "t": { "const": event.event_type },
                     "d": event.d_schema,
+                    "p": positions,
                 },
                 "required": ["v", "t", "d"],
                 "additionalProperties": false,
@@ -112,8 +123,18 @@ fn frame_schema(events: &[EventSchema]) -> Value {
         })
         .collect();
     json!({
-        "description": "One gateway frame: protocol version `v`, event type `t`, and the payload `d` of that event type.",
+        "description": "One gateway frame: protocol version `v`, event type `t`, the payload `d` of that event type, and, only on a socket opened with `?positions=1`, the replay positions `p` of a logged event.",
         "oneOf": variants,
+    })
+}
+
+/// `p`: one token per replay log the event was appended to, keyed by the
+/// log's scope. Not closed: the keys are data, not field names.
+fn positions_schema() -> Value {
+    json!({
+        "description": "Replay positions (`p`), sent only to a socket opened with `?positions=1`: one `\"<epoch>.<offset>\"` token per replay log the event was appended to, keyed by the log's scope, `g:<guild id>` or `u:<user id>`. `ready` carries the user's log and the first `subscribed` in a guild carries that guild's log. A client keeps the newest token per scope and quotes them in `resume`.",
+        "type": "object",
+        "additionalProperties": { "type": "string", "pattern": POSITION_TOKEN_PATTERN },
     })
 }
 

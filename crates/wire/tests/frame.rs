@@ -19,6 +19,7 @@ fn event(payload: Payload) -> proto::Event {
         audience: None,
         published_at_unix_ms: 0,
         event_id: String::new(),
+        positions: Vec::new(),
         payload: Some(payload),
     }
 }

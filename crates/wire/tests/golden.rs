@@ -28,6 +28,7 @@ fn assert_frame(payload: Payload, event_type: &str, d: &Value) {
         audience: None,
         published_at_unix_ms: 1_767_225_600_123,
         event_id: String::new(),
+        positions: Vec::new(),
         payload: Some(payload),
     };
     let frame = encode_event(&event, MAX_FRAME_BYTES).expect("event encodes");
@@ -127,6 +128,39 @@ fn subscribed() {
         "subscribed",
         &json!({"guild_id": GUILD, "channel_id": CHANNEL}),
     );
+}
+
+#[test]
+fn resumed() {
+    let payload = Payload::Resumed(proto::Resumed {
+        scope: format!("g:{GUILD}"),
+        replayed: 3,
+        resync: false,
+    });
+    assert_frame(
+        payload,
+        "resumed",
+        &json!({"scope": format!("g:{GUILD}"), "replayed": 3, "resync": false}),
+    );
+    let refused = Payload::Resumed(proto::Resumed {
+        scope: format!("u:{GUILD}"),
+        replayed: 0,
+        resync: true,
+    });
+    assert_frame(
+        refused,
+        "resumed",
+        &json!({"scope": format!("u:{GUILD}"), "replayed": 0, "resync": true}),
+    );
+}
+
+#[test]
+fn pong() {
+    let payload = Payload::Pong(proto::Pong { nonce: "n1".into() });
+    assert_frame(payload, "pong", &json!({"nonce": "n1"}));
+    // A ping without a nonce is answered with an empty one.
+    let bare = Payload::Pong(proto::Pong::default());
+    assert_frame(bare, "pong", &json!({"nonce": ""}));
 }
 
 #[test]

@@ -37,6 +37,9 @@ const CONTROL_PAYLOADS: &[&str] = &["access_changed", "session_revoked"];
 
 /// The contract's frame cap, for the docs.
 const FRAME_LIMIT: &str = "64 KiB (65 536 bytes)";
+/// What a positioned frame may add to it ([`filament_wire::POSITIONS_HEADROOM_BYTES`]).
+const POSITIONS_HEADROOM: &str = "4 KiB (4 096 bytes)";
+const POSITIONED_FRAME_LIMIT: &str = "69 632 bytes";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -235,9 +238,11 @@ const MANIFEST_COMMENT: &str = "Generated from proto/filament/v1/events.proto an
      filament-wire types by crates/wire/tests/manifest.rs; do not edit by hand.";
 
 const MANIFEST_DESCRIPTION: &str = "The gateway event manifest. As a JSON Schema \
-     (draft 2020-12) this document validates one gateway frame {v, t, d}. `events` \
-     lists every event type with its metadata and, in `d_schema`, a reference to the \
-     schema of its payload `d` in `$defs`.";
+     (draft 2020-12) this document validates one gateway frame {v, t, d}, with an \
+     optional fourth field `p` (replay positions, `$defs/LogPositions`) that only a \
+     socket opened with `?positions=1` receives. `events` lists every event type with \
+     its metadata and, in `d_schema`, a reference to the schema of its payload `d` in \
+     `$defs`.";
 
 /// Field order here is the order in the file.
 #[derive(Serialize)]
@@ -385,6 +390,7 @@ directions, is one envelope:
 | `v` | Protocol version, always `1`. |
 | `t` | Event type, matching `^[a-z0-9_.]{1,64}$`. |
 | `d` | The payload, an object whose shape depends on `t` (below). |
+| `p` | Optional, server to client only: replay positions (below). |
 
 Clients ignore event types and payload fields they do not know: a payload may
 gain optional fields within a schema version, and an incompatible change bumps
@@ -399,6 +405,38 @@ lists all its fields, a field that is always sent is `required`, and no other
 field is allowed (`additionalProperties: false`), so the server's own tests
 catch any drift. A client that follows the rule above still accepts a field
 that a newer server added.
+
+## Replay positions
+
+A socket opened with `GET /gateway/ws?positions=1` gets a fourth envelope
+field, `p`, on every event that was appended to a replay log:
+
+```json
+{"v":1,"t":"message_delete","d":{"guild_id":"01HZX3N4B5C6D7E8F9G0H1J2K3","channel_id":"01HZX3N4B5C6D7E8F9G0H1J2K4","message_id":"01HZX3N4B5C6D7E8F9G0H1J2K7","deleted_at_unix":1767225600},"p":{"g:01HZX3N4B5C6D7E8F9G0H1J2K3":"0a1b2c3d4e5f6071.42"}}
+```
+
+Each key is a log's scope (`g:<guild id>` for a guild's channel and guild
+events, `u:<user id>` for events sent to that user by name) and each value is
+the event's position in that log, `"<epoch>.<offset>"` (the epoch is hex,
+the offset a decimal `u64`). As a baseline, `ready` carries the newest
+position of the user's own log, and the first `subscribed` in a guild that
+guild's; other connection events, presence and voice events carry none. A
+client keeps the newest position per scope.
+
+After a reconnect, to any gateway, the client sends `resume` with the
+positions it held when the old socket ended (not the new socket's
+baselines, which are past the gap), then subscribes again. The gateway
+replays the user's log, and the log of any guild the socket is already
+subscribed in, at once; a guild's log it replays right after the socket's
+first `subscribed` (and that channel's voice roster) in that guild, so no
+live frame of the guild comes before the replayed ones. Each log's replay
+ends with one `resumed` for that log, carrying (in `p`) the position it
+reached; `resync: true` means the log could not cover the gap (another
+epoch, trimmed, too old, or a log the socket may not resume) and the client
+refetches what it covers (`GET …/messages?after=<newest id>` per channel).
+Replayed and live frames never repeat one another. Without `positions=1`
+(or with `positions=0`) frames never carry `p`, and every log a `resume`
+names is answered with `resync: true`; any other value of `positions` is refused with HTTP 400.
 
 "#;
 
@@ -451,6 +489,9 @@ fn render_limits(out: &mut String) {
          - A frame is at most {FRAME_LIMIT}, in both directions. The server\n  \
          never sends a larger frame: the event is dropped and counted, never\n  \
          truncated. A larger inbound frame closes the socket.\n\
+         - A frame with positions (`p`) may exceed that by\n  \
+         {POSITIONS_HEADROOM} for its `p`: a client that asks for positions\n  \
+         accepts frames up to {POSITIONED_FRAME_LIMIT}.\n\
          - Other limits (ingress rate, outbound queue) are gateway settings:\n  \
          see docs/ARCHITECTURE.md.\n\n\
          ## Close codes\n\n\
@@ -579,6 +620,22 @@ fn check_or_update(relative: &str, rendered: &str) {
         "{relative} is out of date with proto/filament/v1/events.proto; \
          rerun with UPDATE_MANIFEST=1 cargo test -p filament-wire --test manifest \
          and commit the result"
+    );
+}
+
+/// The limits the docs spell out are the wire crate's.
+#[test]
+fn documented_limits_are_the_crate_limits() {
+    assert_eq!(filament_wire::MAX_FRAME_BYTES, 65_536, "{FRAME_LIMIT}");
+    assert_eq!(
+        filament_wire::POSITIONS_HEADROOM_BYTES,
+        4_096,
+        "{POSITIONS_HEADROOM}"
+    );
+    assert_eq!(
+        filament_wire::MAX_FRAME_BYTES + filament_wire::POSITIONS_HEADROOM_BYTES,
+        69_632,
+        "{POSITIONED_FRAME_LIMIT}"
     );
 }
 

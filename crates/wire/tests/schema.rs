@@ -60,6 +60,7 @@ const PLAIN_KEYWORDS: &[&str] = &[
     "maximum",
     "minItems",
     "maxLength",
+    "pattern",
     "description",
 ];
 
@@ -148,6 +149,7 @@ fn event(payload: Payload) -> proto::Event {
         audience: None,
         published_at_unix_ms: 0,
         event_id: String::new(),
+        positions: Vec::new(),
         payload: Some(payload),
     }
 }
@@ -510,6 +512,66 @@ fn the_envelope_is_checked() {
     }
 }
 
+/// A socket that asked for positions gets frames with a fourth field, `p`
+/// (`filament_wire::with_positions`): the frame schema allows it, with
+/// well-formed tokens only, and still no other extra key.
+#[test]
+fn positions_are_an_optional_envelope_field() {
+    let schemas = Schemas::load();
+    let plain = encode_event(&event((largest::table()[0].payload)()), usize::MAX).expect("encodes");
+    let scope = format!("g:{GUILD}");
+    let logged = [proto::LogPosition {
+        scope: scope.clone(),
+        epoch: "0a1b2c3d4e5f6071".into(),
+        offset: u64::MAX,
+    }];
+    let positioned = filament_wire::with_positions(&plain.bytes, &logged, usize::MAX / 2)
+        .expect("positions fit");
+    let frame: Value = serde_json::from_slice(&positioned).expect("JSON");
+    assert_eq!(frame["p"][&scope], format!("0a1b2c3d4e5f6071.{}", u64::MAX));
+    let t = frame["t"].as_str().expect("t").to_owned();
+    schemas.assert_accepts(&t, &frame);
+    assert!(
+        schemas
+            .frame
+            .is_valid(&mutated(&frame, "/p", |p| *p = json!({})))
+    );
+    for (what, broken) in [
+        (
+            "p not an object",
+            mutated(&frame, "/p", |p| *p = json!("0a.1")),
+        ),
+        (
+            "a token that is a number",
+            mutated(&frame, "/p", |p| p[&scope] = json!(1)),
+        ),
+        (
+            "a token without an offset",
+            mutated(&frame, "/p", |p| p[&scope] = json!("0a")),
+        ),
+        (
+            "an epoch in capitals",
+            mutated(&frame, "/p", |p| p[&scope] = json!("0A.1")),
+        ),
+        (
+            "an epoch too long",
+            mutated(&frame, "/p", |p| {
+                p[&scope] = json!(format!("{}.1", "a".repeat(17)))
+            }),
+        ),
+        (
+            "a negative offset",
+            mutated(&frame, "/p", |p| p[&scope] = json!("0a.-1")),
+        ),
+        (
+            "another extra key",
+            mutated(&frame, "", |v| v["q"] = json!({})),
+        ),
+    ] {
+        assert!(!schemas.frame.is_valid(&broken), "{t}: {what} validates");
+    }
+}
+
 /// `about_markdown` and its tokens come together or not at all.
 #[test]
 fn profile_about_fields_are_all_or_nothing() {
@@ -549,8 +611,11 @@ fn walk_schemas<'a>(name: &str, schema: &'a Value, visit: &mut dyn FnMut(&str, &
                     walk_schemas(name, inner, visit);
                 }
             }
-            // `additionalProperties` is always `false` here, not a schema.
-            "items" => walk_schemas(name, value, visit),
+            // `false` on every object but the envelope's `p`, a map whose
+            // values have a schema.
+            "items" | "additionalProperties" if value.is_object() => {
+                walk_schemas(name, value, visit);
+            }
             "oneOf" | "anyOf" => {
                 for inner in value.as_array().expect("a list of schemas") {
                     walk_schemas(name, inner, visit);

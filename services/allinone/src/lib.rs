@@ -389,6 +389,7 @@ fn registry_config(config: &StackConfig) -> anyhow::Result<RegistryConfig> {
         ttl: config.registry_ttl,
         key_prefix,
         redis: RedisOptions::from_env(&config.env)?,
+        ..RegistryConfig::default()
     })
 }
 

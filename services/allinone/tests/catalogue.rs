@@ -52,9 +52,10 @@
 //! - presence: the presence helper opens a socket and subscribes to the
 //!   lobby, or closes it (`presence_update` online or offline).
 //!
-//! Connection events (`ready`, `subscribed`, `presence_sync`) are queued by
-//! the gateway before the socket that caused them reads them, so the api
-//! sentinel that follows proves them absent elsewhere too. A `Probe` socket
+//! Connection events (`ready`, `subscribed`, `presence_sync`, `resumed`,
+//! `pong`) are queued by the gateway before the socket that caused them
+//! reads them, so the api sentinel that follows proves them absent
+//! elsewhere too. A `Probe` socket
 //! has no sentinels: its frames are checked exactly while it lives, and a
 //! stray frame after its last step would go unnoticed.
 //!
@@ -77,6 +78,8 @@ use support::{Backends, Socket, TestStack, User};
 
 const CONNECT: &str = "GET /gateway/ws";
 const SUBSCRIBE: &str = "gateway subscribe";
+const RESUME: &str = "gateway resume";
+const PING: &str = "gateway ping";
 const DISCONNECT: &str = "gateway disconnect";
 const SEND_OVER_SOCKET: &str = "gateway message_create";
 const POST_MESSAGE: &str = "POST /guilds/{g}/channels/{c}/messages";
@@ -151,6 +154,10 @@ const GUILD_AND_PROBE: &[Who] = &[O, M1, M2, Probe];
 /// guild.
 const PROFILE: &[Who] = &[O, M1, M2, F];
 const FRIEND_PARTIES: &[Who] = &[X, F];
+/// The member's first socket, which answers for itself: connection events
+/// a scene socket asked for.
+const M1_ONLY: &[Who] = &[M1];
+const NOT_M1: &[Who] = &[O, M2, X, F];
 
 type Action<'a> = Pin<Box<dyn Future<Output = ()> + 'a>>;
 /// Performs a row's steps on the scene; exactly one of them is the row's
@@ -273,6 +280,8 @@ static ROWS: &[Row] = &[
     // Not to the kicked visitor's socket (the probe), which hears only
     // the removal.
     scene("presence_update", REVOCATION, visitor_is_kicked, GUILD, &[X, F, Probe]),
+    scene("resumed", RESUME, member_resumes_without_positions, M1_ONLY, NOT_M1),
+    scene("pong", PING, member_pings, M1_ONLY, NOT_M1),
     scene("message_create", POST_MESSAGE, member_posts, GUILD, OUTSIDE),
     // Alone: a gateway that refuses the frame closes the socket, and the
     // failure then says so without hiding the other rows' results.
@@ -1012,6 +1021,12 @@ impl Scene {
         response
     }
 
+    /// Sends a client frame on a socket of the scene.
+    async fn send_frame(&mut self, who: Who, frame: Value) {
+        let socket = self.sockets.get_mut(&who).expect("socket");
+        socket.send_json(frame).await;
+    }
+
     async fn send_subscribe(&mut self, who: Who, channel: &str) {
         let guild = self.guild.clone();
         let socket = self.sockets.get_mut(&who).expect("socket");
@@ -1549,6 +1564,34 @@ fn visitor_in_voice_disconnects(s: &mut Scene) -> Action<'_> {
         let mut gone = s.left(DISCONNECT, &visitor, &["microphone"]);
         gone.deliveries.push(s.presence(&visitor, "offline", GUILD));
         s.act(gone).await;
+    })
+}
+
+/// The member's first socket, opened without `?positions=1`, asks to
+/// resume the main guild's log, where it is subscribed: a socket that did
+/// not ask for positions from the start gets nothing replayed and each log
+/// answered with resync, and no other socket hears of it.
+fn member_resumes_without_positions(s: &mut Scene) -> Action<'_> {
+    Box::pin(async move {
+        let scope = format!("g:{}", s.guild);
+        let mut positions = serde_json::Map::new();
+        positions.insert(scope.clone(), json!("00.0"));
+        let resume = json!({"v": 1, "t": "resume", "d": {"positions": positions}});
+        s.send_frame(M1, resume).await;
+        let fields = json!({"scope": scope, "replayed": 0, "resync": true});
+        let resumed = deliver("resumed", M1_ONLY, fields);
+        s.act(Effect::new(RESUME, vec![resumed])).await;
+    })
+}
+
+/// The member's first socket pings: the pong, with the ping's nonce, comes
+/// back on that socket alone.
+fn member_pings(s: &mut Scene) -> Action<'_> {
+    Box::pin(async move {
+        let ping = json!({"v": 1, "t": "ping", "d": {"nonce": "n1"}});
+        s.send_frame(M1, ping).await;
+        let pong = deliver("pong", M1_ONLY, json!({"nonce": "n1"}));
+        s.act(Effect::new(PING, vec![pong])).await;
     })
 }
 

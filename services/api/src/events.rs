@@ -59,6 +59,7 @@ fn event_with(target: audience::Target, payload: event::Payload) -> Event {
         }),
         published_at_unix_ms: now_unix_ms(),
         event_id: String::new(),
+        positions: Vec::new(),
         payload: Some(payload),
     }
 }

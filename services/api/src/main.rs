@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
                 RegistryConfig::default().key_prefix,
             )?,
             redis: RedisOptions::from_env(&env)?,
+            ..RegistryConfig::default()
         },
     )
     .await?;

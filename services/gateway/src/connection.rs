@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use filament_proto::v1::{Event, Ready, Subscribed, event};
+use filament_proto::v1::{Event, LogPosition, Pong, Ready, Subscribed, event};
 use futures_util::SinkExt as _;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -28,6 +28,7 @@ use crate::index::{Closer, Outbound, Registration, SubscribeOutcome, Target};
 use crate::ingress::{self, Command};
 use crate::limits::{IngressLimiter, IpPermit};
 use crate::metrics::{IngressRejection, Metrics};
+use crate::resume::{self, Positions};
 
 /// How many times a subscribe is re-authorized when access changes under it.
 const MAX_AUTHORIZE_ATTEMPTS: usize = 3;
@@ -38,9 +39,18 @@ pub(crate) async fn run(
     mut socket: WebSocket,
     shared: Arc<Shared>,
     identity: Identity,
+    positioned: bool,
     shutdown: CancellationToken,
     permit: IpPermit,
 ) {
+    // Taken before the socket is in the index: an event appended after
+    // this is either written to the socket live or replayed on resume.
+    let user_head = if positioned {
+        resume::head(&shared, &resume::user_log(identity.user)).await
+    } else {
+        None
+    };
+    let mut positions = positioned.then(Box::<Positions>::default);
     let mut registration = shared.index.register(
         identity.user,
         identity.session,
@@ -53,6 +63,10 @@ pub(crate) async fn run(
         &shared,
         &identity,
         &mut registration,
+        Session {
+            positions: &mut positions,
+            user_head,
+        },
         &shutdown,
     )
     .await;
@@ -86,6 +100,13 @@ async fn close(socket: &mut WebSocket, reason: CloseReason) {
     }
 }
 
+/// A socket's replay positions, when it asked for them (see `resume`).
+struct Session<'a> {
+    positions: &'a mut Option<Box<Positions>>,
+    /// The baseline position of the user's log, for `ready`.
+    user_head: Option<LogPosition>,
+}
+
 /// Runs the socket until it must close. `Some(reason)` asks for a close
 /// frame; `None` means the client went away.
 async fn serve(
@@ -93,8 +114,13 @@ async fn serve(
     shared: &Shared,
     identity: &Identity,
     registration: &mut Registration,
+    session: Session<'_>,
     shutdown: &CancellationToken,
 ) -> Option<CloseReason> {
+    let Session {
+        positions,
+        user_head,
+    } = session;
     if let Err(err) = shared.holdings.hold_user(identity.user).await {
         // Not a reason to refuse the socket: the sweeps hold the user once
         // the registry answers, and until then producers whose lookups fail
@@ -129,7 +155,13 @@ async fn serve(
     let ready = connection_event(event::Payload::Ready(Ready {
         user_id: identity.user.to_string(),
     }));
-    shared.send(&Target::Connection(registration.id), &ready);
+    let mut frames = shared.encode_for_one(&ready);
+    if let (Some(positions), [frame]) = (positions.as_deref_mut(), frames.as_mut_slice()) {
+        *frame = resume::with_baseline(shared, positions, frame.clone(), user_head);
+    }
+    shared
+        .index
+        .deliver(&Target::Connection(registration.id), &Outbound::of(frames));
 
     let config = &shared.config;
     let expiry = sleep_until(instant_of_unix(identity.expires_at_unix));
@@ -149,7 +181,8 @@ async fn serve(
             () = &mut idle => return Some(CloseReason::IdleTimeout),
             item = registration.frames.recv() => {
                 let item = item?;
-                if let Err(outcome) = write_queued(socket, &closer, shutdown, item, &mut registration.frames, &shared.metrics).await {
+                let queue = Queue { items: &mut registration.frames, positions: positions.as_deref_mut() };
+                if let Err(outcome) = write_queued(socket, &closer, shutdown, item, queue, &shared.metrics).await {
                     return outcome;
                 }
             }
@@ -168,7 +201,7 @@ async fn serve(
                     Message::Text(text) => {
                         // Boxed: a subscribe's RPC state is kilobytes that
                         // every idle socket would otherwise carry.
-                        let snapshots = match Box::pin(handle_text(shared, identity, registration, &text)).await {
+                        let snapshots = match Box::pin(handle_text(shared, identity, registration, positions, &text)).await {
                             Ok(snapshots) => snapshots,
                             Err(reason) => return Some(reason),
                         };
@@ -197,6 +230,12 @@ async fn serve(
 /// a deep queue still checks for a close request between batches.
 const MAX_ITEMS_PER_FLUSH: usize = 32;
 
+/// A socket's queue, and its positions when it asked for them.
+struct Queue<'a> {
+    items: &'a mut mpsc::Receiver<Outbound>,
+    positions: Option<&'a mut Positions>,
+}
+
 /// Writes `first` and what else is already queued (up to
 /// [`MAX_ITEMS_PER_FLUSH`] items), then flushes once: a socket that fell
 /// behind catches up in few writes instead of one per frame.
@@ -205,19 +244,28 @@ async fn write_queued(
     closer: &Closer,
     shutdown: &CancellationToken,
     first: Outbound,
-    queue: &mut mpsc::Receiver<Outbound>,
+    mut queue: Queue<'_>,
     metrics: &Metrics,
 ) -> Result<(), Option<CloseReason>> {
     let batch = async {
         let mut next = Some(first);
         let mut items = 0;
         while let Some(item) = next {
-            for frame in item.frames() {
-                socket.feed(Message::Text(frame.clone())).await?;
+            match (&item, queue.positions.as_deref_mut()) {
+                (Outbound::Logged(logged), Some(positions)) => {
+                    if let Some(frame) = positions.frame_for(logged) {
+                        socket.feed(Message::Text(frame.clone())).await?;
+                    }
+                }
+                _ => {
+                    for frame in item.frames() {
+                        socket.feed(Message::Text(frame.clone())).await?;
+                    }
+                }
             }
             items += 1;
             next = if items < MAX_ITEMS_PER_FLUSH {
-                queue.try_recv().ok()
+                queue.items.try_recv().ok()
             } else {
                 None
             };
@@ -298,12 +346,38 @@ async fn handle_text(
     shared: &Shared,
     identity: &Identity,
     registration: &Registration,
+    positions: &mut Option<Box<Positions>>,
     text: &str,
 ) -> Result<Vec<Utf8Bytes>, CloseReason> {
     let command = ingress::decode(text).map_err(|err| refuse(shared, err.close_reason()))?;
     match command {
         Command::Subscribe { guild, channel } => {
-            subscribe(shared, identity, registration, guild, channel).await
+            subscribe(
+                shared,
+                identity,
+                registration,
+                positions.as_deref_mut(),
+                guild,
+                channel,
+            )
+            .await
+        }
+        Command::Resume { positions: wanted } => {
+            let Some(positions) = positions.as_deref_mut() else {
+                return Ok(resume::refuse_all(shared, wanted));
+            };
+            let viewer = resume::Viewer {
+                user: identity.user,
+                subscriptions: shared.index.subscriptions(registration.id),
+            };
+            Ok(resume::resume(shared, &viewer, positions, wanted).await)
+        }
+        Command::Ping { nonce } => {
+            // Through the queue, behind what is there: a pong proves the
+            // socket's event path is moving, not only its reader.
+            let pong = connection_event(event::Payload::Pong(Pong { nonce }));
+            shared.send(&Target::Connection(registration.id), &pong);
+            Ok(Vec::new())
         }
         Command::CreateMessage {
             guild,
@@ -351,6 +425,7 @@ async fn subscribe(
     shared: &Shared,
     identity: &Identity,
     registration: &Registration,
+    mut positions: Option<&mut Positions>,
     guild: GuildId,
     channel: ChannelId,
 ) -> Result<Vec<Utf8Bytes>, CloseReason> {
@@ -374,6 +449,16 @@ async fn subscribe(
                 return Ok(Vec::new());
             }
         }
+        // A baseline for the guild's log, on the first subscribe there,
+        // taken before the socket joins the index (as `user_head` is);
+        // none when a `resume` left a position for the guild, whose
+        // replay ends with the position it reached.
+        let guild_head = match positions.as_deref() {
+            Some(known) if !known.knows(&resume::guild_log(guild)) && !known.has_pending(guild) => {
+                resume::head(shared, &resume::guild_log(guild)).await
+            }
+            _ => None,
+        };
         match shared
             .index
             .subscribe(registration.id, guild, channel, epoch)
@@ -400,11 +485,29 @@ async fn subscribe(
                     guild_id: guild.to_string(),
                     channel_id: channel.to_string(),
                 }));
-                snapshots.extend(shared.encode_for_one(&subscribed));
+                for frame in shared.encode_for_one(&subscribed) {
+                    snapshots.push(match positions.as_deref_mut() {
+                        Some(positions) => {
+                            resume::with_baseline(shared, positions, frame, guild_head.clone())
+                        }
+                        None => frame,
+                    });
+                }
                 if let Some(roster) = shared.peers.voice_roster(guild, channel).await {
                     snapshots.extend(shared.encode_for_one(&connection_event(
                         event::Payload::VoiceParticipantSync(roster),
                     )));
+                }
+                // The guild's log, if a `resume` named it: now that the
+                // socket is in the index, and ahead of its queue.
+                if let Some(positions) = positions
+                    && let Some(pending) = positions.take_pending(guild)
+                {
+                    let viewer = resume::Viewer {
+                        user: identity.user,
+                        subscriptions: shared.index.subscriptions(registration.id),
+                    };
+                    snapshots.extend(resume::replay(shared, &viewer, positions, &pending).await);
                 }
                 return Ok(snapshots);
             }
@@ -473,11 +576,12 @@ pub(crate) async fn repair_views(shared: &Shared, repair: Repair) {
     }
 }
 
-fn connection_event(payload: event::Payload) -> Event {
+pub(crate) fn connection_event(payload: event::Payload) -> Event {
     Event {
         audience: None,
         published_at_unix_ms: 0,
         event_id: String::new(),
+        positions: Vec::new(),
         payload: Some(payload),
     }
 }

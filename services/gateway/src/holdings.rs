@@ -87,6 +87,11 @@ impl Holdings {
         }
     }
 
+    /// The registry, for the replay logs it also keeps.
+    pub(crate) fn registry(&self) -> &dyn Registry {
+        self.registry.as_ref()
+    }
+
     pub(crate) fn gateway(&self) -> &GatewayId {
         &self.gateway
     }

@@ -52,6 +52,17 @@ impl Closer {
 pub(crate) enum Outbound {
     Frame(Utf8Bytes),
     Batch(Arc<[Utf8Bytes]>),
+    /// An event from the replay logs (docs/adr/0011-resume.md): sockets
+    /// that asked for positions write its positioned frame.
+    Logged(Arc<Logged>),
+}
+
+/// One logged event's frames and positions.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Logged {
+    pub(crate) plain: Utf8Bytes,
+    pub(crate) positioned: Utf8Bytes,
+    pub(crate) positions: Vec<filament_wire::Position>,
 }
 
 impl Outbound {
@@ -70,6 +81,7 @@ impl Outbound {
         match self {
             Self::Frame(frame) => std::slice::from_ref(frame),
             Self::Batch(frames) => frames,
+            Self::Logged(logged) => std::slice::from_ref(&logged.plain),
         }
     }
 }
@@ -392,6 +404,15 @@ impl Index {
             state.by_guild.keys().copied().collect(),
             state.by_user.keys().copied().collect(),
         )
+    }
+
+    /// The socket's subscriptions now; empty once it is gone.
+    pub(crate) fn subscriptions(&self, id: ConnectionId) -> HashSet<(GuildId, ChannelId)> {
+        self.read()
+            .connections
+            .get(&id)
+            .map(|entry| entry.subscriptions.clone())
+            .unwrap_or_default()
     }
 
     pub(crate) fn connection_count(&self) -> usize {

@@ -9,6 +9,8 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use filament_wire::Position;
+
 use crate::close::CloseReason;
 use crate::ids::{ChannelId, GuildId};
 
@@ -27,7 +29,22 @@ pub(crate) enum Command {
         content: String,
         attachment_ids: Vec<String>,
     },
+    /// Replay what the socket missed after these positions
+    /// (docs/adr/0011-resume.md).
+    Resume {
+        positions: Vec<Position>,
+    },
+    /// Answer with a `pong` carrying this nonce, behind what is queued.
+    Ping {
+        nonce: String,
+    },
 }
+
+/// A `resume` names at most this many logs: a guild per subscribed guild
+/// and the user's own.
+pub(crate) const MAX_RESUME_SCOPES: usize = 64;
+/// A ping's nonce is echoed, so it is short.
+const MAX_NONCE_BYTES: usize = 64;
 
 /// A message carries at most this many attachments (contract §6); more is
 /// a malformed payload, refused before the api is asked.
@@ -111,6 +128,48 @@ impl TryFrom<MessageCreateDto> for Command {
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResumeDto {
+    positions: std::collections::BTreeMap<String, String>,
+}
+
+impl TryFrom<ResumeDto> for Command {
+    type Error = IngressError;
+
+    fn try_from(dto: ResumeDto) -> Result<Self, Self::Error> {
+        if dto.positions.len() > MAX_RESUME_SCOPES {
+            return Err(IngressError::InvalidPayload);
+        }
+        let positions = dto
+            .positions
+            .iter()
+            .map(|(scope, token)| Position::parse(scope, token))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(IngressError::InvalidPayload)?;
+        Ok(Self::Resume { positions })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PingDto {
+    #[serde(default)]
+    nonce: Option<String>,
+}
+
+impl TryFrom<PingDto> for Command {
+    type Error = IngressError;
+
+    fn try_from(dto: PingDto) -> Result<Self, Self::Error> {
+        let nonce = dto.nonce.unwrap_or_default();
+        if nonce.len() > MAX_NONCE_BYTES {
+            return Err(IngressError::InvalidPayload);
+        }
+        Ok(Self::Ping { nonce })
+    }
+}
+
 /// The guild and channel a payload names; canonical ULIDs only.
 fn place(guild_id: &str, channel_id: &str) -> Result<(GuildId, ChannelId), IngressError> {
     let guild = guild_id.parse().map_err(|_| IngressError::InvalidPayload)?;
@@ -126,6 +185,8 @@ type Decoder = fn(&RawValue) -> Result<Command, IngressError>;
 const DECODERS: &[(&str, Decoder)] = &[
     ("subscribe", |d| decode_payload::<SubscribeDto<'_>>(d)),
     ("message_create", |d| decode_payload::<MessageCreateDto>(d)),
+    ("resume", |d| decode_payload::<ResumeDto>(d)),
+    ("ping", |d| decode_payload::<PingDto>(d)),
 ];
 
 /// Decodes one text frame.
@@ -182,6 +243,40 @@ mod tests {
                 channel: C.parse().unwrap()
             }
         );
+    }
+
+    #[test]
+    fn decodes_a_resume_and_a_ping() {
+        let frame = format!(r#"{{"v":1,"t":"resume","d":{{"positions":{{"g:{G}":"0a.7"}}}}}}"#);
+        let Command::Resume { positions } = decode(&frame).unwrap() else {
+            panic!("not a resume");
+        };
+        assert_eq!(positions[0].offset, 7);
+        assert_eq!(
+            decode(r#"{"v":1,"t":"ping","d":{"nonce":"n1"}}"#).unwrap(),
+            Command::Ping {
+                nonce: "n1".to_owned()
+            }
+        );
+        assert!(decode(r#"{"v":1,"t":"ping","d":{}}"#).is_ok());
+        let long = "x".repeat(65);
+        for bad in [
+            format!(r#"{{"v":1,"t":"resume","d":{{"positions":{{"g:{G}":"0a"}}}}}}"#),
+            format!(r#"{{"v":1,"t":"resume","d":{{"positions":{{"x:{G}":"0a.1"}}}}}}"#),
+            r#"{"v":1,"t":"resume","d":{}}"#.to_owned(),
+            format!(r#"{{"v":1,"t":"ping","d":{{"nonce":"{long}"}}}}"#),
+            r#"{"v":1,"t":"ping","d":{"nonce":1}}"#.to_owned(),
+        ] {
+            assert_eq!(decode(&bad), Err(IngressError::InvalidPayload), "{bad}");
+        }
+        let too_many: Vec<String> = (0..=MAX_RESUME_SCOPES)
+            .map(|i| format!(r#""g:{}":"0a.1""#, ulid::Ulid::from_parts(i as u64, 0)))
+            .collect();
+        let frame = format!(
+            r#"{{"v":1,"t":"resume","d":{{"positions":{{{}}}}}}}"#,
+            too_many.join(",")
+        );
+        assert_eq!(decode(&frame), Err(IngressError::InvalidPayload));
     }
 
     #[test]

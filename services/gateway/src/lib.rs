@@ -24,6 +24,7 @@ mod ingress;
 mod limits;
 mod metrics;
 mod peers;
+mod resume;
 mod server;
 mod upstream;
 
@@ -33,6 +34,7 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use filament_proto::v1::{AccessChanged, Event, SessionRevoked, audience, event};
 use filament_runtime::grpc_client::GrpcClientMetrics;
+use filament_wire::Position;
 
 pub use close::CloseReason;
 pub use config::Config;
@@ -42,7 +44,7 @@ pub use server::{BoundGateway, Readiness, bind};
 use crate::access::{Access, Verdict};
 use crate::holdings::Holdings;
 use crate::ids::{ChannelId, GuildId, SessionId, UserId};
-use crate::index::{Departure, Index, Outbound, Target};
+use crate::index::{Departure, Index, Logged, Outbound, Target};
 use crate::limits::IpLimits;
 
 /// Decodes one client text frame exactly as a socket does: `Ok` for a
@@ -118,7 +120,7 @@ impl Shared {
         let Some((event_type, frames)) = self.encode(event) else {
             return 0;
         };
-        let delivered = self.index.deliver(target, &Outbound::of(frames));
+        let delivered = self.index.deliver(target, &self.outbound(event, frames));
         self.metrics.emitted(event_type, delivered as u64);
         if delivered > 0 {
             self.metrics
@@ -126,6 +128,43 @@ impl Shared {
         }
         tracing::debug!(event_type, delivered, "event delivered");
         delivered
+    }
+
+    /// The queue item for an event's frames: with its positioned frame too
+    /// when the event was logged (docs/adr/0011-resume.md).
+    pub(crate) fn outbound(&self, event: &Event, frames: Vec<Utf8Bytes>) -> Outbound {
+        if let [plain] = frames.as_slice()
+            && let Some(positioned) = self.positioned(plain, &event.positions)
+        {
+            return Outbound::Logged(Arc::new(Logged {
+                plain: plain.clone(),
+                positioned,
+                positions: event.positions.iter().map(Position::from).collect(),
+            }));
+        }
+        Outbound::of(frames)
+    }
+
+    /// `frame` with these positions; `None` without positions, or (counted)
+    /// when the positions would take the frame past its headroom.
+    pub(crate) fn positioned(
+        &self,
+        frame: &Utf8Bytes,
+        positions: &[filament_proto::v1::LogPosition],
+    ) -> Option<Utf8Bytes> {
+        if positions.is_empty() {
+            return None;
+        }
+        let bytes = filament_wire::with_positions(
+            frame.as_str().as_bytes(),
+            positions,
+            self.config.max_frame_bytes,
+        );
+        let Some(text) = bytes.and_then(|bytes| Utf8Bytes::try_from(bytes).ok()) else {
+            self.metrics.dropped(DropReason::PositionsOversized);
+            return None;
+        };
+        Some(text)
     }
 
     /// Encodes frames that one socket writes at once, ahead of its queue.
@@ -352,6 +391,7 @@ mod tests {
             }),
             published_at_unix_ms: 0,
             event_id: String::new(),
+            positions: Vec::new(),
             payload: Some(event::Payload::MessageDelete(MessageDelete {
                 guild_id: guild.to_string(),
                 channel_id: channel.to_string(),
@@ -386,7 +426,7 @@ mod tests {
         assert_eq!(shared.send(&Target::Channel(channel), &event), 2);
         let only = |item: Outbound| match item {
             Outbound::Frame(frame) => frame,
-            Outbound::Batch(_) => panic!("one frame expected"),
+            Outbound::Batch(_) | Outbound::Logged(_) => panic!("one plain frame expected"),
         };
         let (a, b) = (
             only(a.frames.try_recv().unwrap()),
@@ -461,6 +501,7 @@ mod tests {
             audience: None,
             published_at_unix_ms: 0,
             event_id: String::new(),
+            positions: Vec::new(),
             payload: Some(event::Payload::PresenceUpdate(PresenceUpdate {
                 guild_id: guild.to_string(),
                 user_id: user.to_string(),
@@ -488,6 +529,7 @@ mod tests {
             audience: None,
             published_at_unix_ms: 0,
             event_id: String::new(),
+            positions: Vec::new(),
             payload: Some(event::Payload::VoiceParticipantSync(
                 filament_proto::v1::VoiceParticipantSync {
                     guild_id: guild.to_string(),

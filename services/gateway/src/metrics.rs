@@ -27,15 +27,19 @@ pub enum DropReason {
     /// outbox relay that died after publishing, before marking). Counted
     /// once per event, not per socket.
     Duplicate,
+    /// A logged event's positions would have taken its frame past the
+    /// headroom: sockets that asked for positions get the plain frame.
+    PositionsOversized,
 }
 
 impl DropReason {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::SerializeError,
         Self::OversizedOutbound,
         Self::FullQueue,
         Self::Closed,
         Self::Duplicate,
+        Self::PositionsOversized,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +49,7 @@ impl DropReason {
             Self::FullQueue => "full_queue",
             Self::Closed => "closed",
             Self::Duplicate => "duplicate",
+            Self::PositionsOversized => "positions_oversized",
         }
     }
 }
@@ -132,7 +137,29 @@ pub struct Metrics {
     unknown_events: Counter,
     resyncs: Counter,
     durable_stream_breaks: Counter,
+    resume_scopes: Family<ReasonLabels, Counter>,
+    replayed_events: Counter,
     delivery: DeliveryMetrics,
+}
+
+/// What became of one scope a `resume` named (docs/adr/0011-resume.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeOutcome {
+    /// Its gap was replayed (possibly empty).
+    Replayed,
+    /// The socket was told to resync it.
+    Resync,
+}
+
+impl ResumeOutcome {
+    pub const ALL: [Self; 2] = [Self::Replayed, Self::Resync];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Replayed => "replayed",
+            Self::Resync => "resync",
+        }
+    }
 }
 
 /// `filament_gateway_publish_to_deliver_seconds`: from the moment the
@@ -219,6 +246,16 @@ impl Metrics {
             self.durable_stream_breaks.clone(),
         );
         prefixed.register(
+            "resume_scopes",
+            "Logs named by resume requests, by outcome (replayed, resync)",
+            self.resume_scopes.clone(),
+        );
+        prefixed.register(
+            "replayed_events",
+            "Events replayed from the logs to resuming sockets",
+            self.replayed_events.clone(),
+        );
+        prefixed.register(
             PUBLISH_TO_DELIVER,
             "Time from an event's publication to its frames being queued on sockets",
             self.delivery.publish_to_deliver.clone(),
@@ -248,6 +285,12 @@ impl Metrics {
             drop(
                 self.upgrades_rejected
                     .get_or_create(&reason_labels(reason.as_str())),
+            );
+        }
+        for outcome in ResumeOutcome::ALL {
+            drop(
+                self.resume_scopes
+                    .get_or_create(&reason_labels(outcome.as_str())),
             );
         }
         for reason in [
@@ -367,6 +410,13 @@ impl Metrics {
 
     pub fn resynced(&self) {
         self.resyncs.inc();
+    }
+
+    pub fn resumed(&self, outcome: ResumeOutcome, replayed: u64) {
+        self.resume_scopes
+            .get_or_create(&reason_labels(outcome.as_str()))
+            .inc();
+        self.replayed_events.inc_by(replayed);
     }
 
     pub fn durable_stream_break(&self) {

@@ -256,6 +256,8 @@ struct Upgrade {
 #[derive(Deserialize)]
 struct UpgradeQuery {
     access_token: Option<String>,
+    /// `1`: this socket wants replay positions (docs/adr/0011-resume.md).
+    positions: Option<String>,
 }
 
 /// `GET /gateway/ws`: checks the client IP's limits, the Origin and the
@@ -301,6 +303,11 @@ async fn upgrade(
             .upgrade_rejected(UpgradeRejection::OriginForbidden);
         return error(StatusCode::FORBIDDEN, "forbidden");
     }
+    let positioned = match query.positions.as_deref() {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "invalid_request"),
+    };
     let Some(token) = query.access_token.or_else(|| bearer(&headers)) else {
         shared
             .metrics
@@ -341,6 +348,7 @@ async fn upgrade(
                 socket,
                 shared,
                 identity,
+                positioned,
                 state.shutdown,
                 permit,
             ))

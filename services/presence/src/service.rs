@@ -200,6 +200,7 @@ impl PresenceService {
             }),
             published_at_unix_ms: now_unix_ms(),
             event_id: String::new(),
+            positions: Vec::new(),
             payload: Some(event::Payload::PresenceUpdate(PresenceUpdate {
                 guild_id: guild_id.to_owned(),
                 user_id: user_id.to_owned(),

@@ -469,6 +469,7 @@ impl Roster {
             }),
             published_at_unix_ms: clock.unix_ms,
             event_id: String::new(),
+            positions: Vec::new(),
             payload: Some(event::Payload::VoiceParticipantSync(
                 self.snapshot(key, clock),
             )),
@@ -824,6 +825,7 @@ fn channel_event(key: &ChannelKey, payload: event::Payload) -> Event {
         }),
         published_at_unix_ms: Clock::now().unix_ms,
         event_id: String::new(),
+        positions: Vec::new(),
         payload: Some(payload),
     }
 }

@@ -27,7 +27,7 @@ use serde::Serialize;
 pub use message::{
     MessageContentFields, MessageCreate, MessageDelete, MessageReaction, MessageUpdate,
 };
-pub use session::{PresenceSync, PresenceUpdate, Ready, Subscribed};
+pub use session::{Pong, PresenceSync, PresenceUpdate, Ready, Resumed, Subscribed};
 pub use social::{
     AboutFields, FriendRemove, FriendRequestCreate, FriendRequestDelete, FriendRequestUpdate,
     ProfileAvatarUpdate, ProfileBannerUpdate, ProfileFields, ProfileUpdate,
@@ -114,6 +114,8 @@ event_table! {
     Subscribed => "subscribed",
     PresenceSync => "presence_sync",
     PresenceUpdate => "presence_update",
+    Resumed => "resumed",
+    Pong => "pong",
     MessageCreate => "message_create",
     MessageUpdate => "message_update",
     MessageDelete => "message_delete",

@@ -1,5 +1,5 @@
-//! Connection and presence payloads: `ready`, `subscribed`,
-//! `presence_sync`, `presence_update`.
+//! Connection and presence payloads: `ready`, `subscribed`, `resumed`,
+//! `pong`, `presence_sync`, `presence_update`.
 
 use filament_proto::v1 as proto;
 use schemars::JsonSchema;
@@ -38,6 +38,42 @@ impl TryFrom<&proto::Subscribed> for Subscribed {
         Ok(Self {
             guild_id: subscribed.guild_id.clone(),
             channel_id: subscribed.channel_id.clone(),
+        })
+    }
+}
+
+/// `resumed`: the end of one log's replay (docs/adr/0011-resume.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct Resumed {
+    pub scope: String,
+    pub replayed: u64,
+    pub resync: bool,
+}
+
+impl TryFrom<&proto::Resumed> for Resumed {
+    type Error = ConvertError;
+
+    fn try_from(resumed: &proto::Resumed) -> Result<Self, Self::Error> {
+        Ok(Self {
+            scope: resumed.scope.clone(),
+            replayed: resumed.replayed,
+            resync: resumed.resync,
+        })
+    }
+}
+
+/// `pong`: the answer to a client's `ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct Pong {
+    pub nonce: String,
+}
+
+impl TryFrom<&proto::Pong> for Pong {
+    type Error = ConvertError;
+
+    fn try_from(pong: &proto::Pong) -> Result<Self, Self::Error> {
+        Ok(Self {
+            nonce: pong.nonce.clone(),
         })
     }
 }

@@ -62,6 +62,9 @@ pub const REORDERED_ROLES: usize = 64;
 pub const VOICE_PARTICIPANTS: usize = 512;
 /// Users present in a guild: no hard cap; any number must get through.
 pub const PRESENT_USERS: usize = 5000;
+/// A ping's nonce, echoed in `pong`: at most 64 bytes, any characters
+/// (`services/gateway/src/ingress.rs`).
+pub const NONCE_BYTES: usize = 64;
 /// The api tokenizer's caps (`services/api/src/markdown.rs`).
 pub const MAX_TOKENS: usize = 4096;
 pub const MAX_INLINE_BYTES: usize = 4096;
@@ -141,6 +144,29 @@ pub fn table() -> Vec<Row> {
                     guild_id: GUILD.into(),
                     user_id: USER.into(),
                     status: proto::PresenceStatus::Offline.into(),
+                })
+            },
+        },
+        // The gateway replays at most 2048 events per resume, but the field
+        // is a u64: count on the longest integer anyway.
+        Row {
+            event_type: "resumed",
+            expect: Fits,
+            payload: || {
+                Payload::Resumed(proto::Resumed {
+                    scope: format!("g:{}", id(0)),
+                    replayed: MAX_INT.unsigned_abs(),
+                    resync: true,
+                })
+            },
+        },
+        // A control character escapes to six bytes (`\u0001`).
+        Row {
+            event_type: "pong",
+            expect: Fits,
+            payload: || {
+                Payload::Pong(proto::Pong {
+                    nonce: "\u{1}".repeat(NONCE_BYTES),
                 })
             },
         },

@@ -1,0 +1,442 @@
+//! Positions and resume, for the sockets that ask for them
+//! (docs/adr/0011-resume.md).
+//!
+//! A socket opened with `?positions=1` gets every logged event's frame with
+//! its positions (`"p"`), a baseline position for its user's log on
+//! `ready` and for a guild's log on its first `subscribe` there. After a
+//! reconnect, to any gateway, the client sends `resume` with the positions
+//! it held when its old socket ended, then subscribes again. The gateway
+//! replays from the shared logs what this socket may see now:
+//! - its user's log, and the logs of guilds it is already present in, at
+//!   once;
+//! - a guild's log when the socket's first subscribe there is accepted,
+//!   as part of that subscribe's snapshots, so no live frame of the guild
+//!   can come before the replayed ones.
+//!
+//! Each log's replay ends with a `resumed` frame for that log, carrying the
+//! position replayed through, or `resync` when the log cannot cover the
+//! gap: the client refetches what that log covers.
+//!
+//! Exactly once: a replay stops before the first offset of that log this
+//! socket was written live, and live frames at or below what a replay
+//! wrote are skipped. Both hold because a gateway receives each log's
+//! events in offset order (`filament-fanout`'s `log.rs`).
+
+use std::collections::{HashMap, HashSet};
+
+use axum::extract::ws::Utf8Bytes;
+use filament_proto::v1::{Event, LogPosition, Resumed, audience, event};
+use filament_registry::{Replay, guild_scope, user_scope};
+use filament_wire::Position;
+use prost::Message as _;
+
+use crate::Shared;
+use crate::ids::{ChannelId, GuildId, UserId};
+use crate::index::Logged;
+use crate::metrics::ResumeOutcome;
+
+/// Events one `resume` replays at most, over all its logs (the deferred
+/// ones included). A log whose gap does not fit what is left is answered
+/// with resync instead.
+const MAX_REPLAYED_PER_RESUME: usize = 2048;
+/// Logs whose positions one socket tracks. Past this, live frames of new
+/// logs still go out, but a resume may replay one of them again.
+const MAX_TRACKED_SCOPES: usize = 1024;
+
+/// What a positioned socket knows of its logs.
+#[derive(Debug, Default)]
+pub(crate) struct Positions {
+    /// Per log, the first offset written live since the socket connected.
+    first_live: HashMap<String, u64>,
+    /// Per log, the offset a replay wrote through.
+    floor: HashMap<String, u64>,
+    /// Logs the socket was given a position for.
+    known: HashSet<String>,
+    /// Guild logs named by a `resume` before the socket was present in
+    /// the guild: replayed by the first subscribe there.
+    pending: HashMap<GuildId, Position>,
+    /// What is left of the last `resume`'s replay budget.
+    budget: usize,
+    /// Events replayed since the last `resume`: an event in two logs (a
+    /// user's and a guild's) is written once.
+    replayed: HashSet<String>,
+}
+
+impl Positions {
+    /// The frame to write for a logged event, or `None` when a replay
+    /// already wrote it.
+    pub(crate) fn frame_for<'a>(&mut self, logged: &'a Logged) -> Option<&'a Utf8Bytes> {
+        let replayed = logged.positions.iter().any(|position| {
+            self.floor
+                .get(&position.scope)
+                .is_some_and(|&floor| position.offset <= floor)
+        });
+        if replayed {
+            return None;
+        }
+        for position in &logged.positions {
+            if self.first_live.len() < MAX_TRACKED_SCOPES {
+                self.first_live
+                    .entry(position.scope.clone())
+                    .or_insert(position.offset);
+            }
+            self.learned(position.scope.clone());
+        }
+        Some(&logged.positioned)
+    }
+
+    /// Whether the socket has a position for this log already.
+    pub(crate) fn knows(&self, scope: &str) -> bool {
+        self.known.contains(scope)
+    }
+
+    pub(crate) fn learned(&mut self, scope: String) {
+        if self.known.len() < MAX_TRACKED_SCOPES {
+            self.known.insert(scope);
+        }
+    }
+
+    /// The position a `resume` left for this guild's first subscribe.
+    pub(crate) fn take_pending(&mut self, guild: GuildId) -> Option<Position> {
+        self.pending.remove(&guild)
+    }
+
+    pub(crate) fn has_pending(&self, guild: GuildId) -> bool {
+        self.pending.contains_key(&guild)
+    }
+}
+
+/// The newest position of a log, for a baseline; `None` (logged) when the
+/// registry cannot say. The client then has no position for that log and
+/// refetches it after a reconnect.
+pub(crate) async fn head(shared: &Shared, scope: &str) -> Option<LogPosition> {
+    match shared.holdings.registry().log_head(scope).await {
+        Ok(Some(head)) => Some(LogPosition {
+            scope: head.scope,
+            epoch: head.epoch,
+            offset: head.offset,
+        }),
+        Ok(None) => None,
+        Err(err) => {
+            tracing::debug!(%err, scope, "no baseline position");
+            None
+        }
+    }
+}
+
+/// `frame` with the baseline position `head`, when there is one.
+pub(crate) fn with_baseline(
+    shared: &Shared,
+    positions: &mut Positions,
+    frame: Utf8Bytes,
+    head: Option<LogPosition>,
+) -> Utf8Bytes {
+    let Some(head) = head else {
+        return frame;
+    };
+    match shared.positioned(&frame, std::slice::from_ref(&head)) {
+        Some(positioned) => {
+            positions.learned(head.scope);
+            positioned
+        }
+        None => frame,
+    }
+}
+
+/// Who a resuming socket is and may see now.
+pub(crate) struct Viewer {
+    pub(crate) user: UserId,
+    pub(crate) subscriptions: HashSet<(GuildId, ChannelId)>,
+}
+
+impl Viewer {
+    fn present_in(&self, guild: &str) -> bool {
+        guild
+            .parse::<GuildId>()
+            .is_ok_and(|guild| self.subscriptions.iter().any(|&(g, _)| g == guild))
+    }
+
+    /// Whether this socket may resume the log `scope`.
+    fn may_resume(&self, scope: &str) -> bool {
+        scope == user_scope(&self.user.to_string())
+            || scope
+                .strip_prefix("g:")
+                .is_some_and(|guild| self.present_in(guild))
+    }
+
+    /// Whether the live event would have reached this socket now.
+    fn sees(&self, event: &Event) -> bool {
+        match event.audience.as_ref().and_then(|a| a.target.as_ref()) {
+            Some(audience::Target::Channel(channel)) => {
+                match (channel.guild_id.parse(), channel.channel_id.parse()) {
+                    (Ok(guild), Ok(channel)) => self.subscriptions.contains(&(guild, channel)),
+                    _ => false,
+                }
+            }
+            Some(audience::Target::Guild(guild)) => self.present_in(&guild.guild_id),
+            Some(audience::Target::Users(users)) => {
+                let me = self.user.to_string();
+                users.user_ids.contains(&me) || users.guild_ids.iter().any(|g| self.present_in(g))
+            }
+            None => false,
+        }
+    }
+}
+
+/// Answers a `resume`: replays the logs the socket may resume now, and
+/// keeps the positions of guilds it is not present in yet for their first
+/// subscribe. Returns the frames to write ahead of its queue.
+pub(crate) async fn resume(
+    shared: &Shared,
+    viewer: &Viewer,
+    positions: &mut Positions,
+    wanted: Vec<Position>,
+) -> Vec<Utf8Bytes> {
+    let mut frames = Vec::new();
+    positions.budget = MAX_REPLAYED_PER_RESUME;
+    positions.replayed.clear();
+    for position in wanted {
+        let later = position
+            .scope
+            .strip_prefix("g:")
+            .and_then(|guild| guild.parse::<GuildId>().ok())
+            .filter(|guild| !viewer.present_in(&guild.to_string()));
+        match later {
+            // Bounded: a resume names at most `MAX_RESUME_SCOPES` logs, and
+            // a later one replaces what an earlier one left.
+            Some(guild) => {
+                if positions.pending.len() < crate::ingress::MAX_RESUME_SCOPES {
+                    positions.pending.insert(guild, position);
+                } else {
+                    frames.extend(answer(shared, positions, &position.scope, None));
+                }
+            }
+            None => {
+                frames.extend(replay(shared, viewer, positions, &position).await);
+            }
+        }
+    }
+    frames
+}
+
+/// Answers a `resume` on a socket opened without positions: every log it
+/// names gets `resync`. What the socket was written live is unknown, so a
+/// replay could repeat it.
+pub(crate) fn refuse_all(shared: &Shared, wanted: Vec<Position>) -> Vec<Utf8Bytes> {
+    let mut untracked = Positions::default();
+    wanted
+        .into_iter()
+        .flat_map(|position| answer(shared, &mut untracked, &position.scope, None))
+        .collect()
+}
+
+/// Replays one log for this socket, if it may resume it: the events it
+/// may see now, each with its position, then `resumed`.
+pub(crate) async fn replay(
+    shared: &Shared,
+    viewer: &Viewer,
+    positions: &mut Positions,
+    position: &Position,
+) -> Vec<Utf8Bytes> {
+    if !viewer.may_resume(&position.scope) {
+        return answer(shared, positions, &position.scope, None);
+    }
+    let mut frames = Vec::new();
+    let Some(through) = replay_into(shared, viewer, positions, position, &mut frames).await else {
+        return answer(shared, positions, &position.scope, None);
+    };
+    positions.budget = positions.budget.saturating_sub(frames.len());
+    let replayed = u64::try_from(frames.len()).unwrap_or(u64::MAX);
+    if !positions.first_live.contains_key(&position.scope) {
+        positions
+            .floor
+            .insert(position.scope.clone(), through.offset);
+    }
+    frames.extend(answer(
+        shared,
+        positions,
+        &position.scope,
+        Some((through, replayed)),
+    ));
+    frames
+}
+
+/// The `resumed` frame of one log: replayed through a position (which it
+/// carries, so that the client holds it), or `resync`.
+fn answer(
+    shared: &Shared,
+    positions: &mut Positions,
+    scope: &str,
+    replayed: Option<(LogPosition, u64)>,
+) -> Vec<Utf8Bytes> {
+    let outcome = if replayed.is_some() {
+        ResumeOutcome::Replayed
+    } else {
+        ResumeOutcome::Resync
+    };
+    shared
+        .metrics
+        .resumed(outcome, replayed.as_ref().map_or(0, |(_, count)| *count));
+    let done = crate::connection::connection_event(event::Payload::Resumed(Resumed {
+        scope: scope.to_owned(),
+        replayed: replayed.as_ref().map_or(0, |(_, count)| *count),
+        resync: replayed.is_none(),
+    }));
+    let frames = shared.encode_for_one(&done);
+    match (replayed, frames.as_slice()) {
+        (Some((through, _)), [frame]) => {
+            vec![with_baseline(
+                shared,
+                positions,
+                frame.clone(),
+                Some(through),
+            )]
+        }
+        _ => frames,
+    }
+}
+
+/// Replays one log into `out`. Returns the position it read through, or
+/// `None` when the log cannot cover the gap (the caller answers resync).
+async fn replay_into(
+    shared: &Shared,
+    viewer: &Viewer,
+    positions: &mut Positions,
+    position: &Position,
+    out: &mut Vec<Utf8Bytes>,
+) -> Option<LogPosition> {
+    let budget = positions.budget;
+    let asked = filament_registry::LogPosition {
+        scope: position.scope.clone(),
+        epoch: position.epoch.clone(),
+        offset: position.offset,
+    };
+    let entries = match shared.holdings.registry().replay(&asked, budget).await {
+        Ok(Replay::Covered(entries)) => entries,
+        Ok(Replay::Gap) => return None,
+        Err(err) => {
+            // Fail closed: without the log, the client must refetch.
+            tracing::warn!(%err, scope = position.scope, "replay log unavailable");
+            return None;
+        }
+    };
+    let through = LogPosition {
+        scope: position.scope.clone(),
+        epoch: position.epoch.clone(),
+        offset: entries.last().map_or(position.offset, |entry| entry.offset),
+    };
+    let live_from = positions.first_live.get(&position.scope).copied();
+    for entry in entries {
+        if live_from.is_some_and(|first| entry.offset >= first) {
+            break;
+        }
+        let mut event = Event::decode(entry.event.as_slice()).ok()?;
+        if !viewer.sees(&event) || !positions.replayed.insert(event.event_id.clone()) {
+            continue;
+        }
+        event.positions = vec![LogPosition {
+            offset: entry.offset,
+            ..through.clone()
+        }];
+        let frames = shared.encode_for_one(&event);
+        let [frame] = frames.as_slice() else {
+            continue;
+        };
+        out.push(
+            shared
+                .positioned(frame, &event.positions)
+                .unwrap_or_else(|| frame.clone()),
+        );
+    }
+    Some(through)
+}
+
+/// The logs a positioned socket gets a baseline for: its user's on `ready`.
+pub(crate) fn user_log(user: UserId) -> String {
+    user_scope(&user.to_string())
+}
+
+/// And a guild's on its first `subscribe` there.
+pub(crate) fn guild_log(guild: GuildId) -> String {
+    guild_scope(&guild.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use filament_proto::v1::{Audience, ChannelAudience, GuildAudience, UserAudience};
+    use ulid::Ulid;
+
+    use super::*;
+
+    fn logged(scope: &str, offset: u64) -> Logged {
+        Logged {
+            plain: Utf8Bytes::from_static("plain"),
+            positioned: Utf8Bytes::from_static("positioned"),
+            positions: vec![Position {
+                scope: scope.to_owned(),
+                epoch: "0a".to_owned(),
+                offset,
+            }],
+        }
+    }
+
+    #[test]
+    fn live_frames_below_a_replay_are_skipped_and_the_first_live_one_is_kept() {
+        let mut positions = Positions::default();
+        positions.floor.insert("g:A".to_owned(), 5);
+        assert!(positions.frame_for(&logged("g:A", 5)).is_none(), "replayed");
+        assert_eq!(
+            positions
+                .frame_for(&logged("g:A", 6))
+                .map(Utf8Bytes::as_str),
+            Some("positioned")
+        );
+        assert!(positions.frame_for(&logged("g:B", 3)).is_some());
+        positions.frame_for(&logged("g:B", 4));
+        assert_eq!(positions.first_live.get("g:B"), Some(&3));
+        assert!(positions.knows("g:B"));
+    }
+
+    #[test]
+    fn a_viewer_sees_what_its_subscriptions_and_name_reach() {
+        let (guild, channel, other) = (
+            GuildId(Ulid::generate()),
+            ChannelId(Ulid::generate()),
+            ChannelId(Ulid::generate()),
+        );
+        let user = UserId(Ulid::generate());
+        let viewer = Viewer {
+            user,
+            subscriptions: [(guild, channel)].into(),
+        };
+        let to = |target| Event {
+            audience: Some(Audience {
+                target: Some(target),
+            }),
+            ..Event::default()
+        };
+        let in_channel = |channel: ChannelId| {
+            to(audience::Target::Channel(ChannelAudience {
+                guild_id: guild.to_string(),
+                channel_id: channel.to_string(),
+            }))
+        };
+        assert!(viewer.sees(&in_channel(channel)));
+        assert!(!viewer.sees(&in_channel(other)), "not subscribed there");
+        assert!(viewer.sees(&to(audience::Target::Guild(GuildAudience {
+            guild_id: guild.to_string()
+        }))));
+        let named = |user_ids: Vec<String>| {
+            to(audience::Target::Users(UserAudience {
+                user_ids,
+                guild_ids: Vec::new(),
+            }))
+        };
+        assert!(viewer.sees(&named(vec![user.to_string()])));
+        assert!(!viewer.sees(&named(vec![Ulid::generate().to_string()])));
+        assert!(viewer.may_resume(&user_scope(&user.to_string())));
+        assert!(viewer.may_resume(&guild_scope(&guild.to_string())));
+        assert!(!viewer.may_resume(&guild_scope(&Ulid::generate().to_string())));
+        assert!(!viewer.may_resume(&user_scope(&Ulid::generate().to_string())));
+    }
+}
