@@ -7,19 +7,38 @@
  * - subscribe with `{"v":1,"t":"subscribe","d":{guild_id,channel_id}}`;
  *   an accepted subscribe is answered by `subscribed` (a refused one is
  *   silently ignored);
- * - there is no application-level heartbeat: the server sends websocket
- *   pings every 30 s, which browsers answer on their own;
+ * - the server sends websocket pings every 30 s, which browsers answer on
+ *   their own; a client `ping` (`{"nonce"}`) is answered by `pong` behind
+ *   the frames already queued for the socket, which proves the event path
+ *   alive, not only the connection (the optional heartbeat);
+ * - with `?positions=1`, logged events carry their replay positions in
+ *   `p`; after a reconnect, a `resume` quoting the positions held when the
+ *   old socket ended, sent right after `ready` and before the subscribes,
+ *   replays what was missed: the user's log at once, a guild's log right
+ *   after the first `subscribed` there; each log ends with its own
+ *   `resumed` (docs/GATEWAY_EVENTS.md, "Replay positions");
  * - the server closes with the codes in {@link CLOSE_CODES}.
  *
  * This client reconnects with jittered exponential backoff, re-subscribes
- * after every reconnect, refreshes the access token before it expires, and
- * calls `onMissedEvents` when the app should refetch what it shows.
+ * after every reconnect (resuming first, with the `positions` option),
+ * refreshes the access token before it expires, and calls `onMissedEvents`
+ * when the app should refetch what it shows (with `positions`: only the
+ * logs the resume could not replay).
  */
 
 import { Backoff } from "./backoff.js";
-import { Dispatcher, PROTOCOL_VERSION, type EventHandler, type InvalidFrame } from "./dispatcher.js";
+import {
+  Dispatcher,
+  MAX_FRAME_BYTES,
+  POSITIONS_HEADROOM_BYTES,
+  POSITION_TOKEN_PATTERN,
+  PROTOCOL_VERSION,
+  type EventHandler,
+  type InvalidFrame,
+  type LogPositions,
+} from "./dispatcher.js";
 import { ApiError, GatewayError } from "./errors.js";
-import type { EventType } from "./generated/events.js";
+import type { EventType, Resumed, Subscribed } from "./generated/events.js";
 import type { AccessToken, TokenProvider } from "./session.js";
 import { defaultTimers, type Timers } from "./timers.js";
 
@@ -107,8 +126,47 @@ export interface StateChange {
 
 /** Why the app should refetch. */
 export interface MissedEvents {
-  /** The close code of the connection that ended (1006: dropped). */
+  /** The close code of the connection that ended (1006: dropped, or no `pong` in time). */
   readonly closeCode: number;
+  /**
+   * With the `positions` option: the positions held when that connection
+   * ended (the first of the outage, if several ended before a reconnect
+   * was reported). Absent when none were held.
+   */
+  readonly positions?: LogPositions;
+  /**
+   * With the `positions` option, when the client resumed after the
+   * reconnect: what to refetch. Absent otherwise: refetch everything.
+   */
+  readonly resume?: ResumeOutcome;
+}
+
+/**
+ * How the automatic resume after a reconnect went, per log (`u:<user id>`,
+ * `g:<guild id>`). Each log is in one list at most.
+ */
+export interface ResumeOutcome {
+  /** Logs whose gap was replayed: nothing to refetch. */
+  readonly replayed: readonly string[];
+  /**
+   * Logs to refetch (`GET …/messages?after=<newest id>` for a guild's
+   * channels; friends and profile for the user's): answered `resync`, or
+   * followed (the user's own, a subscribed guild's) with no position held.
+   */
+  readonly resync: readonly string[];
+  /**
+   * Guild logs the resume named that got no `resumed` within
+   * `resubscribeTimeoutMs`: no subscribe there was accepted (yet). Refetch
+   * them like `resync` if the app still shows them.
+   */
+  readonly unanswered: readonly string[];
+}
+
+/** The optional heartbeat: a `ping` every `intervalMs` once ready. */
+export interface HeartbeatOptions {
+  readonly intervalMs: number;
+  /** Reconnect when the `pong` has not come this long after its `ping`. Default `intervalMs`. */
+  readonly timeoutMs?: number;
 }
 
 /** A guild channel the app subscribed to. */
@@ -152,9 +210,73 @@ export interface GatewayClientOptions {
   /** At most this many frames per `sendWindowMs` (the server allows 60 per 10 s). Default 50. */
   readonly maxFramesPerWindow?: number;
   readonly sendWindowMs?: number;
+  /**
+   * Ask for replay positions (`?positions=1`): the client keeps the newest
+   * per log ({@link GatewayClient.positions}) and, after a reconnect,
+   * resumes from them before it re-subscribes; `onMissedEvents` then says
+   * which logs to refetch ({@link MissedEvents.resume}). Default off:
+   * frames are exactly `{v,t,d}`, and the app refetches after every
+   * reconnect.
+   */
+  readonly positions?: boolean;
+  /** Ping the gateway on a timer and reconnect when a pong is late. Default off. */
+  readonly heartbeat?: HeartbeatOptions;
 }
 
 const OPEN = 1;
+
+/** A `resume` names at most this many logs (the gateway refuses more). */
+export const MAX_RESUME_SCOPES = 64;
+/** A ping's nonce is at most this many UTF-8 bytes. */
+export const MAX_NONCE_BYTES = 64;
+/** The close code reported when the heartbeat gave up on a socket: as for a dropped connection. */
+const HEARTBEAT_TIMEOUT_CODE = 1006;
+
+/**
+ * A log whose held position is behind a gap: a socket ended while it was
+ * followed, or the app resumed it. Its positions from the current socket
+ * (a baseline, live frames) are past the gap, so they wait in `ahead`
+ * until a `resumed` closes the gap; only replayed frames move the held
+ * position, so a drop before that loses nothing.
+ */
+interface Gap {
+  /** The newest position the current socket delivered past the gap. */
+  ahead?: string;
+  /** Set while a `resume` on the current socket named the log and its `resumed` has not come. */
+  replay?: PendingReplay;
+}
+
+interface PendingReplay {
+  /** The position the resume quoted: replayed frames come after it, in its epoch. */
+  readonly quoted: string;
+  /**
+   * The newest position of the log this socket delivered before the
+   * resume. Live frames after it are newer, so a frame at or below it
+   * (and past `quoted`) is a replayed one.
+   */
+  readonly bound: string | undefined;
+  /**
+   * A guild log the gateway keeps for the socket's first subscribe there
+   * (no subscribe there was sent on this socket yet).
+   */
+  readonly deferred: boolean;
+  /**
+   * A deferred log whose guild's first `subscribed` came: its frames until
+   * `resumed` are the replay (written ahead of the socket's queue).
+   */
+  replaying: boolean;
+}
+
+/** An outage not yet reported: from the first ready connection that ended to the report. */
+interface Outage {
+  closeCode: number;
+  positions: LogPositions | undefined;
+  /** Logs the automatic resumes of this outage named. */
+  readonly named: Set<string>;
+  readonly replayed: Set<string>;
+  /** Answered `resync`, or followed without a position: sticky until the report. */
+  readonly resync: Set<string>;
+}
 
 export class GatewayClient {
   private readonly options: GatewayClientOptions;
@@ -176,18 +298,32 @@ export class GatewayClient {
   private failedHandshakes = 0;
   private opened = false;
   /** Set when a ready connection ended: the next ready triggers `onMissedEvents`. */
-  private missed: MissedEvents | null = null;
+  private missed: Outage | null = null;
   private awaitingAcks: Set<string> | null = null;
 
   private readonly subs = new Map<string, Subscription>();
   private readonly sentOnSocket = new Set<string>();
   private sendTimes: number[] = [];
+  /** The user the positions belong to (`ready`'s). */
+  private userId: string | null = null;
+  /** Per followed log, the newest position up to which everything was delivered. */
+  private readonly held = new Map<string, string>();
+  /** Logs whose held position is behind a gap ({@link Gap}). */
+  private readonly gaps = new Map<string, Gap>();
+  /** Guilds with an accepted `subscribed` on the current socket. */
+  private readonly joined = new Set<string>();
+  /** The newest position per log the current socket delivered. */
+  private readonly seen = new Map<string, string>();
+  private heartbeats = 0;
+  /** The nonce of the heartbeat ping whose pong is due. */
+  private awaitingPong: string | null = null;
 
   private reconnectTimer: unknown;
   private stableTimer: unknown;
   private refreshTimer: unknown;
   private ackTimer: unknown;
   private flushTimer: unknown;
+  private heartbeatTimer: unknown;
 
   private readonly missedListeners = new Set<(info: MissedEvents) => void>();
   private readonly stateListeners = new Set<(change: StateChange) => void>();
@@ -205,11 +341,16 @@ export class GatewayClient {
     this.backoff = new Backoff({ ...options.backoff, random });
     this.refreshBackoff = new Backoff({ baseMs: 2000, maxMs: 30_000, random });
     this.dispatcher = new Dispatcher({
+      maxFrameBytes: options.positions === true ? MAX_FRAME_BYTES + POSITIONS_HEADROOM_BYTES : MAX_FRAME_BYTES,
+      onPositions: (positions, eventType) => this.onFramePositions(positions, eventType),
       onInvalid: (frame) => this.emit(this.invalidListeners, frame),
       onHandlerError: (error) => this.reportError(error, true),
     });
-    this.dispatcher.on("ready", () => this.onReady());
-    this.dispatcher.on("subscribed", (d) => this.onSubscribed(d.guild_id, d.channel_id));
+    // Registered first, so they run before the app's handlers of these events.
+    this.dispatcher.on("ready", (d, _t, p) => this.onReady(d.user_id, p));
+    this.dispatcher.on("subscribed", (d, _t, p) => this.onSubscribed(d, p));
+    this.dispatcher.on("pong", (d) => this.onPong(d.nonce));
+    this.dispatcher.on("resumed", (d, _t, p) => this.onResumed(d, p));
   }
 
   /** The connection's state. */
@@ -227,12 +368,30 @@ export class GatewayClient {
     return [...this.subs.values()];
   }
 
+  /**
+   * The replay position held per log (with the `positions` option): the
+   * user's own log and those of guilds subscribed on this socket, each the
+   * newest up to which every event was delivered. A log behind a gap (after
+   * a reconnect, or named by a `resume`) stays where the gap starts, or
+   * where its replay has got to, until its `resumed`: a drop then loses
+   * nothing.
+   */
+  positions(): LogPositions {
+    return Object.fromEntries(this.held);
+  }
+
   /** Handles one event type; returns a function that removes the handler. */
   on<T extends EventType>(eventType: T, handler: EventHandler<T>): () => void {
     return this.dispatcher.on(eventType, handler);
   }
 
-  /** Called when events may have been missed (after a reconnect, 4011 included): refetch now. */
+  /**
+   * Called once per reconnect that may have lost events (4011 included),
+   * when the re-sent subscriptions are acknowledged (or after
+   * `resubscribeTimeoutMs`): refetch now. With the `positions` option and a
+   * resume, only after the logs it named are answered, and only the logs
+   * in {@link MissedEvents.resume} need a refetch.
+   */
   onMissedEvents(listener: (info: MissedEvents) => void): () => void {
     return addListener(this.missedListeners, listener);
   }
@@ -293,9 +452,41 @@ export class GatewayClient {
    * {@link GatewayError} unless ready; nothing is queued while disconnected.
    */
   sendMessage(message: GatewayMessageCreate): void {
+    this.sendChecked("message_create", message);
+  }
+
+  /**
+   * Asks the gateway to replay each log in `positions` after its position.
+   * With the `positions` option the client does this itself after every
+   * reconnect; this is for apps that manage positions themselves. The
+   * user's log and those of guilds this socket is subscribed in are
+   * replayed at once; another guild's right after the socket's first
+   * `subscribed` there. Each log ends with its own `resumed` (`resync: true`:
+   * refetch it). With the `positions` option, a log whose replay is still
+   * pending on this socket is left out, and a named log is held at the
+   * replay's progress until its `resumed`. Throws like `sendMessage`.
+   */
+  resume(positions: LogPositions): void {
+    const entries = Object.entries(positions);
+    if (entries.length > MAX_RESUME_SCOPES) throw new TypeError(`a resume names at most ${MAX_RESUME_SCOPES} logs`);
+    for (const [scope, token] of entries) {
+      if (!POSITION_TOKEN_PATTERN.test(token)) throw new TypeError(`${scope}: ${token} is not a position token`);
+    }
     if (this.current !== "ready" || this.ws === null) throw new GatewayError("not_connected");
     if (!this.windowHasRoom()) throw new GatewayError("rate_limited", "too many frames in the send window");
-    this.sendFrame("message_create", message);
+    this.sendResume(entries);
+  }
+
+  /**
+   * Sends a `ping`; the gateway answers `pong` with the same nonce (listen
+   * with `on("pong", …)`) behind whatever it queued for this socket. Throws
+   * like `sendMessage`.
+   */
+  ping(nonce = ""): void {
+    if (new TextEncoder().encode(nonce).length > MAX_NONCE_BYTES) {
+      throw new TypeError(`a nonce is at most ${MAX_NONCE_BYTES} bytes`);
+    }
+    this.sendChecked("ping", { nonce });
   }
 
   // -------------------------------------------------------------------------
@@ -360,44 +551,173 @@ export class GatewayClient {
     const base = page === undefined ? new URL(this.options.url) : new URL(this.options.url, page);
     const url = new URL(this.options.path ?? "/gateway/ws", base);
     url.protocol = url.protocol === "https:" || url.protocol === "wss:" ? "wss:" : "ws:";
+    if (this.options.positions === true) url.searchParams.set("positions", "1");
     url.searchParams.set("access_token", token);
     return url.toString();
   }
 
-  private onReady(): void {
+  private onReady(userId: string, positions: LogPositions | undefined): void {
+    this.identify(userId);
+    if (positions !== undefined) this.takePositions(positions);
     this.setState({ state: "ready" });
     this.clearTimer("stableTimer");
     this.stableTimer = this.timers.setTimeout(() => {
       this.backoff.reset();
     }, this.options.stableAfterMs ?? 10_000);
     this.scheduleTokenRefresh();
+    this.awaitingPong = null;
+    this.scheduleHeartbeat();
 
     this.sentOnSocket.clear();
     const missed = this.missed;
     if (missed !== null) {
-      // Refetch once the re-sent subscriptions are live, so nothing falls between.
+      // Report once the re-sent subscriptions are live (and, with
+      // positions, the logs the resume named are answered), so nothing
+      // falls between; at most resubscribeTimeoutMs from now.
       this.awaitingAcks = new Set(this.subs.keys());
       this.clearTimer("ackTimer");
       this.ackTimer = this.timers.setTimeout(() => this.emitMissed(), this.options.resubscribeTimeoutMs ?? 5000);
+      // Resume first: the gateway then replays a guild's log right after
+      // the first `subscribed` there, before any live frame of the guild.
+      this.resumeAfterReconnect(missed);
     }
     this.flushSubscriptions();
-    if (missed !== null && this.awaitingAcks?.size === 0) this.emitMissed();
+    this.emitMissedIfRecovered();
   }
 
-  private onSubscribed(guildId: string, channelId: string): void {
+  private onSubscribed(subscribed: Subscribed, positions: LogPositions | undefined): void {
+    const guild = subscribed.guild_id;
+    const first = !this.joined.has(guild);
+    this.joined.add(guild);
+    if (positions !== undefined) this.takePositions(positions);
+    // A deferred replay of the guild's log comes next, ahead of its live frames.
+    const replay = first ? this.gaps.get(`g:${guild}`)?.replay : undefined;
+    if (replay?.deferred === true) replay.replaying = true;
+    this.awaitingAcks?.delete(`${guild}/${subscribed.channel_id}`);
+    this.emitMissedIfRecovered();
+  }
+
+  /** One log's replay ended: its gap is closed (replayed) or left to the app (resync). */
+  private onResumed(resumed: Resumed, positions: LogPositions | undefined): void {
+    const scope = resumed.scope;
+    const gap = this.gaps.get(scope);
+    if (gap?.replay === undefined) return; // Not a replay this client waits for.
+    this.gaps.delete(scope);
+    // Replayed: everything up to `p` came, and everything after it (up to
+    // `ahead`) came live. Resync: only what came live counts, once the app
+    // has refetched the rest.
+    let position = resumed.resync ? undefined : this.held.get(scope);
+    const through = resumed.resync ? undefined : positions?.[scope];
+    if (through !== undefined) position = newer(position, through);
+    if (gap.ahead !== undefined) position = newer(position, gap.ahead);
+    if (position === undefined) this.held.delete(scope);
+    else this.held.set(scope, position);
+    const outage = this.missed;
+    if (outage !== null) (resumed.resync ? outage.resync : outage.replayed).add(scope);
+    this.emitMissedIfRecovered();
+  }
+
+  /**
+   * After a reconnect, with the `positions` option: sends `resume` with
+   * the held positions of the logs still followed (the user's, and those of
+   * subscribed guilds), before any subscribe. A followed log with no
+   * position from before the gap is to be refetched.
+   */
+  private resumeAfterReconnect(outage: Outage): void {
+    if (this.options.positions !== true || this.userId === null) return;
+    const guildLogs = [...this.subs.values()].map((sub) => `g:${sub.guild_id}`);
+    const followed = [...new Set([`u:${this.userId}`, ...guildLogs])];
+    // Logs no longer followed are forgotten: nothing would replay them.
+    for (const scope of [...this.held.keys()]) {
+      if (!followed.includes(scope)) {
+        this.held.delete(scope);
+        this.gaps.delete(scope);
+      }
+    }
+    const quoted: [string, string][] = [];
+    for (const scope of followed) {
+      const gap = this.gaps.get(scope);
+      const token = gap === undefined ? undefined : this.held.get(scope);
+      if (token !== undefined && quoted.length < MAX_RESUME_SCOPES) {
+        quoted.push([scope, token]);
+        continue;
+      }
+      // No position from before the gap (what is held, if anything, came
+      // on this socket), or past what one resume may name: refetch it.
+      if (gap !== undefined) {
+        this.gaps.delete(scope);
+        if (gap.ahead === undefined) this.held.delete(scope);
+        else this.held.set(scope, gap.ahead);
+      }
+      outage.resync.add(scope);
+    }
+    if (quoted.length === 0) return;
+    for (const [scope] of quoted) outage.named.add(scope);
+    this.sendResume(quoted);
+  }
+
+  /** Sends `resume`; with the `positions` option, holds each log it names behind its gap. */
+  private sendResume(entries: readonly (readonly [string, string])[]): void {
+    const tracked = this.options.positions === true;
+    const named = tracked ? entries.filter(([scope]) => this.gaps.get(scope)?.replay === undefined) : entries;
+    if (named.length === 0) return;
+    this.sendFrame("resume", { positions: Object.fromEntries(named) });
+    if (!tracked) return;
+    for (const [scope, token] of named) {
+      let gap = this.gaps.get(scope);
+      if (gap === undefined) {
+        // What is held now was delivered: it counts again once the gap is closed.
+        const held = this.held.get(scope);
+        gap = held === undefined ? {} : { ahead: held };
+        this.gaps.set(scope, gap);
+      }
+      gap.replay = { quoted: token, bound: this.seen.get(scope), deferred: this.isDeferred(scope), replaying: false };
+      this.held.set(scope, token);
+    }
+  }
+
+  /** Whether the gateway keeps this log's replay for the socket's first subscribe in its guild. */
+  private isDeferred(scope: string): boolean {
+    if (!scope.startsWith("g:")) return false;
+    const guild = scope.slice(2);
+    if (this.joined.has(guild)) return false;
+    // A subscribe sent but not answered yet: the gateway may be in the
+    // guild already. Not deferred, then, and its frames are not taken for
+    // replayed ones by their arrival (only by their offset).
+    for (const key of this.sentOnSocket) if (key.startsWith(`${guild}/`)) return false;
+    return true;
+  }
+
+  private emitMissedIfRecovered(): void {
+    const outage = this.missed;
     const acks = this.awaitingAcks;
-    if (acks === null) return;
-    acks.delete(`${guildId}/${channelId}`);
-    if (acks.size === 0) this.emitMissed();
+    if (outage === null || acks === null || acks.size > 0) return;
+    if (this.pendingReplays(outage).length > 0) return;
+    this.emitMissed();
+  }
+
+  /** The logs an automatic resume of this outage named whose `resumed` has not come. */
+  private pendingReplays(outage: Outage): string[] {
+    return [...outage.named].filter((scope) => this.gaps.get(scope)?.replay !== undefined);
   }
 
   private emitMissed(): void {
-    const missed = this.missed;
+    const outage = this.missed;
     this.clearTimer("ackTimer");
     this.awaitingAcks = null;
-    if (missed === null) return;
+    if (outage === null) return;
     this.missed = null;
-    this.emit(this.missedListeners, missed);
+    this.emit(this.missedListeners, this.report(outage));
+  }
+
+  private report(outage: Outage): MissedEvents {
+    const { closeCode, positions } = outage;
+    const missed: MissedEvents = positions === undefined ? { closeCode } : { closeCode, positions };
+    if (outage.named.size === 0) return missed;
+    const resync = [...outage.resync];
+    const unanswered = this.pendingReplays(outage).filter((scope) => !outage.resync.has(scope));
+    const replayed = [...outage.replayed].filter((scope) => !outage.resync.has(scope) && !unanswered.includes(scope));
+    return { ...missed, resume: { replayed, resync, unanswered } };
   }
 
   private onSocketClosed(code: number): void {
@@ -406,7 +726,8 @@ export class GatewayClient {
     this.clearConnectionTimers();
     this.awaitingAcks = null;
     if (!this.opened) this.failedHandshakes += 1;
-    if (wasReady || this.missed !== null || code === 4011) this.missed = { closeCode: code };
+    if (wasReady || this.missed !== null || code === 4011) this.missed = this.missedAfter(code);
+    this.socketEnded();
 
     const action = closeAction(code);
     if (action === "stop") {
@@ -418,6 +739,132 @@ export class GatewayClient {
     // refresh rotates the session, and a long outage is no reason to).
     if (action === "refresh_then_reconnect" || this.failedHandshakes === 2) this.forceRefresh = true;
     this.scheduleReconnect(code);
+  }
+
+  /**
+   * The outage a connection that ended with `code` is part of: the one not
+   * reported yet, or a new one with the positions held now.
+   */
+  private missedAfter(code: number): Outage {
+    const outage = this.missed;
+    if (outage !== null) {
+      outage.closeCode = code;
+      return outage;
+    }
+    const positions = this.held.size === 0 ? undefined : this.positions();
+    return { closeCode: code, positions, named: new Set(), replayed: new Set(), resync: new Set() };
+  }
+
+  /**
+   * The socket ended: every held log is behind a gap now. What the socket
+   * delivered past a gap, and the replays it was waiting for, end with it.
+   */
+  private socketEnded(): void {
+    this.joined.clear();
+    this.seen.clear();
+    this.gaps.clear();
+    for (const scope of this.held.keys()) this.gaps.set(scope, {});
+  }
+
+  /** Positions belong to one user: another user's ready forgets them. */
+  private identify(userId: string): void {
+    if (this.userId !== null && this.userId !== userId) {
+      this.held.clear();
+      this.gaps.clear();
+      const outage = this.missed;
+      if (outage !== null) {
+        outage.positions = undefined;
+        outage.named.clear();
+        outage.replayed.clear();
+        outage.resync.clear();
+      }
+    }
+    this.userId = userId;
+  }
+
+  /** The `p` of a frame; `ready`, `subscribed` and `resumed` take theirs in their handlers. */
+  private onFramePositions(positions: LogPositions, eventType: string): void {
+    if (eventType === "ready" || eventType === "subscribed" || eventType === "resumed") return;
+    this.takePositions(positions);
+  }
+
+  private takePositions(positions: LogPositions): void {
+    if (this.options.positions !== true) return;
+    for (const [scope, token] of Object.entries(positions)) this.take(scope, token);
+  }
+
+  /**
+   * A position the current socket delivered: it moves the log's held
+   * position, unless the log is behind a gap and the frame is not a
+   * replayed one (then it is kept until the gap is closed).
+   */
+  private take(scope: string, token: string): void {
+    if (!this.follows(scope)) return;
+    this.seen.set(scope, newer(this.seen.get(scope), token));
+    const gap = this.gaps.get(scope);
+    if (gap === undefined || (gap.replay !== undefined && isReplayed(gap.replay, token))) {
+      this.held.set(scope, newer(this.held.get(scope), token));
+    } else {
+      gap.ahead = newer(gap.ahead, token);
+    }
+  }
+
+  /**
+   * Whether this socket gets every event of the log it may see: the user's
+   * own, or a guild it is subscribed in. Other logs also ride on frames (a
+   * `profile_update` carries the logs of every guild the user is in) but
+   * say nothing about what this client has.
+   */
+  private follows(scope: string): boolean {
+    if (scope.startsWith("u:")) return this.userId !== null && scope === `u:${this.userId}`;
+    return scope.startsWith("g:") && this.joined.has(scope.slice(2));
+  }
+
+  private scheduleHeartbeat(): void {
+    const heartbeat = this.options.heartbeat;
+    if (heartbeat === undefined) return;
+    this.clearTimer("heartbeatTimer");
+    const generation = this.generation;
+    this.heartbeatTimer = this.timers.setTimeout(() => {
+      if (generation === this.generation) this.beat(heartbeat, generation);
+    }, heartbeat.intervalMs);
+  }
+
+  /** Sends a heartbeat ping (or waits another interval for room in the send window). */
+  private beat(heartbeat: HeartbeatOptions, generation: number): void {
+    if (this.current !== "ready" || this.ws?.readyState !== OPEN || !this.windowHasRoom()) {
+      this.scheduleHeartbeat();
+      return;
+    }
+    const nonce = `hb-${++this.heartbeats}`;
+    this.awaitingPong = nonce;
+    this.sendFrame("ping", { nonce });
+    this.heartbeatTimer = this.timers.setTimeout(() => {
+      if (generation === this.generation && this.awaitingPong === nonce) this.abandonSocket();
+    }, heartbeat.timeoutMs ?? heartbeat.intervalMs);
+  }
+
+  private onPong(nonce: string): void {
+    if (this.awaitingPong === null || nonce !== this.awaitingPong) return;
+    this.awaitingPong = null;
+    this.scheduleHeartbeat();
+  }
+
+  /**
+   * The pong is late: the socket (or its event path) is stuck. Closing may
+   * itself hang on a dead network, so the client lets go of the socket and
+   * reconnects at once, as for a drop.
+   */
+  private abandonSocket(): void {
+    const ws = this.ws;
+    if (ws === null) return;
+    this.awaitingPong = null;
+    try {
+      ws.close(1000, "heartbeat timeout");
+    } catch {
+      // Already closing.
+    }
+    this.onSocketClosed(HEARTBEAT_TIMEOUT_CODE);
   }
 
   private scheduleReconnect(closeCode: number | undefined): void {
@@ -486,6 +933,13 @@ export class GatewayClient {
     }
   }
 
+  /** Sends a frame the app asked for: only when ready, and within the send window. */
+  private sendChecked(t: string, d: object): void {
+    if (this.current !== "ready" || this.ws === null) throw new GatewayError("not_connected");
+    if (!this.windowHasRoom()) throw new GatewayError("rate_limited", "too many frames in the send window");
+    this.sendFrame(t, d);
+  }
+
   private windowHasRoom(): boolean {
     const now = this.now();
     const windowMs = this.options.sendWindowMs ?? 10_000;
@@ -502,12 +956,13 @@ export class GatewayClient {
 
   private stop(reason: StopReason, closeCode?: number): void {
     // Events sent while stopped are missed too: the next ready reports it.
-    if (this.current === "ready") this.missed = { closeCode: closeCode ?? 1000 };
+    if (this.current === "ready") this.missed = this.missedAfter(closeCode ?? 1000);
     this.running = false;
     this.generation += 1;
     this.clearTimer("reconnectTimer");
     this.clearConnectionTimers();
     this.awaitingAcks = null;
+    this.socketEnded();
     const ws = this.ws;
     this.ws = null;
     if (ws !== null) {
@@ -525,9 +980,13 @@ export class GatewayClient {
     this.clearTimer("refreshTimer");
     this.clearTimer("ackTimer");
     this.clearTimer("flushTimer");
+    this.clearTimer("heartbeatTimer");
+    this.awaitingPong = null;
   }
 
-  private clearTimer(name: "reconnectTimer" | "stableTimer" | "refreshTimer" | "ackTimer" | "flushTimer"): void {
+  private clearTimer(
+    name: "reconnectTimer" | "stableTimer" | "refreshTimer" | "ackTimer" | "flushTimer" | "heartbeatTimer",
+  ): void {
     if (this[name] !== undefined) {
       this.timers.clearTimeout(this[name]);
       this[name] = undefined;
@@ -566,6 +1025,40 @@ export class GatewayClient {
     }
     for (const listener of [...this.errorListeners]) listener(error);
   }
+}
+
+/**
+ * The newer of two tokens of one log: within an epoch the higher offset
+ * (live frames and baselines can be ahead of a replay), else `token` (a new
+ * epoch replaces a lost log).
+ */
+function newer(current: string | undefined, token: string): string {
+  if (current === undefined) return token;
+  const [epoch, offset] = splitToken(token);
+  const [heldEpoch, heldOffset] = splitToken(current);
+  return heldEpoch === epoch && heldOffset >= offset ? current : token;
+}
+
+/**
+ * Whether a frame of a log whose replay is pending is a replayed one: past
+ * the quoted position, in its epoch, and either inside a deferred replay
+ * (after the guild's first `subscribed`) or not past what the socket had
+ * delivered before the resume (live frames after the resume are newer).
+ */
+function isReplayed(replay: PendingReplay, token: string): boolean {
+  const [epoch, offset] = splitToken(token);
+  const [quotedEpoch, quotedOffset] = splitToken(replay.quoted);
+  if (epoch !== quotedEpoch || offset <= quotedOffset) return false;
+  if (replay.replaying) return true;
+  if (replay.deferred || replay.bound === undefined) return false;
+  const [boundEpoch, boundOffset] = splitToken(replay.bound);
+  return boundEpoch === epoch && offset <= boundOffset;
+}
+
+/** A position token's epoch and offset (tokens are checked when they arrive). */
+function splitToken(token: string): [string, bigint] {
+  const dot = token.indexOf(".");
+  return [token.slice(0, dot), BigInt(token.slice(dot + 1))];
 }
 
 function addListener<T>(set: Set<T>, listener: T): () => void {

@@ -116,6 +116,60 @@ describe("Dispatcher", () => {
     assert.equal(dispatcher.unknownEventCount, 0);
   });
 
+  it("accepts a fourth field p of position tokens, and hands it to onPositions, then to handlers", () => {
+    const seen: [unknown, string][] = [];
+    const invalid: InvalidFrame[] = [];
+    const dispatcher = new Dispatcher({
+      onPositions: (positions, t) => seen.push([positions, t]),
+      onInvalid: (frame) => invalid.push(frame),
+    });
+    const payloads: unknown[] = [];
+    dispatcher.on("ready", (d, _t, positions) => payloads.push([d, positions, seen.length]));
+    const p = { [`u:${ULID.user}`]: "00ff.7" };
+    const ready = { v: 1, t: "ready", d: { user_id: ULID.user } };
+    assert.equal(dispatcher.dispatch(JSON.stringify({ ...ready, p })), "delivered");
+    assert.equal(dispatcher.dispatch(JSON.stringify({ v: 1, t: "future", d: {}, p })), "unknown");
+    assert.equal(dispatcher.dispatch(JSON.stringify(ready)), "delivered");
+    // onPositions ran first; a frame without p hands the handler undefined.
+    assert.deepEqual(payloads, [
+      [{ user_id: ULID.user }, p, 1],
+      [{ user_id: ULID.user }, undefined, 2],
+    ]);
+    assert.deepEqual(seen, [
+      [p, "ready"],
+      [p, "future"],
+    ]);
+    for (const bad of [null, [], "0a.1", { g: 1 }, { g: "0a" }, { g: "0A.1" }, { g: "0a.-1" }]) {
+      assert.equal(dispatcher.dispatch(JSON.stringify({ ...ready, p: bad })), "invalid", JSON.stringify(bad));
+    }
+    assert.equal(dispatcher.dispatch(JSON.stringify({ ...ready, p, x: 1 })), "invalid");
+    assert.equal(dispatcher.dispatch(JSON.stringify({ v: 1, t: "ready", p, x: 1 })), "invalid");
+    assert.ok(invalid.every((i) => i.reason === "bad_envelope"));
+    assert.equal(invalid.length, 9);
+    // A payload that fails its schema: its positions are not taken either.
+    assert.equal(dispatcher.dispatch(JSON.stringify({ v: 1, t: "ready", d: { user_id: 1 }, p })), "invalid");
+    assert.equal(seen.length, 2);
+  });
+
+  it("takes one resumed per log, with its position; the old shape is refused", () => {
+    const { dispatcher, invalid } = setup();
+    const got: unknown[] = [];
+    dispatcher.on("resumed", (d, _t, p) => got.push([d, p]));
+    const scope = `g:${ULID.guild}`;
+    const replayed = { scope, replayed: 3, resync: false };
+    assert.equal(dispatcher.dispatch(JSON.stringify({ v: 1, t: "resumed", d: replayed, p: { [scope]: "0a.9" } })), "delivered");
+    assert.equal(dispatcher.dispatch(frame("resumed", { scope, replayed: 0, resync: true })), "delivered");
+    assert.deepEqual(got, [
+      [replayed, { [scope]: "0a.9" }],
+      [{ scope, replayed: 0, resync: true }, undefined],
+    ]);
+    assert.equal(dispatcher.dispatch(frame("resumed", { replayed: 0, resync: [scope] })), "invalid");
+    assert.deepEqual(
+      invalid.map((i) => i.reason),
+      ["invalid_payload"],
+    );
+  });
+
   it("stops calling a removed handler, and survives a handler that throws", () => {
     const errors: unknown[] = [];
     const dispatcher = new Dispatcher({ onHandlerError: (error) => errors.push(error) });

@@ -168,13 +168,32 @@ async fn a_socket_resumes_on_the_other_gateway_with_exactly_what_it_missed(backe
         second.replayed(&user_log).await,
         (Vec::new(), replayed(&user_log, 0))
     );
+    // Before he subscribes there, his own profile change reaches him live
+    // (he is named), though it is in the guild's log too; a message
+    // follows it. The guild's replay skips the one and keeps the other.
+    let (status, _) = t
+        .call(
+            reqwest::Method::PATCH,
+            "/users/me/profile",
+            Some(&bob.token),
+            Some(json!({"about_markdown": "back"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let profile = second.next_event().await;
+    assert_eq!(profile["t"], "profile_update", "{profile}");
+    post(&t, &alice, &guild, &general, "after the profile").await;
     second.subscribed(&guild, &general).await;
     let (contents, resumed) = second.replayed(&guild_log).await;
     assert_eq!(
         (contents, resumed),
         (
-            vec!["three".to_owned(), "four".to_owned()],
-            replayed(&guild_log, 2)
+            vec![
+                "three".to_owned(),
+                "four".to_owned(),
+                "after the profile".to_owned()
+            ],
+            replayed(&guild_log, 3)
         )
     );
     // And then live again, once: the next frame is the next message.

@@ -43,11 +43,23 @@ const MAX_REPLAYED_PER_RESUME: usize = 2048;
 /// logs still go out, but a resume may replay one of them again.
 const MAX_TRACKED_SCOPES: usize = 1024;
 
+/// Ids of events written live through a log the socket does not follow
+/// that one socket remembers (a guild's `profile_update` reaches its
+/// author's sockets everywhere).
+const MAX_OUTSIDE_EVENTS: usize = 256;
+
 /// What a positioned socket knows of its logs.
 #[derive(Debug, Default)]
 pub(crate) struct Positions {
-    /// Per log, the first offset written live since the socket connected.
+    /// The logs the socket follows: its user's, and those of the guilds it
+    /// subscribed in on this connection.
+    followed: HashSet<String>,
+    /// Per followed log, the first offset written live since the socket
+    /// followed it.
     first_live: HashMap<String, u64>,
+    /// Events written live that are also in a log the socket did not
+    /// follow then: that log's replay, once it follows it, skips them.
+    outside: HashSet<String>,
     /// Per log, the offset a replay wrote through.
     floor: HashMap<String, u64>,
     /// Logs the socket was given a position for.
@@ -75,6 +87,12 @@ impl Positions {
             return None;
         }
         for position in &logged.positions {
+            if !self.followed.contains(&position.scope) {
+                if self.outside.len() < MAX_OUTSIDE_EVENTS {
+                    self.outside.insert(logged.event_id.clone());
+                }
+                continue;
+            }
             if self.first_live.len() < MAX_TRACKED_SCOPES {
                 self.first_live
                     .entry(position.scope.clone())
@@ -83,6 +101,14 @@ impl Positions {
             self.learned(position.scope.clone());
         }
         Some(&logged.positioned)
+    }
+
+    /// The socket follows this log from now on: its user's at connect, a
+    /// guild's on the first subscribe there.
+    pub(crate) fn follow(&mut self, scope: String) {
+        if self.followed.len() < MAX_TRACKED_SCOPES {
+            self.followed.insert(scope);
+        }
     }
 
     /// Whether the socket has a position for this log already.
@@ -206,9 +232,15 @@ pub(crate) async fn resume(
             // a later one replaces what an earlier one left.
             Some(guild) => {
                 if positions.pending.len() < crate::ingress::MAX_RESUME_SCOPES {
+                    // Not present there: what this socket knew of the log
+                    // (from before a revocation) no longer says what it
+                    // was written.
+                    positions.followed.remove(&position.scope);
+                    positions.first_live.remove(&position.scope);
+                    positions.floor.remove(&position.scope);
                     positions.pending.insert(guild, position);
                 } else {
-                    frames.extend(answer(shared, positions, &position.scope, None));
+                    frames.extend(answer(shared, positions, &position.scope, Answer::Refused));
                 }
             }
             None => {
@@ -226,7 +258,7 @@ pub(crate) fn refuse_all(shared: &Shared, wanted: Vec<Position>) -> Vec<Utf8Byte
     let mut untracked = Positions::default();
     wanted
         .into_iter()
-        .flat_map(|position| answer(shared, &mut untracked, &position.scope, None))
+        .flat_map(|position| answer(shared, &mut untracked, &position.scope, Answer::Refused))
         .collect()
 }
 
@@ -239,11 +271,13 @@ pub(crate) async fn replay(
     position: &Position,
 ) -> Vec<Utf8Bytes> {
     if !viewer.may_resume(&position.scope) {
-        return answer(shared, positions, &position.scope, None);
+        return answer(shared, positions, &position.scope, Answer::Refused);
     }
     let mut frames = Vec::new();
     let Some(through) = replay_into(shared, viewer, positions, position, &mut frames).await else {
-        return answer(shared, positions, &position.scope, None);
+        // The client refetches; the log's head is where it then stands.
+        let head = head(shared, &position.scope).await;
+        return answer(shared, positions, &position.scope, Answer::Resync(head));
     };
     positions.budget = positions.budget.saturating_sub(frames.len());
     let replayed = u64::try_from(frames.len()).unwrap_or(u64::MAX);
@@ -256,44 +290,50 @@ pub(crate) async fn replay(
         shared,
         positions,
         &position.scope,
-        Some((through, replayed)),
+        Answer::Replayed { through, replayed },
     ));
     frames
 }
 
-/// The `resumed` frame of one log: replayed through a position (which it
-/// carries, so that the client holds it), or `resync`.
+/// How one log's resume ended.
+enum Answer {
+    /// Replayed through this position.
+    Replayed { through: LogPosition, replayed: u64 },
+    /// The log cannot cover the gap; the client refetches and stands at
+    /// the log's head (when the registry could say).
+    Resync(Option<LogPosition>),
+    /// Not a log this socket may resume (or one too many).
+    Refused,
+}
+
+/// The `resumed` frame of one log, carrying (in `p`) where the client now
+/// stands in it.
 fn answer(
     shared: &Shared,
     positions: &mut Positions,
     scope: &str,
-    replayed: Option<(LogPosition, u64)>,
+    outcome: Answer,
 ) -> Vec<Utf8Bytes> {
-    let outcome = if replayed.is_some() {
-        ResumeOutcome::Replayed
-    } else {
-        ResumeOutcome::Resync
+    let (replayed, stands_at) = match outcome {
+        Answer::Replayed { through, replayed } => (Some(replayed), Some(through)),
+        Answer::Resync(head) => (None, head),
+        Answer::Refused => (None, None),
     };
-    shared
-        .metrics
-        .resumed(outcome, replayed.as_ref().map_or(0, |(_, count)| *count));
+    let (metric, count) = match replayed {
+        Some(count) => (ResumeOutcome::Replayed, count),
+        None => (ResumeOutcome::Resync, 0),
+    };
+    shared.metrics.resumed(metric, count);
     let done = crate::connection::connection_event(event::Payload::Resumed(Resumed {
         scope: scope.to_owned(),
-        replayed: replayed.as_ref().map_or(0, |(_, count)| *count),
+        replayed: count,
         resync: replayed.is_none(),
     }));
-    let frames = shared.encode_for_one(&done);
-    match (replayed, frames.as_slice()) {
-        (Some((through, _)), [frame]) => {
-            vec![with_baseline(
-                shared,
-                positions,
-                frame.clone(),
-                Some(through),
-            )]
-        }
-        _ => frames,
-    }
+    shared
+        .encode_for_one(&done)
+        .into_iter()
+        .map(|frame| with_baseline(shared, positions, frame, stands_at.clone()))
+        .collect()
 }
 
 /// Replays one log into `out`. Returns the position it read through, or
@@ -331,7 +371,10 @@ async fn replay_into(
             break;
         }
         let mut event = Event::decode(entry.event.as_slice()).ok()?;
-        if !viewer.sees(&event) || !positions.replayed.insert(event.event_id.clone()) {
+        if !viewer.sees(&event)
+            || positions.outside.contains(&event.event_id)
+            || !positions.replayed.insert(event.event_id.clone())
+        {
             continue;
         }
         event.positions = vec![LogPosition {
@@ -370,6 +413,7 @@ mod tests {
 
     fn logged(scope: &str, offset: u64) -> Logged {
         Logged {
+            event_id: format!("{scope}/{offset}"),
             plain: Utf8Bytes::from_static("plain"),
             positioned: Utf8Bytes::from_static("positioned"),
             positions: vec![Position {
@@ -383,6 +427,8 @@ mod tests {
     #[test]
     fn live_frames_below_a_replay_are_skipped_and_the_first_live_one_is_kept() {
         let mut positions = Positions::default();
+        positions.follow("g:A".to_owned());
+        positions.follow("g:B".to_owned());
         positions.floor.insert("g:A".to_owned(), 5);
         assert!(positions.frame_for(&logged("g:A", 5)).is_none(), "replayed");
         assert_eq!(
@@ -395,6 +441,13 @@ mod tests {
         positions.frame_for(&logged("g:B", 4));
         assert_eq!(positions.first_live.get("g:B"), Some(&3));
         assert!(positions.knows("g:B"));
+        // A log the socket does not follow (a user event that is also in
+        // another guild's log): written, and remembered by id so that the
+        // guild's replay skips it, but no first live offset that would cut
+        // that replay short.
+        assert!(positions.frame_for(&logged("g:C", 9)).is_some());
+        assert!(!positions.first_live.contains_key("g:C"));
+        assert!(positions.outside.contains("g:C/9"));
     }
 
     #[test]

@@ -681,6 +681,16 @@ export const EVENT_SCHEMA_REFS: SchemaRefs = {
     enum: ["manage_roles", "manage_member_roles", "manage_workspace_roles", "manage_channel_overrides", "delete_message", "ban_member", "view_audit_log", "manage_ip_bans", "create_message", "publish_video", "publish_screen_share", "subscribe_streams"],
     type: "string",
   },
+  "#/$defs/Pong": {
+    additionalProperties: false,
+    properties: {
+      nonce: {
+        type: "string",
+      },
+    },
+    required: ["nonce"],
+    type: "object",
+  },
   "#/$defs/PresenceStatus": {
     enum: ["online", "offline"],
     type: "string",
@@ -832,6 +842,23 @@ export const EVENT_SCHEMA_REFS: SchemaRefs = {
       },
     },
     required: ["user_id"],
+    type: "object",
+  },
+  "#/$defs/Resumed": {
+    additionalProperties: false,
+    properties: {
+      replayed: {
+        minimum: 0,
+        type: "integer",
+      },
+      resync: {
+        type: "boolean",
+      },
+      scope: {
+        type: "string",
+      },
+    },
+    required: ["scope", "replayed", "resync"],
     type: "object",
   },
   "#/$defs/RoleFields": {
@@ -1408,6 +1435,22 @@ export const DISPATCH_TABLE: { readonly [T in EventType]: DispatchEntry } = {
     lifecycle: "active",
     schema: {
       $ref: "#/$defs/PresenceUpdate",
+    },
+  },
+  resumed: {
+    schemaVersion: 1,
+    scope: "connection",
+    lifecycle: "active",
+    schema: {
+      $ref: "#/$defs/Resumed",
+    },
+  },
+  pong: {
+    schemaVersion: 1,
+    scope: "connection",
+    lifecycle: "active",
+    schema: {
+      $ref: "#/$defs/Pong",
     },
   },
   message_create: {

@@ -27,7 +27,7 @@ export type ChannelCreate = {
   guild_id: string;
 };
 
-/** `channel_delete` (not in the reference contract). */
+/** `channel_delete` (an addition, PROTOCOL.md §7.5). */
 export type ChannelDelete = {
   actor_user_id?: string;
   channel_id: string;
@@ -40,10 +40,10 @@ export type ChannelFields = {
   name?: string;
 };
 
-/** A channel's kind (contract §3.0 Channel). */
+/** A channel's kind (PROTOCOL.md §1.9). */
 export type ChannelKind = "text" | "voice";
 
-/** `channel_update` (not in the reference contract; a rename). */
+/** `channel_update` (a rename; an addition, PROTOCOL.md §7.5). */
 export type ChannelUpdate = {
   actor_user_id?: string;
   channel_id: string;
@@ -96,7 +96,7 @@ export type FriendRequestDelete = {
 
 /**
  * The state in `friend_request_update`. The proto carries a string, so the
- * one value the contract allows is checked here rather than passed through.
+ * one value the protocol allows is checked here rather than passed through.
  */
 export type FriendRequestState = "accepted";
 
@@ -125,14 +125,14 @@ export type IpBanSummary = {
 };
 
 /**
- * The legacy membership role (contract §4.3), ranked owner > moderator >
+ * The legacy membership role (PROTOCOL.md §3.3), ranked owner > moderator >
  * member.
  */
 export type LegacyRole = "owner" | "moderator" | "member";
 
 /**
  * One markdown token. Unit variants carry no payload; the others carry
- * exactly the payload fields of the contract.
+ * exactly the payload fields of PROTOCOL.md §1.10.
  */
 export type MarkdownToken = {
   type: "paragraph_start";
@@ -212,7 +212,7 @@ export type MessageContentFields = {
 };
 
 /**
- * `message_create`: the new [`Message`] itself is `d`, flat (contract §9.2),
+ * `message_create`: the new [`Message`] itself is `d`, flat (PROTOCOL.md §5.4),
  * not wrapped in `{guild_id, channel_id, message}`.
  */
 export type MessageCreate = Message;
@@ -258,10 +258,15 @@ export type OverrideFields = {
 export type OverrideTargetKind = "role" | "member";
 
 /**
- * A permission, by name. Declared in bit order (contract §4.1), so
+ * A permission, by name. Declared in bit order (PROTOCOL.md §3.1), so
  * [`Permission::ALL`] and a derived ordering both follow the bits.
  */
 export type Permission = "manage_roles" | "manage_member_roles" | "manage_workspace_roles" | "manage_channel_overrides" | "delete_message" | "ban_member" | "view_audit_log" | "manage_ip_bans" | "create_message" | "publish_video" | "publish_screen_share" | "subscribe_streams";
+
+/** `pong`: the answer to a client's `ping`. */
+export type Pong = {
+  nonce: string;
+};
 
 /** A user's presence in a guild. */
 export type PresenceStatus = "online" | "offline";
@@ -328,6 +333,13 @@ export type Ready = {
   user_id: string;
 };
 
+/** `resumed`: the end of one log's replay (docs/adr/0011-resume.md). */
+export type Resumed = {
+  replayed: number;
+  resync: boolean;
+  scope: string;
+};
+
 /**
  * What changed in `workspace_role_update`. `color_hex` has three states:
  * absent (unchanged), `null` (cleared) or a color.
@@ -347,7 +359,7 @@ export type Subscribed = {
 /** Whether a guild is listed in the public directory. */
 export type Visibility = "private" | "public";
 
-/** A voice participant ("P" in contract §5.5); every flag is always sent. */
+/** A voice participant (PROTOCOL.md §6.3); every flag is always sent. */
 export type VoiceParticipant = {
   identity: string;
   is_deafened: boolean;
@@ -563,6 +575,8 @@ export interface EventPayloads {
   subscribed: Subscribed;
   presence_sync: PresenceSync;
   presence_update: PresenceUpdate;
+  resumed: Resumed;
+  pong: Pong;
   message_create: MessageCreate;
   message_update: MessageUpdate;
   message_delete: MessageDelete;
@@ -605,6 +619,8 @@ export const EVENT_TYPES = [
   "subscribed",
   "presence_sync",
   "presence_update",
+  "resumed",
+  "pong",
   "message_create",
   "message_update",
   "message_delete",

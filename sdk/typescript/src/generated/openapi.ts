@@ -1036,7 +1036,7 @@ export interface components {
             name: string;
         };
         /**
-         * @description A channel's kind (contract §3.0 Channel).
+         * @description A channel's kind (PROTOCOL.md §1.9).
          * @enum {string}
          */
         ChannelKind: "text" | "voice";
@@ -1178,7 +1178,7 @@ export interface components {
             outcome: string;
         };
         /**
-         * @description The legacy membership role (contract §4.3), ranked owner > moderator >
+         * @description The legacy membership role (PROTOCOL.md §3.3), ranked owner > moderator >
          *     member.
          * @enum {string}
          */
@@ -1202,7 +1202,7 @@ export interface components {
         };
         /**
          * @description One markdown token. Unit variants carry no payload; the others carry
-         *     exactly the payload fields of the contract.
+         *     exactly the payload fields of PROTOCOL.md §1.10.
          */
         MarkdownToken: {
             /** @enum {string} */
@@ -1327,7 +1327,7 @@ export interface components {
          */
         OverrideTargetKind: "role" | "member";
         /**
-         * @description A permission, by name. Declared in bit order (contract §4.1), so
+         * @description A permission, by name. Declared in bit order (PROTOCOL.md §3.1), so
          *     [`Permission::ALL`] and a derived ordering both follow the bits.
          * @enum {string}
          */
