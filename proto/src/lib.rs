@@ -18,6 +18,11 @@ pub mod limits {
     /// `EdgeAccess.BannedAddresses` takes at most this many addresses.
     pub const MAX_BANNED_ADDRESSES_PER_CALL: usize = 1024;
 
+    /// A message carries at most this many attachments: the api refuses
+    /// more, and a gateway refuses a `message_create` with more before it
+    /// asks the api (`EdgeCreateMessageRequest.attachment_ids`).
+    pub const MAX_ATTACHMENTS_PER_MESSAGE: usize = 5;
+
     /// A durable service (`Welcome.durable`) publishes an event again until
     /// every gateway holding its audience acknowledged it, and gives up
     /// this long after the event's creation (the time in its ULID id):

@@ -14,12 +14,19 @@
 //! A replica is ready to take work only once every live gateway streams
 //! from it ([`Coverage`]), so several replicas of one service can be
 //! rolled without a gateway missing an event.
+//!
+//! Presence and voice publish through an [`EventSink`] and serve their
+//! stream with [`ProducerServer`].
 
 mod coverage;
 mod hub;
 mod log;
+mod serve;
 mod service;
+mod sink;
 
 pub use coverage::{COVERAGE_INTERVAL, Coverage};
 pub use hub::{Confirmation, Fanout, FanoutConfig, PublishReport};
+pub use serve::{ProducerServer, ServeError};
 pub use service::EventStreamService;
+pub use sink::EventSink;

@@ -80,10 +80,57 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(30),
-            key_prefix: "filament:".to_owned(),
+            key_prefix: Self::DEFAULT_KEY_PREFIX.to_owned(),
             redis: RedisOptions::default(),
             log: LogConfig::default(),
         }
+    }
+}
+
+impl RegistryConfig {
+    /// The key prefix unless `FILAMENT_REGISTRY_PREFIX` says otherwise.
+    pub const DEFAULT_KEY_PREFIX: &str = "filament:";
+
+    /// The registry every deployable shares, as the environment describes
+    /// it: the [TTL](Self::ttl_from_env), the
+    /// [key prefix](Self::key_prefix_from_env) and
+    /// [`RedisOptions::from_env`]; see README.md.
+    pub fn from_env(env: &filament_runtime::Env) -> Result<Self, filament_runtime::ConfigError> {
+        Ok(Self {
+            ttl: Self::ttl_from_env(env)?,
+            key_prefix: Self::key_prefix_from_env(env)?,
+            redis: RedisOptions::from_env(env)?,
+            ..Self::default()
+        })
+    }
+
+    /// `FILAMENT_REGISTRY_TTL_SECS`, at least one second: how long a
+    /// gateway stays alive after its last heartbeat, and how long presence
+    /// keeps a gateway's connections (a gateway asks for more).
+    pub fn ttl_from_env(
+        env: &filament_runtime::Env,
+    ) -> Result<Duration, filament_runtime::ConfigError> {
+        let ttl = env.secs_or("FILAMENT_REGISTRY_TTL_SECS", Self::default().ttl)?;
+        if ttl < Duration::from_secs(1) {
+            return Err(filament_runtime::ConfigError::Invalid {
+                name: "FILAMENT_REGISTRY_TTL_SECS",
+                value: ttl.as_secs().to_string(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        Ok(ttl)
+    }
+
+    /// `FILAMENT_REGISTRY_PREFIX`: prepended to the registry's Redis keys,
+    /// and to those of the services that keep their own state in the same
+    /// Redis (presence, voice).
+    pub fn key_prefix_from_env(
+        env: &filament_runtime::Env,
+    ) -> Result<String, filament_runtime::ConfigError> {
+        env.or(
+            "FILAMENT_REGISTRY_PREFIX",
+            Self::DEFAULT_KEY_PREFIX.to_owned(),
+        )
     }
 }
 
@@ -308,5 +355,43 @@ pub trait Registry: Send + Sync + 'static {
     async fn replay(&self, position: &LogPosition, limit: usize) -> RegistryResult<Replay> {
         let _ = (position, limit);
         Ok(Replay::Gap)
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use filament_runtime::{ConfigError, Env};
+
+    use super::*;
+
+    #[test]
+    fn the_registry_reads_its_variables_and_refuses_a_zero_ttl() {
+        let defaults = RegistryConfig::from_env(&Env::default()).expect("defaults");
+        assert_eq!(defaults.ttl, RegistryConfig::default().ttl);
+        assert_eq!(defaults.key_prefix, RegistryConfig::DEFAULT_KEY_PREFIX);
+        assert_eq!(defaults.redis, RedisOptions::default());
+
+        let tuned = RegistryConfig::from_env(&Env::from_pairs([
+            ("FILAMENT_REGISTRY_TTL_SECS", "7"),
+            ("FILAMENT_REGISTRY_PREFIX", "test:"),
+            ("FILAMENT_REDIS_TIMEOUT_MS", "100"),
+        ]))
+        .expect("tuned");
+        assert_eq!(tuned.ttl, Duration::from_secs(7));
+        assert_eq!(tuned.key_prefix, "test:");
+        assert_eq!(tuned.redis.timeout, Duration::from_millis(100));
+
+        let zero =
+            RegistryConfig::from_env(&Env::from_pairs([("FILAMENT_REGISTRY_TTL_SECS", "0")]));
+        assert!(
+            matches!(
+                zero,
+                Err(ConfigError::Invalid {
+                    name: "FILAMENT_REGISTRY_TTL_SECS",
+                    ..
+                })
+            ),
+            "{zero:?}"
+        );
     }
 }

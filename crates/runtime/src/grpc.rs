@@ -11,6 +11,9 @@
 //! path is one of the methods the server serves ([`GrpcServerMetrics::serving`]),
 //! else [`UNKNOWN_METHOD`], whatever its status, so no caller can mint
 //! label values by sending made-up paths.
+//!
+//! [`server`] puts these, the token check and a health service together,
+//! so that every server is built the same way.
 
 use std::collections::HashSet;
 use std::pin::Pin;
@@ -26,10 +29,17 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tonic::Code;
 use tonic::body::Body;
+use tonic::transport::server::Router;
+use tonic_health::pb::health_server::{Health, HealthServer};
+use tower::layer::util::{Identity, Stack};
 use tower::{Layer, Service};
 use tracing::Instrument as _;
 
+use crate::service_auth::{RequireServiceToken, ServiceToken};
 use crate::trace::{REQUEST_ID, TRACEPARENT, TraceContext};
+
+/// Why [`reflection`] could not describe the descriptor sets.
+pub use tonic_reflection::server::Error as ReflectionError;
 
 /// `filament_grpc_server_duration_seconds{method,code}`: from the request's
 /// arrival to the response's last frame (the trailers). For a streaming
@@ -108,7 +118,7 @@ pub fn reflection(
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
-    tonic_reflection::server::Error,
+    ReflectionError,
 > {
     descriptor_sets
         .iter()
@@ -118,6 +128,28 @@ pub fn reflection(
             |builder, set| builder.register_encoded_file_descriptor_set(set),
         )
         .build_v1()
+}
+
+/// The layers of every Filament gRPC server, outermost first: the call
+/// metrics, then the service-token check, so refused calls are counted.
+pub type ServerLayers = Stack<RequireServiceToken, Stack<GrpcServerLayer, Identity>>;
+
+/// A gRPC server as every Filament process serves one: each call timed into
+/// `metrics`, refused without `token` ([`crate::service_auth`]) unless it
+/// is for health or reflection, beside the health service `health` and the
+/// [`reflection`] of `descriptor_sets`. The caller adds its own services
+/// and serves.
+pub fn server<H: Health>(
+    metrics: &GrpcServerMetrics,
+    token: ServiceToken,
+    health: HealthServer<H>,
+    descriptor_sets: &[&'static [u8]],
+) -> Result<Router<ServerLayers>, ReflectionError> {
+    Ok(tonic::transport::Server::builder()
+        .layer(metrics.layer())
+        .layer(RequireServiceToken::new(token))
+        .add_service(health)
+        .add_service(reflection(descriptor_sets)?))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -436,7 +468,6 @@ mod tests {
     use tonic_health::pb::health_client::HealthClient;
 
     use super::*;
-    use crate::service_auth::{RequireServiceToken, ServiceToken};
 
     const PROTECTED: &str = "filament.test.Protected";
 
@@ -563,10 +594,8 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let health = crate::probes::grpc_health(PROTECTED, || true, Default::default()).await;
         tokio::spawn(
-            tonic::transport::Server::builder()
-                .layer(metrics.layer())
-                .layer(RequireServiceToken::new(ServiceToken::generate()))
-                .add_service(health)
+            server(&metrics, ServiceToken::generate(), health, &[])
+                .expect("reflection")
                 .serve_with_incoming(crate::net::grpc_incoming(listener)),
         );
         // No token: every call but health's is refused by the token check,

@@ -4,8 +4,9 @@
 //! connection caps, the admin listener that serves metrics away from
 //! the public port, what every gRPC server carries (reflection, call
 //! metrics, the trace context, the service-token check), and how every
-//! gRPC client connects (presenting that token), and connection URLs
-//! whose `Debug` hides their password.
+//! gRPC client connects (presenting that token), connection URLs
+//! whose `Debug` hides their password, and the life of a binary around
+//! its service.
 //!
 //! Nothing domain-specific lives here.
 
@@ -17,6 +18,7 @@ pub mod grpc;
 pub mod grpc_client;
 pub mod net;
 pub mod probes;
+pub mod process;
 pub mod public;
 pub mod secret;
 pub mod service_auth;

@@ -13,7 +13,8 @@
 //!
 //! Every binary calls [`init`] first thing, so one variable switches every
 //! process of a deployment, and [`shutdown`] last, so the spans of the
-//! drain are sent before the process exits.
+//! drain are sent before the process exits ([`crate::process::run`] does
+//! both).
 
 use std::fmt;
 use std::str::FromStr;

@@ -18,10 +18,10 @@ pub enum ConvertError {
     /// A sub-message the wire shape requires is absent.
     #[error("{field}: required field is missing")]
     MissingField { field: &'static str },
-    /// A number outside the range the contract allows.
+    /// A number outside the range the protocol allows.
     #[error("{field}: value {value} is out of range")]
     OutOfRange { field: &'static str, value: i64 },
-    /// A string that is not one of the values the contract allows.
+    /// A string that is not one of the values the protocol allows.
     #[error("{field}: value is not allowed by the contract")]
     InvalidValue { field: &'static str },
 }

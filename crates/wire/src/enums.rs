@@ -1,4 +1,4 @@
-//! The enum values of the contract, as the `snake_case` strings clients see.
+//! The enum values of PROTOCOL.md, as the `snake_case` strings clients see.
 //!
 //! Each wire enum maps from its proto enum through [`ProtoEnum`], whose
 //! `UNSPECIFIED` value maps to nothing: a producer that forgot to set a
@@ -19,7 +19,7 @@ pub(crate) trait ProtoEnum: Sized {
     fn from_proto(proto: Self::Proto) -> Option<Self>;
 }
 
-/// A channel's kind (contract §3.0 Channel).
+/// A channel's kind (PROTOCOL.md §1.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChannelKind {
@@ -59,7 +59,7 @@ impl ProtoEnum for Visibility {
     }
 }
 
-/// The legacy membership role (contract §4.3), ranked owner > moderator >
+/// The legacy membership role (PROTOCOL.md §3.3), ranked owner > moderator >
 /// member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -82,7 +82,7 @@ impl ProtoEnum for LegacyRole {
     }
 }
 
-/// A permission, by name. Declared in bit order (contract §4.1), so
+/// A permission, by name. Declared in bit order (PROTOCOL.md §3.1), so
 /// [`Permission::ALL`] and a derived ordering both follow the bits.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema, ToSchema,
@@ -275,7 +275,7 @@ impl ProtoEnum for VoiceStream {
 }
 
 /// The state in `friend_request_update`. The proto carries a string, so the
-/// one value the contract allows is checked here rather than passed through.
+/// one value the protocol allows is checked here rather than passed through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FriendRequestState {

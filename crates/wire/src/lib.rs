@@ -1,13 +1,13 @@
 //! The JSON shapes of Filament's gateway protocol, in one place.
 //!
-//! Clients see `{"v":1,"t":"<type>","d":{…}}` frames (contract §5.2) and
+//! Clients see `{"v":1,"t":"<type>","d":{…}}` frames (PROTOCOL.md §5.2) and
 //! validate every field strictly. Services describe events as typed protobuf
 //! messages (`filament_proto::v1`); this crate is the only code that turns
 //! them into the JSON clients see, so each shape exists exactly once:
 //!
-//! - the shared shapes of contract §3.0 ([`Message`], [`Channel`], [`Role`],
+//! - the shared shapes of PROTOCOL.md §1.9 ([`Message`], [`Channel`], [`Role`],
 //!   …), which the api also returns from REST routes;
-//! - [`events`]: one `d` struct per gateway event (contract §5.5);
+//! - [`events`]: one `d` struct per gateway event (PROTOCOL.md §5.4);
 //! - [`encode_event`]: a proto `Event` to one shared, size-checked [`Frame`].
 //!
 //! Conversions fail closed: an unknown or unspecified enum value, or a
@@ -42,6 +42,6 @@ pub use shapes::{Attachment, Channel, Guild, Message, Profile, Reaction, Role, V
 /// The envelope's `v`.
 pub const PROTOCOL_VERSION: u8 = 1;
 
-/// The frame size limit of the contract (64 KiB), in both directions. The
+/// The frame size limit of PROTOCOL.md §4.7 (64 KiB), in both directions. The
 /// web client ignores larger frames, so the gateway never sends one.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024;

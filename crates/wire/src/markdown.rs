@@ -1,5 +1,5 @@
-//! Markdown tokens as clients see them: `{"type":"…", …}` (contract §3.0
-//! "Token").
+//! Markdown tokens as clients see them: `{"type":"…", …}` (PROTOCOL.md
+//! §1.10).
 //!
 //! The api tokenizes markdown server-side so every client renders the same
 //! safe subset; this module only carries the result. It does not re-check the
@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use crate::convert::ConvertError;
 
 /// One markdown token. Unit variants carry no payload; the others carry
-/// exactly the payload fields of the contract.
+/// exactly the payload fields of PROTOCOL.md §1.10.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, JsonSchema, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MarkdownToken {

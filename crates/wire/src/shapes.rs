@@ -1,10 +1,10 @@
-//! The shared shapes of contract §3.0: the JSON objects that appear both in
+//! The shared shapes of PROTOCOL.md §1.9: the JSON objects that appear both in
 //! REST responses and inside gateway payloads.
 //!
 //! The api builds these for its responses and the gateway gets them from
 //! proto payloads, so each shape is declared once and a REST `Message` can
 //! never drift from a `message_create` one. Optional proto fields that the
-//! contract marks `S|null` serialize as `null`; fields it marks "omitted"
+//! catalogue marks nullable serialize as `null`; fields it marks "omitted"
 //! carry `skip_serializing_if`.
 //!
 //! Each shape also derives its JSON Schema (`docs/events.json`) and its
@@ -185,10 +185,10 @@ impl TryFrom<&proto::Role> for Role {
     }
 }
 
-/// A voice participant ("P" in contract §5.5); every flag is always sent.
+/// A voice participant (PROTOCOL.md §6.3); every flag is always sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, ToSchema)]
 #[serde(deny_unknown_fields)]
-#[allow(clippy::struct_excessive_bools)] // The contract's shape, flag for flag.
+#[allow(clippy::struct_excessive_bools)] // The shape of PROTOCOL.md §6.3, flag for flag.
 pub struct VoiceParticipant {
     pub user_id: String,
     pub identity: String,

@@ -213,7 +213,7 @@ fn event_without_payload_is_refused() {
 // The largest legal message_create.
 // ---------------------------------------------------------------------------
 
-/// Contract §6 limits for a message, at their maximum.
+/// PROTOCOL.md §4.5 limits for a message, at their maximum.
 const CONTENT_BYTES: usize = 2000;
 const ATTACHMENTS: usize = 5;
 const FILENAME_BYTES: usize = 128;
@@ -308,7 +308,7 @@ fn encoded_size(event: &proto::Event) -> usize {
 }
 
 /// What `message_create` really carries: a new message has no reactions yet
-/// (contract §3.6: the create response has `reactions:[]`), so the largest
+/// (PROTOCOL.md §2.11: the create response has `reactions:[]`), so the largest
 /// emitted frame is 2000 bytes of content, its plain-text tokens and five
 /// maximal attachments. It fits with plenty of room.
 #[test]

@@ -1,5 +1,5 @@
 //! Golden frames: one realistic proto event per gateway event type, encoded
-//! and compared with the exact JSON shape of contract §5.5 (including which
+//! and compared with the exact JSON shape of PROTOCOL.md §5.4 (including which
 //! optional fields are omitted and which are `null`).
 
 use filament_proto::v1 as proto;

@@ -35,7 +35,7 @@ use serde::Serialize;
 /// `(event)` option.
 const CONTROL_PAYLOADS: &[&str] = &["access_changed", "session_revoked"];
 
-/// The contract's frame cap, for the docs.
+/// The frame cap of PROTOCOL.md §4.7, for the docs.
 const FRAME_LIMIT: &str = "64 KiB (65 536 bytes)";
 /// What a positioned frame may add to it ([`filament_wire::POSITIONS_HEADROOM_BYTES`]).
 const POSITIONS_HEADROOM: &str = "4 KiB (4 096 bytes)";
@@ -433,7 +433,9 @@ live frame of the guild comes before the replayed ones. Each log's replay
 ends with one `resumed` for that log, carrying (in `p`) the position it
 reached; `resync: true` means the log could not cover the gap (another
 epoch, trimmed, too old, or a log the socket may not resume) and the client
-refetches what it covers (`GET …/messages?after=<newest id>` per channel).
+refetches what it covers (`GET …/messages?after=<newest id>` per channel);
+its `p` then holds the log's head, where the client stands after the
+refetch (none for a log the socket may not resume).
 Replayed and live frames never repeat one another. Without `positions=1`
 (or with `positions=0`) frames never carry `p`, and every log a `resume`
 names is answered with `resync: true`; any other value of `positions` is refused with HTTP 400.

@@ -380,16 +380,17 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// The registry as `filament-*` processes configure it, but for the TTL
+/// and the prefix, which the stack's config chooses.
 fn registry_config(config: &StackConfig) -> anyhow::Result<RegistryConfig> {
     let key_prefix = match &config.registry {
         RegistryChoice::Redis { key_prefix, .. } => key_prefix.clone(),
-        RegistryChoice::Memory => RegistryConfig::default().key_prefix,
+        RegistryChoice::Memory => RegistryConfig::DEFAULT_KEY_PREFIX.to_owned(),
     };
     Ok(RegistryConfig {
         ttl: config.registry_ttl,
         key_prefix,
-        redis: RedisOptions::from_env(&config.env)?,
-        ..RegistryConfig::default()
+        ..RegistryConfig::from_env(&config.env)?
     })
 }
 

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use filament_allinone::{RegistryChoice, Stack, StackConfig};
-use filament_runtime::Env;
+use filament_registry::RegistryConfig;
+use filament_runtime::process::Process;
 use filament_runtime::telemetry::LogFormat;
 
 /// jemalloc, not glibc's malloc: it hands large freed blocks (a 19 MiB
@@ -17,10 +18,15 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let log_format = filament_runtime::telemetry::init()?;
-    filament_runtime::fd_limit::raise();
-    let signalled = filament_runtime::shutdown::token_on_signal();
-    let env = Env::from_process();
+    filament_runtime::process::run(serve).await
+}
+
+async fn serve(process: Process) -> anyhow::Result<()> {
+    let Process {
+        env,
+        shutdown: signalled,
+        log_format,
+    } = process;
     let data_dir: PathBuf = env.or("FILAMENT_DATA_DIR", PathBuf::from("data"))?;
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating FILAMENT_DATA_DIR {}", data_dir.display()))?;
@@ -51,14 +57,14 @@ async fn main() -> anyhow::Result<()> {
     // The api's and the gateway's tuning variables mean here what they
     // mean for `filament-api` and `filament-gateway` (README.md).
     config.env = env.clone();
-    config.registry_ttl = env.secs_or("FILAMENT_REGISTRY_TTL_SECS", config.registry_ttl)?;
+    config.registry_ttl = RegistryConfig::ttl_from_env(&env)?;
     config.attachment_root =
         Some(env.or("FILAMENT_ATTACHMENT_ROOT", data_dir.join("attachments"))?);
     config.public_addr = env.or("FILAMENT_PUBLIC_ADDR", ([127, 0, 0, 1], 8080).into())?;
     if let Some(url) = env.raw("REDIS_URL") {
         config.registry = RegistryChoice::Redis {
             url: url.to_owned(),
-            key_prefix: env.or("FILAMENT_REGISTRY_PREFIX", "filament:".to_owned())?,
+            key_prefix: RegistryConfig::key_prefix_from_env(&env)?,
         };
     }
     if let (Some(key), Some(secret)) = (
@@ -80,9 +86,7 @@ async fn main() -> anyhow::Result<()> {
         signalled.cancelled().await;
         shutdown.cancel();
     });
-    let ran = stack.wait().await;
-    filament_runtime::telemetry::shutdown().await;
-    ran
+    stack.wait().await
 }
 
 /// Says where to connect: a banner on a terminal; one structured log line

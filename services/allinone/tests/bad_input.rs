@@ -247,7 +247,7 @@ fn expired_token(user_id: &str) -> String {
     .expect("token")
 }
 
-/// Contract §6 "Auth limiter": each auth route counts its own requests per
+/// PROTOCOL.md §4.2, the auth-route limiter: each auth route counts its own requests per
 /// client address in a sliding minute; past the limit it is a 429 with
 /// nothing done, while other routes and other addresses go on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -296,7 +296,7 @@ async fn auth_routes_are_limited_per_route_and_address() {
     t.stack.stop().await.expect("clean shutdown");
 }
 
-/// §1.2: a body not declared as JSON is a 415; a well-formed JSON body of
+/// PROTOCOL.md §1.2: a body not declared as JSON is a 415; a well-formed JSON body of
 /// the wrong shape is a 422 even where serde calls it a syntax error (a
 /// number where an enum belongs); text that is not JSON is a 400.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -337,7 +337,7 @@ static ROWS: &[Row] = &[
     scene("voice_stream_publish", VOICE_TOKEN, member_joins_voice, VOICE, NOT_VOICE),
     elsewhere("voice_stream_publish", LIVEKIT_WEBHOOK, LIVEKIT_WHY, WEBHOOK_TESTS),
     scene("voice_stream_unpublish", VOICE_TOKEN, owner_turns_the_camera_off, VOICE, NOT_VOICE),
-    // A leave unpublishes the leaver's streams first (contract §5.5).
+    // A leave unpublishes the leaver's streams first (PROTOCOL.md §6.4).
     scene("voice_stream_unpublish", VOICE_LEAVE, owner_leaves_voice, VOICE, NOT_VOICE),
     elsewhere("voice_stream_unpublish", VOICE_EXPIRY, EXPIRY_WHY, EXPIRY_TESTS),
     scene("voice_stream_unpublish", DISCONNECT, visitor_in_voice_disconnects, VOICE, NOT_VOICE),
@@ -1128,7 +1128,7 @@ impl Scene {
             .ok(Method::POST, &self.in_guild("/roles"), &owner, Some(body))
             .await;
         let id = role["role_id"].as_str().expect("role id").to_owned();
-        // The event omits a null colour (contract §5.5).
+        // The event omits a null colour (PROTOCOL.md §5.4).
         assert_eq!(role["color_hex"], Value::Null, "{role}");
         let mut event_role = role.clone();
         if let Some(fields) = event_role.as_object_mut() {
@@ -1477,7 +1477,7 @@ struct Room {
     listeners: &'static [Who],
 }
 
-/// The frames of an accepted subscribe, in the contract's order (the
+/// The frames of an accepted subscribe, in the order of PROTOCOL.md §5.5 (the
 /// check does not hold them to it): `presence_sync` (its user ids when
 /// given), `subscribed`, `voice_participant_sync` (its participants when
 /// given).
@@ -2280,14 +2280,14 @@ async fn run_alone(test: &str) {
     scene.t.stack.stop().await.expect("clean shutdown");
 }
 
-/// Contract §5.3: a `message_create` frame from a client is validated as
+/// PROTOCOL.md §5.3: a `message_create` frame from a client is validated as
 /// the REST route does and broadcast to the channel like a posted message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_message_create_reaches_the_channel() {
     run_alone("gateway_message_create_reaches_the_channel").await;
 }
 
-/// Contract §7.4, end to end: a participant nobody renews is removed once
+/// PROTOCOL.md §6.4, end to end: a participant nobody renews is removed once
 /// the TTL ran out, not before, with unpublish then leave, on both
 /// gateways; a socket outside the channel hears nothing of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -650,7 +650,7 @@ async fn assert_upgrade_cases(ts: &TestStack, user: &User, cases: &[UpgradeCase]
             panic!("case {} was upgraded", case.name);
         };
         assert_eq!(status, case.status, "case: {}", case.name);
-        // Exactly the contract's error body: nothing about why.
+        // Exactly the error body of PROTOCOL.md §1.3: nothing about why.
         let body: Value = serde_json::from_str(&body).unwrap_or(Value::String(body));
         assert_eq!(body, json!({"error": case.error}), "case: {}", case.name);
         assert_eq!(

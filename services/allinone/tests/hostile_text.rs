@@ -680,7 +680,7 @@ async fn nul_over_the_socket_is_a_rejected_message_on_postgres() {
     nul_over_the_socket_is_a_rejected_message(Backends::External).await;
 }
 
-/// Contract §1.2: malformed JSON is a 400. A string with a lone surrogate
+/// PROTOCOL.md §1.2: malformed JSON is a 400. A string with a lone surrogate
 /// escape or invalid UTF-8 in it is malformed, wherever it stands, even
 /// after a field the shape check would refuse; the same body made valid is
 /// a 422 or a 200 as before.

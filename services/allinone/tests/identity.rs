@@ -252,7 +252,7 @@ async fn logout_ends_the_session_on_redis() {
     logout_ends_the_session(Backends::External).await;
 }
 
-/// A replayed refresh token revokes its session (contract §2), and that
+/// A replayed refresh token revokes its session (PROTOCOL.md §2.2), and that
 /// ends the session the way a logout does: whoever replayed it may hold
 /// its access token too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

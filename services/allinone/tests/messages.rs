@@ -961,7 +961,7 @@ async fn postgres_redis_attachments_travel_with_their_message() {
     attachments_travel_with_their_message(Backends::External).await;
 }
 
-/// Bad uploads are refused with the contract's status and leave no file
+/// Bad uploads are refused with the status of PROTOCOL.md §2.12 and leave no file
 /// and no row behind; so are uploads by strangers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_uploads_leave_nothing_behind() {

@@ -458,7 +458,7 @@ async fn member_role_changes_follow_the_legacy_rules(backends: Backends) {
         (&outsider, json!({"role": "moderator"}), 403),
         // Bad shapes: wrong value, type, unknown or missing field.
         (&owner, json!({"role": "admin"}), 422),
-        // A wrong type is a 422 (contract §1.2), though serde_json calls a
+        // A wrong type is a 422 (PROTOCOL.md §1.2), though serde_json calls a
         // number where an enum belongs a syntax error.
         (&owner, json!({"role": 1}), 422),
         (&owner, json!({"role": "moderator", "extra": true}), 422),
@@ -1091,7 +1091,7 @@ async fn ip_bans_by_user(backends: Backends) {
             .0,
         401
     );
-    // Other addresses and routes the contract does not mark IP are fine.
+    // Other addresses and routes PROTOCOL.md §2 does not mark IP are fine.
     assert_eq!(
         t.call_from(
             Method::GET,
@@ -1340,7 +1340,7 @@ async fn forwarded_headers_from_untrusted_peers_are_ignored() {
 // --- small helpers ---------------------------------------------------------------
 
 /// `value` without one key, to compare objects with a timestamp in them.
-/// §5.3: an IP-banned address cannot subscribe. Adding the ban closes the
+/// PROTOCOL.md §5.5: an IP-banned address cannot subscribe. Adding the ban closes the
 /// sockets from that address present in the guild (on either gateway)
 /// before the REST call returns, with 4013 `ip_banned`; a later subscribe
 /// from the address, by anyone, is closed the same way. Other addresses

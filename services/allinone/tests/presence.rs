@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use filament_presence::client::PresenceClient;
+use filament_clients::PresenceClient;
 use serde_json::{Value, json};
 use support::{Backends, Socket, TestStack, User};
 use tokio::time::Instant;
@@ -248,7 +248,7 @@ async fn postgres_redis_a_crashed_gateway_goes_offline_within_the_ttl() {
 // Real gateways report their own sockets.
 // ---------------------------------------------------------------------------
 
-/// §5.3: a subscribe gets `presence_sync` (with the subscriber) before
+/// PROTOCOL.md §5.5: a subscribe gets `presence_sync` (with the subscriber) before
 /// `subscribed`; the guild hears `online` once per user, whichever gateway
 /// and however many sockets; closing the last socket is one `offline`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

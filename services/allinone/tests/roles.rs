@@ -583,7 +583,7 @@ async fn role_routes_refuse_callers_without_permission_or_rank() {
     t.stack.stop().await.expect("clean shutdown");
 }
 
-/// Bad bodies and paths are refused with the contract's status and write
+/// Bad bodies and paths are refused with the status of PROTOCOL.md §2.8 and write
 /// nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn role_routes_reject_bad_input_and_write_nothing() {

@@ -1,10 +1,10 @@
-//! The route table (issue 4): one row per REST route of the contract that
+//! The route table (issue 4): one row per REST route of PROTOCOL.md §2 that
 //! takes a JSON body, and one per body-less route that changes something.
 //! Each row is checked three ways:
 //!
-//! 1. the happy path answers the contract's status;
+//! 1. the happy path answers the status PROTOCOL.md §2 documents;
 //! 2. callers without the permission (a plain member, an outsider, no token)
-//!    get the contract's refusal;
+//!    get the refusal PROTOCOL.md §2 documents;
 //! 3. bad input derived mechanically from the row's valid body (an unknown
 //!    field, each required field missing, each field of the wrong JSON type,
 //!    each capped field over its cap, malformed JSON) and a malformed path
@@ -102,7 +102,7 @@ const OUTSIDER_FORBIDDEN: Denial = Denial {
     error: "forbidden",
 };
 /// Friend requests and drafts that are not the caller's do not exist for
-/// them (contract §3.3, §3.6).
+/// them (PROTOCOL.md §2.4, §2.12).
 const MEMBER_NOT_FOUND: Denial = Denial {
     who: Who::Member,
     status: 404,
@@ -121,7 +121,7 @@ const MEMBERS_ONLY: &[Denial] = &[NO_TOKEN, OUTSIDER_FORBIDDEN];
 /// Any signed-in user may call it.
 const SIGNED_IN: &[Denial] = &[NO_TOKEN];
 
-/// The JSON type of a body field, with its cap where the contract has one.
+/// The JSON type of a body field, with its cap where PROTOCOL.md §4 has one.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     /// A string of at most this many bytes.
@@ -286,7 +286,7 @@ const ROW: Row = Row {
 };
 
 const ACK: Option<&str> = Some(r#"{"accepted":true}"#);
-/// The auth routes answer a malformed credential with 401 (contract §2).
+/// The auth routes answer a malformed credential with 401 (PROTOCOL.md §2.2).
 const BAD_CREDENTIALS: (u16, &str) = (401, "invalid_credentials");
 /// 👍, percent-encoded for the path.
 const EMOJI: &str = "%F0%9F%91%8D";
@@ -343,7 +343,7 @@ const AUTH_ROWS: &[Row] = &[
     },
 ];
 
-/// §3.1's two diagnostics without auth.
+/// The two diagnostics of PROTOCOL.md §2.1, without auth.
 const SYSTEM_ROWS: &[Row] = &[
     Row {
         path: "/echo",
@@ -530,7 +530,7 @@ const OVERRIDE_FIELDS: &[Field] = &[
     req("deny", Kind::List(None)),
 ];
 
-/// Roles, assignments and channel permission overrides (§3.5).
+/// Roles, assignments and channel permission overrides (PROTOCOL.md §2.8, §2.9).
 const ROLE_ROWS: &[Row] = &[
     Row {
         path: "/guilds/{g}/roles",
@@ -584,7 +584,7 @@ const ROLE_ROWS: &[Row] = &[
         event: Some("workspace_role_reorder"),
         ..ROW
     },
-    // `{role_id:S|null}`: present, but may be null (contract notation).
+    // `role_id`: present, but may be null (PROTOCOL.md §2.8).
     Row {
         path: "/guilds/{g}/roles/default",
         body: Some(r#"{"role_id":"{r}"}"#),
@@ -645,7 +645,8 @@ const ROLE_ROWS: &[Row] = &[
     },
 ];
 
-/// Channels, messages, reactions, attachments, search maintenance (§3.6).
+/// Channels, messages, reactions, attachments, search maintenance
+/// (PROTOCOL.md §2.10, §2.11, §2.12, §2.13).
 const CHANNEL_ROWS: &[Row] = &[
     Row {
         path: "/guilds/{g}/channels",
@@ -659,7 +660,7 @@ const CHANNEL_ROWS: &[Row] = &[
         event: Some("channel_create"),
         ..ROW
     },
-    // Beyond the contract: renaming and deleting a channel.
+    // Additions (PROTOCOL.md §7.5): renaming and deleting a channel.
     Row {
         verb: Verb::Patch,
         path: "/guilds/{g}/channels/{c}",
@@ -751,7 +752,7 @@ const CHANNEL_ROWS: &[Row] = &[
     },
 ];
 
-/// §3.7. Leave and state need no permission beyond the IP gate: an
+/// PROTOCOL.md §2.14. Leave and state need no permission beyond the IP gate: an
 /// outsider's call is a no-op 204, not a refusal.
 const VOICE_ROWS: &[Row] = &[
     Row {
@@ -804,10 +805,10 @@ const ALL_ROWS: &[&[Row]] = &[
     VOICE_ROWS,
 ];
 
-// --- the contract's route list ------------------------------------------------------
+// --- the reference server's route list ------------------------------------------------------
 
-/// Every REST route of the contract (§2, §3), and the gateway upgrade,
-/// written as the contract writes them.
+/// Every REST route the reference server has (PROTOCOL.md §2), and the
+/// gateway upgrade, with `{g}`-style placeholders.
 const ROUTES: &[(&str, &str)] = &[
     ("POST", "/auth/register"),
     ("POST", "/auth/login"),
@@ -885,13 +886,13 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/gateway/ws"),
 ];
 
-/// Routes the product has beyond the contract; rows cover them too.
+/// Routes the product adds (PROTOCOL.md §7.5); rows cover them too.
 const EXTENSIONS: &[(&str, &str)] = &[
     ("PATCH", "/guilds/{g}/channels/{c}"),
     ("DELETE", "/guilds/{g}/channels/{c}"),
 ];
 
-/// Contract routes without a row: raw-body uploads and reads, each with the
+/// Reference routes without a row: raw-body uploads and reads, each with the
 /// tests (`file::function`) that cover it.
 const COVERED_ELSEWHERE: &[(&str, &str, &[&str])] = &[
     (
@@ -1036,7 +1037,7 @@ const TEST_SOURCES: &[(&str, &str)] = &[
 ];
 
 /// Whether a concrete template (`/friends/{member}`) is an instance of a
-/// contract route (`/friends/{u}`): a placeholder in the route takes any
+/// reference route (`/friends/{u}`): a placeholder in the route takes any
 /// segment, a literal only itself.
 fn instance_of(template: &str, route: &str) -> bool {
     let (ours, theirs): (Vec<_>, Vec<_>) =
@@ -1055,7 +1056,7 @@ fn the_table_covers_every_contract_route() {
     if ROUTES.len() != 65 {
         let listed = ROUTES.len();
         problems.push(format!(
-            "{listed} routes listed; contract §3 has 64 and /gateway/ws"
+            "{listed} routes listed; the reference server has 64 and /gateway/ws"
         ));
     }
     for &(verb, route) in ROUTES {
@@ -1086,7 +1087,7 @@ fn the_table_covers_every_contract_route() {
             _ => problems.push(format!("{verb} {route}: a row and a note, or two notes")),
         }
     }
-    // Every row is one route of the contract or of the known extensions.
+    // Every row is one route of the reference server or of the known extensions.
     for row in &rows {
         let routes = ROUTES
             .iter()
@@ -1112,7 +1113,7 @@ fn the_table_covers_every_contract_route() {
 }
 
 /// The api's OpenAPI document lists exactly the api's routes of the table
-/// (the contract's and the extensions), plus the tooling ones; `/metrics`
+/// (the reference server's and the extensions), plus the tooling ones; `/metrics`
 /// (the admin listener) and `/gateway/ws` (the gateway) are not the api's.
 #[test]
 fn the_openapi_document_lists_exactly_the_routes_of_the_table() {

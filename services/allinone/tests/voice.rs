@@ -1,4 +1,4 @@
-//! Voice end to end: the REST routes of contract §3.7 through the api, the
+//! Voice end to end: the REST routes of PROTOCOL.md §2.14 through the api, the
 //! voice service over gRPC, and the voice events through two gateways to
 //! websockets. Each subscribed client keeps the roster it is told about;
 //! every one of them must converge on the same roster, and a client that
@@ -624,13 +624,13 @@ async fn a_fast_rejoin_is_announced_in_order() {
     t.stack.stop().await.expect("clean shutdown");
 }
 
-/// §5.1 across services: when presence sees a user's last connection close
+/// PROTOCOL.md §5.9 across services: when presence sees a user's last connection close
 /// (here reported by a stand-in for a gateway, as a gateway does), voice
 /// takes them out: unpublish, then leave. A connection that closed before
 /// a fresh join does not remove the rejoined user.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_connection_closing_anywhere_leaves_voice() {
-    use filament_presence::client::PresenceClient;
+    use filament_clients::PresenceClient;
     let t = TestStack::start(Backends::Embedded, 1)
         .await
         .expect("embedded");
@@ -704,7 +704,7 @@ async fn the_last_connection_closing_anywhere_leaves_voice() {
 // Needs the gateway hooks (presence reports, voice snapshot on subscribe).
 // ---------------------------------------------------------------------------
 
-/// §5.3: an accepted subscribe gets `voice_participant_sync` right after
+/// PROTOCOL.md §5.5: an accepted subscribe gets `voice_participant_sync` right after
 /// `subscribed`, with the roster as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscribe_gets_the_roster_after_subscribed() {
@@ -748,7 +748,7 @@ async fn a_subscribe_gets_the_roster_after_subscribed() {
     t.stack.stop().await.expect("clean shutdown");
 }
 
-/// §5.1: when a user's last socket closes, on whichever gateway, they leave
+/// PROTOCOL.md §5.9: when a user's last socket closes, on whichever gateway, they leave
 /// voice (unpublish, then leave); while another socket stays open, they
 /// stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,6 @@
 //! The api's metrics and the admin listener that serves them.
 //!
-//! The contract's public `GET /metrics` told anyone how often logins fail
+//! The reference server's public `GET /metrics` told anyone how often logins fail
 //! and limits trip; here metrics live only on `FILAMENT_API_ADMIN_ADDR`,
 //! which the deployment keeps off the ingress, and the public router has no
 //! `/metrics` route at all. Metric names and label values are constants in
@@ -15,7 +15,7 @@ use filament_runtime::admin::AdminListener;
 use filament_runtime::grpc::GrpcServerMetrics;
 use filament_runtime::grpc_client::GrpcClientMetrics;
 use filament_runtime::public::ListenerMetrics;
-use filament_runtime::service_auth::{RequireServiceToken, ServiceToken};
+use filament_runtime::service_auth::ServiceToken;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -307,14 +307,14 @@ impl Admin {
         &self.grpc_clients
     }
 
-    /// The layer that times the api's gRPC calls into this registry.
-    pub fn grpc_layer(&self) -> filament_runtime::grpc::GrpcServerLayer {
-        self.grpc.layer()
+    /// The series the api's gRPC server times its calls into.
+    pub fn grpc_metrics(&self) -> &GrpcServerMetrics {
+        &self.grpc
     }
 
-    /// The layer that refuses gRPC callers without the service token.
-    pub fn grpc_auth_layer(&self) -> RequireServiceToken {
-        RequireServiceToken::new(self.internal_token.clone())
+    /// What the api's gRPC server asks of every caller.
+    pub fn internal_token(&self) -> ServiceToken {
+        self.internal_token.clone()
     }
 
     /// The layer that hands the shared [`Edge`] to the REST middleware.

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio_stream::StreamExt as _;
 use ulid::Ulid;
 
-/// The largest attachment (contract §6).
+/// The largest attachment (PROTOCOL.md §4.5).
 pub const MAX_ATTACHMENT_BYTES: u64 = 25 * 1024 * 1024;
 /// Bytes each user may hold in attachments.
 pub const USER_QUOTA_BYTES: i64 = 250 * 1024 * 1024;

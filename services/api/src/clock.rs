@@ -1,4 +1,4 @@
-//! Wall-clock time in the contract's unit, unix seconds.
+//! Wall-clock time in the protocol's unit (PROTOCOL.md §1.4), unix seconds.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -163,7 +163,7 @@ impl Default for HashingLimits {
 }
 
 impl Config {
-    /// A config with the contract's defaults, for the given listeners,
+    /// A config with the defaults of PROTOCOL.md §4, for the given listeners,
     /// database and token key.
     pub fn new(
         http_addr: SocketAddr,

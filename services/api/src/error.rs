@@ -1,5 +1,5 @@
 //! The api's error type and its one mapping to HTTP (`{"error":"<code>"}`
-//! with the contract's status) and to gRPC statuses.
+//! with the status of PROTOCOL.md §1.3) and to gRPC statuses.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use crate::auth::HashError;
 use crate::store::StoreError;
 
-/// Every way a request can fail, as the contract names it.
+/// Every way a request can fail, as PROTOCOL.md §1.3 names it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("invalid request")]
@@ -20,7 +20,7 @@ pub enum ApiError {
     #[error("invalid request body")]
     UnprocessableBody,
     /// A JSON body without `content-type: application/json`: 415 like the
-    /// reference server (contract §1.2), with a JSON body.
+    /// reference server (PROTOCOL.md §1.2), with a JSON body.
     #[error("body is not declared as JSON")]
     UnsupportedMediaType,
     #[error("invalid credentials")]

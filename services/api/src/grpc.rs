@@ -55,7 +55,7 @@ impl EdgeAccess for EdgeAccessService {
         let (user, guild, channel) =
             socket_ids(&request.user_id, &request.guild_id, &request.channel_id)?;
         let ip = parse_ip(&request.client_ip)?;
-        // The contract's order: an IP-banned socket is disconnected whatever
+        // The order of PROTOCOL.md §5.5: an IP-banned socket is disconnected whatever
         // else it may see.
         if banned(&self.state, guild, ip, now_unix()).await? {
             return Ok(Response::new(AuthorizeSubscribeResponse {

@@ -1,4 +1,4 @@
-//! The Filament api: the REST contract on axum, storage on sqlx (SQLite or
+//! The Filament api: the REST routes of PROTOCOL.md §2 on axum, storage on sqlx (SQLite or
 //! Postgres), and two gRPC services for the edge — `EdgeAccess` (who is
 //! this token, may they subscribe) and `EventStream` (the events each
 //! gateway needs, published after every commit).
@@ -128,24 +128,21 @@ impl BoundApi {
             coverage,
         } = self;
         let listener_metrics = admin.listener_metrics();
-        let grpc_layer = admin.grpc_layer();
-        let grpc_auth_layer = admin.grpc_auth_layer();
+        let health = coverage
+            .grpc_health("filament.v1.EdgeAccess", draining.clone())
+            .await;
+        let grpc_server = filament_runtime::grpc::server(
+            admin.grpc_metrics(),
+            admin.internal_token(),
+            health,
+            &[filament_proto::FILE_DESCRIPTOR_SET],
+        )?;
         let log_head = admin.message_log_head();
         admin.spawn(shutdown.clone());
         tracing::info!(http = %http.local_addr()?, grpc = %grpc.local_addr()?, "api listening");
 
         let grpc_stop = CancellationToken::new();
-        let grpc_server = tonic::transport::Server::builder()
-            .layer(grpc_layer)
-            .layer(grpc_auth_layer)
-            .add_service(
-                coverage
-                    .grpc_health("filament.v1.EdgeAccess", draining.clone())
-                    .await,
-            )
-            .add_service(filament_runtime::grpc::reflection(&[
-                filament_proto::FILE_DESCRIPTOR_SET,
-            ])?)
+        let grpc_server = grpc_server
             .add_service(grpc::EdgeAccessService::server(state.clone()))
             .add_service(state.fanout().grpc_service().into_server())
             .add_service(feed::MessageFeedService::server(

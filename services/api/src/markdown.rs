@@ -1,5 +1,5 @@
 //! Server-side markdown: message content and profile "about" text as a flat
-//! list of safe tokens (contract §3.0 "Token").
+//! list of safe tokens (PROTOCOL.md §1.10).
 //!
 //! Clients never parse markdown; they render these tokens and reject any
 //! list that breaks the caps. So the safe subset is decided here, once:

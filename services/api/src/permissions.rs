@@ -1,4 +1,4 @@
-//! The permission model of the contract (§4): twelve bits, the roles that
+//! The permission model (PROTOCOL.md §3): twelve bits, the roles that
 //! grant them, the channel overrides that adjust them, and so who may do what
 //! in a guild or channel.
 //!
@@ -132,7 +132,7 @@ impl Permissions {
         self.0 & other.0 != 0
     }
 
-    /// One override layer (contract §4.3 step 5): allow bits that the layer
+    /// One override layer (PROTOCOL.md §3.4 step 5): allow bits that the layer
     /// also denies are dropped, then the denies are cleared, then the allows
     /// set.
     pub fn apply_override(self, allow: Self, deny: Self) -> Self {
@@ -197,8 +197,8 @@ impl GuildAccess {
         }
     }
 
-    /// Whether the user may edit, delete or reorder this role (contract
-    /// §3.5 "Hierarchy"): the server owner any role; nobody else the system
+    /// Whether the user may edit, delete or reorder this role
+    /// (PROTOCOL.md §3.5): the server owner any role; nobody else the system
     /// roles; workspace owners every other role; everyone else only roles
     /// below their highest.
     pub fn can_manage_role(&self, role: &RoleRecord) -> bool {
@@ -218,8 +218,8 @@ impl GuildAccess {
     }
 
     /// Whether the user may take a role away from `target`: the kick and
-    /// ban rule (contract §3.4: owners are never removed, and the actor
-    /// outranks the target) in the role hierarchy of §3.5. The server
+    /// ban rule (PROTOCOL.md §2.6: owners are never removed, and the actor
+    /// outranks the target) in the role hierarchy of PROTOCOL.md §3.5. The server
     /// owner may (it alone manages `workspace_owner`); nobody else may
     /// touch a workspace owner; a workspace owner outranks everyone else;
     /// anyone else only members whose highest role is below their own. For
@@ -256,7 +256,7 @@ struct Standing {
 }
 
 impl Standing {
-    /// Channel-level permissions (contract §4.3 step 5) from the guild
+    /// Channel-level permissions (PROTOCOL.md §3.4 step 5) from the guild
     /// permissions and the overrides that may apply to this user.
     fn channel_permissions<'a>(
         &self,
@@ -415,7 +415,7 @@ impl Authorizer {
         }
     }
 
-    /// Contract §4.3 steps 1–4.
+    /// PROTOCOL.md §3.4 steps 1–4.
     async fn standing(&self, guild_id: Ulid, user_id: Ulid) -> ApiResult<Standing> {
         if self.server_owner == Some(user_id) {
             if self.store.guild(guild_id).await?.is_none() {
@@ -578,7 +578,7 @@ mod tests {
         assert!(after.contains(Permission::SubscribeStreams));
     }
 
-    /// §4.3 against a real store: layers, immunity, and that every answer
+    /// PROTOCOL.md §3.4 against a real store: layers, immunity, and that every answer
     /// reads the current data (a change applies to the next question).
     mod evaluation {
         use std::sync::Arc;

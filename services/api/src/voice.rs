@@ -11,8 +11,9 @@
 
 use std::time::Duration;
 
+use filament_clients::VoiceClient;
 use filament_proto::v1 as pb;
-use filament_proto::v1::voice_client::VoiceClient;
+use filament_proto::v1::voice_client::VoiceClient as RawVoiceClient;
 use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
 use ulid::Ulid;
 
@@ -24,7 +25,7 @@ const VOICE_CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Clone)]
 pub struct VoiceLink {
-    client: Option<VoiceClient<GrpcChannel>>,
+    client: Option<VoiceClient>,
 }
 
 impl VoiceLink {
@@ -33,24 +34,17 @@ impl VoiceLink {
     /// Every call carries the calling request's trace (the channel adds it).
     pub fn new(url: Option<&str>, grpc_clients: &GrpcClientMetrics) -> anyhow::Result<Self> {
         let client = url
-            .map(|url| -> anyhow::Result<_> {
-                let channel = filament_runtime::grpc_client::connect(
-                    url,
-                    VOICE_CALL_TIMEOUT,
-                    Some(VOICE_CALL_TIMEOUT),
-                    grpc_clients,
-                )?;
-                Ok(VoiceClient::new(channel))
-            })
+            .map(|url| VoiceClient::new(url, VOICE_CALL_TIMEOUT, grpc_clients))
             .transpose()?;
         Ok(Self { client })
     }
 
-    /// The client, for the voice routes; an error when voice is not
-    /// configured.
-    pub fn client(&self) -> ApiResult<VoiceClient<GrpcChannel>> {
+    /// The generated client, for the voice routes (they map its status
+    /// codes themselves); an error when voice is not configured.
+    pub fn client(&self) -> ApiResult<RawVoiceClient<GrpcChannel>> {
         self.client
-            .clone()
+            .as_ref()
+            .map(VoiceClient::raw)
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no voice service configured")))
     }
 
@@ -63,12 +57,8 @@ impl VoiceLink {
             return;
         };
         for user_id in user_ids {
-            let request = pb::VoiceRemoveUserRequest {
-                guild_id: guild_id.to_owned(),
-                user_id: user_id.clone(),
-            };
-            if let Err(status) = client.clone().remove_user(request).await {
-                tracing::warn!(%status, "cannot take a removed member out of voice");
+            if let Err(err) = client.remove_user(guild_id, user_id).await {
+                tracing::warn!(%err, "cannot take a removed member out of voice");
             }
         }
     }
@@ -81,13 +71,10 @@ impl VoiceLink {
         let Some(client) = &self.client else {
             return;
         };
-        let request = pb::VoiceGuildParticipantsRequest {
-            guild_id: guild_id.to_owned(),
-        };
-        let participants = match client.clone().guild_participants(request).await {
-            Ok(response) => response.into_inner().participants,
-            Err(status) => {
-                tracing::warn!(%status, "cannot re-check voice participants");
+        let participants = match client.guild_participants(guild_id).await {
+            Ok(participants) => participants,
+            Err(err) => {
+                tracing::warn!(%err, "cannot re-check voice participants");
                 return;
             }
         };

@@ -31,7 +31,7 @@ pub(crate) struct Identity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Allowed,
-    /// Ignored, as the contract says: the socket stays.
+    /// Ignored, as PROTOCOL.md §5.5 says: the socket stays.
     Denied,
     /// The guild bans the client address: the socket is closed.
     IpBanned,

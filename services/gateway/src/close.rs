@@ -38,9 +38,9 @@ pub enum CloseReason {
     /// The session behind this socket ended: its user logged out, or a
     /// replayed refresh token revoked it.
     AccessRevoked,
-    /// The guild bans the socket's client address (contract §5.3).
+    /// The guild bans the socket's client address (PROTOCOL.md §5.8).
     IpBanned,
-    /// The api refused a `message_create` sent over the socket (§5.3).
+    /// The api refused a `message_create` sent over the socket (PROTOCOL.md §5.3).
     MessageRejected,
     /// An upstream service could not answer.
     UpstreamUnavailable,

@@ -1,5 +1,5 @@
 //! Gateway configuration, read once from the environment. README.md lists
-//! every variable; the defaults are the contract's limits.
+//! every variable; the defaults are the limits of PROTOCOL.md §4.7.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -50,7 +50,11 @@ pub(crate) async fn run(
     } else {
         None
     };
-    let mut positions = positioned.then(Box::<Positions>::default);
+    let mut positions = positioned.then(|| {
+        let mut positions = Box::<Positions>::default();
+        positions.follow(resume::user_log(identity.user));
+        positions
+    });
     let mut registration = shared.index.register(
         identity.user,
         identity.session,
@@ -392,7 +396,7 @@ async fn handle_text(
                 attachment_ids,
             };
             // No acknowledgement: the message comes back as the channel's
-            // `message_create`, like everyone else's (contract §5.3).
+            // `message_create`, like everyone else's (PROTOCOL.md §5.3).
             match shared
                 .access
                 .create_message(identity.user, registration.ip, message)
@@ -444,7 +448,7 @@ async fn subscribe(
             Verdict::Allowed => {}
             Verdict::IpBanned => return Err(refuse(shared, CloseReason::IpBanned)),
             Verdict::Denied => {
-                // The contract: a subscribe the user may not make is ignored.
+                // PROTOCOL.md §5.5: a subscribe the user may not make is ignored.
                 shared.metrics.rejected(IngressRejection::SubscribeDenied);
                 return Ok(Vec::new());
             }
@@ -499,15 +503,18 @@ async fn subscribe(
                     )));
                 }
                 // The guild's log, if a `resume` named it: now that the
-                // socket is in the index, and ahead of its queue.
-                if let Some(positions) = positions
-                    && let Some(pending) = positions.take_pending(guild)
-                {
-                    let viewer = resume::Viewer {
-                        user: identity.user,
-                        subscriptions: shared.index.subscriptions(registration.id),
-                    };
-                    snapshots.extend(resume::replay(shared, &viewer, positions, &pending).await);
+                // socket is in the index, and ahead of its queue. From
+                // then on the socket follows the log.
+                if let Some(positions) = positions {
+                    if let Some(pending) = positions.take_pending(guild) {
+                        let viewer = resume::Viewer {
+                            user: identity.user,
+                            subscriptions: shared.index.subscriptions(registration.id),
+                        };
+                        snapshots
+                            .extend(resume::replay(shared, &viewer, positions, &pending).await);
+                    }
+                    positions.follow(resume::guild_log(guild));
                 }
                 return Ok(snapshots);
             }

@@ -63,6 +63,7 @@ pub(crate) struct Logged {
     pub(crate) plain: Utf8Bytes,
     pub(crate) positioned: Utf8Bytes,
     pub(crate) positions: Vec<filament_wire::Position>,
+    pub(crate) event_id: String,
 }
 
 impl Outbound {

@@ -46,9 +46,9 @@ pub(crate) const MAX_RESUME_SCOPES: usize = 64;
 /// A ping's nonce is echoed, so it is short.
 const MAX_NONCE_BYTES: usize = 64;
 
-/// A message carries at most this many attachments (contract §6); more is
-/// a malformed payload, refused before the api is asked.
-const MAX_ATTACHMENTS: usize = 5;
+// A message carries at most this many attachments (PROTOCOL.md §4.5); more
+// is a malformed payload, refused before the api is asked.
+use filament_proto::limits::MAX_ATTACHMENTS_PER_MESSAGE as MAX_ATTACHMENTS;
 
 /// Why a frame was rejected. Each maps to one close reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -140,6 +140,7 @@ impl Shared {
                 plain: plain.clone(),
                 positioned,
                 positions: event.positions.iter().map(Position::from).collect(),
+                event_id: event.event_id.clone(),
             }));
         }
         Outbound::of(frames)

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use filament_registry::{RedisOptions, RedisRegistry, RegistryConfig};
-use filament_runtime::Env;
+use filament_registry::{RedisRegistry, RegistryConfig};
+use filament_runtime::process::Process;
 
 /// jemalloc, not glibc's malloc: it hands large freed blocks (a 19 MiB
 /// Argon2 hash) back to the OS at once, where glibc keeps them in
@@ -16,27 +16,15 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    filament_runtime::telemetry::init()?;
-    filament_runtime::fd_limit::raise();
-    let env = Env::from_process();
-    let config = filament_gateway::Config::from_env(&env)?;
-    let registry = RedisRegistry::connect(
-        &env.required::<String>("REDIS_URL")?,
-        RegistryConfig {
-            ttl: config.registry_ttl,
-            key_prefix: env.or(
-                "FILAMENT_REGISTRY_PREFIX",
-                RegistryConfig::default().key_prefix,
-            )?,
-            redis: RedisOptions::from_env(&env)?,
-            ..RegistryConfig::default()
-        },
-    )
-    .await?;
-    let gateway = filament_gateway::bind(config, Arc::new(registry)).await?;
-    let ran = gateway
-        .run(filament_runtime::shutdown::token_on_signal())
-        .await;
-    filament_runtime::telemetry::shutdown().await;
-    ran
+    filament_runtime::process::run(|Process { env, shutdown, .. }| async move {
+        let config = filament_gateway::Config::from_env(&env)?;
+        let registry = RedisRegistry::connect(
+            &env.required::<String>("REDIS_URL")?,
+            RegistryConfig::from_env(&env)?,
+        )
+        .await?;
+        let gateway = filament_gateway::bind(config, Arc::new(registry)).await?;
+        gateway.run(shutdown).await
+    })
+    .await
 }

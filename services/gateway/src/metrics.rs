@@ -99,7 +99,7 @@ impl UpgradeRejection {
 pub enum IngressRejection {
     /// The frame closed the socket; the label is the close reason.
     Closed(CloseReason),
-    /// A subscribe the user may not make (ignored, as the contract says).
+    /// A subscribe the user may not make (ignored, as PROTOCOL.md §5.5 says).
     SubscribeDenied,
     /// A subscribe that kept racing revocations and was given up.
     SubscribeContended,

@@ -9,10 +9,9 @@
 
 use std::time::Duration;
 
-use filament_presence::client::{LeaseStatus, PresenceClient};
+use filament_clients::{LeaseStatus, PresenceClient, VoiceClient};
 use filament_proto::v1::{PresenceSync, VoiceParticipantSync};
 use filament_runtime::grpc_client::GrpcClientMetrics;
-use filament_voice::client::VoiceClient;
 
 use crate::ids::{ChannelId, ConnectionId, GuildId, UserId};
 

@@ -314,7 +314,7 @@ async fn upgrade(
             .upgrade_rejected(UpgradeRejection::MissingToken);
         return error(StatusCode::UNAUTHORIZED, "invalid_credentials");
     };
-    // The contract bounds tokens to 32–4096 visible ASCII characters; a
+    // PROTOCOL.md §1.5 bounds tokens to 32–4096 visible ASCII characters; a
     // token outside that is refused here, without a call to the api.
     let plausible =
         (32..=4096).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_graphic());
@@ -374,7 +374,7 @@ fn error(status: StatusCode, code: &'static str) -> Response {
     (status, axum::Json(serde_json::json!({ "error": code }))).into_response()
 }
 
-/// 429 with the contract's error body and when to try again (whole
+/// 429 with the error body of PROTOCOL.md §1.3 and when to try again (whole
 /// seconds, rounded up).
 fn rate_limited(retry_after: Duration) -> Response {
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);

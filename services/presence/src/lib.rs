@@ -9,7 +9,7 @@
 //! ([`filament_fanout::Fanout`]), which gateways follow like the api's.
 //!
 //! A user is online in a guild while at least one of their open
-//! connections, on any gateway, is present in it (contract §5.1, §5.3).
+//! connections, on any gateway, is present in it (PROTOCOL.md §5.5, §5.9).
 //!
 //! Gateway crashes: every gateway call renews that gateway's lease for one
 //! TTL (`FILAMENT_REGISTRY_TTL_SECS`, the routing registry's). A sweeper
@@ -21,9 +21,8 @@
 //! When a user's last connection anywhere closes (or expires), presence
 //! tells the voice service ([`notify`]), which removes them from voice.
 //!
-//! [`client::PresenceClient`] is the gateway's side of all this.
+//! [`filament_clients::PresenceClient`] is the gateway's side of all this.
 
-pub mod client;
 mod grpc;
 pub mod metrics;
 mod notify;
@@ -35,23 +34,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use filament_fanout::{COVERAGE_INTERVAL, Coverage, Fanout, FanoutConfig};
-use filament_registry::Registry;
+use filament_fanout::{EventSink, Fanout, FanoutConfig, ProducerServer};
+use filament_registry::{Registry, RegistryConfig};
 use filament_runtime::admin::AdminListener;
 use filament_runtime::grpc_client::GrpcClientMetrics;
-use filament_runtime::service_auth::{RequireServiceToken, ServiceToken};
+use filament_runtime::service_auth::ServiceToken;
 use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use metrics::PresenceMetrics;
 pub use notify::VoiceNotifier;
-pub use service::{EventSink, OfflineListener, PresenceService};
+pub use service::{OfflineListener, PresenceService};
 
 use crate::store::{MemoryPresenceStore, PresenceStore, PresenceStoreConfig, RedisPresenceStore};
-
-/// The gRPC service name this process reports as serving.
-pub const SERVICE_NAME: &str = "filament.v1.Presence";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -83,16 +79,8 @@ impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let mut config =
             Self::new(env.or("FILAMENT_PRESENCE_GRPC_ADDR", ([0, 0, 0, 0], 50052).into())?);
-        config.store.lease_ttl =
-            env.secs_or("FILAMENT_REGISTRY_TTL_SECS", config.store.lease_ttl)?;
-        if config.store.lease_ttl < Duration::from_secs(1) {
-            return Err(ConfigError::Invalid {
-                name: "FILAMENT_REGISTRY_TTL_SECS",
-                value: config.store.lease_ttl.as_secs().to_string(),
-                reason: "must be at least 1".to_owned(),
-            });
-        }
-        let registry_prefix: String = env.or("FILAMENT_REGISTRY_PREFIX", "filament:".to_owned())?;
+        config.store.lease_ttl = RegistryConfig::ttl_from_env(env)?;
+        let registry_prefix = RegistryConfig::key_prefix_from_env(env)?;
         config.store.key_prefix = format!("{registry_prefix}presence:");
         config.store.redis = filament_registry::RedisOptions::from_env(env)?;
         config.store.max_guilds_per_connection = env.or(
@@ -136,15 +124,11 @@ pub async fn open_store(
 
 /// The service with its listener bound.
 pub struct BoundPresence {
-    listener: TcpListener,
+    server: ProducerServer,
     service: PresenceService,
-    fanout: Fanout,
     sweep_interval: Duration,
-    background: CancellationToken,
-    admin: Option<AdminListener>,
     metrics: Arc<PresenceMetrics>,
     grpc_clients: GrpcClientMetrics,
-    internal_token: ServiceToken,
 }
 
 /// Binds the listener; nothing runs until [`BoundPresence::run`]. `registry`
@@ -176,96 +160,55 @@ pub async fn bind(
         ),
         None => None,
     };
+    let sweep_interval = config.sweep_interval();
     Ok(BoundPresence {
-        listener,
+        server: ProducerServer {
+            listener,
+            fanout,
+            internal_token: config.internal_token,
+            admin,
+            background,
+        },
         service: PresenceService::new(store, events, offline).with_metrics(Arc::clone(&metrics)),
-        sweep_interval: config.sweep_interval(),
-        fanout,
-        background,
-        admin,
+        sweep_interval,
         metrics,
         grpc_clients,
-        internal_token: config.internal_token,
     })
 }
 
 impl BoundPresence {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.server.grpc_addr()
     }
 
     /// Where `/metrics` is served, if anywhere.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+        self.server.admin_addr()
     }
 
     /// Serves until `shutdown`, then ends the event streams cleanly after
     /// the events already queued, and stops.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
-            listener,
+            server,
             service,
-            fanout,
             sweep_interval,
-            background,
-            admin,
             metrics,
             grpc_clients,
-            internal_token,
         } = self;
-        tracing::info!(grpc = %listener.local_addr()?, "presence listening");
+        tracing::info!(grpc = %server.grpc_addr()?, "presence listening");
         tokio::spawn(
             service
                 .clone()
-                .run_sweeper(sweep_interval, background.clone()),
+                .run_sweeper(sweep_interval, server.background.clone()),
         );
-
-        // Labelled by method only for the methods served here.
-        let grpc_metrics = filament_runtime::grpc::GrpcServerMetrics::serving(
-            &[filament_proto::FILE_DESCRIPTOR_SET],
-            &[
-                filament_proto::v1::presence_server::SERVICE_NAME,
-                filament_proto::v1::event_stream_server::SERVICE_NAME,
-            ],
-        )?;
-        if let Some(admin) = admin {
-            let mut registry = prometheus_client::registry::Registry::default();
-            metrics.register(&mut registry);
-            grpc_metrics.register(&mut registry);
-            grpc_clients.register(&mut registry);
-            tokio::spawn(admin.serve(Arc::new(registry), background.clone()));
-        }
-
-        let grpc_stop = CancellationToken::new();
-        let health = Coverage::track(fanout.clone(), COVERAGE_INTERVAL, background.clone())
-            .grpc_health(SERVICE_NAME, shutdown.clone())
-            .await;
-        let server = tonic::transport::Server::builder()
-            .layer(grpc_metrics.layer())
-            .layer(RequireServiceToken::new(internal_token))
-            .add_service(health)
-            .add_service(filament_runtime::grpc::reflection(&[
-                filament_proto::FILE_DESCRIPTOR_SET,
-            ])?)
-            .add_service(grpc::PresenceGrpc::server(service))
-            .add_service(fanout.grpc_service().into_server())
-            .serve_with_incoming_shutdown(
-                filament_runtime::net::grpc_incoming(listener),
-                grpc_stop.clone().cancelled_owned(),
-            );
-        let mut server = tokio::spawn(server);
-        let early = tokio::select! {
-            result = &mut server => Some(result),
-            () = shutdown.cancelled() => None,
+        let register = |registry: &mut prometheus_client::registry::Registry| {
+            metrics.register(registry);
+            grpc_clients.register(registry);
         };
-        background.cancel();
-        fanout.close();
-        grpc_stop.cancel();
-        let result = match early {
-            Some(result) => result,
-            None => server.await,
-        };
-        result??;
+        server
+            .serve(grpc::PresenceGrpc::server(service), register, shutdown)
+            .await?;
         tracing::info!("presence stopped");
         Ok(())
     }

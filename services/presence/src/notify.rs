@@ -1,5 +1,5 @@
 //! Tells the voice service when a user has no connection left anywhere, so
-//! it removes them from voice (contract §5.1: the user's last socket closing
+//! it removes them from voice (PROTOCOL.md §5.9: the user's last socket closing
 //! frees their voice state). Only presence knows "last anywhere": a gateway
 //! only sees its own sockets, and a crashed gateway tells nobody.
 //!
@@ -10,9 +10,8 @@
 
 use std::time::Duration;
 
-use filament_proto::v1::VoiceConnectionClosedRequest;
-use filament_proto::v1::voice_client::VoiceClient;
-use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
+use filament_clients::VoiceClient;
+use filament_runtime::grpc_client::GrpcClientMetrics;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -33,14 +32,9 @@ impl VoiceNotifier {
         grpc_clients: &GrpcClientMetrics,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let channel = filament_runtime::grpc_client::connect(
-            url,
-            CALL_TIMEOUT,
-            Some(CALL_TIMEOUT),
-            grpc_clients,
-        )?;
+        let voice = VoiceClient::new(url, CALL_TIMEOUT, grpc_clients)?;
         let (queue, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(deliver(VoiceClient::new(channel), rx, shutdown));
+        tokio::spawn(deliver(voice, rx, shutdown));
         Ok(Self { queue })
     }
 }
@@ -58,7 +52,7 @@ impl OfflineListener for VoiceNotifier {
 }
 
 async fn deliver(
-    mut voice: VoiceClient<GrpcChannel>,
+    voice: VoiceClient,
     mut rx: mpsc::Receiver<(String, i64)>,
     shutdown: CancellationToken,
 ) {
@@ -70,12 +64,8 @@ async fn deliver(
             },
             () = shutdown.cancelled() => return,
         };
-        let request = VoiceConnectionClosedRequest {
-            user_id,
-            closed_at_unix_ms,
-        };
-        if let Err(status) = voice.connection_closed(request).await {
-            tracing::warn!(%status, "cannot tell voice that a user went offline");
+        if let Err(err) = voice.connection_closed(&user_id, closed_at_unix_ms).await {
+            tracing::warn!(%err, "cannot tell voice that a user went offline");
         }
     }
 }

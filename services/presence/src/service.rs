@@ -7,8 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use async_trait::async_trait;
-use filament_fanout::Fanout;
+use filament_fanout::EventSink;
 use filament_proto::v1::{
     Audience, Event, GuildAudience, PresenceStatus, PresenceSync, PresenceUpdate, audience, event,
 };
@@ -17,23 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{PresenceMetrics, Transition};
 use crate::store::{ConnectionKey, Departure, Lease, PresenceStore, StoreResult};
-
-/// Where presence events go: the service's [`Fanout`] in production, a
-/// recorder in tests.
-#[async_trait]
-pub trait EventSink: Send + Sync + 'static {
-    async fn publish(&self, event: Event);
-}
-
-#[async_trait]
-impl EventSink for Fanout {
-    async fn publish(&self, event: Event) {
-        let report = Fanout::publish(self, event).await;
-        if report.missed > 0 {
-            tracing::debug!(?report, "presence event missed some gateways");
-        }
-    }
-}
 
 /// Hears about users whose last connection, on every gateway, closed
 /// (explicitly or because their gateway's lease ran out). The voice
@@ -222,6 +204,8 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "a failed call is a failed test")]
 
     use std::sync::Mutex;
+
+    use async_trait::async_trait;
 
     use super::*;
     use crate::store::{MemoryPresenceStore, PresenceStoreConfig};

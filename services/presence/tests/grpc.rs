@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use filament_presence::client::{LeaseStatus, PresenceClient};
+use filament_clients::{ClientError, LeaseStatus, PresenceClient};
 use filament_presence::store::PresenceStoreConfig;
 use filament_proto::v1::event_stream_client::EventStreamClient;
 use filament_proto::v1::presence_client::PresenceClient as RawClient;
@@ -329,7 +329,7 @@ async fn bad_reports_are_refused_and_change_nothing() {
     p.connected(1, &alice).await.unwrap();
     let err = p.enter_guild(1, &mallory, &guild).await.unwrap_err();
     assert!(
-        matches!(&err, filament_presence::client::ClientError::Call(s) if s.code() == Code::FailedPrecondition),
+        matches!(&err, ClientError::Call { status, .. } if status.code() == Code::FailedPrecondition),
         "{err:?}"
     );
     assert_eq!(

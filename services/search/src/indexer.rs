@@ -35,7 +35,7 @@ const APPLY_BATCH: usize = 1024;
 pub const COMMIT_BATCH: usize = 50_000;
 /// Messages per `GuildMessages` page.
 const GUILD_PAGE: u32 = 1000;
-/// Documents a reconcile compares (contract §6).
+/// Documents a reconcile compares (PROTOCOL.md §4.6).
 pub const MAX_RECONCILE_DOCS: usize = 10_000;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);

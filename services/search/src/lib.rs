@@ -36,7 +36,7 @@ pub use index::{
 pub use indexer::{IndexerConfig, IndexerStats, Reconciled};
 pub use service::{Engine, QueryRequest, SearchService};
 
-use filament_runtime::service_auth::{RequireServiceToken, ServiceToken};
+use filament_runtime::service_auth::ServiceToken;
 
 /// The gRPC service name this process reports as serving.
 pub const SERVICE_NAME: &str = "filament.v1.Search";
@@ -53,7 +53,7 @@ pub struct Config {
     pub index: IndexLocation,
     pub writer: WriterConfig,
     pub indexer: IndexerConfig,
-    /// The query budget (contract §6: 200 ms).
+    /// The query budget (PROTOCOL.md §4.6: 200 ms).
     pub query_timeout: Duration,
     /// Searches running at once; more wait (within their budget).
     pub max_concurrent_queries: usize,
@@ -64,7 +64,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// An in-memory index fed from `feed_url`, with the contract's limits.
+    /// An in-memory index fed from `feed_url`, with the limits of PROTOCOL.md §4.6.
     pub fn new(grpc_addr: SocketAddr, feed_url: impl Into<String>) -> Self {
         Self {
             grpc_addr,
@@ -219,22 +219,20 @@ impl BoundSearch {
         )?;
         let indexing = tokio::spawn(indexer.run(shutdown.clone()));
         tracing::info!(grpc = %self.listener.local_addr()?, "search listening");
-        let served = tonic::transport::Server::builder()
-            .layer(grpc_metrics.layer())
-            .layer(RequireServiceToken::new(internal_token))
-            .add_service(
-                filament_runtime::probes::grpc_health(SERVICE_NAME, || true, shutdown.clone())
-                    .await,
-            )
-            .add_service(filament_runtime::grpc::reflection(&[
-                filament_proto::FILE_DESCRIPTOR_SET,
-            ])?)
-            .add_service(grpc::SearchGrpc::server(Arc::new(self.engine)))
-            .serve_with_incoming_shutdown(
-                filament_runtime::net::grpc_incoming(self.listener),
-                shutdown.cancelled_owned(),
-            )
-            .await;
+        let health =
+            filament_runtime::probes::grpc_health(SERVICE_NAME, || true, shutdown.clone()).await;
+        let served = filament_runtime::grpc::server(
+            &grpc_metrics,
+            internal_token,
+            health,
+            &[filament_proto::FILE_DESCRIPTOR_SET],
+        )?
+        .add_service(grpc::SearchGrpc::server(Arc::new(self.engine)))
+        .serve_with_incoming_shutdown(
+            filament_runtime::net::grpc_incoming(self.listener),
+            shutdown.cancelled_owned(),
+        )
+        .await;
         indexing.await?;
         served?;
         tracing::info!("search stopped");

@@ -1,7 +1,7 @@
 //! `filament-search`: the search service as its own process. Needs
 //! `FILAMENT_API_GRPC_URL` and `FILAMENT_INTERNAL_TOKEN`; see README.md.
 
-use filament_runtime::Env;
+use filament_runtime::process::Process;
 
 /// jemalloc, not glibc's malloc: it hands large freed blocks (a 19 MiB
 /// Argon2 hash) back to the OS at once, where glibc keeps them in
@@ -12,17 +12,15 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    filament_runtime::telemetry::init()?;
-    filament_runtime::fd_limit::raise();
-    let signalled = filament_runtime::shutdown::token_on_signal();
-    let config = filament_search::Config::from_env(&Env::from_process())?;
-    if config.index == filament_search::IndexLocation::Ram {
-        tracing::warn!(
-            "FILAMENT_SEARCH_INDEX_DIR unset: the index is in memory and is rebuilt from the log at every start"
-        );
-    }
-    let service = filament_search::bind(config).await?;
-    let ran = service.run(signalled).await;
-    filament_runtime::telemetry::shutdown().await;
-    ran
+    filament_runtime::process::run(|Process { env, shutdown, .. }| async move {
+        let config = filament_search::Config::from_env(&env)?;
+        if config.index == filament_search::IndexLocation::Ram {
+            tracing::warn!(
+                "FILAMENT_SEARCH_INDEX_DIR unset: the index is in memory and is rebuilt from the log at every start"
+            );
+        }
+        let service = filament_search::bind(config).await?;
+        service.run(shutdown).await
+    })
+    .await
 }

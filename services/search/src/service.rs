@@ -15,7 +15,7 @@ use crate::index::{Hit, MessageIndex, SearchRequest};
 use crate::indexer::{Command, IndexerStats, Reconciled};
 use crate::metrics::QueryOutcome;
 
-/// Largest page of hits (contract §6).
+/// Largest page of hits (PROTOCOL.md §4.6).
 pub const MAX_LIMIT: u32 = 50;
 /// Most channels one query may exclude (a guild lists at most 500; the
 /// margin covers channels deleted and recreated between rounds).

@@ -1,4 +1,4 @@
-//! The LiveKit drift check (contract §7.4): every
+//! The LiveKit drift check (PROTOCOL.md §6.6): every
 //! `FILAMENT_VOICE_DRIFT_CHECK_SECS` (15 s) the roster is compared with what
 //! LiveKit itself lists, through its server API (`twirp/livekit.RoomService`):
 //!

@@ -23,7 +23,7 @@ use crate::store::StoreError;
 /// The largest request accepted: a join with every field at its maximum is
 /// well under a kilobyte.
 const MAX_REQUEST_BYTES: usize = 4 * 1024;
-/// Usernames are 3–32 bytes (contract §2); a little slack, never unbounded.
+/// Usernames are 3–32 bytes (PROTOCOL.md §2.2); a little slack, never unbounded.
 const MAX_USERNAME_BYTES: usize = 64;
 
 pub(crate) struct VoiceGrpc {

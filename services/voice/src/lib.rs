@@ -21,7 +21,6 @@
 //! replicas share it and a restart loses no participant; the embedded
 //! all-in-one keeps it in memory unless it runs on Redis ([`open_store`]).
 
-pub mod client;
 mod drift;
 mod grpc;
 pub mod livekit;
@@ -36,23 +35,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use filament_fanout::{COVERAGE_INTERVAL, Coverage, Fanout, FanoutConfig};
-use filament_registry::{RedisOptions, Registry};
+use filament_fanout::{Fanout, FanoutConfig, ProducerServer};
+use filament_registry::{RedisOptions, Registry, RegistryConfig};
 use filament_runtime::admin::AdminListener;
 use filament_runtime::{ConfigError, Env};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use filament_runtime::service_auth::{RequireServiceToken, ServiceToken};
+use filament_runtime::service_auth::ServiceToken;
 pub use livekit::LiveKit;
 pub use metrics::VoiceMetrics;
-pub use service::{EventSink, Join, JoinGrant, Observed, TOKEN_TTL_SECS, TimeSource, VoiceService};
+pub use service::{Join, JoinGrant, Observed, TOKEN_TTL_SECS, TimeSource, VoiceService};
 
 use crate::roster::Limits;
 use crate::store::{MemoryRosterStore, RedisRosterStore, RedisRosterStoreConfig, RosterStore};
-
-/// The gRPC service name this process reports as serving.
-pub const SERVICE_NAME: &str = "filament.v1.Voice";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -80,7 +76,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Defaults (contract §6) for a voice service on `grpc_addr`.
+    /// Defaults (PROTOCOL.md §4.8) for a voice service on `grpc_addr`.
     pub fn new(grpc_addr: SocketAddr, livekit: LiveKit) -> Self {
         Self {
             grpc_addr,
@@ -123,7 +119,7 @@ impl Config {
         config.webhook_addr = env.optional("FILAMENT_VOICE_WEBHOOK_ADDR")?;
         config.admin_addr = env.optional("FILAMENT_VOICE_ADMIN_ADDR")?;
         config.internal_token = ServiceToken::from_env(env)?;
-        let registry_prefix: String = env.or("FILAMENT_REGISTRY_PREFIX", "filament:".to_owned())?;
+        let registry_prefix = RegistryConfig::key_prefix_from_env(env)?;
         config.roster_key_prefix = format!("{registry_prefix}voice:");
         config.redis = RedisOptions::from_env(env)?;
         config.livekit_api_url = env.optional("FILAMENT_LIVEKIT_API_URL")?;
@@ -230,16 +226,13 @@ pub async fn open_store(
 
 /// The service with its listeners bound.
 pub struct BoundVoice {
-    grpc: TcpListener,
+    server: ProducerServer,
     webhook: Option<TcpListener>,
-    admin: Option<AdminListener>,
     service: VoiceService,
-    fanout: Fanout,
     prune_interval: Duration,
     /// LiveKit's server API and how often to check it, when configured.
     drift: Option<(drift::RoomService, Duration)>,
     metrics: Arc<VoiceMetrics>,
-    internal_token: ServiceToken,
 }
 
 /// Binds the listeners; nothing runs until [`BoundVoice::run`]. `registry`
@@ -276,21 +269,24 @@ pub async fn bind(
         Arc::clone(&metrics),
     );
     Ok(BoundVoice {
-        grpc,
+        server: ProducerServer {
+            listener: grpc,
+            fanout,
+            internal_token: config.internal_token,
+            admin,
+            background: CancellationToken::new(),
+        },
         webhook,
-        admin,
         service,
-        fanout,
         prune_interval,
         drift,
         metrics,
-        internal_token: config.internal_token,
     })
 }
 
 impl BoundVoice {
     pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
-        self.grpc.local_addr()
+        self.server.grpc_addr()
     }
 
     /// Where the LiveKit webhook receiver listens, if configured.
@@ -299,7 +295,7 @@ impl BoundVoice {
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+        self.server.admin_addr()
     }
 
     pub fn metrics(&self) -> Arc<VoiceMetrics> {
@@ -310,18 +306,15 @@ impl BoundVoice {
     /// the events already queued, and stops.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let Self {
-            grpc,
+            server,
             webhook,
-            admin,
             service,
-            fanout,
             prune_interval,
             drift,
             metrics,
-            internal_token,
         } = self;
-        tracing::info!(grpc = %grpc.local_addr()?, "voice listening");
-        let background = CancellationToken::new();
+        tracing::info!(grpc = %server.grpc_addr()?, "voice listening");
+        let background = server.background.clone();
         tokio::spawn(
             service
                 .clone()
@@ -349,51 +342,13 @@ impl BoundVoice {
                 }
             });
         }
-        // Labelled by method only for the methods served here.
-        let grpc_metrics = filament_runtime::grpc::GrpcServerMetrics::serving(
-            &[filament_proto::FILE_DESCRIPTOR_SET],
-            &[
-                filament_proto::v1::voice_server::SERVICE_NAME,
-                filament_proto::v1::event_stream_server::SERVICE_NAME,
-            ],
-        )?;
-        if let Some(admin) = admin {
-            let mut registry = prometheus_client::registry::Registry::default();
-            metrics.register(&mut registry);
-            grpc_metrics.register(&mut registry);
-            tokio::spawn(admin.serve(Arc::new(registry), background.clone()));
-        }
-
-        let grpc_stop = CancellationToken::new();
-        let health = Coverage::track(fanout.clone(), COVERAGE_INTERVAL, background.clone())
-            .grpc_health(SERVICE_NAME, shutdown.clone())
-            .await;
-        let server = tonic::transport::Server::builder()
-            .layer(grpc_metrics.layer())
-            .layer(RequireServiceToken::new(internal_token))
-            .add_service(health)
-            .add_service(filament_runtime::grpc::reflection(&[
-                filament_proto::FILE_DESCRIPTOR_SET,
-            ])?)
-            .add_service(grpc::VoiceGrpc::server(service))
-            .add_service(fanout.grpc_service().into_server())
-            .serve_with_incoming_shutdown(
-                filament_runtime::net::grpc_incoming(grpc),
-                grpc_stop.clone().cancelled_owned(),
-            );
-        let mut server = tokio::spawn(server);
-        let early = tokio::select! {
-            result = &mut server => Some(result),
-            () = shutdown.cancelled() => None,
-        };
-        background.cancel();
-        fanout.close();
-        grpc_stop.cancel();
-        let result = match early {
-            Some(result) => result,
-            None => server.await,
-        };
-        result??;
+        server
+            .serve(
+                grpc::VoiceGrpc::server(service),
+                |registry| metrics.register(registry),
+                shutdown,
+            )
+            .await?;
         tracing::info!("voice stopped");
         Ok(())
     }

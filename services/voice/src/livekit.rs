@@ -359,7 +359,7 @@ fn canonical_ulid(id: &str) -> bool {
     ulid::Ulid::from_string(id).is_ok_and(|u| u.to_string() == id)
 }
 
-/// What the web client accepts as `livekit_url` (contract §7.2).
+/// What the web client accepts as `livekit_url` (PROTOCOL.md §6.2).
 fn valid_client_url(url: &str) -> bool {
     let Some(rest) = url
         .strip_prefix("ws://")

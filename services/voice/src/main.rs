@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use filament_registry::{RedisOptions, RedisRegistry, RegistryConfig};
-use filament_runtime::Env;
+use filament_registry::{RedisRegistry, RegistryConfig};
+use filament_runtime::process::Process;
 
 /// jemalloc, not glibc's malloc: it hands large freed blocks (a 19 MiB
 /// Argon2 hash) back to the OS at once, where glibc keeps them in
@@ -16,28 +16,13 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    filament_runtime::telemetry::init()?;
-    filament_runtime::fd_limit::raise();
-    let shutdown = filament_runtime::shutdown::token_on_signal();
-    let env = Env::from_process();
-    let config = filament_voice::Config::from_env(&env)?;
-    let redis_url: String = env.required("REDIS_URL")?;
-    let registry = RedisRegistry::connect(
-        &redis_url,
-        RegistryConfig {
-            ttl: env.secs_or("FILAMENT_REGISTRY_TTL_SECS", RegistryConfig::default().ttl)?,
-            key_prefix: env.or(
-                "FILAMENT_REGISTRY_PREFIX",
-                RegistryConfig::default().key_prefix,
-            )?,
-            redis: RedisOptions::from_env(&env)?,
-            ..RegistryConfig::default()
-        },
-    )
-    .await?;
-    let store = filament_voice::open_store(&config, Some(&redis_url)).await?;
-    let service = filament_voice::bind(config, Arc::new(registry), store).await?;
-    let ran = service.run(shutdown).await;
-    filament_runtime::telemetry::shutdown().await;
-    ran
+    filament_runtime::process::run(|Process { env, shutdown, .. }| async move {
+        let config = filament_voice::Config::from_env(&env)?;
+        let redis_url: String = env.required("REDIS_URL")?;
+        let registry = RedisRegistry::connect(&redis_url, RegistryConfig::from_env(&env)?).await?;
+        let store = filament_voice::open_store(&config, Some(&redis_url)).await?;
+        let service = filament_voice::bind(config, Arc::new(registry), store).await?;
+        service.run(shutdown).await
+    })
+    .await
 }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::livekit;
 
-/// A media source, in the order the contract lists them.
+/// A media source, in the order PROTOCOL.md §6.1 lists them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Stream {
     Microphone,
@@ -508,8 +508,8 @@ impl Roster {
         self.channels.keys().cloned().collect()
     }
 
-    /// Brings `key` in line with what LiveKit lists in its room (contract
-    /// §7.4). A participant LiveKit does not list leaves, unless their
+    /// Brings `key` in line with what LiveKit lists in its room
+    /// (PROTOCOL.md §6.6). A participant LiveKit does not list leaves, unless their
     /// newest token is younger than `grace` (it may not have been used
     /// yet); one the roster thinks muted whose microphone LiveKit shows
     /// live is un-muted. The identities LiveKit lists that the roster does

@@ -11,9 +11,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use filament_fanout::Fanout;
-use filament_proto::v1::{Event, VoiceGrantHolder, VoiceParticipantSync, VoiceStateFields};
+use filament_fanout::EventSink;
+use filament_proto::v1::{VoiceGrantHolder, VoiceParticipantSync, VoiceStateFields};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -24,26 +23,9 @@ use crate::roster::{
 };
 use crate::store::{Applied, Change, Outcome, RosterStore, StoreError, StoreResult};
 
-/// LiveKit access tokens live this long (contract §6: 300 s, also the
+/// LiveKit access tokens live this long (PROTOCOL.md §4.8: 300 s, also the
 /// maximum).
 pub const TOKEN_TTL_SECS: i64 = 300;
-
-/// Where voice events go: the service's [`Fanout`] in production, a
-/// recorder in tests.
-#[async_trait]
-pub trait EventSink: Send + Sync + 'static {
-    async fn publish(&self, event: Event);
-}
-
-#[async_trait]
-impl EventSink for Fanout {
-    async fn publish(&self, event: Event) {
-        let report = Fanout::publish(self, event).await;
-        if report.missed > 0 {
-            tracing::debug!(?report, "voice event missed some gateways");
-        }
-    }
-}
 
 /// A validated join: the caller's grants, already limited by their
 /// permissions.
@@ -357,7 +339,8 @@ pub(crate) mod tests {
 
     use std::sync::Mutex as StdMutex;
 
-    use filament_proto::v1::event;
+    use async_trait::async_trait;
+    use filament_proto::v1::{Event, event};
 
     use super::*;
     use crate::roster::Limits;

@@ -10,7 +10,7 @@ use crate::enums::ReactionOperation;
 use crate::markdown::MarkdownToken;
 use crate::shapes::Message;
 
-/// `message_create`: the new [`Message`] itself is `d`, flat (contract §9.2),
+/// `message_create`: the new [`Message`] itself is `d`, flat (PROTOCOL.md §5.4),
 /// not wrapped in `{guild_id, channel_id, message}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(transparent)]

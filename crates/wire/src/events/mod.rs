@@ -1,4 +1,4 @@
-//! One `d` struct per gateway event (contract §5.5), and the event table
+//! One `d` struct per gateway event (PROTOCOL.md §5.4), and the event table
 //! that ties each to its wire type `t` and its proto payload.
 //!
 //! The table below is the only place that lists the events. The manifest

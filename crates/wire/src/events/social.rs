@@ -25,7 +25,7 @@ pub struct ProfileFields {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// Flattened so that `about_markdown` and its tokens are either both
-    /// present or both absent: the contract sends tokens only with the text.
+    /// present or both absent: PROTOCOL.md §5.4 sends tokens only with the text.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub about: Option<AboutFields>,
 }

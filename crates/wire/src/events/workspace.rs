@@ -33,7 +33,7 @@ impl TryFrom<&proto::ChannelCreate> for ChannelCreate {
     }
 }
 
-/// `channel_update` (not in the reference contract; a rename).
+/// `channel_update` (a rename; an addition, PROTOCOL.md §7.5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ChannelUpdate {
     pub guild_id: String,
@@ -73,7 +73,7 @@ impl TryFrom<&proto::ChannelUpdate> for ChannelUpdate {
     }
 }
 
-/// `channel_delete` (not in the reference contract).
+/// `channel_delete` (an addition, PROTOCOL.md §7.5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct ChannelDelete {
     pub guild_id: String,

@@ -4,7 +4,7 @@
 //! validates each against the JSON Schema of `docs/events.json`; both take
 //! them from [`table`], one row per event type.
 //!
-//! How "largest" is chosen, from contract §3/§6 and the api's validation:
+//! How "largest" is chosen, from PROTOCOL.md §2/§4 and the api's validation:
 //! - ids are 26-character ULIDs; identities `u.<user>.<guild>.<channel>`;
 //! - every integer is `i64::MAX`: no legal value prints longer (none is
 //!   negative);
@@ -170,7 +170,7 @@ pub fn table() -> Vec<Row> {
                 })
             },
         },
-        // A new message carries no reactions (contract §3.6). Plain content
+        // A new message carries no reactions (PROTOCOL.md §2.11). Plain content
         // fits with room to spare (`frame.rs`:
         // `largest_created_message_fits_in_a_frame`); markdown that expands
         // does not.

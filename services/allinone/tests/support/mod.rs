@@ -551,7 +551,7 @@ impl Socket {
 
     /// Subscribes and waits for the acknowledgement.
     /// Subscribes and waits for the acknowledgement and the channel's voice
-    /// roster that follows it (contract §5.3).
+    /// roster that follows it (PROTOCOL.md §5.5).
     pub async fn subscribed(&mut self, guild_id: &str, channel_id: &str) {
         self.subscribe(guild_id, channel_id).await;
         let ack = self.next_event().await;

@@ -77,7 +77,7 @@ impl TokenKeys {
 
     /// The claims of a valid, unexpired token signed with our key.
     pub fn verify(&self, token: &str) -> Option<AccessClaims> {
-        // The contract bounds tokens to 32–4096 visible ASCII characters.
+        // PROTOCOL.md §1.5 bounds tokens to 32–4096 visible ASCII characters.
         if !(32..=4096).contains(&token.len()) || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return None;
         }

@@ -58,7 +58,7 @@ pub struct TokenPair {
     expires_in_secs: u64,
 }
 
-/// The contract's Profile shape of a stored user.
+/// The Profile shape (PROTOCOL.md §1.9) of a stored user.
 pub fn profile(user: &UserRecord) -> ApiResult<Profile> {
     let tokens = crate::markdown::tokenize(&user.about_markdown)
         .iter()

@@ -40,7 +40,7 @@ pub struct CreateChannelDto {
     kind: Option<String>,
 }
 
-/// The contract's Channel shape of a stored channel.
+/// The Channel shape (PROTOCOL.md §1.9) of a stored channel.
 fn wire_channel(channel: &ChannelRecord) -> Channel {
     Channel {
         channel_id: channel.channel_id.to_string(),

@@ -10,10 +10,10 @@
 //! `into_make_service_with_connect_info::<SocketAddr>()`; without the peer
 //! address the extractor fails closed with a 500 rather than guess.
 //!
-//! [`refuse_ip_banned`] enforces the contract's "IP" column in one place: it
+//! [`refuse_ip_banned`] enforces the IP gate of PROTOCOL.md §1.8 in one place: it
 //! is layered on the whole router (`http/mod.rs`), recognises the routes
 //! under `/guilds/{g}/channels…` and `/guilds/{g}/search…` — exactly the
-//! routes the contract marks IP — and answers `403 forbidden` (auditing
+//! routes PROTOCOL.md §2 marks IP — and answers `403 forbidden` (auditing
 //! `moderation.ip_ban.hit`) when the caller's address matches an active ban
 //! of that guild. Handlers of those routes need no code of their own: a new
 //! IP route only has to live under one of those two prefixes.
@@ -68,7 +68,7 @@ impl FromRequestParts<AppState> for ClientIp {
     }
 }
 
-/// Reads this area's variables into `config` (contract §6): the directory
+/// Reads this area's variables into `config` (PROTOCOL.md §4): the directory
 /// join limits, the audit page cap, the IP-ban cap and the trusted proxies.
 pub fn moderation_config_from_env(config: &mut Config, env: &Env) -> Result<(), ConfigError> {
     let positive = |name: &'static str, default: u32| -> Result<u32, ConfigError> {
@@ -104,7 +104,7 @@ pub fn moderation_config_from_env(config: &mut Config, env: &Env) -> Result<(), 
     Ok(())
 }
 
-/// The guild of a request to a route the contract marks IP, if this is one:
+/// The guild of a request to a route PROTOCOL.md §2 marks IP, if this is one:
 /// `/guilds/{g}/channels…` or `/guilds/{g}/search…`. Segments are
 /// percent-decoded the way axum's `Path` decodes the id for the handler, so
 /// an encoded path cannot slip past the gate to a handler that accepts it.

@@ -1,4 +1,4 @@
-//! Request extractors that fail the way the contract says: every rejection
+//! Request extractors that fail the way PROTOCOL.md §1.2 says: every rejection
 //! becomes an [`ApiError`] with a `{"error":…}` body.
 
 use axum::body::Bytes;

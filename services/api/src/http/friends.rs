@@ -123,8 +123,8 @@ pub async fn create_request(
         let payload = event::Payload::FriendRequestCreate(proto_request(record));
         deferred.rows(vec![events::for_users(parties, Vec::new(), payload)])
     };
-    // Unknown recipient, already friends, or pending either way: the
-    // contract answers all of them with the same 400.
+    // Unknown recipient, already friends, or pending either way:
+    // PROTOCOL.md §2.4 answers all of them with the same 400.
     let record = state
         .store()
         .create_friend_request(

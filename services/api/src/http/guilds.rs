@@ -91,7 +91,7 @@ impl TryFrom<DirectoryQuery> for DirectorySearch {
     }
 }
 
-/// The contract's Guild shape of a stored guild.
+/// The Guild shape (PROTOCOL.md §1.9) of a stored guild.
 fn wire_guild(guild: &GuildRecord) -> Guild {
     Guild {
         guild_id: guild.guild_id.to_string(),
@@ -252,7 +252,7 @@ pub async fn join(
         events::member_add(&guild_id.to_string(), &user_id, now, &user_id),
     );
     // The address is recorded with the membership, in the guild, and only
-    // for a join that let the user in (contract §3.4): a refused join
+    // for a join that let the user in (PROTOCOL.md §2.5): a refused join
     // records nothing, and a ban by user here bans only addresses seen here.
     // The event is stored only with a membership that is new.
     let outcome = match state

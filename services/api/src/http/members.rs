@@ -1,5 +1,5 @@
 //! `/guilds/{g}/members`: the member list, adding a member, and changing a
-//! member's legacy role (contract §3.4).
+//! member's legacy role (PROTOCOL.md §2.6).
 //!
 //! The role change follows the legacy rules (owner > moderator > member):
 //! the actor must outrank both the current and the new role, and neither

@@ -35,8 +35,8 @@ use crate::permissions::{GuildAccess, Permission};
 use crate::state::AppState;
 use crate::store::{HistoryCursor, MessageInsert, MessageRecord};
 
-/// Attachments one message may carry.
-const MAX_ATTACHMENTS: usize = 5;
+// Attachments one message may carry.
+use filament_proto::limits::MAX_ATTACHMENTS_PER_MESSAGE as MAX_ATTACHMENTS;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

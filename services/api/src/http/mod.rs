@@ -1,4 +1,4 @@
-//! The REST surface of the contract, on axum. Handlers are grouped by area;
+//! The REST surface (PROTOCOL.md §2), on axum. Handlers are grouped by area;
 //! each parses its input into domain values, calls the store, and publishes
 //! the resulting events after the store call returned.
 
@@ -58,7 +58,7 @@ pub fn router(state: AppState, ready: impl Fn() -> bool + Clone + Send + Sync + 
         // merge of the probes after the layers).
         .fallback(unknown_route)
         .layer(Extension(document))
-        // The contract's "IP" column: one gate for every guild route it marks.
+        // The IP gate of PROTOCOL.md §1.8: one gate for every guild route it covers.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             client_ip::refuse_ip_banned,

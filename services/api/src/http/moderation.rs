@@ -1,4 +1,4 @@
-//! Moderation (contract §3.4): kick, ban, the audit log, and guild IP bans.
+//! Moderation (PROTOCOL.md §2.6, §2.7): kick, ban, the audit log, and guild IP bans.
 //!
 //! Kick and ban are the system's core teardown. After the store committed,
 //! and before the call returns, the removed user's access is gone
@@ -553,7 +553,7 @@ pub async fn ban_ips_by_user(
     let now = now_unix();
     let guild = guild_id.to_string();
     // Built before the write and stored with it, if it creates a ban:
-    // gateways close the sockets from a banned address (contract §5.3),
+    // gateways close the sockets from a banned address (PROTOCOL.md §5.8),
     // and the managers get the count only the transaction knows.
     let ip_bans_changed = Pending::new(
         &state,

@@ -1,10 +1,10 @@
-//! Channel permission overrides (contract §3.5): the legacy
+//! Channel permission overrides (PROTOCOL.md §2.9): the legacy
 //! `/overrides/{role}` route the web client uses, and the
 //! `/permission-overrides/{target_kind}/{target_id}` route.
 //!
 //! Both write the one `channel_overrides` table the [`Authorizer`] reads, so
 //! an override applies from the next request on, on every backend (the
-//! reference server's legacy route did not; contract §9.5). An override can
+//! reference server's legacy route did not; PROTOCOL.md §7.2). An override can
 //! hide a channel, so each change revokes access before the call returns.
 //!
 //! [`Authorizer`]: crate::permissions::Authorizer

@@ -1,9 +1,9 @@
-//! The global REST limiter (contract §6 "Global limiter"), as a middleware
+//! The global REST limiter (PROTOCOL.md §1.6, §4.2), as a middleware
 //! in front of every route.
 //!
 //! Each caller has a bucket of `FILAMENT_RATE_LIMIT_REQUESTS_PER_MINUTE`
 //! (600) requests that refills at that rate — a real per-minute bucket, not
-//! the reference server's one-request-per-minute refill (§9 item 4). The
+//! the reference server's one-request-per-minute refill (PROTOCOL.md §7.2). The
 //! bucket is keyed by the verified token's `sub`, so users behind one NAT
 //! do not share it, else by the client IP. The token is verified (a cheap
 //! HMAC) before its `sub` is trusted: an unverified `sub` would let anyone
@@ -13,7 +13,7 @@
 //! The same middleware counts what the edge refused (401s and 429s) for the
 //! admin listener's metrics.
 //!
-//! [`AuthRouteLimiter`] is the contract's second limiter: the routes that
+//! [`AuthRouteLimiter`] is the auth-route limiter of PROTOCOL.md §4.2: the routes that
 //! check a password or take an upload, per route and client IP.
 
 use std::fmt;
@@ -149,7 +149,7 @@ fn too_many_requests(wait: Duration) -> Response {
     response
 }
 
-/// The routes the auth limiter counts, each on its own (contract §6).
+/// The routes the auth limiter counts, each on its own (PROTOCOL.md §4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthRoute {
     Register,

@@ -21,7 +21,7 @@ use crate::store::{ReactionChange, ReactionKey, ReactionSummary};
 
 const MAX_EMOJI_CHARS: usize = 32;
 
-/// The raw path; a bad one is turned into the contract's 400 by hand.
+/// The raw path; a bad one is turned into the 400 of PROTOCOL.md §1.2 by hand.
 type RawPath = Result<Path<(String, String, String, String)>, PathRejection>;
 
 /// 1–32 characters, none of them whitespace or control characters. Not

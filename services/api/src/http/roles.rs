@@ -1,5 +1,5 @@
 //! `/guilds/{g}/roles…`: the role list, role create/update/delete/reorder,
-//! the default join role, and role assignments (contract §3.5).
+//! the default join role, and role assignments (PROTOCOL.md §2.8).
 //!
 //! Every change that can shrink what someone sees (a role's permissions, a
 //! deleted role, an assignment, which may bring a role's deny overrides)
@@ -142,8 +142,8 @@ pub struct ReorderDto {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefaultRoleDto {
-    /// Required, and nullable: `null` clears the default (contract
-    /// `{role_id:S|null}`); a missing field is a 422 like any other.
+    /// Required, and nullable: `null` clears the default (PROTOCOL.md §2.8);
+    /// a missing field is a 422 like any other.
     #[serde(deserialize_with = "present")]
     #[schema(value_type = Option<Id>, required = true)]
     role_id: Option<Option<String>>,

@@ -34,10 +34,10 @@ use crate::permissions::Permission;
 use crate::state::AppState;
 use crate::store::MessageRecord;
 
-/// Longest query, in bytes after trimming (contract §6). The search service
+/// Longest query, in bytes after trimming (PROTOCOL.md §4.6). The search service
 /// enforces every cap; this one also keeps oversized text off the wire.
 const MAX_QUERY_BYTES: usize = 256;
-/// How long one query may take (contract §6: past it, 400). The search
+/// How long one query may take (PROTOCOL.md §4.6: past it, 400). The search
 /// service stops at this budget; the api's own deadline adds a margin for
 /// the network hop.
 const QUERY_DEADLINE: Duration = Duration::from_millis(300);
@@ -376,7 +376,7 @@ pub async fn reconcile(
     }))
 }
 
-/// Rebuild and reconcile need `manage_workspace_roles` (contract §9.1).
+/// Rebuild and reconcile need `manage_workspace_roles` (PROTOCOL.md §2.13).
 async fn require_maintainer(state: &AppState, guild_id: Ulid, user_id: Ulid) -> ApiResult<()> {
     state
         .authorizer()

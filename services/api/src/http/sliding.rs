@@ -1,4 +1,4 @@
-//! The sliding-window limiter behind the contract's per-minute limits
+//! The sliding-window limiter behind the per-minute limits of PROTOCOL.md §4.2
 //! (directory joins, voice tokens and grants, the auth routes): at most
 //! `limit` admissions per key in any 60 seconds, counted the way the
 //! reference server counts (a sliding window, not a bucket).

@@ -1,4 +1,4 @@
-//! `/health`, `/echo` and `/slow` (contract §3.1): no auth, no state.
+//! `/health`, `/echo` and `/slow` (PROTOCOL.md §2.1): no auth, no state.
 //!
 //! `/metrics` is deliberately not here: metrics are served only on the
 //! admin listener (`crate::admin`), never on the public origin.

@@ -1,16 +1,16 @@
-//! `/guilds/{g}/channels/{c}/voice/{token,leave,state}` (contract §3.7, §7).
+//! `/guilds/{g}/channels/{c}/voice/{token,leave,state}` (PROTOCOL.md §2.14, §6).
 //!
 //! The api decides who may do what; the voice service keeps the roster,
 //! signs LiveKit tokens and publishes the voice events. A token request is
 //! refused before the voice service hears of it when the channel is not
 //! visible to the caller (403/404), is not a voice channel (400: the
-//! reference server's §7.1 hole, closed), or grants nothing (400). Grants
+//! reference server's hole, closed; PROTOCOL.md §7.1), or grants nothing (400). Grants
 //! are what was asked for, limited by the caller's channel permissions:
 //! microphone by `create_message`, camera by `publish_video`, screen share
 //! by `publish_screen_share`, subscribing by `subscribe_streams`.
 //!
 //! Token requests are limited per client IP, user, guild and channel (60 a
-//! minute each, contract §6), and so are grants of camera or screen share.
+//! minute each, PROTOCOL.md §4.2), and so are grants of camera or screen share.
 //! A full channel or voice registry is a 429 from the voice service.
 //!
 //! Leave and state only ever change the caller's own participant, so they
@@ -41,7 +41,7 @@ use crate::permissions::{Permission, Permissions};
 use crate::state::AppState;
 use crate::store::ChannelKind;
 
-/// Token requests per minute per IP, user, guild and channel (contract §6).
+/// Token requests per minute per IP, user, guild and channel (PROTOCOL.md §4.2).
 const TOKEN_REQUESTS_PER_MINUTE: usize = 60;
 /// Camera or screen-share grants per minute per IP, user, guild, channel.
 const PUBLISH_GRANTS_PER_MINUTE: usize = 60;
@@ -81,7 +81,7 @@ pub struct StateDto {
     is_deafened: Option<bool>,
 }
 
-/// What the caller asked for, validated; defaults per contract §7.1.
+/// What the caller asked for, validated; defaults per PROTOCOL.md §6.1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct TokenRequest {
     can_publish: bool,
@@ -333,7 +333,7 @@ pub fn routes() -> ApiRouter {
 
 // --- limiters -------------------------------------------------------------
 
-/// The token route's limiters (contract §6).
+/// The token route's limiters (PROTOCOL.md §4.2).
 #[derive(Clone)]
 pub struct VoiceLimiters {
     token_limiter: Arc<SlidingLimiter>,

@@ -1,4 +1,4 @@
-//! `PATCH /guilds/{g}`: the workspace's name and visibility (contract §3.4),
+//! `PATCH /guilds/{g}`: the workspace's name and visibility (PROTOCOL.md §2.5),
 //! announced with `workspace_update` when something actually changed.
 
 use axum::Json;

@@ -22,7 +22,7 @@ pub struct NewAuditEntry {
     pub guild_id: Ulid,
     pub actor_user_id: Ulid,
     pub target_user_id: Option<Ulid>,
-    /// One of the contract's audit actions, e.g. `member.kick`.
+    /// One of the audit actions of PROTOCOL.md §2.7, e.g. `member.kick`.
     pub action: &'static str,
     pub created_at_unix: i64,
 }

@@ -225,7 +225,7 @@ impl Visibility {
     }
 }
 
-/// The built-in membership role of the contract ("legacy role").
+/// The built-in membership role ("legacy role", PROTOCOL.md §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MemberRole {
     Member,

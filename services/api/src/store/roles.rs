@@ -1,5 +1,5 @@
 //! Roles, role assignments, the default join role and channel permission
-//! overrides (contract §3.5, §4): the facts the permission model evaluates.
+//! overrides (PROTOCOL.md §2.8, §2.9, §3): the facts the permission model evaluates.
 //! Also the guild-settings and channel-lifecycle writes (`PATCH /guilds/{g}`,
 //! channel rename and delete), because they change what members see.
 //!
@@ -19,7 +19,7 @@ use super::{
 };
 use crate::permissions::Permissions;
 
-/// Where the seeded roles sit (contract §4.2).
+/// Where the seeded roles sit (PROTOCOL.md §3.2).
 pub const EVERYONE_POSITION: i64 = 0;
 pub const WORKSPACE_OWNER_POSITION: i64 = 10_000;
 pub const MODERATOR_POSITION: i64 = 100;
@@ -60,7 +60,7 @@ impl BuiltinRole {
         matches!(self, Self::Everyone | Self::WorkspaceOwner)
     }
 
-    /// The role a legacy membership role implies (contract §4.3 step 3).
+    /// The role a legacy membership role implies (PROTOCOL.md §3.4 step 3).
     pub fn of_member_role(role: MemberRole) -> Self {
         match role {
             MemberRole::Owner => Self::WorkspaceOwner,
@@ -320,7 +320,7 @@ pub trait RoleStore: Send + Sync + 'static {
         at_unix: i64,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool>;
-    /// Members whose guild-level permissions (contract §4.3 step 4) share a
+    /// Members whose guild-level permissions (PROTOCOL.md §3.4 step 4) share a
     /// bit with `mask`, by user id, strictly after `after`, at most `limit`.
     async fn members_with_permission_bits(
         &self,
@@ -392,7 +392,7 @@ pub trait RoleStore: Send + Sync + 'static {
 const ROLE_COLUMNS: &str =
     "role_id, guild_id, name, position, builtin, permissions, color_hex, created_at_unix";
 
-/// Seeds the four default roles of a new guild (contract §4.2) and assigns
+/// Seeds the four default roles of a new guild (PROTOCOL.md §3.2) and assigns
 /// `workspace_owner` explicitly to its creator, inside the caller's
 /// transaction (`create_guild`).
 pub(super) async fn seed_guild_roles<DB>(
@@ -1229,7 +1229,7 @@ where
 }
 
 /// The legacy role explicit assignments imply: workspace_owner → owner,
-/// else moderator → moderator, else member (contract §4.3 step 3).
+/// else moderator → moderator, else member (PROTOCOL.md §3.4 step 3).
 async fn derive_legacy_role<'a, DB>(
     connection: &mut DB::Connection,
     guild_id: &str,

@@ -250,7 +250,7 @@ static UPDATE_PROFILE_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-// The new version is max(previous + 1, now) (contract §1.4), computed in
+// The new version is max(previous + 1, now) (PROTOCOL.md §1.4), computed in
 // the UPDATE itself so that two uploads in the same second still get two
 // versions. CASE rather than GREATEST/MAX, which the two databases spell
 // differently.

@@ -104,7 +104,7 @@ where
     }
 
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>> {
-        // Usernames are ASCII (contract §2), so lower() folds them alike on
+        // Usernames are ASCII (PROTOCOL.md §2.2), so lower() folds them alike on
         // both backends; the expression is the one the unique index of
         // migration 0008 is built on, so that index serves the lookup.
         let row = sqlx::query(

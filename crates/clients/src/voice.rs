@@ -1,6 +1,8 @@
 //! Calling the voice service: the gateway asks for the roster snapshot of
-//! each accepted subscribe (`voice_participant_sync`); moderation removes
-//! users who lost access. The api uses the generated client directly.
+//! each accepted subscribe (`voice_participant_sync`); the api removes
+//! users who lost access, or re-checks who may stay; presence reports users
+//! whose last connection closed. The api's voice routes call the generated
+//! client on the same channel ([`VoiceClient::raw`]).
 //!
 //! The channel connects lazily, so callers start even while voice is down.
 
@@ -8,18 +10,16 @@ use std::time::Duration;
 
 use filament_proto::v1::voice_client::VoiceClient as ProtoClient;
 use filament_proto::v1::{
-    VoiceConnectionClosedRequest, VoiceParticipantSync, VoiceRemoveUserRequest,
-    VoiceSnapshotRequest,
+    VoiceConnectionClosedRequest, VoiceGrantHolder, VoiceGuildParticipantsRequest,
+    VoiceParticipantSync, VoiceRemoveUserRequest, VoiceSnapshotRequest,
 };
 use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("invalid voice url: {0}")]
-    InvalidUrl(#[from] tonic::transport::Error),
-    #[error("voice call failed: {0}")]
-    Call(#[from] tonic::Status),
-}
+use crate::ClientError;
+use crate::error::Answer as _;
+
+/// How this client's errors name the service.
+const SERVICE: &str = "voice";
 
 #[derive(Clone)]
 pub struct VoiceClient {
@@ -35,11 +35,16 @@ impl VoiceClient {
         timeout: Duration,
         grpc_clients: &GrpcClientMetrics,
     ) -> Result<Self, ClientError> {
-        let channel =
-            filament_runtime::grpc_client::connect(url, timeout, Some(timeout), grpc_clients)?;
+        let channel = crate::connect(SERVICE, url, timeout, grpc_clients)?;
         Ok(Self {
             client: ProtoClient::new(channel),
         })
+    }
+
+    /// The generated client on this client's channel, for callers that map
+    /// the service's status codes themselves (the api's voice routes).
+    pub fn raw(&self) -> ProtoClient<GrpcChannel> {
+        self.client.clone()
     }
 
     /// The payload of `voice_participant_sync` for a socket whose subscribe
@@ -49,15 +54,14 @@ impl VoiceClient {
         guild_id: &str,
         channel_id: &str,
     ) -> Result<VoiceParticipantSync, ClientError> {
-        Ok(self
-            .client
+        self.client
             .clone()
             .snapshot(VoiceSnapshotRequest {
                 guild_id: guild_id.to_owned(),
                 channel_id: channel_id.to_owned(),
             })
-            .await?
-            .into_inner())
+            .await
+            .answer(SERVICE)
     }
 
     /// The user lost access to the guild (kick, ban, lost
@@ -71,9 +75,26 @@ impl VoiceClient {
                 guild_id: guild_id.to_owned(),
                 user_id: user_id.to_owned(),
             })
-            .await?
-            .into_inner()
+            .await
+            .answer(SERVICE)?
             .removed)
+    }
+
+    /// Who holds a voice grant in `guild_id`, with what their tokens grant:
+    /// the api re-checks them after a permission change.
+    pub async fn guild_participants(
+        &self,
+        guild_id: &str,
+    ) -> Result<Vec<VoiceGrantHolder>, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .guild_participants(VoiceGuildParticipantsRequest {
+                guild_id: guild_id.to_owned(),
+            })
+            .await
+            .answer(SERVICE)?
+            .participants)
     }
 
     /// The user's last connection anywhere closed at `closed_at_unix_ms`.
@@ -90,8 +111,8 @@ impl VoiceClient {
                 user_id: user_id.to_owned(),
                 closed_at_unix_ms,
             })
-            .await?
-            .into_inner()
+            .await
+            .answer(SERVICE)?
             .removed)
     }
 }

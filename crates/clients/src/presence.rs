@@ -24,13 +24,11 @@ use filament_proto::v1::{
 };
 use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("invalid presence url: {0}")]
-    InvalidUrl(#[from] tonic::transport::Error),
-    #[error("presence call failed: {0}")]
-    Call(#[from] tonic::Status),
-}
+use crate::ClientError;
+use crate::error::Answer as _;
+
+/// How this client's errors name the service.
+const SERVICE: &str = "presence";
 
 /// What a heartbeat found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,8 +70,7 @@ impl PresenceClient {
         timeout: Duration,
         grpc_clients: &GrpcClientMetrics,
     ) -> Result<Self, ClientError> {
-        let channel =
-            filament_runtime::grpc_client::connect(url, timeout, Some(timeout), grpc_clients)?;
+        let channel = crate::connect(SERVICE, url, timeout, grpc_clients)?;
         Ok(Self {
             client: ProtoClient::new(channel),
             gateway_id: gateway_id.into(),
@@ -91,8 +88,8 @@ impl PresenceClient {
             .heartbeat(PresenceHeartbeatRequest {
                 gateway_id: self.gateway_id.clone(),
             })
-            .await?
-            .into_inner();
+            .await
+            .answer(SERVICE)?;
         self.observe(&lease);
         self.established.store(true, Ordering::Release);
         Ok(if self.lapsed.swap(false, Ordering::AcqRel) {
@@ -112,8 +109,8 @@ impl PresenceClient {
                 connection: Some(self.connection(connection_id)),
                 user_id: user_id.to_owned(),
             })
-            .await?
-            .into_inner();
+            .await
+            .answer(SERVICE)?;
         self.observe(&lease);
         Ok(())
     }
@@ -136,8 +133,8 @@ impl PresenceClient {
                 user_id: user_id.to_owned(),
                 guild_id: guild_id.to_owned(),
             })
-            .await?
-            .into_inner();
+            .await
+            .answer(SERVICE)?;
         if let Some(lease) = &response.lease {
             self.observe(lease);
         }
@@ -155,7 +152,8 @@ impl PresenceClient {
                 connection: Some(self.connection(connection_id)),
                 guild_id: guild_id.to_owned(),
             })
-            .await?;
+            .await
+            .answer(SERVICE)?;
         Ok(())
     }
 
@@ -169,8 +167,8 @@ impl PresenceClient {
             .disconnected(PresenceDisconnectedRequest {
                 connection: Some(self.connection(connection_id)),
             })
-            .await?
-            .into_inner();
+            .await
+            .answer(SERVICE)?;
         Ok(Disconnected {
             user_offline: response.user_offline,
             went_offline_guild_ids: response.went_offline_guild_ids,
@@ -179,14 +177,13 @@ impl PresenceClient {
 
     /// Who is present in `guild_id`, as a `presence_sync` payload.
     pub async fn snapshot(&self, guild_id: &str) -> Result<PresenceSync, ClientError> {
-        Ok(self
-            .client
+        self.client
             .clone()
             .snapshot(PresenceSnapshotRequest {
                 guild_id: guild_id.to_owned(),
             })
-            .await?
-            .into_inner())
+            .await
+            .answer(SERVICE)
     }
 
     fn connection(&self, connection_id: u64) -> PresenceConnection {
