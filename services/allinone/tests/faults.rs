@@ -7,99 +7,17 @@
 //! its guilds again, lookups answer "recovering" and producers send to
 //! every gateway, so no message posted after the restart is dropped.
 
+#[path = "support/redis_server.rs"]
+mod redis_server;
 mod support;
 
-use std::net::TcpListener as StdTcpListener;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use filament_allinone::RegistryChoice;
+use redis_server::RedisServer;
 use serde_json::json;
 use support::{Backends, DEADLINE, Socket, TestStack, User};
-use tokio::process::{Child, Command};
-
-/// A `redis-server` of this test's own, with nothing on disk.
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    async fn start() -> Option<Self> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .await
-            .is_err()
-        {
-            eprintln!("SKIPPED: no redis-server on PATH; the Redis fault tests were NOT run");
-            return None;
-        }
-        let port = StdTcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = Self { port, child: None };
-        server.spawn().await;
-        Some(server)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let client = redis::Client::open(self.url()).expect("redis url");
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut conn)
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis never answered"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL, then a new, empty server on the same port.
-    async fn restart_empty(&mut self) {
-        self.stop().await;
-        self.spawn().await;
-    }
-
-    /// SIGKILL, and nothing on the port until [`start_again`](Self::start_again):
-    /// connections are refused, as from a Redis that crashed.
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.start_kill().expect("kill redis");
-            child.wait().await.expect("redis exits");
-        }
-    }
-
-    /// A new, empty server on the same port, after [`stop`](Self::stop).
-    async fn start_again(&mut self) {
-        assert!(self.child.is_none(), "redis is still running");
-        self.spawn().await;
-    }
-}
 
 /// Waits for the `message_create` of `message_id`, skipping anything else
 /// but counting `presence_sync`s into `presence_syncs`; `Err` with the

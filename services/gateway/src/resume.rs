@@ -55,13 +55,13 @@ pub(crate) struct Positions {
     /// subscribed in on this connection.
     followed: HashSet<String>,
     /// Per followed log, the first offset written live since the socket
-    /// followed it.
-    first_live: HashMap<String, u64>,
+    /// followed it, in its epoch.
+    first_live: HashMap<String, Mark>,
     /// Events written live that are also in a log the socket did not
     /// follow then: that log's replay, once it follows it, skips them.
     outside: HashSet<String>,
-    /// Per log, the offset a replay wrote through.
-    floor: HashMap<String, u64>,
+    /// Per log, the offset a replay wrote through, in its epoch.
+    floor: HashMap<String, Mark>,
     /// Logs the socket was given a position for.
     known: HashSet<String>,
     /// Guild logs named by a `resume` before the socket was present in
@@ -74,6 +74,26 @@ pub(crate) struct Positions {
     replayed: HashSet<String>,
 }
 
+/// An offset in one epoch of a log. Offsets of different epochs do not
+/// compare: a log lost with a Redis restarted empty starts again at 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Mark {
+    epoch: String,
+    offset: u64,
+}
+
+impl Mark {
+    /// Whether `position` is in this mark's epoch, at or before it.
+    fn covers(&self, position: &Position) -> bool {
+        self.epoch == position.epoch && position.offset <= self.offset
+    }
+
+    /// Whether `position` is in this mark's epoch, at or after it.
+    fn reached_by(&self, epoch: &str, offset: u64) -> bool {
+        self.epoch == epoch && offset >= self.offset
+    }
+}
+
 impl Positions {
     /// The frame to write for a logged event, or `None` when a replay
     /// already wrote it.
@@ -81,7 +101,7 @@ impl Positions {
         let replayed = logged.positions.iter().any(|position| {
             self.floor
                 .get(&position.scope)
-                .is_some_and(|&floor| position.offset <= floor)
+                .is_some_and(|floor| floor.covers(position))
         });
         if replayed {
             return None;
@@ -93,10 +113,19 @@ impl Positions {
                 }
                 continue;
             }
-            if self.first_live.len() < MAX_TRACKED_SCOPES {
-                self.first_live
-                    .entry(position.scope.clone())
-                    .or_insert(position.offset);
+            let live = Mark {
+                epoch: position.epoch.clone(),
+                offset: position.offset,
+            };
+            let room = self.first_live.len() < MAX_TRACKED_SCOPES;
+            match self.first_live.get_mut(&position.scope) {
+                // A new epoch: what came before says nothing of it.
+                Some(first) if first.epoch != live.epoch => *first = live,
+                Some(_) => {}
+                None if room => {
+                    self.first_live.insert(position.scope.clone(), live);
+                }
+                None => {}
             }
             self.learned(position.scope.clone());
         }
@@ -282,9 +311,11 @@ pub(crate) async fn replay(
     positions.budget = positions.budget.saturating_sub(frames.len());
     let replayed = u64::try_from(frames.len()).unwrap_or(u64::MAX);
     if !positions.first_live.contains_key(&position.scope) {
-        positions
-            .floor
-            .insert(position.scope.clone(), through.offset);
+        let floor = Mark {
+            epoch: through.epoch.clone(),
+            offset: through.offset,
+        };
+        positions.floor.insert(position.scope.clone(), floor);
     }
     frames.extend(answer(
         shared,
@@ -365,9 +396,12 @@ async fn replay_into(
         epoch: position.epoch.clone(),
         offset: entries.last().map_or(position.offset, |entry| entry.offset),
     };
-    let live_from = positions.first_live.get(&position.scope).copied();
+    let live_from = positions.first_live.get(&position.scope).cloned();
     for entry in entries {
-        if live_from.is_some_and(|first| entry.offset >= first) {
+        if live_from
+            .as_ref()
+            .is_some_and(|first| first.reached_by(&position.epoch, entry.offset))
+        {
             break;
         }
         let mut event = Event::decode(entry.event.as_slice()).ok()?;
@@ -412,16 +446,48 @@ mod tests {
     use super::*;
 
     fn logged(scope: &str, offset: u64) -> Logged {
+        logged_in("0a", scope, offset)
+    }
+
+    fn logged_in(epoch: &str, scope: &str, offset: u64) -> Logged {
         Logged {
-            event_id: format!("{scope}/{offset}"),
+            event_id: format!("{scope}/{epoch}.{offset}"),
             plain: Utf8Bytes::from_static("plain"),
             positioned: Utf8Bytes::from_static("positioned"),
             positions: vec![Position {
                 scope: scope.to_owned(),
-                epoch: "0a".to_owned(),
+                epoch: epoch.to_owned(),
                 offset,
             }],
         }
+    }
+
+    /// A Redis restarted empty starts every log again at offset 1, in a new
+    /// epoch: a replay's floor and a first live offset of the old epoch say
+    /// nothing of the new one's frames.
+    #[test]
+    fn offsets_of_another_epoch_are_never_skipped() {
+        let mut positions = Positions::default();
+        positions.follow("g:A".to_owned());
+        positions.floor.insert(
+            "g:A".to_owned(),
+            Mark {
+                epoch: "0a".to_owned(),
+                offset: 233,
+            },
+        );
+        assert!(positions.frame_for(&logged_in("0a", "g:A", 200)).is_none());
+        assert!(positions.frame_for(&logged_in("0b", "g:A", 1)).is_some());
+        assert!(positions.frame_for(&logged_in("0b", "g:A", 2)).is_some());
+        // The first live offset follows the new epoch.
+        assert_eq!(
+            positions.first_live.get("g:A"),
+            Some(&Mark {
+                epoch: "0b".to_owned(),
+                offset: 1
+            })
+        );
+        assert!(!positions.first_live["g:A"].reached_by("0a", 5));
     }
 
     #[test]
@@ -429,7 +495,13 @@ mod tests {
         let mut positions = Positions::default();
         positions.follow("g:A".to_owned());
         positions.follow("g:B".to_owned());
-        positions.floor.insert("g:A".to_owned(), 5);
+        positions.floor.insert(
+            "g:A".to_owned(),
+            Mark {
+                epoch: "0a".to_owned(),
+                offset: 5,
+            },
+        );
         assert!(positions.frame_for(&logged("g:A", 5)).is_none(), "replayed");
         assert_eq!(
             positions
@@ -439,7 +511,7 @@ mod tests {
         );
         assert!(positions.frame_for(&logged("g:B", 3)).is_some());
         positions.frame_for(&logged("g:B", 4));
-        assert_eq!(positions.first_live.get("g:B"), Some(&3));
+        assert_eq!(positions.first_live.get("g:B").map(|m| m.offset), Some(3));
         assert!(positions.knows("g:B"));
         // A log the socket does not follow (a user event that is also in
         // another guild's log): written, and remembered by id so that the
@@ -447,7 +519,7 @@ mod tests {
         // that replay short.
         assert!(positions.frame_for(&logged("g:C", 9)).is_some());
         assert!(!positions.first_live.contains_key("g:C"));
-        assert!(positions.outside.contains("g:C/9"));
+        assert!(positions.outside.contains("g:C/0a.9"));
     }
 
     #[test]

@@ -673,6 +673,28 @@ impl Cluster {
         started.elapsed()
     }
 
+    /// Starts one more gateway, waits until it is ready, and adds it to
+    /// [`gateways`](Self::gateways), last; its address. The way a fault
+    /// test brings the gateways back to strength after one died.
+    pub async fn add_gateway(&mut self) -> SocketAddr {
+        let gateway = self.spawn(Kind::Gateway).await;
+        gateway.wait_ready(&self.http).await;
+        let addr = gateway.addrs[0];
+        self.gateways.push(gateway);
+        addr
+    }
+
+    /// Takes the gateway listening on `addr` out of
+    /// [`gateways`](Self::gateways), to be killed or terminated.
+    pub fn take_gateway(&mut self, addr: SocketAddr) -> Replica {
+        let n = self
+            .gateways
+            .iter()
+            .position(|gateway| gateway.addrs[0] == addr)
+            .unwrap_or_else(|| panic!("no gateway on {addr}"));
+        self.gateways.remove(n)
+    }
+
     /// Kills every process, then forgets the keys they left in Redis.
     pub async fn stop(mut self) {
         let mut replicas = std::mem::take(&mut self.gateways);
