@@ -26,8 +26,10 @@ use tokio::time::Instant;
 pub struct LogConfig {
     /// Entries kept per log; older ones are trimmed.
     pub max_len: usize,
-    /// Entries older than this are not replayed; a log idle this long is
-    /// dropped, and its next append starts a new epoch.
+    /// Entries older than this are trimmed (by every append) and never
+    /// replayed; a log idle this long is dropped, and its next append
+    /// starts a new epoch. With the length cap, this bounds a log's memory
+    /// to what its guild (or user) published in this window.
     pub retention: Duration,
     /// How long an event id remembers its positions. At least the api's
     /// republish give-up age, so that every republish finds them.
@@ -38,7 +40,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         Self {
             max_len: 4096,
-            retention: Duration::from_secs(10 * 60),
+            retention: Duration::from_secs(5 * 60),
             marker_ttl: Duration::from_secs(180),
         }
     }
@@ -122,6 +124,10 @@ impl LogRead {
     }
 }
 
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The log of a guild's channel and guild events.
 #[must_use]
 pub fn guild_scope(guild_id: &str) -> String {
@@ -191,7 +197,10 @@ impl MemoryLogs {
                 at_unix_ms,
                 event: event.to_vec(),
             });
-            while log.entries.len() > config.max_len {
+            let oldest = at_unix_ms.saturating_sub(millis(config.retention));
+            while log.entries.len() > config.max_len
+                || log.entries.front().is_some_and(|e| e.at_unix_ms < oldest)
+            {
                 log.entries.pop_front();
             }
             positions.push(LogPosition {
@@ -273,8 +282,9 @@ impl MemoryLogs {
 
 /// KEYS[1]: the event id's marker; then, per scope, its meta hash and its
 /// stream. ARGV[1]: the event; ARGV[2]: its time (ms); ARGV[3]: a fresh
-/// epoch; ARGV[4]: the marker TTL (ms); ARGV[5]: the log TTL (ms);
-/// ARGV[6]: the length cap. Returns `epoch.offset` per scope, space
+/// epoch; ARGV[4]: the marker TTL (ms); ARGV[5]: the retention (ms), which
+/// is also the log's TTL; ARGV[6]: the length cap. Entries are `e` (the
+/// event), then `t` (its time), the order the age trim reads. Returns `epoch.offset` per scope, space
 /// separated, the first append's for a repeated event id. A log whose meta
 /// is gone starts a new epoch and drops what its stream still held.
 pub(crate) const APPEND_LUA: &str = r"
@@ -295,6 +305,16 @@ for i = 2, #KEYS, 2 do
     end
     local offset = redis.call('HINCRBY', meta, 'n', 1)
     redis.call('XADD', stream, 'MAXLEN', '~', ARGV[6], offset .. '-0', 'e', ARGV[1], 't', ARGV[2])
+    -- Trim by age: each append drops at most a few of the oldest entries,
+    -- so every entry is deleted once, by some later append.
+    local oldest = tonumber(ARGV[2]) - tonumber(ARGV[5])
+    for _ = 1, 8 do
+        local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+        if not first or tonumber(first[2][4]) == nil or tonumber(first[2][4]) >= oldest then
+            break
+        end
+        redis.call('XDEL', stream, first[1])
+    end
     redis.call('PEXPIRE', meta, ARGV[5])
     redis.call('PEXPIRE', stream, ARGV[5])
     out[#out + 1] = epoch .. '.' .. offset

@@ -605,6 +605,27 @@ async fn a_gap_marker_refuses_the_replays_it_spans(h: &impl Harness) {
     );
 }
 
+async fn entries_past_the_retention_are_trimmed_by_later_appends(h: &impl Harness) {
+    let r = h.registry();
+    let head = r.log_head("g:L1").await.unwrap().unwrap();
+    let retention = u64::try_from(crate::LogConfig::default().retention.as_millis()).unwrap();
+    let old = r
+        .append_to_logs("e1", &ids(["g:L1"]), b"old", now_ms() - retention - 1000)
+        .await
+        .unwrap();
+    let new = r
+        .append_to_logs("e2", &ids(["g:L1"]), b"new", now_ms())
+        .await
+        .unwrap();
+    // The old entry is gone: a replay from before it has a hole, one from
+    // it is whole.
+    assert_eq!(r.replay(&head, 10).await.unwrap(), Replay::Gap);
+    assert_eq!(
+        offsets(r.replay(&old[0], 10).await.unwrap()),
+        [(new[0].offset, b"new".to_vec())]
+    );
+}
+
 /// Runs each named suite test against one harness, as one test each with
 /// the given test attribute.
 macro_rules! conformance {
@@ -646,6 +667,7 @@ macro_rules! suite {
             logs_replay_exactly_the_gap,
             a_lost_log_starts_a_new_epoch,
             a_gap_marker_refuses_the_replays_it_spans,
+            entries_past_the_retention_are_trimmed_by_later_appends,
         );
     };
 }
@@ -1051,6 +1073,22 @@ mod redis {
         }
         let pttl = harness.pttl(&format!("{p}logged:e1")).await;
         assert!(0 < pttl && pttl <= marker, "the marker expires in {pttl} ms");
+        // The oldest entry, once past the retention, is deleted by the
+        // next append.
+        let retention_ms = u64::try_from(retention).unwrap();
+        for (id, at) in [("e2", now_ms() - retention_ms - 1000), ("e3", now_ms())] {
+            harness
+                .registry
+                .append_to_logs(id, &ids(["u:L1"]), b"x", at)
+                .await
+                .unwrap();
+        }
+        let len: usize = ::redis::cmd("XLEN")
+            .arg(format!("{p}log:u:L1"))
+            .query_async(&mut harness.inspect)
+            .await
+            .unwrap();
+        assert_eq!(len, 1, "e2 was past the retention");
         harness.finish().await;
     }
 
