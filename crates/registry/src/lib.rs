@@ -100,7 +100,7 @@ impl RegistryConfig {
             ttl: Self::ttl_from_env(env)?,
             key_prefix: Self::key_prefix_from_env(env)?,
             redis: RedisOptions::from_env(env)?,
-            ..Self::default()
+            log: LogConfig::from_env(env)?,
         })
     }
 

@@ -47,6 +47,34 @@ impl Default for LogConfig {
 }
 
 impl LogConfig {
+    /// Reads `FILAMENT_REPLAY_RETENTION_SECS` and `FILAMENT_REPLAY_LOG_LENGTH`
+    /// (see README.md); both must be at least 1.
+    pub fn from_env(env: &filament_runtime::Env) -> Result<Self, filament_runtime::ConfigError> {
+        let defaults = Self::default();
+        let retention = env.secs_or("FILAMENT_REPLAY_RETENTION_SECS", defaults.retention)?;
+        let max_len: usize = env.or("FILAMENT_REPLAY_LOG_LENGTH", defaults.max_len)?;
+        for (name, value) in [
+            ("FILAMENT_REPLAY_RETENTION_SECS", retention.as_secs()),
+            (
+                "FILAMENT_REPLAY_LOG_LENGTH",
+                u64::try_from(max_len).unwrap_or(u64::MAX),
+            ),
+        ] {
+            if value == 0 {
+                return Err(filament_runtime::ConfigError::Invalid {
+                    name,
+                    value: "0".to_owned(),
+                    reason: "must be at least 1".to_owned(),
+                });
+            }
+        }
+        Ok(Self {
+            retention,
+            max_len,
+            ..defaults
+        })
+    }
+
     /// The append time of the oldest entry a replay may still include.
     pub(crate) fn oldest_unix_ms(&self) -> u64 {
         let now = std::time::SystemTime::now()
