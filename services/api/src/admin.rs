@@ -25,7 +25,7 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::http::rate_limit::RestLimiter;
+use crate::rate_limit::RestLimiter;
 
 /// Which limiter refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

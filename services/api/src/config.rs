@@ -254,7 +254,7 @@ impl Config {
             "FILAMENT_AUTH_ROUTE_REQUESTS_PER_MINUTE",
             config.auth_route_per_minute,
         )?;
-        crate::http::moderation_config_from_env(config, env)?;
+        moderation_config_from_env(config, env)?;
         config.password_hashing = PasswordHashing {
             memory_kib: env.or(
                 "FILAMENT_ARGON2_MEMORY_KIB",
@@ -283,9 +283,78 @@ impl Config {
     }
 }
 
+/// Reads the moderation variables into `config` (PROTOCOL.md §4): the
+/// directory join limits, the audit page cap, the IP-ban cap and the trusted proxies.
+fn moderation_config_from_env(config: &mut Config, env: &Env) -> Result<(), ConfigError> {
+    let positive = |name: &'static str, default: u32| -> Result<u32, ConfigError> {
+        let value = env.or(name, default)?;
+        if value == 0 {
+            return Err(ConfigError::Invalid {
+                name,
+                value: "0".to_owned(),
+                reason: "must be at least 1".to_owned(),
+            });
+        }
+        Ok(value)
+    };
+    config.directory_join_per_minute_per_ip = positive(
+        "FILAMENT_DIRECTORY_JOIN_REQUESTS_PER_MINUTE_PER_IP",
+        config.directory_join_per_minute_per_ip,
+    )?;
+    config.directory_join_per_minute_per_user = positive(
+        "FILAMENT_DIRECTORY_JOIN_REQUESTS_PER_MINUTE_PER_USER",
+        config.directory_join_per_minute_per_user,
+    )?;
+    config.audit_list_limit_max =
+        positive("FILAMENT_AUDIT_LIST_LIMIT_MAX", config.audit_list_limit_max)?;
+    config.guild_ip_ban_max_entries = positive(
+        "FILAMENT_GUILD_IP_BAN_MAX_ENTRIES",
+        config.guild_ip_ban_max_entries,
+    )?;
+    config.trusted_proxy_cidrs = env
+        .list::<filament_runtime::client_ip::TrustedProxy>("FILAMENT_TRUSTED_PROXY_CIDRS")?
+        .into_iter()
+        .map(|proxy| proxy.0)
+        .collect();
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_reads_the_variables_and_names_a_bad_one() {
+        let mut config = Config::new(
+            ([127, 0, 0, 1], 0).into(),
+            ([127, 0, 0, 1], 0).into(),
+            "sqlite::memory:",
+            vec![0; 32],
+        );
+        let env = Env::from_pairs([
+            ("FILAMENT_TRUSTED_PROXY_CIDRS", "10.0.0.0/8, 192.0.2.7"),
+            ("FILAMENT_GUILD_IP_BAN_MAX_ENTRIES", "12"),
+        ]);
+        moderation_config_from_env(&mut config, &env).expect("valid");
+        assert_eq!(config.trusted_proxy_cidrs.len(), 2);
+        assert_eq!(config.guild_ip_ban_max_entries, 12);
+        assert_eq!(config.directory_join_per_minute_per_ip, 60);
+        assert_eq!(config.directory_join_per_minute_per_user, 30);
+        assert_eq!(config.audit_list_limit_max, 100);
+
+        let bad = Env::from_pairs([("FILAMENT_TRUSTED_PROXY_CIDRS", "10.0.0.0/99")]);
+        let err = moderation_config_from_env(&mut config, &bad).expect_err("invalid");
+        assert!(
+            err.to_string().contains("FILAMENT_TRUSTED_PROXY_CIDRS"),
+            "{err}"
+        );
+        let zero = Env::from_pairs([("FILAMENT_AUDIT_LIST_LIMIT_MAX", "0")]);
+        let err = moderation_config_from_env(&mut config, &zero).expect_err("invalid");
+        assert!(
+            err.to_string().contains("FILAMENT_AUDIT_LIST_LIMIT_MAX"),
+            "{err}"
+        );
+    }
 
     fn config() -> Config {
         Config::new(

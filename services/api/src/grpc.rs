@@ -14,9 +14,10 @@ use tonic::{Request, Response, Status};
 use ulid::Ulid;
 
 use crate::clock::now_unix;
+use crate::domain::messages::{NewMessage, post};
 use crate::domain::parse_id;
+use crate::domain::sessions::authenticate_session;
 use crate::error::ApiError;
-use crate::http::messages::{CreateMessageDto, NewMessage, post_message};
 use crate::state::AppState;
 
 pub struct EdgeAccessService {
@@ -38,7 +39,7 @@ impl EdgeAccess for EdgeAccessService {
         let token = request.into_inner().access_token;
         // As REST does: the user is reloaded, so a deleted account's tokens
         // stop working at once, and a logged-out session's are refused.
-        let session = crate::http::authenticate_session(&self.state, &token).await?;
+        let session = authenticate_session(&self.state, &token).await?;
         Ok(Response::new(IdentifyResponse {
             user_id: session.user.user_id.to_string(),
             username: session.user.username,
@@ -111,11 +112,8 @@ impl EdgeAccess for EdgeAccessService {
         if banned(&self.state, guild, ip, now_unix()).await? {
             return Err(ApiError::Forbidden.into());
         }
-        let new = NewMessage::try_from(CreateMessageDto {
-            content: request.content,
-            attachment_ids: Some(request.attachment_ids),
-        })?;
-        let message = post_message(&self.state, user, guild, channel, new).await?;
+        let new = NewMessage::parse(request.content, &request.attachment_ids)?;
+        let message = post(&self.state, user, guild, channel, new, None).await?;
         Ok(Response::new(EdgeCreateMessageResponse {
             message_id: message.message_id,
         }))

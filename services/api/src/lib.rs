@@ -4,7 +4,6 @@
 //! gateway needs, published after every commit).
 
 pub mod config;
-pub mod permissions;
 pub mod store;
 
 mod admin;
@@ -19,6 +18,7 @@ mod grpc;
 mod http;
 mod markdown;
 mod outbox;
+mod rate_limit;
 mod state;
 mod voice;
 
@@ -32,6 +32,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, HashingLimits, OutboxConfig, OutboxRequestPath, PasswordHashing};
+pub use domain::permissions;
 pub use error::ApiError;
 pub use http::openapi_document;
 

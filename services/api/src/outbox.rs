@@ -154,7 +154,7 @@ pub async fn run_relay(state: AppState, log_head: Gauge, stop: CancellationToken
         // The relay's loop is this process's one housekeeping timer: it
         // also forgets expired idempotency keys, about once a minute.
         if tokio::time::Instant::now() >= next_prune {
-            crate::http::idempotency::prune(&state).await;
+            crate::domain::idempotency::prune(&state).await;
             next_prune += PRUNE_INTERVAL;
         }
         match state.store().message_log_head().await {

@@ -10,8 +10,8 @@ use ulid::Ulid;
 use crate::admin::HashingMetrics;
 use crate::auth::{Lockout, PasswordHasher, TokenKeys};
 use crate::config::Config;
-use crate::http::rate_limit::AuthRouteLimiter;
-use crate::permissions::Authorizer;
+use crate::domain::permissions::Authorizer;
+use crate::rate_limit::AuthRouteLimiter;
 use crate::store::Store;
 use crate::voice::VoiceLink;
 

@@ -17,8 +17,8 @@ use filament_proto::v1::voice_client::VoiceClient as RawVoiceClient;
 use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
 use ulid::Ulid;
 
+use crate::domain::permissions::{Authorizer, Permission, Permissions};
 use crate::error::{ApiError, ApiResult};
-use crate::permissions::{Authorizer, Permission, Permissions};
 
 /// A voice call that takes longer than this has failed.
 const VOICE_CALL_TIMEOUT: Duration = Duration::from_secs(3);

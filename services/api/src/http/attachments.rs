@@ -11,7 +11,6 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use filament_proto::v1 as pb;
 use serde::Deserialize;
 use ulid::Ulid;
 use utoipa::IntoParams;
@@ -22,6 +21,7 @@ use crate::attachments::{
     AttachmentStorage, LocalStorage, MAX_ATTACHMENT_BYTES, StageError, USER_QUOTA_BYTES,
 };
 use crate::clock::now_unix;
+use crate::domain::messages::proto_attachment;
 use crate::domain::storable_text;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{AuthUser, Ids, QueryParams};
@@ -295,19 +295,6 @@ pub async fn delete(
 pub async fn remove_file(storage: &dyn AttachmentStorage, attachment_id: Ulid) {
     if let Err(err) = storage.remove(attachment_id).await {
         tracing::error!(%attachment_id, %err, "cannot remove attachment file");
-    }
-}
-
-pub fn proto_attachment(attachment: &AttachmentRecord) -> pb::Attachment {
-    pb::Attachment {
-        attachment_id: attachment.attachment_id.to_string(),
-        guild_id: attachment.guild_id.to_string(),
-        channel_id: attachment.channel_id.to_string(),
-        owner_id: attachment.owner_id.to_string(),
-        filename: attachment.filename.clone(),
-        mime_type: attachment.mime_type.clone(),
-        size_bytes: attachment.size_bytes,
-        sha256_hex: attachment.sha256_hex.clone(),
     }
 }
 

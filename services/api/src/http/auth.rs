@@ -18,8 +18,8 @@ use crate::events;
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, JsonBody};
 use crate::http::openapi::ApiRouter;
-use crate::http::rate_limit::AuthRoute;
 use crate::http::roles::{ACK, Ack};
+use crate::rate_limit::AuthRoute;
 use crate::state::AppState;
 use crate::store::{NewSession, NewUser, RotateOutcome, StoreError, UserRecord};
 

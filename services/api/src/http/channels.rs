@@ -16,12 +16,12 @@ use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::Name;
+use crate::domain::permissions::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, ChannelPath, GuildPath};
 use crate::outbox::Pending;
-use crate::permissions::Permission;
 use crate::state::AppState;
 use crate::store::{ChannelChange, ChannelKind, ChannelRecord, MemberRole};
 

@@ -27,8 +27,8 @@ use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::members::apply_default_join_role;
 use crate::http::openapi::{ApiRouter, GuildPath};
-use crate::http::sliding::SlidingWindow;
 use crate::outbox::Pending;
+use crate::rate_limit::sliding::SlidingWindow;
 use crate::state::AppState;
 use crate::store::{AddMemberOutcome, GuildRecord, MemberRecord, MemberRole, Visibility};
 

@@ -1,9 +1,9 @@
-//! `Idempotency-Key` on REST writes (today `POST …/messages`). A client
-//! that got no answer (its request timed out after the commit, or the
-//! connection dropped) retries with the same key, and gets the original
-//! response instead of making a duplicate. The key and the response are
-//! recorded in the write's own transaction (`store::idempotency`), per user,
-//! for [`KEY_TTL`]. See docs/adr/0006-outbox.md.
+//! The REST `Idempotency-Key` header on writes (today `POST …/messages`).
+//! A client that got no answer (its request timed out after the commit, or
+//! the connection dropped) retries with the same key, and gets the original
+//! response instead of making a duplicate. What a key means and how long it
+//! is remembered is `domain::idempotency`'s; this module reads the header
+//! and turns a stored response back into an HTTP one.
 //!
 //! A key is 1 to [`MAX_KEY_LEN`] characters of `A-Z a-z 0-9 - _ . :` (a
 //! UUID or a ULID fits); anything else is 400 `invalid_request`. A retry
@@ -11,32 +11,21 @@
 //! channel) is 422 `idempotency_key_reused`: replaying the original would
 //! answer a question that was not asked.
 
-use std::time::Duration;
-
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 use ulid::Ulid;
 
-use crate::clock::now_unix;
+use crate::domain::idempotency::IdempotencyKey;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::store::{IdempotencyRecord, StoredResponse};
+use crate::store::StoredResponse;
 
 pub const HEADER: &str = "idempotency-key";
 /// Longest key accepted, so a row stays small whatever a client sends.
 pub const MAX_KEY_LEN: usize = 128;
-/// How long a key is remembered: longer than any client retries.
-pub const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// A write sent with an idempotency key: who sent it, the key, and a
-/// fingerprint of what it asked for.
-pub struct Keyed {
-    user_id: Ulid,
-    key: String,
-    fingerprint: String,
-}
+/// A write sent with an `Idempotency-Key` header.
+pub struct Keyed(IdempotencyKey);
 
 impl Keyed {
     /// The request's key, if it sent one, with the fingerprint of `parts`
@@ -53,55 +42,32 @@ impl Keyed {
         if values.next().is_some() {
             return Err(ApiError::InvalidRequest);
         }
-        Ok(Some(Self {
-            user_id,
-            key: parse_key(value)?,
-            fingerprint: fingerprint(parts),
-        }))
+        let key = parse_key(value)?;
+        Ok(Some(Self(IdempotencyKey::new(user_id, key, parts))))
+    }
+
+    /// The key, for the use case to record with its change.
+    pub fn key(&self) -> &IdempotencyKey {
+        &self.0
     }
 
     /// The original response when this key was already used for the same
     /// request; 422 when it was used for another.
     pub async fn replay(&self, state: &AppState) -> ApiResult<Option<Response>> {
-        let stored = state
-            .store()
-            .idempotent_response(self.user_id, &self.key, expired_before())
-            .await?;
-        stored.map(|stored| self.replay_of(stored)).transpose()
+        let stored = self.0.stored_response(state).await?;
+        stored.map(replay_of).transpose()
     }
+}
 
-    fn replay_of(&self, stored: StoredResponse) -> ApiResult<Response> {
-        if stored.fingerprint != self.fingerprint {
-            return Err(ApiError::IdempotencyKeyReused);
-        }
-        let status = StatusCode::from_u16(stored.status)
-            .map_err(|err| ApiError::Internal(anyhow::anyhow!("stored status: {err}")))?;
-        let mut response = (status, stored.response).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        Ok(response)
-    }
-
-    /// The row to write with the change, holding `body` as the response.
-    pub fn record(
-        &self,
-        status: StatusCode,
-        body: &impl Serialize,
-    ) -> ApiResult<IdempotencyRecord> {
-        let response = serde_json::to_string(body)
-            .map_err(|err| ApiError::Internal(anyhow::anyhow!("response body: {err}")))?;
-        Ok(IdempotencyRecord {
-            user_id: self.user_id,
-            key: self.key.clone(),
-            fingerprint: self.fingerprint.clone(),
-            status: status.as_u16(),
-            response,
-            created_at_unix: now_unix(),
-            expired_before_unix: expired_before(),
-        })
-    }
+fn replay_of(stored: StoredResponse) -> ApiResult<Response> {
+    let status = StatusCode::from_u16(stored.status)
+        .map_err(|err| ApiError::Internal(anyhow::anyhow!("stored status: {err}")))?;
+    let mut response = (status, stored.response).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 fn parse_key(value: &HeaderValue) -> ApiResult<String> {
@@ -111,32 +77,6 @@ fn parse_key(value: &HeaderValue) -> ApiResult<String> {
         return Err(ApiError::InvalidRequest);
     }
     Ok(key.to_owned())
-}
-
-/// Each part is length-prefixed, so no two different requests can run
-/// together into the same bytes.
-fn fingerprint(parts: &[&str]) -> String {
-    let mut hash = Sha256::new();
-    for part in parts {
-        hash.update((part.len() as u64).to_be_bytes());
-        hash.update(part.as_bytes());
-    }
-    hash.finalize()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
-fn expired_before() -> i64 {
-    now_unix().saturating_sub(i64::try_from(KEY_TTL.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// Forgets keys older than [`KEY_TTL`]; the outbox relay calls it now and
-/// then, so keys of users who never write again go too.
-pub async fn prune(state: &AppState) {
-    if let Err(err) = state.store().prune_idempotency_keys(expired_before()).await {
-        tracing::warn!(%err, "cannot prune expired idempotency keys");
-    }
 }
 
 #[cfg(test)]
@@ -167,12 +107,5 @@ mod tests {
             );
         }
         assert!(matches!(parse(&["a", "b"]), Err(ApiError::InvalidRequest)));
-    }
-
-    #[test]
-    fn fingerprints_tell_requests_apart() {
-        assert_eq!(fingerprint(&["a", "bc"]), fingerprint(&["a", "bc"]));
-        assert_ne!(fingerprint(&["a", "bc"]), fingerprint(&["ab", "c"]));
-        assert_eq!(fingerprint(&[]).len(), 64);
     }
 }

@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
 use crate::clock::now_unix;
+use crate::domain::permissions::Permission;
 use crate::domain::{page_limit, parse_id};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
@@ -25,7 +26,6 @@ use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::openapi::{ApiRouter, GuildPath, Id, MemberPath};
 use crate::http::roles::{ACK, Ack, MAX_ASSIGNMENTS};
 use crate::outbox::Pending;
-use crate::permissions::Permission;
 use crate::state::AppState;
 use crate::store::{AddMemberOutcome, AssignOutcome, MemberRecord, MemberRole};
 

@@ -22,33 +22,31 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
 use crate::clock::now_unix;
+use crate::domain::messages::{self, NewMessage, proto_attachment, proto_message, wire_message};
+use crate::domain::permissions::{GuildAccess, Permission};
 use crate::domain::{MessageContent, page_limit, parse_id};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
-use crate::http::attachments::{proto_attachment, remove_file, storage};
+use crate::http::attachments::{remove_file, storage};
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::idempotency::Keyed;
 use crate::http::openapi::{ApiRouter, ChannelPath, Id, MessagePath};
 use crate::http::reactions::proto_reaction;
 use crate::outbox::Pending;
-use crate::permissions::{GuildAccess, Permission};
 use crate::state::AppState;
-use crate::store::{HistoryCursor, MessageInsert, MessageRecord};
-
-// Attachments one message may carry.
-use filament_proto::limits::MAX_ATTACHMENTS_PER_MESSAGE as MAX_ATTACHMENTS;
+use crate::store::{HistoryCursor, MessageRecord};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMessageDto {
     /// 1–2000 bytes; may be empty when something is attached.
     #[schema(max_length = 2000)]
-    pub(crate) content: String,
+    content: String,
     /// Up to 5 distinct uploads of the caller's to this channel, not yet
     /// used by a message.
     #[serde(default)]
     #[schema(value_type = Option<Vec<Id>>, max_items = 5)]
-    pub(crate) attachment_ids: Option<Vec<String>>,
+    attachment_ids: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -127,40 +125,12 @@ impl MessagePage {
     }
 }
 
-/// A new message's content and attachments, validated together: the
-/// content may be empty only when something is attached.
-pub(crate) struct NewMessage {
-    content: String,
-    attachment_ids: Vec<Ulid>,
-}
-
 impl TryFrom<CreateMessageDto> for NewMessage {
     type Error = ApiError;
 
     fn try_from(dto: CreateMessageDto) -> Result<Self, Self::Error> {
         let raw_ids = dto.attachment_ids.unwrap_or_default();
-        if raw_ids.len() > MAX_ATTACHMENTS {
-            return Err(ApiError::InvalidRequest);
-        }
-        let attachment_ids = raw_ids
-            .iter()
-            .map(|id| parse_id(id))
-            .collect::<ApiResult<Vec<_>>>()?;
-        let mut unique = attachment_ids.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        if unique.len() != attachment_ids.len() {
-            return Err(ApiError::InvalidRequest);
-        }
-        let content = if dto.content.is_empty() && !attachment_ids.is_empty() {
-            dto.content
-        } else {
-            MessageContent::try_from(dto.content)?.into_string()
-        };
-        Ok(Self {
-            content,
-            attachment_ids,
-        })
+        NewMessage::parse(dto.content, &raw_ids)
     }
 }
 
@@ -204,13 +174,13 @@ pub async fn create(
         return Ok(original);
     }
     let new = NewMessage::try_from(dto)?;
-    let posted = post_keyed(
+    let posted = messages::post(
         &state,
         user.user_id,
         guild_id,
         channel_id,
         new,
-        keyed.as_ref(),
+        keyed.as_ref().map(Keyed::key),
     )
     .await;
     match (posted, &keyed) {
@@ -223,80 +193,6 @@ pub async fn create(
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency key vanished"))),
         (Err(err), _) => Err(err),
     }
-}
-
-/// Posts a message as `author`: the one path behind the REST route and a
-/// client `message_create` on the gateway (`EdgeAccess.CreateMessage`).
-/// The caller has already refused IP-banned addresses.
-pub(crate) async fn post_message(
-    state: &AppState,
-    author: Ulid,
-    guild_id: Ulid,
-    channel_id: Ulid,
-    new: NewMessage,
-) -> ApiResult<filament_wire::Message> {
-    post_keyed(state, author, guild_id, channel_id, new, None).await
-}
-
-/// [`post_message`], recording the request's idempotency key, if any, with
-/// the message; `ApiError::IdempotencyKeyTaken` if another request holds it.
-async fn post_keyed(
-    state: &AppState,
-    author: Ulid,
-    guild_id: Ulid,
-    channel_id: Ulid,
-    new: NewMessage,
-    keyed: Option<&Keyed>,
-) -> ApiResult<filament_wire::Message> {
-    state
-        .authorizer()
-        .channel(guild_id, channel_id, author)
-        .await?;
-    let mut attachments = Vec::with_capacity(new.attachment_ids.len());
-    for attachment_id in &new.attachment_ids {
-        // Only the author's own, unused uploads to this channel.
-        let attachment = state
-            .store()
-            .attachment(guild_id, channel_id, *attachment_id)
-            .await?
-            .filter(|a| a.owner_id == author && a.message_id.is_none())
-            .ok_or(ApiError::InvalidRequest)?;
-        attachments.push(proto_attachment(&attachment));
-    }
-    let record = MessageRecord {
-        message_id: state.new_id(),
-        guild_id,
-        channel_id,
-        author_id: author,
-        content: new.content,
-        created_at_unix: now_unix(),
-    };
-    let message = pb::Message {
-        attachments,
-        ..proto_message(&record)
-    };
-    let body = wire_message(&message)?;
-    let event = events::message_create(message);
-    events::ensure_deliverable(&event)?;
-    let pending = Pending::new(state, event);
-    let idempotency = keyed
-        .map(|keyed| keyed.record(StatusCode::OK, &body))
-        .transpose()?;
-    let inserted = state
-        .store()
-        .create_message_with_attachments(
-            record,
-            &new.attachment_ids,
-            Some(pending.row()),
-            idempotency,
-        )
-        .await?;
-    if inserted == MessageInsert::AttachmentUnavailable {
-        // Another message took an upload since it was checked above.
-        return Err(ApiError::InvalidRequest);
-    }
-    pending.publish(state).await;
-    Ok(body)
 }
 
 #[utoipa::path(
@@ -504,21 +400,6 @@ pub(super) async fn full_messages(
         .collect())
 }
 
-/// A message as stored, without attachments or reactions.
-pub fn proto_message(record: &MessageRecord) -> pb::Message {
-    pb::Message {
-        message_id: record.message_id.to_string(),
-        guild_id: record.guild_id.to_string(),
-        channel_id: record.channel_id.to_string(),
-        author_id: record.author_id.to_string(),
-        markdown_tokens: crate::markdown::tokenize(&record.content),
-        content: record.content.clone(),
-        attachments: Vec::new(),
-        reactions: Vec::new(),
-        created_at_unix: record.created_at_unix,
-    }
-}
-
 fn message_update(record: &MessageRecord, updated_at_unix: i64) -> pb::Event {
     let (guild_id, channel_id) = (record.guild_id.to_string(), record.channel_id.to_string());
     events::for_channel(
@@ -549,12 +430,6 @@ fn message_delete(record: &MessageRecord, deleted_at_unix: i64) -> pb::Event {
             deleted_at_unix,
         }),
     )
-}
-
-/// The REST body of a message: the same JSON shape the gateway sends.
-pub(super) fn wire_message(message: &pb::Message) -> ApiResult<filament_wire::Message> {
-    filament_wire::Message::try_from(message)
-        .map_err(|err| ApiError::Internal(anyhow::anyhow!("message shape: {err}")))
 }
 
 pub fn routes() -> ApiRouter {

@@ -1,6 +1,9 @@
-//! The REST surface (PROTOCOL.md §2), on axum. Handlers are grouped by area;
-//! each parses its input into domain values, calls the store, and publishes
-//! the resulting events after the store call returned.
+//! The REST surface (PROTOCOL.md §2), on axum: an adapter over `domain`,
+//! sibling of the gRPC one (`grpc.rs`), and never called by it. Handlers are
+//! grouped by area; each parses its input into domain values, calls the
+//! domain use case where one exists (`domain::messages`, `domain::sessions`)
+//! or else the store, and publishes the resulting events after the store
+//! call returned.
 
 mod attachments;
 mod auth;
@@ -9,19 +12,18 @@ mod client_ip;
 mod extract;
 mod friends;
 mod guilds;
-pub(crate) mod idempotency;
+mod idempotency;
 mod members;
-pub(crate) mod messages;
+mod messages;
 mod moderation;
 mod observe;
 mod openapi;
 mod overrides;
 mod profiles;
-pub(crate) mod rate_limit;
+mod rate_limit;
 mod reactions;
 mod roles;
 mod search;
-mod sliding;
 mod system;
 mod uploads;
 mod voice;
@@ -35,10 +37,6 @@ use axum::{Extension, Router};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
-
-pub use extract::authenticate_session;
-
-pub(crate) use client_ip::moderation_config_from_env;
 
 use crate::state::AppState;
 

@@ -23,6 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
 use crate::clock::now_unix;
+use crate::domain::permissions::{GuildAccess, Permission};
 use crate::domain::{page_limit, parse_id, storable_text};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
@@ -30,7 +31,6 @@ use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::openapi::{ApiRouter, GuildPath, Id, IpBanPath, MemberPath};
 use crate::http::roles::{ACK, Ack, require_outranks};
 use crate::outbox::Pending;
-use crate::permissions::{GuildAccess, Permission};
 use crate::state::AppState;
 use crate::store::{
     AuditCursor, AuditEntry, IpBanCursor, IpBanOutcome, IpBanRecord, MemberRecord, MemberRole,

@@ -7,7 +7,7 @@
 //! reference server's legacy route did not; PROTOCOL.md §7.2). An override can
 //! hide a channel, so each change revokes access before the call returns.
 //!
-//! [`Authorizer`]: crate::permissions::Authorizer
+//! [`Authorizer`]: crate::domain::permissions::Authorizer
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
@@ -20,13 +20,13 @@ use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::parse_id;
+use crate::domain::permissions::{Permission, Permissions};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, JsonBody};
 use crate::http::openapi::{ApiRouter, LegacyOverridePath, TargetOverridePath};
 use crate::http::roles::{ACK, Ack};
 use crate::outbox::Pending;
-use crate::permissions::{Permission, Permissions};
 use crate::state::AppState;
 use crate::store::{BuiltinRole, MemberRole, OverrideRecord, OverrideTarget};
 

@@ -28,9 +28,9 @@ use crate::http::auth::profile;
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, Binary, Id, UserPath};
-use crate::http::rate_limit::AuthRoute;
 use crate::http::uploads::{Disposition, untrusted_content_headers};
 use crate::outbox::Pending;
+use crate::rate_limit::AuthRoute;
 use crate::state::AppState;
 use crate::store::{ImageKind, ProfileChange, ProfileImage, StoreError, UserRecord};
 

@@ -17,13 +17,13 @@ use utoipa::ToSchema;
 use utoipa_axum::routes;
 
 use crate::clock::now_unix;
+use crate::domain::permissions::{GuildAccess, Permission, Permissions};
 use crate::domain::{parse_id, storable_text};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, GuildPath, Id, RoleMemberPath, RolePath};
 use crate::outbox::Pending;
-use crate::permissions::{GuildAccess, Permission, Permissions};
 use crate::state::AppState;
 use crate::store::{
     AssignOutcome, BuiltinRole, CreateRoleOutcome, RoleChanges, RoleRecord, UnassignOutcome,

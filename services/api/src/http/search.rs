@@ -26,11 +26,11 @@ use ulid::Ulid;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
+use crate::domain::permissions::Permission;
 use crate::domain::{page_limit, parse_id, storable_text};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{AuthUser, Ids, QueryParams};
 use crate::http::openapi::{ApiRouter, GuildPath, Id};
-use crate::permissions::Permission;
 use crate::state::AppState;
 use crate::store::MessageRecord;
 
@@ -196,7 +196,7 @@ pub async fn search(
     let messages = super::messages::full_messages(&state, &page, user.user_id)
         .await?
         .iter()
-        .map(super::messages::wire_message)
+        .map(crate::domain::messages::wire_message)
         .collect::<ApiResult<Vec<_>>>()?;
     Ok(Json(SearchResults {
         message_ids: messages.iter().map(|m| m.message_id.clone()).collect(),

@@ -32,12 +32,12 @@ use ulid::Ulid;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
+use crate::domain::permissions::{Permission, Permissions};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, ChannelPath};
-use crate::http::sliding::SlidingWindow;
-use crate::permissions::{Permission, Permissions};
+use crate::rate_limit::sliding::SlidingWindow;
 use crate::state::AppState;
 use crate::store::ChannelKind;
 
@@ -414,7 +414,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::http::sliding::WINDOW;
+    use crate::rate_limit::sliding::WINDOW;
 
     fn request(can_publish: bool, can_subscribe: bool, sources: &[SourceDto]) -> TokenRequest {
         TokenRequest {

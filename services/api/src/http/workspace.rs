@@ -11,11 +11,11 @@ use utoipa_axum::routes;
 
 use crate::clock::now_unix;
 use crate::domain::Name;
+use crate::domain::permissions::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, GuildPath};
-use crate::permissions::Permission;
 use crate::state::AppState;
 use crate::store::{GuildChange, GuildRecord, Visibility};
 

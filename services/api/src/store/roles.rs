@@ -17,7 +17,7 @@ use super::sql::{SqlStore, decode_channel, decode_enum, decode_guild, decode_uli
 use super::{
     ChannelRecord, GuildRecord, MemberRole, OutboxEvent, OutboxFor, StoreResult, Visibility,
 };
-use crate::permissions::Permissions;
+use crate::domain::permissions::Permissions;
 
 /// Where the seeded roles sit (PROTOCOL.md §3.2).
 pub const EVERYONE_POSITION: i64 = 0;

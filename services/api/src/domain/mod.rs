@@ -1,5 +1,13 @@
-//! Validated values. Request DTOs convert into these with `TryFrom`; past
-//! that boundary a `Username` is always a valid username, and so on.
+//! The api's domain: the use cases both adapters call (the REST routes in
+//! `http` and the gRPC services in `grpc`), the permission model, and the
+//! validated values they take. It imports neither adapter; a request DTO
+//! converts into these values with `TryFrom` in its adapter, and past that
+//! boundary a `Username` is always a valid username, and so on.
+
+pub mod idempotency;
+pub mod messages;
+pub mod permissions;
+pub mod sessions;
 
 use ulid::Ulid;
 
