@@ -1072,7 +1072,10 @@ mod redis {
             assert!(0 < pttl && pttl <= retention, "{key} expires in {pttl} ms");
         }
         let pttl = harness.pttl(&format!("{p}logged:e1")).await;
-        assert!(0 < pttl && pttl <= marker, "the marker expires in {pttl} ms");
+        assert!(
+            0 < pttl && pttl <= marker,
+            "the marker expires in {pttl} ms"
+        );
         // The oldest entry, once past the retention, is deleted by the
         // next append.
         let retention_ms = u64::try_from(retention).unwrap();

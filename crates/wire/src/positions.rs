@@ -47,8 +47,11 @@ impl Position {
         let (epoch, offset) = token.split_once('.')?;
         let valid_epoch = !epoch.is_empty()
             && epoch.len() <= MAX_EPOCH_BYTES
-            && epoch.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        let valid_offset = (1..=20).contains(&offset.len()) && offset.bytes().all(|b| b.is_ascii_digit());
+            && epoch
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let valid_offset =
+            (1..=20).contains(&offset.len()) && offset.bytes().all(|b| b.is_ascii_digit());
         if !valid_scope || !valid_epoch || !valid_offset {
             return None;
         }
