@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::PROTOCOL_VERSION;
 use crate::convert::ConvertError;
-use crate::events::{self, PayloadVisitor, WireEvent};
+use crate::payloads::{self, PayloadVisitor, WireEvent};
 
 /// One serialized outbound frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,7 +69,7 @@ pub enum SerializeError {
 /// convert, or a frame over `max_frame_bytes`.
 pub fn encode_event(event: &Event, max_frame_bytes: usize) -> Result<Frame, EncodeError> {
     let payload = event.payload.as_ref().ok_or(EncodeError::MissingPayload)?;
-    events::visit(payload, Encoder { max_frame_bytes }).ok_or(EncodeError::NotForClients)?
+    payloads::visit(payload, Encoder { max_frame_bytes }).ok_or(EncodeError::NotForClients)?
 }
 
 /// Encodes `event` as the frames a socket must receive, in order.
@@ -173,7 +173,7 @@ fn split<T>(
 /// The wire type `t` of a payload; `None` for control payloads.
 #[must_use]
 pub fn event_type(payload: &Payload) -> Option<&'static str> {
-    events::visit(payload, EventTypeOf)
+    payloads::visit(payload, EventTypeOf)
 }
 
 /// The envelope, serialized in the order `v`, `t`, `d`.

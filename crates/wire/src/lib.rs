@@ -7,7 +7,7 @@
 //!
 //! - the shared shapes of PROTOCOL.md §1.9 ([`Message`], [`Channel`], [`Role`],
 //!   …), which the api also returns from REST routes;
-//! - [`events`]: one `d` struct per gateway event (PROTOCOL.md §5.4);
+//! - [`payloads`]: one `d` struct per gateway event (PROTOCOL.md §5.4);
 //! - [`encode_event`]: a proto `Event` to one shared, size-checked [`Frame`].
 //!
 //! Conversions fail closed: an unknown or unspecified enum value, or a
@@ -21,9 +21,9 @@
 
 mod convert;
 mod enums;
-pub mod events;
 mod frame;
 mod markdown;
+pub mod payloads;
 mod positions;
 pub mod schema;
 mod shapes;
@@ -33,9 +33,9 @@ pub use enums::{
     ChannelKind, FriendRequestState, IpBanAction, LegacyRole, MemberRemoveReason,
     OverrideTargetKind, Permission, PresenceStatus, ReactionOperation, Visibility, VoiceStream,
 };
-pub use events::WireEvent;
 pub use frame::{EncodeError, Frame, SerializeError, encode_event, encode_frames, event_type};
 pub use markdown::MarkdownToken;
+pub use payloads::WireEvent;
 pub use positions::{POSITIONS_HEADROOM_BYTES, Position, with_positions};
 pub use shapes::{Attachment, Channel, Guild, Message, Profile, Reaction, Role, VoiceParticipant};
 

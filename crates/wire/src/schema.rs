@@ -20,7 +20,7 @@ use schemars::{Schema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
 use crate::PROTOCOL_VERSION;
-use crate::events::{self, EventTypeVisitor, WireEvent};
+use crate::payloads::{self, EventTypeVisitor, WireEvent};
 
 /// The `$schema` of the generated document.
 pub const JSON_SCHEMA_DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
@@ -68,7 +68,7 @@ pub fn gateway_schema() -> GatewaySchema {
             .into_generator(),
         events: Vec::new(),
     };
-    events::visit_types(&mut collector);
+    payloads::visit_types(&mut collector);
     let Collector {
         mut generator,
         events,

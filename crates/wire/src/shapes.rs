@@ -155,7 +155,7 @@ impl From<&proto::Reaction> for Reaction {
 
 /// A guild role as REST returns it: `color_hex` is `"#RRGGBB"` or `null`.
 /// (`workspace_role_create` omits a null color instead; see
-/// [`crate::events::CreatedRole`].)
+/// [`crate::payloads::CreatedRole`].)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Role {

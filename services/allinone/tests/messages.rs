@@ -10,7 +10,7 @@ use std::path::Path;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{Backends, Socket, TestStack, User};
+use support::{Backends, Socket, TestStack, User, percent_encode};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 const MIB: usize = 1024 * 1024;
@@ -30,62 +30,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Percent-encodes everything but unreserved characters, for path segments
-/// and query values.
-fn encode(raw: &str) -> String {
-    raw.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-async fn call(
-    t: &TestStack,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let request = t.http.request(method, t.api(path)).bearer_auth(token);
-    let request = match body {
-        Some(body) => request.json(&body),
-        None => request,
-    };
-    read(request.send().await.expect("request sent")).await
-}
-
-async fn call_raw(
-    t: &TestStack,
-    method: Method,
-    path: &str,
-    token: &str,
-    raw: &str,
-) -> (u16, Value) {
-    let request = t
-        .http
-        .request(method, t.api(path))
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .body(raw.to_owned());
-    read(request.send().await.expect("request sent")).await
-}
-
-async fn read(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
-    (status, body)
-}
-
 async fn upload(
     t: &TestStack,
     path: &str,
@@ -94,15 +38,11 @@ async fn upload(
     content_type: Option<&str>,
     bytes: Vec<u8>,
 ) -> (u16, Value) {
-    let mut request = t
-        .http
-        .post(t.api(&format!("{path}{query}")))
-        .bearer_auth(token)
-        .body(bytes);
+    let mut request = t.http.post(t.api(&format!("{path}{query}"))).body(bytes);
     if let Some(content_type) = content_type {
         request = request.header("content-type", content_type);
     }
-    read(request.send().await.expect("request sent")).await
+    t.send(request, Some(token)).await
 }
 
 /// Files under the stack's attachment root (staged and committed).
@@ -431,14 +371,14 @@ async fn edits_and_deletes_reach_channel_subscribers_only(backends: Backends) {
     let id = original["message_id"].as_str().expect("id").to_owned();
     let path = format!("{}/{id}", s.messages());
 
-    let (status, edited) = call(
-        &s.t,
-        Method::PATCH,
-        &path,
-        &member.token,
-        Some(json!({"content": "final *words*"})),
-    )
-    .await;
+    let (status, edited) =
+        s.t.call(
+            Method::PATCH,
+            &path,
+            Some(&member.token),
+            Some(json!({"content": "final *words*"})),
+        )
+        .await;
     assert_eq!(status, 200, "{edited}");
     assert_eq!(edited["message_id"], original["message_id"]);
     assert_eq!(edited["content"], "final *words*");
@@ -470,7 +410,9 @@ async fn edits_and_deletes_reach_channel_subscribers_only(backends: Backends) {
     assert_eq!(s.history(&s.bystander).await[0], edited);
 
     let owner = s.owner.clone();
-    let (status, body) = call(&s.t, Method::DELETE, &path, &owner.token, None).await;
+    let (status, body) =
+        s.t.call(Method::DELETE, &path, Some(&owner.token), None)
+            .await;
     assert_eq!((status, body), (204, Value::Null));
     for socket in [&mut s.owner_socket, &mut s.member_socket] {
         let frame = next_message_event(socket).await;
@@ -491,7 +433,9 @@ async fn edits_and_deletes_reach_channel_subscribers_only(backends: Backends) {
             .iter()
             .all(|m| m["message_id"] != id.as_str())
     );
-    let (status, _) = call(&s.t, Method::DELETE, &path, &owner.token, None).await;
+    let (status, _) =
+        s.t.call(Method::DELETE, &path, Some(&owner.token), None)
+            .await;
     assert_eq!(status, 404);
 
     assert_eq!(
@@ -535,15 +479,20 @@ async fn edit_and_delete_need_the_author_or_delete_message() {
     // A fellow member (no delete_message) and a stranger are refused.
     for (user, expected) in [(&bystander, 403), (&outsider, 403)] {
         let (status, body) =
-            call(&s.t, Method::PATCH, &path, &user.token, Some(edit.clone())).await;
+            s.t.call(Method::PATCH, &path, Some(&user.token), Some(edit.clone()))
+                .await;
         assert_eq!((status, body), (expected, json!({"error": "forbidden"})));
-        let (status, body) = call(&s.t, Method::DELETE, &path, &user.token, None).await;
+        let (status, body) =
+            s.t.call(Method::DELETE, &path, Some(&user.token), None)
+                .await;
         assert_eq!((status, body), (expected, json!({"error": "forbidden"})));
     }
     assert_eq!(s.history(&owner).await[0], message);
 
     // The owner holds delete_message: the edit stands and is audited.
-    let (status, edited) = call(&s.t, Method::PATCH, &path, &owner.token, Some(edit)).await;
+    let (status, edited) =
+        s.t.call(Method::PATCH, &path, Some(&owner.token), Some(edit))
+            .await;
     assert_eq!(status, 200, "{edited}");
     assert_eq!(edited["content"], "not yours");
     assert_eq!(edited["author_id"], member.id.as_str());
@@ -553,7 +502,9 @@ async fn edit_and_delete_need_the_author_or_delete_message() {
     );
 
     // The author deletes their own message: no audit entry.
-    let (status, _) = call(&s.t, Method::DELETE, &path, &member.token, None).await;
+    let (status, _) =
+        s.t.call(Method::DELETE, &path, Some(&member.token), None)
+            .await;
     assert_eq!(status, 204);
     assert_eq!(s.audit_actions().await.len(), 1);
     for socket in [&mut s.owner_socket, &mut s.member_socket] {
@@ -597,18 +548,24 @@ async fn bad_edits_and_deletes_write_nothing() {
         (json!({"content": "x".repeat(2001)}), 400),
         (json!({"content": amplifier}), 400),
     ] {
-        let (status, error) = call(
-            &s.t,
-            Method::PATCH,
-            &path,
-            &member.token,
-            Some(body.clone()),
-        )
-        .await;
+        let (status, error) =
+            s.t.call(
+                Method::PATCH,
+                &path,
+                Some(&member.token),
+                Some(body.clone()),
+            )
+            .await;
         assert_eq!((status, &error), (expected, &bad_request), "{body}");
     }
     let (status, error) =
-        call_raw(&s.t, Method::PATCH, &path, &member.token, "{\"content\":").await;
+        s.t.call_raw(
+            Method::PATCH,
+            &path,
+            Some(&member.token),
+            "{\"content\":".to_owned(),
+        )
+        .await;
     assert_eq!((status, error), (400, bad_request.clone()));
 
     let unknown = format!("{}/{}", s.messages(), ulid::Ulid::generate());
@@ -625,7 +582,9 @@ async fn bad_edits_and_deletes_write_nothing() {
         (Method::DELETE, elsewhere, 404),
     ] {
         let body = (method == Method::PATCH).then(|| json!({"content": "moved"}));
-        let (status, _) = call(&s.t, method.clone(), &target, &member.token, body).await;
+        let (status, _) =
+            s.t.call(method.clone(), &target, Some(&member.token), body)
+                .await;
         assert_eq!(status, expected, "{method} {target}");
     }
 
@@ -649,9 +608,11 @@ async fn reactions_reach_channel_subscribers_only(backends: Backends) {
         next_message_event(socket).await;
     }
     let id = message["message_id"].as_str().expect("id");
-    let thumbs = format!("{}/{id}/reactions/{}", s.messages(), encode("👍"));
+    let thumbs = format!("{}/{id}/reactions/{}", s.messages(), percent_encode("👍"));
 
-    let (status, reaction) = call(&s.t, Method::POST, &thumbs, &member.token, None).await;
+    let (status, reaction) =
+        s.t.call(Method::POST, &thumbs, Some(&member.token), None)
+            .await;
     assert_eq!(status, 200, "{reaction}");
     assert_eq!(
         reaction,
@@ -670,9 +631,13 @@ async fn reactions_reach_channel_subscribers_only(backends: Backends) {
     }
 
     // Idempotent: the same reaction again changes nothing and says nothing.
-    let (status, again) = call(&s.t, Method::POST, &thumbs, &member.token, None).await;
+    let (status, again) =
+        s.t.call(Method::POST, &thumbs, Some(&member.token), None)
+            .await;
     assert_eq!((status, again), (200, reaction.clone()));
-    let (status, reaction) = call(&s.t, Method::POST, &thumbs, &owner.token, None).await;
+    let (status, reaction) =
+        s.t.call(Method::POST, &thumbs, Some(&owner.token), None)
+            .await;
     assert_eq!(status, 200, "{reaction}");
     assert_eq!(reaction["count"], 2);
     let mut reactors = vec![owner.id.clone(), member.id.clone()];
@@ -697,7 +662,9 @@ async fn reactions_reach_channel_subscribers_only(backends: Backends) {
         );
     }
 
-    let (status, removed) = call(&s.t, Method::DELETE, &thumbs, &member.token, None).await;
+    let (status, removed) =
+        s.t.call(Method::DELETE, &thumbs, Some(&member.token), None)
+            .await;
     assert_eq!(
         (status, removed),
         (
@@ -712,13 +679,17 @@ async fn reactions_reach_channel_subscribers_only(backends: Backends) {
         assert_eq!(frame["d"]["actor_user_id"], member.id.as_str());
     }
     // Removing what is not there: 200, nothing published.
-    let (status, removed) = call(&s.t, Method::DELETE, &thumbs, &member.token, None).await;
+    let (status, removed) =
+        s.t.call(Method::DELETE, &thumbs, Some(&member.token), None)
+            .await;
     assert_eq!((status, removed["count"].as_i64()), (200, Some(1)));
     s.channel_sentinel().await;
     s.elsewhere_sentinels().await;
 
     // The last reactor leaves: count 0, no ids, and the list drops it.
-    let (status, removed) = call(&s.t, Method::DELETE, &thumbs, &owner.token, None).await;
+    let (status, removed) =
+        s.t.call(Method::DELETE, &thumbs, Some(&owner.token), None)
+            .await;
     assert_eq!(
         (status, removed),
         (
@@ -761,15 +732,20 @@ async fn bad_reactions_write_nothing() {
     let reactions = format!("{}/{id}/reactions", s.messages());
 
     for method in [Method::POST, Method::DELETE] {
-        let path = format!("{reactions}/{}", encode("👍"));
-        let (status, body) = call(&s.t, method.clone(), &path, &outsider.token, None).await;
+        let path = format!("{reactions}/{}", percent_encode("👍"));
+        let (status, body) =
+            s.t.call(method.clone(), &path, Some(&outsider.token), None)
+                .await;
         assert_eq!((status, body), (403, json!({"error": "forbidden"})));
         for (path, expected) in [
-            (format!("{reactions}/{}", encode(&"é".repeat(33))), 400),
-            (format!("{reactions}/{}", encode("a b")), 400),
-            (format!("{reactions}/{}", encode("a\tb")), 400),
             (
-                format!("{}/nope/reactions/{}", s.messages(), encode("👍")),
+                format!("{reactions}/{}", percent_encode(&"é".repeat(33))),
+                400,
+            ),
+            (format!("{reactions}/{}", percent_encode("a b")), 400),
+            (format!("{reactions}/{}", percent_encode("a\tb")), 400),
+            (
+                format!("{}/nope/reactions/{}", s.messages(), percent_encode("👍")),
                 400,
             ),
             (
@@ -777,12 +753,14 @@ async fn bad_reactions_write_nothing() {
                     "{}/{}/reactions/{}",
                     s.messages(),
                     ulid::Ulid::generate(),
-                    encode("👍")
+                    percent_encode("👍")
                 ),
                 404,
             ),
         ] {
-            let (status, _) = call(&s.t, method.clone(), &path, &owner.token, None).await;
+            let (status, _) =
+                s.t.call(method.clone(), &path, Some(&owner.token), None)
+                    .await;
             assert_eq!(status, expected, "{method} {path}");
         }
     }
@@ -792,34 +770,34 @@ async fn bad_reactions_write_nothing() {
 
     // 32 characters is fine; 64 distinct emoji per message, no more.
     let long = "é".repeat(32);
-    let (status, reaction) = call(
-        &s.t,
-        Method::POST,
-        &format!("{reactions}/{}", encode(&long)),
-        &owner.token,
-        None,
-    )
-    .await;
-    assert_eq!((status, &reaction["emoji"]), (200, &json!(long)));
-    for n in 1..64 {
-        let (status, _) = call(
-            &s.t,
+    let (status, reaction) =
+        s.t.call(
             Method::POST,
-            &format!("{reactions}/e{n}"),
-            &owner.token,
+            &format!("{reactions}/{}", percent_encode(&long)),
+            Some(&owner.token),
             None,
         )
         .await;
+    assert_eq!((status, &reaction["emoji"]), (200, &json!(long)));
+    for n in 1..64 {
+        let (status, _) =
+            s.t.call(
+                Method::POST,
+                &format!("{reactions}/e{n}"),
+                Some(&owner.token),
+                None,
+            )
+            .await;
         assert_eq!(status, 200);
     }
-    let (status, body) = call(
-        &s.t,
-        Method::POST,
-        &format!("{reactions}/e64"),
-        &owner.token,
-        None,
-    )
-    .await;
+    let (status, body) =
+        s.t.call(
+            Method::POST,
+            &format!("{reactions}/e64"),
+            Some(&owner.token),
+            None,
+        )
+        .await;
     assert_eq!((status, body), (400, json!({"error": "invalid_request"})));
     let listed = s.history(&owner).await;
     assert_eq!(listed[1]["reactions"].as_array().map(Vec::len), Some(64));
@@ -894,7 +872,7 @@ async fn attachments_travel_with_their_message(backends: Backends) {
         response.bytes().await.expect("bytes").as_ref(),
         bytes.as_slice()
     );
-    let (status, _) = call(&s.t, Method::GET, &file, &owner.token, None).await;
+    let (status, _) = s.t.call(Method::GET, &file, Some(&owner.token), None).await;
     assert_eq!(status, 404);
 
     let (status, message) =
@@ -933,9 +911,13 @@ async fn attachments_travel_with_their_message(backends: Backends) {
         s.messages(),
         message["message_id"].as_str().expect("id")
     );
-    let (status, _) = call(&s.t, Method::DELETE, &path, &member.token, None).await;
+    let (status, _) =
+        s.t.call(Method::DELETE, &path, Some(&member.token), None)
+            .await;
     assert_eq!(status, 204);
-    let (status, _) = call(&s.t, Method::GET, &file, &member.token, None).await;
+    let (status, _) =
+        s.t.call(Method::GET, &file, Some(&member.token), None)
+            .await;
     assert_eq!(status, 404);
     assert_eq!(
         stored_files(&root),
@@ -1029,7 +1011,9 @@ async fn bad_uploads_leave_nothing_behind() {
         s.attachments(),
         fine["attachment_id"].as_str().expect("id")
     );
-    let (status, body) = call(&s.t, Method::DELETE, &fine_path, &member.token, None).await;
+    let (status, body) =
+        s.t.call(Method::DELETE, &fine_path, Some(&member.token), None)
+            .await;
     assert_eq!((status, body), (204, Value::Null));
 
     let (status, body) = upload(&s.t, &s.attachments(), &outsider.token, "", None, png(100)).await;
@@ -1267,7 +1251,9 @@ async fn attachment_downloads_and_deletes_are_guarded() {
     );
 
     for method in [Method::GET, Method::DELETE] {
-        let (status, body) = call(&s.t, method.clone(), &file, &outsider.token, None).await;
+        let (status, body) =
+            s.t.call(method.clone(), &file, Some(&outsider.token), None)
+                .await;
         assert_eq!(
             (status, body),
             (403, json!({"error": "forbidden"})),
@@ -1291,18 +1277,26 @@ async fn attachment_downloads_and_deletes_are_guarded() {
                 404,
             ),
         ] {
-            let (status, _) = call(&s.t, method.clone(), &path, &bystander.token, None).await;
+            let (status, _) =
+                s.t.call(method.clone(), &path, Some(&bystander.token), None)
+                    .await;
             assert_eq!(status, expected, "{method} {path}");
         }
     }
-    let (status, body) = call(&s.t, Method::DELETE, &file, &bystander.token, None).await;
+    let (status, body) =
+        s.t.call(Method::DELETE, &file, Some(&bystander.token), None)
+            .await;
     assert_eq!((status, body), (403, json!({"error": "forbidden"})));
     assert_eq!(stored_files(&root).len(), 2);
 
     // The owner (a moderator) removes it: gone from disk and from history.
-    let (status, body) = call(&s.t, Method::DELETE, &file, &owner.token, None).await;
+    let (status, body) =
+        s.t.call(Method::DELETE, &file, Some(&owner.token), None)
+            .await;
     assert_eq!((status, body), (204, Value::Null));
-    let (status, _) = call(&s.t, Method::GET, &file, &member.token, None).await;
+    let (status, _) =
+        s.t.call(Method::GET, &file, Some(&member.token), None)
+            .await;
     assert_eq!(status, 404);
     assert_eq!(s.history(&member).await[0]["attachments"], json!([]));
     assert_eq!(
@@ -1313,7 +1307,9 @@ async fn attachment_downloads_and_deletes_are_guarded() {
         )]
     );
     // The uploader removes their own draft.
-    let (status, _) = call(&s.t, Method::DELETE, &draft_file, &member.token, None).await;
+    let (status, _) =
+        s.t.call(Method::DELETE, &draft_file, Some(&member.token), None)
+            .await;
     assert_eq!(status, 204);
     assert!(stored_files(&root).is_empty());
     s.t.stack.stop().await.expect("clean shutdown");
@@ -1351,7 +1347,9 @@ async fn attachment_quota_is_per_user_and_freed_by_deletes() {
     let (status, _) = upload(&s.t, &s.attachments(), &owner.token, "", None, png(9)).await;
     assert_eq!(status, 200);
     let first = format!("{}/{}", s.attachments(), ids[0]);
-    let (status, _) = call(&s.t, Method::DELETE, &first, &member.token, None).await;
+    let (status, _) =
+        s.t.call(Method::DELETE, &first, Some(&member.token), None)
+            .await;
     assert_eq!(status, 204);
     let (status, _) = upload(
         &s.t,

@@ -12,43 +12,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use support::{Backends, DEADLINE, TestStack, User};
-
-/// Percent-encodes everything but unreserved characters.
-fn encode(raw: &str) -> String {
-    raw.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-async fn call(
-    t: &TestStack,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let request = t.http.request(method, t.api(path)).bearer_auth(token);
-    let request = match body {
-        Some(body) => request.json(&body),
-        None => request,
-    };
-    let response = request.send().await.expect("request sent");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
-    (status, body)
-}
+use support::{Backends, DEADLINE, TestStack, User, percent_encode};
 
 /// `GET /guilds/{guild}/search?{query}` as `user`.
 async fn search_raw(t: &TestStack, user: &User, guild: &str, query: &str) -> (u16, Value) {
@@ -61,7 +25,7 @@ async fn search_raw(t: &TestStack, user: &User, guild: &str, query: &str) -> (u1
 
 /// The ids a search for `text` returns, sorted; the call must succeed.
 async fn found(t: &TestStack, user: &User, guild: &str, text: &str) -> Vec<String> {
-    let (status, body) = search_raw(t, user, guild, &format!("q={}", encode(text))).await;
+    let (status, body) = search_raw(t, user, guild, &format!("q={}", percent_encode(text))).await;
     assert_eq!(status, 200, "{body}");
     let mut ids: Vec<String> = body["message_ids"]
         .as_array()
@@ -209,14 +173,14 @@ async fn search_follows_creates_edits_and_deletes(backends: Backends) {
 
     // An edit replaces the indexed text.
     let edit = g.path(&format!("/channels/{}/messages/{first}", g.general));
-    let (status, body) = call(
-        &t,
-        Method::PATCH,
-        &edit,
-        &g.owner.token,
-        Some(json!({"content": "launch the shuttle today"})),
-    )
-    .await;
+    let (status, body) = t
+        .call(
+            Method::PATCH,
+            &edit,
+            Some(&g.owner.token),
+            Some(json!({"content": "launch the shuttle today"})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     eventually_found(&t, &g.member, &g.id, "shuttle", &[&first]).await;
     assert_eq!(
@@ -226,7 +190,9 @@ async fn search_follows_creates_edits_and_deletes(backends: Backends) {
 
     // A delete removes it.
     let delete = g.path(&format!("/channels/{}/messages/{second}", g.general));
-    let (status, _) = call(&t, Method::DELETE, &delete, &g.member.token, None).await;
+    let (status, _) = t
+        .call(Method::DELETE, &delete, Some(&g.member.token), None)
+        .await;
     assert_eq!(status, 204);
     eventually_found(&t, &g.member, &g.id, "rocket", &[]).await;
     assert_eq!(
@@ -315,7 +281,9 @@ async fn results_are_authorized_per_channel_at_query_time(backends: Backends) {
     let mut with_vip = vec![open.clone(), vip.clone()];
     with_vip.sort();
     assert_eq!(found(&t, &g.member, &g.id, "needle").await, with_vip);
-    let (status, body) = call(&t, Method::DELETE, &assignment, &g.owner.token, None).await;
+    let (status, body) = t
+        .call(Method::DELETE, &assignment, Some(&g.owner.token), None)
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         found(&t, &g.member, &g.id, "needle").await,
@@ -380,35 +348,47 @@ async fn every_cap_and_malformed_query_is_refused() {
     let words = |n: usize| vec!["kitten"; n].join(" ");
     // At each cap: accepted.
     for ok in [
-        format!("q={}", encode(&"k".repeat(256))),
-        format!("q={}", encode(&format!("  {}  ", "k".repeat(256)))),
-        format!("q={}", encode(&words(20))),
-        format!("q={}", encode("kit* dep* k?tten k*")),
-        format!("q={}", encode("kiten~ deploy~2")),
+        format!("q={}", percent_encode(&"k".repeat(256))),
+        format!("q={}", percent_encode(&format!("  {}  ", "k".repeat(256)))),
+        format!("q={}", percent_encode(&words(20))),
+        format!("q={}", percent_encode("kit* dep* k?tten k*")),
+        format!("q={}", percent_encode("kiten~ deploy~2")),
         "q=kitten&limit=1".to_owned(),
         "q=kitten&limit=50".to_owned(),
     ] {
         let (status, body) = search_raw(&t, &g.member, &g.id, &ok).await;
         assert_eq!(status, 200, "{ok}: {body}");
     }
-    let (_, body) = search_raw(&t, &g.member, &g.id, &format!("q={}", encode("kiten~"))).await;
+    let (_, body) = search_raw(
+        &t,
+        &g.member,
+        &g.id,
+        &format!("q={}", percent_encode("kiten~")),
+    )
+    .await;
     assert_eq!(body["message_ids"], json!([hit]), "fuzzy matches");
-    let (_, body) = search_raw(&t, &g.member, &g.id, &format!("q={}", encode("dep*"))).await;
+    let (_, body) = search_raw(
+        &t,
+        &g.member,
+        &g.id,
+        &format!("q={}", percent_encode("dep*")),
+    )
+    .await;
     assert_eq!(body["message_ids"], json!([hit]), "wildcards match");
 
     // Past each cap, or malformed: refused.
     for bad in [
-        format!("q={}", encode(&"k".repeat(257))),
-        format!("q={}", encode(&words(21))),
-        format!("q={}", encode("kit* dep* k?tten k* d*")),
-        format!("q={}", encode("a~ b~ c~")),
-        format!("q={}", encode("author:bob")),
-        format!("q={}", encode("\"unclosed phrase")),
-        format!("q={}", encode("kitten~7")),
-        format!("q={}", encode("*")),
-        format!("q={}", encode("-kitten")),
+        format!("q={}", percent_encode(&"k".repeat(257))),
+        format!("q={}", percent_encode(&words(21))),
+        format!("q={}", percent_encode("kit* dep* k?tten k* d*")),
+        format!("q={}", percent_encode("a~ b~ c~")),
+        format!("q={}", percent_encode("author:bob")),
+        format!("q={}", percent_encode("\"unclosed phrase")),
+        format!("q={}", percent_encode("kitten~7")),
+        format!("q={}", percent_encode("*")),
+        format!("q={}", percent_encode("-kitten")),
         "q=".to_owned(),
-        format!("q={}", encode("   ")),
+        format!("q={}", percent_encode("   ")),
         "limit=5".to_owned(),
         "q=kitten&limit=0".to_owned(),
         "q=kitten&limit=51".to_owned(),
@@ -449,14 +429,14 @@ async fn rebuild_and_reconcile_need_manage_workspace_roles() {
         .post(&g.path("/join"), Some(&moderator.token), json!(null))
         .await;
     assert_eq!(status, 200);
-    let (status, body) = call(
-        &t,
-        Method::PATCH,
-        &g.path(&format!("/members/{}", moderator.id)),
-        &g.owner.token,
-        Some(json!({"role": "moderator"})),
-    )
-    .await;
+    let (status, body) = t
+        .call(
+            Method::PATCH,
+            &g.path(&format!("/members/{}", moderator.id)),
+            Some(&g.owner.token),
+            Some(json!({"role": "moderator"})),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     for user in [&g.member, &moderator] {
         for route in ["/search/rebuild", "/search/reconcile"] {
@@ -549,13 +529,13 @@ async fn a_restarted_search_service_catches_up(backends: Backends) {
         return;
     };
     let g = Guild::new(&t).await;
-    let dir = std::env::temp_dir().join(format!("filament-search-e2e-{}", ulid::Ulid::generate()));
+    let dir = tempfile::tempdir().expect("temp dir");
     let start = || async {
         let mut config = filament_search::Config::new(
             ([127, 0, 0, 1], 0).into(),
             format!("http://{}", t.stack.api_grpc_addr),
         );
-        config.index = filament_search::IndexLocation::Dir(dir.clone());
+        config.index = filament_search::IndexLocation::Dir(dir.path().to_owned());
         config.internal_token = t.stack.internal_token.clone();
         let search = filament_search::bind(config).await.expect("search binds");
         let engine = search.engine();
@@ -608,17 +588,19 @@ async fn a_restarted_search_service_catches_up(backends: Backends) {
     // Missed while it was down: a create, an edit and a delete.
     let c = g.say(&t, &g.owner, &g.general, "charlie words").await;
     let edit = g.path(&format!("/channels/{}/messages/{a}", g.general));
-    let (status, _) = call(
-        &t,
-        Method::PATCH,
-        &edit,
-        &g.owner.token,
-        Some(json!({"content": "alpha edited"})),
-    )
-    .await;
+    let (status, _) = t
+        .call(
+            Method::PATCH,
+            &edit,
+            Some(&g.owner.token),
+            Some(json!({"content": "alpha edited"})),
+        )
+        .await;
     assert_eq!(status, 200);
     let delete = g.path(&format!("/channels/{}/messages/{b}", g.general));
-    let (status, _) = call(&t, Method::DELETE, &delete, &g.owner.token, None).await;
+    let (status, _) = t
+        .call(Method::DELETE, &delete, Some(&g.owner.token), None)
+        .await;
     assert_eq!(status, 204);
 
     let (engine, stop, running) = start().await;
@@ -633,7 +615,6 @@ async fn a_restarted_search_service_catches_up(backends: Backends) {
     assert_eq!(engine.num_docs(), 2, "no document lost or doubled");
     stop.cancel();
     running.await.expect("joined").expect("clean stop");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,34 +18,8 @@ const MIB: usize = 1024 * 1024;
 
 // --- helpers -----------------------------------------------------------------
 
-async fn call(
-    t: &TestStack,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = t.http.request(method, t.api(path));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request sent");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    let body = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
-    };
-    (status, body)
-}
-
 async fn patch_profile(t: &TestStack, user: &User, body: Value) -> (u16, Value) {
-    call(
-        t,
+    t.call(
         Method::PATCH,
         "/users/me/profile",
         Some(&user.token),
@@ -55,7 +29,7 @@ async fn patch_profile(t: &TestStack, user: &User, body: Value) -> (u16, Value) 
 }
 
 async fn delete(t: &TestStack, path: &str, user: &User) -> (u16, Value) {
-    call(t, Method::DELETE, path, Some(&user.token), None).await
+    t.call(Method::DELETE, path, Some(&user.token), None).await
 }
 
 /// Uploads raw bytes, with a `Content-Type` when given.
@@ -70,16 +44,10 @@ async fn upload(
         .http
         .post(t.api(&format!("/users/me/profile/{kind}")))
         .body(bytes);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
     if let Some(content_type) = content_type {
         request = request.header("content-type", content_type);
     }
-    let response = request.send().await.expect("request sent");
-    let status = response.status().as_u16();
-    let body = response.json().await.unwrap_or(Value::Null);
-    (status, body)
+    t.send(request, token).await
 }
 
 /// `GET /users/{u}/{kind}` without a token: status, headers and bytes.
@@ -264,14 +232,14 @@ async fn profile_bad_input_is_refused_and_writes_nothing() {
         let (got, error) = patch_profile(&t, &a, body.clone()).await;
         assert_eq!((got, error), (status, invalid.clone()), "{body}");
     }
-    let (status, _) = call(
-        &t,
-        Method::PATCH,
-        "/users/me/profile",
-        None,
-        Some(json!({"about_markdown": "anonymous"})),
-    )
-    .await;
+    let (status, _) = t
+        .call(
+            Method::PATCH,
+            "/users/me/profile",
+            None,
+            Some(json!({"about_markdown": "anonymous"})),
+        )
+        .await;
     assert_eq!(status, 401);
     // 2048 bytes is still fine (bytes, not characters: 1024 × "é").
     let (status, _) = patch_profile(&t, &b, json!({"about_markdown": "é".repeat(1024)})).await;

@@ -31,7 +31,7 @@ use ulid::Ulid;
 
 use crate::clock::{now_unix, now_unix_ms};
 use crate::config::OutboxRequestPath;
-use crate::events;
+use crate::publish;
 use crate::state::AppState;
 use crate::store::{OutboxEvent, StoreResult};
 
@@ -219,7 +219,7 @@ async fn sweep(state: &AppState) -> StoreResult<Swept> {
             };
             swept.relayed += 1;
             if is_given_up(record.event_id, now) {
-                events::publish(state, event).await;
+                publish::publish(state, event).await;
                 swept.given_up += 1;
                 done.push(record.event_id);
             } else {

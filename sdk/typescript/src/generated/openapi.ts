@@ -1399,7 +1399,7 @@ export interface components {
         /**
          * @description A guild role as REST returns it: `color_hex` is `"#RRGGBB"` or `null`.
          *     (`workspace_role_create` omits a null color instead; see
-         *     [`crate::events::CreatedRole`].)
+         *     [`crate::payloads::CreatedRole`].)
          */
         Role: {
             color_hex: string | null;

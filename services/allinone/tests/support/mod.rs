@@ -34,16 +34,7 @@ pub struct TestStack {
     pub http: reqwest::Client,
     /// What the stack was started with, for [`restart_with`](Self::restart_with).
     config: StackConfig,
-    _dir: Option<TempDir>,
-}
-
-/// A temp directory removed on drop.
-pub struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestStack {
@@ -61,10 +52,9 @@ impl TestStack {
         let unique = ulid::Ulid::generate().to_string().to_lowercase();
         let (database_url, registry, dir, store) = match backends {
             Backends::Embedded => {
-                let dir = std::env::temp_dir().join(format!("filament-test-{unique}"));
-                std::fs::create_dir_all(&dir).expect("temp dir");
-                let url = format!("sqlite://{}", dir.join("filament.db").display());
-                (url, RegistryChoice::Memory, Some(TempDir(dir)), None)
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("filament.db").display());
+                (url, RegistryChoice::Memory, Some(dir), None)
             }
             Backends::External => {
                 let (Ok(pg), Ok(redis)) = (
@@ -255,7 +245,13 @@ impl TestStack {
         self.send(request, token).await
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder, token: Option<&str>) -> (u16, Value) {
+    /// Sends a request the test built, with `token` as its bearer: the
+    /// status and the body as JSON (`Null` when empty, else the text).
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        token: Option<&str>,
+    ) -> (u16, Value) {
         let request = match token {
             Some(token) => request.bearer_auth(token),
             None => request,
@@ -354,6 +350,20 @@ impl TestStack {
     pub fn gateway_metrics(&self, n: usize) -> Arc<filament_gateway::Metrics> {
         Arc::clone(&self.stack.gateway_metrics[n])
     }
+}
+
+/// Percent-encodes everything but unreserved characters, for path segments
+/// and query values.
+pub fn percent_encode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// Everything a service process logged so far: its JSON log lines, parsed.

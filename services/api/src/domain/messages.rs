@@ -16,8 +16,8 @@ use crate::clock::now_unix;
 use crate::domain::idempotency::IdempotencyKey;
 use crate::domain::{MessageContent, parse_id};
 use crate::error::{ApiError, ApiResult};
-use crate::events;
 use crate::outbox::Pending;
+use crate::publish;
 use crate::state::AppState;
 use crate::store::{AttachmentRecord, MessageInsert, MessageRecord};
 
@@ -91,8 +91,8 @@ pub async fn post(
         ..proto_message(&record)
     };
     let body = wire_message(&message)?;
-    let event = events::message_create(message);
-    events::ensure_deliverable(&event)?;
+    let event = publish::message_create(message);
+    publish::ensure_deliverable(&event)?;
     let pending = Pending::new(state, event);
     let idempotency = key
         .map(|key| key.record(POSTED_STATUS, &body))

@@ -14,11 +14,11 @@ use crate::clock::now_unix;
 use crate::domain::{Password, Username, storable_text};
 use crate::error::ErrorBody;
 use crate::error::{ApiError, ApiResult};
-use crate::events;
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, JsonBody};
 use crate::http::openapi::ApiRouter;
 use crate::http::roles::{ACK, Ack};
+use crate::publish;
 use crate::rate_limit::AuthRoute;
 use crate::state::AppState;
 use crate::store::{NewSession, NewUser, RotateOutcome, StoreError, UserRecord};
@@ -194,9 +194,9 @@ pub async fn refresh(
     let now = now_unix();
     // A replay revokes the session, and stores `session_revoked` for the
     // session's user, whom only its transaction knows.
-    let deferred = events::Deferred::new(&state);
+    let deferred = publish::Deferred::new(&state);
     let outbox = |user_id: &Ulid| {
-        deferred.rows(vec![events::session_revoked(
+        deferred.rows(vec![publish::session_revoked(
             *user_id,
             presented.session_id,
         )])
@@ -249,9 +249,9 @@ pub async fn logout(
     let presented = RefreshToken::parse(&dto.refresh_token).ok_or(ApiError::InvalidCredentials)?;
     // `session_revoked` for the session's user, whom only the revoking
     // transaction knows.
-    let deferred = events::Deferred::new(&state);
+    let deferred = publish::Deferred::new(&state);
     let outbox = |user_id: &Ulid| {
-        deferred.rows(vec![events::session_revoked(
+        deferred.rows(vec![publish::session_revoked(
             *user_id,
             presented.session_id,
         )])
@@ -274,7 +274,7 @@ pub async fn logout(
 async fn end_session(
     state: &AppState,
     session_id: Ulid,
-    revoked: events::Deferred<'_>,
+    revoked: publish::Deferred<'_>,
 ) -> ApiResult<()> {
     let ttl = state.config().access_token_ttl;
     if let Err(err) = state
@@ -289,7 +289,7 @@ async fn end_session(
         // every gateway while the registry fails.
         tracing::warn!(%err, "cannot list the revoked session in the registry");
     }
-    // Only now, after the registry (see `events::session_revoked`): a
+    // Only now, after the registry (see `publish::session_revoked`): a
     // socket this misses, identified just before, finds the revocation
     // there.
     for pending in revoked.into_pending() {

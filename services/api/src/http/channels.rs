@@ -18,10 +18,10 @@ use crate::clock::now_unix;
 use crate::domain::Name;
 use crate::domain::permissions::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, ChannelPath, GuildPath};
 use crate::outbox::Pending;
+use crate::publish;
 use crate::state::AppState;
 use crate::store::{ChannelChange, ChannelKind, ChannelRecord, MemberRole};
 
@@ -110,7 +110,7 @@ pub async fn create(
     };
     let created = Pending::new(
         &state,
-        events::channel_create(&guild_id.to_string(), proto_channel(&channel)),
+        publish::channel_create(&guild_id.to_string(), proto_channel(&channel)),
     );
     state
         .store()
@@ -175,7 +175,7 @@ pub async fn update(
     let now = now_unix();
     // Only a rename that changed the name is announced, which only the
     // write's transaction knows.
-    let deferred = events::Deferred::new(&state);
+    let deferred = publish::Deferred::new(&state);
     let outbox = |change: &ChannelChange| {
         if change.after.name == change.before.name {
             return Vec::new();
@@ -183,7 +183,7 @@ pub async fn update(
         // Only sockets subscribed to the channel: they were authorized to
         // see it, while a guild-wide event would show a private channel's
         // name to members who cannot view it.
-        let event = events::for_channel(
+        let event = publish::for_channel(
             &guild,
             &channel_id.to_string(),
             event::Payload::ChannelUpdate(pb::ChannelUpdate {
@@ -203,7 +203,7 @@ pub async fn update(
         .rename_channel(guild_id, channel_id, name.into_string(), &outbox)
         .await?
         .ok_or(ApiError::NotFound)?;
-    events::publish_all(&state, deferred.into_pending()).await;
+    publish::publish_all(&state, deferred.into_pending()).await;
     Ok(Json(wire_channel(&change.after)))
 }
 
@@ -235,7 +235,7 @@ pub async fn delete(
     // The event first, to the channel's subscribers only (see `update`): a
     // socket whose only subscription was this channel is no longer present
     // in the guild once access is revoked.
-    let event = events::for_channel(
+    let event = publish::for_channel(
         &guild,
         &channel_id.to_string(),
         event::Payload::ChannelDelete(pb::ChannelDelete {
@@ -246,7 +246,7 @@ pub async fn delete(
         }),
     );
     let deleted = Pending::new(&state, event);
-    let revocation = events::AccessRevocation::new(&state, &guild, Vec::new(), false);
+    let revocation = publish::AccessRevocation::new(&state, &guild, Vec::new(), false);
     let outbox = vec![deleted.row(), revocation.row()];
     if !state
         .store()

@@ -30,8 +30,8 @@ use ulid::Ulid;
 
 use crate::clock::now_unix;
 use crate::error::{ApiError, ApiResult};
-use crate::events;
 use crate::http::extract::AuthUser;
+use crate::publish;
 use crate::state::AppState;
 
 /// The audit action of a request refused by an IP ban.
@@ -132,7 +132,7 @@ async fn check_ip_ban(state: &AppState, guild_id: Ulid, parts: &mut Parts) -> Ap
     // Only an authenticated caller learns that a ban matched; anyone else
     // gets the 401 the route would have given them.
     let AuthUser(user) = AuthUser::from_request_parts(parts, state).await?;
-    events::audit(
+    publish::audit(
         state,
         guild_id,
         user.user_id,

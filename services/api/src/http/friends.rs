@@ -10,7 +10,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use filament_proto::v1::{self as pb, event};
-use filament_wire::events::FriendRequestCreate;
+use filament_wire::payloads::FriendRequestCreate;
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 use utoipa::ToSchema;
@@ -19,11 +19,11 @@ use utoipa_axum::routes;
 use crate::clock::now_unix;
 use crate::domain::parse_id;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, FriendRequestPath, Id, UserPath};
 use crate::http::roles::{ACK, Ack};
 use crate::outbox::Pending;
+use crate::publish;
 use crate::state::AppState;
 use crate::store::{
     AcceptedFriendRequest, FriendRequestParties, FriendRequestRecord, NewFriendRequest,
@@ -114,14 +114,14 @@ pub async fn create_request(
     }
     // The event carries both usernames, which the write's transaction
     // reads.
-    let deferred = events::Deferred::new(&state);
+    let deferred = publish::Deferred::new(&state);
     let outbox = |record: &FriendRequestRecord| {
         let parties = vec![
             record.sender_user_id.to_string(),
             record.recipient_user_id.to_string(),
         ];
         let payload = event::Payload::FriendRequestCreate(proto_request(record));
-        deferred.rows(vec![events::for_users(parties, Vec::new(), payload)])
+        deferred.rows(vec![publish::for_users(parties, Vec::new(), payload)])
     };
     // Unknown recipient, already friends, or pending either way:
     // PROTOCOL.md §2.4 answers all of them with the same 400.
@@ -138,7 +138,7 @@ pub async fn create_request(
         )
         .await?
         .ok_or(ApiError::InvalidRequest)?;
-    events::publish_all(&state, deferred.into_pending()).await;
+    publish::publish_all(&state, deferred.into_pending()).await;
     Ok(Json(CreatedRequest {
         request_id: record.request_id.to_string(),
         sender_user_id: record.sender_user_id.to_string(),
@@ -201,7 +201,7 @@ pub async fn accept_request(
 ) -> ApiResult<Json<Ack>> {
     let now = now_unix();
     // Who sent the request, and the names, only the transaction knows.
-    let deferred = events::Deferred::new(&state);
+    let deferred = publish::Deferred::new(&state);
     let outbox = |accepted: &AcceptedFriendRequest| {
         deferred.rows(request_update_copies(accepted, user.user_id, now).into())
     };
@@ -210,7 +210,7 @@ pub async fn accept_request(
         .accept_friend_request(request_id, user.user_id, now, &outbox)
         .await?
         .ok_or(ApiError::NotFound)?;
-    events::publish_all(&state, deferred.into_pending()).await;
+    publish::publish_all(&state, deferred.into_pending()).await;
     Ok(Json(ACK))
 }
 
@@ -233,7 +233,7 @@ pub async fn delete_request(
 ) -> ApiResult<StatusCode> {
     let now = now_unix();
     // The other party only the transaction knows.
-    let deferred = events::Deferred::new(&state);
+    let deferred = publish::Deferred::new(&state);
     let outbox = |parties: &FriendRequestParties| {
         let payload = event::Payload::FriendRequestDelete(pb::FriendRequestDelete {
             request_id: request_id.to_string(),
@@ -244,14 +244,14 @@ pub async fn delete_request(
             parties.sender_user_id.to_string(),
             parties.recipient_user_id.to_string(),
         ];
-        deferred.rows(vec![events::for_users(audience, Vec::new(), payload)])
+        deferred.rows(vec![publish::for_users(audience, Vec::new(), payload)])
     };
     state
         .store()
         .delete_friend_request(request_id, user.user_id, &outbox)
         .await?
         .ok_or(ApiError::NotFound)?;
-    events::publish_all(&state, deferred.into_pending()).await;
+    publish::publish_all(&state, deferred.into_pending()).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -293,7 +293,7 @@ pub async fn remove_friend(
         .remove_friend(user.user_id, friend_id, outbox)
         .await?
     {
-        events::publish_all(&state, copies).await;
+        publish::publish_all(&state, copies).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -338,7 +338,7 @@ fn request_update_copies(
 }
 
 fn to_one_user(user_id: Ulid, payload: event::Payload) -> pb::Event {
-    events::for_users(vec![user_id.to_string()], Vec::new(), payload)
+    publish::for_users(vec![user_id.to_string()], Vec::new(), payload)
 }
 
 pub fn routes() -> ApiRouter {

@@ -22,12 +22,12 @@ use utoipa_axum::routes;
 use crate::clock::now_unix;
 use crate::domain::{Name, page_limit, storable_text};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::events;
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::members::apply_default_join_role;
 use crate::http::openapi::{ApiRouter, GuildPath};
 use crate::outbox::Pending;
+use crate::publish;
 use crate::rate_limit::sliding::SlidingWindow;
 use crate::state::AppState;
 use crate::store::{AddMemberOutcome, GuildRecord, MemberRecord, MemberRole, Visibility};
@@ -237,7 +237,7 @@ pub async fn join(
         .await?
         .ok_or(ApiError::NotFound)?;
     if let Some((action, error)) = refusal(&state, &guild, user.user_id, ip, now).await? {
-        events::audit(&state, guild_id, user.user_id, Some(user.user_id), action).await;
+        publish::audit(&state, guild_id, user.user_id, Some(user.user_id), action).await;
         return Err(error);
     }
     let member = MemberRecord {
@@ -249,7 +249,7 @@ pub async fn join(
     let user_id = user.user_id.to_string();
     let added = Pending::new(
         &state,
-        events::member_add(&guild_id.to_string(), &user_id, now, &user_id),
+        publish::member_add(&guild_id.to_string(), &user_id, now, &user_id),
     );
     // The address is recorded with the membership, in the guild, and only
     // for a join that let the user in (PROTOCOL.md §2.5): a refused join
@@ -263,7 +263,7 @@ pub async fn join(
         AddMemberOutcome::Banned => {
             // A ban that landed since the check above.
             let action = JOIN_REJECTED_USER_BAN;
-            events::audit(&state, guild_id, user.user_id, Some(user.user_id), action).await;
+            publish::audit(&state, guild_id, user.user_id, Some(user.user_id), action).await;
             return Err(ApiError::DirectoryJoinUserBanned);
         }
         AddMemberOutcome::AlreadyMember => "already_member",
@@ -273,7 +273,7 @@ pub async fn join(
             "accepted"
         }
     };
-    events::audit(
+    publish::audit(
         &state,
         guild_id,
         user.user_id,

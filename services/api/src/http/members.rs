@@ -21,11 +21,11 @@ use crate::clock::now_unix;
 use crate::domain::permissions::Permission;
 use crate::domain::{page_limit, parse_id};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::openapi::{ApiRouter, GuildPath, Id, MemberPath};
 use crate::http::roles::{ACK, Ack, MAX_ASSIGNMENTS};
 use crate::outbox::Pending;
+use crate::publish;
 use crate::state::AppState;
 use crate::store::{AddMemberOutcome, AssignOutcome, MemberRecord, MemberRole};
 
@@ -179,7 +179,7 @@ pub async fn add(
         role: MemberRole::Member,
         joined_at_unix: now,
     };
-    let event = events::member_add(
+    let event = publish::member_add(
         &guild_id.to_string(),
         &target.to_string(),
         now,
@@ -239,7 +239,7 @@ pub async fn update(
     }
     let now = now_unix();
     let guild = guild_id.to_string();
-    let event = events::for_guild(
+    let event = publish::for_guild(
         &guild,
         event::Payload::WorkspaceMemberUpdate(pb::WorkspaceMemberUpdate {
             guild_id: guild.clone(),
@@ -255,9 +255,9 @@ pub async fn update(
     // A moderator made member may no longer see moderator-only channels:
     // gateways drop them before this call returns.
     let revocation = (new_role < current)
-        .then(|| events::AccessRevocation::new(&state, &guild, vec![target.to_string()], false));
+        .then(|| publish::AccessRevocation::new(&state, &guild, vec![target.to_string()], false));
     let mut outbox = vec![updated.row()];
-    outbox.extend(revocation.as_ref().map(events::AccessRevocation::row));
+    outbox.extend(revocation.as_ref().map(publish::AccessRevocation::row));
     if !state
         .store()
         .set_legacy_role(guild_id, target, new_role, now, outbox)
@@ -269,7 +269,7 @@ pub async fn update(
     if let Some(revocation) = revocation {
         revocation.publish(&state).await;
     }
-    events::audit(
+    publish::audit(
         &state,
         guild_id,
         actor.user_id,

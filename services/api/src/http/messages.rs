@@ -26,13 +26,13 @@ use crate::domain::messages::{self, NewMessage, proto_attachment, proto_message,
 use crate::domain::permissions::{GuildAccess, Permission};
 use crate::domain::{MessageContent, page_limit, parse_id};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::events;
 use crate::http::attachments::{remove_file, storage};
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::idempotency::Keyed;
 use crate::http::openapi::{ApiRouter, ChannelPath, Id, MessagePath};
 use crate::http::reactions::proto_reaction;
 use crate::outbox::Pending;
+use crate::publish;
 use crate::state::AppState;
 use crate::store::{HistoryCursor, MessageRecord};
 
@@ -264,7 +264,7 @@ pub async fn edit(
     let moderated = may_change(&access, &record)?;
     record.content = content;
     let event = message_update(&record, now_unix());
-    events::ensure_deliverable(&event)?;
+    publish::ensure_deliverable(&event)?;
     let pending = Pending::new(&state, event);
     let edited = state
         .store()
@@ -282,7 +282,7 @@ pub async fn edit(
     pending.publish(&state).await;
     if moderated {
         let action = "message.edit.moderation";
-        events::audit(
+        publish::audit(
             &state,
             guild_id,
             user.user_id,
@@ -327,7 +327,7 @@ pub async fn delete(
         .ok_or(ApiError::NotFound)?;
     let moderated = may_change(&access, &record)?;
     let event = message_delete(&record, now_unix());
-    events::ensure_deliverable(&event)?;
+    publish::ensure_deliverable(&event)?;
     let pending = Pending::new(&state, event);
     let attachments = state
         .store()
@@ -343,7 +343,7 @@ pub async fn delete(
     }
     if moderated {
         let action = "message.delete.moderation";
-        events::audit(
+        publish::audit(
             &state,
             guild_id,
             user.user_id,
@@ -402,7 +402,7 @@ pub(super) async fn full_messages(
 
 fn message_update(record: &MessageRecord, updated_at_unix: i64) -> pb::Event {
     let (guild_id, channel_id) = (record.guild_id.to_string(), record.channel_id.to_string());
-    events::for_channel(
+    publish::for_channel(
         &guild_id,
         &channel_id,
         event::Payload::MessageUpdate(pb::MessageUpdate {
@@ -420,7 +420,7 @@ fn message_update(record: &MessageRecord, updated_at_unix: i64) -> pb::Event {
 
 fn message_delete(record: &MessageRecord, deleted_at_unix: i64) -> pb::Event {
     let (guild_id, channel_id) = (record.guild_id.to_string(), record.channel_id.to_string());
-    events::for_channel(
+    publish::for_channel(
         &guild_id,
         &channel_id,
         event::Payload::MessageDelete(pb::MessageDelete {

@@ -4,7 +4,7 @@
 //! and before the call returns, the removed user's access is gone
 //! everywhere: `workspace_member_ban` (ban only) and `workspace_member_remove`
 //! go to the guild and to the removed user's own sockets, then an
-//! [`events::AccessRevocation`] makes every gateway drop the user's
+//! [`publish::AccessRevocation`] makes every gateway drop the user's
 //! subscriptions in the guild and acknowledge it. A later message in the
 //! guild cannot reach them. All of these events are stored with the
 //! removal (docs/adr/0006-outbox.md), so a crash after the commit delays
@@ -26,11 +26,11 @@ use crate::clock::now_unix;
 use crate::domain::permissions::{GuildAccess, Permission};
 use crate::domain::{page_limit, parse_id, storable_text};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::openapi::{ApiRouter, GuildPath, Id, IpBanPath, MemberPath};
 use crate::http::roles::{ACK, Ack, require_outranks};
 use crate::outbox::Pending;
+use crate::publish;
 use crate::state::AppState;
 use crate::store::{
     AuditCursor, AuditEntry, IpBanCursor, IpBanOutcome, IpBanRecord, MemberRecord, MemberRole,
@@ -95,7 +95,7 @@ pub async fn kick(
         return Err(ApiError::NotFound);
     }
     tear_down.publish(&state).await;
-    events::audit(&state, guild_id, actor.user_id, Some(target), MEMBER_KICK).await;
+    publish::audit(&state, guild_id, actor.user_id, Some(target), MEMBER_KICK).await;
     Ok(Json(ACK))
 }
 
@@ -136,7 +136,7 @@ pub async fn ban(
     let tear_down = TearDown::new(&state, guild_id, target, actor.user_id, Removal::Ban);
     state.store().ban_member(ban, tear_down.rows()).await?;
     tear_down.publish(&state).await;
-    events::audit(&state, guild_id, actor.user_id, Some(target), MEMBER_BAN).await;
+    publish::audit(&state, guild_id, actor.user_id, Some(target), MEMBER_BAN).await;
     Ok(Json(ACK))
 }
 
@@ -174,7 +174,7 @@ fn may_remove(actor: MemberRole, target: MemberRole) -> bool {
 /// access.
 struct TearDown {
     told: Vec<Pending>,
-    revocation: events::AccessRevocation,
+    revocation: publish::AccessRevocation,
 }
 
 impl TearDown {
@@ -189,7 +189,7 @@ impl TearDown {
                 banned_at_unix: now,
                 actor_user_id: Some(actor.clone()),
             };
-            let event = events::for_guild(&guild, event::Payload::WorkspaceMemberBan(ban));
+            let event = publish::for_guild(&guild, event::Payload::WorkspaceMemberBan(ban));
             told.push(Pending::new(state, event));
         }
         let reason = match removal {
@@ -205,7 +205,7 @@ impl TearDown {
         };
         // The removed user hears it on every socket, wherever it is
         // subscribed.
-        let event = events::for_users(
+        let event = publish::for_users(
             vec![user.clone()],
             vec![guild.clone()],
             event::Payload::WorkspaceMemberRemove(remove),
@@ -213,7 +213,7 @@ impl TearDown {
         told.push(Pending::new(state, event));
         Self {
             told,
-            revocation: events::AccessRevocation::new(state, &guild, vec![user], true),
+            revocation: publish::AccessRevocation::new(state, &guild, vec![user], true),
         }
     }
 
@@ -228,7 +228,7 @@ impl TearDown {
     /// the user's access on every gateway and waits for each to
     /// acknowledge.
     async fn publish(self, state: &AppState) {
-        events::publish_all(state, self.told).await;
+        publish::publish_all(state, self.told).await;
         self.revocation.publish(state).await;
     }
 }
@@ -557,10 +557,10 @@ pub async fn ban_ips_by_user(
     // and the managers get the count only the transaction knows.
     let ip_bans_changed = Pending::new(
         &state,
-        events::access_changed(&guild, Vec::new(), false, true),
+        publish::access_changed(&guild, Vec::new(), false, true),
     );
     let managers = ip_ban_managers(&state, guild_id).await;
-    let deferred = events::Deferred::new(&state);
+    let deferred = publish::Deferred::new(&state);
     let outbox = |ban_ids: &[Ulid]| {
         let mut rows = vec![ip_bans_changed.row()];
         if let Some(managers) = &managers {
@@ -597,8 +597,8 @@ pub async fn ban_ips_by_user(
     if !ban_ids.is_empty() {
         ip_bans_changed.publish_acked(&state, "ip ban change").await;
         let target = Some(request.target_user_id);
-        events::audit(&state, guild_id, actor.user_id, target, IP_BAN_ADD).await;
-        events::publish_all(&state, deferred.into_pending()).await;
+        publish::audit(&state, guild_id, actor.user_id, target, IP_BAN_ADD).await;
+        publish::publish_all(&state, deferred.into_pending()).await;
     }
     Ok(Json(IpBansCreated {
         created_count: ban_ids.len(),
@@ -643,8 +643,8 @@ pub async fn remove_ip_ban(
         .await?
         .ok_or(ApiError::NotFound)?;
     let target = removed.source_user_id;
-    events::audit(&state, guild_id, actor.user_id, target, IP_BAN_REMOVE).await;
-    events::publish_all(&state, sync.into_iter().collect()).await;
+    publish::audit(&state, guild_id, actor.user_id, target, IP_BAN_REMOVE).await;
+    publish::publish_all(&state, sync.into_iter().collect()).await;
     Ok(Json(ACK))
 }
 
@@ -694,7 +694,7 @@ fn ip_ban_sync(
         updated_at_unix: now,
         actor_user_id: Some(actor.to_string()),
     };
-    events::for_users(
+    publish::for_users(
         managers,
         Vec::new(),
         event::Payload::WorkspaceIpBanSync(sync),

@@ -22,11 +22,11 @@ use crate::clock::now_unix;
 use crate::domain::parse_id;
 use crate::domain::permissions::{Permission, Permissions};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::events;
 use crate::http::extract::{AuthUser, JsonBody};
 use crate::http::openapi::{ApiRouter, LegacyOverridePath, TargetOverridePath};
 use crate::http::roles::{ACK, Ack};
 use crate::outbox::Pending;
+use crate::publish;
 use crate::state::AppState;
 use crate::store::{BuiltinRole, MemberRole, OverrideRecord, OverrideTarget};
 
@@ -122,7 +122,7 @@ pub async fn set_legacy(
         .find(|role| role.builtin == Some(builtin))
         // The built-in `moderator` and `member` roles can be deleted.
         .ok_or(ApiError::NotFound)?;
-    let event = events::for_guild(
+    let event = publish::for_guild(
         &guild,
         event::Payload::WorkspaceChannelRoleOverrideUpdate(
             pb::WorkspaceChannelRoleOverrideUpdate {
@@ -135,20 +135,20 @@ pub async fn set_legacy(
             },
         ),
     );
-    events::ensure_deliverable(&event)?;
+    publish::ensure_deliverable(&event)?;
     let record = masks.record(
         guild_id,
         channel_id,
         OverrideTarget::Role(target_role.role_id),
     );
     let updated = Pending::new(&state, event);
-    let revocation = events::AccessRevocation::new(&state, &guild, Vec::new(), false);
+    let revocation = publish::AccessRevocation::new(&state, &guild, Vec::new(), false);
     state
         .store()
         .upsert_override(record, vec![updated.row(), revocation.row()])
         .await?;
     updated.publish(&state).await;
-    events::audit(
+    publish::audit(
         &state,
         guild_id,
         user.user_id,
@@ -212,7 +212,7 @@ pub async fn set_target(
     // The client accepts only legacy role names as a role `target_id`, so it
     // drops this event for a role target; it is still the record of the
     // change for other consumers.
-    let event = events::for_guild(
+    let event = publish::for_guild(
         &guild,
         event::Payload::WorkspaceChannelPermissionOverrideUpdate(
             pb::WorkspaceChannelPermissionOverrideUpdate {
@@ -226,13 +226,13 @@ pub async fn set_target(
             },
         ),
     );
-    events::ensure_deliverable(&event)?;
+    publish::ensure_deliverable(&event)?;
     let (audit_target, revoked) = match target {
         OverrideTarget::Member(member) => (Some(member), vec![member.to_string()]),
         OverrideTarget::Role(_) => (None, Vec::new()),
     };
     let updated = Pending::new(&state, event);
-    let revocation = events::AccessRevocation::new(&state, &guild, revoked, false);
+    let revocation = publish::AccessRevocation::new(&state, &guild, revoked, false);
     state
         .store()
         .upsert_override(
@@ -241,7 +241,7 @@ pub async fn set_target(
         )
         .await?;
     updated.publish(&state).await;
-    events::audit(
+    publish::audit(
         &state,
         guild_id,
         user.user_id,

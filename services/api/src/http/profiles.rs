@@ -23,13 +23,13 @@ use utoipa_axum::routes;
 use crate::clock::now_unix;
 use crate::domain::{Username, parse_id, storable_text};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::events;
 use crate::http::auth::profile;
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, Binary, Id, UserPath};
 use crate::http::uploads::{Disposition, untrusted_content_headers};
 use crate::outbox::Pending;
+use crate::publish;
 use crate::rate_limit::AuthRoute;
 use crate::state::AppState;
 use crate::store::{ImageKind, ProfileChange, ProfileImage, StoreError, UserRecord};
@@ -184,7 +184,7 @@ pub async fn update(
     let payload = profile_update_payload(user.user_id, &patch, now_unix());
     // The audience does not change the frame, so the user alone is enough
     // to check the size before anything is written.
-    events::ensure_deliverable(&events::for_users(
+    publish::ensure_deliverable(&publish::for_users(
         vec![user.user_id.to_string()],
         Vec::new(),
         payload.clone(),
@@ -417,7 +417,7 @@ async fn upload(
     };
     let audience = profile_audience(state, user.user_id).await;
     // The new version only the write's transaction knows.
-    let deferred = events::Deferred::new(state);
+    let deferred = publish::Deferred::new(state);
     let outbox = |updated: &UserRecord| {
         let user_id = updated.user_id.to_string();
         let payload = match kind {
@@ -439,7 +439,7 @@ async fn upload(
         .set_profile_image(user.user_id, kind, image, now, &outbox)
         .await?
         .ok_or(ApiError::InvalidCredentials)?;
-    events::publish_all(state, deferred.into_pending()).await;
+    publish::publish_all(state, deferred.into_pending()).await;
     profile(&updated).map(Json)
 }
 
@@ -584,7 +584,7 @@ struct Audience {
 
 impl Audience {
     fn event(&self, payload: event::Payload) -> pb::Event {
-        events::for_users(self.user_ids.clone(), self.guild_ids.clone(), payload)
+        publish::for_users(self.user_ids.clone(), self.guild_ids.clone(), payload)
     }
 }
 

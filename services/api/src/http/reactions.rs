@@ -12,10 +12,10 @@ use utoipa_axum::routes;
 use crate::clock::now_unix;
 use crate::domain::{parse_id, storable_text};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::events;
 use crate::http::extract::AuthUser;
 use crate::http::openapi::{ApiRouter, EmojiPath};
 use crate::outbox::Pending;
+use crate::publish;
 use crate::state::AppState;
 use crate::store::{ReactionChange, ReactionKey, ReactionSummary};
 
@@ -136,7 +136,7 @@ async fn react(
     };
     // The count is known only after the write; the largest count this
     // event could carry stands in for it, so the check is still made first.
-    events::ensure_deliverable(&reaction_event(&key, i64::MAX, operation))?;
+    publish::ensure_deliverable(&reaction_event(&key, i64::MAX, operation))?;
     // The event goes to the outbox with the change (`crate::outbox`), built
     // there from the count the transaction sees.
     let event_id = state.new_id();
@@ -174,7 +174,7 @@ async fn react(
 
 fn reaction_event(key: &ReactionKey, count: i64, operation: Operation) -> pb::Event {
     let (guild_id, channel_id) = (key.guild_id.to_string(), key.channel_id.to_string());
-    events::for_channel(
+    publish::for_channel(
         &guild_id,
         &channel_id,
         event::Payload::MessageReaction(pb::MessageReaction {

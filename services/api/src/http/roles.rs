@@ -20,10 +20,10 @@ use crate::clock::now_unix;
 use crate::domain::permissions::{GuildAccess, Permission, Permissions};
 use crate::domain::{parse_id, storable_text};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, GuildPath, Id, RoleMemberPath, RolePath};
 use crate::outbox::Pending;
+use crate::publish;
 use crate::state::AppState;
 use crate::store::{
     AssignOutcome, BuiltinRole, CreateRoleOutcome, RoleChanges, RoleRecord, UnassignOutcome,
@@ -223,7 +223,7 @@ pub async fn list(
         .iter()
         .any(|role| Permissions::unknown_bits(role.permissions) != 0)
     {
-        events::audit(
+        publish::audit(
             &state,
             guild_id,
             user.user_id,
@@ -293,7 +293,7 @@ pub async fn create(
         ..proto_role(&record)
     };
     let body = wire_role(&role)?;
-    let event = events::for_guild(
+    let event = publish::for_guild(
         &guild_id.to_string(),
         event::Payload::WorkspaceRoleCreate(pb::WorkspaceRoleCreate {
             guild_id: guild_id.to_string(),
@@ -301,7 +301,7 @@ pub async fn create(
             actor_user_id: Some(user.user_id.to_string()),
         }),
     );
-    events::ensure_deliverable(&event)?;
+    publish::ensure_deliverable(&event)?;
     let created = Pending::new(&state, event);
     let outcome = state
         .store()
@@ -312,7 +312,7 @@ pub async fn create(
         CreateRoleOutcome::QuotaExceeded => return Err(ApiError::QuotaExceeded),
     }
     created.publish(&state).await;
-    events::audit(&state, guild_id, user.user_id, None, "role.create").await;
+    publish::audit(&state, guild_id, user.user_id, None, "role.create").await;
     Ok(Json(body))
 }
 
@@ -345,7 +345,7 @@ pub async fn update(
         (fields.color_hex.is_some(), "role.color.update"),
     ];
     let shrinks = fields.permissions.is_some();
-    let event = events::for_guild(
+    let event = publish::for_guild(
         &guild_id.to_string(),
         event::Payload::WorkspaceRoleUpdate(pb::WorkspaceRoleUpdate {
             guild_id: guild_id.to_string(),
@@ -355,13 +355,13 @@ pub async fn update(
             actor_user_id: Some(user.user_id.to_string()),
         }),
     );
-    events::ensure_deliverable(&event)?;
+    publish::ensure_deliverable(&event)?;
     let updated = Pending::new(&state, event);
     // New permissions can take some away: gateways re-check everyone.
     let revocation = shrinks
-        .then(|| events::AccessRevocation::new(&state, &guild_id.to_string(), Vec::new(), false));
+        .then(|| publish::AccessRevocation::new(&state, &guild_id.to_string(), Vec::new(), false));
     let mut outbox = vec![updated.row()];
-    outbox.extend(revocation.as_ref().map(events::AccessRevocation::row));
+    outbox.extend(revocation.as_ref().map(publish::AccessRevocation::row));
     let role = state
         .store()
         .update_role(guild_id, role_id, update.changes, outbox)
@@ -369,7 +369,7 @@ pub async fn update(
         .ok_or(ApiError::NotFound)?;
     updated.publish(&state).await;
     for (_, action) in audits.into_iter().filter(|(sent, _)| *sent) {
-        events::audit(&state, guild_id, user.user_id, None, action).await;
+        publish::audit(&state, guild_id, user.user_id, None, action).await;
     }
     if let Some(revocation) = revocation {
         revocation.publish(&state).await;
@@ -400,7 +400,7 @@ pub async fn delete(
         return Err(ApiError::Forbidden);
     }
     let guild = guild_id.to_string();
-    let event = events::for_guild(
+    let event = publish::for_guild(
         &guild,
         event::Payload::WorkspaceRoleDelete(pb::WorkspaceRoleDelete {
             guild_id: guild.clone(),
@@ -410,7 +410,7 @@ pub async fn delete(
         }),
     );
     let deleted = Pending::new(&state, event);
-    let revocation = events::AccessRevocation::new(&state, &guild, Vec::new(), false);
+    let revocation = publish::AccessRevocation::new(&state, &guild, Vec::new(), false);
     if state
         .store()
         .delete_role(guild_id, role_id, vec![deleted.row(), revocation.row()])
@@ -420,7 +420,7 @@ pub async fn delete(
         return Err(ApiError::NotFound);
     }
     deleted.publish(&state).await;
-    events::audit(&state, guild_id, user.user_id, None, "role.delete").await;
+    publish::audit(&state, guild_id, user.user_id, None, "role.delete").await;
     revocation.publish(&state).await;
     Ok(Json(ACK))
 }
@@ -456,7 +456,7 @@ pub async fn reorder(
             return Err(ApiError::Forbidden);
         }
     }
-    let event = events::for_guild(
+    let event = publish::for_guild(
         &guild_id.to_string(),
         event::Payload::WorkspaceRoleReorder(pb::WorkspaceRoleReorder {
             guild_id: guild_id.to_string(),
@@ -465,7 +465,7 @@ pub async fn reorder(
             actor_user_id: Some(user.user_id.to_string()),
         }),
     );
-    events::ensure_deliverable(&event)?;
+    publish::ensure_deliverable(&event)?;
     let reordered = Pending::new(&state, event);
     if !state
         .store()
@@ -476,7 +476,7 @@ pub async fn reorder(
         return Err(ApiError::InvalidRequest);
     }
     reordered.publish(&state).await;
-    events::audit(&state, guild_id, user.user_id, None, "role.reorder").await;
+    publish::audit(&state, guild_id, user.user_id, None, "role.reorder").await;
     Ok(Json(ACK))
 }
 
@@ -518,7 +518,7 @@ pub async fn set_default(
     {
         return Err(ApiError::InvalidRequest);
     }
-    events::audit(
+    publish::audit(
         &state,
         guild_id,
         user.user_id,
@@ -550,7 +550,7 @@ pub async fn assign(
     assignable_role(&state, guild_id, role_id, user.user_id).await?;
     let now = now_unix();
     let guild = guild_id.to_string();
-    let event = events::for_guild(
+    let event = publish::for_guild(
         &guild,
         event::Payload::WorkspaceRoleAssignmentAdd(pb::WorkspaceRoleAssignmentAdd {
             guild_id: guild.clone(),
@@ -562,7 +562,8 @@ pub async fn assign(
     );
     let assigned = Pending::new(&state, event);
     // A role can carry deny overrides, so even a new role can hide channels.
-    let revocation = events::AccessRevocation::new(&state, &guild, vec![target.to_string()], false);
+    let revocation =
+        publish::AccessRevocation::new(&state, &guild, vec![target.to_string()], false);
     let outbox = vec![assigned.row(), revocation.row()];
     let outcome = state
         .store()
@@ -577,7 +578,7 @@ pub async fn assign(
         AssignOutcome::QuotaExceeded => return Err(ApiError::QuotaExceeded),
     }
     assigned.publish(&state).await;
-    events::audit(&state, guild_id, user.user_id, Some(target), "role.assign").await;
+    publish::audit(&state, guild_id, user.user_id, Some(target), "role.assign").await;
     revocation.publish(&state).await;
     Ok(Json(ACK))
 }
@@ -602,7 +603,7 @@ pub async fn unassign(
     let (access, _) = assignable_role(&state, guild_id, role_id, user.user_id).await?;
     require_outranks(&state, &access, target).await?;
     let guild = guild_id.to_string();
-    let event = events::for_guild(
+    let event = publish::for_guild(
         &guild,
         event::Payload::WorkspaceRoleAssignmentRemove(pb::WorkspaceRoleAssignmentRemove {
             guild_id: guild.clone(),
@@ -613,7 +614,8 @@ pub async fn unassign(
         }),
     );
     let removed = Pending::new(&state, event);
-    let revocation = events::AccessRevocation::new(&state, &guild, vec![target.to_string()], false);
+    let revocation =
+        publish::AccessRevocation::new(&state, &guild, vec![target.to_string()], false);
     let outcome = state
         .store()
         .unassign_role(
@@ -632,7 +634,7 @@ pub async fn unassign(
         UnassignOutcome::LastWorkspaceOwner => return Err(ApiError::Forbidden),
     }
     removed.publish(&state).await;
-    events::audit(
+    publish::audit(
         &state,
         guild_id,
         user.user_id,

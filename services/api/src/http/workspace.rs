@@ -13,9 +13,9 @@ use crate::clock::now_unix;
 use crate::domain::Name;
 use crate::domain::permissions::Permission;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::events;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, GuildPath};
+use crate::publish;
 use crate::state::AppState;
 use crate::store::{GuildChange, GuildRecord, Visibility};
 
@@ -82,7 +82,7 @@ pub async fn update(
         .require(Permission::ManageRoles)?;
     let now = now_unix();
     // What changed, and so the event, only the write's transaction knows.
-    let deferred = events::Deferred::new(&state);
+    let deferred = publish::Deferred::new(&state);
     let outbox = |change: &GuildChange| {
         let (before, after) = (&change.before, &change.after);
         let fields = pb::WorkspaceFields {
@@ -94,7 +94,7 @@ pub async fn update(
             return Vec::new();
         }
         let guild = guild_id.to_string();
-        let event = events::for_guild(
+        let event = publish::for_guild(
             &guild,
             event::Payload::WorkspaceUpdate(pb::WorkspaceUpdate {
                 guild_id: guild.clone(),
@@ -115,7 +115,7 @@ pub async fn update(
         )
         .await?
         .ok_or(ApiError::NotFound)?;
-    events::publish_all(&state, deferred.into_pending()).await;
+    publish::publish_all(&state, deferred.into_pending()).await;
     Ok(Json(wire_guild(&change.after)))
 }
 

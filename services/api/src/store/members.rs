@@ -267,20 +267,12 @@ where
         user_id: Ulid,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let removed = sqlx::query(
+        self.delete_with_outbox(
             "DELETE FROM guild_members WHERE guild_id = $1 AND user_id = $2 RETURNING user_id",
+            [guild_id.to_string(), user_id.to_string()],
+            outbox,
         )
-        .bind(guild_id.to_string())
-        .bind(user_id.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if removed.is_none() {
-            return Ok(false);
-        }
-        Self::enqueue_outbox_all(&mut tx, outbox).await?;
-        tx.commit().await?;
-        Ok(true)
+        .await
     }
 
     async fn ban_member(&self, ban: NewGuildBan, outbox: Vec<OutboxEvent>) -> StoreResult<bool> {

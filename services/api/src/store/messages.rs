@@ -1,5 +1,8 @@
-//! What happens to a message after it is posted: edits, deletes, reactions,
-//! and the attachments bound to it (with each user's attachment quota).
+//! Message writes: posting (with attachments, or without through
+//! [`CoreStore::create_message`](super::CoreStore::create_message), which
+//! takes the same path), edits, deletes, reactions, and the attachments
+//! bound to a message (with each user's attachment quota). Reading history
+//! is the core's (`sql.rs`).
 //!
 //! Every write starts with a write statement, so that on SQLite the
 //! transaction takes the write lock first (waiting out the busy timeout)

@@ -17,6 +17,8 @@ use async_trait::async_trait;
 use ulid::Ulid;
 
 mod audit;
+mod channels;
+mod guilds;
 mod idempotency;
 mod members;
 mod message_log;
@@ -31,6 +33,8 @@ mod sqlite;
 pub(crate) mod tests;
 
 pub use audit::{AuditCursor, AuditEntry, AuditPage, AuditStore, NewAuditEntry};
+pub use channels::ChannelChange;
+pub use guilds::GuildChange;
 pub use idempotency::{IdempotencyRecord, IdempotencyStore, StoredResponse};
 pub use members::{
     AddMemberOutcome, IpBanCursor, IpBanOutcome, IpBanRecord, MemberStore, NewGuildBan,
@@ -43,8 +47,8 @@ pub use messages::{
 };
 pub use outbox::{OutboxEvent, OutboxFor, OutboxRecord, OutboxStore, ReactionOutbox};
 pub use roles::{
-    AssignOutcome, BuiltinRole, ChannelChange, CreateRoleOutcome, GuildChange, OverrideRecord,
-    OverrideTarget, RoleChanges, RoleRecord, RoleStore, UnassignOutcome, WORKSPACE_OWNER_POSITION,
+    AssignOutcome, BuiltinRole, CreateRoleOutcome, OverrideRecord, OverrideTarget, RoleChanges,
+    RoleRecord, RoleStore, UnassignOutcome, WORKSPACE_OWNER_POSITION,
 };
 pub use social::{
     AcceptedFriendRequest, FriendRecord, FriendRequestParties, FriendRequestRecord, ImageKind,

@@ -97,6 +97,30 @@ where
         Ok(())
     }
 
+    /// Runs `delete`, a `DELETE … RETURNING` keyed by `$1` and `$2`, and
+    /// stores `outbox` with it only if it removed a row: the shape of every
+    /// removal that tells someone (a channel, a membership, a friendship).
+    /// True if a row went.
+    pub(super) async fn delete_with_outbox(
+        &self,
+        delete: &'static str,
+        [first, second]: [String; 2],
+        outbox: Vec<OutboxEvent>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.pool.begin().await?;
+        let removed = sqlx::query(delete)
+            .bind(first)
+            .bind(second)
+            .fetch_all(&mut *tx)
+            .await?;
+        if removed.is_empty() {
+            return Ok(false);
+        }
+        Self::enqueue_outbox_all(&mut tx, outbox).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Stores each of `events`, in order, inside `tx`.
     pub(super) async fn enqueue_outbox_all(
         tx: &mut Transaction<'_, DB>,

@@ -604,23 +604,15 @@ where
         friend_user_id: Ulid,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool> {
-        let mut tx = self.pool.begin().await?;
-        let removed = sqlx::query(
+        self.delete_with_outbox(
             "DELETE FROM friendships \
              WHERE (user_id = $1 AND friend_user_id = $2) \
                 OR (user_id = $2 AND friend_user_id = $1) \
              RETURNING user_id",
+            [user_id.to_string(), friend_user_id.to_string()],
+            outbox,
         )
-        .bind(user_id.to_string())
-        .bind(friend_user_id.to_string())
-        .fetch_all(&mut *tx)
-        .await?;
-        if removed.is_empty() {
-            return Ok(false);
-        }
-        Self::enqueue_outbox_all(&mut tx, outbox).await?;
-        tx.commit().await?;
-        Ok(true)
+        .await
     }
 }
 

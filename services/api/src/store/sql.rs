@@ -15,8 +15,8 @@ use ulid::Ulid;
 
 use super::{
     ChannelKind, ChannelRecord, CoreStore, GuildRecord, HistoryCursor, MemberRecord, MemberRole,
-    MessageRecord, NewSession, NewUser, OutboxEvent, OutboxFor, RotateOutcome, StoreError,
-    StoreResult, UserRecord, Visibility,
+    MessageRecord, MessageStore, NewSession, NewUser, OutboxEvent, OutboxFor, RotateOutcome,
+    StoreError, StoreResult, UserRecord, Visibility,
 };
 
 /// A [`Store`] over a pool of one sqlx backend. Named through the
@@ -57,6 +57,8 @@ where
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Decode<'q, DB>,
+    for<'q> Option<i64>: Decode<'q, DB>,
     for<'i> &'i str: ColumnIndex<DB::Row>,
 {
     async fn create_user(&self, user: NewUser) -> StoreResult<()> {
@@ -337,22 +339,7 @@ where
         channel: ChannelRecord,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO channels (channel_id, guild_id, name, kind, created_at_unix) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(channel.channel_id.to_string())
-        .bind(channel.guild_id.to_string())
-        .bind(channel.name)
-        .bind(channel.kind.as_str().to_owned())
-        .bind(channel.created_at_unix)
-        .execute(&mut *tx)
-        .await
-        .map_err(conflict_on("channel_id"))?;
-        Self::enqueue_outbox_all(&mut tx, outbox).await?;
-        tx.commit().await?;
-        Ok(())
+        self.insert_channel(channel, outbox).await
     }
 
     async fn channel(
@@ -389,31 +376,11 @@ where
         message: MessageRecord,
         outbox: Option<OutboxEvent>,
     ) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO messages \
-             (message_id, guild_id, channel_id, author_id, content, created_at_unix) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(message.message_id.to_string())
-        .bind(message.guild_id.to_string())
-        .bind(message.channel_id.to_string())
-        .bind(message.author_id.to_string())
-        .bind(message.content)
-        .bind(message.created_at_unix)
-        .execute(&mut *tx)
-        .await
-        .map_err(conflict_on("message_id"))?;
-        let kind = super::message_log::ChangeKind::Upsert;
-        self.commit_logged(
-            tx,
-            kind,
-            message.guild_id,
-            message.channel_id,
-            message.message_id,
-            outbox,
-        )
-        .await
+        // A message without attachments: the one message insert is
+        // `messages.rs`', and with no attachments to bind it always creates.
+        self.create_message_with_attachments(message, &[], outbox, None)
+            .await
+            .map(|_| ())
     }
 
     async fn messages(

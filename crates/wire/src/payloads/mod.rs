@@ -12,6 +12,10 @@
 //! absent or a `T`, never `null`, while schemars would describe any `Option`
 //! as nullable. (`RoleFields.color_hex` is the one field that may be absent
 //! or `null`.)
+//!
+//! Named `payloads`, not `events`: the catalogue of events is
+//! `proto/filament/v1/events.proto`, and the api has its own module that
+//! builds and publishes them; this module holds only their `d`.
 
 mod message;
 mod session;

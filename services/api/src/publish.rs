@@ -1,8 +1,14 @@
-//! Building and publishing events. Every event the api publishes goes
-//! through the event outbox (docs/adr/0006-outbox.md): a handler builds it
-//! before the write, wraps it in a [`Pending`] (or lets the store's
-//! transaction build it, [`Deferred`]), hands the row to the store call that
-//! makes the change, and publishes it only after that call returned `Ok`.
+//! Addressing and publishing the api's realtime events: who an event is
+//! for ([`for_channel`], [`for_guild`], [`for_users`]), whether it fits a
+//! gateway frame ([`ensure_deliverable`]), and getting it out after its
+//! write. The `Event` message is `events.proto`'s and the payloads the
+//! gateway sends are `filament_wire::payloads`'.
+//!
+//! Every event the api publishes goes through the event outbox
+//! (docs/adr/0006-outbox.md): a handler builds it before the write, wraps
+//! it in a [`Pending`] (or lets the store's transaction build it,
+//! [`Deferred`]), hands the row to the store call that makes the change,
+//! and publishes it only after that call returned `Ok`.
 //! So an event never describes a write that did not commit, and a write
 //! that committed never loses its event.
 
