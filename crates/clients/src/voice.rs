@@ -1,8 +1,8 @@
 //! Calling the voice service: the gateway asks for the roster snapshot of
 //! each accepted subscribe (`voice_participant_sync`); the api removes
 //! users who lost access, or re-checks who may stay; presence reports users
-//! whose last connection closed. The api's voice routes call the generated
-//! client on the same channel ([`VoiceClient::raw`]).
+//! whose last connection closed; the api's voice routes join, leave and
+//! update the caller's own participant.
 //!
 //! The channel connects lazily, so callers start even while voice is down.
 
@@ -11,7 +11,8 @@ use std::time::Duration;
 use filament_proto::v1::voice_client::VoiceClient as ProtoClient;
 use filament_proto::v1::{
     VoiceConnectionClosedRequest, VoiceGrantHolder, VoiceGuildParticipantsRequest,
-    VoiceParticipantSync, VoiceRemoveUserRequest, VoiceSnapshotRequest,
+    VoiceJoinRequest, VoiceJoinResponse, VoiceLeaveRequest, VoiceParticipantSync,
+    VoiceRemoveUserRequest, VoiceSnapshotRequest, VoiceStateFields, VoiceUpdateStateRequest,
 };
 use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
 
@@ -41,10 +42,55 @@ impl VoiceClient {
         })
     }
 
-    /// The generated client on this client's channel, for callers that map
-    /// the service's status codes themselves (the api's voice routes).
-    pub fn raw(&self) -> ProtoClient<GrpcChannel> {
-        self.client.clone()
+    /// Admits the participant in `request` (grants already limited by their
+    /// permissions) and signs their LiveKit token. A full channel or voice
+    /// registry is `RESOURCE_EXHAUSTED`.
+    pub async fn join(&self, request: VoiceJoinRequest) -> Result<VoiceJoinResponse, ClientError> {
+        self.client.clone().join(request).await.answer(SERVICE)
+    }
+
+    /// Takes `user_id` out of `channel_id`. Returns whether they were in it.
+    pub async fn leave(
+        &self,
+        guild_id: &str,
+        channel_id: &str,
+        user_id: &str,
+    ) -> Result<bool, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .leave(VoiceLeaveRequest {
+                guild_id: guild_id.to_owned(),
+                channel_id: channel_id.to_owned(),
+                user_id: user_id.to_owned(),
+            })
+            .await
+            .answer(SERVICE)?
+            .left)
+    }
+
+    /// Sets the fields of `fields` that are present on `user_id`'s
+    /// participant in `channel_id`. Returns whether anything changed (false
+    /// also when they are not in the channel).
+    pub async fn update_state(
+        &self,
+        guild_id: &str,
+        channel_id: &str,
+        user_id: &str,
+        fields: VoiceStateFields,
+    ) -> Result<bool, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .update_state(VoiceUpdateStateRequest {
+                guild_id: guild_id.to_owned(),
+                channel_id: channel_id.to_owned(),
+                user_id: user_id.to_owned(),
+                fields: Some(fields),
+            })
+            .await
+            .answer(SERVICE)?
+            .changed)
     }
 
     /// The payload of `voice_participant_sync` for a socket whose subscribe

@@ -19,6 +19,21 @@ use tokio::io::AsyncWriteExt as _;
 use tokio_stream::StreamExt as _;
 use ulid::Ulid;
 
+/// The storage of this api's attachments: local files under the configured
+/// root. The one place that picks the implementation.
+pub fn storage(state: &crate::state::AppState) -> LocalStorage {
+    LocalStorage::new(&state.config().attachment_root)
+}
+
+/// Removes an attachment's file after its row is gone (or never came). A
+/// failure leaves an orphan file, never a row without bytes, so it is
+/// logged rather than failing the request.
+pub async fn remove_file(storage: &dyn AttachmentStorage, attachment_id: Ulid) {
+    if let Err(err) = storage.remove(attachment_id).await {
+        tracing::error!(%attachment_id, %err, "cannot remove attachment file");
+    }
+}
+
 /// The largest attachment (PROTOCOL.md §4.5).
 pub const MAX_ATTACHMENT_BYTES: u64 = 25 * 1024 * 1024;
 /// Bytes each user may hold in attachments.

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use filament_clients::VoiceClient;
 use filament_proto::v1 as pb;
-use filament_proto::v1::voice_client::VoiceClient as RawVoiceClient;
-use filament_runtime::grpc_client::{GrpcChannel, GrpcClientMetrics};
+use filament_runtime::grpc_client::GrpcClientMetrics;
 use ulid::Ulid;
 
 use crate::domain::permissions::{Authorizer, Permission, Permissions};
@@ -39,12 +38,11 @@ impl VoiceLink {
         Ok(Self { client })
     }
 
-    /// The generated client, for the voice routes (they map its status
-    /// codes themselves); an error when voice is not configured.
-    pub fn client(&self) -> ApiResult<RawVoiceClient<GrpcChannel>> {
+    /// The client, for the voice routes (they map its status codes
+    /// themselves); an error when voice is not configured.
+    pub fn client(&self) -> ApiResult<&VoiceClient> {
         self.client
             .as_ref()
-            .map(VoiceClient::raw)
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no voice service configured")))
     }
 

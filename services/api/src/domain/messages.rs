@@ -1,12 +1,16 @@
-//! Posting a message: the one use case behind the REST route
-//! (`POST …/messages`) and a client `message_create` on the gateway
-//! (`EdgeAccess.CreateMessage`), and the proto shapes of a message that
-//! both adapters answer with.
+//! The message use cases behind both adapters: posting (the REST route
+//! `POST …/messages` and a client `message_create` on the gateway,
+//! `EdgeAccess.CreateMessage`), editing, deleting and listing a channel's
+//! history; and the proto shapes of a message that the adapters answer with.
 //!
-//! The write stores its event in the event outbox with the message and
-//! publishes it after the commit (`crate::outbox`).
+//! Every write stores its event in the event outbox with the change and
+//! publishes it after the commit (`crate::outbox`). Edits and deletes are
+//! the author's, or a moderator's (channel `delete_message`); a moderator
+//! acting on someone else's message leaves an audit entry.
 
-use filament_proto::v1 as pb;
+use std::collections::HashMap;
+
+use filament_proto::v1::{self as pb, event};
 use ulid::Ulid;
 
 // Attachments one message may carry.
@@ -14,12 +18,14 @@ use filament_proto::limits::MAX_ATTACHMENTS_PER_MESSAGE as MAX_ATTACHMENTS;
 
 use crate::clock::now_unix;
 use crate::domain::idempotency::IdempotencyKey;
+use crate::domain::permissions::{GuildAccess, Permission};
+use crate::domain::reactions::proto_reaction;
 use crate::domain::{MessageContent, parse_id};
 use crate::error::{ApiError, ApiResult};
 use crate::outbox::Pending;
 use crate::publish;
 use crate::state::AppState;
-use crate::store::{AttachmentRecord, MessageInsert, MessageRecord};
+use crate::store::{AttachmentRecord, HistoryCursor, MessageInsert, MessageRecord};
 
 /// HTTP 200, the status an idempotent replay of a posted message answers.
 const POSTED_STATUS: u16 = 200;
@@ -134,6 +140,223 @@ async fn own_unused_attachments(
         attachments.push(proto_attachment(&attachment));
     }
     Ok(attachments)
+}
+
+/// Replaces the content of a message as `editor`, its author or a
+/// moderator, and answers the message as the editor sees it.
+pub async fn edit(
+    state: &AppState,
+    editor: Ulid,
+    guild_id: Ulid,
+    channel_id: Ulid,
+    message_id: Ulid,
+    content: MessageContent,
+) -> ApiResult<filament_wire::Message> {
+    let (access, _) = state
+        .authorizer()
+        .channel(guild_id, channel_id, editor)
+        .await?;
+    let mut record = state
+        .store()
+        .message(guild_id, channel_id, message_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let moderated = may_change(&access, &record)?;
+    record.content = content.into_string();
+    let event = message_update(&record, now_unix());
+    publish::ensure_deliverable(&event)?;
+    let pending = Pending::new(state, event);
+    let edited = state
+        .store()
+        .edit_message(
+            guild_id,
+            channel_id,
+            message_id,
+            &record.content,
+            Some(pending.row()),
+        )
+        .await?;
+    if !edited {
+        return Err(ApiError::NotFound);
+    }
+    pending.publish(state).await;
+    if moderated {
+        let action = "message.edit.moderation";
+        publish::audit(state, guild_id, editor, Some(record.author_id), action).await;
+    }
+    let full = full_messages(state, std::slice::from_ref(&record), editor).await?;
+    full.first()
+        .map(wire_message)
+        .transpose()?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("edited message vanished")))
+}
+
+/// Deletes a message, with its attachments, as `actor`: its author or a
+/// moderator.
+pub async fn delete(
+    state: &AppState,
+    actor: Ulid,
+    guild_id: Ulid,
+    channel_id: Ulid,
+    message_id: Ulid,
+) -> ApiResult<()> {
+    let (access, _) = state
+        .authorizer()
+        .channel(guild_id, channel_id, actor)
+        .await?;
+    let record = state
+        .store()
+        .message(guild_id, channel_id, message_id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    let moderated = may_change(&access, &record)?;
+    let event = message_delete(&record, now_unix());
+    publish::ensure_deliverable(&event)?;
+    let pending = Pending::new(state, event);
+    let attachments = state
+        .store()
+        .delete_message(guild_id, channel_id, message_id, Some(pending.row()))
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    // Published before the files go: subscribers hear of the delete as soon
+    // as it committed.
+    pending.publish(state).await;
+    let storage = crate::attachments::storage(state);
+    for attachment in &attachments {
+        crate::attachments::remove_file(&storage, attachment.attachment_id).await;
+    }
+    if moderated {
+        let action = "message.delete.moderation";
+        publish::audit(state, guild_id, actor, Some(record.author_id), action).await;
+    }
+    Ok(())
+}
+
+/// One page of a channel's history, as its viewer sees it.
+#[derive(Debug)]
+pub struct History {
+    /// The cursor the page answers.
+    pub cursor: HistoryCursor,
+    /// Newest first; oldest first after [`HistoryCursor::After`].
+    pub messages: Vec<filament_wire::Message>,
+    /// The page's oldest message, where an older page continues.
+    pub oldest: Option<Ulid>,
+    /// The page's newest message, where a newer page continues.
+    pub newest: Option<Ulid>,
+}
+
+/// Up to `limit` messages of the channel from `cursor`, with their
+/// attachments and `viewer`'s view of the reactions.
+pub async fn history(
+    state: &AppState,
+    viewer: Ulid,
+    guild_id: Ulid,
+    channel_id: Ulid,
+    cursor: HistoryCursor,
+    limit: u32,
+) -> ApiResult<History> {
+    state
+        .authorizer()
+        .channel(guild_id, channel_id, viewer)
+        .await?;
+    let records = state
+        .store()
+        .messages(guild_id, channel_id, cursor, limit)
+        .await?;
+    let messages = full_messages(state, &records, viewer)
+        .await?
+        .iter()
+        .map(wire_message)
+        .collect::<ApiResult<_>>()?;
+    // The store answers in the order the cursor reads.
+    let (oldest, newest) = match cursor {
+        HistoryCursor::After(_) => (records.first(), records.last()),
+        HistoryCursor::Latest | HistoryCursor::Before(_) => (records.last(), records.first()),
+    };
+    let id = |record: Option<&MessageRecord>| record.map(|m| m.message_id);
+    Ok(History {
+        cursor,
+        messages,
+        oldest: id(oldest),
+        newest: id(newest),
+    })
+}
+
+/// Whether `access` may edit or delete the message: its author may, and so
+/// may whoever holds channel `delete_message`. Returns whether that is a
+/// moderation (someone else's message).
+fn may_change(access: &GuildAccess, message: &MessageRecord) -> ApiResult<bool> {
+    if message.author_id == access.user_id {
+        return Ok(false);
+    }
+    access.require(Permission::DeleteMessage)?;
+    Ok(true)
+}
+
+/// The messages with their attachments and reactions, as `viewer` sees
+/// them, in the order given.
+pub async fn full_messages(
+    state: &AppState,
+    records: &[MessageRecord],
+    viewer: Ulid,
+) -> ApiResult<Vec<pb::Message>> {
+    let ids: Vec<Ulid> = records.iter().map(|m| m.message_id).collect();
+    let mut attachments: HashMap<Ulid, Vec<pb::Attachment>> = HashMap::new();
+    for attachment in state.store().attachments_of(&ids).await? {
+        if let Some(message_id) = attachment.message_id {
+            attachments
+                .entry(message_id)
+                .or_default()
+                .push(proto_attachment(&attachment));
+        }
+    }
+    let mut reactions: HashMap<Ulid, Vec<pb::Reaction>> = HashMap::new();
+    for summary in state.store().reactions_of(&ids, viewer).await? {
+        reactions
+            .entry(summary.message_id)
+            .or_default()
+            .push(proto_reaction(&summary));
+    }
+    Ok(records
+        .iter()
+        .map(|record| pb::Message {
+            attachments: attachments.remove(&record.message_id).unwrap_or_default(),
+            reactions: reactions.remove(&record.message_id).unwrap_or_default(),
+            ..proto_message(record)
+        })
+        .collect())
+}
+
+fn message_update(record: &MessageRecord, updated_at_unix: i64) -> pb::Event {
+    let (guild_id, channel_id) = (record.guild_id.to_string(), record.channel_id.to_string());
+    publish::for_channel(
+        &guild_id,
+        &channel_id,
+        event::Payload::MessageUpdate(pb::MessageUpdate {
+            guild_id: guild_id.clone(),
+            channel_id: channel_id.clone(),
+            message_id: record.message_id.to_string(),
+            updated_fields: Some(pb::MessageContentFields {
+                content: record.content.clone(),
+                markdown_tokens: crate::markdown::tokenize(&record.content),
+            }),
+            updated_at_unix,
+        }),
+    )
+}
+
+fn message_delete(record: &MessageRecord, deleted_at_unix: i64) -> pb::Event {
+    let (guild_id, channel_id) = (record.guild_id.to_string(), record.channel_id.to_string());
+    publish::for_channel(
+        &guild_id,
+        &channel_id,
+        event::Payload::MessageDelete(pb::MessageDelete {
+            guild_id: guild_id.clone(),
+            channel_id: channel_id.clone(),
+            message_id: record.message_id.to_string(),
+            deleted_at_unix,
+        }),
+    )
 }
 
 /// A message as stored, without attachments or reactions.

@@ -7,6 +7,7 @@
 pub mod idempotency;
 pub mod messages;
 pub mod permissions;
+pub mod reactions;
 pub mod sessions;
 
 use ulid::Ulid;

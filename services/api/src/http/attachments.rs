@@ -12,13 +12,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use ulid::Ulid;
 use utoipa::IntoParams;
 use utoipa_axum::router::UtoipaMethodRouterExt as _;
 use utoipa_axum::routes;
 
 use crate::attachments::{
-    AttachmentStorage, LocalStorage, MAX_ATTACHMENT_BYTES, StageError, USER_QUOTA_BYTES,
+    AttachmentStorage, MAX_ATTACHMENT_BYTES, StageError, USER_QUOTA_BYTES, remove_file, storage,
 };
 use crate::clock::now_unix;
 use crate::domain::messages::proto_attachment;
@@ -33,12 +32,6 @@ use crate::store::{AttachmentInsert, AttachmentRecord, MemberRole};
 /// The file name an upload gets when it names none.
 const DEFAULT_FILENAME: &str = "upload.bin";
 const MAX_FILENAME_BYTES: usize = 128;
-
-/// The storage of this api's attachments: local files under the configured
-/// root. The one place that picks the implementation.
-pub fn storage(state: &AppState) -> LocalStorage {
-    LocalStorage::new(&state.config().attachment_root)
-}
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -287,15 +280,6 @@ pub async fn delete(
         .ok_or(ApiError::NotFound)?;
     remove_file(&storage(&state), attachment_id).await;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Removes an attachment's file after its row is gone (or never came). A
-/// failure leaves an orphan file, never a row without bytes, so it is
-/// logged rather than failing the request.
-pub async fn remove_file(storage: &dyn AttachmentStorage, attachment_id: Ulid) {
-    if let Err(err) = storage.remove(attachment_id).await {
-        tracing::error!(%attachment_id, %err, "cannot remove attachment file");
-    }
 }
 
 pub fn routes() -> ApiRouter {

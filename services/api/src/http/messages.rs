@@ -2,39 +2,29 @@
 //! attachments), list (with attachments and the caller's view of the
 //! reactions), edit and delete.
 //!
-//! Every write stores its event in the event outbox with the change and
-//! publishes it after the commit (`crate::outbox`).
-//!
-//! Edits and deletes are the author's, or a moderator's (channel
-//! `delete_message`); a moderator acting on someone else's message leaves
-//! an audit entry.
-
-use std::collections::HashMap;
+//! This adapter owns the request and response shapes; the use cases are
+//! `domain::messages`.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse as _, Response};
-use filament_proto::v1::{self as pb, event};
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
-use crate::clock::now_unix;
-use crate::domain::messages::{self, NewMessage, proto_attachment, proto_message, wire_message};
-use crate::domain::permissions::{GuildAccess, Permission};
+use crate::domain::messages::{self, History, NewMessage};
 use crate::domain::{MessageContent, page_limit, parse_id};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::http::attachments::{remove_file, storage};
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::idempotency::Keyed;
 use crate::http::openapi::{ApiRouter, ChannelPath, Id, MessagePath};
-use crate::http::reactions::proto_reaction;
-use crate::outbox::Pending;
-use crate::publish;
 use crate::state::AppState;
-use crate::store::{HistoryCursor, MessageRecord};
+use crate::store::HistoryCursor;
+
+/// Where `http::search` builds its hits from; it predates the domain
+/// module.
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -105,22 +95,14 @@ pub struct MessagePage {
     next_after: Option<Option<String>>,
 }
 
-impl MessagePage {
-    /// `records` in the order the store answered `cursor`.
-    fn new(
-        cursor: HistoryCursor,
-        records: &[MessageRecord],
-        messages: Vec<filament_wire::Message>,
-    ) -> Self {
-        let (oldest, newest) = match cursor {
-            HistoryCursor::After(_) => (records.first(), records.last()),
-            HistoryCursor::Latest | HistoryCursor::Before(_) => (records.last(), records.first()),
-        };
-        let id = |record: Option<&MessageRecord>| record.map(|m| m.message_id.to_string());
+impl From<History> for MessagePage {
+    fn from(history: History) -> Self {
+        let id = |message: Option<Ulid>| message.map(|id| id.to_string());
         Self {
-            messages,
-            next_before: id(oldest),
-            next_after: matches!(cursor, HistoryCursor::After(_)).then(|| id(newest)),
+            messages: history.messages,
+            next_before: id(history.oldest),
+            next_after: matches!(history.cursor, HistoryCursor::After(_))
+                .then(|| id(history.newest)),
         }
     }
 }
@@ -216,20 +198,9 @@ pub async fn list(
 ) -> ApiResult<Json<MessagePage>> {
     let limit = page_limit(query.limit, 20, 100)?;
     let cursor = query.cursor()?;
-    state
-        .authorizer()
-        .channel(guild_id, channel_id, user.user_id)
-        .await?;
-    let records = state
-        .store()
-        .messages(guild_id, channel_id, cursor, limit)
-        .await?;
-    let messages = full_messages(&state, &records, user.user_id)
-        .await?
-        .iter()
-        .map(wire_message)
-        .collect::<ApiResult<_>>()?;
-    Ok(Json(MessagePage::new(cursor, &records, messages)))
+    let history =
+        messages::history(&state, user.user_id, guild_id, channel_id, cursor, limit).await?;
+    Ok(Json(MessagePage::from(history)))
 }
 
 #[utoipa::path(
@@ -251,52 +222,17 @@ pub async fn edit(
     Ids([guild_id, channel_id, message_id]): Ids<3>,
     JsonBody(dto): JsonBody<EditMessageDto>,
 ) -> ApiResult<Json<filament_wire::Message>> {
-    let content = MessageContent::try_from(dto.content)?.into_string();
-    let (access, _) = state
-        .authorizer()
-        .channel(guild_id, channel_id, user.user_id)
-        .await?;
-    let mut record = state
-        .store()
-        .message(guild_id, channel_id, message_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let moderated = may_change(&access, &record)?;
-    record.content = content;
-    let event = message_update(&record, now_unix());
-    publish::ensure_deliverable(&event)?;
-    let pending = Pending::new(&state, event);
-    let edited = state
-        .store()
-        .edit_message(
-            guild_id,
-            channel_id,
-            message_id,
-            &record.content,
-            Some(pending.row()),
-        )
-        .await?;
-    if !edited {
-        return Err(ApiError::NotFound);
-    }
-    pending.publish(&state).await;
-    if moderated {
-        let action = "message.edit.moderation";
-        publish::audit(
-            &state,
-            guild_id,
-            user.user_id,
-            Some(record.author_id),
-            action,
-        )
-        .await;
-    }
-    let full = full_messages(&state, std::slice::from_ref(&record), user.user_id).await?;
-    full.first()
-        .map(wire_message)
-        .transpose()?
-        .map(Json)
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("edited message vanished")))
+    let content = MessageContent::try_from(dto.content)?;
+    messages::edit(
+        &state,
+        user.user_id,
+        guild_id,
+        channel_id,
+        message_id,
+        content,
+    )
+    .await
+    .map(Json)
 }
 
 #[utoipa::path(
@@ -316,120 +252,8 @@ pub async fn delete(
     AuthUser(user): AuthUser,
     Ids([guild_id, channel_id, message_id]): Ids<3>,
 ) -> ApiResult<StatusCode> {
-    let (access, _) = state
-        .authorizer()
-        .channel(guild_id, channel_id, user.user_id)
-        .await?;
-    let record = state
-        .store()
-        .message(guild_id, channel_id, message_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let moderated = may_change(&access, &record)?;
-    let event = message_delete(&record, now_unix());
-    publish::ensure_deliverable(&event)?;
-    let pending = Pending::new(&state, event);
-    let attachments = state
-        .store()
-        .delete_message(guild_id, channel_id, message_id, Some(pending.row()))
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    // Published before the files go: subscribers hear of the delete as soon
-    // as it committed.
-    pending.publish(&state).await;
-    let storage = storage(&state);
-    for attachment in &attachments {
-        remove_file(&storage, attachment.attachment_id).await;
-    }
-    if moderated {
-        let action = "message.delete.moderation";
-        publish::audit(
-            &state,
-            guild_id,
-            user.user_id,
-            Some(record.author_id),
-            action,
-        )
-        .await;
-    }
+    messages::delete(&state, user.user_id, guild_id, channel_id, message_id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Whether `access` may edit or delete the message: its author may, and so
-/// may whoever holds channel `delete_message`. Returns whether that is a
-/// moderation (someone else's message).
-fn may_change(access: &GuildAccess, message: &MessageRecord) -> ApiResult<bool> {
-    if message.author_id == access.user_id {
-        return Ok(false);
-    }
-    access.require(Permission::DeleteMessage)?;
-    Ok(true)
-}
-
-/// The messages with their attachments and reactions, as `viewer` sees
-/// them, in the order given.
-pub(super) async fn full_messages(
-    state: &AppState,
-    records: &[MessageRecord],
-    viewer: Ulid,
-) -> ApiResult<Vec<pb::Message>> {
-    let ids: Vec<Ulid> = records.iter().map(|m| m.message_id).collect();
-    let mut attachments: HashMap<Ulid, Vec<pb::Attachment>> = HashMap::new();
-    for attachment in state.store().attachments_of(&ids).await? {
-        if let Some(message_id) = attachment.message_id {
-            attachments
-                .entry(message_id)
-                .or_default()
-                .push(proto_attachment(&attachment));
-        }
-    }
-    let mut reactions: HashMap<Ulid, Vec<pb::Reaction>> = HashMap::new();
-    for summary in state.store().reactions_of(&ids, viewer).await? {
-        reactions
-            .entry(summary.message_id)
-            .or_default()
-            .push(proto_reaction(&summary));
-    }
-    Ok(records
-        .iter()
-        .map(|record| pb::Message {
-            attachments: attachments.remove(&record.message_id).unwrap_or_default(),
-            reactions: reactions.remove(&record.message_id).unwrap_or_default(),
-            ..proto_message(record)
-        })
-        .collect())
-}
-
-fn message_update(record: &MessageRecord, updated_at_unix: i64) -> pb::Event {
-    let (guild_id, channel_id) = (record.guild_id.to_string(), record.channel_id.to_string());
-    publish::for_channel(
-        &guild_id,
-        &channel_id,
-        event::Payload::MessageUpdate(pb::MessageUpdate {
-            guild_id: guild_id.clone(),
-            channel_id: channel_id.clone(),
-            message_id: record.message_id.to_string(),
-            updated_fields: Some(pb::MessageContentFields {
-                content: record.content.clone(),
-                markdown_tokens: crate::markdown::tokenize(&record.content),
-            }),
-            updated_at_unix,
-        }),
-    )
-}
-
-fn message_delete(record: &MessageRecord, deleted_at_unix: i64) -> pb::Event {
-    let (guild_id, channel_id) = (record.guild_id.to_string(), record.channel_id.to_string());
-    publish::for_channel(
-        &guild_id,
-        &channel_id,
-        event::Payload::MessageDelete(pb::MessageDelete {
-            guild_id: guild_id.clone(),
-            channel_id: channel_id.clone(),
-            message_id: record.message_id.to_string(),
-            deleted_at_unix,
-        }),
-    )
 }
 
 pub fn routes() -> ApiRouter {

@@ -16,9 +16,8 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
+use filament_clients::{ClientError, SearchClient};
 use filament_proto::v1 as pb;
-use filament_proto::v1::search_client::SearchClient;
-use filament_runtime::grpc_client::GrpcChannel;
 use filament_runtime::grpc_client::GrpcClientMetrics;
 use serde::{Deserialize, Serialize};
 use tonic::Code;
@@ -105,23 +104,18 @@ pub struct ReconcileResults {
 /// configured.
 #[derive(Clone)]
 pub struct SearchBackend {
-    client: Option<SearchClient<GrpcChannel>>,
+    client: Option<SearchClient>,
 }
 
 impl SearchBackend {
     /// Connects lazily: the api starts (and serves everything else) while
     /// the search service is still down.
     pub fn new(url: Option<&str>, grpc_clients: &GrpcClientMetrics) -> Self {
-        // No channel-wide call timeout: each call carries its own deadline
-        // (`QUERY_DEADLINE`, `MAINTENANCE_DEADLINE`).
+        // Each call carries its own deadline (`QUERY_DEADLINE`,
+        // `MAINTENANCE_DEADLINE`).
         let client = url.and_then(|url| {
-            match filament_runtime::grpc_client::connect(
-                url,
-                SEARCH_CONNECT_TIMEOUT,
-                None,
-                grpc_clients,
-            ) {
-                Ok(channel) => Some(SearchClient::new(channel)),
+            match SearchClient::new(url, SEARCH_CONNECT_TIMEOUT, grpc_clients) {
+                Ok(client) => Some(client),
                 Err(err) => {
                     tracing::error!(%err, url, "FILAMENT_SEARCH_GRPC_URL is not a valid url");
                     None
@@ -137,15 +131,15 @@ impl SearchBackend {
         Self { client: None }
     }
 
-    fn client(&self) -> ApiResult<SearchClient<GrpcChannel>> {
+    fn client(&self) -> ApiResult<&SearchClient> {
         self.client
-            .clone()
+            .as_ref()
             .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no search service configured")))
     }
 }
 
-/// The search service's refusals are the caller's fault (400); its absence
-/// or failure is ours (500).
+/// The search service's refusals, and a query past its deadline, are the
+/// caller's fault (400); its absence or failure is ours (500).
 fn search_error(status: &tonic::Status) -> ApiError {
     match status.code() {
         Code::InvalidArgument | Code::DeadlineExceeded | Code::FailedPrecondition => {
@@ -153,6 +147,15 @@ fn search_error(status: &tonic::Status) -> ApiError {
             ApiError::InvalidRequest
         }
         _ => ApiError::Internal(anyhow::anyhow!("search service: {status}")),
+    }
+}
+
+/// A call to the search service that did not succeed, as the routes answer
+/// it ([`search_error`]).
+fn search_failed(err: ClientError) -> ApiError {
+    match err.status() {
+        Some(status) => search_error(status),
+        None => ApiError::Internal(err.into()),
     }
 }
 
@@ -193,7 +196,7 @@ pub async fn search(
         }));
     }
     let page = authorized_hits(&state, client, guild_id, &request, &mut viewable).await?;
-    let messages = super::messages::full_messages(&state, &page, user.user_id)
+    let messages = crate::domain::messages::full_messages(&state, &page, user.user_id)
         .await?
         .iter()
         .map(crate::domain::messages::wire_message)
@@ -208,7 +211,7 @@ pub async fn search(
 /// database in rank order.
 async fn authorized_hits(
     state: &AppState,
-    mut client: SearchClient<GrpcChannel>,
+    client: &SearchClient,
     guild_id: Ulid,
     request: &SearchRequest,
     viewable: &mut ViewableChannels<'_>,
@@ -216,7 +219,7 @@ async fn authorized_hits(
     let mut excluded: Vec<Ulid> = Vec::new();
     let mut page = Vec::new();
     for _ in 0..MAX_ROUNDS {
-        let hits = query(&mut client, guild_id, request, &excluded).await?;
+        let hits = query(client, guild_id, request, &excluded).await?;
         let exhausted = hits.len() < request.limit as usize;
         let mut found: HashMap<Ulid, MessageRecord> = state
             .store()
@@ -246,12 +249,12 @@ async fn authorized_hits(
 
 /// One query to the search service: candidate message ids, best first.
 async fn query(
-    client: &mut SearchClient<GrpcChannel>,
+    client: &SearchClient,
     guild_id: Ulid,
     request: &SearchRequest,
     excluded: &[Ulid],
 ) -> ApiResult<Vec<Ulid>> {
-    let mut grpc = tonic::Request::new(pb::QueryRequest {
+    let query = pb::QueryRequest {
         guild_id: guild_id.to_string(),
         query: request.text.clone(),
         limit: request.limit,
@@ -260,15 +263,11 @@ async fn query(
             .map(|id| id.to_string())
             .unwrap_or_default(),
         exclude_channel_ids: excluded.iter().map(ToString::to_string).collect(),
-    });
-    grpc.set_timeout(QUERY_DEADLINE);
-    let response = tokio::time::timeout(QUERY_DEADLINE, client.query(grpc))
+    };
+    client
+        .query(query, QUERY_DEADLINE)
         .await
-        .map_err(|_| ApiError::InvalidRequest)?
-        .map_err(|status| search_error(&status))?;
-    response
-        .into_inner()
-        .hits
+        .map_err(search_failed)?
         .iter()
         .map(|hit| {
             Ulid::from_string(&hit.message_id).map_err(|_| {
@@ -329,15 +328,11 @@ pub async fn rebuild(
     Ids([guild_id]): Ids<1>,
 ) -> ApiResult<StatusCode> {
     require_maintainer(&state, guild_id, user.user_id).await?;
-    let mut request = tonic::Request::new(pb::RebuildRequest {
-        guild_id: guild_id.to_string(),
-    });
-    request.set_timeout(MAINTENANCE_DEADLINE);
     backend
         .client()?
-        .rebuild(request)
+        .rebuild(&guild_id.to_string(), MAINTENANCE_DEADLINE)
         .await
-        .map_err(|status| search_error(&status))?;
+        .map_err(search_failed)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -360,16 +355,11 @@ pub async fn reconcile(
     Ids([guild_id]): Ids<1>,
 ) -> ApiResult<Json<ReconcileResults>> {
     require_maintainer(&state, guild_id, user.user_id).await?;
-    let mut request = tonic::Request::new(pb::ReconcileRequest {
-        guild_id: guild_id.to_string(),
-    });
-    request.set_timeout(MAINTENANCE_DEADLINE);
     let response = backend
         .client()?
-        .reconcile(request)
+        .reconcile(&guild_id.to_string(), MAINTENANCE_DEADLINE)
         .await
-        .map_err(|status| search_error(&status))?
-        .into_inner();
+        .map_err(search_failed)?;
     Ok(Json(ReconcileResults {
         upserted: response.upserted,
         deleted: response.deleted,

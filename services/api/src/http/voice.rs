@@ -24,6 +24,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
+use filament_clients::ClientError;
 use filament_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -242,8 +243,7 @@ pub async fn token(
         .client()?
         .join(join)
         .await
-        .map_err(voice_error)?
-        .into_inner();
+        .map_err(voice_error)?;
     let publish_sources = granted
         .publish_sources
         .iter()
@@ -280,11 +280,11 @@ pub async fn leave(
     state
         .voice()
         .client()?
-        .leave(pb::VoiceLeaveRequest {
-            guild_id: guild_id.to_string(),
-            channel_id: channel_id.to_string(),
-            user_id: user.user_id.to_string(),
-        })
+        .leave(
+            &guild_id.to_string(),
+            &channel_id.to_string(),
+            &user.user_id.to_string(),
+        )
         .await
         .map_err(voice_error)?;
     Ok(StatusCode::NO_CONTENT)
@@ -312,12 +312,12 @@ pub async fn update_state(
     state
         .voice()
         .client()?
-        .update_state(pb::VoiceUpdateStateRequest {
-            guild_id: guild_id.to_string(),
-            channel_id: channel_id.to_string(),
-            user_id: user.user_id.to_string(),
-            fields: Some(fields),
-        })
+        .update_state(
+            &guild_id.to_string(),
+            &channel_id.to_string(),
+            &user.user_id.to_string(),
+            fields,
+        )
         .await
         .map_err(voice_error)?;
     Ok(StatusCode::NO_CONTENT)
@@ -351,10 +351,11 @@ impl VoiceLimiters {
 
 /// A full channel or registry is the caller's 429; a refusal of what the
 /// api itself validated, or the service being down, is ours.
-fn voice_error(status: tonic::Status) -> ApiError {
-    match status.code() {
-        Code::ResourceExhausted => ApiError::RateLimited,
-        _ => ApiError::Internal(anyhow::anyhow!("voice service: {status}")),
+fn voice_error(err: ClientError) -> ApiError {
+    match err.status() {
+        Some(status) if status.code() == Code::ResourceExhausted => ApiError::RateLimited,
+        Some(status) => ApiError::Internal(anyhow::anyhow!("voice service: {status}")),
+        None => ApiError::Internal(err.into()),
     }
 }
 
