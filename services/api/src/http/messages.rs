@@ -23,9 +23,6 @@ use crate::http::openapi::{ApiRouter, ChannelPath, Id, MessagePath};
 use crate::state::AppState;
 use crate::store::HistoryCursor;
 
-/// Where `http::search` builds its hits from; it predates the domain
-/// module.
-
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateMessageDto {
