@@ -100,7 +100,7 @@ pub struct Row {
 
 pub fn table() -> Vec<Row> {
     use Expect::{Fits, RefusedAtRest, Splits};
-    let messages = "services/api/src/http/messages.rs";
+    let messages = "services/api/src/domain/messages.rs";
     vec![
         Row {
             event_type: "ready",
