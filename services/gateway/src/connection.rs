@@ -43,6 +43,9 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
     permit: IpPermit,
 ) {
+    // Counted before the baseline is read, so that every event appended
+    // after it is framed with its positions.
+    let _counted = positioned.then(|| shared.positioned_sockets.hold());
     // Taken before the socket is in the index: an event appended after
     // this is either written to the socket live or replayed on resume.
     let user_head = if positioned {

@@ -73,6 +73,9 @@ pub(crate) struct Shared {
     api_streams: discovery::ApiStreams,
     /// Ids of the events applied lately, to apply a repeat only once.
     recent_events: dedupe::RecentEvents,
+    /// Sockets that asked for replay positions: while there are none, a
+    /// logged event's frame is not spliced with its positions.
+    positioned_sockets: resume::PositionedCount,
 }
 
 impl Shared {
@@ -133,6 +136,9 @@ impl Shared {
     /// The queue item for an event's frames: with its positioned frame too
     /// when the event was logged (docs/adr/0011-resume.md).
     pub(crate) fn outbound(&self, event: &Event, frames: Vec<Utf8Bytes>) -> Outbound {
+        if self.positioned_sockets.none() {
+            return Outbound::of(frames);
+        }
         if let [plain] = frames.as_slice()
             && let Some(positioned) = self.positioned(plain, &event.positions)
         {
@@ -378,6 +384,7 @@ mod tests {
             grpc_clients,
             api_streams: discovery::ApiStreams::default(),
             recent_events: crate::dedupe::RecentEvents::default(),
+            positioned_sockets: resume::PositionedCount::default(),
             config,
         }
     }

@@ -23,6 +23,7 @@
 //! events in offset order (`filament-fanout`'s `log.rs`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use filament_proto::v1::{Event, LogPosition, Resumed, audience, event};
@@ -47,6 +48,32 @@ const MAX_TRACKED_SCOPES: usize = 1024;
 /// that one socket remembers (a guild's `profile_update` reaches its
 /// author's sockets everywhere).
 const MAX_OUTSIDE_EVENTS: usize = 256;
+
+/// How many sockets asked for positions. Counted from before a socket
+/// reads its first baseline until it is gone, so that every event appended
+/// after a baseline is framed with its positions.
+#[derive(Debug, Default)]
+pub(crate) struct PositionedCount(AtomicUsize);
+
+impl PositionedCount {
+    pub(crate) fn none(&self) -> bool {
+        self.0.load(Ordering::Acquire) == 0
+    }
+
+    /// Counts one socket until the guard drops.
+    pub(crate) fn hold(&self) -> PositionedGuard<'_> {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        PositionedGuard(&self.0)
+    }
+}
+
+pub(crate) struct PositionedGuard<'a>(&'a AtomicUsize);
+
+impl Drop for PositionedGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// What a positioned socket knows of its logs.
 #[derive(Debug, Default)]

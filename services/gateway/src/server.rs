@@ -105,6 +105,7 @@ pub async fn bind(config: Config, registry: Arc<dyn Registry>) -> anyhow::Result
         grpc_clients,
         api_streams: crate::discovery::ApiStreams::default(),
         recent_events: crate::dedupe::RecentEvents::default(),
+        positioned_sockets: crate::resume::PositionedCount::default(),
         config,
     });
     Ok(BoundGateway {
