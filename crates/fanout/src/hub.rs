@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use filament_proto::v1::{Event, ServiceMessage, StreamEvent, audience, service_message};
 use filament_registry::{GatewayId, Registry};
-
-use crate::log::Logs;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
+
+use crate::log::Logs;
 
 #[derive(Debug, Clone)]
 pub struct FanoutConfig {
