@@ -184,9 +184,7 @@ impl RedisRegistry {
             keys: Keys {
                 prefix: config.key_prefix,
             },
-            ttl_ms: u64::try_from(config.ttl.as_millis())
-                .unwrap_or(u64::MAX)
-                .max(1),
+            ttl_ms: millis(config.ttl),
             live_holders,
             deregister,
             heartbeat,
@@ -465,8 +463,7 @@ impl Registry for RedisRegistry {
     async fn revoke_session(&self, session_id: &str, ttl: Duration) -> RegistryResult<()> {
         self.breaker
             .call(async {
-                // At least 1 ms: Redis rejects `PX 0`.
-                let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                let ttl_ms = millis(ttl);
                 redis::cmd("SET")
                     .arg(self.keys.revoked_session(session_id))
                     .arg(1)
@@ -614,8 +611,7 @@ fn log_entry((id, fields): (String, Vec<Vec<u8>>)) -> Option<LogEntry> {
     })
 }
 
+/// A duration in Redis' unit, at least 1: Redis rejects `PX 0`.
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
+    replay::millis(duration).max(1)
 }

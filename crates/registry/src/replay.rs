@@ -80,7 +80,7 @@ impl LogConfig {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        u64::try_from(now.saturating_sub(self.retention).as_millis()).unwrap_or(u64::MAX)
+        millis(now.saturating_sub(self.retention))
     }
 }
 
@@ -152,7 +152,8 @@ impl LogRead {
     }
 }
 
-fn millis(duration: Duration) -> u64 {
+/// A duration in milliseconds, saturating.
+pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
