@@ -7,6 +7,28 @@ pub mod v1 {
     tonic::include_proto!("filament.v1");
 }
 
+/// The proto's `LogPosition` is how a position travels between processes;
+/// `filament_ids::LogPosition` is the one every process works with.
+impl From<filament_ids::LogPosition> for v1::LogPosition {
+    fn from(position: filament_ids::LogPosition) -> Self {
+        Self {
+            scope: position.scope,
+            epoch: position.epoch,
+            offset: position.offset,
+        }
+    }
+}
+
+impl From<v1::LogPosition> for filament_ids::LogPosition {
+    fn from(position: v1::LogPosition) -> Self {
+        Self {
+            scope: position.scope,
+            epoch: position.epoch,
+            offset: position.offset,
+        }
+    }
+}
+
 /// The encoded `FileDescriptorSet` of every `filament.v1` file, for gRPC
 /// server reflection (`filament_runtime::grpc::reflection`).
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -23,8 +23,9 @@ use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, PoisonError};
 
-use filament_proto::v1::{Event, LogPosition, audience, event};
-use filament_registry::{Registry, guild_scope, user_scope};
+use filament_ids::{guild_scope, user_scope};
+use filament_proto::v1::{Event, audience, event};
+use filament_registry::Registry;
 use prost::Message as _;
 
 /// Shards of the ordering lock. Events of one scope share a shard.
@@ -83,14 +84,7 @@ impl Logs {
             .await
         {
             Ok(positions) => {
-                event.positions = positions
-                    .into_iter()
-                    .map(|p| LogPosition {
-                        scope: p.scope,
-                        epoch: p.epoch,
-                        offset: p.offset,
-                    })
-                    .collect();
+                event.positions = positions.into_iter().map(Into::into).collect();
             }
             Err(err) => {
                 tracing::debug!(%err, "replay log unavailable; event goes without positions");
@@ -148,8 +142,8 @@ pub(crate) fn scopes_of(event: &Event) -> Vec<String> {
         Some(audience::Target::Channel(channel)) => vec![guild_scope(&channel.guild_id)],
         Some(audience::Target::Guild(guild)) => vec![guild_scope(&guild.guild_id)],
         Some(audience::Target::Users(users)) => {
-            let mut scopes: Vec<String> = users.user_ids.iter().map(|u| user_scope(u)).collect();
-            scopes.extend(users.guild_ids.iter().map(|g| guild_scope(g)));
+            let mut scopes: Vec<String> = users.user_ids.iter().map(user_scope).collect();
+            scopes.extend(users.guild_ids.iter().map(guild_scope));
             scopes.sort_unstable();
             scopes.dedup();
             scopes

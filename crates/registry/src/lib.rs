@@ -41,7 +41,8 @@ pub use memory::MemoryRegistry;
 pub use metered::RegistryMetrics;
 pub use redis_client::RedisCa;
 pub use redis_registry::{RedisRegistry, connection_manager};
-pub use replay::{LogConfig, LogEntry, LogPosition, LogRead, Replay, guild_scope, user_scope};
+pub use filament_ids::LogPosition;
+pub use replay::{LogConfig, LogEntry, LogRead, Replay};
 
 /// A gateway process, named by a fresh ULID at start-up.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]

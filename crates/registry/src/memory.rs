@@ -31,7 +31,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use crate::replay::{LogConfig, LogPosition, MemoryLogs, Replay};
+use crate::LogPosition;
+use crate::replay::{LogConfig, MemoryLogs, Replay};
 use crate::{Epoch, GatewayId, Registry, RegistryConfig, RegistryError, RegistryResult, Scope};
 
 /// Forward index: who holds a guild (or a user). Sorted, so lookups come

@@ -48,7 +48,8 @@ use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::breaker::Breaker;
-use crate::replay::{self, LogConfig, LogEntry, LogPosition, LogRead, Replay};
+use crate::LogPosition;
+use crate::replay::{self, LogConfig, LogEntry, LogRead, Replay};
 use crate::{
     Epoch, GatewayId, RedisOptions, Registry, RegistryConfig, RegistryError, RegistryResult, Scope,
 };

@@ -19,6 +19,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+use filament_ids::LogPosition;
 use tokio::time::Instant;
 
 /// How long and how deep the logs are.
@@ -84,14 +85,6 @@ impl LogConfig {
     }
 }
 
-/// One event's place in one log.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LogPosition {
-    pub scope: String,
-    pub epoch: String,
-    pub offset: u64,
-}
-
 /// One logged event: its offset, when it was appended, and the event as
 /// the publisher encoded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,18 +148,6 @@ impl LogRead {
 /// A duration in milliseconds, saturating.
 pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The log of a guild's channel and guild events.
-#[must_use]
-pub fn guild_scope(guild_id: &str) -> String {
-    format!("g:{guild_id}")
-}
-
-/// The log of the events sent to a user by name.
-#[must_use]
-pub fn user_scope(user_id: &str) -> String {
-    format!("u:{user_id}")
 }
 
 /// A new epoch: 16 hex digits, unlikely to repeat.

@@ -36,7 +36,7 @@ pub use enums::{
 pub use frame::{EncodeError, Frame, SerializeError, encode_event, encode_frames, event_type};
 pub use markdown::MarkdownToken;
 pub use payloads::WireEvent;
-pub use positions::{POSITIONS_HEADROOM_BYTES, Position, with_positions};
+pub use positions::{POSITIONS_HEADROOM_BYTES, with_positions};
 pub use shapes::{Attachment, Channel, Guild, Message, Profile, Reaction, Role, VoiceParticipant};
 
 /// The envelope's `v`.

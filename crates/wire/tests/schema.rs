@@ -520,7 +520,7 @@ fn positions_are_an_optional_envelope_field() {
     let schemas = Schemas::load();
     let plain = encode_event(&event((largest::table()[0].payload)()), usize::MAX).expect("encodes");
     let scope = format!("g:{GUILD}");
-    let logged = [proto::LogPosition {
+    let logged = [filament_ids::LogPosition {
         scope: scope.clone(),
         epoch: "0a1b2c3d4e5f6071".into(),
         offset: u64::MAX,

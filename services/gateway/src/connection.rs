@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use filament_proto::v1::{Event, LogPosition, Pong, Ready, Subscribed, event};
+use filament_ids::LogPosition;
+use filament_proto::v1::{Event, Pong, Ready, Subscribed, event};
 use futures_util::SinkExt as _;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};

@@ -62,7 +62,7 @@ pub(crate) enum Outbound {
 pub(crate) struct Logged {
     pub(crate) plain: Utf8Bytes,
     pub(crate) positioned: Utf8Bytes,
-    pub(crate) positions: Vec<filament_wire::Position>,
+    pub(crate) positions: Vec<filament_ids::LogPosition>,
     pub(crate) event_id: String,
 }
 

@@ -9,7 +9,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use filament_wire::Position;
+use filament_ids::LogPosition;
 
 use crate::close::CloseReason;
 use crate::ids::{ChannelId, GuildId};
@@ -32,7 +32,7 @@ pub(crate) enum Command {
     /// Replay what the socket missed after these positions
     /// (docs/adr/0011-resume.md).
     Resume {
-        positions: Vec<Position>,
+        positions: Vec<LogPosition>,
     },
     /// Answer with a `pong` carrying this nonce, behind what is queued.
     Ping {
@@ -144,7 +144,7 @@ impl TryFrom<ResumeDto> for Command {
         let positions = dto
             .positions
             .iter()
-            .map(|(scope, token)| Position::parse(scope, token))
+            .map(|(scope, token)| LogPosition::parse(scope, token))
             .collect::<Option<Vec<_>>>()
             .ok_or(IngressError::InvalidPayload)?;
         Ok(Self::Resume { positions })

@@ -32,9 +32,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
+use filament_ids::LogPosition;
 use filament_proto::v1::{AccessChanged, Event, SessionRevoked, audience, event};
 use filament_runtime::grpc_client::GrpcClientMetrics;
-use filament_wire::Position;
 
 pub use close::CloseReason;
 pub use config::Config;
@@ -140,14 +140,18 @@ impl Shared {
             return Outbound::of(frames);
         }
         if let [plain] = frames.as_slice()
-            && let Some(positioned) = self.positioned(plain, &event.positions)
+            && !event.positions.is_empty()
         {
-            return Outbound::Logged(Arc::new(Logged {
-                plain: plain.clone(),
-                positioned,
-                positions: event.positions.iter().map(Position::from).collect(),
-                event_id: event.event_id.clone(),
-            }));
+            let positions: Vec<LogPosition> =
+                event.positions.iter().cloned().map(Into::into).collect();
+            if let Some(positioned) = self.positioned(plain, &positions) {
+                return Outbound::Logged(Arc::new(Logged {
+                    plain: plain.clone(),
+                    positioned,
+                    positions,
+                    event_id: event.event_id.clone(),
+                }));
+            }
         }
         Outbound::of(frames)
     }
@@ -157,7 +161,7 @@ impl Shared {
     pub(crate) fn positioned(
         &self,
         frame: &Utf8Bytes,
-        positions: &[filament_proto::v1::LogPosition],
+        positions: &[LogPosition],
     ) -> Option<Utf8Bytes> {
         if positions.is_empty() {
             return None;

@@ -26,9 +26,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
-use filament_proto::v1::{Event, LogPosition, Resumed, audience, event};
-use filament_registry::{Replay, guild_scope, user_scope};
-use filament_wire::Position;
+use filament_ids::{LogPosition, guild_scope, user_scope};
+use filament_proto::v1::{Event, Resumed, audience, event};
+use filament_registry::Replay;
 use prost::Message as _;
 
 use crate::Shared;
@@ -93,7 +93,7 @@ pub(crate) struct Positions {
     known: HashSet<String>,
     /// Guild logs named by a `resume` before the socket was present in
     /// the guild: replayed by the first subscribe there.
-    pending: HashMap<GuildId, Position>,
+    pending: HashMap<GuildId, LogPosition>,
     /// What is left of the last `resume`'s replay budget.
     budget: usize,
     /// Events replayed since the last `resume`: an event in two logs (a
@@ -111,7 +111,7 @@ struct Mark {
 
 impl Mark {
     /// Whether `position` is in this mark's epoch, at or before it.
-    fn covers(&self, position: &Position) -> bool {
+    fn covers(&self, position: &LogPosition) -> bool {
         self.epoch == position.epoch && position.offset <= self.offset
     }
 
@@ -179,7 +179,7 @@ impl Positions {
     }
 
     /// The position a `resume` left for this guild's first subscribe.
-    pub(crate) fn take_pending(&mut self, guild: GuildId) -> Option<Position> {
+    pub(crate) fn take_pending(&mut self, guild: GuildId) -> Option<LogPosition> {
         self.pending.remove(&guild)
     }
 
@@ -193,12 +193,7 @@ impl Positions {
 /// refetches it after a reconnect.
 pub(crate) async fn head(shared: &Shared, scope: &str) -> Option<LogPosition> {
     match shared.holdings.registry().log_head(scope).await {
-        Ok(Some(head)) => Some(LogPosition {
-            scope: head.scope,
-            epoch: head.epoch,
-            offset: head.offset,
-        }),
-        Ok(None) => None,
+        Ok(head) => head,
         Err(err) => {
             tracing::debug!(%err, scope, "no baseline position");
             None
@@ -240,7 +235,7 @@ impl Viewer {
 
     /// Whether this socket may resume the log `scope`.
     fn may_resume(&self, scope: &str) -> bool {
-        scope == user_scope(&self.user.to_string())
+        scope == user_scope(self.user)
             || scope
                 .strip_prefix("g:")
                 .is_some_and(|guild| self.present_in(guild))
@@ -272,7 +267,7 @@ pub(crate) async fn resume(
     shared: &Shared,
     viewer: &Viewer,
     positions: &mut Positions,
-    wanted: Vec<Position>,
+    wanted: Vec<LogPosition>,
 ) -> Vec<Utf8Bytes> {
     let mut frames = Vec::new();
     positions.budget = MAX_REPLAYED_PER_RESUME;
@@ -310,7 +305,7 @@ pub(crate) async fn resume(
 /// Answers a `resume` on a socket opened without positions: every log it
 /// names gets `resync`. What the socket was written live is unknown, so a
 /// replay could repeat it.
-pub(crate) fn refuse_all(shared: &Shared, wanted: Vec<Position>) -> Vec<Utf8Bytes> {
+pub(crate) fn refuse_all(shared: &Shared, wanted: Vec<LogPosition>) -> Vec<Utf8Bytes> {
     let mut untracked = Positions::default();
     wanted
         .into_iter()
@@ -324,7 +319,7 @@ pub(crate) async fn replay(
     shared: &Shared,
     viewer: &Viewer,
     positions: &mut Positions,
-    position: &Position,
+    position: &LogPosition,
 ) -> Vec<Utf8Bytes> {
     if !viewer.may_resume(&position.scope) {
         return answer(shared, positions, &position.scope, Answer::Refused);
@@ -400,16 +395,11 @@ async fn replay_into(
     shared: &Shared,
     viewer: &Viewer,
     positions: &mut Positions,
-    position: &Position,
+    position: &LogPosition,
     out: &mut Vec<Utf8Bytes>,
 ) -> Option<LogPosition> {
     let budget = positions.budget;
-    let asked = filament_registry::LogPosition {
-        scope: position.scope.clone(),
-        epoch: position.epoch.clone(),
-        offset: position.offset,
-    };
-    let entries = match shared.holdings.registry().replay(&asked, budget).await {
+    let entries = match shared.holdings.registry().replay(position, budget).await {
         Ok(Replay::Covered(entries)) => entries,
         Ok(Replay::Gap) => return None,
         Err(err) => {
@@ -431,24 +421,24 @@ async fn replay_into(
         {
             break;
         }
-        let mut event = Event::decode(entry.event.as_slice()).ok()?;
+        let event = Event::decode(entry.event.as_slice()).ok()?;
         if !viewer.sees(&event)
             || positions.outside.contains(&event.event_id)
             || !positions.replayed.insert(event.event_id.clone())
         {
             continue;
         }
-        event.positions = vec![LogPosition {
+        let at = LogPosition {
             offset: entry.offset,
             ..through.clone()
-        }];
+        };
         let frames = shared.encode_for_one(&event);
         let [frame] = frames.as_slice() else {
             continue;
         };
         out.push(
             shared
-                .positioned(frame, &event.positions)
+                .positioned(frame, std::slice::from_ref(&at))
                 .unwrap_or_else(|| frame.clone()),
         );
     }
@@ -457,12 +447,12 @@ async fn replay_into(
 
 /// The logs a positioned socket gets a baseline for: its user's on `ready`.
 pub(crate) fn user_log(user: UserId) -> String {
-    user_scope(&user.to_string())
+    user_scope(user)
 }
 
 /// And a guild's on its first `subscribe` there.
 pub(crate) fn guild_log(guild: GuildId) -> String {
-    guild_scope(&guild.to_string())
+    guild_scope(guild)
 }
 
 #[cfg(test)]
@@ -481,7 +471,7 @@ mod tests {
             event_id: format!("{scope}/{epoch}.{offset}"),
             plain: Utf8Bytes::from_static("plain"),
             positioned: Utf8Bytes::from_static("positioned"),
-            positions: vec![Position {
+            positions: vec![LogPosition {
                 scope: scope.to_owned(),
                 epoch: epoch.to_owned(),
                 offset,
@@ -586,9 +576,9 @@ mod tests {
         };
         assert!(viewer.sees(&named(vec![user.to_string()])));
         assert!(!viewer.sees(&named(vec![Ulid::generate().to_string()])));
-        assert!(viewer.may_resume(&user_scope(&user.to_string())));
-        assert!(viewer.may_resume(&guild_scope(&guild.to_string())));
-        assert!(!viewer.may_resume(&guild_scope(&Ulid::generate().to_string())));
-        assert!(!viewer.may_resume(&user_scope(&Ulid::generate().to_string())));
+        assert!(viewer.may_resume(&user_scope(user)));
+        assert!(viewer.may_resume(&guild_scope(guild)));
+        assert!(!viewer.may_resume(&guild_scope(Ulid::generate())));
+        assert!(!viewer.may_resume(&user_scope(Ulid::generate())));
     }
 }
