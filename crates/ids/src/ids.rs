@@ -45,7 +45,7 @@ macro_rules! id_type {
             /// Accepts only the canonical form, so that one id has one
             /// spelling on the wire and in storage.
             fn from_str(raw: &str) -> Result<Self, Self::Err> {
-                parse_canonical(raw).map(Self)
+                canonical_ulid(raw).map(Self)
             }
         }
 
@@ -57,8 +57,10 @@ macro_rules! id_type {
     };
 }
 
-/// Parses `raw` as a ULID in its canonical spelling only.
-fn parse_canonical(raw: &str) -> Result<Ulid, ulid::DecodeError> {
+/// Parses `raw` as a ULID in its canonical spelling only: what every id
+/// type here accepts, and what an id of another kind minted as a ULID (a
+/// gateway's, say) should accept too.
+pub fn canonical_ulid(raw: &str) -> Result<Ulid, ulid::DecodeError> {
     let id = Ulid::from_string(raw)?;
     if id.to_string() == raw {
         Ok(id)

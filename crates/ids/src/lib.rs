@@ -9,6 +9,8 @@
 mod ids;
 mod position;
 
-pub use ids::{AttachmentId, ChannelId, GuildId, MessageId, RoleId, SessionId, UserId};
+pub use ids::{
+    AttachmentId, ChannelId, GuildId, MessageId, RoleId, SessionId, UserId, canonical_ulid,
+};
 pub use position::{LogPosition, guild_scope, user_scope};
 pub use ulid::Ulid;

@@ -37,11 +37,11 @@ mod replay;
 mod tests;
 
 pub use breaker::{Breaker, BreakerConfig, Tripped};
+pub use filament_ids::LogPosition;
 pub use memory::MemoryRegistry;
 pub use metered::RegistryMetrics;
 pub use redis_client::RedisCa;
 pub use redis_registry::{RedisRegistry, connection_manager};
-pub use filament_ids::LogPosition;
 pub use replay::{LogConfig, LogEntry, LogRead, Replay};
 
 /// A gateway process, named by a fresh ULID at start-up.
@@ -55,6 +55,16 @@ impl GatewayId {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// A gateway id as another process quotes it: only a canonical ULID, the
+/// form a gateway names itself with.
+impl std::str::FromStr for GatewayId {
+    type Err = ulid::DecodeError;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        filament_ids::canonical_ulid(raw).map(|id| Self(id.to_string()))
     }
 }
 

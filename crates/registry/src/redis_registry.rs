@@ -47,8 +47,8 @@ use async_trait::async_trait;
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::breaker::Breaker;
 use crate::LogPosition;
+use crate::breaker::Breaker;
 use crate::replay::{self, LogConfig, LogEntry, LogRead, Replay};
 use crate::{
     Epoch, GatewayId, RedisOptions, Registry, RegistryConfig, RegistryError, RegistryResult, Scope,

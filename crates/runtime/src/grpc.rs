@@ -13,10 +13,12 @@
 //! label values by sending made-up paths.
 //!
 //! [`server`] puts these, the token check and a health service together,
-//! so that every server is built the same way.
+//! so that every server is built the same way, and [`parse_id`] is how
+//! every server reads an id out of a request.
 
 use std::collections::HashSet;
 use std::pin::Pin;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -150,6 +152,17 @@ pub fn server<H: Health>(
         .layer(RequireServiceToken::new(token))
         .add_service(health)
         .add_service(reflection(descriptor_sets)?))
+}
+
+/// Parses the request field `field` into an id type (`filament_ids`'
+/// `GuildId`, `UserId`, …, whose `FromStr` accepts only the canonical
+/// 26-character uppercase ULID), or refuses the call with
+/// `INVALID_ARGUMENT` "`<field>` must be a ULID" before the value reaches a
+/// key or a query. The one place a gRPC server turns a wire id into a
+/// typed one.
+pub fn parse_id<T: FromStr>(field: &'static str, raw: &str) -> Result<T, tonic::Status> {
+    raw.parse()
+        .map_err(|_| tonic::Status::invalid_argument(format!("{field} must be a ULID")))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -500,6 +513,15 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         text
+    }
+
+    #[test]
+    fn ids_parse_or_are_invalid_arguments_naming_the_field() {
+        let id: Result<u32, _> = parse_id("n", "42");
+        assert_eq!(id.ok(), Some(42));
+        let err = parse_id::<u32>("user_id", "nope").expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(err.message(), "user_id must be a ULID");
     }
 
     #[test]

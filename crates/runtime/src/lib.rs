@@ -3,7 +3,8 @@
 //! probe endpoints Kubernetes calls, the public HTTP listener with its
 //! connection caps, the admin listener that serves metrics away from
 //! the public port, what every gRPC server carries (reflection, call
-//! metrics, the trace context, the service-token check), and how every
+//! metrics, the trace context, the service-token check, the parsing of
+//! request ids), and how every
 //! gRPC client connects (presenting that token), connection URLs
 //! whose `Debug` hides their password, and the life of a binary around
 //! its service.

@@ -543,7 +543,7 @@ async fn a_restarted_search_service_catches_up(backends: Backends) {
         let running = tokio::spawn(search.run(stop.clone()));
         (engine, stop, running)
     };
-    let guild_id: ulid::Ulid = g.id.parse().expect("guild id");
+    let guild_id: filament_ids::GuildId = g.id.parse().expect("guild id");
     let query = |engine: filament_search::Engine, text: &'static str| async move {
         use filament_search::SearchService as _;
         let mut ids: Vec<String> = engine

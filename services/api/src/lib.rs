@@ -20,7 +20,6 @@ mod outbox;
 mod publish;
 mod rate_limit;
 mod state;
-mod voice;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -11,9 +11,9 @@ use crate::admin::HashingMetrics;
 use crate::auth::{Lockout, PasswordHasher, TokenKeys};
 use crate::config::Config;
 use crate::domain::permissions::Authorizer;
+use crate::domain::voice::VoiceLink;
 use crate::rate_limit::AuthRouteLimiter;
 use crate::store::Store;
-use crate::voice::VoiceLink;
 
 #[derive(Clone)]
 pub struct AppState {

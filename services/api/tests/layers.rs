@@ -11,10 +11,6 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// The one domain type the store may name: the permission bitset, whose
-/// constants are the default masks of the built-in roles it seeds.
-const STORE_MAY_USE: &[&str] = &["crate::domain::permissions::Permissions"];
-
 /// A rule: the files it covers, and the paths they must not mention.
 struct Rule {
     covers: fn(&str) -> bool,
@@ -75,27 +71,20 @@ fn the_scan_sees_the_layers() {
     }
     assert!(mentions("use crate::http::x;", "crate::http"));
     assert!(!mentions("use crate::https;", "crate::http"));
-    assert!(!mentions(
-        "use crate::domain::permissions::Permissions;",
-        "crate::domain"
-    ));
     assert!(mentions("use crate::domain::parse_id;", "crate::domain"));
     assert_eq!(code_lines("// crate::http\nx // crate::grpc\n").count(), 1);
 }
 
-/// Whether `line` names `module` or something in it, other than an
-/// allowed exception.
+/// Whether `line` names `module` or something in it.
 fn mentions(line: &str, module: &str) -> bool {
     let mut rest = line;
     while let Some(at) = rest.find(module) {
-        let after = &rest[at..];
-        let next = after[module.len()..].chars().next();
-        let is_module = !next.is_some_and(|c| c.is_alphanumeric() || c == '_');
-        let allowed = STORE_MAY_USE.iter().any(|ok| after.starts_with(ok));
-        if is_module && !allowed {
+        let after = &rest[at + module.len()..];
+        let next = after.chars().next();
+        if !next.is_some_and(|c| c.is_alphanumeric() || c == '_') {
             return true;
         }
-        rest = &after[module.len()..];
+        rest = after;
     }
     false
 }

@@ -1,7 +1,10 @@
 //! `filament.v1.Presence`: the thin tonic adapter over [`PresenceService`].
-//! It parses every id at the boundary (canonical ULIDs only) and maps store
-//! errors to statuses in one place.
+//! It parses every id at the boundary into `filament_ids`' typed ids
+//! (canonical ULIDs only, [`parse_id`]) and maps store errors to statuses
+//! in one place. The service and its store keep ids as the canonical
+//! strings their Redis keys and events are made of.
 
+use filament_ids::{GuildId, UserId};
 use filament_proto::v1::presence_server::{Presence, PresenceServer};
 use filament_proto::v1::{
     PresenceConnectedRequest, PresenceConnection, PresenceDisconnectedRequest,
@@ -10,6 +13,7 @@ use filament_proto::v1::{
     PresenceSnapshotRequest, PresenceSync,
 };
 use filament_registry::GatewayId;
+use filament_runtime::grpc::parse_id;
 use tonic::{Request, Response, Status};
 
 use crate::service::PresenceService;
@@ -44,10 +48,10 @@ impl Presence for PresenceGrpc {
     ) -> Result<Response<PresenceLease>, Status> {
         let request = request.into_inner();
         let connection = connection_key(request.connection)?;
-        let user_id = ulid("user_id", &request.user_id)?;
+        let user_id: UserId = parse_id("user_id", &request.user_id)?;
         let lease = self
             .service
-            .connected(&connection, &user_id)
+            .connected(&connection, &user_id.to_string())
             .await
             .map_err(status)?;
         Ok(Response::new(lease_of(lease)))
@@ -59,11 +63,11 @@ impl Presence for PresenceGrpc {
     ) -> Result<Response<PresenceEnterGuildResponse>, Status> {
         let request = request.into_inner();
         let connection = connection_key(request.connection)?;
-        let user_id = ulid("user_id", &request.user_id)?;
-        let guild_id = ulid("guild_id", &request.guild_id)?;
+        let user_id: UserId = parse_id("user_id", &request.user_id)?;
+        let guild_id: GuildId = parse_id("guild_id", &request.guild_id)?;
         let (lease, came_online, sync) = self
             .service
-            .enter_guild(&connection, &user_id, &guild_id)
+            .enter_guild(&connection, &user_id.to_string(), &guild_id.to_string())
             .await
             .map_err(status)?;
         Ok(Response::new(PresenceEnterGuildResponse {
@@ -79,10 +83,10 @@ impl Presence for PresenceGrpc {
     ) -> Result<Response<PresenceLeaveGuildResponse>, Status> {
         let request = request.into_inner();
         let connection = connection_key(request.connection)?;
-        let guild_id = ulid("guild_id", &request.guild_id)?;
+        let guild_id: GuildId = parse_id("guild_id", &request.guild_id)?;
         let went_offline = self
             .service
-            .leave_guild(&connection, &guild_id)
+            .leave_guild(&connection, &guild_id.to_string())
             .await
             .map_err(status)?;
         Ok(Response::new(PresenceLeaveGuildResponse { went_offline }))
@@ -112,8 +116,12 @@ impl Presence for PresenceGrpc {
         &self,
         request: Request<PresenceSnapshotRequest>,
     ) -> Result<Response<PresenceSync>, Status> {
-        let guild_id = ulid("guild_id", &request.into_inner().guild_id)?;
-        let sync = self.service.snapshot(&guild_id).await.map_err(status)?;
+        let guild_id: GuildId = parse_id("guild_id", &request.into_inner().guild_id)?;
+        let sync = self
+            .service
+            .snapshot(&guild_id.to_string())
+            .await
+            .map_err(status)?;
         Ok(Response::new(sync))
     }
 }
@@ -124,17 +132,9 @@ fn lease_of(lease: Lease) -> PresenceLease {
     }
 }
 
-/// A canonical ULID (26 uppercase Crockford base32 characters), as every
-/// Filament id is minted; anything else is refused before it reaches a key.
-fn ulid(field: &'static str, raw: &str) -> Result<String, Status> {
-    match ulid::Ulid::from_string(raw) {
-        Ok(id) if id.to_string() == raw => Ok(raw.to_owned()),
-        _ => Err(Status::invalid_argument(format!("{field} must be a ULID"))),
-    }
-}
-
+/// A gateway names itself by a fresh canonical ULID; nothing else is one.
 fn gateway_id(raw: &str) -> Result<GatewayId, Status> {
-    ulid("gateway_id", raw).map(GatewayId::new)
+    parse_id("gateway_id", raw)
 }
 
 fn connection_key(connection: Option<PresenceConnection>) -> Result<ConnectionKey, Status> {

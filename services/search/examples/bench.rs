@@ -16,6 +16,7 @@
 
 use std::time::{Duration, Instant};
 
+use filament_ids::{ChannelId, GuildId, MessageId};
 use filament_search::{
     DocChange, IndexLocation, IndexedDoc, MessageIndex, SearchRequest, WriterConfig, query,
 };
@@ -114,10 +115,14 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<(), Box<dyn std::error::Err
         threads: args.threads,
     };
     let index = MessageIndex::open(&IndexLocation::Dir(dir.to_path_buf()), writer)?;
-    let guilds: Vec<Ulid> = (0..GUILDS).map(|_| Ulid::generate()).collect();
-    let channels: Vec<Vec<Ulid>> = guilds
+    let guilds: Vec<GuildId> = (0..GUILDS).map(|_| GuildId::generate()).collect();
+    let channels: Vec<Vec<ChannelId>> = guilds
         .iter()
-        .map(|_| (0..CHANNELS_PER_GUILD).map(|_| Ulid::generate()).collect())
+        .map(|_| {
+            (0..CHANNELS_PER_GUILD)
+                .map(|_| ChannelId::generate())
+                .collect()
+        })
         .collect();
     println!(
         "indexing {} messages ({GUILDS} guilds, {} channels, {VOCABULARY}-word vocabulary), \
@@ -143,7 +148,10 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<(), Box<dyn std::error::Err
             .join(" ");
         bytes += content.len();
         batch.push(DocChange::Upsert(IndexedDoc {
-            message_id: ids.generate().map_err(|err| err.to_string())?,
+            message_id: ids
+                .generate()
+                .map(MessageId::from)
+                .map_err(|err| err.to_string())?,
             guild_id: guilds[guild],
             channel_id: channels[guild][rng.below(CHANNELS_PER_GUILD)],
             content,

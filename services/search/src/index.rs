@@ -7,11 +7,17 @@
 //! document. The position in the api's change log that the index reflects
 //! is stored in the payload of each tantivy commit, so the documents and
 //! the position are durable together and a restart resumes exactly there.
+//!
+//! Ids are the typed ids of `filament_ids`, stored as their canonical
+//! text. Read back from a stored document they are parsed canonically too:
+//! only this module writes them, always canonically, so a stored id that
+//! does not parse is a broken document and is skipped, not answered.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use filament_ids::{ChannelId, GuildId, MessageId};
 use tantivy::collector::sort_key::{SortBySimilarityScore, SortByString};
 use tantivy::collector::{Count, DocSetCollector, TopDocs};
 use tantivy::query::{
@@ -23,7 +29,6 @@ use tantivy::schema::{
 };
 use tantivy::tokenizer::{LowerCaser, RemoveLongFilter, SimpleTokenizer, TextAnalyzer};
 use tantivy::{Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
-use ulid::Ulid;
 
 use crate::query::{Clause, Matcher, ParsedQuery, QueryError, wildcard_regex};
 
@@ -80,9 +85,9 @@ pub enum IndexError {
 /// A message as the index stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedDoc {
-    pub message_id: Ulid,
-    pub guild_id: Ulid,
-    pub channel_id: Ulid,
+    pub message_id: MessageId,
+    pub guild_id: GuildId,
+    pub channel_id: ChannelId,
     pub content: String,
 }
 
@@ -90,23 +95,23 @@ pub struct IndexedDoc {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DocChange {
     Upsert(IndexedDoc),
-    Delete(Ulid),
+    Delete(MessageId),
 }
 
 /// A search, validated.
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
-    pub guild_id: Ulid,
+    pub guild_id: GuildId,
     pub query: ParsedQuery,
     pub limit: usize,
-    pub channel_id: Option<Ulid>,
-    pub exclude_channel_ids: Vec<Ulid>,
+    pub channel_id: Option<ChannelId>,
+    pub exclude_channel_ids: Vec<ChannelId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hit {
-    pub message_id: Ulid,
-    pub channel_id: Ulid,
+    pub message_id: MessageId,
+    pub channel_id: ChannelId,
 }
 
 #[derive(Clone, Copy)]
@@ -226,7 +231,7 @@ impl MessageIndex {
     }
 
     /// Queues the removal of every document of a guild.
-    pub fn delete_guild(&self, guild_id: Ulid) -> Result<(), IndexError> {
+    pub fn delete_guild(&self, guild_id: GuildId) -> Result<(), IndexError> {
         let guard = self.writer();
         let writer = guard.as_ref().ok_or(IndexError::Closed)?;
         writer.delete_term(id_term(self.inner.fields.guild_id, guild_id));
@@ -294,8 +299,8 @@ impl MessageIndex {
         for (_, address) in top {
             let doc: TantivyDocument = searcher.doc(address)?;
             if let (Some(message_id), Some(channel_id)) = (
-                stored_ulid(&doc, fields.message_id),
-                stored_ulid(&doc, fields.channel_id),
+                stored_id(&doc, fields.message_id),
+                stored_id(&doc, fields.channel_id),
             ) {
                 hits.push(Hit {
                     message_id,
@@ -308,7 +313,11 @@ impl MessageIndex {
 
     /// Every document of a guild as (message id → content hash), or
     /// `TooManyDocs` past `max`.
-    pub fn guild_docs(&self, guild_id: Ulid, max: usize) -> Result<HashMap<Ulid, u64>, IndexError> {
+    pub fn guild_docs(
+        &self,
+        guild_id: GuildId,
+        max: usize,
+    ) -> Result<HashMap<MessageId, u64>, IndexError> {
         let fields = self.inner.fields;
         let searcher = self.inner.reader.searcher();
         let query = TermQuery::new(id_term(fields.guild_id, guild_id), IndexRecordOption::Basic);
@@ -321,7 +330,7 @@ impl MessageIndex {
             let hash = doc
                 .get_first(fields.content_hash)
                 .and_then(|value| value.as_u64());
-            if let (Some(message_id), Some(hash)) = (stored_ulid(&doc, fields.message_id), hash) {
+            if let (Some(message_id), Some(hash)) = (stored_id(&doc, fields.message_id), hash) {
                 docs.insert(message_id, hash);
             }
         }
@@ -340,19 +349,24 @@ impl MessageIndex {
 
     fn build_query(&self, request: &SearchRequest) -> Result<Box<dyn Query>, IndexError> {
         let fields = self.inner.fields;
-        let filter = |field: Field, id: Ulid| -> Box<dyn Query> {
+        let filter = |term: Term| -> Box<dyn Query> {
             Box::new(ConstScoreQuery::new(
-                Box::new(TermQuery::new(id_term(field, id), IndexRecordOption::Basic)),
+                Box::new(TermQuery::new(term, IndexRecordOption::Basic)),
                 0.0,
             ))
         };
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> =
-            vec![(Occur::Must, filter(fields.guild_id, request.guild_id))];
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = vec![(
+            Occur::Must,
+            filter(id_term(fields.guild_id, request.guild_id)),
+        )];
         if let Some(channel_id) = request.channel_id {
-            clauses.push((Occur::Must, filter(fields.channel_id, channel_id)));
+            clauses.push((Occur::Must, filter(id_term(fields.channel_id, channel_id))));
         }
         for channel_id in &request.exclude_channel_ids {
-            clauses.push((Occur::MustNot, filter(fields.channel_id, *channel_id)));
+            clauses.push((
+                Occur::MustNot,
+                filter(id_term(fields.channel_id, channel_id)),
+            ));
         }
         let mut analyzer = analyzer();
         let mut positive = 0;
@@ -414,7 +428,8 @@ impl MessageIndex {
     }
 }
 
-fn id_term(field: Field, id: Ulid) -> Term {
+/// The term of an id field: the id's canonical text.
+fn id_term(field: Field, id: impl std::fmt::Display) -> Term {
     Term::from_field_text(field, &id.to_string())
 }
 
@@ -428,10 +443,12 @@ fn document(fields: Fields, doc: &IndexedDoc) -> TantivyDocument {
     document
 }
 
-fn stored_ulid(doc: &TantivyDocument, field: Field) -> Option<Ulid> {
+/// A stored id, parsed canonically (see the module docs); `None` if the
+/// field is missing or not a canonical id.
+fn stored_id<T: std::str::FromStr>(doc: &TantivyDocument, field: Field) -> Option<T> {
     doc.get_first(field)
         .and_then(|value| value.as_str())
-        .and_then(|text| Ulid::from_string(text).ok())
+        .and_then(|text| text.parse().ok())
 }
 
 /// FNV-1a: stable across builds and processes, unlike the std hasher, so
@@ -446,11 +463,13 @@ pub fn content_hash(content: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use ulid::Ulid;
+
     use super::*;
 
-    fn doc(guild_id: Ulid, channel_id: Ulid, content: &str) -> IndexedDoc {
+    fn doc(guild_id: GuildId, channel_id: ChannelId, content: &str) -> IndexedDoc {
         IndexedDoc {
-            message_id: Ulid::generate(),
+            message_id: MessageId::generate(),
             guild_id,
             channel_id,
             content: content.to_owned(),
@@ -461,17 +480,17 @@ mod tests {
         MessageIndex::open(&IndexLocation::Ram, WriterConfig::default()).expect("index")
     }
 
-    fn search(index: &MessageIndex, guild_id: Ulid, text: &str) -> Vec<Ulid> {
+    fn search(index: &MessageIndex, guild_id: GuildId, text: &str) -> Vec<MessageId> {
         search_in(index, guild_id, text, None, &[])
     }
 
     fn search_in(
         index: &MessageIndex,
-        guild_id: Ulid,
+        guild_id: GuildId,
         text: &str,
-        channel_id: Option<Ulid>,
-        excluded: &[Ulid],
-    ) -> Vec<Ulid> {
+        channel_id: Option<ChannelId>,
+        excluded: &[ChannelId],
+    ) -> Vec<MessageId> {
         let request = SearchRequest {
             guild_id,
             query: crate::query::parse(text).expect("query"),
@@ -490,7 +509,7 @@ mod tests {
     #[test]
     fn upserts_are_idempotent_and_replace_text_and_deletes_remove() {
         let index = ram();
-        let (guild, channel) = (Ulid::generate(), Ulid::generate());
+        let (guild, channel) = (GuildId::generate(), ChannelId::generate());
         let mut message = doc(guild, channel, "the quick brown fox");
         // The same upsert twice (a replay) leaves one document.
         index
@@ -525,7 +544,7 @@ mod tests {
     fn a_directory_index_reopens_at_its_committed_position() {
         let dir = std::env::temp_dir().join(format!("filament-search-{}", Ulid::generate()));
         let location = IndexLocation::Dir(dir.clone());
-        let (guild, channel) = (Ulid::generate(), Ulid::generate());
+        let (guild, channel) = (GuildId::generate(), ChannelId::generate());
         let kept = doc(guild, channel, "durable words");
         {
             let index = MessageIndex::open(&location, WriterConfig::default()).expect("index");
@@ -550,7 +569,7 @@ mod tests {
     #[test]
     fn queries_match_words_phrases_wildcards_fuzzy_and_exclusions() {
         let index = ram();
-        let (guild, channel) = (Ulid::generate(), Ulid::generate());
+        let (guild, channel) = (GuildId::generate(), ChannelId::generate());
         let docs = [
             doc(guild, channel, "Deploying the release tonight"),
             doc(guild, channel, "the release was deployed"),
@@ -561,7 +580,7 @@ mod tests {
         index.apply(&changes).expect("apply");
         index.commit(4).expect("commit");
         let id = |n: usize| docs[n].message_id;
-        let sorted = |mut ids: Vec<Ulid>| {
+        let sorted = |mut ids: Vec<MessageId>| {
             ids.sort();
             ids
         };
@@ -601,11 +620,11 @@ mod tests {
     #[test]
     fn guild_channel_and_exclusion_filters_hold() {
         let index = ram();
-        let (guild, other_guild) = (Ulid::generate(), Ulid::generate());
-        let (general, secret) = (Ulid::generate(), Ulid::generate());
+        let (guild, other_guild) = (GuildId::generate(), GuildId::generate());
+        let (general, secret) = (ChannelId::generate(), ChannelId::generate());
         let open = doc(guild, general, "launch codes");
         let hidden = doc(guild, secret, "launch codes");
-        let foreign = doc(other_guild, Ulid::generate(), "launch codes");
+        let foreign = doc(other_guild, ChannelId::generate(), "launch codes");
         let changes: Vec<_> = [&open, &hidden, &foreign]
             .into_iter()
             .cloned()
@@ -630,11 +649,11 @@ mod tests {
     #[test]
     fn equally_relevant_hits_come_newest_first() {
         let index = ram();
-        let (guild, channel) = (Ulid::generate(), Ulid::generate());
+        let (guild, channel) = (GuildId::generate(), ChannelId::generate());
         let mut generator = ulid::Generator::new();
         let docs: Vec<_> = (0..5)
             .map(|_| IndexedDoc {
-                message_id: generator.generate().expect("id"),
+                message_id: generator.generate().map(MessageId::from).expect("id"),
                 guild_id: guild,
                 channel_id: channel,
                 content: "same words".to_owned(),
@@ -661,7 +680,7 @@ mod tests {
     #[test]
     fn guild_docs_lists_hashes_and_refuses_past_the_cap() {
         let index = ram();
-        let (guild, channel) = (Ulid::generate(), Ulid::generate());
+        let (guild, channel) = (GuildId::generate(), ChannelId::generate());
         let docs: Vec<_> = (0..3)
             .map(|n| doc(guild, channel, &format!("m{n}")))
             .collect();
@@ -680,9 +699,9 @@ mod tests {
     #[test]
     fn deleting_a_guild_keeps_the_others() {
         let index = ram();
-        let (guild, other) = (Ulid::generate(), Ulid::generate());
-        let gone = doc(guild, Ulid::generate(), "words");
-        let kept = doc(other, Ulid::generate(), "words");
+        let (guild, other) = (GuildId::generate(), GuildId::generate());
+        let gone = doc(guild, ChannelId::generate(), "words");
+        let kept = doc(other, ChannelId::generate(), "words");
         index
             .apply(&[DocChange::Upsert(gone), DocChange::Upsert(kept.clone())])
             .expect("apply");

@@ -10,12 +10,17 @@
 //! The feed always carries a message's content as it is at read time, so a
 //! rebuild or reconcile that reads the database after the index applied
 //! position N, followed by the feed from N, converges on the database.
+//!
+//! The feed's ids are parsed into `filament_ids`' typed ids, canonically:
+//! a change whose ids are not canonical ULIDs is skipped (and logged) like
+//! any other malformed change.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use filament_ids::{GuildId, MessageId};
 use filament_proto::v1 as pb;
 use filament_proto::v1::message_feed_client::MessageFeedClient;
 use filament_runtime::grpc_client::GrpcChannel;
@@ -24,7 +29,6 @@ use tokio::time::Instant;
 use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
-use ulid::Ulid;
 
 use crate::error::SearchError;
 use crate::index::{DocChange, IndexedDoc, MessageIndex};
@@ -83,11 +87,11 @@ pub(crate) enum Command {
     /// Re-index one guild from the database, or with `None` everything
     /// (by following the log again from position 0).
     Rebuild {
-        guild_id: Option<Ulid>,
+        guild_id: Option<GuildId>,
         reply: oneshot::Sender<Result<u64, SearchError>>,
     },
     Reconcile {
-        guild_id: Ulid,
+        guild_id: GuildId,
         reply: oneshot::Sender<Result<Reconciled, SearchError>>,
     },
 }
@@ -327,7 +331,7 @@ impl Indexer {
 
     /// Drops the guild's documents and indexes its messages as the database
     /// has them now.
-    async fn rebuild_guild(&mut self, guild_id: Ulid) -> Result<u64, SearchError> {
+    async fn rebuild_guild(&mut self, guild_id: GuildId) -> Result<u64, SearchError> {
         self.commit().await?;
         let index = self.index.clone();
         blocking(move || index.delete_guild(guild_id)).await?;
@@ -372,7 +376,7 @@ impl Indexer {
 
     /// Repairs the guild's documents that differ from the database: missing
     /// or stale ones are upserted, ones whose message is gone deleted.
-    async fn reconcile(&mut self, guild_id: Ulid) -> Result<Reconciled, SearchError> {
+    async fn reconcile(&mut self, guild_id: GuildId) -> Result<Reconciled, SearchError> {
         self.commit().await?;
         let mut source = Vec::new();
         let mut after = None;
@@ -390,7 +394,7 @@ impl Indexer {
             }
         }
         let index = self.index.clone();
-        let mut indexed: HashMap<Ulid, u64> =
+        let mut indexed: HashMap<MessageId, u64> =
             blocking(move || index.guild_docs(guild_id, MAX_RECONCILE_DOCS)).await?;
         let mut changes = Vec::new();
         let mut outcome = Reconciled::default();
@@ -417,8 +421,8 @@ impl Indexer {
 
     async fn guild_page(
         &mut self,
-        guild_id: Ulid,
-        after: Option<Ulid>,
+        guild_id: GuildId,
+        after: Option<MessageId>,
     ) -> Result<Vec<IndexedDoc>, SearchError> {
         let response = self
             .feed
@@ -472,18 +476,16 @@ fn doc_change(change: &pb::MessageChange) -> Option<DocChange> {
     let message = change.message.as_ref()?;
     match pb::ChangeKind::try_from(change.kind).ok()? {
         pb::ChangeKind::Upsert => indexed_doc(message).map(DocChange::Upsert),
-        pb::ChangeKind::Delete => Ulid::from_string(&message.message_id)
-            .ok()
-            .map(DocChange::Delete),
+        pb::ChangeKind::Delete => message.message_id.parse().ok().map(DocChange::Delete),
         pb::ChangeKind::Unspecified => None,
     }
 }
 
 fn indexed_doc(message: &pb::IndexedMessage) -> Option<IndexedDoc> {
     Some(IndexedDoc {
-        message_id: Ulid::from_string(&message.message_id).ok()?,
-        guild_id: Ulid::from_string(&message.guild_id).ok()?,
-        channel_id: Ulid::from_string(&message.channel_id).ok()?,
+        message_id: message.message_id.parse().ok()?,
+        guild_id: message.guild_id.parse().ok()?,
+        channel_id: message.channel_id.parse().ok()?,
         content: message.content.clone(),
     })
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use filament_ids::{ChannelId, GuildId};
 use tokio::sync::{Semaphore, mpsc, oneshot};
-use ulid::Ulid;
 
 use crate::error::SearchError;
 use crate::index::{Hit, MessageIndex, SearchRequest};
@@ -24,11 +24,11 @@ pub const MAX_EXCLUDED_CHANNELS: usize = 1000;
 /// A query as the api sends it, before any cap is checked.
 #[derive(Debug, Clone)]
 pub struct QueryRequest {
-    pub guild_id: Ulid,
+    pub guild_id: GuildId,
     pub text: String,
     pub limit: u32,
-    pub channel_id: Option<Ulid>,
-    pub exclude_channel_ids: Vec<Ulid>,
+    pub channel_id: Option<ChannelId>,
+    pub exclude_channel_ids: Vec<ChannelId>,
 }
 
 #[async_trait]
@@ -38,9 +38,9 @@ pub trait SearchService: Send + Sync + 'static {
     async fn query(&self, request: QueryRequest) -> Result<Vec<Hit>, SearchError>;
     /// Re-indexes one guild from the database (or, with `None`, clears the
     /// index and replays the whole log). Returns the documents indexed.
-    async fn rebuild(&self, guild_id: Option<Ulid>) -> Result<u64, SearchError>;
+    async fn rebuild(&self, guild_id: Option<GuildId>) -> Result<u64, SearchError>;
     /// Repairs one guild's documents that differ from the database.
-    async fn reconcile(&self, guild_id: Ulid) -> Result<Reconciled, SearchError>;
+    async fn reconcile(&self, guild_id: GuildId) -> Result<Reconciled, SearchError>;
 }
 
 /// The service: queries on the blocking pool, at most `max_concurrent` at
@@ -153,12 +153,12 @@ impl SearchService for Engine {
         result
     }
 
-    async fn rebuild(&self, guild_id: Option<Ulid>) -> Result<u64, SearchError> {
+    async fn rebuild(&self, guild_id: Option<GuildId>) -> Result<u64, SearchError> {
         self.command(|reply| Command::Rebuild { guild_id, reply })
             .await
     }
 
-    async fn reconcile(&self, guild_id: Ulid) -> Result<Reconciled, SearchError> {
+    async fn reconcile(&self, guild_id: GuildId) -> Result<Reconciled, SearchError> {
         self.command(|reply| Command::Reconcile { guild_id, reply })
             .await
     }
@@ -166,18 +166,20 @@ impl SearchService for Engine {
 
 #[cfg(test)]
 mod tests {
+    use filament_ids::MessageId;
+
     use super::*;
     use crate::index::{DocChange, IndexLocation, IndexedDoc, WriterConfig};
 
-    fn engine(timeout: Duration) -> (Engine, Ulid) {
+    fn engine(timeout: Duration) -> (Engine, GuildId) {
         let index =
             MessageIndex::open(&IndexLocation::Ram, WriterConfig::default()).expect("index");
-        let guild_id = Ulid::generate();
+        let guild_id = GuildId::generate();
         index
             .apply(&[DocChange::Upsert(IndexedDoc {
-                message_id: Ulid::generate(),
+                message_id: MessageId::generate(),
                 guild_id,
-                channel_id: Ulid::generate(),
+                channel_id: ChannelId::generate(),
                 content: "hello there".to_owned(),
             })])
             .expect("apply");
@@ -187,7 +189,7 @@ mod tests {
         (Engine::new(index, commands, stats, 2, timeout), guild_id)
     }
 
-    fn request(guild_id: Ulid, text: &str, limit: u32) -> QueryRequest {
+    fn request(guild_id: GuildId, text: &str, limit: u32) -> QueryRequest {
         QueryRequest {
             guild_id,
             text: text.to_owned(),
@@ -245,7 +247,7 @@ mod tests {
             request(guild, "a:b", 20),
             request(guild, &"x".repeat(300), 20),
             QueryRequest {
-                exclude_channel_ids: vec![Ulid::generate(); MAX_EXCLUDED_CHANNELS + 1],
+                exclude_channel_ids: vec![ChannelId::generate(); MAX_EXCLUDED_CHANNELS + 1],
                 ..request(guild, "hello", 20)
             },
         ] {

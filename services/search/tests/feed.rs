@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use filament_ids::{ChannelId, GuildId, MessageId, UserId};
 use filament_proto::v1 as pb;
 use filament_proto::v1::message_feed_server::{MessageFeed, MessageFeedServer};
 use filament_search::{Engine, IndexLocation, QueryRequest, Reconciled, SearchService};
@@ -30,8 +31,8 @@ struct FakeApi {
 
 #[derive(Default)]
 struct Db {
-    messages: BTreeMap<Ulid, pb::IndexedMessage>,
-    log: Vec<(Ulid, Ulid, Ulid)>,
+    messages: BTreeMap<MessageId, pb::IndexedMessage>,
+    log: Vec<(MessageId, GuildId, ChannelId)>,
 }
 
 impl FakeApi {
@@ -40,7 +41,7 @@ impl FakeApi {
     }
 
     /// Creates or edits a message and logs it.
-    fn upsert(&self, guild: Ulid, channel: Ulid, id: Ulid, content: &str) {
+    fn upsert(&self, guild: GuildId, channel: ChannelId, id: MessageId, content: &str) {
         let seq = {
             let mut db = self.db();
             self.write_unlogged(&mut db, guild, channel, id, content);
@@ -50,11 +51,12 @@ impl FakeApi {
         self.committed.send_replace(seq);
     }
 
-    fn delete(&self, id: Ulid) {
+    fn delete(&self, id: MessageId) {
         let seq = {
             let mut db = self.db();
             let message = db.messages.remove(&id).expect("message exists");
-            let (guild, channel) = (parse(&message.guild_id), parse(&message.channel_id));
+            let guild = message.guild_id.parse().expect("guild id");
+            let channel = message.channel_id.parse().expect("channel id");
             db.log.push((id, guild, channel));
             db.log.len() as u64
         };
@@ -63,14 +65,21 @@ impl FakeApi {
 
     /// A change that bypassed the log, which only reconcile or rebuild can
     /// bring into the index.
-    fn write_unlogged(&self, db: &mut Db, guild: Ulid, channel: Ulid, id: Ulid, content: &str) {
+    fn write_unlogged(
+        &self,
+        db: &mut Db,
+        guild: GuildId,
+        channel: ChannelId,
+        id: MessageId,
+        content: &str,
+    ) {
         db.messages.insert(
             id,
             pb::IndexedMessage {
                 message_id: id.to_string(),
                 guild_id: guild.to_string(),
                 channel_id: channel.to_string(),
-                author_id: Ulid::generate().to_string(),
+                author_id: UserId::generate().to_string(),
                 content: content.to_owned(),
                 created_at_unix: 1,
             },
@@ -121,10 +130,6 @@ impl FakeApi {
         tokio::spawn(server);
         (addr, stop)
     }
-}
-
-fn parse(raw: &str) -> Ulid {
-    Ulid::from_string(raw).expect("ulid")
 }
 
 #[tonic::async_trait]
@@ -202,7 +207,7 @@ impl RunningSearch {
     }
 }
 
-async fn hits(engine: &Engine, guild: Ulid, text: &str) -> Vec<Ulid> {
+async fn hits(engine: &Engine, guild: GuildId, text: &str) -> Vec<MessageId> {
     let mut ids: Vec<_> = engine
         .query(QueryRequest {
             guild_id: guild,
@@ -221,7 +226,7 @@ async fn hits(engine: &Engine, guild: Ulid, text: &str) -> Vec<Ulid> {
 }
 
 /// Polls until `text` finds exactly `expected` in `guild`.
-async fn eventually_hits(engine: &Engine, guild: Ulid, text: &str, expected: &[Ulid]) {
+async fn eventually_hits(engine: &Engine, guild: GuildId, text: &str, expected: &[MessageId]) {
     let mut expected = expected.to_vec();
     expected.sort();
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -254,8 +259,8 @@ async fn create_edit_and_delete_show_in_results() {
     let api = FakeApi::default();
     let (addr, _stop) = api.serve().await;
     let search = start_search(addr, IndexLocation::Ram).await;
-    let (guild, channel) = (Ulid::generate(), Ulid::generate());
-    let (a, b) = (Ulid::generate(), Ulid::generate());
+    let (guild, channel) = (GuildId::generate(), ChannelId::generate());
+    let (a, b) = (MessageId::generate(), MessageId::generate());
 
     api.upsert(guild, channel, a, "first draft about apples");
     api.upsert(guild, channel, b, "apples and pears");
@@ -276,8 +281,8 @@ async fn a_restart_resumes_from_the_recorded_position_without_loss_or_duplicates
     let api = FakeApi::default();
     let (addr, _stop) = api.serve().await;
     let dir = std::env::temp_dir().join(format!("filament-search-restart-{}", Ulid::generate()));
-    let (guild, channel) = (Ulid::generate(), Ulid::generate());
-    let ids: Vec<Ulid> = (0..3).map(|_| Ulid::generate()).collect();
+    let (guild, channel) = (GuildId::generate(), ChannelId::generate());
+    let ids: Vec<MessageId> = (0..3).map(|_| MessageId::generate()).collect();
     for id in &ids {
         api.upsert(guild, channel, *id, "original words");
     }
@@ -289,7 +294,7 @@ async fn a_restart_resumes_from_the_recorded_position_without_loss_or_duplicates
 
     // Missed while the search service was down: an edit, a delete and a
     // create.
-    let new = Ulid::generate();
+    let new = MessageId::generate();
     api.upsert(guild, channel, ids[0], "edited words");
     api.delete(ids[1]);
     api.upsert(guild, channel, new, "brand new words");
@@ -313,9 +318,17 @@ async fn reconcile_and_rebuild_bring_a_guild_back_to_the_database() {
     let api = FakeApi::default();
     let (addr, _stop) = api.serve().await;
     let search = start_search(addr, IndexLocation::Ram).await;
-    let (guild, other_guild, channel) = (Ulid::generate(), Ulid::generate(), Ulid::generate());
-    let (kept, changed, removed) = (Ulid::generate(), Ulid::generate(), Ulid::generate());
-    let elsewhere = Ulid::generate();
+    let (guild, other_guild, channel) = (
+        GuildId::generate(),
+        GuildId::generate(),
+        ChannelId::generate(),
+    );
+    let (kept, changed, removed) = (
+        MessageId::generate(),
+        MessageId::generate(),
+        MessageId::generate(),
+    );
+    let elsewhere = MessageId::generate();
     api.upsert(guild, channel, kept, "steady words");
     api.upsert(guild, channel, changed, "old words");
     api.upsert(guild, channel, removed, "doomed words");
@@ -324,7 +337,7 @@ async fn reconcile_and_rebuild_bring_a_guild_back_to_the_database() {
 
     // The database drifts from the log: an edit, a delete and a create
     // that were never logged.
-    let added = Ulid::generate();
+    let added = MessageId::generate();
     {
         let mut db = api.db();
         api.write_unlogged(&mut db, guild, channel, changed, "new words");
@@ -373,7 +386,7 @@ async fn reconcile_and_rebuild_bring_a_guild_back_to_the_database() {
     );
 
     // The feed still flows after both.
-    let later = Ulid::generate();
+    let later = MessageId::generate();
     api.upsert(guild, channel, later, "later words");
     eventually_hits(&search.engine, guild, "later", &[later]).await;
 

@@ -357,8 +357,8 @@ mod tests {
 
     fn channel() -> ChannelKey {
         ChannelKey {
-            guild_id: ulid::Ulid::generate().to_string(),
-            channel_id: ulid::Ulid::generate().to_string(),
+            guild_id: filament_ids::GuildId::generate(),
+            channel_id: filament_ids::ChannelId::generate(),
         }
     }
 

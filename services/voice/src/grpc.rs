@@ -1,12 +1,15 @@
 //! `filament.v1.Voice`: the thin tonic adapter over [`VoiceService`]. Every
 //! request is validated here, whole, before anything changes: canonical
-//! ULIDs, a bounded username, distinct known sources, consistent grants.
+//! ULIDs (parsed into `filament_ids`' typed ids by [`parse_id`]; user ids
+//! stay the canonical strings the roster and LiveKit identities are made
+//! of), a bounded username, distinct known sources, consistent grants.
 //! Store errors map to a status in one place ([`status`]): a bound is
 //! RESOURCE_EXHAUSTED, a store that cannot answer UNAVAILABLE — it fails
 //! closed, never guessing an answer.
 
 use std::collections::BTreeSet;
 
+use filament_ids::{GuildId, UserId};
 use filament_proto::v1::voice_server::{Voice, VoiceServer};
 use filament_proto::v1::{
     VoiceConnectionClosedRequest, VoiceGuildParticipantsRequest, VoiceGuildParticipantsResponse,
@@ -14,6 +17,7 @@ use filament_proto::v1::{
     VoiceParticipantSync, VoiceRemoveUserRequest, VoiceRemoved, VoiceSnapshotRequest,
     VoiceUpdateStateRequest, VoiceUpdateStateResponse,
 };
+use filament_runtime::grpc::parse_id;
 use tonic::{Request, Response, Status};
 
 use crate::roster::{ChannelKey, Stream};
@@ -62,7 +66,7 @@ impl Voice for VoiceGrpc {
     ) -> Result<Response<VoiceLeaveResponse>, Status> {
         let request = request.into_inner();
         let channel = channel_key(&request.guild_id, &request.channel_id)?;
-        let user_id = ulid("user_id", &request.user_id)?;
+        let user_id = parse_user_id(&request.user_id)?;
         let left = self
             .service
             .leave(&channel, &user_id)
@@ -77,7 +81,7 @@ impl Voice for VoiceGrpc {
     ) -> Result<Response<VoiceUpdateStateResponse>, Status> {
         let request = request.into_inner();
         let channel = channel_key(&request.guild_id, &request.channel_id)?;
-        let user_id = ulid("user_id", &request.user_id)?;
+        let user_id = parse_user_id(&request.user_id)?;
         let fields = request
             .fields
             .filter(|f| {
@@ -115,7 +119,7 @@ impl Voice for VoiceGrpc {
         request: Request<VoiceConnectionClosedRequest>,
     ) -> Result<Response<VoiceRemoved>, Status> {
         let request = request.into_inner();
-        let user_id = ulid("user_id", &request.user_id)?;
+        let user_id = parse_user_id(&request.user_id)?;
         let removed = self
             .service
             .connection_closed(&user_id, request.closed_at_unix_ms)
@@ -129,11 +133,11 @@ impl Voice for VoiceGrpc {
         request: Request<VoiceRemoveUserRequest>,
     ) -> Result<Response<VoiceRemoved>, Status> {
         let request = request.into_inner();
-        let guild_id = ulid("guild_id", &request.guild_id)?;
-        let user_id = ulid("user_id", &request.user_id)?;
+        let guild_id: GuildId = parse_id("guild_id", &request.guild_id)?;
+        let user_id = parse_user_id(&request.user_id)?;
         let removed = self
             .service
-            .remove_user(&guild_id, &user_id)
+            .remove_user(guild_id, &user_id)
             .await
             .map_err(status)?;
         Ok(Response::new(VoiceRemoved { removed }))
@@ -143,10 +147,10 @@ impl Voice for VoiceGrpc {
         &self,
         request: Request<VoiceGuildParticipantsRequest>,
     ) -> Result<Response<VoiceGuildParticipantsResponse>, Status> {
-        let guild_id = ulid("guild_id", &request.into_inner().guild_id)?;
+        let guild_id: GuildId = parse_id("guild_id", &request.into_inner().guild_id)?;
         let participants = self
             .service
-            .guild_participants(&guild_id)
+            .guild_participants(guild_id)
             .await
             .map_err(status)?;
         Ok(Response::new(VoiceGuildParticipantsResponse {
@@ -157,7 +161,7 @@ impl Voice for VoiceGrpc {
 
 fn parse_join(request: VoiceJoinRequest) -> Result<Join, Status> {
     let channel = channel_key(&request.guild_id, &request.channel_id)?;
-    let user_id = ulid("user_id", &request.user_id)?;
+    let user_id = parse_user_id(&request.user_id)?;
     let username = request.username;
     if username.is_empty()
         || username.len() > MAX_USERNAME_BYTES
@@ -193,17 +197,15 @@ fn parse_join(request: VoiceJoinRequest) -> Result<Join, Status> {
     })
 }
 
-fn ulid(field: &'static str, raw: &str) -> Result<String, Status> {
-    match ulid::Ulid::from_string(raw) {
-        Ok(id) if id.to_string() == raw => Ok(raw.to_owned()),
-        _ => Err(Status::invalid_argument(format!("{field} must be a ULID"))),
-    }
+/// A user id, checked canonical and kept as its text.
+fn parse_user_id(raw: &str) -> Result<String, Status> {
+    parse_id::<UserId>("user_id", raw).map(|id| id.to_string())
 }
 
 fn channel_key(guild_id: &str, channel_id: &str) -> Result<ChannelKey, Status> {
     Ok(ChannelKey {
-        guild_id: ulid("guild_id", guild_id)?,
-        channel_id: ulid("channel_id", channel_id)?,
+        guild_id: parse_id("guild_id", guild_id)?,
+        channel_id: parse_id("channel_id", channel_id)?,
     })
 }
 

@@ -19,6 +19,8 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use filament_ids::UserId;
+
 use crate::roster::{ChannelKey, Stream};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -333,9 +335,9 @@ pub fn room_name(channel: &ChannelKey) -> String {
 /// The voice channel of a room this service named; `None` for any other.
 pub fn parse_room(room: &str) -> Option<ChannelKey> {
     let (guild, channel) = room.strip_prefix(ROOM_PREFIX)?.split_once('.')?;
-    (canonical_ulid(guild) && canonical_ulid(channel)).then(|| ChannelKey {
-        guild_id: guild.to_owned(),
-        channel_id: channel.to_owned(),
+    Some(ChannelKey {
+        guild_id: guild.parse().ok()?,
+        channel_id: channel.parse().ok()?,
     })
 }
 
@@ -352,11 +354,8 @@ pub fn parse_identity(identity: &str, room: &str) -> Option<(String, ChannelKey)
     let user = identity
         .strip_prefix("u.")?
         .strip_suffix(&format!(".{}.{}", key.guild_id, key.channel_id))?;
-    canonical_ulid(user).then(|| (user.to_owned(), key))
-}
-
-fn canonical_ulid(id: &str) -> bool {
-    ulid::Ulid::from_string(id).is_ok_and(|u| u.to_string() == id)
+    user.parse::<UserId>().ok()?;
+    Some((user.to_owned(), key))
 }
 
 /// What the web client accepts as `livekit_url` (PROTOCOL.md §6.2).
@@ -434,8 +433,8 @@ mod tests {
     #[test]
     fn identities_round_trip_only_with_their_room() {
         let key = ChannelKey {
-            guild_id: ulid::Ulid::generate().to_string(),
-            channel_id: ulid::Ulid::generate().to_string(),
+            guild_id: filament_ids::GuildId::generate(),
+            channel_id: filament_ids::ChannelId::generate(),
         };
         let user = ulid::Ulid::generate().to_string();
         let id = identity(&user, &key);

@@ -23,6 +23,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
+use filament_ids::{ChannelId, GuildId};
 use filament_proto::v1::{
     self as pb, Audience, ChannelAudience, Event, UserAudience, VoiceStateFields, audience, event,
 };
@@ -66,10 +67,12 @@ impl Stream {
     }
 }
 
+/// A voice channel, by its guild and its own id. Redis keys, LiveKit
+/// room names and events spell both ids canonically.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelKey {
-    pub guild_id: String,
-    pub channel_id: String,
+    pub guild_id: GuildId,
+    pub channel_id: ChannelId,
 }
 
 #[derive(Debug, Clone)]
@@ -361,8 +364,8 @@ impl Roster {
         out.push(channel_event(
             key,
             event::Payload::VoiceParticipantJoin(pb::VoiceParticipantJoin {
-                guild_id: key.guild_id.clone(),
-                channel_id: key.channel_id.clone(),
+                guild_id: key.guild_id.to_string(),
+                channel_id: key.channel_id.to_string(),
                 participant: Some(participant.to_proto()),
             }),
         ));
@@ -387,14 +390,14 @@ impl Roster {
 
     /// The participants of `guild_id`'s channels with their grants. Walks
     /// the channels, which the registry bounds (`Limits::max_channels`).
-    pub fn guild_participants(&self, guild_id: &str) -> Vec<pb::VoiceGrantHolder> {
+    pub fn guild_participants(&self, guild_id: GuildId) -> Vec<pb::VoiceGrantHolder> {
         self.channels
             .iter()
             .filter(|(key, _)| key.guild_id == guild_id)
             .flat_map(|(key, seats)| {
                 seats.loaded.values().map(|p| pb::VoiceGrantHolder {
                     user_id: p.user_id.clone(),
-                    channel_id: key.channel_id.clone(),
+                    channel_id: key.channel_id.to_string(),
                     can_subscribe: p.can_subscribe,
                     publish_sources: p.streams.iter().map(|s| s.to_proto().into()).collect(),
                 })
@@ -447,8 +450,8 @@ impl Roster {
         participants
             .sort_by(|a, b| (a.joined_at_unix, &a.identity).cmp(&(b.joined_at_unix, &b.identity)));
         pb::VoiceParticipantSync {
-            guild_id: key.guild_id.clone(),
-            channel_id: key.channel_id.clone(),
+            guild_id: key.guild_id.to_string(),
+            channel_id: key.channel_id.to_string(),
             participants: participants
                 .into_iter()
                 .map(Participant::to_proto)
@@ -482,7 +485,7 @@ impl Roster {
     pub fn remove_user(
         &mut self,
         user_id: &str,
-        guild_id: Option<&str>,
+        guild_id: Option<GuildId>,
         unless_joined_after_ms: Option<i64>,
         clock: Clock,
         out: &mut Vec<Event>,
@@ -776,8 +779,8 @@ impl Roster {
         out.push(channel_event(
             key,
             event::Payload::VoiceParticipantLeave(pb::VoiceParticipantLeave {
-                guild_id: key.guild_id.clone(),
-                channel_id: key.channel_id.clone(),
+                guild_id: key.guild_id.to_string(),
+                channel_id: key.channel_id.to_string(),
                 user_id: participant.user_id.clone(),
                 identity: participant.identity.clone(),
                 left_at_unix: clock.unix(),
@@ -819,8 +822,8 @@ fn channel_event(key: &ChannelKey, payload: event::Payload) -> Event {
     Event {
         audience: Some(Audience {
             target: Some(audience::Target::Channel(ChannelAudience {
-                guild_id: key.guild_id.clone(),
-                channel_id: key.channel_id.clone(),
+                guild_id: key.guild_id.to_string(),
+                channel_id: key.channel_id.to_string(),
             })),
         }),
         published_at_unix_ms: Clock::now().unix_ms,
@@ -839,8 +842,8 @@ fn update_event(
     channel_event(
         key,
         event::Payload::VoiceParticipantUpdate(pb::VoiceParticipantUpdate {
-            guild_id: key.guild_id.clone(),
-            channel_id: key.channel_id.clone(),
+            guild_id: key.guild_id.to_string(),
+            channel_id: key.channel_id.to_string(),
             user_id: participant.user_id.clone(),
             identity: participant.identity.clone(),
             updated_fields: Some(changed),
@@ -856,7 +859,7 @@ fn stream_event(
     published: bool,
     clock: Clock,
 ) -> Event {
-    let (guild_id, channel_id) = (key.guild_id.clone(), key.channel_id.clone());
+    let (guild_id, channel_id) = (key.guild_id.to_string(), key.channel_id.to_string());
     let (user_id, identity) = (participant.user_id.clone(), participant.identity.clone());
     let stream = stream.to_proto().into();
     let payload = if published {
@@ -889,10 +892,29 @@ pub(crate) mod tests {
 
     const TTL: Duration = Duration::from_secs(300);
 
+    /// The ULID timestamp of the ids [`key`] makes, so [`describe`] can
+    /// name them back.
+    const TEST_ID_TIME: u64 = 1;
+
+    /// Channel `n` of guild `n`: canonical ids that [`describe`] and
+    /// [`channel_name`] print as `C{n}`.
     pub(crate) fn key(n: u8) -> ChannelKey {
         ChannelKey {
-            guild_id: format!("G{n}"),
-            channel_id: format!("C{n}"),
+            guild_id: guild(n),
+            channel_id: ChannelId::from(ulid::Ulid::from_parts(TEST_ID_TIME, u128::from(n))),
+        }
+    }
+
+    /// Guild `n`, the guild of [`key`]`(n)`.
+    pub(crate) fn guild(n: u8) -> GuildId {
+        GuildId::from(ulid::Ulid::from_parts(TEST_ID_TIME, u128::from(n)))
+    }
+
+    /// `C{n}` for the channel id of [`key`]`(n)`; any other id as it is.
+    pub(crate) fn channel_name(channel_id: &str) -> String {
+        match channel_id.parse::<ChannelId>() {
+            Ok(id) if id.0.timestamp_ms() == TEST_ID_TIME => format!("C{}", id.0.random()),
+            _ => channel_id.to_owned(),
         }
     }
 
@@ -910,7 +932,7 @@ pub(crate) mod tests {
             .iter()
             .map(|e| {
                 let channel = match e.audience.as_ref().and_then(|a| a.target.as_ref()) {
-                    Some(audience::Target::Channel(c)) => c.channel_id.clone(),
+                    Some(audience::Target::Channel(c)) => channel_name(&c.channel_id),
                     Some(audience::Target::Users(u)) => format!("user {}", u.user_ids.join(",")),
                     _ => "?".to_owned(),
                 };
@@ -990,7 +1012,8 @@ pub(crate) mod tests {
         );
         let sync = r.snapshot(&key(1), clock());
         let p = &sync.participants[0];
-        assert_eq!(p.identity, "u.alice.G1.C1");
+        let (g1, c1) = (key(1).guild_id, key(1).channel_id);
+        assert_eq!(p.identity, format!("u.alice.{g1}.{c1}"));
         assert!(p.is_video_enabled && p.is_screen_share_enabled);
         assert!(!p.is_muted && !p.is_deafened && !p.is_speaking);
     }
@@ -1132,8 +1155,8 @@ pub(crate) mod tests {
     async fn reconcile_follows_livekit_but_spares_fresh_tokens() {
         // Real ULIDs: LiveKit identities embed them and are parsed back.
         let key = ChannelKey {
-            guild_id: ulid::Ulid::generate().to_string(),
-            channel_id: ulid::Ulid::generate().to_string(),
+            guild_id: GuildId::generate(),
+            channel_id: ChannelId::generate(),
         };
         let [gone, muted, fresh] = [(); 3].map(|()| ulid::Ulid::generate().to_string());
         let mut r = roster();
@@ -1259,7 +1282,7 @@ pub(crate) mod tests {
             .unwrap();
         out.clear();
         assert_eq!(
-            r.remove_user("alice", Some("G2"), None, clock(), &mut out),
+            r.remove_user("alice", Some(guild(2)), None, clock(), &mut out),
             0
         );
         // A close from before the (re)join does not remove her.
@@ -1276,7 +1299,7 @@ pub(crate) mod tests {
         );
         assert_eq!(describe(&out), ["C1: leave alice"]);
         assert_eq!(
-            r.remove_user("alice", Some("G1"), None, clock(), &mut out),
+            r.remove_user("alice", Some(guild(1)), None, clock(), &mut out),
             0
         );
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use filament_fanout::EventSink;
+use filament_ids::GuildId;
 use filament_proto::v1::{VoiceGrantHolder, VoiceParticipantSync, VoiceStateFields};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -211,14 +212,14 @@ impl VoiceService {
     }
 
     /// The user lost access to `guild_id`.
-    pub async fn remove_user(&self, guild_id: &str, user_id: &str) -> StoreResult<u32> {
+    pub async fn remove_user(&self, guild_id: GuildId, user_id: &str) -> StoreResult<u32> {
         self.remove(user_id, Some(guild_id), None).await
     }
 
     async fn remove(
         &self,
         user_id: &str,
-        guild_id: Option<&str>,
+        guild_id: Option<GuildId>,
         unless_joined_after_ms: Option<i64>,
     ) -> StoreResult<u32> {
         let change = Change::RemoveUser {
@@ -233,7 +234,10 @@ impl VoiceService {
     }
 
     /// Who is in the guild's voice channels, with their grants.
-    pub async fn guild_participants(&self, guild_id: &str) -> StoreResult<Vec<VoiceGrantHolder>> {
+    pub async fn guild_participants(
+        &self,
+        guild_id: GuildId,
+    ) -> StoreResult<Vec<VoiceGrantHolder>> {
         match self.change(&Change::GuildParticipants { guild_id }).await? {
             Outcome::Holders(holders) => Ok(holders),
             _ => Err(StoreError::Mismatch("guild participants")),
@@ -422,10 +426,7 @@ pub(crate) mod tests {
 
     pub(crate) fn join(user: &str) -> Join {
         Join {
-            channel: ChannelKey {
-                guild_id: "G".to_owned(),
-                channel_id: "C".to_owned(),
-            },
+            channel: crate::roster::tests::key(1),
             user_id: user.to_owned(),
             username: user.to_owned(),
             can_publish: true,

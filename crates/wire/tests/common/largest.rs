@@ -494,7 +494,7 @@ pub fn table() -> Vec<Row> {
         Row {
             event_type: "profile_update",
             expect: RefusedAtRest {
-                handler: "services/api/src/http/profiles.rs",
+                handler: "services/api/src/domain/profiles.rs",
                 e2e: "profile_bad_input_is_refused_and_writes_nothing",
             },
             payload: || {

@@ -4,11 +4,22 @@
 //! converts into these values with `TryFrom` in its adapter, and past that
 //! boundary a `Username` is always a valid username, and so on.
 
+pub mod attachments;
+pub mod channels;
+pub mod friends;
+pub mod guilds;
 pub mod idempotency;
+pub mod members;
 pub mod messages;
+pub mod moderation;
+pub mod overrides;
 pub mod permissions;
+pub mod profiles;
 pub mod reactions;
+pub mod roles;
+pub mod search;
 pub mod sessions;
+pub mod voice;
 
 use ulid::Ulid;
 

@@ -603,13 +603,16 @@ mod tests {
                 let owner = user(&*store).await;
                 let guild = Ulid::generate();
                 store
-                    .create_guild(GuildRecord {
-                        guild_id: guild,
-                        name: "g".to_owned(),
-                        visibility: Visibility::Private,
-                        created_by: owner,
-                        created_at_unix: NOW,
-                    })
+                    .create_guild(
+                        GuildRecord {
+                            guild_id: guild,
+                            name: "g".to_owned(),
+                            visibility: Visibility::Private,
+                            created_by: owner,
+                            created_at_unix: NOW,
+                        },
+                        crate::domain::roles::builtin_masks(),
+                    )
                     .await
                     .unwrap();
                 let channel = Ulid::generate();

@@ -1,32 +1,25 @@
 //! `/guilds/{g}/channels…`: create, list (only the channels the caller can
 //! view), rename, delete, and the caller's own channel permissions.
 //!
-//! A deleted channel is announced, then access is revoked before the call
-//! returns, so no gateway keeps a subscription to a channel that is gone.
-//! Each change's events are stored with it (docs/adr/0006-outbox.md).
+//! This adapter owns the request and response shapes; the use cases are
+//! `domain::channels`.
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use filament_proto::v1::{self as pb, event};
+use filament_ids::{ChannelId, GuildId, UserId};
 use filament_wire::Channel;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
-use crate::clock::now_unix;
 use crate::domain::Name;
-use crate::domain::permissions::Permission;
+use crate::domain::channels::{self, NewChannel};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, ChannelPath, GuildPath};
-use crate::outbox::Pending;
-use crate::publish;
 use crate::state::AppState;
-use crate::store::{ChannelChange, ChannelKind, ChannelRecord, MemberRole};
-
-/// The most channels `GET /guilds/{g}/channels` returns.
-const CHANNEL_LIST_LIMIT: u32 = 500;
+use crate::store::{ChannelKind, MemberRole};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -40,15 +33,16 @@ pub struct CreateChannelDto {
     kind: Option<String>,
 }
 
-/// The Channel shape (PROTOCOL.md §1.9) of a stored channel.
-fn wire_channel(channel: &ChannelRecord) -> Channel {
-    Channel {
-        channel_id: channel.channel_id.to_string(),
-        name: channel.name.clone(),
-        kind: match channel.kind {
-            ChannelKind::Text => filament_wire::ChannelKind::Text,
-            ChannelKind::Voice => filament_wire::ChannelKind::Voice,
-        },
+impl TryFrom<CreateChannelDto> for NewChannel {
+    type Error = ApiError;
+
+    fn try_from(dto: CreateChannelDto) -> Result<Self, Self::Error> {
+        let name = Name::try_from(dto.name)?;
+        let kind = match dto.kind.as_deref() {
+            None => ChannelKind::Text,
+            Some(raw) => ChannelKind::parse(raw).ok_or(ApiError::InvalidRequest)?,
+        };
+        Ok(Self { name, kind })
     }
 }
 
@@ -91,33 +85,10 @@ pub async fn create(
     Ids([guild_id]): Ids<1>,
     JsonBody(dto): JsonBody<CreateChannelDto>,
 ) -> ApiResult<Json<Channel>> {
-    let name = Name::try_from(dto.name)?;
-    let kind = match dto.kind.as_deref() {
-        None => ChannelKind::Text,
-        Some(raw) => ChannelKind::parse(raw).ok_or(ApiError::InvalidRequest)?,
-    };
-    state
-        .authorizer()
-        .guild(guild_id, user.user_id)
-        .await?
-        .require(Permission::ManageChannelOverrides)?;
-    let channel = ChannelRecord {
-        channel_id: state.new_id(),
-        guild_id,
-        name: name.into_string(),
-        kind,
-        created_at_unix: now_unix(),
-    };
-    let created = Pending::new(
-        &state,
-        publish::channel_create(&guild_id.to_string(), proto_channel(&channel)),
-    );
-    state
-        .store()
-        .create_channel(channel.clone(), vec![created.row()])
-        .await?;
-    created.publish(&state).await;
-    Ok(Json(wire_channel(&channel)))
+    let new = NewChannel::try_from(dto)?;
+    channels::create(&state, UserId(user.user_id), GuildId(guild_id), new)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(
@@ -136,13 +107,8 @@ pub async fn list(
     AuthUser(user): AuthUser,
     Ids([guild_id]): Ids<1>,
 ) -> ApiResult<Json<ChannelList>> {
-    let channels = state
-        .authorizer()
-        .visible_channels(guild_id, user.user_id, CHANNEL_LIST_LIMIT)
-        .await?;
-    Ok(Json(ChannelList {
-        channels: channels.iter().map(wire_channel).collect(),
-    }))
+    let channels = channels::list(&state, UserId(user.user_id), GuildId(guild_id)).await?;
+    Ok(Json(ChannelList { channels }))
 }
 
 /// Renames a channel; channel-level `manage_channel_overrides`.
@@ -166,45 +132,10 @@ pub async fn update(
     JsonBody(dto): JsonBody<UpdateChannelDto>,
 ) -> ApiResult<Json<Channel>> {
     let name = Name::try_from(dto.name.ok_or(ApiError::InvalidRequest)?)?;
-    let (access, _) = state
-        .authorizer()
-        .channel(guild_id, channel_id, user.user_id)
-        .await?;
-    access.require(Permission::ManageChannelOverrides)?;
-    let guild = guild_id.to_string();
-    let now = now_unix();
-    // Only a rename that changed the name is announced, which only the
-    // write's transaction knows.
-    let deferred = publish::Deferred::new(&state);
-    let outbox = |change: &ChannelChange| {
-        if change.after.name == change.before.name {
-            return Vec::new();
-        }
-        // Only sockets subscribed to the channel: they were authorized to
-        // see it, while a guild-wide event would show a private channel's
-        // name to members who cannot view it.
-        let event = publish::for_channel(
-            &guild,
-            &channel_id.to_string(),
-            event::Payload::ChannelUpdate(pb::ChannelUpdate {
-                guild_id: guild.clone(),
-                channel_id: channel_id.to_string(),
-                updated_fields: Some(pb::ChannelFields {
-                    name: Some(change.after.name.clone()),
-                }),
-                updated_at_unix: now,
-                actor_user_id: Some(user.user_id.to_string()),
-            }),
-        );
-        deferred.rows(vec![event])
-    };
-    let change = state
-        .store()
-        .rename_channel(guild_id, channel_id, name.into_string(), &outbox)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    publish::publish_all(&state, deferred.into_pending()).await;
-    Ok(Json(wire_channel(&change.after)))
+    let (guild, channel) = (GuildId(guild_id), ChannelId(channel_id));
+    channels::rename(&state, UserId(user.user_id), guild, channel, name)
+        .await
+        .map(Json)
 }
 
 /// Deletes a channel with its messages; channel-level
@@ -226,37 +157,8 @@ pub async fn delete(
     AuthUser(user): AuthUser,
     Ids([guild_id, channel_id]): Ids<2>,
 ) -> ApiResult<StatusCode> {
-    let (access, _) = state
-        .authorizer()
-        .channel(guild_id, channel_id, user.user_id)
-        .await?;
-    access.require(Permission::ManageChannelOverrides)?;
-    let guild = guild_id.to_string();
-    // The event first, to the channel's subscribers only (see `update`): a
-    // socket whose only subscription was this channel is no longer present
-    // in the guild once access is revoked.
-    let event = publish::for_channel(
-        &guild,
-        &channel_id.to_string(),
-        event::Payload::ChannelDelete(pb::ChannelDelete {
-            guild_id: guild.clone(),
-            channel_id: channel_id.to_string(),
-            deleted_at_unix: now_unix(),
-            actor_user_id: Some(user.user_id.to_string()),
-        }),
-    );
-    let deleted = Pending::new(&state, event);
-    let revocation = publish::AccessRevocation::new(&state, &guild, Vec::new(), false);
-    let outbox = vec![deleted.row(), revocation.row()];
-    if !state
-        .store()
-        .delete_channel(guild_id, channel_id, outbox)
-        .await?
-    {
-        return Err(ApiError::NotFound);
-    }
-    deleted.publish(&state).await;
-    revocation.publish(&state).await;
+    let (guild, channel) = (GuildId(guild_id), ChannelId(channel_id));
+    channels::delete(&state, UserId(user.user_id), guild, channel).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -278,30 +180,16 @@ pub async fn permissions_self(
     AuthUser(user): AuthUser,
     Ids([guild_id, channel_id]): Ids<2>,
 ) -> ApiResult<Json<SelfPermissions>> {
-    let (access, _) = state
-        .authorizer()
-        .channel(guild_id, channel_id, user.user_id)
-        .await?;
+    let (guild, channel) = (GuildId(guild_id), ChannelId(channel_id));
+    let own = channels::own_permissions(&state, UserId(user.user_id), guild, channel).await?;
     Ok(Json(SelfPermissions {
-        role: match access.role {
+        role: match own.role {
             MemberRole::Owner => filament_wire::LegacyRole::Owner,
             MemberRole::Moderator => filament_wire::LegacyRole::Moderator,
             MemberRole::Member => filament_wire::LegacyRole::Member,
         },
-        permissions: access.permissions.to_wire(),
+        permissions: own.permissions.to_wire(),
     }))
-}
-
-pub fn proto_channel(channel: &ChannelRecord) -> pb::Channel {
-    pb::Channel {
-        channel_id: channel.channel_id.to_string(),
-        name: channel.name.clone(),
-        kind: match channel.kind {
-            ChannelKind::Text => pb::ChannelKind::Text,
-            ChannelKind::Voice => pb::ChannelKind::Voice,
-        }
-        .into(),
-    }
 }
 
 pub fn routes() -> ApiRouter {

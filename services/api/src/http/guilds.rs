@@ -1,16 +1,16 @@
 //! `/guilds`: create and list guilds, the public directory, and directory
 //! joins.
 //!
-//! A join is rate limited per client IP and per user, records the address
-//! it came from (so a moderator can later ban a user's addresses without
-//! ever seeing them), and is refused — and audited — for private guilds,
-//! banned users and banned addresses, in that order.
+//! A join is rate limited per client IP and per user, here; this adapter
+//! also owns the request and response shapes. The use cases are
+//! `domain::guilds`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::{Extension, Json};
+use filament_ids::{GuildId, UserId};
 use filament_wire::Guild;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -19,31 +19,15 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::UtoipaMethodRouterExt as _;
 use utoipa_axum::routes;
 
-use crate::clock::now_unix;
-use crate::domain::{Name, page_limit, storable_text};
+use crate::domain::Name;
+use crate::domain::guilds::{self, DirectorySearch, NewGuild};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
-use crate::http::members::apply_default_join_role;
 use crate::http::openapi::{ApiRouter, GuildPath};
-use crate::outbox::Pending;
-use crate::publish;
 use crate::rate_limit::sliding::SlidingWindow;
 use crate::state::AppState;
-use crate::store::{AddMemberOutcome, GuildRecord, MemberRecord, MemberRole, Visibility};
-
-/// The most guilds `GET /guilds` returns.
-const GUILD_LIST_LIMIT: u32 = 200;
-/// `GET /guilds/public`: default and largest page, longest query.
-const DIRECTORY_DEFAULT_LIMIT: u32 = 20;
-const DIRECTORY_MAX_LIMIT: u32 = 50;
-const DIRECTORY_MAX_QUERY_BYTES: usize = 64;
-
-/// Audit actions of directory joins.
-const JOIN_ACCEPTED: &str = "directory.join.accepted";
-const JOIN_REJECTED_VISIBILITY: &str = "directory.join.rejected.visibility";
-const JOIN_REJECTED_USER_BAN: &str = "directory.join.rejected.user_ban";
-const JOIN_REJECTED_IP_BAN: &str = "directory.join.rejected.ip_ban";
+use crate::store::Visibility;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -68,38 +52,24 @@ pub struct DirectoryQuery {
     limit: Option<u32>,
 }
 
-/// A directory listing, validated: the page size, and the name filter
-/// trimmed (`None` when blank).
-struct DirectorySearch {
-    needle: Option<String>,
-    limit: u32,
+impl TryFrom<CreateGuildDto> for NewGuild {
+    type Error = ApiError;
+
+    fn try_from(dto: CreateGuildDto) -> Result<Self, Self::Error> {
+        let name = Name::try_from(dto.name)?;
+        let visibility = match dto.visibility.as_deref() {
+            None => Visibility::Private,
+            Some(raw) => Visibility::parse(raw).ok_or(ApiError::InvalidRequest)?,
+        };
+        Ok(Self { name, visibility })
+    }
 }
 
 impl TryFrom<DirectoryQuery> for DirectorySearch {
     type Error = ApiError;
 
     fn try_from(query: DirectoryQuery) -> Result<Self, Self::Error> {
-        let limit = page_limit(query.limit, DIRECTORY_DEFAULT_LIMIT, DIRECTORY_MAX_LIMIT)?;
-        let needle = match query.q.as_deref().map(str::trim) {
-            Some(q) if q.len() > DIRECTORY_MAX_QUERY_BYTES || !storable_text(q) => {
-                return Err(ApiError::InvalidRequest);
-            }
-            Some("") | None => None,
-            Some(q) => Some(q.to_owned()),
-        };
-        Ok(Self { needle, limit })
-    }
-}
-
-/// The Guild shape (PROTOCOL.md §1.9) of a stored guild.
-fn wire_guild(guild: &GuildRecord) -> Guild {
-    Guild {
-        guild_id: guild.guild_id.to_string(),
-        name: guild.name.clone(),
-        visibility: match guild.visibility {
-            Visibility::Private => filament_wire::Visibility::Private,
-            Visibility::Public => filament_wire::Visibility::Public,
-        },
+        DirectorySearch::new(query.q.as_deref(), query.limit)
     }
 }
 
@@ -132,26 +102,10 @@ pub async fn create(
     AuthUser(user): AuthUser,
     JsonBody(dto): JsonBody<CreateGuildDto>,
 ) -> ApiResult<Json<Guild>> {
-    let name = Name::try_from(dto.name)?;
-    let visibility = match dto.visibility.as_deref() {
-        None => Visibility::Private,
-        Some(raw) => Visibility::parse(raw).ok_or(ApiError::InvalidRequest)?,
-    };
-    let created = state.store().count_guilds_created_by(user.user_id).await?;
-    if created >= state.config().max_created_guilds_per_user {
-        return Err(ApiError::GuildCreationLimitReached);
-    }
-    let guild = GuildRecord {
-        guild_id: state.new_id(),
-        name: name.into_string(),
-        visibility,
-        created_by: user.user_id,
-        created_at_unix: now_unix(),
-    };
-    state.store().create_guild(guild.clone()).await?;
-    // Nobody else can be present in a guild that did not exist a moment
-    // ago, so there is no event to publish.
-    Ok(Json(wire_guild(&guild)))
+    let new = NewGuild::try_from(dto)?;
+    guilds::create(&state, UserId(user.user_id), new)
+        .await
+        .map(Json)
 }
 
 /// The caller's guilds; a ban removed the membership, so banned guilds are
@@ -167,13 +121,8 @@ pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> ApiResult<Json<GuildList>> {
-    let guilds = state
-        .store()
-        .guilds_for_user(user.user_id, GUILD_LIST_LIMIT)
-        .await?;
-    Ok(Json(GuildList {
-        guilds: guilds.iter().map(wire_guild).collect(),
-    }))
+    let guilds = guilds::list(&state, UserId(user.user_id)).await?;
+    Ok(Json(GuildList { guilds }))
 }
 
 /// `GET /guilds/public`: public guilds, newest first, optionally those whose
@@ -192,13 +141,8 @@ pub async fn directory(
     QueryParams(query): QueryParams<DirectoryQuery>,
 ) -> ApiResult<Json<GuildList>> {
     let search = DirectorySearch::try_from(query)?;
-    let guilds = state
-        .store()
-        .public_guilds(search.needle.as_deref(), search.limit)
-        .await?;
-    Ok(Json(GuildList {
-        guilds: guilds.iter().map(wire_guild).collect(),
-    }))
+    let guilds = guilds::directory(&state, search).await?;
+    Ok(Json(GuildList { guilds }))
 }
 
 /// Joins a public guild. A private or unknown guild is a 404, so private
@@ -230,81 +174,11 @@ pub async fn join(
     if !limiter.admit(ip, user.user_id, limits, Instant::now()) {
         return Err(ApiError::RateLimited);
     }
-    let now = now_unix();
-    let guild = state
-        .store()
-        .guild(guild_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    if let Some((action, error)) = refusal(&state, &guild, user.user_id, ip, now).await? {
-        publish::audit(&state, guild_id, user.user_id, Some(user.user_id), action).await;
-        return Err(error);
-    }
-    let member = MemberRecord {
-        guild_id,
-        user_id: user.user_id,
-        role: MemberRole::Member,
-        joined_at_unix: now,
-    };
-    let user_id = user.user_id.to_string();
-    let added = Pending::new(
-        &state,
-        publish::member_add(&guild_id.to_string(), &user_id, now, &user_id),
-    );
-    // The address is recorded with the membership, in the guild, and only
-    // for a join that let the user in (PROTOCOL.md §2.5): a refused join
-    // records nothing, and a ban by user here bans only addresses seen here.
-    // The event is stored only with a membership that is new.
-    let outcome = match state
-        .store()
-        .join_from(member, ip, vec![added.row()])
-        .await?
-    {
-        AddMemberOutcome::Banned => {
-            // A ban that landed since the check above.
-            let action = JOIN_REJECTED_USER_BAN;
-            publish::audit(&state, guild_id, user.user_id, Some(user.user_id), action).await;
-            return Err(ApiError::DirectoryJoinUserBanned);
-        }
-        AddMemberOutcome::AlreadyMember => "already_member",
-        AddMemberOutcome::Added => {
-            apply_default_join_role(&state, guild_id, user.user_id, now).await;
-            added.publish(&state).await;
-            "accepted"
-        }
-    };
-    publish::audit(
-        &state,
-        guild_id,
-        user.user_id,
-        Some(user.user_id),
-        JOIN_ACCEPTED,
-    )
-    .await;
+    let joined = guilds::join(&state, UserId(user.user_id), ip, GuildId(guild_id)).await?;
     Ok(Json(JoinOutcome {
         guild_id: guild_id.to_string(),
-        outcome,
+        outcome: joined.as_str(),
     }))
-}
-
-/// Why a join must be refused, as its audit action and error; `None` to
-/// let it through.
-async fn refusal(
-    state: &AppState,
-    guild: &GuildRecord,
-    user_id: Ulid,
-    ip: IpAddr,
-    now: i64,
-) -> ApiResult<Option<(&'static str, ApiError)>> {
-    Ok(if guild.visibility != Visibility::Public {
-        Some((JOIN_REJECTED_VISIBILITY, ApiError::NotFound))
-    } else if state.store().is_banned(guild.guild_id, user_id).await? {
-        Some((JOIN_REJECTED_USER_BAN, ApiError::DirectoryJoinUserBanned))
-    } else if state.store().ip_banned(guild.guild_id, ip, now).await? {
-        Some((JOIN_REJECTED_IP_BAN, ApiError::DirectoryJoinIpBanned))
-    } else {
-        None
-    })
 }
 
 pub fn routes() -> ApiRouter {

@@ -1,64 +1,33 @@
 //! Moderation (PROTOCOL.md §2.6, §2.7): kick, ban, the audit log, and guild IP bans.
 //!
-//! Kick and ban are the system's core teardown. After the store committed,
-//! and before the call returns, the removed user's access is gone
-//! everywhere: `workspace_member_ban` (ban only) and `workspace_member_remove`
-//! go to the guild and to the removed user's own sockets, then an
-//! [`publish::AccessRevocation`] makes every gateway drop the user's
-//! subscriptions in the guild and acknowledge it. A later message in the
-//! guild cannot reach them. All of these events are stored with the
-//! removal (docs/adr/0006-outbox.md), so a crash after the commit delays
-//! them rather than losing them.
+//! A kick or ban returns once the removed user's access is gone everywhere.
+//! IP bans never show an address: the list and the responses carry ids,
+//! counts and times only.
 //!
-//! IP bans never show an address: the list, the responses and the
-//! `workspace_ip_ban_sync` summary carry ids, counts and times only, and the
-//! summary goes only to the users who may manage IP bans.
+//! This adapter owns the request and response shapes; the use cases, with
+//! the teardown and the IP ban sync, are `domain::moderation`.
 
 use axum::Json;
 use axum::extract::State;
-use filament_proto::v1::{self as pb, event};
+use filament_ids::{GuildId, UserId};
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
-use crate::clock::now_unix;
-use crate::domain::permissions::{GuildAccess, Permission};
-use crate::domain::{page_limit, parse_id, storable_text};
+use crate::domain::moderation::{
+    self, AUDIT_DEFAULT_LIMIT, IP_BAN_DEFAULT_LIMIT, IP_BAN_MAX_LIMIT, IpBanByUser, action_prefix,
+    parse_cursor,
+};
+use crate::domain::page_limit;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{AuthUser, Ids, JsonBody, QueryParams};
 use crate::http::openapi::{ApiRouter, GuildPath, Id, IpBanPath, MemberPath};
-use crate::http::roles::{ACK, Ack, require_outranks};
-use crate::outbox::Pending;
-use crate::publish;
+use crate::http::roles::{ACK, Ack};
 use crate::state::AppState;
-use crate::store::{
-    AuditCursor, AuditEntry, IpBanCursor, IpBanOutcome, IpBanRecord, MemberRecord, MemberRole,
-    NewGuildBan, NewIpBansByUser, OutboxEvent,
-};
-
-const MEMBER_KICK: &str = "member.kick";
-const MEMBER_BAN: &str = "member.ban";
-const IP_BAN_ADD: &str = "moderation.ip_ban.add";
-const IP_BAN_REMOVE: &str = "moderation.ip_ban.remove";
-
-const AUDIT_DEFAULT_LIMIT: u32 = 20;
-const IP_BAN_DEFAULT_LIMIT: u32 = 20;
-const IP_BAN_MAX_LIMIT: u32 = 100;
-const MAX_CURSOR_BYTES: usize = 128;
-const MAX_ACTION_PREFIX_BYTES: usize = 64;
-const MAX_REASON_BYTES: usize = 240;
-/// 180 days.
-const MAX_IP_BAN_SECS: u64 = 15_552_000;
+use crate::store::{AuditCursor, AuditEntry, IpBanCursor, IpBanRecord};
 
 // --- kick and ban -------------------------------------------------------------
-
-/// Why a member left, for `workspace_member_remove`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Removal {
-    Kick,
-    Ban,
-}
 
 /// `POST /guilds/{g}/members/{u}/kick`.
 #[utoipa::path(
@@ -78,24 +47,13 @@ pub async fn kick(
     AuthUser(actor): AuthUser,
     Ids([guild_id, target]): Ids<2>,
 ) -> ApiResult<Json<Ack>> {
-    let access = moderator_access(&state, guild_id, actor.user_id).await?;
-    let member = state
-        .store()
-        .member(guild_id, target)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    require_may_remove(&state, &access, &member).await?;
-    let tear_down = TearDown::new(&state, guild_id, target, actor.user_id, Removal::Kick);
-    if !state
-        .store()
-        .remove_member(guild_id, target, tear_down.rows())
-        .await?
-    {
-        // Someone else removed them first; their teardown ran.
-        return Err(ApiError::NotFound);
-    }
-    tear_down.publish(&state).await;
-    publish::audit(&state, guild_id, actor.user_id, Some(target), MEMBER_KICK).await;
+    moderation::kick(
+        &state,
+        UserId(actor.user_id),
+        GuildId(guild_id),
+        UserId(target),
+    )
+    .await?;
     Ok(Json(ACK))
 }
 
@@ -118,119 +76,14 @@ pub async fn ban(
     AuthUser(actor): AuthUser,
     Ids([guild_id, target]): Ids<2>,
 ) -> ApiResult<Json<Ack>> {
-    let access = moderator_access(&state, guild_id, actor.user_id).await?;
-    if state.store().user_by_id(target).await?.is_none() {
-        return Err(ApiError::NotFound);
-    }
-    if let Some(member) = state.store().member(guild_id, target).await? {
-        require_may_remove(&state, &access, &member).await?;
-    }
-    let ban = NewGuildBan {
-        guild_id,
-        user_id: target,
-        banned_by: actor.user_id,
-        created_at_unix: now_unix(),
-    };
-    // Torn down even if they were not a member (any more): a socket that
-    // slipped in through a concurrent join must not outlive the ban.
-    let tear_down = TearDown::new(&state, guild_id, target, actor.user_id, Removal::Ban);
-    state.store().ban_member(ban, tear_down.rows()).await?;
-    tear_down.publish(&state).await;
-    publish::audit(&state, guild_id, actor.user_id, Some(target), MEMBER_BAN).await;
+    moderation::ban(
+        &state,
+        UserId(actor.user_id),
+        GuildId(guild_id),
+        UserId(target),
+    )
+    .await?;
     Ok(Json(ACK))
-}
-
-/// The actor's access; their legacy role must be moderator or owner.
-async fn moderator_access(state: &AppState, guild_id: Ulid, actor: Ulid) -> ApiResult<GuildAccess> {
-    let access = state.authorizer().guild(guild_id, actor).await?;
-    if access.role < MemberRole::Moderator {
-        return Err(ApiError::Forbidden);
-    }
-    Ok(access)
-}
-
-/// The one rule of kick, ban and IP bans by user: the legacy rule
-/// ([`may_remove`]), and the actor outranks the member in the role
-/// hierarchy too, as for taking a role away.
-async fn require_may_remove(
-    state: &AppState,
-    access: &GuildAccess,
-    member: &MemberRecord,
-) -> ApiResult<()> {
-    if !may_remove(access.role, member.role) {
-        return Err(ApiError::Forbidden);
-    }
-    require_outranks(state, access, member.user_id).await
-}
-
-/// The legacy rule of kick and ban: owners are never removed, and the actor
-/// outranks the target.
-fn may_remove(actor: MemberRole, target: MemberRole) -> bool {
-    target != MemberRole::Owner && actor > target
-}
-
-/// A removal's events, built before the write and stored with it: what the
-/// guild and the removed user are told, and the revocation of the user's
-/// access.
-struct TearDown {
-    told: Vec<Pending>,
-    revocation: publish::AccessRevocation,
-}
-
-impl TearDown {
-    fn new(state: &AppState, guild_id: Ulid, user_id: Ulid, actor: Ulid, removal: Removal) -> Self {
-        let (guild, user, actor) = (guild_id.to_string(), user_id.to_string(), actor.to_string());
-        let now = now_unix();
-        let mut told = Vec::with_capacity(2);
-        if removal == Removal::Ban {
-            let ban = pb::WorkspaceMemberBan {
-                guild_id: guild.clone(),
-                user_id: user.clone(),
-                banned_at_unix: now,
-                actor_user_id: Some(actor.clone()),
-            };
-            let event = publish::for_guild(&guild, event::Payload::WorkspaceMemberBan(ban));
-            told.push(Pending::new(state, event));
-        }
-        let reason = match removal {
-            Removal::Kick => pb::MemberRemoveReason::Kick,
-            Removal::Ban => pb::MemberRemoveReason::Ban,
-        };
-        let remove = pb::WorkspaceMemberRemove {
-            guild_id: guild.clone(),
-            user_id: user.clone(),
-            reason: reason.into(),
-            removed_at_unix: now,
-            actor_user_id: Some(actor),
-        };
-        // The removed user hears it on every socket, wherever it is
-        // subscribed.
-        let event = publish::for_users(
-            vec![user.clone()],
-            vec![guild.clone()],
-            event::Payload::WorkspaceMemberRemove(remove),
-        );
-        told.push(Pending::new(state, event));
-        Self {
-            told,
-            revocation: publish::AccessRevocation::new(state, &guild, vec![user], true),
-        }
-    }
-
-    /// The rows to store with the removal, in publishing order.
-    fn rows(&self) -> Vec<OutboxEvent> {
-        let mut rows: Vec<OutboxEvent> = self.told.iter().map(Pending::row).collect();
-        rows.push(self.revocation.row());
-        rows
-    }
-
-    /// After the commit: tells the guild and the removed user, then revokes
-    /// the user's access on every gateway and waits for each to
-    /// acknowledge.
-    async fn publish(self, state: &AppState) {
-        publish::publish_all(state, self.told).await;
-        self.revocation.publish(state).await;
-    }
 }
 
 // --- the audit log ------------------------------------------------------------
@@ -318,52 +171,19 @@ pub async fn audit(
         .as_deref()
         .map(action_prefix)
         .transpose()?;
-    // No lookup of the guild first: the authorizer refuses a stranger the
-    // same way whether the guild exists or not, so the answer cannot tell
-    // which ids are real.
-    let access = match state.authorizer().guild(guild_id, user.user_id).await {
-        Ok(access) => access,
-        Err(ApiError::Forbidden) => return Err(ApiError::AuditAccessDenied),
-        Err(err) => return Err(err),
-    };
-    if !access.permissions.contains(Permission::ViewAuditLog) {
-        return Err(ApiError::AuditAccessDenied);
-    }
-    let mut entries = state
-        .store()
-        .audit_entries(guild_id, cursor, prefix, limit + 1)
-        .await?
-        .entries;
-    let more = entries.len() > limit as usize;
-    entries.truncate(limit as usize);
+    let page = moderation::audit_log(
+        &state,
+        UserId(user.user_id),
+        GuildId(guild_id),
+        cursor,
+        prefix,
+        limit,
+    )
+    .await?;
     Ok(Json(AuditList {
-        next_cursor: entries.last().filter(|_| more).map(AuditEntry::cursor),
-        events: entries.iter().map(AuditEvent::from).collect(),
+        next_cursor: page.next_cursor,
+        events: page.entries.iter().map(AuditEvent::from).collect(),
     }))
-}
-
-/// `<created_at_unix>_<id>`: ≤128 bytes of `[A-Za-z0-9_-]`.
-fn parse_cursor(raw: &str) -> ApiResult<(i64, Ulid)> {
-    let charset = raw
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if raw.is_empty() || raw.len() > MAX_CURSOR_BYTES || !charset {
-        return Err(ApiError::InvalidRequest);
-    }
-    let (created, id) = raw.split_once('_').ok_or(ApiError::InvalidRequest)?;
-    let created = created.parse().map_err(|_| ApiError::InvalidRequest)?;
-    Ok((created, parse_id(id)?))
-}
-
-/// 1–64 bytes of `[a-z0-9._]`.
-fn action_prefix(raw: &str) -> ApiResult<&str> {
-    let charset = raw
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_');
-    if raw.is_empty() || raw.len() > MAX_ACTION_PREFIX_BYTES || !charset {
-        return Err(ApiError::InvalidRequest);
-    }
-    Ok(raw)
 }
 
 // --- IP bans ------------------------------------------------------------------
@@ -429,40 +249,11 @@ pub struct IpBanByUserDto {
     expires_in_secs: Option<u64>,
 }
 
-/// A validated ban-by-user request.
-#[derive(Debug)]
-struct IpBanByUser {
-    target_user_id: Ulid,
-    /// 1–240 bytes, not blank, no NUL.
-    reason: Option<String>,
-    /// 1 s – 180 days.
-    expires_in_secs: Option<i64>,
-}
-
 impl TryFrom<IpBanByUserDto> for IpBanByUser {
     type Error = ApiError;
 
     fn try_from(dto: IpBanByUserDto) -> Result<Self, Self::Error> {
-        let reason = match dto.reason {
-            Some(reason)
-                if reason.trim().is_empty()
-                    || reason.len() > MAX_REASON_BYTES
-                    || !storable_text(&reason) =>
-            {
-                return Err(ApiError::InvalidRequest);
-            }
-            reason => reason,
-        };
-        let expires_in_secs = match dto.expires_in_secs {
-            None => None,
-            Some(secs @ 1..=MAX_IP_BAN_SECS) => Some(secs.cast_signed()),
-            Some(_) => return Err(ApiError::InvalidRequest),
-        };
-        Ok(Self {
-            target_user_id: parse_id(&dto.target_user_id)?,
-            reason,
-            expires_in_secs,
-        })
+        IpBanByUser::parse(&dto.target_user_id, dto.reason, dto.expires_in_secs)
     }
 }
 
@@ -501,20 +292,17 @@ pub async fn ip_bans(
                 created_at_unix,
                 ban_id,
             });
-    require_ip_ban_manager(&state, guild_id, user.user_id).await?;
-    let mut bans = state
-        .store()
-        .ip_bans(guild_id, cursor, now_unix(), limit + 1)
-        .await?;
-    let more = bans.len() > limit as usize;
-    bans.truncate(limit as usize);
-    let next_cursor = bans.last().filter(|_| more).map(|last| {
-        let cursor = last.cursor();
-        format!("{}_{}", cursor.created_at_unix, cursor.ban_id)
-    });
+    let page = moderation::ip_bans(
+        &state,
+        UserId(user.user_id),
+        GuildId(guild_id),
+        cursor,
+        limit,
+    )
+    .await?;
     Ok(Json(IpBanList {
-        bans: bans.iter().map(IpBan::from).collect(),
-        next_cursor,
+        bans: page.bans.iter().map(IpBan::from).collect(),
+        next_cursor: page.next_cursor,
     }))
 }
 
@@ -542,64 +330,9 @@ pub async fn ban_ips_by_user(
     JsonBody(dto): JsonBody<IpBanByUserDto>,
 ) -> ApiResult<Json<IpBansCreated>> {
     let request = IpBanByUser::try_from(dto)?;
-    let access = require_ip_ban_manager(&state, guild_id, actor.user_id).await?;
-    let target = state
-        .store()
-        .member(guild_id, request.target_user_id)
-        .await?;
-    if let Some(member) = target {
-        require_may_remove(&state, &access, &member).await?;
-    }
-    let now = now_unix();
-    let guild = guild_id.to_string();
-    // Built before the write and stored with it, if it creates a ban:
-    // gateways close the sockets from a banned address (PROTOCOL.md §5.8),
-    // and the managers get the count only the transaction knows.
-    let ip_bans_changed = Pending::new(
-        &state,
-        publish::access_changed(&guild, Vec::new(), false, true),
-    );
-    let managers = ip_ban_managers(&state, guild_id).await;
-    let deferred = publish::Deferred::new(&state);
-    let outbox = |ban_ids: &[Ulid]| {
-        let mut rows = vec![ip_bans_changed.row()];
-        if let Some(managers) = &managers {
-            let sync = ip_ban_sync(
-                guild_id,
-                managers.clone(),
-                pb::IpBanAction::Upsert,
-                ban_ids.len(),
-                actor.user_id,
-                now,
-            );
-            rows.extend(deferred.rows(vec![sync]));
-        }
-        rows
-    };
-    let outcome = state
-        .store()
-        .ban_user_ips(
-            NewIpBansByUser {
-                guild_id,
-                target_user_id: request.target_user_id,
-                reason: request.reason,
-                created_by: actor.user_id,
-                created_at_unix: now,
-                expires_at_unix: request.expires_in_secs.map(|secs| now.saturating_add(secs)),
-                max_entries: state.config().guild_ip_ban_max_entries,
-            },
-            &outbox,
-        )
-        .await?;
-    let IpBanOutcome::Created(ban_ids) = outcome else {
-        return Err(ApiError::QuotaExceeded);
-    };
-    if !ban_ids.is_empty() {
-        ip_bans_changed.publish_acked(&state, "ip ban change").await;
-        let target = Some(request.target_user_id);
-        publish::audit(&state, guild_id, actor.user_id, target, IP_BAN_ADD).await;
-        publish::publish_all(&state, deferred.into_pending()).await;
-    }
+    let ban_ids =
+        moderation::ban_ips_by_user(&state, UserId(actor.user_id), GuildId(guild_id), request)
+            .await?;
     Ok(Json(IpBansCreated {
         created_count: ban_ids.len(),
         ban_ids: ban_ids.iter().map(Ulid::to_string).collect(),
@@ -624,81 +357,8 @@ pub async fn remove_ip_ban(
     AuthUser(actor): AuthUser,
     Ids([guild_id, ban_id]): Ids<2>,
 ) -> ApiResult<Json<Ack>> {
-    require_ip_ban_manager(&state, guild_id, actor.user_id).await?;
-    let sync = ip_ban_managers(&state, guild_id).await.map(|managers| {
-        let event = ip_ban_sync(
-            guild_id,
-            managers,
-            pb::IpBanAction::Remove,
-            1,
-            actor.user_id,
-            now_unix(),
-        );
-        Pending::new(&state, event)
-    });
-    let outbox = sync.iter().map(Pending::row).collect();
-    let removed = state
-        .store()
-        .remove_ip_ban(guild_id, ban_id, outbox)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    let target = removed.source_user_id;
-    publish::audit(&state, guild_id, actor.user_id, target, IP_BAN_REMOVE).await;
-    publish::publish_all(&state, sync.into_iter().collect()).await;
+    moderation::remove_ip_ban(&state, UserId(actor.user_id), GuildId(guild_id), ban_id).await?;
     Ok(Json(ACK))
-}
-
-/// Refuses a caller without `manage_ip_bans`; returns their access.
-async fn require_ip_ban_manager(
-    state: &AppState,
-    guild_id: Ulid,
-    user_id: Ulid,
-) -> ApiResult<GuildAccess> {
-    let access = state.authorizer().guild(guild_id, user_id).await?;
-    access.require(Permission::ManageIpBans)?;
-    Ok(access)
-}
-
-/// The users who may manage IP bans in the guild: the audience of
-/// `workspace_ip_ban_sync`, read before the change it reports. `None` if
-/// they cannot be read; the change goes ahead without its sync event.
-async fn ip_ban_managers(state: &AppState, guild_id: Ulid) -> Option<Vec<String>> {
-    match state
-        .authorizer()
-        .members_with_permission(guild_id, Permission::ManageIpBans)
-        .await
-    {
-        Ok(holders) => Some(holders.iter().map(Ulid::to_string).collect()),
-        Err(err) => {
-            tracing::error!(%err, %guild_id, "cannot find who manages IP bans; sync event not sent");
-            None
-        }
-    }
-}
-
-/// The redacted summary, for every socket of `managers` and nobody else.
-fn ip_ban_sync(
-    guild_id: Ulid,
-    managers: Vec<String>,
-    action: pb::IpBanAction,
-    changed: usize,
-    actor: Ulid,
-    now: i64,
-) -> pb::Event {
-    let sync = pb::WorkspaceIpBanSync {
-        guild_id: guild_id.to_string(),
-        summary: Some(pb::IpBanSummary {
-            action: action.into(),
-            changed_count: i64::try_from(changed).unwrap_or(i64::MAX),
-        }),
-        updated_at_unix: now,
-        actor_user_id: Some(actor.to_string()),
-    };
-    publish::for_users(
-        managers,
-        Vec::new(),
-        event::Payload::WorkspaceIpBanSync(sync),
-    )
 }
 
 pub fn routes() -> ApiRouter {
@@ -714,41 +374,6 @@ pub fn routes() -> ApiRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn owners_are_never_removed_and_the_actor_must_outrank() {
-        use MemberRole::{Member, Moderator, Owner};
-        assert!(may_remove(Owner, Moderator));
-        assert!(may_remove(Owner, Member));
-        assert!(may_remove(Moderator, Member));
-        assert!(!may_remove(Moderator, Moderator));
-        assert!(!may_remove(Owner, Owner));
-        assert!(!may_remove(Member, Member));
-    }
-
-    #[test]
-    fn cursors_and_prefixes_are_validated() {
-        let id = Ulid::generate();
-        assert_eq!(parse_cursor(&format!("1700_{id}")).ok(), Some((1700, id)));
-        for bad in [
-            String::new(),
-            "1700".to_owned(),
-            format!("x_{id}"),
-            format!("1700_{id} "),
-            format!("1700_{}", id.to_string().to_lowercase()),
-            format!("{}_{id}", "1".repeat(MAX_CURSOR_BYTES)),
-        ] {
-            assert!(parse_cursor(&bad).is_err(), "{bad:?}");
-        }
-        assert_eq!(action_prefix("member.").ok(), Some("member."));
-        assert_eq!(
-            action_prefix("directory.join_").ok(),
-            Some("directory.join_")
-        );
-        for bad in ["", "Member", "member-", &"a".repeat(65)] {
-            assert!(action_prefix(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn ban_by_user_requests_are_validated() {
@@ -769,26 +394,5 @@ mod tests {
             expires_in_secs: None,
         };
         assert!(IpBanByUser::try_from(bad_id).is_err());
-    }
-
-    fn reason(raw: String) -> IpBanByUserDto {
-        IpBanByUserDto {
-            target_user_id: Ulid::generate().to_string(),
-            reason: Some(raw),
-            expires_in_secs: None,
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn a_reason_with_a_nul_is_refused(
-            raw in crate::domain::hostile::text(),
-            nul in crate::domain::hostile::plain_with_nul(),
-        ) {
-            proptest::prop_assert!(IpBanByUser::try_from(reason(nul)).is_err());
-            if IpBanByUser::try_from(reason(raw.clone())).is_ok() {
-                proptest::prop_assert!(crate::domain::storable_text(&raw), "{raw:?}");
-            }
-        }
     }
 }

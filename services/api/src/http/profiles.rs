@@ -2,65 +2,37 @@
 //! avatar and banner images (upload with a hard size cap and a sniffed
 //! type; public, cacheable download).
 //!
-//! Profile events go to the user, their friends and everyone present in a
-//! guild the user is a member of, so that every place showing the name or
-//! the avatar refreshes.
+//! This adapter owns the request and response shapes, reads the upload
+//! body under its cap and serves the images with their caching headers;
+//! the use cases, and the events they tell each profile's audience, are
+//! `domain::profiles`.
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use filament_proto::v1::{self as pb, event};
+use filament_ids::UserId;
 use filament_wire::Profile;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use tokio_stream::StreamExt as _;
 use ulid::Ulid;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
-use crate::clock::now_unix;
-use crate::domain::{Username, parse_id, storable_text};
+use crate::domain::Username;
+use crate::domain::profiles::{
+    self, AboutMarkdown, LookupIds, ProfilePatch, accepted_image_type, max_image_bytes,
+};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::auth::profile;
 use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, Binary, Id, UserPath};
 use crate::http::uploads::{Disposition, untrusted_content_headers};
-use crate::outbox::Pending;
-use crate::publish;
 use crate::rate_limit::AuthRoute;
 use crate::state::AppState;
-use crate::store::{ImageKind, ProfileChange, ProfileImage, StoreError, UserRecord};
-
-/// Most ids one `POST /users/lookup` takes.
-const LOOKUP_MAX_IDS: usize = 64;
-
-/// Whether some bytes are of one image type.
-type Sniffer = fn(&[u8]) -> bool;
-
-/// The image types accepted for avatars and banners, each with the check
-/// of its magic bytes. The type is always taken from the bytes, never from
-/// the request, so a stored image is served as what it really is.
-const IMAGE_TYPES: [(&str, Sniffer); 5] = [
-    ("image/jpeg", infer::image::is_jpeg),
-    ("image/png", infer::image::is_png),
-    ("image/webp", is_webp),
-    ("image/gif", is_gif),
-    ("image/avif", infer::image::is_avif),
-];
-
-/// `infer` looks only at the `WEBP` tag at offset 8; a real file is a RIFF
-/// container too.
-fn is_webp(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"RIFF") && infer::image::is_webp(bytes)
-}
-
-/// `infer` accepts any `GIF` prefix; a real file is `GIF87a` or `GIF89a`.
-fn is_gif(bytes: &[u8]) -> bool {
-    bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a")
-}
+use crate::store::{ImageKind, UserRecord};
 
 /// Browsers may reuse an image for five minutes; the `?v=` cache-buster
 /// the client adds after an upload gets around that.
@@ -99,66 +71,24 @@ pub struct UserSummary {
     avatar_version: i64,
 }
 
-/// The "about" text: at most 2048 bytes, no NUL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct AboutMarkdown(String);
-
-impl AboutMarkdown {
-    const MAX_BYTES: usize = 2048;
-}
-
-impl TryFrom<String> for AboutMarkdown {
-    type Error = ApiError;
-
-    fn try_from(raw: String) -> Result<Self, Self::Error> {
-        if raw.len() <= Self::MAX_BYTES && storable_text(&raw) {
-            Ok(Self(raw))
-        } else {
-            Err(ApiError::InvalidRequest)
-        }
-    }
-}
-
-/// A validated profile edit with at least one field.
-#[derive(Debug)]
-struct ProfilePatch {
-    username: Option<Username>,
-    about: Option<AboutMarkdown>,
-}
-
 impl TryFrom<ProfilePatchDto> for ProfilePatch {
     type Error = ApiError;
 
     fn try_from(dto: ProfilePatchDto) -> Result<Self, Self::Error> {
-        let patch = Self {
-            username: dto.username.map(Username::try_from).transpose()?,
-            about: dto
-                .about_markdown
+        ProfilePatch::new(
+            dto.username.map(Username::try_from).transpose()?,
+            dto.about_markdown
                 .map(AboutMarkdown::try_from)
                 .transpose()?,
-        };
-        if patch.username.is_none() && patch.about.is_none() {
-            return Err(ApiError::InvalidRequest);
-        }
-        Ok(patch)
+        )
     }
 }
-
-/// The ids of a lookup: 1–64 canonical ULIDs.
-struct LookupIds(Vec<Ulid>);
 
 impl TryFrom<LookupDto> for LookupIds {
     type Error = ApiError;
 
     fn try_from(dto: LookupDto) -> Result<Self, Self::Error> {
-        if !(1..=LOOKUP_MAX_IDS).contains(&dto.user_ids.len()) {
-            return Err(ApiError::InvalidRequest);
-        }
-        dto.user_ids
-            .iter()
-            .map(|raw| parse_id(raw))
-            .collect::<Result<_, _>>()
-            .map(Self)
+        LookupIds::parse(&dto.user_ids)
     }
 }
 
@@ -181,30 +111,7 @@ pub async fn update(
 ) -> ApiResult<Json<Profile>> {
     state.auth_limiter().check(AuthRoute::ProfileUpdate, ip)?;
     let patch = ProfilePatch::try_from(dto)?;
-    let payload = profile_update_payload(user.user_id, &patch, now_unix());
-    // The audience does not change the frame, so the user alone is enough
-    // to check the size before anything is written.
-    publish::ensure_deliverable(&publish::for_users(
-        vec![user.user_id.to_string()],
-        Vec::new(),
-        payload.clone(),
-    ))?;
-    let change = ProfileChange {
-        username: patch.username.map(|u| u.as_str().to_owned()),
-        about_markdown: patch.about.map(|about| about.0),
-    };
-    let audience = profile_audience(&state, user.user_id).await;
-    let updated_event = Pending::new(&state, audience.event(payload));
-    let updated = match state
-        .store()
-        .update_profile(user.user_id, change, vec![updated_event.row()])
-        .await
-    {
-        Ok(updated) => updated.ok_or(ApiError::InvalidCredentials)?,
-        Err(StoreError::Conflict(_)) => return Err(ApiError::InvalidRequest),
-        Err(err) => return Err(err.into()),
-    };
-    updated_event.publish(&state).await;
+    let updated = profiles::update(&state, UserId(user.user_id), patch).await?;
     profile(&updated).map(Json)
 }
 
@@ -224,11 +131,7 @@ pub async fn get_profile(
     AuthUser(_): AuthUser,
     Ids([user_id]): Ids<1>,
 ) -> ApiResult<Json<Profile>> {
-    let user = state
-        .store()
-        .user_by_id(user_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let user = profiles::user(&state, UserId(user_id)).await?;
     profile(&user).map(Json)
 }
 
@@ -245,8 +148,8 @@ pub async fn lookup(
     AuthUser(_): AuthUser,
     JsonBody(dto): JsonBody<LookupDto>,
 ) -> ApiResult<Json<LookupResponse>> {
-    let LookupIds(ids) = LookupIds::try_from(dto)?;
-    let users = state.store().users_by_ids(&ids).await?;
+    let ids = LookupIds::try_from(dto)?;
+    let users = profiles::lookup(&state, &ids).await?;
     Ok(Json(LookupResponse {
         users: users
             .into_iter()
@@ -379,14 +282,6 @@ pub async fn banner(
     serve_image(&state, user_id, ImageKind::Banner, &headers).await
 }
 
-/// The largest image of a kind, in bytes.
-fn max_image_bytes(kind: ImageKind) -> usize {
-    match kind {
-        ImageKind::Avatar => 2 * 1024 * 1024,
-        ImageKind::Banner => 6 * 1024 * 1024,
-    }
-}
-
 async fn upload(
     state: &AppState,
     user: &UserRecord,
@@ -398,48 +293,7 @@ async fn upload(
     // read.
     let declared = declared_image_type(headers)?;
     let bytes = read_capped(body, headers, max_image_bytes(kind), UPLOAD_DRAIN_BYTES).await?;
-    let sniffed = sniff_image(&bytes).ok_or(ApiError::InvalidRequest)?;
-    if declared.is_some_and(|declared| declared != sniffed) {
-        return Err(ApiError::InvalidRequest);
-    }
-    // Hashing megabytes is CPU work: off the reactor.
-    let (bytes, sha256_hex) = tokio::task::spawn_blocking(move || {
-        let digest = Sha256::digest(&bytes);
-        (bytes, format!("{digest:x}"))
-    })
-    .await
-    .map_err(|err| ApiError::Internal(anyhow::anyhow!("hashing task: {err}")))?;
-    let now = now_unix();
-    let image = ProfileImage {
-        content_type: sniffed.to_owned(),
-        sha256_hex,
-        bytes,
-    };
-    let audience = profile_audience(state, user.user_id).await;
-    // The new version only the write's transaction knows.
-    let deferred = publish::Deferred::new(state);
-    let outbox = |updated: &UserRecord| {
-        let user_id = updated.user_id.to_string();
-        let payload = match kind {
-            ImageKind::Avatar => event::Payload::ProfileAvatarUpdate(pb::ProfileAvatarUpdate {
-                user_id,
-                avatar_version: updated.avatar_version,
-                updated_at_unix: now,
-            }),
-            ImageKind::Banner => event::Payload::ProfileBannerUpdate(pb::ProfileBannerUpdate {
-                user_id,
-                banner_version: updated.banner_version,
-                updated_at_unix: now,
-            }),
-        };
-        deferred.rows(vec![audience.event(payload)])
-    };
-    let updated = state
-        .store()
-        .set_profile_image(user.user_id, kind, image, now, &outbox)
-        .await?
-        .ok_or(ApiError::InvalidCredentials)?;
-    publish::publish_all(state, deferred.into_pending()).await;
+    let updated = profiles::set_image(state, UserId(user.user_id), kind, declared, bytes).await?;
     profile(&updated).map(Json)
 }
 
@@ -451,19 +305,9 @@ fn declared_image_type(headers: &HeaderMap) -> ApiResult<Option<&'static str>> {
     };
     let raw = value.to_str().map_err(|_| ApiError::InvalidRequest)?;
     let essence = raw.split(';').next().unwrap_or_default().trim();
-    IMAGE_TYPES
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(essence))
-        .map(|(name, _)| Some(*name))
+    accepted_image_type(essence)
+        .map(Some)
         .ok_or(ApiError::InvalidRequest)
-}
-
-/// The accepted image type the bytes are, if any.
-fn sniff_image(bytes: &[u8]) -> Option<&'static str> {
-    IMAGE_TYPES
-        .iter()
-        .find(|(_, matches)| matches(bytes))
-        .map(|(name, _)| *name)
 }
 
 /// How much of an oversized upload is read and thrown away before the 413.
@@ -518,11 +362,7 @@ async fn serve_image(
     kind: ImageKind,
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
-    let image = state
-        .store()
-        .profile_image(user_id, kind)
-        .await?
-        .ok_or(ApiError::NotFound)?;
+    let image = profiles::image(state, UserId(user_id), kind).await?;
     let etag = format!("\"{}\"", image.sha256_hex);
     let etag_value = HeaderValue::from_str(&etag)
         .map_err(|err| ApiError::Internal(anyhow::anyhow!("stored sha256 is no header: {err}")))?;
@@ -532,8 +372,8 @@ async fn serve_image(
         (header::ETAG, etag_value),
         (header::CACHE_CONTROL, IMAGE_CACHE_CONTROL),
     ];
-    // Inline: the type is one of `IMAGE_TYPES`, sniffed on upload, and the
-    // client shows it in an `<img>`.
+    // Inline: the type is an accepted image type (`domain::profiles`),
+    // sniffed on upload, and the client shows it in an `<img>`.
     let untrusted = untrusted_content_headers(Disposition::Inline)?;
     if if_none_match_hits(headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, cache_headers, untrusted).into_response());
@@ -560,54 +400,6 @@ fn if_none_match_hits(headers: &HeaderMap, etag: &str) -> bool {
         .any(|tag| tag == "*" || tag.trim_start_matches("W/") == etag)
 }
 
-fn profile_update_payload(user_id: Ulid, patch: &ProfilePatch, now: i64) -> event::Payload {
-    event::Payload::ProfileUpdate(pb::ProfileUpdate {
-        user_id: user_id.to_string(),
-        updated_fields: Some(pb::ProfileFields {
-            username: patch.username.as_ref().map(|u| u.as_str().to_owned()),
-            about: patch.about.as_ref().map(|about| pb::AboutFields {
-                about_markdown: about.0.clone(),
-                about_markdown_tokens: crate::markdown::tokenize(&about.0),
-            }),
-        }),
-        updated_at_unix: now,
-    })
-}
-
-/// Who hears of a user's profile change: the user, their friends and the
-/// guilds they are in, read before the change is written (its event is
-/// stored with it).
-struct Audience {
-    user_ids: Vec<String>,
-    guild_ids: Vec<String>,
-}
-
-impl Audience {
-    fn event(&self, payload: event::Payload) -> pb::Event {
-        publish::for_users(self.user_ids.clone(), self.guild_ids.clone(), payload)
-    }
-}
-
-/// The audience of the user's profile changes. If it cannot be read, the
-/// user's own sockets still hear of the change; the others see it on their
-/// next fetch.
-async fn profile_audience(state: &AppState, user_id: Ulid) -> Audience {
-    let audience = match state.store().profile_audience(user_id).await {
-        Ok(audience) => audience,
-        Err(err) => {
-            tracing::error!(%err, %user_id, "cannot read the profile audience; telling the user only");
-            crate::store::ProfileAudience::default()
-        }
-    };
-    Audience {
-        user_ids: std::iter::once(user_id)
-            .chain(audience.friend_ids)
-            .map(|id| id.to_string())
-            .collect(),
-        guild_ids: audience.guild_ids.iter().map(Ulid::to_string).collect(),
-    }
-}
-
 pub fn routes() -> ApiRouter {
     ApiRouter::new()
         .routes(routes!(update))
@@ -629,14 +421,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn about_is_at_most_2048_bytes_without_nul() {
-        assert!(AboutMarkdown::try_from("é".repeat(1024)).is_ok());
-        assert!(AboutMarkdown::try_from("é".repeat(1024) + "x").is_err());
-        assert!(AboutMarkdown::try_from("a\0b".to_owned()).is_err());
-        assert!(AboutMarkdown::try_from(String::new()).is_ok());
-    }
-
-    #[test]
     fn a_patch_needs_a_field() {
         let dto = |username: Option<&str>, about: Option<&str>| ProfilePatchDto {
             username: username.map(str::to_owned),
@@ -646,26 +430,6 @@ mod tests {
         assert!(ProfilePatch::try_from(dto(Some("no spaces"), None)).is_err());
         assert!(ProfilePatch::try_from(dto(Some("fine_name"), None)).is_ok());
         assert!(ProfilePatch::try_from(dto(None, Some(""))).is_ok());
-    }
-
-    #[test]
-    fn images_are_sniffed_from_their_bytes() {
-        let mut avif = b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf".to_vec();
-        avif.extend_from_slice(&[0; 8]);
-        let cases: [(&[u8], Option<&str>); 9] = [
-            (b"\xff\xd8\xff\xe0rest", Some("image/jpeg")),
-            (b"\x89PNG\r\n\x1a\nrest", Some("image/png")),
-            (b"RIFF\0\0\0\0WEBPVP8 ", Some("image/webp")),
-            (b"XXXX\0\0\0\0WEBPVP8 ", None),
-            (b"GIF89a rest", Some("image/gif")),
-            (b"GIFfake", None),
-            (&avif, Some("image/avif")),
-            (b"%PDF-1.7 not an image", None),
-            (b"", None),
-        ];
-        for (bytes, expected) in cases {
-            assert_eq!(sniff_image(bytes), expected, "{bytes:?}");
-        }
     }
 
     #[test]
@@ -734,18 +498,5 @@ mod tests {
         let early = read_capped(body, &declared, 10, 5).await;
         assert!(matches!(early, Err(ApiError::PayloadTooLarge)));
         assert_eq!(chunks_read.load(Ordering::SeqCst), 0);
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn an_about_text_with_a_nul_is_refused(
-            raw in crate::domain::hostile::text(),
-            nul in crate::domain::hostile::plain_with_nul(),
-        ) {
-            proptest::prop_assert!(AboutMarkdown::try_from(nul).is_err());
-            if AboutMarkdown::try_from(raw.clone()).is_ok() {
-                proptest::prop_assert!(crate::domain::storable_text(&raw), "{raw:?}");
-            }
-        }
     }
 }

@@ -1,41 +1,24 @@
 //! `/guilds/{g}/roles…`: the role list, role create/update/delete/reorder,
 //! the default join role, and role assignments (PROTOCOL.md §2.8).
 //!
-//! Every change that can shrink what someone sees (a role's permissions, a
-//! deleted role, an assignment, which may bring a role's deny overrides)
-//! publishes its event and then revokes access before the call returns, so
-//! gateways drop the subscriptions that are no longer allowed. Each
-//! change's events, the revocation included, are stored with it
-//! (docs/adr/0006-outbox.md).
+//! This adapter owns the request and response shapes, and the `{"accepted":
+//! true}` acknowledgement other routes answer with too; the use cases are
+//! `domain::roles`.
 
 use axum::Json;
 use axum::extract::State;
-use filament_proto::v1::{self as pb, event};
+use filament_ids::{GuildId, RoleId, UserId};
 use serde::{Deserialize, Deserializer, Serialize};
-use ulid::Ulid;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
-use crate::clock::now_unix;
-use crate::domain::permissions::{GuildAccess, Permission, Permissions};
-use crate::domain::{parse_id, storable_text};
+use crate::domain::parse_id;
+use crate::domain::permissions::Permission;
+use crate::domain::roles::{self, ColorHex, NewRole, RoleListing, RoleName, RoleOrder, RoleUpdate};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, GuildPath, Id, RoleMemberPath, RolePath};
-use crate::outbox::Pending;
-use crate::publish;
 use crate::state::AppState;
-use crate::store::{
-    AssignOutcome, BuiltinRole, CreateRoleOutcome, RoleChanges, RoleRecord, UnassignOutcome,
-};
-
-/// Roles per guild, the seeded ones included.
-pub const MAX_ROLES: u32 = 64;
-/// Explicit role assignments per member.
-pub const MAX_ASSIGNMENTS: u32 = 16;
-/// The highest position a role can be created at: the store's column is a
-/// 64-bit integer, but the reference server used 32 bits and clients may too.
-const MAX_POSITION: i64 = i32::MAX as i64;
 
 /// `{"accepted":true}`.
 #[derive(Serialize, ToSchema)]
@@ -45,48 +28,6 @@ pub struct Ack {
 }
 
 pub const ACK: Ack = Ack { accepted: true };
-
-/// A role name: trimmed, 1–32 bytes, no control characters, and not one of
-/// the system roles' names in any case.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoleName(String);
-
-impl TryFrom<String> for RoleName {
-    type Error = ApiError;
-
-    fn try_from(raw: String) -> Result<Self, Self::Error> {
-        let name = raw.trim();
-        let valid = (1..=32).contains(&name.len())
-            && storable_text(name)
-            && !name.chars().any(char::is_control)
-            && !name.eq_ignore_ascii_case("@everyone")
-            && !name.eq_ignore_ascii_case("workspace_owner");
-        if valid {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(ApiError::InvalidRequest)
-        }
-    }
-}
-
-/// A role color, `#RRGGBB`; stored and sent uppercase.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ColorHex(String);
-
-impl TryFrom<String> for ColorHex {
-    type Error = ApiError;
-
-    fn try_from(raw: String) -> Result<Self, Self::Error> {
-        let valid = raw.len() == 7
-            && raw.starts_with('#')
-            && raw.bytes().skip(1).all(|b| b.is_ascii_hexdigit());
-        if valid {
-            Ok(Self(raw.to_ascii_uppercase()))
-        } else {
-            Err(ApiError::InvalidRequest)
-        }
-    }
-}
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -156,19 +97,21 @@ pub struct RoleList {
     default_join_role_id: Option<String>,
 }
 
-/// A validated role update, and the event fields it sends.
-struct RoleUpdate {
-    changes: RoleChanges,
-    fields: pb::RoleFields,
+impl TryFrom<CreateRoleDto> for NewRole {
+    type Error = ApiError;
+
+    fn try_from(dto: CreateRoleDto) -> Result<Self, Self::Error> {
+        let name = RoleName::try_from(dto.name)?;
+        let permissions = Permission::parse_list(&dto.permissions)?;
+        let color_hex = dto.color_hex.map(ColorHex::try_from).transpose()?;
+        NewRole::new(name, permissions, dto.position, color_hex)
+    }
 }
 
 impl TryFrom<UpdateRoleDto> for RoleUpdate {
     type Error = ApiError;
 
     fn try_from(dto: UpdateRoleDto) -> Result<Self, Self::Error> {
-        if dto.name.is_none() && dto.permissions.is_none() && dto.color_hex.is_none() {
-            return Err(ApiError::InvalidRequest);
-        }
         let name = dto.name.map(RoleName::try_from).transpose()?;
         let permissions = dto
             .permissions
@@ -179,24 +122,16 @@ impl TryFrom<UpdateRoleDto> for RoleUpdate {
             .color_hex
             .map(|color| color.map(ColorHex::try_from).transpose())
             .transpose()?;
-        Ok(Self {
-            changes: RoleChanges {
-                name: name.as_ref().map(|n| n.0.clone()),
-                permissions: permissions
-                    .as_ref()
-                    .map(|list| list.iter().copied().collect::<Permissions>().bits()),
-                color_hex: color_hex.as_ref().map(|c| c.as_ref().map(|c| c.0.clone())),
-            },
-            fields: pb::RoleFields {
-                name: name.map(|n| n.0),
-                permissions: permissions.map(|list| pb::PermissionList {
-                    permissions: list.into_iter().map(Permission::proto).collect(),
-                }),
-                color_hex: color_hex.map(|color| pb::NullableString {
-                    value: color.map(|c| c.0),
-                }),
-            },
-        })
+        RoleUpdate::new(name, permissions, color_hex)
+    }
+}
+
+impl From<RoleListing> for RoleList {
+    fn from(listing: RoleListing) -> Self {
+        Self {
+            roles: listing.roles,
+            default_join_role_id: listing.default_join_role.map(|id| id.to_string()),
+        }
     }
 }
 
@@ -216,29 +151,8 @@ pub async fn list(
     AuthUser(user): AuthUser,
     Ids([guild_id]): Ids<1>,
 ) -> ApiResult<Json<RoleList>> {
-    state.authorizer().guild(guild_id, user.user_id).await?;
-    let roles = state.store().roles(guild_id).await?;
-    let default_join_role_id = state.store().default_join_role(guild_id).await?;
-    if roles
-        .iter()
-        .any(|role| Permissions::unknown_bits(role.permissions) != 0)
-    {
-        publish::audit(
-            &state,
-            guild_id,
-            user.user_id,
-            None,
-            "permissions.unknown_bits.masked",
-        )
-        .await;
-    }
-    Ok(Json(RoleList {
-        roles: roles
-            .iter()
-            .map(|role| wire_role(&proto_role(role)))
-            .collect::<ApiResult<_>>()?,
-        default_join_role_id: default_join_role_id.map(|id| id.to_string()),
-    }))
+    let listing = roles::list(&state, UserId(user.user_id), GuildId(guild_id)).await?;
+    Ok(Json(RoleList::from(listing)))
 }
 
 #[utoipa::path(
@@ -260,60 +174,10 @@ pub async fn create(
     Ids([guild_id]): Ids<1>,
     JsonBody(dto): JsonBody<CreateRoleDto>,
 ) -> ApiResult<Json<filament_wire::Role>> {
-    let name = RoleName::try_from(dto.name)?;
-    let permissions = Permission::parse_list(&dto.permissions)?;
-    let color_hex = dto.color_hex.map(ColorHex::try_from).transpose()?;
-    if dto
-        .position
-        .is_some_and(|p| !(1..=MAX_POSITION).contains(&p))
-    {
-        return Err(ApiError::InvalidRequest);
-    }
-    let access = state.authorizer().guild(guild_id, user.user_id).await?;
-    access.require(Permission::ManageWorkspaceRoles)?;
-    let position = dto
-        .position
-        .unwrap_or_else(|| (access.highest_position - 1).max(1));
-    if !access.outranks(position) {
-        return Err(ApiError::Forbidden);
-    }
-    let record = RoleRecord {
-        role_id: state.new_id(),
-        guild_id,
-        name: name.0,
-        position,
-        builtin: None,
-        permissions: permissions.iter().copied().collect::<Permissions>().bits(),
-        color_hex: color_hex.map(|c| c.0),
-        created_at_unix: now_unix(),
-    };
-    // Created roles list their permissions in request order.
-    let role = pb::Role {
-        permissions: permissions.iter().copied().map(Permission::proto).collect(),
-        ..proto_role(&record)
-    };
-    let body = wire_role(&role)?;
-    let event = publish::for_guild(
-        &guild_id.to_string(),
-        event::Payload::WorkspaceRoleCreate(pb::WorkspaceRoleCreate {
-            guild_id: guild_id.to_string(),
-            role: Some(role),
-            actor_user_id: Some(user.user_id.to_string()),
-        }),
-    );
-    publish::ensure_deliverable(&event)?;
-    let created = Pending::new(&state, event);
-    let outcome = state
-        .store()
-        .create_role(record, MAX_ROLES, vec![created.row()])
-        .await?;
-    match outcome {
-        CreateRoleOutcome::Created => {}
-        CreateRoleOutcome::QuotaExceeded => return Err(ApiError::QuotaExceeded),
-    }
-    created.publish(&state).await;
-    publish::audit(&state, guild_id, user.user_id, None, "role.create").await;
-    Ok(Json(body))
+    let new = NewRole::try_from(dto)?;
+    roles::create(&state, UserId(user.user_id), GuildId(guild_id), new)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(
@@ -336,45 +200,15 @@ pub async fn update(
     JsonBody(dto): JsonBody<UpdateRoleDto>,
 ) -> ApiResult<Json<filament_wire::Role>> {
     let update = RoleUpdate::try_from(dto)?;
-    let access = state.authorizer().guild(guild_id, user.user_id).await?;
-    manageable_role(&state, &access, role_id).await?;
-    let fields = update.fields;
-    let audits = [
-        (fields.name.is_some(), "role.update"),
-        (fields.permissions.is_some(), "role.permissions.update"),
-        (fields.color_hex.is_some(), "role.color.update"),
-    ];
-    let shrinks = fields.permissions.is_some();
-    let event = publish::for_guild(
-        &guild_id.to_string(),
-        event::Payload::WorkspaceRoleUpdate(pb::WorkspaceRoleUpdate {
-            guild_id: guild_id.to_string(),
-            role_id: role_id.to_string(),
-            updated_fields: Some(fields),
-            updated_at_unix: now_unix(),
-            actor_user_id: Some(user.user_id.to_string()),
-        }),
-    );
-    publish::ensure_deliverable(&event)?;
-    let updated = Pending::new(&state, event);
-    // New permissions can take some away: gateways re-check everyone.
-    let revocation = shrinks
-        .then(|| publish::AccessRevocation::new(&state, &guild_id.to_string(), Vec::new(), false));
-    let mut outbox = vec![updated.row()];
-    outbox.extend(revocation.as_ref().map(publish::AccessRevocation::row));
-    let role = state
-        .store()
-        .update_role(guild_id, role_id, update.changes, outbox)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    updated.publish(&state).await;
-    for (_, action) in audits.into_iter().filter(|(sent, _)| *sent) {
-        publish::audit(&state, guild_id, user.user_id, None, action).await;
-    }
-    if let Some(revocation) = revocation {
-        revocation.publish(&state).await;
-    }
-    Ok(Json(wire_role(&proto_role(&role))?))
+    roles::update(
+        &state,
+        UserId(user.user_id),
+        GuildId(guild_id),
+        RoleId(role_id),
+        update,
+    )
+    .await
+    .map(Json)
 }
 
 #[utoipa::path(
@@ -394,34 +228,13 @@ pub async fn delete(
     AuthUser(user): AuthUser,
     Ids([guild_id, role_id]): Ids<2>,
 ) -> ApiResult<Json<Ack>> {
-    let access = state.authorizer().guild(guild_id, user.user_id).await?;
-    let role = manageable_role(&state, &access, role_id).await?;
-    if role.is_system() {
-        return Err(ApiError::Forbidden);
-    }
-    let guild = guild_id.to_string();
-    let event = publish::for_guild(
-        &guild,
-        event::Payload::WorkspaceRoleDelete(pb::WorkspaceRoleDelete {
-            guild_id: guild.clone(),
-            role_id: role_id.to_string(),
-            deleted_at_unix: now_unix(),
-            actor_user_id: Some(user.user_id.to_string()),
-        }),
-    );
-    let deleted = Pending::new(&state, event);
-    let revocation = publish::AccessRevocation::new(&state, &guild, Vec::new(), false);
-    if state
-        .store()
-        .delete_role(guild_id, role_id, vec![deleted.row(), revocation.row()])
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::NotFound);
-    }
-    deleted.publish(&state).await;
-    publish::audit(&state, guild_id, user.user_id, None, "role.delete").await;
-    revocation.publish(&state).await;
+    roles::delete(
+        &state,
+        UserId(user.user_id),
+        GuildId(guild_id),
+        RoleId(role_id),
+    )
+    .await?;
     Ok(Json(ACK))
 }
 
@@ -443,40 +256,8 @@ pub async fn reorder(
     Ids([guild_id]): Ids<1>,
     JsonBody(dto): JsonBody<ReorderDto>,
 ) -> ApiResult<Json<Ack>> {
-    let role_ids = unique_ids(&dto.role_ids)?;
-    let access = state.authorizer().guild(guild_id, user.user_id).await?;
-    access.require(Permission::ManageWorkspaceRoles)?;
-    let roles = state.store().roles(guild_id).await?;
-    for role_id in &role_ids {
-        let role = roles
-            .iter()
-            .find(|role| role.role_id == *role_id)
-            .ok_or(ApiError::InvalidRequest)?;
-        if role.is_system() || !access.can_manage_role(role) {
-            return Err(ApiError::Forbidden);
-        }
-    }
-    let event = publish::for_guild(
-        &guild_id.to_string(),
-        event::Payload::WorkspaceRoleReorder(pb::WorkspaceRoleReorder {
-            guild_id: guild_id.to_string(),
-            role_ids: role_ids.iter().map(Ulid::to_string).collect(),
-            updated_at_unix: now_unix(),
-            actor_user_id: Some(user.user_id.to_string()),
-        }),
-    );
-    publish::ensure_deliverable(&event)?;
-    let reordered = Pending::new(&state, event);
-    if !state
-        .store()
-        .reorder_roles(guild_id, &role_ids, vec![reordered.row()])
-        .await?
-    {
-        // A role was deleted between the check and the write.
-        return Err(ApiError::InvalidRequest);
-    }
-    reordered.publish(&state).await;
-    publish::audit(&state, guild_id, user.user_id, None, "role.reorder").await;
+    let order = RoleOrder::try_from(dto.role_ids.as_slice())?;
+    roles::reorder(&state, UserId(user.user_id), GuildId(guild_id), order).await?;
     Ok(Json(ACK))
 }
 
@@ -499,33 +280,8 @@ pub async fn set_default(
     JsonBody(dto): JsonBody<DefaultRoleDto>,
 ) -> ApiResult<Json<Ack>> {
     let role_id = dto.role_id.flatten().as_deref().map(parse_id).transpose()?;
-    let access = state.authorizer().guild(guild_id, user.user_id).await?;
-    access.require(Permission::ManageWorkspaceRoles)?;
-    if let Some(role_id) = role_id {
-        let role = state
-            .store()
-            .role(guild_id, role_id)
-            .await?
-            .ok_or(ApiError::InvalidRequest)?;
-        if role.is_system() || !access.can_manage_role(&role) {
-            return Err(ApiError::Forbidden);
-        }
-    }
-    if !state
-        .store()
-        .set_default_join_role(guild_id, role_id)
-        .await?
-    {
-        return Err(ApiError::InvalidRequest);
-    }
-    publish::audit(
-        &state,
-        guild_id,
-        user.user_id,
-        None,
-        "role.default_join.update",
-    )
-    .await;
+    let role = role_id.map(RoleId);
+    roles::set_default(&state, UserId(user.user_id), GuildId(guild_id), role).await?;
     Ok(Json(ACK))
 }
 
@@ -547,39 +303,8 @@ pub async fn assign(
     AuthUser(user): AuthUser,
     Ids([guild_id, role_id, target]): Ids<3>,
 ) -> ApiResult<Json<Ack>> {
-    assignable_role(&state, guild_id, role_id, user.user_id).await?;
-    let now = now_unix();
-    let guild = guild_id.to_string();
-    let event = publish::for_guild(
-        &guild,
-        event::Payload::WorkspaceRoleAssignmentAdd(pb::WorkspaceRoleAssignmentAdd {
-            guild_id: guild.clone(),
-            user_id: target.to_string(),
-            role_id: role_id.to_string(),
-            assigned_at_unix: now,
-            actor_user_id: Some(user.user_id.to_string()),
-        }),
-    );
-    let assigned = Pending::new(&state, event);
-    // A role can carry deny overrides, so even a new role can hide channels.
-    let revocation =
-        publish::AccessRevocation::new(&state, &guild, vec![target.to_string()], false);
-    let outbox = vec![assigned.row(), revocation.row()];
-    let outcome = state
-        .store()
-        .assign_role(guild_id, target, role_id, now, MAX_ASSIGNMENTS, outbox)
-        .await?;
-    match outcome {
-        AssignOutcome::Assigned { .. } => {}
-        AssignOutcome::AlreadyAssigned => return Ok(Json(ACK)),
-        AssignOutcome::NotMember | AssignOutcome::RoleNotFound => {
-            return Err(ApiError::NotFound);
-        }
-        AssignOutcome::QuotaExceeded => return Err(ApiError::QuotaExceeded),
-    }
-    assigned.publish(&state).await;
-    publish::audit(&state, guild_id, user.user_id, Some(target), "role.assign").await;
-    revocation.publish(&state).await;
+    let (guild, role, target) = (GuildId(guild_id), RoleId(role_id), UserId(target));
+    roles::assign(&state, UserId(user.user_id), guild, role, target).await?;
     Ok(Json(ACK))
 }
 
@@ -600,149 +325,9 @@ pub async fn unassign(
     AuthUser(user): AuthUser,
     Ids([guild_id, role_id, target]): Ids<3>,
 ) -> ApiResult<Json<Ack>> {
-    let (access, _) = assignable_role(&state, guild_id, role_id, user.user_id).await?;
-    require_outranks(&state, &access, target).await?;
-    let guild = guild_id.to_string();
-    let event = publish::for_guild(
-        &guild,
-        event::Payload::WorkspaceRoleAssignmentRemove(pb::WorkspaceRoleAssignmentRemove {
-            guild_id: guild.clone(),
-            user_id: target.to_string(),
-            role_id: role_id.to_string(),
-            removed_at_unix: now_unix(),
-            actor_user_id: Some(user.user_id.to_string()),
-        }),
-    );
-    let removed = Pending::new(&state, event);
-    let revocation =
-        publish::AccessRevocation::new(&state, &guild, vec![target.to_string()], false);
-    let outcome = state
-        .store()
-        .unassign_role(
-            guild_id,
-            target,
-            role_id,
-            vec![removed.row(), revocation.row()],
-        )
-        .await?;
-    match outcome {
-        UnassignOutcome::Removed { .. } => {}
-        UnassignOutcome::NotAssigned => return Ok(Json(ACK)),
-        UnassignOutcome::NotMember | UnassignOutcome::RoleNotFound => {
-            return Err(ApiError::NotFound);
-        }
-        UnassignOutcome::LastWorkspaceOwner => return Err(ApiError::Forbidden),
-    }
-    removed.publish(&state).await;
-    publish::audit(
-        &state,
-        guild_id,
-        user.user_id,
-        Some(target),
-        "role.unassign",
-    )
-    .await;
-    revocation.publish(&state).await;
+    let (guild, role, target) = (GuildId(guild_id), RoleId(role_id), UserId(target));
+    roles::unassign(&state, UserId(user.user_id), guild, role, target).await?;
     Ok(Json(ACK))
-}
-
-/// The role, if it exists (404) and the caller may manage roles at all and
-/// this one in particular (403).
-async fn manageable_role(
-    state: &AppState,
-    access: &GuildAccess,
-    role_id: Ulid,
-) -> ApiResult<RoleRecord> {
-    access.require(Permission::ManageWorkspaceRoles)?;
-    let role = state
-        .store()
-        .role(access.guild_id, role_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    if access.can_manage_role(&role) {
-        Ok(role)
-    } else {
-        Err(ApiError::Forbidden)
-    }
-}
-
-/// Taking a role away is refused (403, as kick and ban refuse) unless the
-/// caller outranks the member ([`GuildAccess::outranks_member`]); dropping
-/// one's own role takes nothing from anyone above. A target that is not a
-/// member is left to the store, which answers 404.
-pub(crate) async fn require_outranks(
-    state: &AppState,
-    actor: &GuildAccess,
-    target: Ulid,
-) -> ApiResult<()> {
-    if target == actor.user_id {
-        return Ok(());
-    }
-    match state.authorizer().guild(actor.guild_id, target).await {
-        Ok(target) if actor.outranks_member(&target) => Ok(()),
-        Ok(_) => Err(ApiError::Forbidden),
-        Err(ApiError::Forbidden) => Ok(()),
-        Err(err) => Err(err),
-    }
-}
-
-/// The checks of assign and unassign that do not depend on the target:
-/// `manage_member_roles`, the role exists (404), is not @everyone (400), is
-/// `workspace_owner` only for the server owner, and is below the caller.
-/// Returns the caller's access with the role.
-async fn assignable_role(
-    state: &AppState,
-    guild_id: Ulid,
-    role_id: Ulid,
-    actor: Ulid,
-) -> ApiResult<(GuildAccess, RoleRecord)> {
-    let access = state.authorizer().guild(guild_id, actor).await?;
-    access.require(Permission::ManageMemberRoles)?;
-    let role = state
-        .store()
-        .role(guild_id, role_id)
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    match role.builtin {
-        Some(BuiltinRole::Everyone) => Err(ApiError::InvalidRequest),
-        Some(BuiltinRole::WorkspaceOwner) if !access.server_owner => Err(ApiError::Forbidden),
-        _ if !access.outranks(role.position) => Err(ApiError::Forbidden),
-        _ => Ok((access, role)),
-    }
-}
-
-/// 1–64 distinct role ids.
-fn unique_ids(raw: &[String]) -> ApiResult<Vec<Ulid>> {
-    if raw.is_empty() || raw.len() > MAX_ROLES as usize {
-        return Err(ApiError::InvalidRequest);
-    }
-    let mut ids = Vec::with_capacity(raw.len());
-    for id in raw {
-        let id = parse_id(id)?;
-        if ids.contains(&id) {
-            return Err(ApiError::InvalidRequest);
-        }
-        ids.push(id);
-    }
-    Ok(ids)
-}
-
-/// The proto Role of a stored role; permissions in bit order.
-pub fn proto_role(role: &RoleRecord) -> pb::Role {
-    pb::Role {
-        role_id: role.role_id.to_string(),
-        name: role.name.clone(),
-        position: role.position,
-        is_system: role.is_system(),
-        permissions: Permissions::from_stored(role.permissions).to_proto(),
-        color_hex: role.color_hex.clone(),
-    }
-}
-
-/// The REST body of a role: the same shape the wire crate defines.
-fn wire_role(role: &pb::Role) -> ApiResult<filament_wire::Role> {
-    filament_wire::Role::try_from(role)
-        .map_err(|err| ApiError::Internal(anyhow::anyhow!("role shape: {err}")))
 }
 
 pub fn routes() -> ApiRouter {
@@ -752,48 +337,4 @@ pub fn routes() -> ApiRouter {
         .routes(routes!(set_default))
         .routes(routes!(update, delete))
         .routes(routes!(assign, unassign))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn role_names() {
-        assert_eq!(
-            RoleName::try_from("  Mods  ".to_owned()).ok(),
-            Some(RoleName("Mods".to_owned()))
-        );
-        for bad in ["", "   ", "a\u{7}b", "@EVERYONE", "Workspace_Owner"] {
-            assert!(RoleName::try_from(bad.to_owned()).is_err(), "{bad:?}");
-        }
-        assert!(RoleName::try_from("x".repeat(32)).is_ok());
-        assert!(RoleName::try_from("x".repeat(33)).is_err());
-        // Bytes, not characters.
-        assert!(RoleName::try_from("é".repeat(17)).is_err());
-    }
-
-    #[test]
-    fn colors_are_uppercased() {
-        assert_eq!(
-            ColorHex::try_from("#a1b2c3".to_owned()).ok(),
-            Some(ColorHex("#A1B2C3".to_owned()))
-        );
-        for bad in ["A1B2C3", "#A1B2C", "#A1B2C3D", "#G1B2C3", "#A1B2C\u{e9}"] {
-            assert!(ColorHex::try_from(bad.to_owned()).is_err(), "{bad:?}");
-        }
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn a_role_name_with_a_nul_is_refused(
-            raw in crate::domain::hostile::text(),
-            nul in crate::domain::hostile::plain_with_nul(),
-        ) {
-            proptest::prop_assert!(RoleName::try_from(nul).is_err());
-            if RoleName::try_from(raw.clone()).is_ok() {
-                proptest::prop_assert!(crate::domain::storable_text(&raw), "{raw:?}");
-            }
-        }
-    }
 }

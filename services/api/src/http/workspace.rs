@@ -1,23 +1,22 @@
 //! `PATCH /guilds/{g}`: the workspace's name and visibility (PROTOCOL.md §2.5),
-//! announced with `workspace_update` when something actually changed.
+//! announced with `workspace_update` when something actually changed. This
+//! adapter owns the request shape; the use case is `domain::guilds::update`.
 
 use axum::Json;
 use axum::extract::State;
-use filament_proto::v1::{self as pb, event};
+use filament_ids::{GuildId, UserId};
 use filament_wire::Guild;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
-use crate::clock::now_unix;
 use crate::domain::Name;
-use crate::domain::permissions::Permission;
+use crate::domain::guilds::{self, GuildUpdate};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{AuthUser, Ids, JsonBody};
 use crate::http::openapi::{ApiRouter, GuildPath};
-use crate::publish;
 use crate::state::AppState;
-use crate::store::{GuildChange, GuildRecord, Visibility};
+use crate::store::Visibility;
 
 /// At least one field.
 #[derive(Deserialize, ToSchema)]
@@ -32,26 +31,16 @@ pub struct UpdateGuildDto {
     visibility: Option<String>,
 }
 
-/// A validated guild update: at least one field.
-struct GuildUpdate {
-    name: Option<Name>,
-    visibility: Option<Visibility>,
-}
-
 impl TryFrom<UpdateGuildDto> for GuildUpdate {
     type Error = ApiError;
 
     fn try_from(dto: UpdateGuildDto) -> Result<Self, Self::Error> {
-        if dto.name.is_none() && dto.visibility.is_none() {
-            return Err(ApiError::InvalidRequest);
-        }
-        Ok(Self {
-            name: dto.name.map(Name::try_from).transpose()?,
-            visibility: dto
-                .visibility
+        GuildUpdate::new(
+            dto.name.map(Name::try_from).transpose()?,
+            dto.visibility
                 .map(|raw| Visibility::parse(&raw).ok_or(ApiError::InvalidRequest))
                 .transpose()?,
-        })
+        )
     }
 }
 
@@ -75,66 +64,9 @@ pub async fn update(
     JsonBody(dto): JsonBody<UpdateGuildDto>,
 ) -> ApiResult<Json<Guild>> {
     let update = GuildUpdate::try_from(dto)?;
-    state
-        .authorizer()
-        .guild(guild_id, user.user_id)
-        .await?
-        .require(Permission::ManageRoles)?;
-    let now = now_unix();
-    // What changed, and so the event, only the write's transaction knows.
-    let deferred = publish::Deferred::new(&state);
-    let outbox = |change: &GuildChange| {
-        let (before, after) = (&change.before, &change.after);
-        let fields = pb::WorkspaceFields {
-            name: (after.name != before.name).then(|| after.name.clone()),
-            visibility: (after.visibility != before.visibility)
-                .then(|| proto_visibility(after.visibility).into()),
-        };
-        if fields.name.is_none() && fields.visibility.is_none() {
-            return Vec::new();
-        }
-        let guild = guild_id.to_string();
-        let event = publish::for_guild(
-            &guild,
-            event::Payload::WorkspaceUpdate(pb::WorkspaceUpdate {
-                guild_id: guild.clone(),
-                updated_fields: Some(fields),
-                updated_at_unix: now,
-                actor_user_id: Some(user.user_id.to_string()),
-            }),
-        );
-        deferred.rows(vec![event])
-    };
-    let change = state
-        .store()
-        .update_guild(
-            guild_id,
-            update.name.map(Name::into_string),
-            update.visibility,
-            &outbox,
-        )
-        .await?
-        .ok_or(ApiError::NotFound)?;
-    publish::publish_all(&state, deferred.into_pending()).await;
-    Ok(Json(wire_guild(&change.after)))
-}
-
-fn proto_visibility(visibility: Visibility) -> pb::Visibility {
-    match visibility {
-        Visibility::Private => pb::Visibility::Private,
-        Visibility::Public => pb::Visibility::Public,
-    }
-}
-
-fn wire_guild(guild: &GuildRecord) -> Guild {
-    Guild {
-        guild_id: guild.guild_id.to_string(),
-        name: guild.name.clone(),
-        visibility: match guild.visibility {
-            Visibility::Private => filament_wire::Visibility::Private,
-            Visibility::Public => filament_wire::Visibility::Public,
-        },
-    }
+    guilds::update(&state, UserId(user.user_id), GuildId(guild_id), update)
+        .await
+        .map(Json)
 }
 
 pub fn routes() -> ApiRouter {

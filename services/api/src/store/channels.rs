@@ -14,14 +14,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type}
 use ulid::Ulid;
 
 use super::sql::{SqlStore, conflict_on, decode_channel};
-use super::{ChannelRecord, OutboxEvent, OutboxFor, StoreResult};
-
-/// A channel before and after a rename.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelChange {
-    pub before: ChannelRecord,
-    pub after: ChannelRecord,
-}
+use super::{Change, ChannelRecord, OutboxEvent, OutboxFor, StoreResult};
 
 impl<DB> SqlStore<DB>
 where
@@ -63,8 +56,8 @@ where
         guild_id: Ulid,
         channel_id: Ulid,
         name: String,
-        outbox: OutboxFor<'_, ChannelChange>,
-    ) -> StoreResult<Option<ChannelChange>> {
+        outbox: OutboxFor<'_, Change<ChannelRecord>>,
+    ) -> StoreResult<Option<Change<ChannelRecord>>> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "UPDATE channels SET name = name WHERE channel_id = $1 AND guild_id = $2 \
@@ -86,7 +79,7 @@ where
             name,
             ..before.clone()
         };
-        let change = ChannelChange { before, after };
+        let change = Change { before, after };
         Self::enqueue_outbox_all(&mut tx, outbox(&change)).await?;
         tx.commit().await?;
         Ok(Some(change))

@@ -10,14 +10,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type}
 use ulid::Ulid;
 
 use super::sql::{SqlStore, decode_guild};
-use super::{GuildRecord, OutboxFor, StoreResult, Visibility};
-
-/// A guild before and after an update.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GuildChange {
-    pub before: GuildRecord,
-    pub after: GuildRecord,
-}
+use super::{Change, GuildRecord, OutboxFor, StoreResult, Visibility};
 
 impl<DB> SqlStore<DB>
 where
@@ -35,8 +28,8 @@ where
         guild_id: Ulid,
         name: Option<String>,
         visibility: Option<Visibility>,
-        outbox: OutboxFor<'_, GuildChange>,
-    ) -> StoreResult<Option<GuildChange>> {
+        outbox: OutboxFor<'_, Change<GuildRecord>>,
+    ) -> StoreResult<Option<Change<GuildRecord>>> {
         let guild = guild_id.to_string();
         let mut tx = self.pool.begin().await?;
         // The no-op update locks the row and returns it as it was.
@@ -61,7 +54,7 @@ where
             .bind(guild)
             .execute(&mut *tx)
             .await?;
-        let change = GuildChange { before, after };
+        let change = Change { before, after };
         Self::enqueue_outbox_all(&mut tx, outbox(&change)).await?;
         tx.commit().await?;
         Ok(Some(change))

@@ -654,13 +654,16 @@ mod tests {
     ) -> Ulid {
         let guild_id = Ulid::generate();
         store
-            .create_guild(GuildRecord {
-                guild_id,
-                name: name.to_owned(),
-                visibility,
-                created_by: owner,
-                created_at_unix: at,
-            })
+            .create_guild(
+                GuildRecord {
+                    guild_id,
+                    name: name.to_owned(),
+                    visibility,
+                    created_by: owner,
+                    created_at_unix: at,
+                },
+                crate::store::BuiltinMasks::FOR_TESTS,
+            )
             .await
             .expect("create guild");
         guild_id

@@ -773,13 +773,16 @@ mod tests {
             .unwrap();
         let guild_id = Ulid::generate();
         store
-            .create_guild(GuildRecord {
-                guild_id,
-                name: "guild".to_owned(),
-                visibility: Visibility::Private,
-                created_by: owner,
-                created_at_unix: NOW,
-            })
+            .create_guild(
+                GuildRecord {
+                    guild_id,
+                    name: "guild".to_owned(),
+                    visibility: Visibility::Private,
+                    created_by: owner,
+                    created_at_unix: NOW,
+                },
+                crate::store::BuiltinMasks::FOR_TESTS,
+            )
             .await
             .unwrap();
         let mut channels = Vec::new();

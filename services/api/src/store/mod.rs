@@ -33,8 +33,6 @@ mod sqlite;
 pub(crate) mod tests;
 
 pub use audit::{AuditCursor, AuditEntry, AuditPage, AuditStore, NewAuditEntry};
-pub use channels::ChannelChange;
-pub use guilds::GuildChange;
 pub use idempotency::{IdempotencyRecord, IdempotencyStore, StoredResponse};
 pub use members::{
     AddMemberOutcome, IpBanCursor, IpBanOutcome, IpBanRecord, MemberStore, NewGuildBan,
@@ -47,8 +45,8 @@ pub use messages::{
 };
 pub use outbox::{OutboxEvent, OutboxFor, OutboxRecord, OutboxStore, ReactionOutbox};
 pub use roles::{
-    AssignOutcome, BuiltinRole, CreateRoleOutcome, OverrideRecord, OverrideTarget, RoleChanges,
-    RoleRecord, RoleStore, UnassignOutcome, WORKSPACE_OWNER_POSITION,
+    AssignOutcome, BuiltinMasks, BuiltinRole, CreateRoleOutcome, OverrideRecord, OverrideTarget,
+    RoleChanges, RoleRecord, RoleStore, UnassignOutcome, WORKSPACE_OWNER_POSITION,
 };
 pub use social::{
     AcceptedFriendRequest, FriendRecord, FriendRequestParties, FriendRequestRecord, ImageKind,
@@ -256,6 +254,14 @@ impl MemberRole {
     }
 }
 
+/// A record as it was before a write and as the write left it, so that the
+/// caller can tell what changed (a guild's settings, a channel's name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change<T> {
+    pub before: T,
+    pub after: T,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuildRecord {
     pub guild_id: Ulid,
@@ -384,8 +390,9 @@ pub trait CoreStore: Send + Sync + 'static {
     ) -> StoreResult<Option<Ulid>>;
 
     // --- guilds and members ---------------------------------------------
-    /// Creates the guild and makes its creator a member with role `Owner`.
-    async fn create_guild(&self, guild: GuildRecord) -> StoreResult<()>;
+    /// Creates the guild and makes its creator a member with role `Owner`;
+    /// its built-in roles are seeded with `masks`.
+    async fn create_guild(&self, guild: GuildRecord, masks: BuiltinMasks) -> StoreResult<()>;
     async fn guild(&self, guild_id: Ulid) -> StoreResult<Option<GuildRecord>>;
     /// Guilds where the user is a member, newest first, at most `limit`.
     async fn guilds_for_user(&self, user_id: Ulid, limit: u32) -> StoreResult<Vec<GuildRecord>>;

@@ -208,10 +208,9 @@ mod tests {
     use super::*;
     use crate::store::tests::{TextChannel, conformance};
     use crate::store::{
-        AddMemberOutcome, AssignOutcome, ChannelChange, ChannelKind, ChannelRecord,
-        CreateRoleOutcome, FriendRequestRecord, MemberRecord, MemberRole, MessageInsert,
-        NewFriendRequest, NewSession, NewUser, ProfileChange, ReactionKey, RoleRecord, Store,
-        StoreError,
+        AddMemberOutcome, AssignOutcome, Change, ChannelKind, ChannelRecord, CreateRoleOutcome,
+        FriendRequestRecord, MemberRecord, MemberRole, MessageInsert, NewFriendRequest, NewSession,
+        NewUser, ProfileChange, ReactionKey, RoleRecord, Store, StoreError,
     };
 
     conformance!(
@@ -549,7 +548,7 @@ mod tests {
         // A rename builds its row from what its transaction saw; a rename
         // of no channel builds nothing.
         let renamed = event(&mut generator, 0);
-        let build = |change: &ChannelChange| {
+        let build = |change: &Change<ChannelRecord>| {
             assert_eq!(
                 (change.before.name.as_str(), change.after.name.as_str()),
                 ("new", "renamed")

@@ -16,15 +16,39 @@ use ulid::Ulid;
 
 use super::sql::{SqlStore, decode_enum, decode_ulid};
 use super::{
-    ChannelChange, GuildChange, MemberRole, OutboxEvent, OutboxFor, StoreResult, Visibility,
+    Change, ChannelRecord, GuildRecord, MemberRole, OutboxEvent, OutboxFor, StoreResult, Visibility,
 };
-use crate::domain::permissions::Permissions;
 
 /// Where the seeded roles sit (PROTOCOL.md §3.2).
 pub const EVERYONE_POSITION: i64 = 0;
 pub const WORKSPACE_OWNER_POSITION: i64 = 10_000;
 pub const MODERATOR_POSITION: i64 = 100;
 pub const MEMBER_POSITION: i64 = 1;
+
+/// The permission masks a new guild's four built-in roles are seeded with
+/// (PROTOCOL.md §3.2). The permission model is the domain's, so the caller
+/// of [`CoreStore::create_guild`](super::CoreStore::create_guild) passes
+/// them in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuiltinMasks {
+    pub everyone: u64,
+    pub workspace_owner: u64,
+    pub moderator: u64,
+    pub member: u64,
+}
+
+#[cfg(test)]
+impl BuiltinMasks {
+    /// The masks the domain seeds, as literals, for the store's tests,
+    /// which may not import the domain; a test in `domain::roles` checks
+    /// that the two agree.
+    pub(crate) const FOR_TESTS: Self = Self {
+        everyone: 2304,
+        workspace_owner: 4095,
+        moderator: 4090,
+        member: 2304,
+    };
+}
 
 /// The four roles seeded in every guild. `@everyone` and `workspace_owner`
 /// are the system roles; `moderator` and `member` are ordinary roles that
@@ -89,7 +113,7 @@ pub struct RoleRecord {
     pub position: i64,
     pub builtin: Option<BuiltinRole>,
     /// The mask as stored. It may carry bits this build does not know;
-    /// read it through [`Permissions::from_stored`].
+    /// read it through the domain's `Permissions::from_stored`.
     pub permissions: u64,
     /// `#RRGGBB`, uppercase.
     pub color_hex: Option<String>,
@@ -348,8 +372,8 @@ pub trait RoleStore: Send + Sync + 'static {
         guild_id: Ulid,
         name: Option<String>,
         visibility: Option<Visibility>,
-        outbox: OutboxFor<'_, GuildChange>,
-    ) -> StoreResult<Option<GuildChange>>;
+        outbox: OutboxFor<'_, Change<GuildRecord>>,
+    ) -> StoreResult<Option<Change<GuildRecord>>>;
     /// `None` if the channel does not exist in the guild.
     ///
     /// Stores the events `outbox` builds from the channel before and after,
@@ -360,8 +384,8 @@ pub trait RoleStore: Send + Sync + 'static {
         guild_id: Ulid,
         channel_id: Ulid,
         name: String,
-        outbox: OutboxFor<'_, ChannelChange>,
-    ) -> StoreResult<Option<ChannelChange>>;
+        outbox: OutboxFor<'_, Change<ChannelRecord>>,
+    ) -> StoreResult<Option<Change<ChannelRecord>>>;
     /// Deletes the channel with its messages and overrides. False if it did
     /// not exist in the guild.
     ///
@@ -379,14 +403,15 @@ pub trait RoleStore: Send + Sync + 'static {
 const ROLE_COLUMNS: &str =
     "role_id, guild_id, name, position, builtin, permissions, color_hex, created_at_unix";
 
-/// Seeds the four default roles of a new guild (PROTOCOL.md §3.2) and assigns
-/// `workspace_owner` explicitly to its creator, inside the caller's
-/// transaction (`create_guild`).
+/// Seeds the four default roles of a new guild (PROTOCOL.md §3.2) with
+/// `masks`, and assigns `workspace_owner` explicitly to its creator, inside
+/// the caller's transaction (`create_guild`).
 pub(super) async fn seed_guild_roles<DB>(
     connection: &mut DB::Connection,
     guild_id: &str,
     creator: &str,
     now_unix: i64,
+    masks: BuiltinMasks,
 ) -> Result<(), sqlx::Error>
 where
     DB: Database,
@@ -400,26 +425,21 @@ where
             "@everyone",
             EVERYONE_POSITION,
             BuiltinRole::Everyone,
-            Permissions::EVERYONE,
+            masks.everyone,
         ),
         (
             "workspace_owner",
             WORKSPACE_OWNER_POSITION,
             BuiltinRole::WorkspaceOwner,
-            Permissions::ALL,
+            masks.workspace_owner,
         ),
         (
             "moderator",
             MODERATOR_POSITION,
             BuiltinRole::Moderator,
-            Permissions::MODERATOR,
+            masks.moderator,
         ),
-        (
-            "member",
-            MEMBER_POSITION,
-            BuiltinRole::Member,
-            Permissions::MEMBER,
-        ),
+        ("member", MEMBER_POSITION, BuiltinRole::Member, masks.member),
     ];
     let mut owner_role_id = String::new();
     for (name, position, builtin, permissions) in seeds {
@@ -437,7 +457,7 @@ where
         .bind(name.to_owned())
         .bind(position)
         .bind(builtin.as_str().to_owned())
-        .bind(mask_to_db(permissions.bits()))
+        .bind(mask_to_db(permissions))
         .bind(now_unix)
         .execute(&mut *connection)
         .await?;
@@ -988,8 +1008,8 @@ where
         guild_id: Ulid,
         name: Option<String>,
         visibility: Option<Visibility>,
-        outbox: OutboxFor<'_, GuildChange>,
-    ) -> StoreResult<Option<GuildChange>> {
+        outbox: OutboxFor<'_, Change<GuildRecord>>,
+    ) -> StoreResult<Option<Change<GuildRecord>>> {
         self.write_guild_settings(guild_id, name, visibility, outbox)
             .await
     }
@@ -999,8 +1019,8 @@ where
         guild_id: Ulid,
         channel_id: Ulid,
         name: String,
-        outbox: OutboxFor<'_, ChannelChange>,
-    ) -> StoreResult<Option<ChannelChange>> {
+        outbox: OutboxFor<'_, Change<ChannelRecord>>,
+    ) -> StoreResult<Option<Change<ChannelRecord>>> {
         self.write_channel_name(guild_id, channel_id, name, outbox)
             .await
     }
@@ -1307,13 +1327,16 @@ mod tests {
         let owner = user(store).await;
         let guild_id = Ulid::generate();
         store
-            .create_guild(GuildRecord {
-                guild_id,
-                name: "g".to_owned(),
-                visibility: Visibility::Private,
-                created_by: owner,
-                created_at_unix: NOW,
-            })
+            .create_guild(
+                GuildRecord {
+                    guild_id,
+                    name: "g".to_owned(),
+                    visibility: Visibility::Private,
+                    created_by: owner,
+                    created_at_unix: NOW,
+                },
+                BuiltinMasks::FOR_TESTS,
+            )
             .await
             .unwrap();
         (guild_id, owner)

@@ -1008,13 +1008,16 @@ mod tests {
         let bob = user(store.as_ref(), "bob").await;
         let guild_id = Ulid::generate();
         store
-            .create_guild(GuildRecord {
-                guild_id,
-                name: "g".to_owned(),
-                visibility: Visibility::Private,
-                created_by: alice,
-                created_at_unix: NOW,
-            })
+            .create_guild(
+                GuildRecord {
+                    guild_id,
+                    name: "g".to_owned(),
+                    visibility: Visibility::Private,
+                    created_by: alice,
+                    created_at_unix: NOW,
+                },
+                crate::store::BuiltinMasks::FOR_TESTS,
+            )
             .await
             .unwrap();
         assert_eq!(

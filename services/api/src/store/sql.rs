@@ -14,9 +14,9 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 use ulid::Ulid;
 
 use super::{
-    ChannelKind, ChannelRecord, CoreStore, GuildRecord, HistoryCursor, MemberRecord, MemberRole,
-    MessageRecord, MessageStore, NewSession, NewUser, OutboxEvent, OutboxFor, RotateOutcome,
-    StoreError, StoreResult, UserRecord, Visibility,
+    BuiltinMasks, ChannelKind, ChannelRecord, CoreStore, GuildRecord, HistoryCursor, MemberRecord,
+    MemberRole, MessageRecord, MessageStore, NewSession, NewUser, OutboxEvent, OutboxFor,
+    RotateOutcome, StoreError, StoreResult, UserRecord, Visibility,
 };
 
 /// A [`Store`] over a pool of one sqlx backend. Named through the
@@ -216,7 +216,7 @@ where
         Ok(Some(user_id))
     }
 
-    async fn create_guild(&self, guild: GuildRecord) -> StoreResult<()> {
+    async fn create_guild(&self, guild: GuildRecord, masks: BuiltinMasks) -> StoreResult<()> {
         let guild_id = guild.guild_id.to_string();
         let created_by = guild.created_by.to_string();
         // A guild without its owner membership would be unreachable, so both
@@ -245,8 +245,14 @@ where
         .execute(&mut *tx)
         .await?;
         // The default roles come with the guild: permission checks need them.
-        super::roles::seed_guild_roles(&mut *tx, &guild_id, &created_by, guild.created_at_unix)
-            .await?;
+        super::roles::seed_guild_roles(
+            &mut *tx,
+            &guild_id,
+            &created_by,
+            guild.created_at_unix,
+            masks,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }

@@ -81,13 +81,16 @@ impl TextChannel {
             .expect("user");
         let guild_id = Ulid::generate();
         store
-            .create_guild(GuildRecord {
-                guild_id,
-                name: "g".to_owned(),
-                visibility: Visibility::Private,
-                created_by: author,
-                created_at_unix: 1,
-            })
+            .create_guild(
+                GuildRecord {
+                    guild_id,
+                    name: "g".to_owned(),
+                    visibility: Visibility::Private,
+                    created_by: author,
+                    created_at_unix: 1,
+                },
+                crate::store::BuiltinMasks::FOR_TESTS,
+            )
             .await
             .expect("guild");
         let channel_id = Ulid::generate();
@@ -243,7 +246,7 @@ fn guild_record(guild_id: Ulid, created_by: Ulid, created_at_unix: i64) -> Guild
 async fn create_guild(store: &dyn Store, created_by: Ulid, created_at_unix: i64) -> GuildRecord {
     let guild = guild_record(Ulid::generate(), created_by, created_at_unix);
     store
-        .create_guild(guild.clone())
+        .create_guild(guild.clone(), crate::store::BuiltinMasks::FOR_TESTS)
         .await
         .expect("create guild");
     guild
@@ -768,7 +771,9 @@ async fn create_guild_makes_the_creator_owner(store: Arc<dyn Store>) {
         None
     );
 
-    let again = store.create_guild(guild.clone()).await;
+    let again = store
+        .create_guild(guild.clone(), crate::store::BuiltinMasks::FOR_TESTS)
+        .await;
     assert!(
         matches!(again, Err(StoreError::Conflict("guild_id"))),
         "expected Conflict(\"guild_id\"), got {again:?}"
@@ -779,7 +784,9 @@ async fn create_guild_is_atomic(store: Arc<dyn Store>) {
     // The owner membership cannot be inserted for a user that does not
     // exist, so the guild row written before it must be rolled back.
     let guild = guild_record(Ulid::generate(), Ulid::generate(), NOW);
-    let created = store.create_guild(guild.clone()).await;
+    let created = store
+        .create_guild(guild.clone(), crate::store::BuiltinMasks::FOR_TESTS)
+        .await;
     assert!(created.is_err(), "expected an error, got {created:?}");
     assert_eq!(store.guild(guild.guild_id).await.expect("guild"), None);
 }
@@ -793,7 +800,7 @@ async fn guilds_for_user_newest_first_limited_members_only(store: Arc<dyn Store>
     let tied_high = guild_record(ulid_at(2_000), alice, NOW + 300);
     for guild in [&tied_high, &tied_low] {
         store
-            .create_guild(guild.clone())
+            .create_guild(guild.clone(), crate::store::BuiltinMasks::FOR_TESTS)
             .await
             .expect("create guild");
     }
@@ -1164,13 +1171,16 @@ async fn members_page_by_user_id(store: Arc<dyn Store>) {
     let owner = create_user(store.as_ref(), "pager").await;
     let guild_id = Ulid::generate();
     store
-        .create_guild(GuildRecord {
-            guild_id,
-            name: "Paged".to_owned(),
-            visibility: Visibility::Public,
-            created_by: owner,
-            created_at_unix: NOW,
-        })
+        .create_guild(
+            GuildRecord {
+                guild_id,
+                name: "Paged".to_owned(),
+                visibility: Visibility::Public,
+                created_by: owner,
+                created_at_unix: NOW,
+            },
+            crate::store::BuiltinMasks::FOR_TESTS,
+        )
         .await
         .expect("create guild");
     let mut expected = vec![owner];

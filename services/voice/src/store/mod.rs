@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use filament_ids::GuildId;
 use filament_proto::v1::{Event, VoiceGrantHolder, VoiceParticipantSync, VoiceStateFields};
 
 use crate::roster::{ChannelKey, Clock, LiveParticipant, Reconciled, Roster, RosterError, Stream};
@@ -54,7 +55,7 @@ pub enum Change<'a> {
     },
     RemoveUser {
         user_id: &'a str,
-        guild_id: Option<&'a str>,
+        guild_id: Option<GuildId>,
         unless_joined_after_ms: Option<i64>,
     },
     /// Prunes the channel, then reads its roster.
@@ -67,7 +68,7 @@ pub enum Change<'a> {
         grace: Duration,
     },
     GuildParticipants {
-        guild_id: &'a str,
+        guild_id: GuildId,
     },
     Prune,
 }
@@ -99,7 +100,7 @@ pub(crate) enum Scope<'a> {
     /// totals the global limits are checked against.
     Join(&'a ChannelKey, &'a str),
     /// Every channel of the guild, whole.
-    Guild(&'a str),
+    Guild(GuildId),
     /// The seats whose TTL ran out.
     Expired,
 }

@@ -45,6 +45,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use filament_ids::GuildId;
 use filament_proto::v1::Event;
 use filament_registry::{Breaker, BreakerConfig, RedisOptions, Tripped};
 use redis::aio::MultiplexedConnection;
@@ -364,16 +365,18 @@ impl RedisRosterStore {
     async fn load_guild(
         &self,
         conn: &mut MultiplexedConnection,
-        guild: &str,
+        guild: GuildId,
         slice: &mut Slice,
     ) -> StoreResult<()> {
         let channels: Vec<String> = redis::cmd("SMEMBERS")
             .arg(self.keys.guild(guild))
             .query_async(conn)
             .await?;
-        for channel_id in channels {
+        // Only this store writes the set, always canonically; a member
+        // that does not parse is not a channel.
+        for channel_id in channels.iter().filter_map(|c| c.parse().ok()) {
             let key = ChannelKey {
-                guild_id: guild.to_owned(),
+                guild_id: guild,
                 channel_id,
             };
             self.load_channel(conn, &key, slice).await?;
@@ -607,12 +610,12 @@ fn write_channel_index(
     match (before > 0, after > 0) {
         (false, true) => {
             pipe.sadd(keys.channels(), channel_member(key)).ignore();
-            pipe.sadd(keys.guild(&key.guild_id), &key.channel_id)
+            pipe.sadd(keys.guild(key.guild_id), key.channel_id.to_string())
                 .ignore();
         }
         (true, false) => {
             pipe.srem(keys.channels(), channel_member(key)).ignore();
-            pipe.srem(keys.guild(&key.guild_id), &key.channel_id)
+            pipe.srem(keys.guild(key.guild_id), key.channel_id.to_string())
                 .ignore();
         }
         _ => return false,
@@ -645,7 +648,7 @@ impl Keys {
         format!("{}channels", self.0)
     }
 
-    fn guild(&self, guild: &str) -> String {
+    fn guild(&self, guild: GuildId) -> String {
         format!("{}guild:{guild}", self.0)
     }
 }
@@ -654,10 +657,12 @@ fn channel_member(key: &ChannelKey) -> String {
     format!("{}:{}", key.guild_id, key.channel_id)
 }
 
+/// The channel of a [`channel_member`]; `None` if either id is not
+/// canonical, which no member this store wrote can be.
 fn parse_channel(member: &str) -> Option<ChannelKey> {
     let (guild_id, channel_id) = member.split_once(':')?;
     Some(ChannelKey {
-        guild_id: guild_id.to_owned(),
-        channel_id: channel_id.to_owned(),
+        guild_id: guild_id.parse().ok()?,
+        channel_id: channel_id.parse().ok()?,
     })
 }

@@ -18,7 +18,9 @@ use filament_proto::v1::{VoiceParticipantSync, VoiceStateFields};
 
 use super::*;
 use crate::livekit;
-use crate::roster::tests::{describe, key, streams};
+use filament_ids::{ChannelId, GuildId};
+
+use crate::roster::tests::{channel_name, describe, guild, key, streams};
 use crate::roster::{Limits, ObservedTrack};
 
 const TTL: Duration = Duration::from_secs(300);
@@ -144,7 +146,8 @@ async fn a_join_announces_the_participant_then_each_stream(h: &impl Harness) {
     );
     let snapshot = sync(s, &key(1), T0).await;
     let p = &snapshot.participants[0];
-    assert_eq!(p.identity, "u.alice.G1.C1");
+    let (g1, c1) = (key(1).guild_id, key(1).channel_id);
+    assert_eq!(p.identity, format!("u.alice.{g1}.{c1}"));
     assert_eq!(p.joined_at_unix, T0.unix_ms / 1000);
     assert!(p.is_video_enabled && p.is_screen_share_enabled);
     assert!(!p.is_muted && !p.is_deafened && !p.is_speaking);
@@ -345,7 +348,10 @@ async fn removals_respect_guild_and_a_later_join(h: &impl Harness) {
         guild_id,
         unless_joined_after_ms,
     };
-    assert_eq!(removed(s, remove(Some("G2"), None), T0).await, (0, vec![]));
+    assert_eq!(
+        removed(s, remove(Some(guild(2)), None), T0).await,
+        (0, vec![])
+    );
     let before_join = Some(T0.unix_ms - 1);
     assert_eq!(
         removed(s, remove(None, before_join), T0).await,
@@ -356,7 +362,10 @@ async fn removals_respect_guild_and_a_later_join(h: &impl Harness) {
         removed(s, remove(None, Some(T0.unix_ms)), T0).await,
         (1, vec!["C1: leave alice".to_owned()])
     );
-    assert_eq!(removed(s, remove(Some("G1"), None), T0).await, (0, vec![]));
+    assert_eq!(
+        removed(s, remove(Some(guild(1)), None), T0).await,
+        (0, vec![])
+    );
     let nobody = Change::RemoveUser {
         user_id: "nobody",
         guild_id: None,
@@ -448,8 +457,8 @@ async fn reconcile_follows_livekit_but_spares_fresh_tokens(h: &impl Harness) {
     let s = h.store();
     // Real ULIDs: LiveKit identities embed them and are parsed back.
     let channel = ChannelKey {
-        guild_id: ulid::Ulid::generate().to_string(),
-        channel_id: ulid::Ulid::generate().to_string(),
+        guild_id: GuildId::generate(),
+        channel_id: ChannelId::generate(),
     };
     let [gone, muted, fresh] = [(); 3].map(|()| ulid::Ulid::generate().to_string());
     for user in [&gone, &muted] {
@@ -506,8 +515,8 @@ async fn reconcile_follows_livekit_but_spares_fresh_tokens(h: &impl Harness) {
 async fn guild_participants_list_each_seat_with_its_grants(h: &impl Harness) {
     let s = h.store();
     let other_channel = ChannelKey {
-        guild_id: "G1".to_owned(),
-        channel_id: "C9".to_owned(),
+        guild_id: guild(1),
+        channel_id: key(9).channel_id,
     };
     join(s, &key(1), "alice", &[Stream::Camera], T0).await;
     let none = BTreeSet::new();
@@ -519,7 +528,7 @@ async fn guild_participants_list_each_seat_with_its_grants(h: &impl Harness) {
     };
     run(s, listener, T0).await.0.unwrap();
     join(s, &key(2), "carol", &[], T0).await;
-    let holders = match run(s, Change::GuildParticipants { guild_id: "G1" }, T0)
+    let holders = match run(s, Change::GuildParticipants { guild_id: guild(1) }, T0)
         .await
         .0
     {
@@ -528,7 +537,14 @@ async fn guild_participants_list_each_seat_with_its_grants(h: &impl Harness) {
     };
     let mut seen: Vec<_> = holders
         .into_iter()
-        .map(|h| (h.user_id, h.channel_id, h.can_subscribe, h.publish_sources))
+        .map(|h| {
+            (
+                h.user_id,
+                channel_name(&h.channel_id),
+                h.can_subscribe,
+                h.publish_sources,
+            )
+        })
         .collect();
     seen.sort();
     let camera = i32::from(Stream::Camera.to_proto());
@@ -820,9 +836,9 @@ mod replicas {
         let mut channels = new.voice_channels().await.unwrap();
         channels.sort();
         assert_eq!(channels, [key(1), key(2)]);
-        assert_eq!(new.guild_participants("G1").await.unwrap().len(), 2);
+        assert_eq!(new.guild_participants(guild(1)).await.unwrap().len(), 2);
         // What the old replica set up, the new one takes down.
-        assert_eq!(new.remove_user("G2", "carol").await.unwrap(), 1);
+        assert_eq!(new.remove_user(guild(2), "carol").await.unwrap(), 1);
         assert_eq!(events.kinds(), ["unpublish", "leave"]);
     }
 
