@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use axum::body::Body;
+use filament_ids::AttachmentId;
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
 use tokio_stream::StreamExt as _;
@@ -28,7 +29,7 @@ pub fn storage(state: &crate::state::AppState) -> LocalStorage {
 /// Removes an attachment's file after its row is gone (or never came). A
 /// failure leaves an orphan file, never a row without bytes, so it is
 /// logged rather than failing the request.
-pub async fn remove_file(storage: &dyn AttachmentStorage, attachment_id: Ulid) {
+pub async fn remove_file(storage: &dyn AttachmentStorage, attachment_id: AttachmentId) {
     if let Err(err) = storage.remove(attachment_id).await {
         tracing::error!(%attachment_id, %err, "cannot remove attachment file");
     }
@@ -71,13 +72,13 @@ pub trait AttachmentStorage: Send + Sync + 'static {
     async fn stage(&self, body: Body, max_bytes: u64) -> Result<Staged, StageError>;
 
     /// Makes a staged upload the object `attachment_id`.
-    async fn commit(&self, staged: Staged, attachment_id: Ulid) -> io::Result<()>;
+    async fn commit(&self, staged: Staged, attachment_id: AttachmentId) -> io::Result<()>;
 
     /// The object's bytes as a streaming body; `NotFound` if there is none.
-    async fn open(&self, attachment_id: Ulid) -> io::Result<Body>;
+    async fn open(&self, attachment_id: AttachmentId) -> io::Result<Body>;
 
     /// Removes the object; removing a missing object is not an error.
-    async fn remove(&self, attachment_id: Ulid) -> io::Result<()>;
+    async fn remove(&self, attachment_id: AttachmentId) -> io::Result<()>;
 }
 
 /// Objects as files `<root>/objects/<id>`, staged in `<root>/staging` on
@@ -100,7 +101,7 @@ impl LocalStorage {
         self.root.join("objects")
     }
 
-    fn object_path(&self, attachment_id: Ulid) -> PathBuf {
+    fn object_path(&self, attachment_id: AttachmentId) -> PathBuf {
         // A canonical ULID is 26 Crockford characters: a safe file name.
         self.objects_dir().join(attachment_id.to_string())
     }
@@ -144,19 +145,19 @@ impl AttachmentStorage for LocalStorage {
         })
     }
 
-    async fn commit(&self, mut staged: Staged, attachment_id: Ulid) -> io::Result<()> {
+    async fn commit(&self, mut staged: Staged, attachment_id: AttachmentId) -> io::Result<()> {
         tokio::fs::create_dir_all(self.objects_dir()).await?;
         tokio::fs::rename(staged.file.path(), self.object_path(attachment_id)).await?;
         staged.file.disarm();
         Ok(())
     }
 
-    async fn open(&self, attachment_id: Ulid) -> io::Result<Body> {
+    async fn open(&self, attachment_id: AttachmentId) -> io::Result<Body> {
         let file = tokio::fs::File::open(self.object_path(attachment_id)).await?;
         Ok(Body::from_stream(tokio_util::io::ReaderStream::new(file)))
     }
 
-    async fn remove(&self, attachment_id: Ulid) -> io::Result<()> {
+    async fn remove(&self, attachment_id: AttachmentId) -> io::Result<()> {
         match tokio::fs::remove_file(self.object_path(attachment_id)).await {
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
@@ -241,7 +242,7 @@ mod tests {
         assert_eq!(staged.size_bytes, 20_000);
         assert_eq!(staged.head, data[..SNIFF_BYTES]);
         assert_eq!(staged.sha256_hex, hex(&Sha256::digest(&data)));
-        let id = Ulid::generate();
+        let id = AttachmentId::generate();
         storage.commit(staged, id).await.unwrap();
         assert!(entries(&root.join("staging")).is_empty());
 

@@ -5,6 +5,7 @@ use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use filament_ids::UserId;
 use filament_runtime::public::PublicLimits;
 use filament_runtime::secret::{SecretBytes, SecretUrl};
 use filament_runtime::service_auth::ServiceToken;
@@ -31,7 +32,7 @@ pub struct Config {
     pub session_ttl: Duration,
     pub max_created_guilds_per_user: u64,
     /// A user with every permission in every guild, member or not.
-    pub server_owner: Option<ulid::Ulid>,
+    pub server_owner: Option<UserId>,
     pub password_hashing: PasswordHashing,
     /// How many hashes run at once and how many callers wait for one.
     pub hashing_limits: HashingLimits,
@@ -236,7 +237,10 @@ impl Config {
             "FILAMENT_MAX_CREATED_GUILDS_PER_USER",
             config.max_created_guilds_per_user,
         )?;
-        config.server_owner = env.optional("FILAMENT_SERVER_OWNER_USER_ID")?;
+        // Read as a plain ULID, in any case, as before ids were typed.
+        config.server_owner = env
+            .optional::<ulid::Ulid>("FILAMENT_SERVER_OWNER_USER_ID")?
+            .map(UserId);
         config.public = PublicLimits::from_env(env)?;
         config.database = crate::store::DatabaseLimits::from_env(env)?;
         config.rate_limit_per_minute = env.or(

@@ -1,6 +1,7 @@
 //! `filament.v1.EdgeAccess`: the gateway's questions, answered with the same
 //! token verification and permission checks as REST.
 
+use filament_ids::{ChannelId, GuildId, UserId};
 use filament_proto::v1::edge_access_server::{EdgeAccess, EdgeAccessServer};
 use std::net::IpAddr;
 
@@ -11,7 +12,6 @@ use filament_proto::v1::{
     IdentifyResponse,
 };
 use tonic::{Request, Response, Status};
-use ulid::Ulid;
 
 use crate::clock::now_unix;
 use crate::domain::messages::{NewMessage, post};
@@ -120,7 +120,7 @@ impl EdgeAccess for EdgeAccessService {
     }
 }
 
-async fn banned(state: &AppState, guild: Ulid, ip: IpAddr, now: i64) -> Result<bool, Status> {
+async fn banned(state: &AppState, guild: GuildId, ip: IpAddr, now: i64) -> Result<bool, Status> {
     let banned = state
         .store()
         .ip_banned(guild, ip, now)
@@ -129,11 +129,18 @@ async fn banned(state: &AppState, guild: Ulid, ip: IpAddr, now: i64) -> Result<b
     Ok(banned)
 }
 
-/// A socket's user and the guild and channel it names, as ULIDs.
-fn socket_ids(user: &str, guild: &str, channel: &str) -> Result<(Ulid, Ulid, Ulid), Status> {
-    let parse =
-        |raw: &str| parse_id(raw).map_err(|_| Status::invalid_argument("ids must be ULIDs"));
-    Ok((parse(user)?, parse(guild)?, parse(channel)?))
+/// A socket's user and the guild and channel it names.
+fn socket_ids(
+    user: &str,
+    guild: &str,
+    channel: &str,
+) -> Result<(UserId, GuildId, ChannelId), Status> {
+    let invalid = |_| Status::invalid_argument("ids must be ULIDs");
+    Ok((
+        parse_id(user).map_err(invalid)?,
+        parse_id(guild).map_err(invalid)?,
+        parse_id(channel).map_err(invalid)?,
+    ))
 }
 
 fn parse_ip(raw: &str) -> Result<IpAddr, Status> {

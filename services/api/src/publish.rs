@@ -14,10 +14,10 @@
 
 use std::sync::{Mutex, PoisonError};
 
+use filament_ids::{GuildId, SessionId, UserId};
 use filament_proto::v1::{
     self as pb, Audience, ChannelAudience, Event, GuildAudience, audience, event,
 };
-use ulid::Ulid;
 
 use crate::clock::now_unix_ms;
 use crate::error::{ApiError, ApiResult};
@@ -168,7 +168,7 @@ pub fn access_changed(
 /// sessions ended. Published with [`Pending::publish_acked`], after the session is
 /// listed as revoked in the registry, so that a socket this misses
 /// (identified just before) finds the revocation there.
-pub fn session_revoked(user_id: Ulid, session_id: Ulid) -> Event {
+pub fn session_revoked(user_id: UserId, session_id: SessionId) -> Event {
     let user = user_id.to_string();
     for_users(
         vec![user.clone()],
@@ -251,9 +251,9 @@ impl AccessRevocation {
 /// the entry cannot be written; that failure is logged loudly.
 pub async fn audit(
     state: &AppState,
-    guild_id: ulid::Ulid,
-    actor_user_id: ulid::Ulid,
-    target_user_id: Option<ulid::Ulid>,
+    guild_id: GuildId,
+    actor_user_id: UserId,
+    target_user_id: Option<UserId>,
     action: &'static str,
 ) {
     let entry = crate::store::NewAuditEntry {

@@ -117,8 +117,10 @@ impl AppState {
         &self.inner.voice
     }
 
-    /// A new id, greater than every id this process minted before.
-    pub fn new_id(&self) -> Ulid {
+    /// A new id of whichever kind the caller needs (a typed id, or a plain
+    /// [`Ulid`] for an event), greater than every id this process minted
+    /// before.
+    pub fn new_id<T: From<Ulid>>(&self) -> T {
         let mut generator = self
             .inner
             .ids
@@ -126,6 +128,6 @@ impl AppState {
             .unwrap_or_else(PoisonError::into_inner);
         // Overflow needs 2^80 ids in one millisecond; fall back to a random
         // id rather than fail.
-        generator.generate().unwrap_or_else(|_| Ulid::generate())
+        T::from(generator.generate().unwrap_or_else(|_| Ulid::generate()))
     }
 }

@@ -71,7 +71,7 @@ async fn the_store_works_over_tls_and_the_server_sees_an_encrypted_session() {
         .await
         .expect("connect the store with sslmode=require");
     let user = NewUser {
-        user_id: Ulid::generate(),
+        user_id: filament_ids::UserId::generate(),
         username: "tls-user".to_owned(),
         password_hash: "x".to_owned(),
         created_at_unix: 1,

@@ -5,11 +5,11 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use filament_ids::{SessionId, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use ulid::Ulid;
 
 /// The claims of an access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,8 +54,8 @@ impl TokenKeys {
 
     pub fn issue(
         &self,
-        user_id: Ulid,
-        session_id: Ulid,
+        user_id: UserId,
+        session_id: SessionId,
         username: &str,
         now: i64,
         ttl_secs: i64,
@@ -90,7 +90,7 @@ impl TokenKeys {
 /// A refresh token, split into the session it names and its secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RefreshToken {
-    pub session_id: Ulid,
+    pub session_id: SessionId,
     secret: String,
 }
 
@@ -108,7 +108,7 @@ impl std::fmt::Debug for RefreshToken {
 impl RefreshToken {
     pub const MAX_LEN: usize = 512;
 
-    pub fn generate(session_id: Ulid) -> Self {
+    pub fn generate(session_id: SessionId) -> Self {
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
         Self {
@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn access_tokens_round_trip_and_reject_bad_ones() {
         let keys = TokenKeys::new(&[7; 32]);
-        let (user, session) = (Ulid::generate(), Ulid::generate());
+        let (user, session) = (UserId::generate(), SessionId::generate());
         let now = now_unix();
         let fresh = keys.issue(user, session, "alice", now, 900).unwrap();
         let claims = keys.verify(&fresh).unwrap();
@@ -181,7 +181,7 @@ mod tests {
         let secret = [7; 32];
         let now = now_unix();
         let claims = Sessionless {
-            sub: Ulid::generate().to_string(),
+            sub: UserId::generate().to_string(),
             username: "alice".to_owned(),
             iat: now,
             nbf: now,
@@ -198,18 +198,18 @@ mod tests {
 
     #[test]
     fn refresh_tokens_parse_and_hash() {
-        let token = RefreshToken::generate(Ulid::generate());
+        let token = RefreshToken::generate(SessionId::generate());
         let parsed = RefreshToken::parse(&token.expose()).unwrap();
         assert_eq!(parsed, token);
         assert_eq!(parsed.hash().len(), 64);
         assert!(RefreshToken::parse("nope").is_none());
-        assert!(RefreshToken::parse(&format!("{}.short", Ulid::generate())).is_none());
+        assert!(RefreshToken::parse(&format!("{}.short", SessionId::generate())).is_none());
         assert!(RefreshToken::parse(&"x".repeat(513)).is_none());
     }
 
     #[test]
     fn a_refresh_token_debug_never_shows_its_secret() {
-        let token = RefreshToken::generate(Ulid::generate());
+        let token = RefreshToken::generate(SessionId::generate());
         let printed = format!("{token:?}");
         let secret = token.expose();
         let secret = secret.split_once('.').unwrap().1;

@@ -67,16 +67,15 @@ pub struct Upload {
 pub async fn upload(
     state: &AppState,
     owner: UserId,
-    guild: GuildId,
-    channel: ChannelId,
+    guild_id: GuildId,
+    channel_id: ChannelId,
     upload: Upload,
     body: Body,
 ) -> ApiResult<filament_wire::Attachment> {
-    let (guild_id, channel_id) = (guild.0, channel.0);
     // Authorized before a byte is read, so strangers cannot fill the disk.
     state
         .authorizer()
-        .channel(guild_id, channel_id, owner.0)
+        .channel(guild_id, channel_id, owner)
         .await?;
     // A body that says up front it is too large is refused unread.
     if upload
@@ -111,7 +110,7 @@ pub async fn upload(
         attachment_id: state.new_id(),
         guild_id,
         channel_id,
-        owner_id: owner.0,
+        owner_id: owner,
         message_id: None,
         filename: upload.filename.0,
         mime_type: mime_type.to_owned(),
@@ -149,21 +148,20 @@ pub async fn upload(
 pub async fn open(
     state: &AppState,
     viewer: UserId,
-    guild: GuildId,
-    channel: ChannelId,
-    attachment: AttachmentId,
+    guild_id: GuildId,
+    channel_id: ChannelId,
+    attachment_id: AttachmentId,
 ) -> ApiResult<(AttachmentRecord, Body)> {
-    let (guild_id, channel_id, attachment_id) = (guild.0, channel.0, attachment.0);
     state
         .authorizer()
-        .channel(guild_id, channel_id, viewer.0)
+        .channel(guild_id, channel_id, viewer)
         .await?;
     let record = state
         .store()
         .attachment(guild_id, channel_id, attachment_id)
         .await?
         // An upload no message has used yet is its owner's draft.
-        .filter(|a| a.message_id.is_some() || a.owner_id == viewer.0)
+        .filter(|a| a.message_id.is_some() || a.owner_id == viewer)
         .ok_or(ApiError::NotFound)?;
     let body = storage(state)
         .open(attachment_id)
@@ -181,14 +179,13 @@ pub async fn open(
 pub async fn delete(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
-    channel: ChannelId,
-    attachment: AttachmentId,
+    guild_id: GuildId,
+    channel_id: ChannelId,
+    attachment_id: AttachmentId,
 ) -> ApiResult<()> {
-    let (guild_id, channel_id, attachment_id) = (guild.0, channel.0, attachment.0);
     let (access, _) = state
         .authorizer()
-        .channel(guild_id, channel_id, actor.0)
+        .channel(guild_id, channel_id, actor)
         .await?;
     let moderator = access.role >= MemberRole::Moderator;
     let record = state
@@ -196,7 +193,7 @@ pub async fn delete(
         .attachment(guild_id, channel_id, attachment_id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    let own = record.owner_id == actor.0;
+    let own = record.owner_id == actor;
     if !own && !moderator {
         // Someone else's draft is invisible; a sent one is visible but not
         // the caller's to delete.

@@ -42,13 +42,12 @@ pub struct ChannelPermissions {
 pub async fn create(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
+    guild_id: GuildId,
     new: NewChannel,
 ) -> ApiResult<Channel> {
-    let guild_id = guild.0;
     state
         .authorizer()
-        .guild(guild_id, actor.0)
+        .guild(guild_id, actor)
         .await?
         .require(Permission::ManageChannelOverrides)?;
     let channel = ChannelRecord {
@@ -74,7 +73,7 @@ pub async fn create(
 pub async fn list(state: &AppState, viewer: UserId, guild: GuildId) -> ApiResult<Vec<Channel>> {
     let channels = state
         .authorizer()
-        .visible_channels(guild.0, viewer.0, CHANNEL_LIST_LIMIT)
+        .visible_channels(guild, viewer, CHANNEL_LIST_LIMIT)
         .await?;
     Ok(channels.iter().map(wire_channel).collect())
 }
@@ -84,11 +83,10 @@ pub async fn list(state: &AppState, viewer: UserId, guild: GuildId) -> ApiResult
 pub async fn rename(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
-    channel: ChannelId,
+    guild_id: GuildId,
+    channel_id: ChannelId,
     name: Name,
 ) -> ApiResult<Channel> {
-    let (guild_id, channel_id, actor) = (guild.0, channel.0, actor.0);
     let (access, _) = state
         .authorizer()
         .channel(guild_id, channel_id, actor)
@@ -135,10 +133,9 @@ pub async fn rename(
 pub async fn delete(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
-    channel: ChannelId,
+    guild_id: GuildId,
+    channel_id: ChannelId,
 ) -> ApiResult<()> {
-    let (guild_id, channel_id, actor) = (guild.0, channel.0, actor.0);
     let (access, _) = state
         .authorizer()
         .channel(guild_id, channel_id, actor)
@@ -181,10 +178,7 @@ pub async fn own_permissions(
     guild: GuildId,
     channel: ChannelId,
 ) -> ApiResult<ChannelPermissions> {
-    let (access, _) = state
-        .authorizer()
-        .channel(guild.0, channel.0, user.0)
-        .await?;
+    let (access, _) = state.authorizer().channel(guild, channel, user).await?;
     Ok(ChannelPermissions {
         role: access.role,
         permissions: access.permissions,

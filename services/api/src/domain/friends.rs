@@ -35,7 +35,7 @@ pub struct PendingRequests {
 
 /// The user's friends.
 pub async fn friends(state: &AppState, user: UserId) -> ApiResult<Vec<FriendRecord>> {
-    Ok(state.store().friends(user.0).await?)
+    Ok(state.store().friends(user).await?)
 }
 
 /// Sends a friend request from `sender` to `recipient`, and answers it.
@@ -67,8 +67,8 @@ pub async fn send_request(
         .create_friend_request(
             NewFriendRequest {
                 request_id: state.new_id(),
-                sender_user_id: sender.0,
-                recipient_user_id: recipient.0,
+                sender_user_id: sender,
+                recipient_user_id: recipient,
                 created_at_unix: now_unix(),
             },
             &outbox,
@@ -81,10 +81,10 @@ pub async fn send_request(
 
 /// The requests pending to and from `user`.
 pub async fn pending_requests(state: &AppState, user: UserId) -> ApiResult<PendingRequests> {
-    let requests = state.store().friend_requests(user.0).await?;
+    let requests = state.store().friend_requests(user).await?;
     let (incoming, outgoing) = requests
         .into_iter()
-        .partition(|request| request.recipient_user_id == user.0);
+        .partition(|request| request.recipient_user_id == user);
     Ok(PendingRequests { incoming, outgoing })
 }
 
@@ -96,11 +96,11 @@ pub async fn accept_request(state: &AppState, user: UserId, request_id: Ulid) ->
     // Who sent the request, and the names, only the transaction knows.
     let deferred = publish::Deferred::new(state);
     let outbox = |accepted: &AcceptedFriendRequest| {
-        deferred.rows(request_update_copies(accepted, user.0, now).into())
+        deferred.rows(request_update_copies(accepted, user, now).into())
     };
     state
         .store()
-        .accept_friend_request(request_id, user.0, now, &outbox)
+        .accept_friend_request(request_id, user, now, &outbox)
         .await?
         .ok_or(ApiError::NotFound)?;
     publish::publish_all(state, deferred.into_pending()).await;
@@ -127,7 +127,7 @@ pub async fn delete_request(state: &AppState, user: UserId, request_id: Ulid) ->
     };
     state
         .store()
-        .delete_friend_request(request_id, user.0, &outbox)
+        .delete_friend_request(request_id, user, &outbox)
         .await?
         .ok_or(ApiError::NotFound)?;
     publish::publish_all(state, deferred.into_pending()).await;
@@ -137,11 +137,10 @@ pub async fn delete_request(state: &AppState, user: UserId, request_id: Ulid) ->
 /// Ends the friendship of `user` and `friend`. Idempotent: unfriending
 /// someone who is not a friend (or does not exist) changes nothing and
 /// tells nobody. Oneself is `ApiError::InvalidRequest`.
-pub async fn remove_friend(state: &AppState, user: UserId, friend: UserId) -> ApiResult<()> {
-    if friend == user {
+pub async fn remove_friend(state: &AppState, user_id: UserId, friend_id: UserId) -> ApiResult<()> {
+    if friend_id == user_id {
         return Err(ApiError::InvalidRequest);
     }
-    let (user_id, friend_id) = (user.0, friend.0);
     let now = now_unix();
     let copies: Vec<Pending> = [(user_id, friend_id), (friend_id, user_id)]
         .into_iter()
@@ -182,7 +181,7 @@ fn proto_request(record: &FriendRequestRecord) -> pb::FriendRequestCreate {
 /// it and `friend_*` the other one.
 fn request_update_copies(
     accepted: &AcceptedFriendRequest,
-    actor: Ulid,
+    actor: UserId,
     now: i64,
 ) -> [pb::Event; 2] {
     let request = &accepted.request;
@@ -206,6 +205,6 @@ fn request_update_copies(
     })
 }
 
-fn to_one_user(user_id: Ulid, payload: event::Payload) -> pb::Event {
+fn to_one_user(user_id: UserId, payload: event::Payload) -> pb::Event {
     publish::for_users(vec![user_id.to_string()], Vec::new(), payload)
 }

@@ -15,7 +15,6 @@ use std::net::IpAddr;
 use filament_ids::{GuildId, UserId};
 use filament_proto::v1::{self as pb, event};
 use filament_wire::Guild;
-use ulid::Ulid;
 
 use crate::clock::now_unix;
 use crate::domain::members::apply_default_join_role;
@@ -107,7 +106,6 @@ impl Joined {
 /// Creates a guild owned by `creator`, with its built-in roles.
 /// `ApiError::GuildCreationLimitReached` if they created as many as allowed.
 pub async fn create(state: &AppState, creator: UserId, new: NewGuild) -> ApiResult<Guild> {
-    let creator = creator.0;
     let created = state.store().count_guilds_created_by(creator).await?;
     if created >= state.config().max_created_guilds_per_user {
         return Err(ApiError::GuildCreationLimitReached);
@@ -133,7 +131,7 @@ pub async fn create(state: &AppState, creator: UserId, new: NewGuild) -> ApiResu
 pub async fn list(state: &AppState, user: UserId) -> ApiResult<Vec<Guild>> {
     let guilds = state
         .store()
-        .guilds_for_user(user.0, GUILD_LIST_LIMIT)
+        .guilds_for_user(user, GUILD_LIST_LIMIT)
         .await?;
     Ok(guilds.iter().map(wire_guild).collect())
 }
@@ -151,8 +149,12 @@ pub async fn directory(state: &AppState, search: DirectorySearch) -> ApiResult<V
 /// Joins `user`, connecting from `ip`, to a public guild. A private or
 /// unknown guild is `ApiError::NotFound`, so private guilds cannot be
 /// discovered by id. The caller has already rate limited the attempt.
-pub async fn join(state: &AppState, user: UserId, ip: IpAddr, guild: GuildId) -> ApiResult<Joined> {
-    let (guild_id, user_id) = (guild.0, user.0);
+pub async fn join(
+    state: &AppState,
+    user_id: UserId,
+    ip: IpAddr,
+    guild_id: GuildId,
+) -> ApiResult<Joined> {
     let now = now_unix();
     let guild = state
         .store()
@@ -191,7 +193,7 @@ pub async fn join(state: &AppState, user: UserId, ip: IpAddr, guild: GuildId) ->
         }
         AddMemberOutcome::AlreadyMember => Joined::AlreadyMember,
         AddMemberOutcome::Added => {
-            apply_default_join_role(state, GuildId(guild_id), UserId(user_id), now).await;
+            apply_default_join_role(state, guild_id, user_id, now).await;
             added.publish(state).await;
             Joined::Accepted
         }
@@ -205,7 +207,7 @@ pub async fn join(state: &AppState, user: UserId, ip: IpAddr, guild: GuildId) ->
 async fn refusal(
     state: &AppState,
     guild: &GuildRecord,
-    user_id: Ulid,
+    user_id: UserId,
     ip: IpAddr,
     now: i64,
 ) -> ApiResult<Option<(&'static str, ApiError)>> {
@@ -225,10 +227,9 @@ async fn refusal(
 pub async fn update(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
+    guild_id: GuildId,
     update: GuildUpdate,
 ) -> ApiResult<Guild> {
-    let (guild_id, actor) = (guild.0, actor.0);
     state
         .authorizer()
         .guild(guild_id, actor)

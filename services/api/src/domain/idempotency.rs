@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use filament_ids::UserId;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
-use ulid::Ulid;
 
 use crate::clock::now_unix;
 use crate::error::{ApiError, ApiResult};
@@ -22,7 +22,7 @@ pub const KEY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// fingerprint of what it asked for.
 #[derive(Debug)]
 pub struct IdempotencyKey {
-    user_id: Ulid,
+    user_id: UserId,
     key: String,
     fingerprint: String,
 }
@@ -30,7 +30,7 @@ pub struct IdempotencyKey {
 impl IdempotencyKey {
     /// `key` as the adapter accepted it, with the fingerprint of `parts`
     /// (the route and every field of the body that matters).
-    pub fn new(user_id: Ulid, key: String, parts: &[&str]) -> Self {
+    pub fn new(user_id: UserId, key: String, parts: &[&str]) -> Self {
         Self {
             user_id,
             key,

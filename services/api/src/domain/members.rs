@@ -10,9 +10,8 @@
 
 use std::collections::BTreeMap;
 
-use filament_ids::{GuildId, UserId};
+use filament_ids::{GuildId, RoleId, UserId};
 use filament_proto::v1::{self as pb, event};
-use ulid::Ulid;
 
 use crate::clock::now_unix;
 use crate::domain::permissions::Permission;
@@ -32,9 +31,9 @@ const MEMBER_ROLE_UPDATE: &str = "member.role.update";
 /// A member with their explicit role assignments.
 #[derive(Debug)]
 pub struct ListedMember {
-    pub user_id: Ulid,
+    pub user_id: UserId,
     /// Ascending, at most [`MAX_ASSIGNMENTS`].
-    pub role_ids: Vec<Ulid>,
+    pub role_ids: Vec<RoleId>,
 }
 
 /// One page of the member list, by user id.
@@ -42,7 +41,7 @@ pub struct ListedMember {
 pub struct MemberPage {
     pub members: Vec<ListedMember>,
     /// Where the next page starts; `None` on the last page.
-    pub next_cursor: Option<Ulid>,
+    pub next_cursor: Option<UserId>,
 }
 
 /// Up to `limit` members of the guild after `cursor`, with their explicit
@@ -54,16 +53,12 @@ pub async fn list(
     cursor: Option<UserId>,
     limit: u32,
 ) -> ApiResult<MemberPage> {
-    let guild_id = guild_id.0;
-    state.authorizer().guild(guild_id, viewer.0).await?;
+    state.authorizer().guild(guild_id, viewer).await?;
     // One more than asked says whether another page follows.
-    let mut page = state
-        .store()
-        .members(guild_id, cursor.map(|id| id.0), limit + 1)
-        .await?;
+    let mut page = state.store().members(guild_id, cursor, limit + 1).await?;
     let more = page.len() > limit as usize;
     page.truncate(limit as usize);
-    let mut roles: BTreeMap<Ulid, Vec<Ulid>> = BTreeMap::new();
+    let mut roles: BTreeMap<UserId, Vec<RoleId>> = BTreeMap::new();
     if let (Some(first), Some(last)) = (page.first(), page.last()) {
         let assignments = state
             .store()
@@ -98,7 +93,6 @@ pub async fn add(
     guild_id: GuildId,
     target: UserId,
 ) -> ApiResult<()> {
-    let (guild_id, target, actor) = (guild_id.0, target.0, actor.0);
     let access = state.authorizer().guild(guild_id, actor).await?;
     access.require(Permission::ManageMemberRoles)?;
     if state.store().user_by_id(target).await?.is_none() {
@@ -127,7 +121,7 @@ pub async fn add(
         AddMemberOutcome::Banned => Err(ApiError::Forbidden),
         AddMemberOutcome::AlreadyMember => Ok(()),
         AddMemberOutcome::Added => {
-            apply_default_join_role(state, GuildId(guild_id), UserId(target), now).await;
+            apply_default_join_role(state, guild_id, target, now).await;
             added.publish(state).await;
             Ok(())
         }
@@ -143,7 +137,6 @@ pub async fn update_role(
     target: UserId,
     new_role: MemberRole,
 ) -> ApiResult<()> {
-    let (guild_id, target, actor) = (guild_id.0, target.0, actor.0);
     let access = state.authorizer().guild(guild_id, actor).await?;
     if access.role < MemberRole::Moderator {
         return Err(ApiError::Forbidden);
@@ -216,7 +209,6 @@ pub async fn apply_default_join_role(
     user_id: UserId,
     at: i64,
 ) {
-    let (guild_id, user_id) = (guild_id.0, user_id.0);
     let assigned = async {
         let Some(role_id) = state.store().default_join_role(guild_id).await? else {
             return Ok(None);

@@ -10,8 +10,8 @@
 
 use std::collections::HashMap;
 
+use filament_ids::{AttachmentId, ChannelId, GuildId, MessageId, UserId};
 use filament_proto::v1::{self as pb, event};
-use ulid::Ulid;
 
 // Attachments one message may carry.
 use filament_proto::limits::MAX_ATTACHMENTS_PER_MESSAGE as MAX_ATTACHMENTS;
@@ -35,7 +35,7 @@ const POSTED_STATUS: u16 = 200;
 #[derive(Debug)]
 pub struct NewMessage {
     content: String,
-    attachment_ids: Vec<Ulid>,
+    attachment_ids: Vec<AttachmentId>,
 }
 
 impl NewMessage {
@@ -73,9 +73,9 @@ impl NewMessage {
 /// caller has already refused IP-banned addresses.
 pub async fn post(
     state: &AppState,
-    author: Ulid,
-    guild_id: Ulid,
-    channel_id: Ulid,
+    author: UserId,
+    guild_id: GuildId,
+    channel_id: ChannelId,
     new: NewMessage,
     key: Option<&IdempotencyKey>,
 ) -> ApiResult<filament_wire::Message> {
@@ -124,9 +124,9 @@ pub async fn post(
 /// this channel.
 async fn own_unused_attachments(
     state: &AppState,
-    author: Ulid,
-    guild_id: Ulid,
-    channel_id: Ulid,
+    author: UserId,
+    guild_id: GuildId,
+    channel_id: ChannelId,
     new: &NewMessage,
 ) -> ApiResult<Vec<pb::Attachment>> {
     let mut attachments = Vec::with_capacity(new.attachment_ids.len());
@@ -146,10 +146,10 @@ async fn own_unused_attachments(
 /// moderator, and answers the message as the editor sees it.
 pub async fn edit(
     state: &AppState,
-    editor: Ulid,
-    guild_id: Ulid,
-    channel_id: Ulid,
-    message_id: Ulid,
+    editor: UserId,
+    guild_id: GuildId,
+    channel_id: ChannelId,
+    message_id: MessageId,
     content: MessageContent,
 ) -> ApiResult<filament_wire::Message> {
     let (access, _) = state
@@ -195,10 +195,10 @@ pub async fn edit(
 /// moderator.
 pub async fn delete(
     state: &AppState,
-    actor: Ulid,
-    guild_id: Ulid,
-    channel_id: Ulid,
-    message_id: Ulid,
+    actor: UserId,
+    guild_id: GuildId,
+    channel_id: ChannelId,
+    message_id: MessageId,
 ) -> ApiResult<()> {
     let (access, _) = state
         .authorizer()
@@ -240,18 +240,18 @@ pub struct History {
     /// Newest first; oldest first after [`HistoryCursor::After`].
     pub messages: Vec<filament_wire::Message>,
     /// The page's oldest message, where an older page continues.
-    pub oldest: Option<Ulid>,
+    pub oldest: Option<MessageId>,
     /// The page's newest message, where a newer page continues.
-    pub newest: Option<Ulid>,
+    pub newest: Option<MessageId>,
 }
 
 /// Up to `limit` messages of the channel from `cursor`, with their
 /// attachments and `viewer`'s view of the reactions.
 pub async fn history(
     state: &AppState,
-    viewer: Ulid,
-    guild_id: Ulid,
-    channel_id: Ulid,
+    viewer: UserId,
+    guild_id: GuildId,
+    channel_id: ChannelId,
     cursor: HistoryCursor,
     limit: u32,
 ) -> ApiResult<History> {
@@ -298,10 +298,10 @@ fn may_change(access: &GuildAccess, message: &MessageRecord) -> ApiResult<bool> 
 pub async fn full_messages(
     state: &AppState,
     records: &[MessageRecord],
-    viewer: Ulid,
+    viewer: UserId,
 ) -> ApiResult<Vec<pb::Message>> {
-    let ids: Vec<Ulid> = records.iter().map(|m| m.message_id).collect();
-    let mut attachments: HashMap<Ulid, Vec<pb::Attachment>> = HashMap::new();
+    let ids: Vec<MessageId> = records.iter().map(|m| m.message_id).collect();
+    let mut attachments: HashMap<MessageId, Vec<pb::Attachment>> = HashMap::new();
     for attachment in state.store().attachments_of(&ids).await? {
         if let Some(message_id) = attachment.message_id {
             attachments
@@ -310,7 +310,7 @@ pub async fn full_messages(
                 .push(proto_attachment(&attachment));
         }
     }
-    let mut reactions: HashMap<Ulid, Vec<pb::Reaction>> = HashMap::new();
+    let mut reactions: HashMap<MessageId, Vec<pb::Reaction>> = HashMap::new();
     for summary in state.store().reactions_of(&ids, viewer).await? {
         reactions
             .entry(summary.message_id)

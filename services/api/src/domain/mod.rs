@@ -25,14 +25,13 @@ use ulid::Ulid;
 
 use crate::error::ApiError;
 
-/// Parses a canonical ULID (26 uppercase Crockford base32 characters).
-pub fn parse_id(raw: &str) -> Result<Ulid, ApiError> {
-    let id = Ulid::from_string(raw).map_err(|_| ApiError::InvalidRequest)?;
-    if id.to_string() == raw {
-        Ok(id)
-    } else {
-        Err(ApiError::InvalidRequest)
-    }
+/// Parses a canonical ULID (26 uppercase Crockford base32 characters) into
+/// the id it names: `parse_id::<ChannelId>(raw)`, or a plain [`Ulid`] for
+/// an id of no entity (an event, a ban, a friend request).
+pub fn parse_id<T: From<Ulid>>(raw: &str) -> Result<T, ApiError> {
+    filament_ids::canonical_ulid(raw)
+        .map(T::from)
+        .map_err(|_| ApiError::InvalidRequest)
 }
 
 /// Whether every backend can store `raw` as text. U+0000 is the one code
@@ -204,6 +203,8 @@ pub(crate) mod hostile {
 
 #[cfg(test)]
 mod tests {
+    use filament_ids::ChannelId;
+
     use super::*;
 
     #[test]
@@ -267,7 +268,9 @@ mod tests {
     #[test]
     fn ids_must_be_canonical() {
         let id = Ulid::generate().to_string();
-        assert!(parse_id(&id).is_ok());
-        assert!(parse_id(&id.to_lowercase()).is_err());
+        assert!(parse_id::<Ulid>(&id).is_ok());
+        assert!(parse_id::<ChannelId>(&id).is_ok());
+        assert!(parse_id::<Ulid>(&id.to_lowercase()).is_err());
+        assert!(parse_id::<ChannelId>(&id.to_lowercase()).is_err());
     }
 }

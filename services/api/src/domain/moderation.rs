@@ -66,7 +66,6 @@ pub async fn kick(
     guild_id: GuildId,
     target: UserId,
 ) -> ApiResult<()> {
-    let (guild_id, target, actor) = (guild_id.0, target.0, actor.0);
     let access = moderator_access(state, guild_id, actor).await?;
     let member = state
         .store()
@@ -96,7 +95,6 @@ pub async fn ban(
     guild_id: GuildId,
     target: UserId,
 ) -> ApiResult<()> {
-    let (guild_id, target, actor) = (guild_id.0, target.0, actor.0);
     let access = moderator_access(state, guild_id, actor).await?;
     if state.store().user_by_id(target).await?.is_none() {
         return Err(ApiError::NotFound);
@@ -120,7 +118,11 @@ pub async fn ban(
 }
 
 /// The actor's access; their legacy role must be moderator or owner.
-async fn moderator_access(state: &AppState, guild_id: Ulid, actor: Ulid) -> ApiResult<GuildAccess> {
+async fn moderator_access(
+    state: &AppState,
+    guild_id: GuildId,
+    actor: UserId,
+) -> ApiResult<GuildAccess> {
     let access = state.authorizer().guild(guild_id, actor).await?;
     if access.role < MemberRole::Moderator {
         return Err(ApiError::Forbidden);
@@ -157,7 +159,13 @@ struct TearDown {
 }
 
 impl TearDown {
-    fn new(state: &AppState, guild_id: Ulid, user_id: Ulid, actor: Ulid, removal: Removal) -> Self {
+    fn new(
+        state: &AppState,
+        guild_id: GuildId,
+        user_id: UserId,
+        actor: UserId,
+        removal: Removal,
+    ) -> Self {
         let (guild, user, actor) = (guild_id.to_string(), user_id.to_string(), actor.to_string());
         let now = now_unix();
         let mut told = Vec::with_capacity(2);
@@ -239,7 +247,7 @@ pub async fn audit_log(
     // No lookup of the guild first: the authorizer refuses a stranger the
     // same way whether the guild exists or not, so the answer cannot tell
     // which ids are real.
-    let access = match state.authorizer().guild(guild_id.0, viewer.0).await {
+    let access = match state.authorizer().guild(guild_id, viewer).await {
         Ok(access) => access,
         Err(ApiError::Forbidden) => return Err(ApiError::AuditAccessDenied),
         Err(err) => return Err(err),
@@ -249,7 +257,7 @@ pub async fn audit_log(
     }
     let mut entries = state
         .store()
-        .audit_entries(guild_id.0, cursor, prefix, limit + 1)
+        .audit_entries(guild_id, cursor, prefix, limit + 1)
         .await?
         .entries;
     let more = entries.len() > limit as usize;
@@ -320,7 +328,7 @@ impl IpBanByUser {
             Some(_) => return Err(ApiError::InvalidRequest),
         };
         Ok(Self {
-            target_user_id: UserId(parse_id(target_user_id)?),
+            target_user_id: parse_id(target_user_id)?,
             reason,
             expires_in_secs,
         })
@@ -344,10 +352,10 @@ pub async fn ip_bans(
     cursor: Option<IpBanCursor>,
     limit: u32,
 ) -> ApiResult<IpBanPage> {
-    require_ip_ban_manager(state, guild_id.0, viewer.0).await?;
+    require_ip_ban_manager(state, guild_id, viewer).await?;
     let mut bans = state
         .store()
-        .ip_bans(guild_id.0, cursor, now_unix(), limit + 1)
+        .ip_bans(guild_id, cursor, now_unix(), limit + 1)
         .await?;
     let more = bans.len() > limit as usize;
     bans.truncate(limit as usize);
@@ -369,8 +377,7 @@ pub async fn ban_ips_by_user(
     guild_id: GuildId,
     request: IpBanByUser,
 ) -> ApiResult<Vec<Ulid>> {
-    let (guild_id, actor) = (guild_id.0, actor.0);
-    let target_user_id = request.target_user_id.0;
+    let target_user_id = request.target_user_id;
     let access = require_ip_ban_manager(state, guild_id, actor).await?;
     let target = state.store().member(guild_id, target_user_id).await?;
     if let Some(member) = target {
@@ -436,7 +443,6 @@ pub async fn remove_ip_ban(
     guild_id: GuildId,
     ban_id: Ulid,
 ) -> ApiResult<()> {
-    let (guild_id, actor) = (guild_id.0, actor.0);
     require_ip_ban_manager(state, guild_id, actor).await?;
     let sync = ip_ban_managers(state, guild_id).await.map(|managers| {
         let event = ip_ban_sync(
@@ -464,8 +470,8 @@ pub async fn remove_ip_ban(
 /// Refuses a caller without `manage_ip_bans`; returns their access.
 async fn require_ip_ban_manager(
     state: &AppState,
-    guild_id: Ulid,
-    user_id: Ulid,
+    guild_id: GuildId,
+    user_id: UserId,
 ) -> ApiResult<GuildAccess> {
     let access = state.authorizer().guild(guild_id, user_id).await?;
     access.require(Permission::ManageIpBans)?;
@@ -475,13 +481,13 @@ async fn require_ip_ban_manager(
 /// The users who may manage IP bans in the guild: the audience of
 /// `workspace_ip_ban_sync`, read before the change it reports. `None` if
 /// they cannot be read; the change goes ahead without its sync event.
-async fn ip_ban_managers(state: &AppState, guild_id: Ulid) -> Option<Vec<String>> {
+async fn ip_ban_managers(state: &AppState, guild_id: GuildId) -> Option<Vec<String>> {
     match state
         .authorizer()
         .members_with_permission(guild_id, Permission::ManageIpBans)
         .await
     {
-        Ok(holders) => Some(holders.iter().map(Ulid::to_string).collect()),
+        Ok(holders) => Some(holders.iter().map(UserId::to_string).collect()),
         Err(err) => {
             tracing::error!(%err, %guild_id, "cannot find who manages IP bans; sync event not sent");
             None
@@ -491,11 +497,11 @@ async fn ip_ban_managers(state: &AppState, guild_id: Ulid) -> Option<Vec<String>
 
 /// The redacted summary, for every socket of `managers` and nobody else.
 fn ip_ban_sync(
-    guild_id: Ulid,
+    guild_id: GuildId,
     managers: Vec<String>,
     action: pb::IpBanAction,
     changed: usize,
-    actor: Ulid,
+    actor: UserId,
     now: i64,
 ) -> pb::Event {
     let sync = pb::WorkspaceIpBanSync {

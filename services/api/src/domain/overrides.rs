@@ -12,7 +12,6 @@
 
 use filament_ids::{ChannelId, GuildId, UserId};
 use filament_proto::v1::{self as pb, event};
-use ulid::Ulid;
 
 use crate::clock::now_unix;
 use crate::domain::permissions::{Permission, Permissions};
@@ -37,7 +36,12 @@ impl OverrideMasks {
         Ok(Self { allow, deny })
     }
 
-    fn record(&self, guild_id: Ulid, channel_id: Ulid, target: OverrideTarget) -> OverrideRecord {
+    fn record(
+        &self,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        target: OverrideTarget,
+    ) -> OverrideRecord {
         OverrideRecord {
             guild_id,
             channel_id,
@@ -61,12 +65,11 @@ impl OverrideMasks {
 pub async fn set_legacy(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
-    channel: ChannelId,
+    guild_id: GuildId,
+    channel_id: ChannelId,
     legacy: MemberRole,
     masks: OverrideMasks,
 ) -> ApiResult<()> {
-    let (guild_id, channel_id, actor) = (guild.0, channel.0, actor.0);
     let access = state.authorizer().guild(guild_id, actor).await?;
     if !access.is_legacy_owner() {
         return Err(ApiError::Forbidden);
@@ -123,12 +126,11 @@ pub async fn set_legacy(
 pub async fn set_target(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
-    channel: ChannelId,
+    guild_id: GuildId,
+    channel_id: ChannelId,
     target: OverrideTarget,
     masks: OverrideMasks,
 ) -> ApiResult<()> {
-    let (guild_id, channel_id, actor) = (guild.0, channel.0, actor.0);
     let (access, _) = state
         .authorizer()
         .channel(guild_id, channel_id, actor)
@@ -138,12 +140,12 @@ pub async fn set_target(
         OverrideTarget::Role(role_id) => (
             state.store().role(guild_id, role_id).await?.is_some(),
             pb::OverrideTargetKind::Role,
-            role_id,
+            role_id.to_string(),
         ),
         OverrideTarget::Member(member) => (
             state.store().member(guild_id, member).await?.is_some(),
             pb::OverrideTargetKind::Member,
-            member,
+            member.to_string(),
         ),
     };
     if !target_exists {
@@ -160,7 +162,7 @@ pub async fn set_target(
                 guild_id: guild.clone(),
                 channel_id: channel_id.to_string(),
                 target_kind: target_kind.into(),
-                target_id: target_id.to_string(),
+                target_id,
                 updated_fields: Some(masks.fields()),
                 updated_at_unix: now_unix(),
                 actor_user_id: Some(actor.to_string()),

@@ -10,8 +10,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use filament_ids::{ChannelId, GuildId, RoleId, UserId};
 use filament_proto::v1 as pb;
-use ulid::Ulid;
 
 use crate::error::{ApiError, ApiResult};
 use crate::store::{
@@ -175,8 +175,8 @@ impl FromIterator<Permission> for Permissions {
 /// [`Authorizer::channel`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuildAccess {
-    pub user_id: Ulid,
-    pub guild_id: Ulid,
+    pub user_id: UserId,
+    pub guild_id: GuildId,
     /// The legacy membership role; `Owner` for the server owner.
     pub role: MemberRole,
     pub permissions: Permissions,
@@ -244,15 +244,15 @@ impl GuildAccess {
 #[derive(Clone)]
 pub struct Authorizer {
     store: Arc<dyn Store>,
-    server_owner: Option<Ulid>,
+    server_owner: Option<UserId>,
 }
 
 /// A member's roles in one guild, ready to evaluate channels against.
 struct Standing {
     access: GuildAccess,
-    everyone_role: Option<Ulid>,
+    everyone_role: Option<RoleId>,
     /// Explicit assignments plus the built-in role of the legacy role.
-    assigned: HashSet<Ulid>,
+    assigned: HashSet<RoleId>,
 }
 
 impl Standing {
@@ -307,7 +307,7 @@ fn stored(raw: u64) -> Permissions {
 }
 
 impl Authorizer {
-    pub fn new(store: Arc<dyn Store>, server_owner: Option<Ulid>) -> Self {
+    pub fn new(store: Arc<dyn Store>, server_owner: Option<UserId>) -> Self {
         Self {
             store,
             server_owner,
@@ -316,7 +316,7 @@ impl Authorizer {
 
     /// The user's guild-level access; `Forbidden` for non-members (and for
     /// unknown guilds, so guild ids cannot be probed).
-    pub async fn guild(&self, guild_id: Ulid, user_id: Ulid) -> ApiResult<GuildAccess> {
+    pub async fn guild(&self, guild_id: GuildId, user_id: UserId) -> ApiResult<GuildAccess> {
         Ok(self.standing(guild_id, user_id).await?.access)
     }
 
@@ -325,9 +325,9 @@ impl Authorizer {
     /// returned permissions are the channel-level ones.
     pub async fn channel(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
-        user_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        user_id: UserId,
     ) -> ApiResult<(GuildAccess, ChannelRecord)> {
         let standing = self.standing(guild_id, user_id).await?;
         let channel = self
@@ -352,14 +352,14 @@ impl Authorizer {
     /// `create_message`), in creation order, from the first `limit`.
     pub async fn visible_channels(
         &self,
-        guild_id: Ulid,
-        user_id: Ulid,
+        guild_id: GuildId,
+        user_id: UserId,
         limit: u32,
     ) -> ApiResult<Vec<ChannelRecord>> {
         let standing = self.standing(guild_id, user_id).await?;
         let channels = self.store.channels(guild_id, limit).await?;
         let overrides = self.store.overrides_for(guild_id, None, user_id).await?;
-        let mut by_channel: HashMap<Ulid, Vec<&OverrideRecord>> = HashMap::new();
+        let mut by_channel: HashMap<ChannelId, Vec<&OverrideRecord>> = HashMap::new();
         for entry in &overrides {
             by_channel.entry(entry.channel_id).or_default().push(entry);
         }
@@ -378,11 +378,11 @@ impl Authorizer {
     /// server owner), for events only they may see. Read a page at a time.
     pub async fn members_with_permission(
         &self,
-        guild_id: Ulid,
+        guild_id: GuildId,
         permission: Permission,
-    ) -> ApiResult<Vec<Ulid>> {
+    ) -> ApiResult<Vec<UserId>> {
         const PAGE: u32 = 1000;
-        let mut holders: Vec<Ulid> = self.server_owner.into_iter().collect();
+        let mut holders: Vec<UserId> = self.server_owner.into_iter().collect();
         let mut after = None;
         loop {
             let page = self
@@ -404,9 +404,9 @@ impl Authorizer {
     /// failure to decide is an error, never a yes.
     pub async fn can_view_channel(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
-        user_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        user_id: UserId,
     ) -> ApiResult<bool> {
         match self.channel(guild_id, channel_id, user_id).await {
             Ok(_) => Ok(true),
@@ -416,7 +416,7 @@ impl Authorizer {
     }
 
     /// PROTOCOL.md §3.4 steps 1–4.
-    async fn standing(&self, guild_id: Ulid, user_id: Ulid) -> ApiResult<Standing> {
+    async fn standing(&self, guild_id: GuildId, user_id: UserId) -> ApiResult<Standing> {
         if self.server_owner == Some(user_id) {
             if self.store.guild(guild_id).await?.is_none() {
                 return Err(ApiError::NotFound);
@@ -485,8 +485,8 @@ mod tests {
     /// Someone holding roles up to `highest`, possibly an owner.
     fn standing(highest: i64, workspace_owner: bool, server_owner: bool) -> GuildAccess {
         GuildAccess {
-            user_id: Ulid::generate(),
-            guild_id: Ulid::nil(),
+            user_id: UserId::generate(),
+            guild_id: GuildId::generate(),
             role: MemberRole::Member,
             permissions: Permissions::NONE,
             highest_position: highest,
@@ -592,16 +592,16 @@ mod tests {
 
         struct World {
             store: Arc<dyn Store>,
-            guild: Ulid,
-            owner: Ulid,
-            channel: Ulid,
+            guild: GuildId,
+            owner: UserId,
+            channel: ChannelId,
         }
 
         impl World {
             async fn new() -> Self {
                 let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().await.unwrap());
                 let owner = user(&*store).await;
-                let guild = Ulid::generate();
+                let guild = GuildId::generate();
                 store
                     .create_guild(
                         GuildRecord {
@@ -615,7 +615,7 @@ mod tests {
                     )
                     .await
                     .unwrap();
-                let channel = Ulid::generate();
+                let channel = ChannelId::generate();
                 store
                     .create_channel(
                         ChannelRecord {
@@ -637,7 +637,7 @@ mod tests {
                 }
             }
 
-            async fn member(&self) -> Ulid {
+            async fn member(&self) -> UserId {
                 let user_id = user(&*self.store).await;
                 self.store
                     .add_member(MemberRecord {
@@ -651,7 +651,7 @@ mod tests {
                 user_id
             }
 
-            async fn builtin(&self, which: BuiltinRole) -> Ulid {
+            async fn builtin(&self, which: BuiltinRole) -> RoleId {
                 let roles = self.store.roles(self.guild).await.unwrap();
                 roles
                     .iter()
@@ -681,7 +681,7 @@ mod tests {
                     .unwrap();
             }
 
-            async fn can_view(&self, authorizer: &Authorizer, user_id: Ulid) -> bool {
+            async fn can_view(&self, authorizer: &Authorizer, user_id: UserId) -> bool {
                 authorizer
                     .can_view_channel(self.guild, self.channel, user_id)
                     .await
@@ -689,8 +689,8 @@ mod tests {
             }
         }
 
-        async fn user(store: &dyn Store) -> Ulid {
-            let user_id = Ulid::generate();
+        async fn user(store: &dyn Store) -> UserId {
+            let user_id = UserId::generate();
             store
                 .create_user(NewUser {
                     user_id,
@@ -846,7 +846,7 @@ mod tests {
             );
             assert!(world.can_view(&authorizer, stranger).await);
             assert!(matches!(
-                authorizer.guild(Ulid::generate(), stranger).await,
+                authorizer.guild(GuildId::generate(), stranger).await,
                 Err(ApiError::NotFound)
             ));
             // Everyone else who is not a member is refused, known guild or not.
@@ -857,7 +857,7 @@ mod tests {
             ));
             assert!(matches!(
                 authorizer
-                    .channel(world.guild, Ulid::generate(), world.owner)
+                    .channel(world.guild, ChannelId::generate(), world.owner)
                     .await,
                 Err(ApiError::NotFound)
             ));

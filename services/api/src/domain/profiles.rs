@@ -8,10 +8,9 @@
 //! guild the user is a member of, so that every place showing the name or
 //! the avatar refreshes.
 
-use filament_ids::UserId;
+use filament_ids::{GuildId, UserId};
 use filament_proto::v1::{self as pb, event};
 use sha2::{Digest as _, Sha256};
-use ulid::Ulid;
 
 use crate::clock::now_unix;
 use crate::domain::{Username, parse_id, storable_text};
@@ -89,7 +88,7 @@ impl ProfilePatch {
 
 /// The ids of a lookup: 1–[`LOOKUP_MAX_IDS`] canonical ULIDs.
 #[derive(Debug)]
-pub struct LookupIds(Vec<Ulid>);
+pub struct LookupIds(Vec<UserId>);
 
 impl LookupIds {
     pub fn parse(raw: &[String]) -> ApiResult<Self> {
@@ -105,8 +104,11 @@ impl LookupIds {
 
 /// Applies `patch` to `user`'s profile, tells its audience, and answers the
 /// user as they now are. A taken username is `ApiError::InvalidRequest`.
-pub async fn update(state: &AppState, user: UserId, patch: ProfilePatch) -> ApiResult<UserRecord> {
-    let user_id = user.0;
+pub async fn update(
+    state: &AppState,
+    user_id: UserId,
+    patch: ProfilePatch,
+) -> ApiResult<UserRecord> {
     let payload = profile_update_payload(user_id, &patch, now_unix());
     // The audience does not change the frame, so the user alone is enough
     // to check the size before anything is written.
@@ -138,7 +140,7 @@ pub async fn update(state: &AppState, user: UserId, patch: ProfilePatch) -> ApiR
 pub async fn user(state: &AppState, user: UserId) -> ApiResult<UserRecord> {
     state
         .store()
-        .user_by_id(user.0)
+        .user_by_id(user)
         .await?
         .ok_or(ApiError::NotFound)
 }
@@ -202,7 +204,7 @@ pub async fn set_image(
         sha256_hex,
         bytes,
     };
-    let audience = profile_audience(state, user.0).await;
+    let audience = profile_audience(state, user).await;
     // The new version only the write's transaction knows.
     let deferred = publish::Deferred::new(state);
     let outbox = |updated: &UserRecord| {
@@ -223,7 +225,7 @@ pub async fn set_image(
     };
     let updated = state
         .store()
-        .set_profile_image(user.0, kind, image, now, &outbox)
+        .set_profile_image(user, kind, image, now, &outbox)
         .await?
         .ok_or(ApiError::InvalidCredentials)?;
     publish::publish_all(state, deferred.into_pending()).await;
@@ -235,12 +237,12 @@ pub async fn set_image(
 pub async fn image(state: &AppState, user: UserId, kind: ImageKind) -> ApiResult<ProfileImage> {
     state
         .store()
-        .profile_image(user.0, kind)
+        .profile_image(user, kind)
         .await?
         .ok_or(ApiError::NotFound)
 }
 
-fn profile_update_payload(user_id: Ulid, patch: &ProfilePatch, now: i64) -> event::Payload {
+fn profile_update_payload(user_id: UserId, patch: &ProfilePatch, now: i64) -> event::Payload {
     event::Payload::ProfileUpdate(pb::ProfileUpdate {
         user_id: user_id.to_string(),
         updated_fields: Some(pb::ProfileFields {
@@ -271,7 +273,7 @@ impl Audience {
 /// The audience of the user's profile changes. If it cannot be read, the
 /// user's own sockets still hear of the change; the others see it on their
 /// next fetch.
-async fn profile_audience(state: &AppState, user_id: Ulid) -> Audience {
+async fn profile_audience(state: &AppState, user_id: UserId) -> Audience {
     let audience = match state.store().profile_audience(user_id).await {
         Ok(audience) => audience,
         Err(err) => {
@@ -284,7 +286,7 @@ async fn profile_audience(state: &AppState, user_id: Ulid) -> Audience {
             .chain(audience.friend_ids)
             .map(|id| id.to_string())
             .collect(),
-        guild_ids: audience.guild_ids.iter().map(Ulid::to_string).collect(),
+        guild_ids: audience.guild_ids.iter().map(GuildId::to_string).collect(),
     }
 }
 

@@ -4,8 +4,8 @@
 //! publishes `message_reaction`, through the event outbox
 //! (`crate::outbox`).
 
+use filament_ids::{ChannelId, GuildId, MessageId, UserId};
 use filament_proto::v1::{self as pb, event};
-use ulid::Ulid;
 
 use crate::clock::now_unix;
 use crate::domain::storable_text;
@@ -41,9 +41,9 @@ impl TryFrom<String> for Emoji {
 /// The message a reaction is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReactionTarget {
-    pub guild_id: Ulid,
-    pub channel_id: Ulid,
-    pub message_id: Ulid,
+    pub guild_id: GuildId,
+    pub channel_id: ChannelId,
+    pub message_id: MessageId,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +57,7 @@ enum Operation {
 /// message already has the most emoji it may.
 pub async fn add(
     state: &AppState,
-    user: Ulid,
+    user: UserId,
     target: ReactionTarget,
     emoji: Emoji,
 ) -> ApiResult<filament_wire::Reaction> {
@@ -68,7 +68,7 @@ pub async fn add(
 /// reactions, without the user's.
 pub async fn remove(
     state: &AppState,
-    user: Ulid,
+    user: UserId,
     target: ReactionTarget,
     emoji: Emoji,
 ) -> ApiResult<filament_wire::Reaction> {
@@ -77,7 +77,7 @@ pub async fn remove(
 
 async fn react(
     state: &AppState,
-    user: Ulid,
+    user: UserId,
     target: ReactionTarget,
     emoji: Emoji,
     operation: Operation,
@@ -156,7 +156,7 @@ pub fn proto_reaction(summary: &ReactionSummary) -> pb::Reaction {
         emoji: summary.emoji.clone(),
         count: summary.count,
         reacted_by_me: summary.reacted_by_me,
-        reactor_user_ids: summary.reactor_ids.iter().map(Ulid::to_string).collect(),
+        reactor_user_ids: summary.reactor_ids.iter().map(UserId::to_string).collect(),
     }
 }
 

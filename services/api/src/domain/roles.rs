@@ -14,7 +14,6 @@
 
 use filament_ids::{GuildId, RoleId, UserId};
 use filament_proto::v1::{self as pb, event};
-use ulid::Ulid;
 
 use crate::clock::now_unix;
 use crate::domain::permissions::{GuildAccess, Permission, Permissions};
@@ -157,7 +156,7 @@ impl RoleUpdate {
 
 /// A new order of roles, highest first: 1–64 distinct role ids.
 #[derive(Debug)]
-pub struct RoleOrder(Vec<Ulid>);
+pub struct RoleOrder(Vec<RoleId>);
 
 impl TryFrom<&[String]> for RoleOrder {
     type Error = ApiError;
@@ -187,8 +186,7 @@ pub struct RoleListing {
 
 /// The guild's roles, for any member. A role whose stored mask carries
 /// bits this build does not know is listed without them, and audited.
-pub async fn list(state: &AppState, viewer: UserId, guild: GuildId) -> ApiResult<RoleListing> {
-    let (guild_id, viewer) = (guild.0, viewer.0);
+pub async fn list(state: &AppState, viewer: UserId, guild_id: GuildId) -> ApiResult<RoleListing> {
     state.authorizer().guild(guild_id, viewer).await?;
     let roles = state.store().roles(guild_id).await?;
     let default_join_role_id = state.store().default_join_role(guild_id).await?;
@@ -210,7 +208,7 @@ pub async fn list(state: &AppState, viewer: UserId, guild: GuildId) -> ApiResult
             .iter()
             .map(|role| wire_role(&proto_role(role)))
             .collect::<ApiResult<_>>()?,
-        default_join_role: default_join_role_id.map(RoleId),
+        default_join_role: default_join_role_id,
     })
 }
 
@@ -220,10 +218,9 @@ pub async fn list(state: &AppState, viewer: UserId, guild: GuildId) -> ApiResult
 pub async fn create(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
+    guild_id: GuildId,
     new: NewRole,
 ) -> ApiResult<filament_wire::Role> {
-    let (guild_id, actor) = (guild.0, actor.0);
     let access = state.authorizer().guild(guild_id, actor).await?;
     access.require(Permission::ManageWorkspaceRoles)?;
     let position = new
@@ -285,11 +282,10 @@ pub async fn create(
 pub async fn update(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
-    role: RoleId,
+    guild_id: GuildId,
+    role_id: RoleId,
     update: RoleUpdate,
 ) -> ApiResult<filament_wire::Role> {
-    let (guild_id, role_id, actor) = (guild.0, role.0, actor.0);
     let access = state.authorizer().guild(guild_id, actor).await?;
     manageable_role(state, &access, role_id).await?;
     let fields = update.fields;
@@ -335,10 +331,9 @@ pub async fn update(
 pub async fn delete(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
-    role: RoleId,
+    guild_id: GuildId,
+    role_id: RoleId,
 ) -> ApiResult<()> {
-    let (guild_id, role_id, actor) = (guild.0, role.0, actor.0);
     let access = state.authorizer().guild(guild_id, actor).await?;
     let role = manageable_role(state, &access, role_id).await?;
     if role.is_system() {
@@ -374,10 +369,10 @@ pub async fn delete(
 pub async fn reorder(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
+    guild_id: GuildId,
     order: RoleOrder,
 ) -> ApiResult<()> {
-    let (guild_id, actor, role_ids) = (guild.0, actor.0, order.0);
+    let role_ids = order.0;
     let access = state.authorizer().guild(guild_id, actor).await?;
     access.require(Permission::ManageWorkspaceRoles)?;
     let roles = state.store().roles(guild_id).await?;
@@ -394,7 +389,7 @@ pub async fn reorder(
         &guild_id.to_string(),
         event::Payload::WorkspaceRoleReorder(pb::WorkspaceRoleReorder {
             guild_id: guild_id.to_string(),
-            role_ids: role_ids.iter().map(Ulid::to_string).collect(),
+            role_ids: role_ids.iter().map(RoleId::to_string).collect(),
             updated_at_unix: now_unix(),
             actor_user_id: Some(actor.to_string()),
         }),
@@ -418,10 +413,9 @@ pub async fn reorder(
 pub async fn set_default(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
-    role: Option<RoleId>,
+    guild_id: GuildId,
+    role_id: Option<RoleId>,
 ) -> ApiResult<()> {
-    let (guild_id, actor, role_id) = (guild.0, actor.0, role.map(|role| role.0));
     let access = state.authorizer().guild(guild_id, actor).await?;
     access.require(Permission::ManageWorkspaceRoles)?;
     if let Some(role_id) = role_id {
@@ -450,11 +444,10 @@ pub async fn set_default(
 pub async fn assign(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
-    role: RoleId,
+    guild_id: GuildId,
+    role_id: RoleId,
     target: UserId,
 ) -> ApiResult<()> {
-    let (guild_id, role_id, actor, target) = (guild.0, role.0, actor.0, target.0);
     assignable_role(state, guild_id, role_id, actor).await?;
     let now = now_unix();
     let guild = guild_id.to_string();
@@ -495,11 +488,10 @@ pub async fn assign(
 pub async fn unassign(
     state: &AppState,
     actor: UserId,
-    guild: GuildId,
-    role: RoleId,
+    guild_id: GuildId,
+    role_id: RoleId,
     target: UserId,
 ) -> ApiResult<()> {
-    let (guild_id, role_id, actor, target) = (guild.0, role.0, actor.0, target.0);
     let (access, _) = assignable_role(state, guild_id, role_id, actor).await?;
     require_outranks(state, &access, target).await?;
     let guild = guild_id.to_string();
@@ -543,7 +535,7 @@ pub async fn unassign(
 async fn manageable_role(
     state: &AppState,
     access: &GuildAccess,
-    role_id: Ulid,
+    role_id: RoleId,
 ) -> ApiResult<RoleRecord> {
     access.require(Permission::ManageWorkspaceRoles)?;
     let role = state
@@ -565,7 +557,7 @@ async fn manageable_role(
 pub(crate) async fn require_outranks(
     state: &AppState,
     actor: &GuildAccess,
-    target: Ulid,
+    target: UserId,
 ) -> ApiResult<()> {
     if target == actor.user_id {
         return Ok(());
@@ -584,9 +576,9 @@ pub(crate) async fn require_outranks(
 /// Returns the caller's access with the role.
 async fn assignable_role(
     state: &AppState,
-    guild_id: Ulid,
-    role_id: Ulid,
-    actor: Ulid,
+    guild_id: GuildId,
+    role_id: RoleId,
+    actor: UserId,
 ) -> ApiResult<(GuildAccess, RoleRecord)> {
     let access = state.authorizer().guild(guild_id, actor).await?;
     access.require(Permission::ManageMemberRoles)?;

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use filament_clients::{ClientError, SearchClient};
-use filament_ids::{ChannelId, GuildId, UserId};
+use filament_ids::{ChannelId, GuildId, MessageId, UserId};
 use filament_proto::v1 as pb;
 use filament_runtime::grpc_client::GrpcClientMetrics;
 use tonic::Code;
@@ -63,7 +63,7 @@ impl SearchRequest {
         Ok(Self {
             text: text.to_owned(),
             limit: page_limit(limit, 20, 50)?,
-            channel_id: channel_id.map(parse_id).transpose()?.map(ChannelId),
+            channel_id: channel_id.map(parse_id).transpose()?,
         })
     }
 }
@@ -132,11 +132,10 @@ fn search_failed(err: ClientError) -> ApiError {
 pub async fn search(
     state: &AppState,
     backend: &SearchBackend,
-    user: UserId,
-    guild: GuildId,
+    user_id: UserId,
+    guild_id: GuildId,
     request: &SearchRequest,
 ) -> ApiResult<Vec<filament_wire::Message>> {
-    let (user_id, guild_id) = (user.0, guild.0);
     state
         .authorizer()
         .guild(guild_id, user_id)
@@ -145,7 +144,7 @@ pub async fn search(
     let client = backend.client()?;
     let mut viewable = ViewableChannels::new(state, guild_id, user_id);
     if let Some(channel_id) = request.channel_id
-        && !viewable.check(channel_id.0).await?
+        && !viewable.check(channel_id).await?
     {
         return Ok(Vec::new());
     }
@@ -162,16 +161,16 @@ pub async fn search(
 async fn authorized_hits(
     state: &AppState,
     client: &SearchClient,
-    guild_id: Ulid,
+    guild_id: GuildId,
     request: &SearchRequest,
     viewable: &mut ViewableChannels<'_>,
 ) -> ApiResult<Vec<MessageRecord>> {
-    let mut excluded: Vec<Ulid> = Vec::new();
+    let mut excluded: Vec<ChannelId> = Vec::new();
     let mut page = Vec::new();
     for _ in 0..MAX_ROUNDS {
         let hits = query(client, guild_id, request, &excluded).await?;
         let exhausted = hits.len() < request.limit as usize;
-        let mut found: HashMap<Ulid, MessageRecord> = state
+        let mut found: HashMap<MessageId, MessageRecord> = state
             .store()
             .messages_by_ids(guild_id, &hits)
             .await?
@@ -200,10 +199,10 @@ async fn authorized_hits(
 /// One query to the search service: candidate message ids, best first.
 async fn query(
     client: &SearchClient,
-    guild_id: Ulid,
+    guild_id: GuildId,
     request: &SearchRequest,
-    excluded: &[Ulid],
-) -> ApiResult<Vec<Ulid>> {
+    excluded: &[ChannelId],
+) -> ApiResult<Vec<MessageId>> {
     let query = pb::QueryRequest {
         guild_id: guild_id.to_string(),
         query: request.text.clone(),
@@ -220,9 +219,11 @@ async fn query(
         .map_err(search_failed)?
         .iter()
         .map(|hit| {
-            Ulid::from_string(&hit.message_id).map_err(|_| {
-                ApiError::Internal(anyhow::anyhow!("search returned a malformed message id"))
-            })
+            Ulid::from_string(&hit.message_id)
+                .map(MessageId)
+                .map_err(|_| {
+                    ApiError::Internal(anyhow::anyhow!("search returned a malformed message id"))
+                })
         })
         .collect()
 }
@@ -230,13 +231,13 @@ async fn query(
 /// `can_view_channel` answers, asked once per channel per search.
 struct ViewableChannels<'a> {
     state: &'a AppState,
-    guild_id: Ulid,
-    user_id: Ulid,
-    known: HashMap<Ulid, bool>,
+    guild_id: GuildId,
+    user_id: UserId,
+    known: HashMap<ChannelId, bool>,
 }
 
 impl<'a> ViewableChannels<'a> {
-    fn new(state: &'a AppState, guild_id: Ulid, user_id: Ulid) -> Self {
+    fn new(state: &'a AppState, guild_id: GuildId, user_id: UserId) -> Self {
         Self {
             state,
             guild_id,
@@ -245,7 +246,7 @@ impl<'a> ViewableChannels<'a> {
         }
     }
 
-    async fn check(&mut self, channel_id: Ulid) -> ApiResult<bool> {
+    async fn check(&mut self, channel_id: ChannelId) -> ApiResult<bool> {
         if let Some(&allowed) = self.known.get(&channel_id) {
             return Ok(allowed);
         }
@@ -266,7 +267,7 @@ pub async fn rebuild(
     user: UserId,
     guild: GuildId,
 ) -> ApiResult<()> {
-    require_maintainer(state, guild.0, user.0).await?;
+    require_maintainer(state, guild, user).await?;
     backend
         .client()?
         .rebuild(&guild.to_string(), MAINTENANCE_DEADLINE)
@@ -283,7 +284,7 @@ pub async fn reconcile(
     user: UserId,
     guild: GuildId,
 ) -> ApiResult<pb::ReconcileResponse> {
-    require_maintainer(state, guild.0, user.0).await?;
+    require_maintainer(state, guild, user).await?;
     backend
         .client()?
         .reconcile(&guild.to_string(), MAINTENANCE_DEADLINE)
@@ -292,7 +293,7 @@ pub async fn reconcile(
 }
 
 /// Rebuild and reconcile need `manage_workspace_roles` (PROTOCOL.md §2.13).
-async fn require_maintainer(state: &AppState, guild_id: Ulid, user_id: Ulid) -> ApiResult<()> {
+async fn require_maintainer(state: &AppState, guild_id: GuildId, user_id: UserId) -> ApiResult<()> {
     state
         .authorizer()
         .guild(guild_id, user_id)

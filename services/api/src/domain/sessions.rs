@@ -3,7 +3,7 @@
 //! user is reloaded on every call, so a deleted account's tokens stop
 //! working at once, and a logged-out session's are refused.
 
-use ulid::Ulid;
+use filament_ids::SessionId;
 
 use crate::domain::parse_id;
 use crate::error::ApiError;
@@ -15,7 +15,7 @@ use crate::store::UserRecord;
 pub struct Authenticated {
     pub user: UserRecord,
     /// The login session the token was issued for.
-    pub session_id: Ulid,
+    pub session_id: SessionId,
     pub expires_at_unix: i64,
 }
 

@@ -180,7 +180,7 @@ pub async fn token(
     } = caller;
     let (access, channel) = state
         .authorizer()
-        .channel(guild_id.0, channel_id.0, user.0)
+        .channel(guild_id, channel_id, user)
         .await?;
     if channel.kind != ChannelKind::Voice {
         return Err(ApiError::InvalidRequest);
@@ -188,9 +188,9 @@ pub async fn token(
     let grants = Grants::of(request, access.permissions)?;
     let keys = [
         LimitKey::Ip(ip),
-        LimitKey::User(user.0),
-        LimitKey::Guild(guild_id.0),
-        LimitKey::Channel(channel_id.0),
+        LimitKey::User(user),
+        LimitKey::Guild(guild_id),
+        LimitKey::Channel(channel_id),
     ];
     if !limits.token_limiter.admit(&keys, Instant::now()) {
         return Err(ApiError::RateLimited);
@@ -301,9 +301,9 @@ impl VoiceLimiters {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum LimitKey {
     Ip(IpAddr),
-    User(Ulid),
-    Guild(Ulid),
-    Channel(Ulid),
+    User(UserId),
+    Guild(GuildId),
+    Channel(ChannelId),
 }
 
 /// At most `per_minute` admissions per key in any 60 seconds, for every
@@ -408,9 +408,9 @@ async fn still_covered(
     holder: &pb::VoiceGrantHolder,
 ) -> bool {
     let ids = (
-        guild_id.parse::<Ulid>(),
-        holder.channel_id.parse::<Ulid>(),
-        holder.user_id.parse::<Ulid>(),
+        guild_id.parse::<Ulid>().map(GuildId),
+        holder.channel_id.parse::<Ulid>().map(ChannelId),
+        holder.user_id.parse::<Ulid>().map(UserId),
     );
     let (Ok(guild), Ok(channel), Ok(user)) = ids else {
         return false;
@@ -506,8 +506,8 @@ mod tests {
         let limiter = SlidingLimiter::new(2);
         let ip = LimitKey::Ip([192, 0, 2, 1].into());
         let (a, b) = (
-            LimitKey::User(Ulid::generate()),
-            LimitKey::User(Ulid::generate()),
+            LimitKey::User(UserId::generate()),
+            LimitKey::User(UserId::generate()),
         );
         let start = Instant::now();
         assert!(limiter.admit(&[ip, a], start));
@@ -519,8 +519,8 @@ mod tests {
 
     fn holder(can_subscribe: bool, sources: &[pb::VoiceStream]) -> pb::VoiceGrantHolder {
         pb::VoiceGrantHolder {
-            user_id: Ulid::generate().to_string(),
-            channel_id: Ulid::generate().to_string(),
+            user_id: UserId::generate().to_string(),
+            channel_id: ChannelId::generate().to_string(),
             can_subscribe,
             publish_sources: sources.iter().map(|s| (*s).into()).collect(),
         }

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use filament_ids::{AttachmentId, ChannelId, GuildId, UserId};
+use filament_ids::{AttachmentId, ChannelId, GuildId};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::UtoipaMethodRouterExt as _;
@@ -72,7 +72,7 @@ fn declared_type(headers: &HeaderMap) -> ApiResult<Option<String>> {
 pub async fn upload(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, channel_id]): Ids<2>,
+    Ids((guild_id, channel_id)): Ids<(GuildId, ChannelId)>,
     QueryParams(query): QueryParams<UploadQuery>,
     headers: HeaderMap,
     body: Body,
@@ -87,16 +87,9 @@ pub async fn upload(
         declared_type,
         announced_bytes,
     };
-    attachments::upload(
-        &state,
-        UserId(user.user_id),
-        GuildId(guild_id),
-        ChannelId(channel_id),
-        upload,
-        body,
-    )
-    .await
-    .map(Json)
+    attachments::upload(&state, user.user_id, guild_id, channel_id, upload, body)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(
@@ -114,16 +107,10 @@ pub async fn upload(
 pub async fn download(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, channel_id, attachment_id]): Ids<3>,
+    Ids((guild_id, channel_id, attachment_id)): Ids<(GuildId, ChannelId, AttachmentId)>,
 ) -> ApiResult<Response> {
-    let (attachment, body) = attachments::open(
-        &state,
-        UserId(user.user_id),
-        GuildId(guild_id),
-        ChannelId(channel_id),
-        AttachmentId(attachment_id),
-    )
-    .await?;
+    let (attachment, body) =
+        attachments::open(&state, user.user_id, guild_id, channel_id, attachment_id).await?;
     let content_type = HeaderValue::from_str(&attachment.mime_type)
         .map_err(|err| ApiError::Internal(err.into()))?;
     let untrusted = untrusted_content_headers(Disposition::Attachment {
@@ -162,16 +149,9 @@ pub async fn download(
 pub async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, channel_id, attachment_id]): Ids<3>,
+    Ids((guild_id, channel_id, attachment_id)): Ids<(GuildId, ChannelId, AttachmentId)>,
 ) -> ApiResult<StatusCode> {
-    attachments::delete(
-        &state,
-        UserId(user.user_id),
-        GuildId(guild_id),
-        ChannelId(channel_id),
-        AttachmentId(attachment_id),
-    )
-    .await?;
+    attachments::delete(&state, user.user_id, guild_id, channel_id, attachment_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

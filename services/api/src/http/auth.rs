@@ -3,9 +3,9 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use filament_ids::{SessionId, UserId};
 use filament_wire::Profile;
 use serde::{Deserialize, Serialize};
-use ulid::Ulid;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
@@ -195,7 +195,7 @@ pub async fn refresh(
     // A replay revokes the session, and stores `session_revoked` for the
     // session's user, whom only its transaction knows.
     let deferred = publish::Deferred::new(&state);
-    let outbox = |user_id: &Ulid| {
+    let outbox = |user_id: &UserId| {
         deferred.rows(vec![publish::session_revoked(
             *user_id,
             presented.session_id,
@@ -250,7 +250,7 @@ pub async fn logout(
     // `session_revoked` for the session's user, whom only the revoking
     // transaction knows.
     let deferred = publish::Deferred::new(&state);
-    let outbox = |user_id: &Ulid| {
+    let outbox = |user_id: &UserId| {
         deferred.rows(vec![publish::session_revoked(
             *user_id,
             presented.session_id,
@@ -273,7 +273,7 @@ pub async fn logout(
 /// `revoked` holds the `session_revoked` event the revocation stored.
 async fn end_session(
     state: &AppState,
-    session_id: Ulid,
+    session_id: SessionId,
     revoked: publish::Deferred<'_>,
 ) -> ApiResult<()> {
     let ttl = state.config().access_token_ttl;

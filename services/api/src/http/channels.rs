@@ -7,7 +7,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use filament_ids::{ChannelId, GuildId, UserId};
+use filament_ids::{ChannelId, GuildId};
 use filament_wire::Channel;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -82,11 +82,11 @@ pub struct SelfPermissions {
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
     JsonBody(dto): JsonBody<CreateChannelDto>,
 ) -> ApiResult<Json<Channel>> {
     let new = NewChannel::try_from(dto)?;
-    channels::create(&state, UserId(user.user_id), GuildId(guild_id), new)
+    channels::create(&state, user.user_id, guild_id, new)
         .await
         .map(Json)
 }
@@ -105,9 +105,9 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
 ) -> ApiResult<Json<ChannelList>> {
-    let channels = channels::list(&state, UserId(user.user_id), GuildId(guild_id)).await?;
+    let channels = channels::list(&state, user.user_id, guild_id).await?;
     Ok(Json(ChannelList { channels }))
 }
 
@@ -128,12 +128,11 @@ pub async fn list(
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, channel_id]): Ids<2>,
+    Ids((guild_id, channel_id)): Ids<(GuildId, ChannelId)>,
     JsonBody(dto): JsonBody<UpdateChannelDto>,
 ) -> ApiResult<Json<Channel>> {
     let name = Name::try_from(dto.name.ok_or(ApiError::InvalidRequest)?)?;
-    let (guild, channel) = (GuildId(guild_id), ChannelId(channel_id));
-    channels::rename(&state, UserId(user.user_id), guild, channel, name)
+    channels::rename(&state, user.user_id, guild_id, channel_id, name)
         .await
         .map(Json)
 }
@@ -155,10 +154,9 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, channel_id]): Ids<2>,
+    Ids((guild_id, channel_id)): Ids<(GuildId, ChannelId)>,
 ) -> ApiResult<StatusCode> {
-    let (guild, channel) = (GuildId(guild_id), ChannelId(channel_id));
-    channels::delete(&state, UserId(user.user_id), guild, channel).await?;
+    channels::delete(&state, user.user_id, guild_id, channel_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -178,10 +176,9 @@ pub async fn delete(
 pub async fn permissions_self(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, channel_id]): Ids<2>,
+    Ids((guild_id, channel_id)): Ids<(GuildId, ChannelId)>,
 ) -> ApiResult<Json<SelfPermissions>> {
-    let (guild, channel) = (GuildId(guild_id), ChannelId(channel_id));
-    let own = channels::own_permissions(&state, UserId(user.user_id), guild, channel).await?;
+    let own = channels::own_permissions(&state, user.user_id, guild_id, channel_id).await?;
     Ok(Json(SelfPermissions {
         role: match own.role {
             MemberRole::Owner => filament_wire::LegacyRole::Owner,

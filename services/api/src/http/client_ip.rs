@@ -25,8 +25,8 @@ use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use filament_ids::GuildId;
 pub use filament_runtime::client_ip::resolve;
-use ulid::Ulid;
 
 use crate::clock::now_unix;
 use crate::error::{ApiError, ApiResult};
@@ -70,7 +70,7 @@ impl FromRequestParts<AppState> for ClientIp {
 /// `/guilds/{g}/channels…` or `/guilds/{g}/search…`. Segments are
 /// percent-decoded the way axum's `Path` decodes the id for the handler, so
 /// an encoded path cannot slip past the gate to a handler that accepts it.
-fn ip_checked_guild(path: &str) -> Option<Ulid> {
+fn ip_checked_guild(path: &str) -> Option<GuildId> {
     let mut segments = path.strip_prefix('/')?.split('/').map(percent_decode);
     if segments.next()?.as_deref()? != "guilds" {
         return None;
@@ -124,7 +124,7 @@ pub async fn refuse_ip_banned(
     }
 }
 
-async fn check_ip_ban(state: &AppState, guild_id: Ulid, parts: &mut Parts) -> ApiResult<()> {
+async fn check_ip_ban(state: &AppState, guild_id: GuildId, parts: &mut Parts) -> ApiResult<()> {
     let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
     if !state.store().ip_banned(guild_id, ip, now_unix()).await? {
         return Ok(());
@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn the_gate_recognises_exactly_the_ip_routes() {
-        let guild = Ulid::generate();
+        let guild = GuildId::generate();
         let g = guild.to_string();
         for path in [
             format!("/guilds/{g}/channels"),

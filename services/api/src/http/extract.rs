@@ -6,7 +6,9 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use filament_ids::{AttachmentId, ChannelId, GuildId, MessageId, RoleId, SessionId, UserId};
 use serde::de::DeserializeOwned;
+use ulid::Ulid;
 
 use crate::domain::sessions::authenticate;
 use crate::error::ApiError;
@@ -116,10 +118,71 @@ where
 }
 
 /// Path segments that must be canonical ULIDs; anything else is a 400.
+/// `T` says what they are: one id (`Ids<GuildId>`) or a tuple of them
+/// (`Ids<(GuildId, ChannelId)>`), in path order; a plain `Ulid` for a
+/// segment that names no entity.
 #[derive(Debug, Clone)]
-pub struct Ids<const N: usize>(pub [ulid::Ulid; N]);
+pub struct Ids<T>(pub T);
 
-impl<const N: usize, S> FromRequestParts<S> for Ids<N>
+/// What [`Ids`] can extract: typed ids from the path's segments, exactly as
+/// many as there are.
+pub trait PathIds: Sized {
+    /// `None` when the number of segments is not the number of ids.
+    fn from_segments(segments: &[String]) -> Result<Option<Self>, ApiError>;
+}
+
+macro_rules! single_path_id {
+    ($($id:ty),+) => {
+        $(
+            impl PathIds for $id {
+                fn from_segments(segments: &[String]) -> Result<Option<Self>, ApiError> {
+                    let ids = <(Self,)>::from_segments(segments)?;
+                    Ok(ids.map(|(id,)| id))
+                }
+            }
+        )+
+    };
+}
+
+single_path_id!(
+    AttachmentId,
+    ChannelId,
+    GuildId,
+    MessageId,
+    RoleId,
+    SessionId,
+    UserId,
+    Ulid
+);
+
+macro_rules! tuple_path_ids {
+    ($($len:literal => ($($name:ident $var:ident),+);)+) => {
+        $(
+            impl<$($name: From<Ulid>),+> PathIds for ($($name,)+) {
+                fn from_segments(segments: &[String]) -> Result<Option<Self>, ApiError> {
+                    // Every segment is parsed before the count is checked,
+                    // as a bad id is the same 400 either way.
+                    let ids = segments
+                        .iter()
+                        .map(|segment| crate::domain::parse_id::<Ulid>(segment))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let Ok([$($var),+]) = <[Ulid; $len]>::try_from(ids) else {
+                        return Ok(None);
+                    };
+                    Ok(Some(($($var.into(),)+)))
+                }
+            }
+        )+
+    };
+}
+
+tuple_path_ids! {
+    1 => (A a);
+    2 => (A a, B b);
+    3 => (A a, B b, C c);
+}
+
+impl<T: PathIds, S> FromRequestParts<S> for Ids<T>
 where
     S: Send + Sync,
 {
@@ -130,13 +193,9 @@ where
             axum::extract::Path::<Vec<String>>::from_request_parts(parts, state)
                 .await
                 .map_err(|_| ApiError::InvalidRequest)?;
-        let ids: Vec<_> = raw
-            .iter()
-            .map(|segment| crate::domain::parse_id(segment))
-            .collect::<Result<_, _>>()?;
-        ids.try_into()
+        T::from_segments(&raw)?
             .map(Self)
-            .map_err(|_| ApiError::InvalidRequest)
+            .ok_or(ApiError::InvalidRequest)
     }
 }
 
@@ -161,6 +220,27 @@ mod tests {
             Ok(_) => 200,
             Err(err) => err.status_and_code().0.as_u16(),
         }
+    }
+
+    #[test]
+    fn path_ids_are_typed_canonical_and_exactly_as_many_as_asked() {
+        let (g, c) = (GuildId::generate(), ChannelId::generate());
+        let segments = [g.to_string(), c.to_string()];
+        assert_eq!(
+            <(GuildId, ChannelId)>::from_segments(&segments).unwrap(),
+            Some((g, c))
+        );
+        assert_eq!(GuildId::from_segments(&segments[..1]).unwrap(), Some(g));
+        assert_eq!(GuildId::from_segments(&segments).unwrap(), None);
+        assert_eq!(
+            <(GuildId, ChannelId)>::from_segments(&segments[..1]).unwrap(),
+            None
+        );
+        let lowercase = [g.to_string().to_lowercase()];
+        assert!(matches!(
+            GuildId::from_segments(&lowercase),
+            Err(ApiError::InvalidRequest)
+        ));
     }
 
     #[tokio::test]

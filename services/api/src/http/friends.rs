@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use filament_ids::UserId;
 use filament_wire::payloads::FriendRequestCreate;
 use serde::{Deserialize, Serialize};
+use ulid::Ulid;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
@@ -69,7 +70,7 @@ pub async fn list_friends(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> ApiResult<Json<FriendList>> {
-    let list = friends::friends(&state, UserId(user.user_id)).await?;
+    let list = friends::friends(&state, user.user_id).await?;
     Ok(Json(FriendList {
         friends: list
             .into_iter()
@@ -98,8 +99,8 @@ pub async fn create_request(
     AuthUser(user): AuthUser,
     JsonBody(dto): JsonBody<CreateRequestDto>,
 ) -> ApiResult<Json<CreatedRequest>> {
-    let recipient = UserId(parse_id(&dto.recipient_user_id)?);
-    let record = friends::send_request(&state, UserId(user.user_id), recipient).await?;
+    let recipient: UserId = parse_id(&dto.recipient_user_id)?;
+    let record = friends::send_request(&state, user.user_id, recipient).await?;
     Ok(Json(CreatedRequest {
         request_id: record.request_id.to_string(),
         sender_user_id: record.sender_user_id.to_string(),
@@ -120,7 +121,7 @@ pub async fn list_requests(
     AuthUser(user): AuthUser,
 ) -> ApiResult<Json<RequestLists>> {
     let PendingRequests { incoming, outgoing } =
-        friends::pending_requests(&state, UserId(user.user_id)).await?;
+        friends::pending_requests(&state, user.user_id).await?;
     let wire = |requests: Vec<FriendRequestRecord>| {
         requests
             .into_iter()
@@ -156,9 +157,9 @@ pub async fn list_requests(
 pub async fn accept_request(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([request_id]): Ids<1>,
+    Ids(request_id): Ids<Ulid>,
 ) -> ApiResult<Json<Ack>> {
-    friends::accept_request(&state, UserId(user.user_id), request_id).await?;
+    friends::accept_request(&state, user.user_id, request_id).await?;
     Ok(Json(ACK))
 }
 
@@ -177,9 +178,9 @@ pub async fn accept_request(
 pub async fn delete_request(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([request_id]): Ids<1>,
+    Ids(request_id): Ids<Ulid>,
 ) -> ApiResult<StatusCode> {
-    friends::delete_request(&state, UserId(user.user_id), request_id).await?;
+    friends::delete_request(&state, user.user_id, request_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -196,9 +197,9 @@ pub async fn delete_request(
 pub async fn remove_friend(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([friend_id]): Ids<1>,
+    Ids(friend_id): Ids<UserId>,
 ) -> ApiResult<StatusCode> {
-    friends::remove_friend(&state, UserId(user.user_id), UserId(friend_id)).await?;
+    friends::remove_friend(&state, user.user_id, friend_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -14,7 +14,6 @@ use filament_ids::{GuildId, UserId};
 use filament_wire::Guild;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
-use ulid::Ulid;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::UtoipaMethodRouterExt as _;
 use utoipa_axum::routes;
@@ -103,9 +102,7 @@ pub async fn create(
     JsonBody(dto): JsonBody<CreateGuildDto>,
 ) -> ApiResult<Json<Guild>> {
     let new = NewGuild::try_from(dto)?;
-    guilds::create(&state, UserId(user.user_id), new)
-        .await
-        .map(Json)
+    guilds::create(&state, user.user_id, new).await.map(Json)
 }
 
 /// The caller's guilds; a ban removed the membership, so banned guilds are
@@ -121,7 +118,7 @@ pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
 ) -> ApiResult<Json<GuildList>> {
-    let guilds = guilds::list(&state, UserId(user.user_id)).await?;
+    let guilds = guilds::list(&state, user.user_id).await?;
     Ok(Json(GuildList { guilds }))
 }
 
@@ -164,7 +161,7 @@ pub async fn join(
     Extension(limiter): Extension<Arc<JoinLimiter>>,
     AuthUser(user): AuthUser,
     ClientIp(ip): ClientIp,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
 ) -> ApiResult<Json<JoinOutcome>> {
     let config = state.config();
     let limits = JoinLimits {
@@ -174,7 +171,7 @@ pub async fn join(
     if !limiter.admit(ip, user.user_id, limits, Instant::now()) {
         return Err(ApiError::RateLimited);
     }
-    let joined = guilds::join(&state, UserId(user.user_id), ip, GuildId(guild_id)).await?;
+    let joined = guilds::join(&state, user.user_id, ip, guild_id).await?;
     Ok(Json(JoinOutcome {
         guild_id: guild_id.to_string(),
         outcome: joined.as_str(),
@@ -199,7 +196,7 @@ pub struct JoinLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum JoinCaller {
     Ip(IpAddr),
-    User(Ulid),
+    User(UserId),
 }
 
 /// At most `per_ip` joins from one address and `per_user` joins by one
@@ -208,7 +205,7 @@ enum JoinCaller {
 pub struct JoinLimiter(SlidingWindow<JoinCaller>);
 
 impl JoinLimiter {
-    pub fn admit(&self, ip: IpAddr, user: Ulid, limits: JoinLimits, now: Instant) -> bool {
+    pub fn admit(&self, ip: IpAddr, user: UserId, limits: JoinLimits, now: Instant) -> bool {
         self.0.admit(
             &[
                 (JoinCaller::Ip(ip), limits.per_ip as usize),

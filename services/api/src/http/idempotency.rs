@@ -13,7 +13,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ulid::Ulid;
+use filament_ids::UserId;
 
 use crate::domain::idempotency::IdempotencyKey;
 use crate::error::{ApiError, ApiResult};
@@ -32,7 +32,7 @@ impl Keyed {
     /// (the route and every field of the body that matters).
     pub fn from_headers(
         headers: &HeaderMap,
-        user_id: Ulid,
+        user_id: UserId,
         parts: &[&str],
     ) -> ApiResult<Option<Self>> {
         let mut values = headers.get_all(HEADER).iter();
@@ -93,7 +93,7 @@ mod tests {
 
     #[test]
     fn keys_are_checked_at_the_door() {
-        let user = Ulid::generate();
+        let user = UserId::generate();
         let parse = |values: &[&str]| Keyed::from_headers(&headers(values), user, &["x"]);
         assert!(parse(&[]).expect("no key").is_none());
         for good in ["a", "3f2c1d7e-0b1a-4c55-9d1e-0f6c1a2b3c4d", "01J:x_y.z"] {

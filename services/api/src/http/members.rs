@@ -6,9 +6,8 @@
 
 use axum::Json;
 use axum::extract::State;
-use filament_ids::{GuildId, UserId};
+use filament_ids::{GuildId, RoleId, UserId};
 use serde::{Deserialize, Serialize};
-use ulid::Ulid;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
@@ -50,7 +49,7 @@ pub struct MemberList {
 
 impl From<MemberPage> for MemberList {
     fn from(page: MemberPage) -> Self {
-        let ids = |ids: Vec<Ulid>| ids.iter().map(Ulid::to_string).collect();
+        let ids = |ids: Vec<RoleId>| ids.iter().map(RoleId::to_string).collect();
         Self {
             members: page
                 .members
@@ -107,7 +106,7 @@ pub struct UpdateMemberDto {
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
     QueryParams(query): QueryParams<MemberListQuery>,
 ) -> ApiResult<Json<MemberList>> {
     let limit = page_limit(
@@ -121,14 +120,7 @@ pub async fn list(
         .map(parse_id)
         .transpose()?
         .map(UserId);
-    let page = members::list(
-        &state,
-        UserId(user.user_id),
-        GuildId(guild_id),
-        cursor,
-        limit,
-    )
-    .await?;
+    let page = members::list(&state, user.user_id, guild_id, cursor, limit).await?;
     Ok(Json(MemberList::from(page)))
 }
 
@@ -149,15 +141,9 @@ pub async fn list(
 pub async fn add(
     State(state): State<AppState>,
     AuthUser(actor): AuthUser,
-    Ids([guild_id, target]): Ids<2>,
+    Ids((guild_id, target)): Ids<(GuildId, UserId)>,
 ) -> ApiResult<Json<Ack>> {
-    members::add(
-        &state,
-        UserId(actor.user_id),
-        GuildId(guild_id),
-        UserId(target),
-    )
-    .await?;
+    members::add(&state, actor.user_id, guild_id, target).await?;
     Ok(Json(ACK))
 }
 
@@ -179,18 +165,11 @@ pub async fn add(
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(actor): AuthUser,
-    Ids([guild_id, target]): Ids<2>,
+    Ids((guild_id, target)): Ids<(GuildId, UserId)>,
     JsonBody(dto): JsonBody<UpdateMemberDto>,
 ) -> ApiResult<Json<Ack>> {
     let new_role = MemberRole::from(dto.role);
-    members::update_role(
-        &state,
-        UserId(actor.user_id),
-        GuildId(guild_id),
-        UserId(target),
-        new_role,
-    )
-    .await?;
+    members::update_role(&state, actor.user_id, guild_id, target, new_role).await?;
     Ok(Json(ACK))
 }
 

@@ -9,8 +9,8 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse as _, Response};
+use filament_ids::{ChannelId, GuildId, MessageId};
 use serde::{Deserialize, Serialize};
-use ulid::Ulid;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
@@ -94,7 +94,7 @@ pub struct MessagePage {
 
 impl From<History> for MessagePage {
     fn from(history: History) -> Self {
-        let id = |message: Option<Ulid>| message.map(|id| id.to_string());
+        let id = |message: Option<MessageId>| message.map(|id| id.to_string());
         Self {
             messages: history.messages,
             next_before: id(history.oldest),
@@ -136,7 +136,7 @@ impl TryFrom<CreateMessageDto> for NewMessage {
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, channel_id]): Ids<2>,
+    Ids((guild_id, channel_id)): Ids<(GuildId, ChannelId)>,
     headers: HeaderMap,
     JsonBody(dto): JsonBody<CreateMessageDto>,
 ) -> ApiResult<Response> {
@@ -190,7 +190,7 @@ pub async fn create(
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, channel_id]): Ids<2>,
+    Ids((guild_id, channel_id)): Ids<(GuildId, ChannelId)>,
     QueryParams(query): QueryParams<HistoryQuery>,
 ) -> ApiResult<Json<MessagePage>> {
     let limit = page_limit(query.limit, 20, 100)?;
@@ -216,7 +216,7 @@ pub async fn list(
 pub async fn edit(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, channel_id, message_id]): Ids<3>,
+    Ids((guild_id, channel_id, message_id)): Ids<(GuildId, ChannelId, MessageId)>,
     JsonBody(dto): JsonBody<EditMessageDto>,
 ) -> ApiResult<Json<filament_wire::Message>> {
     let content = MessageContent::try_from(dto.content)?;
@@ -247,7 +247,7 @@ pub async fn edit(
 pub async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, channel_id, message_id]): Ids<3>,
+    Ids((guild_id, channel_id, message_id)): Ids<(GuildId, ChannelId, MessageId)>,
 ) -> ApiResult<StatusCode> {
     messages::delete(&state, user.user_id, guild_id, channel_id, message_id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -45,15 +45,9 @@ use crate::store::{AuditCursor, AuditEntry, IpBanCursor, IpBanRecord};
 pub async fn kick(
     State(state): State<AppState>,
     AuthUser(actor): AuthUser,
-    Ids([guild_id, target]): Ids<2>,
+    Ids((guild_id, target)): Ids<(GuildId, UserId)>,
 ) -> ApiResult<Json<Ack>> {
-    moderation::kick(
-        &state,
-        UserId(actor.user_id),
-        GuildId(guild_id),
-        UserId(target),
-    )
-    .await?;
+    moderation::kick(&state, actor.user_id, guild_id, target).await?;
     Ok(Json(ACK))
 }
 
@@ -74,15 +68,9 @@ pub async fn kick(
 pub async fn ban(
     State(state): State<AppState>,
     AuthUser(actor): AuthUser,
-    Ids([guild_id, target]): Ids<2>,
+    Ids((guild_id, target)): Ids<(GuildId, UserId)>,
 ) -> ApiResult<Json<Ack>> {
-    moderation::ban(
-        &state,
-        UserId(actor.user_id),
-        GuildId(guild_id),
-        UserId(target),
-    )
-    .await?;
+    moderation::ban(&state, actor.user_id, guild_id, target).await?;
     Ok(Json(ACK))
 }
 
@@ -155,7 +143,7 @@ pub struct AuditList {
 pub async fn audit(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
     QueryParams(query): QueryParams<AuditQuery>,
 ) -> ApiResult<Json<AuditList>> {
     let max = state.config().audit_list_limit_max;
@@ -171,15 +159,7 @@ pub async fn audit(
         .as_deref()
         .map(action_prefix)
         .transpose()?;
-    let page = moderation::audit_log(
-        &state,
-        UserId(user.user_id),
-        GuildId(guild_id),
-        cursor,
-        prefix,
-        limit,
-    )
-    .await?;
+    let page = moderation::audit_log(&state, user.user_id, guild_id, cursor, prefix, limit).await?;
     Ok(Json(AuditList {
         next_cursor: page.next_cursor,
         events: page.entries.iter().map(AuditEvent::from).collect(),
@@ -278,7 +258,7 @@ pub struct IpBansCreated {
 pub async fn ip_bans(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
     QueryParams(query): QueryParams<IpBanQuery>,
 ) -> ApiResult<Json<IpBanList>> {
     let limit = page_limit(query.limit, IP_BAN_DEFAULT_LIMIT, IP_BAN_MAX_LIMIT)?;
@@ -292,14 +272,7 @@ pub async fn ip_bans(
                 created_at_unix,
                 ban_id,
             });
-    let page = moderation::ip_bans(
-        &state,
-        UserId(user.user_id),
-        GuildId(guild_id),
-        cursor,
-        limit,
-    )
-    .await?;
+    let page = moderation::ip_bans(&state, user.user_id, guild_id, cursor, limit).await?;
     Ok(Json(IpBanList {
         bans: page.bans.iter().map(IpBan::from).collect(),
         next_cursor: page.next_cursor,
@@ -326,13 +299,11 @@ pub async fn ip_bans(
 pub async fn ban_ips_by_user(
     State(state): State<AppState>,
     AuthUser(actor): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
     JsonBody(dto): JsonBody<IpBanByUserDto>,
 ) -> ApiResult<Json<IpBansCreated>> {
     let request = IpBanByUser::try_from(dto)?;
-    let ban_ids =
-        moderation::ban_ips_by_user(&state, UserId(actor.user_id), GuildId(guild_id), request)
-            .await?;
+    let ban_ids = moderation::ban_ips_by_user(&state, actor.user_id, guild_id, request).await?;
     Ok(Json(IpBansCreated {
         created_count: ban_ids.len(),
         ban_ids: ban_ids.iter().map(Ulid::to_string).collect(),
@@ -355,9 +326,9 @@ pub async fn ban_ips_by_user(
 pub async fn remove_ip_ban(
     State(state): State<AppState>,
     AuthUser(actor): AuthUser,
-    Ids([guild_id, ban_id]): Ids<2>,
+    Ids((guild_id, ban_id)): Ids<(GuildId, Ulid)>,
 ) -> ApiResult<Json<Ack>> {
-    moderation::remove_ip_ban(&state, UserId(actor.user_id), GuildId(guild_id), ban_id).await?;
+    moderation::remove_ip_ban(&state, actor.user_id, guild_id, ban_id).await?;
     Ok(Json(ACK))
 }
 
@@ -378,7 +349,7 @@ mod tests {
     #[test]
     fn ban_by_user_requests_are_validated() {
         let dto = |reason: Option<&str>, secs: Option<u64>| IpBanByUserDto {
-            target_user_id: Ulid::generate().to_string(),
+            target_user_id: UserId::generate().to_string(),
             reason: reason.map(str::to_owned),
             expires_in_secs: secs,
         };

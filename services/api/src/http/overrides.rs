@@ -8,7 +8,6 @@
 use axum::Json;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use filament_ids::{ChannelId, GuildId, UserId};
 use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
@@ -69,8 +68,7 @@ pub async fn set_legacy(
     let (guild_id, channel_id) = (parse_id(&guild)?, parse_id(&channel)?);
     let legacy = MemberRole::parse(&role).ok_or(ApiError::InvalidRequest)?;
     let masks = OverrideMasks::try_from(dto)?;
-    let (guild, channel) = (GuildId(guild_id), ChannelId(channel_id));
-    overrides::set_legacy(&state, UserId(user.user_id), guild, channel, legacy, masks).await?;
+    overrides::set_legacy(&state, user.user_id, guild_id, channel_id, legacy, masks).await?;
     Ok(Json(ACK))
 }
 
@@ -98,15 +96,13 @@ pub async fn set_target(
 ) -> ApiResult<Json<Ack>> {
     let Path((guild, channel, kind, raw_target)) = path.map_err(|_| ApiError::InvalidRequest)?;
     let (guild_id, channel_id) = (parse_id(&guild)?, parse_id(&channel)?);
-    let target_id = parse_id(&raw_target)?;
     let target = match kind.as_str() {
-        "role" => OverrideTarget::Role(target_id),
-        "member" => OverrideTarget::Member(target_id),
+        "role" => OverrideTarget::Role(parse_id(&raw_target)?),
+        "member" => OverrideTarget::Member(parse_id(&raw_target)?),
         _ => return Err(ApiError::InvalidRequest),
     };
     let masks = OverrideMasks::try_from(dto)?;
-    let (guild, channel) = (GuildId(guild_id), ChannelId(channel_id));
-    overrides::set_target(&state, UserId(user.user_id), guild, channel, target, masks).await?;
+    overrides::set_target(&state, user.user_id, guild_id, channel_id, target, masks).await?;
     Ok(Json(ACK))
 }
 

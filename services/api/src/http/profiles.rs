@@ -16,7 +16,6 @@ use filament_ids::UserId;
 use filament_wire::Profile;
 use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt as _;
-use ulid::Ulid;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
@@ -111,7 +110,7 @@ pub async fn update(
 ) -> ApiResult<Json<Profile>> {
     state.auth_limiter().check(AuthRoute::ProfileUpdate, ip)?;
     let patch = ProfilePatch::try_from(dto)?;
-    let updated = profiles::update(&state, UserId(user.user_id), patch).await?;
+    let updated = profiles::update(&state, user.user_id, patch).await?;
     profile(&updated).map(Json)
 }
 
@@ -129,9 +128,9 @@ pub async fn update(
 pub async fn get_profile(
     State(state): State<AppState>,
     AuthUser(_): AuthUser,
-    Ids([user_id]): Ids<1>,
+    Ids(user_id): Ids<UserId>,
 ) -> ApiResult<Json<Profile>> {
-    let user = profiles::user(&state, UserId(user_id)).await?;
+    let user = profiles::user(&state, user_id).await?;
     profile(&user).map(Json)
 }
 
@@ -248,7 +247,7 @@ pub async fn upload_banner(
 )]
 pub async fn avatar(
     State(state): State<AppState>,
-    Ids([user_id]): Ids<1>,
+    Ids(user_id): Ids<UserId>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     serve_image(&state, user_id, ImageKind::Avatar, &headers).await
@@ -276,7 +275,7 @@ pub async fn avatar(
 )]
 pub async fn banner(
     State(state): State<AppState>,
-    Ids([user_id]): Ids<1>,
+    Ids(user_id): Ids<UserId>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     serve_image(&state, user_id, ImageKind::Banner, &headers).await
@@ -293,7 +292,7 @@ async fn upload(
     // read.
     let declared = declared_image_type(headers)?;
     let bytes = read_capped(body, headers, max_image_bytes(kind), UPLOAD_DRAIN_BYTES).await?;
-    let updated = profiles::set_image(state, UserId(user.user_id), kind, declared, bytes).await?;
+    let updated = profiles::set_image(state, user.user_id, kind, declared, bytes).await?;
     profile(&updated).map(Json)
 }
 
@@ -358,11 +357,11 @@ async fn read_capped(
 
 async fn serve_image(
     state: &AppState,
-    user_id: Ulid,
+    user_id: UserId,
     kind: ImageKind,
     headers: &HeaderMap,
 ) -> ApiResult<Response> {
-    let image = profiles::image(state, UserId(user_id), kind).await?;
+    let image = profiles::image(state, user_id, kind).await?;
     let etag = format!("\"{}\"", image.sha256_hex);
     let etag_value = HeaderValue::from_str(&etag)
         .map_err(|err| ApiError::Internal(anyhow::anyhow!("stored sha256 is no header: {err}")))?;

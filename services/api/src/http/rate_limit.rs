@@ -26,6 +26,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use filament_ids::UserId;
 use ulid::Ulid;
 
 use crate::admin::{Edge, Limiter};
@@ -69,7 +70,7 @@ fn caller(state: &AppState, request: &Request, ip: Option<IpAddr>) -> Caller {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .and_then(|token| state.tokens().verify(token))
-        .and_then(|claims| Ulid::from_string(&claims.sub).ok());
+        .and_then(|claims| Ulid::from_string(&claims.sub).ok().map(UserId));
     // Without the peer address (a router served without connect info)
     // anonymous callers share one bucket: stricter, never looser.
     user.map_or_else(

@@ -149,9 +149,9 @@ impl From<RoleListing> for RoleList {
 pub async fn list(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
 ) -> ApiResult<Json<RoleList>> {
-    let listing = roles::list(&state, UserId(user.user_id), GuildId(guild_id)).await?;
+    let listing = roles::list(&state, user.user_id, guild_id).await?;
     Ok(Json(RoleList::from(listing)))
 }
 
@@ -171,11 +171,11 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
     JsonBody(dto): JsonBody<CreateRoleDto>,
 ) -> ApiResult<Json<filament_wire::Role>> {
     let new = NewRole::try_from(dto)?;
-    roles::create(&state, UserId(user.user_id), GuildId(guild_id), new)
+    roles::create(&state, user.user_id, guild_id, new)
         .await
         .map(Json)
 }
@@ -196,19 +196,13 @@ pub async fn create(
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, role_id]): Ids<2>,
+    Ids((guild_id, role_id)): Ids<(GuildId, RoleId)>,
     JsonBody(dto): JsonBody<UpdateRoleDto>,
 ) -> ApiResult<Json<filament_wire::Role>> {
     let update = RoleUpdate::try_from(dto)?;
-    roles::update(
-        &state,
-        UserId(user.user_id),
-        GuildId(guild_id),
-        RoleId(role_id),
-        update,
-    )
-    .await
-    .map(Json)
+    roles::update(&state, user.user_id, guild_id, role_id, update)
+        .await
+        .map(Json)
 }
 
 #[utoipa::path(
@@ -226,15 +220,9 @@ pub async fn update(
 pub async fn delete(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, role_id]): Ids<2>,
+    Ids((guild_id, role_id)): Ids<(GuildId, RoleId)>,
 ) -> ApiResult<Json<Ack>> {
-    roles::delete(
-        &state,
-        UserId(user.user_id),
-        GuildId(guild_id),
-        RoleId(role_id),
-    )
-    .await?;
+    roles::delete(&state, user.user_id, guild_id, role_id).await?;
     Ok(Json(ACK))
 }
 
@@ -253,11 +241,11 @@ pub async fn delete(
 pub async fn reorder(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
     JsonBody(dto): JsonBody<ReorderDto>,
 ) -> ApiResult<Json<Ack>> {
     let order = RoleOrder::try_from(dto.role_ids.as_slice())?;
-    roles::reorder(&state, UserId(user.user_id), GuildId(guild_id), order).await?;
+    roles::reorder(&state, user.user_id, guild_id, order).await?;
     Ok(Json(ACK))
 }
 
@@ -276,12 +264,12 @@ pub async fn reorder(
 pub async fn set_default(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
     JsonBody(dto): JsonBody<DefaultRoleDto>,
 ) -> ApiResult<Json<Ack>> {
     let role_id = dto.role_id.flatten().as_deref().map(parse_id).transpose()?;
     let role = role_id.map(RoleId);
-    roles::set_default(&state, UserId(user.user_id), GuildId(guild_id), role).await?;
+    roles::set_default(&state, user.user_id, guild_id, role).await?;
     Ok(Json(ACK))
 }
 
@@ -301,10 +289,9 @@ pub async fn set_default(
 pub async fn assign(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, role_id, target]): Ids<3>,
+    Ids((guild_id, role_id, target)): Ids<(GuildId, RoleId, UserId)>,
 ) -> ApiResult<Json<Ack>> {
-    let (guild, role, target) = (GuildId(guild_id), RoleId(role_id), UserId(target));
-    roles::assign(&state, UserId(user.user_id), guild, role, target).await?;
+    roles::assign(&state, user.user_id, guild_id, role_id, target).await?;
     Ok(Json(ACK))
 }
 
@@ -323,10 +310,9 @@ pub async fn assign(
 pub async fn unassign(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, role_id, target]): Ids<3>,
+    Ids((guild_id, role_id, target)): Ids<(GuildId, RoleId, UserId)>,
 ) -> ApiResult<Json<Ack>> {
-    let (guild, role, target) = (GuildId(guild_id), RoleId(role_id), UserId(target));
-    roles::unassign(&state, UserId(user.user_id), guild, role, target).await?;
+    roles::unassign(&state, user.user_id, guild_id, role_id, target).await?;
     Ok(Json(ACK))
 }
 

@@ -7,7 +7,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use filament_ids::{GuildId, UserId};
+use filament_ids::GuildId;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
@@ -72,18 +72,11 @@ pub async fn search(
     State(state): State<AppState>,
     Extension(backend): Extension<SearchBackend>,
     AuthUser(user): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
     QueryParams(dto): QueryParams<SearchQueryDto>,
 ) -> ApiResult<Json<SearchResults>> {
     let request = SearchRequest::try_from(dto)?;
-    let messages = search::search(
-        &state,
-        &backend,
-        UserId(user.user_id),
-        GuildId(guild_id),
-        &request,
-    )
-    .await?;
+    let messages = search::search(&state, &backend, user.user_id, guild_id, &request).await?;
     Ok(Json(SearchResults {
         message_ids: messages.iter().map(|m| m.message_id.clone()).collect(),
         messages,
@@ -106,9 +99,9 @@ pub async fn rebuild(
     State(state): State<AppState>,
     Extension(backend): Extension<SearchBackend>,
     AuthUser(user): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
 ) -> ApiResult<StatusCode> {
-    search::rebuild(&state, &backend, UserId(user.user_id), GuildId(guild_id)).await?;
+    search::rebuild(&state, &backend, user.user_id, guild_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -128,10 +121,9 @@ pub async fn reconcile(
     State(state): State<AppState>,
     Extension(backend): Extension<SearchBackend>,
     AuthUser(user): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
 ) -> ApiResult<Json<ReconcileResults>> {
-    let response =
-        search::reconcile(&state, &backend, UserId(user.user_id), GuildId(guild_id)).await?;
+    let response = search::reconcile(&state, &backend, user.user_id, guild_id).await?;
     Ok(Json(ReconcileResults {
         upserted: response.upserted,
         deleted: response.deleted,

@@ -12,7 +12,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use filament_ids::{ChannelId, GuildId, UserId};
+use filament_ids::{ChannelId, GuildId};
 use filament_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -124,24 +124,16 @@ pub async fn token(
     Extension(limits): Extension<VoiceLimiters>,
     AuthUser(user): AuthUser,
     ClientIp(ip): ClientIp,
-    Ids([guild_id, channel_id]): Ids<2>,
+    Ids((guild_id, channel_id)): Ids<(GuildId, ChannelId)>,
     JsonBody(dto): JsonBody<TokenDto>,
 ) -> ApiResult<Json<VoiceToken>> {
     let request = TokenRequest::try_from(dto)?;
     let caller = Caller {
-        user_id: UserId(user.user_id),
+        user_id: user.user_id,
         username: user.username,
         ip,
     };
-    let granted = voice::token(
-        &state,
-        &limits,
-        caller,
-        GuildId(guild_id),
-        ChannelId(channel_id),
-        &request,
-    )
-    .await?;
+    let granted = voice::token(&state, &limits, caller, guild_id, channel_id, &request).await?;
     let publish_sources = granted
         .publish_sources
         .iter()
@@ -173,15 +165,9 @@ pub async fn token(
 pub async fn leave(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, channel_id]): Ids<2>,
+    Ids((guild_id, channel_id)): Ids<(GuildId, ChannelId)>,
 ) -> ApiResult<StatusCode> {
-    voice::leave(
-        &state,
-        UserId(user.user_id),
-        GuildId(guild_id),
-        ChannelId(channel_id),
-    )
-    .await?;
+    voice::leave(&state, user.user_id, guild_id, channel_id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -200,18 +186,11 @@ pub async fn leave(
 pub async fn update_state(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id, channel_id]): Ids<2>,
+    Ids((guild_id, channel_id)): Ids<(GuildId, ChannelId)>,
     JsonBody(dto): JsonBody<StateDto>,
 ) -> ApiResult<StatusCode> {
     let change = StateChange::try_from(dto)?;
-    voice::update_state(
-        &state,
-        UserId(user.user_id),
-        GuildId(guild_id),
-        ChannelId(channel_id),
-        change,
-    )
-    .await?;
+    voice::update_state(&state, user.user_id, guild_id, channel_id, change).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

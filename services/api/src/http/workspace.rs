@@ -4,7 +4,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use filament_ids::{GuildId, UserId};
+use filament_ids::GuildId;
 use filament_wire::Guild;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -60,11 +60,11 @@ impl TryFrom<UpdateGuildDto> for GuildUpdate {
 pub async fn update(
     State(state): State<AppState>,
     AuthUser(user): AuthUser,
-    Ids([guild_id]): Ids<1>,
+    Ids(guild_id): Ids<GuildId>,
     JsonBody(dto): JsonBody<UpdateGuildDto>,
 ) -> ApiResult<Json<Guild>> {
     let update = GuildUpdate::try_from(dto)?;
-    guilds::update(&state, UserId(user.user_id), GuildId(guild_id), update)
+    guilds::update(&state, user.user_id, guild_id, update)
         .await
         .map(Json)
 }

@@ -20,7 +20,8 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
-use ulid::Ulid;
+
+use filament_ids::UserId;
 
 use crate::error::ApiError;
 use crate::rate_limit::sliding::SlidingWindow;
@@ -28,7 +29,7 @@ use crate::rate_limit::sliding::SlidingWindow;
 /// Whose bucket a request draws from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Caller {
-    User(Ulid),
+    User(UserId),
     Ip(IpAddr),
 }
 
@@ -131,14 +132,14 @@ mod tests {
     fn a_bucket_of_the_limit_refills_at_the_limit_per_minute() {
         let clock = FakeRelativeClock::default();
         let limiter = RestLimiter::with_clock(600, clock.clone());
-        let alice = Caller::User(Ulid::generate());
+        let alice = Caller::User(UserId::generate());
         for _ in 0..600 {
             assert!(limiter.check(alice).is_ok());
         }
         let wait = limiter.check(alice).unwrap_err();
         assert_eq!(wait, Duration::from_millis(100));
         // Another caller, or the same user's IP, has its own bucket.
-        assert!(limiter.check(Caller::User(Ulid::generate())).is_ok());
+        assert!(limiter.check(Caller::User(UserId::generate())).is_ok());
         assert!(limiter.check(Caller::Ip([127, 0, 0, 1].into())).is_ok());
         // 600 per minute: one more every 100 ms, not one per minute.
         clock.advance(Duration::from_millis(100));

@@ -7,11 +7,12 @@
 //! cases, all in one place.
 
 use async_trait::async_trait;
+use filament_ids::{GuildId, UserId};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
 use ulid::Ulid;
 
 use super::StoreResult;
-use super::sql::{SqlStore, decode_ulid};
+use super::sql::{SqlStore, decode_id, parse_stored_id};
 
 /// Actions whose entries say an IP ban matched.
 const IP_BAN_MATCH_ACTIONS: [&str; 2] = ["directory.join.rejected.ip_ban", "moderation.ip_ban.hit"];
@@ -19,9 +20,9 @@ const IP_BAN_MATCH_ACTIONS: [&str; 2] = ["directory.join.rejected.ip_ban", "mode
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewAuditEntry {
     pub audit_id: Ulid,
-    pub guild_id: Ulid,
-    pub actor_user_id: Ulid,
-    pub target_user_id: Option<Ulid>,
+    pub guild_id: GuildId,
+    pub actor_user_id: UserId,
+    pub target_user_id: Option<UserId>,
     /// One of the audit actions of PROTOCOL.md §2.7, e.g. `member.kick`.
     pub action: &'static str,
     pub created_at_unix: i64,
@@ -30,8 +31,8 @@ pub struct NewAuditEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
     pub audit_id: Ulid,
-    pub actor_user_id: Ulid,
-    pub target_user_id: Option<Ulid>,
+    pub actor_user_id: UserId,
+    pub target_user_id: Option<UserId>,
     pub action: String,
     pub created_at_unix: i64,
 }
@@ -79,7 +80,7 @@ pub trait AuditStore: Send + Sync + 'static {
     /// action starts with `action_prefix`, at most `limit`.
     async fn audit_entries(
         &self,
-        guild_id: Ulid,
+        guild_id: GuildId,
         cursor: Option<AuditCursor>,
         action_prefix: Option<&str>,
         limit: u32,
@@ -116,7 +117,7 @@ where
 
     async fn audit_entries(
         &self,
-        guild_id: Ulid,
+        guild_id: GuildId,
         cursor: Option<AuditCursor>,
         action_prefix: Option<&str>,
         limit: u32,
@@ -147,14 +148,11 @@ where
             .map(|row| {
                 let target: Option<String> = row.try_get("target_user_id")?;
                 Ok(AuditEntry {
-                    audit_id: decode_ulid(row, "audit_id")?,
-                    actor_user_id: decode_ulid(row, "actor_user_id")?,
-                    target_user_id: target.map(|t| Ulid::from_string(&t)).transpose().map_err(
-                        |err| sqlx::Error::ColumnDecode {
-                            index: "target_user_id".to_owned(),
-                            source: Box::new(err),
-                        },
-                    )?,
+                    audit_id: decode_id(row, "audit_id")?,
+                    actor_user_id: decode_id(row, "actor_user_id")?,
+                    target_user_id: target
+                        .map(|t| parse_stored_id(&t, "target_user_id"))
+                        .transpose()?,
                     action: row.try_get("action")?,
                     created_at_unix: row.try_get("created_at_unix")?,
                 })
@@ -170,17 +168,17 @@ mod tests {
 
     use super::*;
     use crate::store::Store;
-    use crate::store::tests::conformance;
+    use crate::store::tests::{conformance, new_id};
 
     conformance!(audit_pages_newest_first_with_prefix_and_cursor);
 
     async fn audit_pages_newest_first_with_prefix_and_cursor(store: Arc<dyn Store>) {
-        let guild_id = Ulid::generate();
-        let actor = Ulid::generate();
+        let guild_id = new_id();
+        let actor = new_id();
         let actions = ["role.create", "member.kick", "role.update", "member.ban"];
         let mut ids = Vec::new();
         for (offset, action) in (0_i64..).zip(actions) {
-            let audit_id = Ulid::generate();
+            let audit_id = new_id();
             ids.push(audit_id);
             store
                 .record_audit(NewAuditEntry {
@@ -197,8 +195,8 @@ mod tests {
         // Another guild's entries never show.
         store
             .record_audit(NewAuditEntry {
-                audit_id: Ulid::generate(),
-                guild_id: Ulid::generate(),
+                audit_id: new_id(),
+                guild_id: GuildId::generate(),
                 actor_user_id: actor,
                 target_user_id: None,
                 action: "role.create",

@@ -10,8 +10,8 @@
 //! [`RoleStore::delete_channel`](super::RoleStore::delete_channel); their
 //! bodies are here.
 
+use filament_ids::{ChannelId, GuildId};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
-use ulid::Ulid;
 
 use super::sql::{SqlStore, conflict_on, decode_channel};
 use super::{Change, ChannelRecord, OutboxEvent, OutboxFor, StoreResult};
@@ -53,8 +53,8 @@ where
     /// The body of [`RoleStore::rename_channel`](super::RoleStore::rename_channel).
     pub(super) async fn write_channel_name(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
         name: String,
         outbox: OutboxFor<'_, Change<ChannelRecord>>,
     ) -> StoreResult<Option<Change<ChannelRecord>>> {
@@ -88,8 +88,8 @@ where
     /// The body of [`RoleStore::delete_channel`](super::RoleStore::delete_channel).
     pub(super) async fn remove_channel(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool> {
         self.delete_with_outbox(
@@ -105,9 +105,8 @@ where
 mod tests {
     use std::sync::Arc;
 
-    use super::*;
     use crate::store::Store;
-    use crate::store::tests::{TextChannel, conformance, no_events};
+    use crate::store::tests::{TextChannel, conformance, new_id, no_events};
 
     conformance!(channel_rename_reports_before_and_after);
 
@@ -132,7 +131,7 @@ mod tests {
         );
         assert_eq!(
             store
-                .rename_channel(Ulid::generate(), channel_id, "x".to_owned(), &no_events)
+                .rename_channel(new_id(), channel_id, "x".to_owned(), &no_events)
                 .await
                 .unwrap(),
             None

@@ -6,8 +6,8 @@
 //! [`RoleStore::update_guild`](super::RoleStore::update_guild) is the
 //! trait method; its body is here.
 
+use filament_ids::GuildId;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Type};
-use ulid::Ulid;
 
 use super::sql::{SqlStore, decode_guild};
 use super::{Change, GuildRecord, OutboxFor, StoreResult, Visibility};
@@ -25,7 +25,7 @@ where
     /// The body of [`RoleStore::update_guild`](super::RoleStore::update_guild).
     pub(super) async fn write_guild_settings(
         &self,
-        guild_id: Ulid,
+        guild_id: GuildId,
         name: Option<String>,
         visibility: Option<Visibility>,
         outbox: OutboxFor<'_, Change<GuildRecord>>,
@@ -67,7 +67,7 @@ mod tests {
 
     use super::*;
     use crate::store::Store;
-    use crate::store::tests::{TextChannel, conformance, no_events};
+    use crate::store::tests::{TextChannel, conformance, new_id, no_events};
 
     conformance!(guild_update_reports_before_and_after);
 
@@ -86,7 +86,7 @@ mod tests {
         assert_eq!(store.guild(guild_id).await.unwrap(), Some(change.after));
         assert_eq!(
             store
-                .update_guild(Ulid::generate(), None, None, &no_events)
+                .update_guild(new_id(), None, None, &no_events)
                 .await
                 .unwrap(),
             None

@@ -8,10 +8,10 @@
 //! on the key and rolls its write back.
 
 use async_trait::async_trait;
+use filament_ids::UserId;
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type,
 };
-use ulid::Ulid;
 
 use super::sql::SqlStore;
 use super::{StoreError, StoreResult};
@@ -20,7 +20,7 @@ use super::{StoreError, StoreResult};
 /// characters) and bounds the response's size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyRecord {
-    pub user_id: Ulid,
+    pub user_id: UserId,
     pub key: String,
     /// What the request asked for; a retry must ask for the same.
     pub fingerprint: String,
@@ -46,7 +46,7 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// before `not_before_unix` (expired).
     async fn idempotent_response(
         &self,
-        user_id: Ulid,
+        user_id: UserId,
         key: &str,
         not_before_unix: i64,
     ) -> StoreResult<Option<StoredResponse>>;
@@ -109,7 +109,7 @@ where
 {
     async fn idempotent_response(
         &self,
-        user_id: Ulid,
+        user_id: UserId,
         key: &str,
         not_before_unix: i64,
     ) -> StoreResult<Option<StoredResponse>> {
@@ -152,7 +152,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::tests::{TextChannel, conformance};
+    use crate::store::tests::{TextChannel, conformance, new_id};
     use crate::store::{MessageInsert, Store};
 
     conformance!(
@@ -160,7 +160,7 @@ mod tests {
         a_write_that_does_not_happen_records_no_key,
     );
 
-    fn key(user_id: Ulid, key: &str, created_at_unix: i64) -> IdempotencyRecord {
+    fn key(user_id: UserId, key: &str, created_at_unix: i64) -> IdempotencyRecord {
         IdempotencyRecord {
             user_id,
             key: key.to_owned(),
@@ -197,7 +197,7 @@ mod tests {
         // Keys are per user.
         assert_eq!(
             store
-                .idempotent_response(Ulid::generate(), "k1", 0)
+                .idempotent_response(new_id(), "k1", 0)
                 .await
                 .expect("lookup"),
             None
@@ -276,7 +276,7 @@ mod tests {
         let refused = store
             .create_message_with_attachments(
                 place.message("hello"),
-                &[Ulid::generate()],
+                &[new_id()],
                 None,
                 Some(key(place.author, "k", 1000)),
             )

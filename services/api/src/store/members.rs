@@ -16,11 +16,12 @@
 use std::net::IpAddr;
 
 use async_trait::async_trait;
+use filament_ids::{GuildId, UserId};
 use ipnet::IpNet;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
 use ulid::Ulid;
 
-use super::sql::{SqlStore, decode_guild, decode_ulid};
+use super::sql::{SqlStore, decode_guild, decode_id};
 use super::{GuildRecord, MemberRecord, OutboxEvent, OutboxFor, StoreResult};
 
 /// Join addresses kept per guild and user for bans by user; older ones are
@@ -39,9 +40,9 @@ pub enum AddMemberOutcome {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewGuildBan {
-    pub guild_id: Ulid,
-    pub user_id: Ulid,
-    pub banned_by: Ulid,
+    pub guild_id: GuildId,
+    pub user_id: UserId,
+    pub banned_by: UserId,
     pub created_at_unix: i64,
 }
 
@@ -49,7 +50,7 @@ pub struct NewGuildBan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IpBanRecord {
     pub ban_id: Ulid,
-    pub source_user_id: Option<Ulid>,
+    pub source_user_id: Option<UserId>,
     pub reason: Option<String>,
     pub created_at_unix: i64,
     pub expires_at_unix: Option<i64>,
@@ -76,10 +77,10 @@ impl IpBanRecord {
 /// from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewIpBansByUser {
-    pub guild_id: Ulid,
-    pub target_user_id: Ulid,
+    pub guild_id: GuildId,
+    pub target_user_id: UserId,
     pub reason: Option<String>,
-    pub created_by: Ulid,
+    pub created_by: UserId,
     pub created_at_unix: i64,
     pub expires_at_unix: Option<i64>,
     /// Active bans the guild may hold afterwards.
@@ -99,7 +100,7 @@ pub enum IpBanOutcome {
 /// A removed IP ban.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemovedIpBan {
-    pub source_user_id: Option<Ulid>,
+    pub source_user_id: Option<UserId>,
 }
 
 #[async_trait]
@@ -143,8 +144,8 @@ pub trait MemberStore: Send + Sync + 'static {
     /// transaction (docs/adr/0006-outbox.md), only if they were.
     async fn remove_member(
         &self,
-        guild_id: Ulid,
-        user_id: Ulid,
+        guild_id: GuildId,
+        user_id: UserId,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool>;
     /// Records the ban (kept if it exists) and removes the membership with
@@ -154,15 +155,15 @@ pub trait MemberStore: Send + Sync + 'static {
     /// transaction (docs/adr/0006-outbox.md), member or not: a ban always
     /// tears down.
     async fn ban_member(&self, ban: NewGuildBan, outbox: Vec<OutboxEvent>) -> StoreResult<bool>;
-    async fn is_banned(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<bool>;
+    async fn is_banned(&self, guild_id: GuildId, user_id: UserId) -> StoreResult<bool>;
 
     /// Whether an IP ban of the guild, active at `now_unix`, covers `ip`.
-    async fn ip_banned(&self, guild_id: Ulid, ip: IpAddr, now_unix: i64) -> StoreResult<bool>;
+    async fn ip_banned(&self, guild_id: GuildId, ip: IpAddr, now_unix: i64) -> StoreResult<bool>;
     /// Active IP bans of the guild, newest first, strictly after `cursor`,
     /// at most `limit`.
     async fn ip_bans(
         &self,
-        guild_id: Ulid,
+        guild_id: GuildId,
         cursor: Option<IpBanCursor>,
         now_unix: i64,
         limit: u32,
@@ -186,7 +187,7 @@ pub trait MemberStore: Send + Sync + 'static {
     /// transaction (docs/adr/0006-outbox.md), only if a ban was removed.
     async fn remove_ip_ban(
         &self,
-        guild_id: Ulid,
+        guild_id: GuildId,
         ban_id: Ulid,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<RemovedIpBan>>;
@@ -263,8 +264,8 @@ where
 
     async fn remove_member(
         &self,
-        guild_id: Ulid,
-        user_id: Ulid,
+        guild_id: GuildId,
+        user_id: UserId,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool> {
         self.delete_with_outbox(
@@ -301,7 +302,7 @@ where
         Ok(removed.is_some())
     }
 
-    async fn is_banned(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<bool> {
+    async fn is_banned(&self, guild_id: GuildId, user_id: UserId) -> StoreResult<bool> {
         let row =
             sqlx::query("SELECT user_id FROM guild_bans WHERE guild_id = $1 AND user_id = $2")
                 .bind(guild_id.to_string())
@@ -311,7 +312,7 @@ where
         Ok(row.is_some())
     }
 
-    async fn ip_banned(&self, guild_id: Ulid, ip: IpAddr, now_unix: i64) -> StoreResult<bool> {
+    async fn ip_banned(&self, guild_id: GuildId, ip: IpAddr, now_unix: i64) -> StoreResult<bool> {
         let row = sqlx::query(
             "SELECT ban_id FROM guild_ip_bans \
              WHERE guild_id = $1 AND ip_cidr = $2 \
@@ -328,7 +329,7 @@ where
 
     async fn ip_bans(
         &self,
-        guild_id: Ulid,
+        guild_id: GuildId,
         cursor: Option<IpBanCursor>,
         now_unix: i64,
         limit: u32,
@@ -428,7 +429,7 @@ where
 
     async fn remove_ip_ban(
         &self,
-        guild_id: Ulid,
+        guild_id: GuildId,
         ban_id: Ulid,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<RemovedIpBan>> {
@@ -445,7 +446,7 @@ where
             return Ok(None);
         };
         let removed = RemovedIpBan {
-            source_user_id: decode_optional_ulid(&row, "source_user_id")?,
+            source_user_id: decode_optional_id(&row, "source_user_id")?,
         };
         Self::enqueue_outbox_all(&mut tx, outbox).await?;
         tx.commit().await?;
@@ -585,27 +586,30 @@ where
     for<'i> &'i str: ColumnIndex<R>,
 {
     Ok(IpBanRecord {
-        ban_id: decode_ulid(row, "ban_id")?,
-        source_user_id: decode_optional_ulid(row, "source_user_id")?,
+        ban_id: decode_id(row, "ban_id")?,
+        source_user_id: decode_optional_id(row, "source_user_id")?,
         reason: row.try_get("reason")?,
         created_at_unix: row.try_get("created_at_unix")?,
         expires_at_unix: row.try_get("expires_at_unix")?,
     })
 }
 
-fn decode_optional_ulid<R>(row: &R, column: &str) -> Result<Option<Ulid>, sqlx::Error>
+fn decode_optional_id<R, T>(row: &R, column: &str) -> Result<Option<T>, sqlx::Error>
 where
     R: Row,
+    T: From<Ulid>,
     for<'r> Option<String>: Decode<'r, R::Database>,
     for<'r> String: Type<R::Database>,
     for<'i> &'i str: ColumnIndex<R>,
 {
     let text: Option<String> = row.try_get(column)?;
     text.map(|text| {
-        Ulid::from_string(&text).map_err(|error| sqlx::Error::ColumnDecode {
-            index: column.to_owned(),
-            source: Box::new(error),
-        })
+        Ulid::from_string(&text)
+            .map(T::from)
+            .map_err(|error| sqlx::Error::ColumnDecode {
+                index: column.to_owned(),
+                source: Box::new(error),
+            })
     })
     .transpose()
 }
@@ -616,7 +620,7 @@ mod tests {
 
     use super::*;
     use crate::store::Visibility;
-    use crate::store::tests::{conformance, no_events};
+    use crate::store::tests::{conformance, new_id, no_events};
     use crate::store::{MemberRole, NewUser, Store};
 
     const NOW: i64 = 1_700_000_000;
@@ -631,8 +635,8 @@ mod tests {
         removed_ip_bans_report_their_source,
     );
 
-    async fn user(store: &dyn Store) -> Ulid {
-        let user_id = Ulid::generate();
+    async fn user(store: &dyn Store) -> UserId {
+        let user_id = new_id();
         store
             .create_user(NewUser {
                 user_id,
@@ -647,12 +651,12 @@ mod tests {
 
     async fn guild(
         store: &dyn Store,
-        owner: Ulid,
+        owner: UserId,
         name: &str,
         visibility: Visibility,
         at: i64,
-    ) -> Ulid {
-        let guild_id = Ulid::generate();
+    ) -> GuildId {
+        let guild_id = new_id();
         store
             .create_guild(
                 GuildRecord {
@@ -669,11 +673,11 @@ mod tests {
         guild_id
     }
 
-    fn member(guild_id: Ulid, user_id: Ulid) -> MemberRecord {
+    fn member(guild_id: GuildId, user_id: UserId) -> MemberRecord {
         member_at(guild_id, user_id, NOW)
     }
 
-    fn member_at(guild_id: Ulid, user_id: Ulid, joined_at_unix: i64) -> MemberRecord {
+    fn member_at(guild_id: GuildId, user_id: UserId, joined_at_unix: i64) -> MemberRecord {
         MemberRecord {
             guild_id,
             user_id,
@@ -685,8 +689,8 @@ mod tests {
     /// A directory join of `user` to `g` from `address` at `at`.
     async fn join(
         store: &dyn Store,
-        g: Ulid,
-        user: Ulid,
+        g: GuildId,
+        user: UserId,
         address: &str,
         at: i64,
     ) -> AddMemberOutcome {
@@ -697,7 +701,13 @@ mod tests {
     }
 
     /// Bans by user in `g` at `at`; the new bans' count.
-    async fn ban_by_user(store: &dyn Store, g: Ulid, target: Ulid, by: Ulid, at: i64) -> usize {
+    async fn ban_by_user(
+        store: &dyn Store,
+        g: GuildId,
+        target: UserId,
+        by: UserId,
+        at: i64,
+    ) -> usize {
         let outcome = store
             .ban_user_ips(
                 NewIpBansByUser {

@@ -15,14 +15,14 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use filament_ids::{ChannelId, GuildId, MessageId};
 use sqlx::{
     ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type,
 };
 use tokio::sync::watch;
-use ulid::Ulid;
 
 use super::outbox::OutboxEvent;
-use super::sql::{SqlStore, decode_message, decode_ulid};
+use super::sql::{SqlStore, decode_id, decode_message, parse_stored_id};
 use super::{MessageRecord, StoreError, StoreResult};
 
 /// What a change did to its message.
@@ -54,9 +54,9 @@ impl ChangeKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedChange {
     pub seq: u64,
-    pub message_id: Ulid,
-    pub guild_id: Ulid,
-    pub channel_id: Ulid,
+    pub message_id: MessageId,
+    pub guild_id: GuildId,
+    pub channel_id: ChannelId,
     /// The message as it is now, for an upsert whose message still exists.
     /// `None` means the message is gone: a delete, or an upsert overtaken
     /// by a later delete (which the follower will also read).
@@ -118,8 +118,8 @@ pub trait MessageLogStore: Send + Sync + 'static {
     /// `limit`.
     async fn guild_messages_page(
         &self,
-        guild_id: Ulid,
-        after: Option<Ulid>,
+        guild_id: GuildId,
+        after: Option<MessageId>,
         limit: u32,
     ) -> StoreResult<Vec<MessageRecord>>;
 
@@ -127,8 +127,8 @@ pub trait MessageLogStore: Send + Sync + 'static {
     /// order.
     async fn messages_by_ids(
         &self,
-        guild_id: Ulid,
-        message_ids: &[Ulid],
+        guild_id: GuildId,
+        message_ids: &[MessageId],
     ) -> StoreResult<Vec<MessageRecord>>;
 }
 
@@ -154,9 +154,9 @@ where
         &self,
         mut tx: Transaction<'_, DB>,
         kind: ChangeKind,
-        guild_id: Ulid,
-        channel_id: Ulid,
-        message_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        message_id: MessageId,
         outbox: Option<OutboxEvent>,
     ) -> StoreResult<()> {
         if let Some(event) = outbox {
@@ -238,8 +238,8 @@ where
 
     async fn guild_messages_page(
         &self,
-        guild_id: Ulid,
-        after: Option<Ulid>,
+        guild_id: GuildId,
+        after: Option<MessageId>,
         limit: u32,
     ) -> StoreResult<Vec<MessageRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -259,8 +259,8 @@ where
 
     async fn messages_by_ids(
         &self,
-        guild_id: Ulid,
-        message_ids: &[Ulid],
+        guild_id: GuildId,
+        message_ids: &[MessageId],
     ) -> StoreResult<Vec<MessageRecord>> {
         if message_ids.is_empty() {
             return Ok(Vec::new());
@@ -295,9 +295,9 @@ where
     for<'i> &'i str: ColumnIndex<R>,
 {
     let seq: i64 = row.try_get("seq")?;
-    let message_id = decode_ulid(row, "message_id")?;
-    let guild_id = decode_ulid(row, "guild_id")?;
-    let channel_id = decode_ulid(row, "channel_id")?;
+    let message_id = decode_id(row, "message_id")?;
+    let guild_id = decode_id(row, "guild_id")?;
+    let channel_id = decode_id(row, "channel_id")?;
     let kind = super::sql::decode_enum(row, "kind", ChangeKind::parse)?;
     let author: Option<String> = row.try_get("author_id")?;
     let content: Option<String> = row.try_get("content")?;
@@ -308,10 +308,7 @@ where
                 message_id,
                 guild_id,
                 channel_id,
-                author_id: Ulid::from_string(&author).map_err(|err| sqlx::Error::ColumnDecode {
-                    index: "author_id".to_owned(),
-                    source: Box::new(err),
-                })?,
+                author_id: parse_stored_id(&author, "author_id")?,
                 content,
                 created_at_unix,
             })
@@ -333,7 +330,7 @@ mod tests {
 
     use super::*;
     use crate::store::Store;
-    use crate::store::tests::{TextChannel, conformance};
+    use crate::store::tests::{TextChannel, conformance, new_id};
 
     conformance!(
         every_message_write_is_logged_in_order_with_current_content,
@@ -374,7 +371,7 @@ mod tests {
         // Writes that change nothing log nothing.
         assert!(
             !store
-                .edit_message(g, c, Ulid::generate(), "nobody", None)
+                .edit_message(g, c, new_id(), "nobody", None)
                 .await
                 .expect("edit")
         );
@@ -479,7 +476,7 @@ mod tests {
             .expect("page");
         assert_eq!(rest, ours[3..]);
 
-        let wanted = [ours[4].message_id, Ulid::generate(), ours[1].message_id];
+        let wanted = [ours[4].message_id, new_id(), ours[1].message_id];
         let mut found: Vec<_> = store
             .messages_by_ids(fixture.guild_id, &wanted)
             .await

@@ -14,13 +14,13 @@
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use filament_ids::{AttachmentId, ChannelId, GuildId, MessageId, UserId};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
-use ulid::Ulid;
 
 use super::idempotency::IdempotencyRecord;
 use super::message_log::ChangeKind;
 use super::outbox::{OutboxEvent, ReactionOutbox};
-use super::sql::{SqlStore, decode_message, decode_ulid};
+use super::sql::{SqlStore, decode_id, decode_message, parse_stored_id};
 use super::{MessageRecord, StoreResult};
 
 /// Distinct emoji one message may carry.
@@ -31,11 +31,11 @@ pub const MAX_REACTOR_IDS: i64 = 32;
 /// An uploaded file. `message_id` is `None` until a message binds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachmentRecord {
-    pub attachment_id: Ulid,
-    pub guild_id: Ulid,
-    pub channel_id: Ulid,
-    pub owner_id: Ulid,
-    pub message_id: Option<Ulid>,
+    pub attachment_id: AttachmentId,
+    pub guild_id: GuildId,
+    pub channel_id: ChannelId,
+    pub owner_id: UserId,
+    pub message_id: Option<MessageId>,
     pub filename: String,
     pub mime_type: String,
     pub size_bytes: i64,
@@ -63,23 +63,23 @@ pub enum MessageInsert {
 /// One emoji's reactions on one message, as one viewer sees them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReactionSummary {
-    pub message_id: Ulid,
+    pub message_id: MessageId,
     pub emoji: String,
     /// Every reactor, not only the listed ones.
     pub count: i64,
     pub reacted_by_me: bool,
     /// The first [`MAX_REACTOR_IDS`] reactor ids, ascending.
-    pub reactor_ids: Vec<Ulid>,
+    pub reactor_ids: Vec<UserId>,
 }
 
 /// Who reacts with what to which message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReactionKey {
-    pub guild_id: Ulid,
-    pub channel_id: Ulid,
-    pub message_id: Ulid,
+    pub guild_id: GuildId,
+    pub channel_id: ChannelId,
+    pub message_id: MessageId,
     pub emoji: String,
-    pub user_id: Ulid,
+    pub user_id: UserId,
 }
 
 /// The outcome of adding or removing a reaction.
@@ -102,9 +102,9 @@ pub trait MessageStore: Send + Sync + 'static {
     /// One message of a channel.
     async fn message(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
-        message_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        message_id: MessageId,
     ) -> StoreResult<Option<MessageRecord>>;
 
     /// Creates the message and binds the attachments to it, all or nothing.
@@ -119,7 +119,7 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn create_message_with_attachments(
         &self,
         message: MessageRecord,
-        attachment_ids: &[Ulid],
+        attachment_ids: &[AttachmentId],
         outbox: Option<OutboxEvent>,
         idempotency: Option<IdempotencyRecord>,
     ) -> StoreResult<MessageInsert>;
@@ -127,9 +127,9 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Replaces the content; false if there is no such message.
     async fn edit_message(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
-        message_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        message_id: MessageId,
         content: &str,
         outbox: Option<OutboxEvent>,
     ) -> StoreResult<bool>;
@@ -139,21 +139,22 @@ pub trait MessageStore: Send + Sync + 'static {
     /// files the caller removes; `None` if there is no such message.
     async fn delete_message(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
-        message_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        message_id: MessageId,
         outbox: Option<OutboxEvent>,
     ) -> StoreResult<Option<Vec<AttachmentRecord>>>;
 
     /// The attachments bound to these messages, by message then id.
-    async fn attachments_of(&self, message_ids: &[Ulid]) -> StoreResult<Vec<AttachmentRecord>>;
+    async fn attachments_of(&self, message_ids: &[MessageId])
+    -> StoreResult<Vec<AttachmentRecord>>;
 
     /// The reactions on these messages as `viewer` sees them, by message
     /// then emoji.
     async fn reactions_of(
         &self,
-        message_ids: &[Ulid],
-        viewer: Ulid,
+        message_ids: &[MessageId],
+        viewer: UserId,
     ) -> StoreResult<Vec<ReactionSummary>>;
 
     /// When the reaction changes anything, stores the event `outbox` builds
@@ -184,18 +185,18 @@ pub trait MessageStore: Send + Sync + 'static {
     /// One attachment of a channel, bound or not.
     async fn attachment(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
-        attachment_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        attachment_id: AttachmentId,
     ) -> StoreResult<Option<AttachmentRecord>>;
 
     /// Deletes the row and releases its bytes from the owner's usage;
     /// returns it, or `None` if there was none.
     async fn delete_attachment(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
-        attachment_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        attachment_id: AttachmentId,
     ) -> StoreResult<Option<AttachmentRecord>>;
 }
 
@@ -225,9 +226,9 @@ where
 {
     async fn message(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
-        message_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        message_id: MessageId,
     ) -> StoreResult<Option<MessageRecord>> {
         let row = sqlx::query(
             "SELECT message_id, guild_id, channel_id, author_id, content, created_at_unix \
@@ -244,7 +245,7 @@ where
     async fn create_message_with_attachments(
         &self,
         message: MessageRecord,
-        attachment_ids: &[Ulid],
+        attachment_ids: &[AttachmentId],
         outbox: Option<OutboxEvent>,
         idempotency: Option<IdempotencyRecord>,
     ) -> StoreResult<MessageInsert> {
@@ -297,9 +298,9 @@ where
 
     async fn edit_message(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
-        message_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        message_id: MessageId,
         content: &str,
         outbox: Option<OutboxEvent>,
     ) -> StoreResult<bool> {
@@ -326,9 +327,9 @@ where
 
     async fn delete_message(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
-        message_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        message_id: MessageId,
         outbox: Option<OutboxEvent>,
     ) -> StoreResult<Option<Vec<AttachmentRecord>>> {
         let mut tx = self.pool.begin().await?;
@@ -368,7 +369,10 @@ where
         Ok(Some(attachments))
     }
 
-    async fn attachments_of(&self, message_ids: &[Ulid]) -> StoreResult<Vec<AttachmentRecord>> {
+    async fn attachments_of(
+        &self,
+        message_ids: &[MessageId],
+    ) -> StoreResult<Vec<AttachmentRecord>> {
         if message_ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -390,8 +394,8 @@ where
 
     async fn reactions_of(
         &self,
-        message_ids: &[Ulid],
-        viewer: Ulid,
+        message_ids: &[MessageId],
+        viewer: UserId,
     ) -> StoreResult<Vec<ReactionSummary>> {
         if message_ids.is_empty() {
             return Ok(Vec::new());
@@ -418,13 +422,13 @@ where
             query = query.bind(id.to_string());
         }
         let rows = query.fetch_all(&self.pool).await?;
-        let mut summaries: BTreeMap<(Ulid, String), ReactionSummary> = BTreeMap::new();
+        let mut summaries: BTreeMap<(MessageId, String), ReactionSummary> = BTreeMap::new();
         for row in &rows {
-            let message_id = decode_ulid(row, "message_id")?;
+            let message_id = decode_id(row, "message_id")?;
             let emoji: String = row.try_get("emoji")?;
             let count: i64 = row.try_get("reactor_count")?;
             let mine: Option<i64> = row.try_get("mine")?;
-            let reactor = decode_ulid(row, "user_id")?;
+            let reactor = decode_id(row, "user_id")?;
             summaries
                 .entry((message_id, emoji.clone()))
                 .or_insert_with(|| ReactionSummary {
@@ -567,9 +571,9 @@ where
 
     async fn attachment(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
-        attachment_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        attachment_id: AttachmentId,
     ) -> StoreResult<Option<AttachmentRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ATTACHMENT_COLUMNS} FROM attachments \
@@ -585,9 +589,9 @@ where
 
     async fn delete_attachment(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
-        attachment_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        attachment_id: AttachmentId,
     ) -> StoreResult<Option<AttachmentRecord>> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -674,7 +678,7 @@ where
         reacted_by_me: mine.unwrap_or(0) > 0,
         reactor_ids: reactors
             .iter()
-            .map(|row| decode_ulid(row, "user_id"))
+            .map(|row| decode_id(row, "user_id"))
             .collect::<Result<_, _>>()?,
     })
 }
@@ -691,7 +695,7 @@ where
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
 {
-    let mut per_owner: BTreeMap<Ulid, i64> = BTreeMap::new();
+    let mut per_owner: BTreeMap<UserId, i64> = BTreeMap::new();
     for attachment in attachments {
         *per_owner.entry(attachment.owner_id).or_default() += attachment.size_bytes;
     }
@@ -715,17 +719,13 @@ where
 {
     let message_id: Option<String> = row.try_get("message_id")?;
     Ok(AttachmentRecord {
-        attachment_id: decode_ulid(row, "attachment_id")?,
-        guild_id: decode_ulid(row, "guild_id")?,
-        channel_id: decode_ulid(row, "channel_id")?,
-        owner_id: decode_ulid(row, "owner_id")?,
+        attachment_id: decode_id(row, "attachment_id")?,
+        guild_id: decode_id(row, "guild_id")?,
+        channel_id: decode_id(row, "channel_id")?,
+        owner_id: decode_id(row, "owner_id")?,
         message_id: message_id
-            .map(|id| Ulid::from_string(&id))
-            .transpose()
-            .map_err(|err| sqlx::Error::ColumnDecode {
-                index: "message_id".to_owned(),
-                source: Box::new(err),
-            })?,
+            .map(|id| parse_stored_id(&id, "message_id"))
+            .transpose()?,
         filename: row.try_get("filename")?,
         mime_type: row.try_get("mime_type")?,
         size_bytes: row.try_get("size_bytes")?,
@@ -739,7 +739,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::tests::conformance;
+    use crate::store::tests::{conformance, new_id};
     use crate::store::{ChannelKind, ChannelRecord, GuildRecord, NewUser, Store, Visibility};
 
     conformance!(
@@ -755,13 +755,13 @@ mod tests {
 
     /// A channel in a fresh guild, and a second channel of that guild.
     struct Place {
-        guild_id: Ulid,
-        channel_id: Ulid,
-        other_channel_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        other_channel_id: ChannelId,
     }
 
     async fn place(store: &dyn Store) -> Place {
-        let owner = Ulid::generate();
+        let owner = new_id();
         store
             .create_user(NewUser {
                 user_id: owner,
@@ -771,7 +771,7 @@ mod tests {
             })
             .await
             .unwrap();
-        let guild_id = Ulid::generate();
+        let guild_id = new_id();
         store
             .create_guild(
                 GuildRecord {
@@ -787,7 +787,7 @@ mod tests {
             .unwrap();
         let mut channels = Vec::new();
         for name in ["general", "other"] {
-            let channel_id = Ulid::generate();
+            let channel_id = new_id();
             store
                 .create_channel(
                     ChannelRecord {
@@ -810,9 +810,9 @@ mod tests {
         }
     }
 
-    fn message(place: &Place, author_id: Ulid, content: &str) -> MessageRecord {
+    fn message(place: &Place, author_id: UserId, content: &str) -> MessageRecord {
         MessageRecord {
-            message_id: Ulid::generate(),
+            message_id: MessageId::generate(),
             guild_id: place.guild_id,
             channel_id: place.channel_id,
             author_id,
@@ -821,9 +821,9 @@ mod tests {
         }
     }
 
-    fn attachment(place: &Place, owner_id: Ulid, size_bytes: i64) -> AttachmentRecord {
+    fn attachment(place: &Place, owner_id: UserId, size_bytes: i64) -> AttachmentRecord {
         AttachmentRecord {
-            attachment_id: Ulid::generate(),
+            attachment_id: AttachmentId::generate(),
             guild_id: place.guild_id,
             channel_id: place.channel_id,
             owner_id,
@@ -836,7 +836,7 @@ mod tests {
         }
     }
 
-    fn key(place: &Place, message_id: Ulid, emoji: &str, user_id: Ulid) -> ReactionKey {
+    fn key(place: &Place, message_id: MessageId, emoji: &str, user_id: UserId) -> ReactionKey {
         ReactionKey {
             guild_id: place.guild_id,
             channel_id: place.channel_id,
@@ -848,7 +848,7 @@ mod tests {
 
     async fn edit_and_delete_stay_in_their_channel(store: Arc<dyn Store>) {
         let place = place(store.as_ref()).await;
-        let author = Ulid::generate();
+        let author = new_id();
         let original = message(&place, author, "first");
         let id = original.message_id;
         store.create_message(original.clone(), None).await.unwrap();
@@ -885,7 +885,7 @@ mod tests {
 
     async fn attachments_bind_once_and_leave_with_their_message(store: Arc<dyn Store>) {
         let place = place(store.as_ref()).await;
-        let (author, stranger) = (Ulid::generate(), Ulid::generate());
+        let (author, stranger) = (new_id(), new_id());
         let own = attachment(&place, author, 10);
         let strangers = attachment(&place, stranger, 10);
         let elsewhere = AttachmentRecord {
@@ -955,7 +955,7 @@ mod tests {
 
     async fn attachment_quota_is_charged_and_released(store: Arc<dyn Store>) {
         let place = place(store.as_ref()).await;
-        let (owner, other) = (Ulid::generate(), Ulid::generate());
+        let (owner, other) = (new_id(), new_id());
         let quota = 100;
         let first = attachment(&place, owner, 60);
         assert_eq!(
@@ -1016,7 +1016,7 @@ mod tests {
 
     async fn concurrent_uploads_cannot_pass_the_quota(store: Arc<dyn Store>) {
         let place = Arc::new(place(store.as_ref()).await);
-        let owner = Ulid::generate();
+        let owner = new_id();
         let start = Arc::new(tokio::sync::Barrier::new(10));
         let uploads = (0..10).map(|_| {
             let (store, place, start) =
@@ -1040,12 +1040,12 @@ mod tests {
 
     async fn reactions_count_list_and_cap(store: Arc<dyn Store>) {
         let place = place(store.as_ref()).await;
-        let target = message(&place, Ulid::generate(), "react to me");
-        let quiet = message(&place, Ulid::generate(), "no reactions");
+        let target = message(&place, new_id(), "react to me");
+        let quiet = message(&place, new_id(), "no reactions");
         store.create_message(target.clone(), None).await.unwrap();
         store.create_message(quiet.clone(), None).await.unwrap();
         let m = target.message_id;
-        let mut reactors: Vec<Ulid> = (0..40).map(|_| Ulid::generate()).collect();
+        let mut reactors: Vec<UserId> = (0..40).map(|_| new_id()).collect();
         for user in &reactors {
             let change = store
                 .add_reaction(key(&place, m, "👍", *user), NOW, None)
@@ -1080,7 +1080,7 @@ mod tests {
         assert_eq!(seen[1].count, 40);
         assert!(seen[1].reacted_by_me);
         assert_eq!(seen[1].reactor_ids, reactors[..32]);
-        let outsider = store.reactions_of(&[m], Ulid::generate()).await.unwrap();
+        let outsider = store.reactions_of(&[m], new_id()).await.unwrap();
         assert!(outsider.iter().all(|r| !r.reacted_by_me));
 
         // Idempotent both ways; the summary is the reactor's view.
@@ -1112,7 +1112,7 @@ mod tests {
 
         // Unknown or misplaced messages.
         let nowhere = store
-            .add_reaction(key(&place, Ulid::generate(), "👍", me), NOW, None)
+            .add_reaction(key(&place, new_id(), "👍", me), NOW, None)
             .await
             .unwrap();
         assert_eq!(nowhere, ReactionChange::MessageNotFound);
@@ -1161,11 +1161,11 @@ mod tests {
 
     async fn concurrent_new_emoji_respect_the_cap(store: Arc<dyn Store>) {
         let place = Arc::new(place(store.as_ref()).await);
-        let user = Ulid::generate();
+        let user = new_id();
         // A race is won or lost by timing; a few rounds make a broken lock
         // show up reliably.
         for _ in 0..4 {
-            let target = message(&place, Ulid::generate(), "busy");
+            let target = message(&place, new_id(), "busy");
             store.create_message(target.clone(), None).await.unwrap();
             let m = target.message_id;
             for n in 1..MAX_REACTION_EMOJI {

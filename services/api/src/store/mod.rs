@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ulid::Ulid;
+use filament_ids::{ChannelId, GuildId, MessageId, SessionId, UserId};
 
 mod audit;
 mod channels;
@@ -166,7 +166,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRecord {
-    pub user_id: Ulid,
+    pub user_id: UserId,
     pub username: String,
     pub password_hash: String,
     pub about_markdown: String,
@@ -177,7 +177,7 @@ pub struct UserRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewUser {
-    pub user_id: Ulid,
+    pub user_id: UserId,
     pub username: String,
     pub password_hash: String,
     pub created_at_unix: i64,
@@ -185,8 +185,8 @@ pub struct NewUser {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewSession {
-    pub session_id: Ulid,
-    pub user_id: Ulid,
+    pub session_id: SessionId,
+    pub user_id: UserId,
     /// SHA-256 of the refresh token's secret part, lowercase hex.
     pub refresh_token_hash: String,
     pub expires_at_unix: i64,
@@ -196,10 +196,10 @@ pub struct NewSession {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RotateOutcome {
     /// The token matched: the session now holds the new hash and expiry.
-    Rotated { user_id: Ulid },
+    Rotated { user_id: UserId },
     /// The session exists but the hash did not match: the token was rotated
     /// before (a replay) or forged. The session of this user is now revoked.
-    Replayed { user_id: Ulid },
+    Replayed { user_id: UserId },
     /// No live session: unknown, expired or already revoked.
     Invalid,
 }
@@ -264,17 +264,17 @@ pub struct Change<T> {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuildRecord {
-    pub guild_id: Ulid,
+    pub guild_id: GuildId,
     pub name: String,
     pub visibility: Visibility,
-    pub created_by: Ulid,
+    pub created_by: UserId,
     pub created_at_unix: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberRecord {
-    pub guild_id: Ulid,
-    pub user_id: Ulid,
+    pub guild_id: GuildId,
+    pub user_id: UserId,
     pub role: MemberRole,
     pub joined_at_unix: i64,
 }
@@ -304,8 +304,8 @@ impl ChannelKind {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelRecord {
-    pub channel_id: Ulid,
-    pub guild_id: Ulid,
+    pub channel_id: ChannelId,
+    pub guild_id: GuildId,
     pub name: String,
     pub kind: ChannelKind,
     pub created_at_unix: i64,
@@ -313,10 +313,10 @@ pub struct ChannelRecord {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRecord {
-    pub message_id: Ulid,
-    pub guild_id: Ulid,
-    pub channel_id: Ulid,
-    pub author_id: Ulid,
+    pub message_id: MessageId,
+    pub guild_id: GuildId,
+    pub channel_id: ChannelId,
+    pub author_id: UserId,
     pub content: String,
     pub created_at_unix: i64,
 }
@@ -328,10 +328,10 @@ pub enum HistoryCursor {
     /// The newest messages, newest first.
     Latest,
     /// Messages strictly older than this id, newest first.
-    Before(Ulid),
+    Before(MessageId),
     /// Messages strictly newer than this id, oldest first: what a client
     /// that reconnects missed since the last message it has.
-    After(Ulid),
+    After(MessageId),
 }
 
 /// Users, sessions, guilds, members, channels and messages: the core that
@@ -343,15 +343,15 @@ pub trait CoreStore: Send + Sync + 'static {
     /// usernames are ASCII, unique once folded to lowercase, and stored in
     /// the case they were given.
     async fn create_user(&self, user: NewUser) -> StoreResult<()>;
-    async fn user_by_id(&self, user_id: Ulid) -> StoreResult<Option<UserRecord>>;
+    async fn user_by_id(&self, user_id: UserId) -> StoreResult<Option<UserRecord>>;
     /// The user, if `session_id` is one of theirs and was not revoked
     /// (logout, or a replayed refresh token). One read: every
     /// authenticated request makes it, so a revocation holds whatever
     /// happens to the registry's copy of it.
     async fn user_in_session(
         &self,
-        user_id: Ulid,
-        session_id: Ulid,
+        user_id: UserId,
+        session_id: SessionId,
     ) -> StoreResult<Option<UserRecord>>;
     /// The user whose username equals `username` in any (ASCII) case.
     async fn user_by_username(&self, username: &str) -> StoreResult<Option<UserRecord>>;
@@ -368,12 +368,12 @@ pub trait CoreStore: Send + Sync + 'static {
     /// transaction (docs/adr/0006-outbox.md); a rotation stores none.
     async fn rotate_session(
         &self,
-        session_id: Ulid,
+        session_id: SessionId,
         presented_hash: &str,
         new_hash: &str,
         new_expires_at_unix: i64,
         now_unix: i64,
-        outbox: OutboxFor<'_, Ulid>,
+        outbox: OutboxFor<'_, UserId>,
     ) -> StoreResult<RotateOutcome>;
     /// Revokes the session if its hash matches and it is not revoked yet.
     /// Returns the session's user if it did. Expiry is not checked: the
@@ -384,27 +384,28 @@ pub trait CoreStore: Send + Sync + 'static {
     /// (docs/adr/0006-outbox.md); nothing if no session was revoked.
     async fn revoke_session(
         &self,
-        session_id: Ulid,
+        session_id: SessionId,
         presented_hash: &str,
-        outbox: OutboxFor<'_, Ulid>,
-    ) -> StoreResult<Option<Ulid>>;
+        outbox: OutboxFor<'_, UserId>,
+    ) -> StoreResult<Option<UserId>>;
 
     // --- guilds and members ---------------------------------------------
     /// Creates the guild and makes its creator a member with role `Owner`;
     /// its built-in roles are seeded with `masks`.
     async fn create_guild(&self, guild: GuildRecord, masks: BuiltinMasks) -> StoreResult<()>;
-    async fn guild(&self, guild_id: Ulid) -> StoreResult<Option<GuildRecord>>;
+    async fn guild(&self, guild_id: GuildId) -> StoreResult<Option<GuildRecord>>;
     /// Guilds where the user is a member, newest first, at most `limit`.
-    async fn guilds_for_user(&self, user_id: Ulid, limit: u32) -> StoreResult<Vec<GuildRecord>>;
-    async fn count_guilds_created_by(&self, user_id: Ulid) -> StoreResult<u64>;
+    async fn guilds_for_user(&self, user_id: UserId, limit: u32) -> StoreResult<Vec<GuildRecord>>;
+    async fn count_guilds_created_by(&self, user_id: UserId) -> StoreResult<u64>;
     /// The membership, if the user is a member.
-    async fn member(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<Option<MemberRecord>>;
+    async fn member(&self, guild_id: GuildId, user_id: UserId)
+    -> StoreResult<Option<MemberRecord>>;
     /// Members of a guild by user id ascending, strictly after `after`, at
     /// most `limit`.
     async fn members(
         &self,
-        guild_id: Ulid,
-        after: Option<Ulid>,
+        guild_id: GuildId,
+        after: Option<UserId>,
         limit: u32,
     ) -> StoreResult<Vec<MemberRecord>>;
     /// Adds the membership as given (handlers pass role `Member`). Returns
@@ -419,10 +420,13 @@ pub trait CoreStore: Send + Sync + 'static {
         channel: ChannelRecord,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<()>;
-    async fn channel(&self, guild_id: Ulid, channel_id: Ulid)
-    -> StoreResult<Option<ChannelRecord>>;
+    async fn channel(
+        &self,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+    ) -> StoreResult<Option<ChannelRecord>>;
     /// Channels of a guild in creation order, at most `limit`.
-    async fn channels(&self, guild_id: Ulid, limit: u32) -> StoreResult<Vec<ChannelRecord>>;
+    async fn channels(&self, guild_id: GuildId, limit: u32) -> StoreResult<Vec<ChannelRecord>>;
 
     // --- messages --------------------------------------------------------
     /// Stores `outbox`, the message's realtime event, in the same
@@ -436,8 +440,8 @@ pub trait CoreStore: Send + Sync + 'static {
     /// cursor's order.
     async fn messages(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
         cursor: HistoryCursor,
         limit: u32,
     ) -> StoreResult<Vec<MessageRecord>>;

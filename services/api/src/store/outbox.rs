@@ -17,7 +17,7 @@ use sqlx::{
 };
 use ulid::Ulid;
 
-use super::sql::{SqlStore, decode_ulid};
+use super::sql::{SqlStore, decode_id};
 use super::{StoreError, StoreResult};
 
 /// An event to store with a write.
@@ -171,7 +171,7 @@ where
             .iter()
             .map(|row| {
                 Ok(OutboxRecord {
-                    event_id: decode_ulid(row, "event_id")?,
+                    event_id: decode_id(row, "event_id")?,
                     payload: row.try_get("payload")?,
                 })
             })
@@ -205,8 +205,10 @@ mod tests {
     use std::collections::HashSet;
     use std::sync::Arc;
 
+    use filament_ids::{ChannelId, RoleId, UserId};
+
     use super::*;
-    use crate::store::tests::{TextChannel, conformance};
+    use crate::store::tests::{TextChannel, conformance, new_id};
     use crate::store::{
         AddMemberOutcome, AssignOutcome, Change, ChannelKind, ChannelRecord, CreateRoleOutcome,
         FriendRequestRecord, MemberRecord, MemberRole, MessageInsert, NewFriendRequest, NewSession,
@@ -304,7 +306,7 @@ mod tests {
         );
         // Published rows are gone; the others come back once the lease ends.
         store
-            .outbox_published(&[created.event_id, deleted.event_id, Ulid::generate()])
+            .outbox_published(&[created.event_id, deleted.event_id, new_id()])
             .await
             .expect("published");
         let again = store
@@ -335,7 +337,7 @@ mod tests {
         let place = TextChannel::create(&*store).await;
         let mut generator = ulid::Generator::new();
         let (g, c) = (place.guild_id, place.channel_id);
-        let missing = Ulid::generate();
+        let missing = new_id();
         assert!(
             !store
                 .edit_message(g, c, missing, "x", Some(event(&mut generator, 0)))
@@ -353,7 +355,7 @@ mod tests {
         let refused = store
             .create_message_with_attachments(
                 place.message("hello"),
-                &[Ulid::generate()],
+                &[new_id()],
                 Some(event(&mut generator, 0)),
                 None,
             )
@@ -482,12 +484,7 @@ mod tests {
                 claimed_until_unix_ms: NOW_MS,
             }
         };
-        let (added, repeated, removed, absent) = (
-            Ulid::generate(),
-            Ulid::generate(),
-            Ulid::generate(),
-            Ulid::generate(),
-        );
+        let (added, repeated, removed, absent) = (new_id(), new_id(), new_id(), new_id());
         store
             .add_reaction(key.clone(), 1, Some(&built(added)))
             .await
@@ -529,7 +526,7 @@ mod tests {
 
         // Channels: created once; a duplicate id rolls its row back.
         let channel = ChannelRecord {
-            channel_id: Ulid::generate(),
+            channel_id: ChannelId::generate(),
             guild_id: g,
             name: "new".to_owned(),
             kind: ChannelKind::Text,
@@ -562,11 +559,11 @@ mod tests {
         assert!(change.is_some());
         stored.push(renamed.event_id);
         let missing = store
-            .rename_channel(g, Ulid::generate(), "x".to_owned(), &build)
+            .rename_channel(g, new_id(), "x".to_owned(), &build)
             .await
             .expect("rename");
         assert!(missing.is_none());
-        let unknown_channel = Ulid::generate();
+        let unknown_channel = new_id();
         let gone = store
             .delete_channel(g, unknown_channel, vec![event(&mut generator, 0)])
             .await
@@ -575,7 +572,7 @@ mod tests {
 
         // Members: only a new membership stores its row, and a kick only
         // once.
-        let user = Ulid::generate();
+        let user = new_id();
         store
             .create_user(NewUser {
                 user_id: user,
@@ -618,7 +615,7 @@ mod tests {
 
         // Roles: over the cap, or assigned to a non-member, nothing.
         let role = RoleRecord {
-            role_id: Ulid::generate(),
+            role_id: RoleId::generate(),
             guild_id: g,
             name: "crew".to_owned(),
             position: 5,
@@ -647,7 +644,7 @@ mod tests {
 
         // Sessions: the revoking transaction names the session's user; a
         // wrong hash revokes, and stores, nothing.
-        let session_id = Ulid::generate();
+        let session_id = new_id();
         store
             .create_session(NewSession {
                 session_id,
@@ -658,7 +655,7 @@ mod tests {
             .await
             .expect("session");
         let revoked = event(&mut generator, 0);
-        let build = |user_id: &Ulid| {
+        let build = |user_id: &UserId| {
             assert_eq!(*user_id, owner);
             vec![revoked.clone()]
         };
@@ -678,9 +675,9 @@ mod tests {
         let request_row = event(&mut generator, 0);
         let build = |_: &FriendRequestRecord| vec![request_row.clone()];
         let request = NewFriendRequest {
-            request_id: Ulid::generate(),
+            request_id: new_id(),
             sender_user_id: owner,
-            recipient_user_id: Ulid::generate(),
+            recipient_user_id: UserId::generate(),
             created_at_unix: 1,
         };
         let sent = store

@@ -11,10 +11,11 @@
 //! rather than failing to upgrade a read snapshot that went stale.
 
 use async_trait::async_trait;
+use filament_ids::{ChannelId, GuildId, RoleId, UserId};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
 use ulid::Ulid;
 
-use super::sql::{SqlStore, decode_enum, decode_ulid};
+use super::sql::{SqlStore, decode_enum, decode_id, parse_stored_id};
 use super::{
     Change, ChannelRecord, GuildRecord, MemberRole, OutboxEvent, OutboxFor, StoreResult, Visibility,
 };
@@ -107,8 +108,8 @@ impl BuiltinRole {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoleRecord {
-    pub role_id: Ulid,
-    pub guild_id: Ulid,
+    pub role_id: RoleId,
+    pub guild_id: GuildId,
     pub name: String,
     pub position: i64,
     pub builtin: Option<BuiltinRole>,
@@ -138,8 +139,8 @@ pub struct RoleChanges {
 /// Whose override it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OverrideTarget {
-    Role(Ulid),
-    Member(Ulid),
+    Role(RoleId),
+    Member(UserId),
 }
 
 impl OverrideTarget {
@@ -150,9 +151,11 @@ impl OverrideTarget {
         }
     }
 
-    fn id(self) -> Ulid {
+    /// The id as stored: the same text whichever kind it is.
+    fn id(self) -> String {
         match self {
-            Self::Role(id) | Self::Member(id) => id,
+            Self::Role(id) => id.to_string(),
+            Self::Member(id) => id.to_string(),
         }
     }
 }
@@ -160,8 +163,8 @@ impl OverrideTarget {
 /// One channel override: allow and deny masks for a role or a member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverrideRecord {
-    pub guild_id: Ulid,
-    pub channel_id: Ulid,
+    pub guild_id: GuildId,
+    pub channel_id: ChannelId,
     pub target: OverrideTarget,
     pub allow: u64,
     pub deny: u64,
@@ -211,8 +214,8 @@ pub enum UnassignOutcome {
 pub trait RoleStore: Send + Sync + 'static {
     // --- roles ------------------------------------------------------------
     /// The guild's roles by position descending, then creation, then id.
-    async fn roles(&self, guild_id: Ulid) -> StoreResult<Vec<RoleRecord>>;
-    async fn role(&self, guild_id: Ulid, role_id: Ulid) -> StoreResult<Option<RoleRecord>>;
+    async fn roles(&self, guild_id: GuildId) -> StoreResult<Vec<RoleRecord>>;
+    async fn role(&self, guild_id: GuildId, role_id: RoleId) -> StoreResult<Option<RoleRecord>>;
     /// Creates the role unless the guild already has `max_roles` roles.
     ///
     /// Stores `outbox`, the change's realtime events, in the same
@@ -231,8 +234,8 @@ pub trait RoleStore: Send + Sync + 'static {
     /// does.
     async fn update_role(
         &self,
-        guild_id: Ulid,
-        role_id: Ulid,
+        guild_id: GuildId,
+        role_id: RoleId,
         changes: RoleChanges,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<RoleRecord>>;
@@ -246,8 +249,8 @@ pub trait RoleStore: Send + Sync + 'static {
     /// role was deleted.
     async fn delete_role(
         &self,
-        guild_id: Ulid,
-        role_id: Ulid,
+        guild_id: GuildId,
+        role_id: RoleId,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<RoleRecord>>;
     /// Sets the positions of `role_ids` to N…1 in list order. False, and
@@ -258,31 +261,35 @@ pub trait RoleStore: Send + Sync + 'static {
     /// returns true.
     async fn reorder_roles(
         &self,
-        guild_id: Ulid,
-        role_ids: &[Ulid],
+        guild_id: GuildId,
+        role_ids: &[RoleId],
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool>;
-    async fn default_join_role(&self, guild_id: Ulid) -> StoreResult<Option<Ulid>>;
+    async fn default_join_role(&self, guild_id: GuildId) -> StoreResult<Option<RoleId>>;
     /// False, and nothing changed, if the role is not a role of the guild.
     async fn set_default_join_role(
         &self,
-        guild_id: Ulid,
-        role_id: Option<Ulid>,
+        guild_id: GuildId,
+        role_id: Option<RoleId>,
     ) -> StoreResult<bool>;
 
     // --- assignments --------------------------------------------------------
     /// The user's explicit assignments (not the role implied by the legacy
     /// membership role), by role id.
-    async fn assigned_role_ids(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<Vec<Ulid>>;
+    async fn assigned_role_ids(
+        &self,
+        guild_id: GuildId,
+        user_id: UserId,
+    ) -> StoreResult<Vec<RoleId>>;
     /// Explicit assignments of the members whose ids lie in `first..=last`,
     /// as `(user_id, role_id)` by user then role: one page of the member
     /// list at a time.
     async fn assignments_between(
         &self,
-        guild_id: Ulid,
-        first: Ulid,
-        last: Ulid,
-    ) -> StoreResult<Vec<(Ulid, Ulid)>>;
+        guild_id: GuildId,
+        first: UserId,
+        last: UserId,
+    ) -> StoreResult<Vec<(UserId, RoleId)>>;
     /// Adds an explicit assignment, at most `max_assignments` per member.
     /// Assigning `workspace_owner` or `moderator` raises the legacy role to
     /// match (never lowers it).
@@ -292,9 +299,9 @@ pub trait RoleStore: Send + Sync + 'static {
     /// was `Assigned`.
     async fn assign_role(
         &self,
-        guild_id: Ulid,
-        user_id: Ulid,
-        role_id: Ulid,
+        guild_id: GuildId,
+        user_id: UserId,
+        role_id: RoleId,
         assigned_at_unix: i64,
         max_assignments: u32,
         outbox: Vec<OutboxEvent>,
@@ -310,9 +317,9 @@ pub trait RoleStore: Send + Sync + 'static {
     /// was `Removed`.
     async fn unassign_role(
         &self,
-        guild_id: Ulid,
-        user_id: Ulid,
-        role_id: Ulid,
+        guild_id: GuildId,
+        user_id: UserId,
+        role_id: RoleId,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<UnassignOutcome>;
     /// Sets a member's legacy role and swaps the built-in assignment to
@@ -325,8 +332,8 @@ pub trait RoleStore: Send + Sync + 'static {
     /// are.
     async fn set_legacy_role(
         &self,
-        guild_id: Ulid,
-        user_id: Ulid,
+        guild_id: GuildId,
+        user_id: UserId,
         role: MemberRole,
         at_unix: i64,
         outbox: Vec<OutboxEvent>,
@@ -335,11 +342,11 @@ pub trait RoleStore: Send + Sync + 'static {
     /// bit with `mask`, by user id, strictly after `after`, at most `limit`.
     async fn members_with_permission_bits(
         &self,
-        guild_id: Ulid,
+        guild_id: GuildId,
         mask: u64,
-        after: Option<Ulid>,
+        after: Option<UserId>,
         limit: u32,
-    ) -> StoreResult<Vec<Ulid>>;
+    ) -> StoreResult<Vec<UserId>>;
 
     // --- channel overrides --------------------------------------------------
     /// The overrides that can apply to `user_id`: every role override of the
@@ -347,9 +354,9 @@ pub trait RoleStore: Send + Sync + 'static {
     /// member overrides.
     async fn overrides_for(
         &self,
-        guild_id: Ulid,
-        channel_id: Option<Ulid>,
-        user_id: Ulid,
+        guild_id: GuildId,
+        channel_id: Option<ChannelId>,
+        user_id: UserId,
     ) -> StoreResult<Vec<OverrideRecord>>;
     /// Inserts or replaces the override; empty masks remove it.
     ///
@@ -369,7 +376,7 @@ pub trait RoleStore: Send + Sync + 'static {
     /// (docs/adr/0006-outbox.md); nothing for a guild that does not exist.
     async fn update_guild(
         &self,
-        guild_id: Ulid,
+        guild_id: GuildId,
         name: Option<String>,
         visibility: Option<Visibility>,
         outbox: OutboxFor<'_, Change<GuildRecord>>,
@@ -381,8 +388,8 @@ pub trait RoleStore: Send + Sync + 'static {
     /// (docs/adr/0006-outbox.md); nothing for a channel that does not exist.
     async fn rename_channel(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
         name: String,
         outbox: OutboxFor<'_, Change<ChannelRecord>>,
     ) -> StoreResult<Option<Change<ChannelRecord>>>;
@@ -394,8 +401,8 @@ pub trait RoleStore: Send + Sync + 'static {
     /// did.
     async fn delete_channel(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool>;
 }
@@ -443,7 +450,7 @@ where
     ];
     let mut owner_role_id = String::new();
     for (name, position, builtin, permissions) in seeds {
-        let role_id = Ulid::generate().to_string();
+        let role_id = RoleId::generate().to_string();
         if builtin == BuiltinRole::WorkspaceOwner {
             owner_role_id.clone_from(&role_id);
         }
@@ -488,7 +495,7 @@ where
     for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'i> &'i str: ColumnIndex<DB::Row>,
 {
-    async fn roles(&self, guild_id: Ulid) -> StoreResult<Vec<RoleRecord>> {
+    async fn roles(&self, guild_id: GuildId) -> StoreResult<Vec<RoleRecord>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ROLE_COLUMNS} FROM roles WHERE guild_id = $1 \
              ORDER BY position DESC, created_at_unix, role_id"
@@ -499,7 +506,7 @@ where
         Ok(rows.iter().map(decode_role).collect::<Result<_, _>>()?)
     }
 
-    async fn role(&self, guild_id: Ulid, role_id: Ulid) -> StoreResult<Option<RoleRecord>> {
+    async fn role(&self, guild_id: GuildId, role_id: RoleId) -> StoreResult<Option<RoleRecord>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {ROLE_COLUMNS} FROM roles WHERE role_id = $1 AND guild_id = $2"
         )))
@@ -548,8 +555,8 @@ where
 
     async fn update_role(
         &self,
-        guild_id: Ulid,
-        role_id: Ulid,
+        guild_id: GuildId,
+        role_id: RoleId,
         changes: RoleChanges,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<RoleRecord>> {
@@ -593,8 +600,8 @@ where
 
     async fn delete_role(
         &self,
-        guild_id: Ulid,
-        role_id: Ulid,
+        guild_id: GuildId,
+        role_id: RoleId,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<RoleRecord>> {
         let (guild, role) = (guild_id.to_string(), role_id.to_string());
@@ -636,8 +643,8 @@ where
 
     async fn reorder_roles(
         &self,
-        guild_id: Ulid,
-        role_ids: &[Ulid],
+        guild_id: GuildId,
+        role_ids: &[RoleId],
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool> {
         let guild = guild_id.to_string();
@@ -665,7 +672,7 @@ where
         Ok(true)
     }
 
-    async fn default_join_role(&self, guild_id: Ulid) -> StoreResult<Option<Ulid>> {
+    async fn default_join_role(&self, guild_id: GuildId) -> StoreResult<Option<RoleId>> {
         let row = sqlx::query("SELECT default_join_role_id FROM guilds WHERE guild_id = $1")
             .bind(guild_id.to_string())
             .fetch_optional(&self.pool)
@@ -673,14 +680,14 @@ where
         let Some(row) = row else { return Ok(None) };
         let raw: Option<String> = row.try_get("default_join_role_id")?;
         Ok(raw
-            .map(|id| parse_stored_ulid(&id, "default_join_role_id"))
+            .map(|id| parse_stored_id(&id, "default_join_role_id"))
             .transpose()?)
     }
 
     async fn set_default_join_role(
         &self,
-        guild_id: Ulid,
-        role_id: Option<Ulid>,
+        guild_id: GuildId,
+        role_id: Option<RoleId>,
     ) -> StoreResult<bool> {
         let guild = guild_id.to_string();
         let mut tx = self.pool.begin().await?;
@@ -705,7 +712,11 @@ where
         Ok(true)
     }
 
-    async fn assigned_role_ids(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<Vec<Ulid>> {
+    async fn assigned_role_ids(
+        &self,
+        guild_id: GuildId,
+        user_id: UserId,
+    ) -> StoreResult<Vec<RoleId>> {
         let rows = sqlx::query(
             "SELECT role_id FROM role_assignments WHERE guild_id = $1 AND user_id = $2 \
              ORDER BY role_id",
@@ -716,16 +727,16 @@ where
         .await?;
         Ok(rows
             .iter()
-            .map(|row| decode_ulid(row, "role_id"))
+            .map(|row| decode_id(row, "role_id"))
             .collect::<Result<_, _>>()?)
     }
 
     async fn assignments_between(
         &self,
-        guild_id: Ulid,
-        first: Ulid,
-        last: Ulid,
-    ) -> StoreResult<Vec<(Ulid, Ulid)>> {
+        guild_id: GuildId,
+        first: UserId,
+        last: UserId,
+    ) -> StoreResult<Vec<(UserId, RoleId)>> {
         let rows = sqlx::query(
             "SELECT user_id, role_id FROM role_assignments \
              WHERE guild_id = $1 AND user_id >= $2 AND user_id <= $3 \
@@ -738,15 +749,15 @@ where
         .await?;
         Ok(rows
             .iter()
-            .map(|row| Ok((decode_ulid(row, "user_id")?, decode_ulid(row, "role_id")?)))
+            .map(|row| Ok((decode_id(row, "user_id")?, decode_id(row, "role_id")?)))
             .collect::<Result<_, sqlx::Error>>()?)
     }
 
     async fn assign_role(
         &self,
-        guild_id: Ulid,
-        user_id: Ulid,
-        role_id: Ulid,
+        guild_id: GuildId,
+        user_id: UserId,
+        role_id: RoleId,
         assigned_at_unix: i64,
         max_assignments: u32,
         outbox: Vec<OutboxEvent>,
@@ -799,9 +810,9 @@ where
 
     async fn unassign_role(
         &self,
-        guild_id: Ulid,
-        user_id: Ulid,
-        role_id: Ulid,
+        guild_id: GuildId,
+        user_id: UserId,
+        role_id: RoleId,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<UnassignOutcome> {
         let (guild, user, role_text) = (
@@ -854,8 +865,8 @@ where
 
     async fn set_legacy_role(
         &self,
-        guild_id: Ulid,
-        user_id: Ulid,
+        guild_id: GuildId,
+        user_id: UserId,
         role: MemberRole,
         at_unix: i64,
         outbox: Vec<OutboxEvent>,
@@ -894,11 +905,11 @@ where
 
     async fn members_with_permission_bits(
         &self,
-        guild_id: Ulid,
+        guild_id: GuildId,
         mask: u64,
-        after: Option<Ulid>,
+        after: Option<UserId>,
         limit: u32,
-    ) -> StoreResult<Vec<Ulid>> {
+    ) -> StoreResult<Vec<UserId>> {
         // One query per page: a member qualifies through @everyone, the
         // built-in role of their legacy role, an explicit assignment, or by
         // being a workspace owner at all (which grants every bit).
@@ -926,15 +937,15 @@ where
         .await?;
         Ok(rows
             .iter()
-            .map(|row| decode_ulid(row, "user_id"))
+            .map(|row| decode_id(row, "user_id"))
             .collect::<Result<_, _>>()?)
     }
 
     async fn overrides_for(
         &self,
-        guild_id: Ulid,
-        channel_id: Option<Ulid>,
-        user_id: Ulid,
+        guild_id: GuildId,
+        channel_id: Option<ChannelId>,
+        user_id: UserId,
     ) -> StoreResult<Vec<OverrideRecord>> {
         // Role overrides are few (64 roles at most per channel); member
         // overrides are read only for this user.
@@ -968,7 +979,7 @@ where
         let key = (
             entry.channel_id.to_string(),
             entry.target.kind().to_owned(),
-            entry.target.id().to_string(),
+            entry.target.id(),
         );
         let mut tx = self.pool.begin().await?;
         if entry.allow == 0 && entry.deny == 0 {
@@ -1005,7 +1016,7 @@ where
 
     async fn update_guild(
         &self,
-        guild_id: Ulid,
+        guild_id: GuildId,
         name: Option<String>,
         visibility: Option<Visibility>,
         outbox: OutboxFor<'_, Change<GuildRecord>>,
@@ -1016,8 +1027,8 @@ where
 
     async fn rename_channel(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
         name: String,
         outbox: OutboxFor<'_, Change<ChannelRecord>>,
     ) -> StoreResult<Option<Change<ChannelRecord>>> {
@@ -1027,8 +1038,8 @@ where
 
     async fn delete_channel(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool> {
         self.remove_channel(guild_id, channel_id, outbox).await
@@ -1126,7 +1137,7 @@ async fn assigned_ids<DB>(
     connection: &mut DB::Connection,
     guild_id: &str,
     user_id: &str,
-) -> Result<Vec<Ulid>, sqlx::Error>
+) -> Result<Vec<RoleId>, sqlx::Error>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -1140,7 +1151,7 @@ where
             .bind(user_id.to_owned())
             .fetch_all(&mut *connection)
             .await?;
-    rows.iter().map(|row| decode_ulid(row, "role_id")).collect()
+    rows.iter().map(|row| decode_id(row, "role_id")).collect()
 }
 
 /// How many members other than `user_id` hold `workspace_owner`, explicitly
@@ -1178,7 +1189,7 @@ where
 async fn derive_legacy_role<'a, DB>(
     connection: &mut DB::Connection,
     guild_id: &str,
-    assigned: impl Iterator<Item = &'a Ulid>,
+    assigned: impl Iterator<Item = &'a RoleId>,
 ) -> Result<MemberRole, sqlx::Error>
 where
     DB: Database,
@@ -1195,10 +1206,10 @@ where
     .bind(guild_id.to_owned())
     .fetch_all(&mut *connection)
     .await?;
-    let assigned: Vec<&Ulid> = assigned.collect();
+    let assigned: Vec<&RoleId> = assigned.collect();
     let mut rank = MemberRole::Member;
     for row in &rows {
-        let role_id = decode_ulid(row, "role_id")?;
+        let role_id = decode_id(row, "role_id")?;
         let builtin: Option<String> = row.try_get("builtin")?;
         let implied = builtin
             .as_deref()
@@ -1223,13 +1234,6 @@ fn mask_from_db(raw: i64) -> u64 {
     u64::from_ne_bytes(raw.to_ne_bytes())
 }
 
-fn parse_stored_ulid(text: &str, column: &str) -> Result<Ulid, sqlx::Error> {
-    Ulid::from_string(text).map_err(|error| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: Box::new(error),
-    })
-}
-
 fn decode_role<R>(row: &R) -> Result<RoleRecord, sqlx::Error>
 where
     R: Row,
@@ -1248,8 +1252,8 @@ where
         })
         .transpose()?;
     Ok(RoleRecord {
-        role_id: decode_ulid(row, "role_id")?,
-        guild_id: decode_ulid(row, "guild_id")?,
+        role_id: decode_id(row, "role_id")?,
+        guild_id: decode_id(row, "guild_id")?,
         name: row.try_get("name")?,
         position: row.try_get("position")?,
         builtin,
@@ -1266,11 +1270,12 @@ where
     for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
     for<'i> &'i str: ColumnIndex<R>,
 {
-    let target_id = decode_ulid(row, "target_id")?;
+    // One column holds either kind of id; `target_kind` says which.
+    let target_id: Ulid = decode_id(row, "target_id")?;
     let kind: String = row.try_get("target_kind")?;
     let target = match kind.as_str() {
-        "role" => OverrideTarget::Role(target_id),
-        "member" => OverrideTarget::Member(target_id),
+        "role" => OverrideTarget::Role(target_id.into()),
+        "member" => OverrideTarget::Member(target_id.into()),
         other => {
             return Err(sqlx::Error::ColumnDecode {
                 index: "target_kind".to_owned(),
@@ -1279,8 +1284,8 @@ where
         }
     };
     Ok(OverrideRecord {
-        guild_id: decode_ulid(row, "guild_id")?,
-        channel_id: decode_ulid(row, "channel_id")?,
+        guild_id: decode_id(row, "guild_id")?,
+        channel_id: decode_id(row, "channel_id")?,
         target,
         allow: mask_from_db(row.try_get("allow_bits")?),
         deny: mask_from_db(row.try_get("deny_bits")?),
@@ -1292,7 +1297,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::tests::conformance;
+    use crate::store::tests::{conformance, new_id};
     use crate::store::{ChannelKind, ChannelRecord, GuildRecord, MemberRecord, NewUser, Store};
 
     const NOW: i64 = 1_700_000_000;
@@ -1308,8 +1313,8 @@ mod tests {
         overrides_upsert_filter_and_go_with_their_channel_or_role,
     );
 
-    async fn user(store: &dyn Store) -> Ulid {
-        let user_id = Ulid::generate();
+    async fn user(store: &dyn Store) -> UserId {
+        let user_id = new_id();
         store
             .create_user(NewUser {
                 user_id,
@@ -1323,9 +1328,9 @@ mod tests {
     }
 
     /// A guild owned by a new user; returns (guild, owner).
-    async fn guild(store: &dyn Store) -> (Ulid, Ulid) {
+    async fn guild(store: &dyn Store) -> (GuildId, UserId) {
         let owner = user(store).await;
-        let guild_id = Ulid::generate();
+        let guild_id = new_id();
         store
             .create_guild(
                 GuildRecord {
@@ -1342,7 +1347,7 @@ mod tests {
         (guild_id, owner)
     }
 
-    async fn member(store: &dyn Store, guild_id: Ulid) -> Ulid {
+    async fn member(store: &dyn Store, guild_id: GuildId) -> UserId {
         let user_id = user(store).await;
         store
             .add_member(MemberRecord {
@@ -1356,8 +1361,8 @@ mod tests {
         user_id
     }
 
-    async fn channel(store: &dyn Store, guild_id: Ulid) -> Ulid {
-        let channel_id = Ulid::generate();
+    async fn channel(store: &dyn Store, guild_id: GuildId) -> ChannelId {
+        let channel_id = new_id();
         store
             .create_channel(
                 ChannelRecord {
@@ -1374,9 +1379,9 @@ mod tests {
         channel_id
     }
 
-    fn custom_role(guild_id: Ulid, name: &str, position: i64, permissions: u64) -> RoleRecord {
+    fn custom_role(guild_id: GuildId, name: &str, position: i64, permissions: u64) -> RoleRecord {
         RoleRecord {
-            role_id: Ulid::generate(),
+            role_id: RoleId::generate(),
             guild_id,
             name: name.to_owned(),
             position,
@@ -1387,7 +1392,7 @@ mod tests {
         }
     }
 
-    async fn builtin(store: &dyn Store, guild_id: Ulid, which: BuiltinRole) -> RoleRecord {
+    async fn builtin(store: &dyn Store, guild_id: GuildId, which: BuiltinRole) -> RoleRecord {
         store
             .roles(guild_id)
             .await
@@ -1397,7 +1402,7 @@ mod tests {
             .unwrap()
     }
 
-    async fn legacy(store: &dyn Store, guild_id: Ulid, user_id: Ulid) -> MemberRole {
+    async fn legacy(store: &dyn Store, guild_id: GuildId, user_id: UserId) -> MemberRole {
         store.member(guild_id, user_id).await.unwrap().unwrap().role
     }
 
@@ -1486,12 +1491,7 @@ mod tests {
         // Another guild's id does not reach the role.
         assert_eq!(
             store
-                .update_role(
-                    Ulid::generate(),
-                    role.role_id,
-                    RoleChanges::default(),
-                    Vec::new()
-                )
+                .update_role(new_id(), role.role_id, RoleChanges::default(), Vec::new())
                 .await
                 .unwrap(),
             None
@@ -1591,7 +1591,7 @@ mod tests {
         // One unknown id changes nothing.
         assert!(
             !store
-                .reorder_roles(guild_id, &[b.role_id, Ulid::generate()], Vec::new())
+                .reorder_roles(guild_id, &[b.role_id, new_id()], Vec::new())
                 .await
                 .unwrap()
         );
@@ -1649,21 +1649,14 @@ mod tests {
         );
         assert_eq!(
             store
-                .assign_role(
-                    guild_id,
-                    Ulid::generate(),
-                    extra.role_id,
-                    NOW,
-                    2,
-                    Vec::new()
-                )
+                .assign_role(guild_id, new_id(), extra.role_id, NOW, 2, Vec::new())
                 .await
                 .unwrap(),
             AssignOutcome::NotMember
         );
         assert_eq!(
             store
-                .assign_role(guild_id, user_id, Ulid::generate(), NOW, 2, Vec::new())
+                .assign_role(guild_id, user_id, new_id(), NOW, 2, Vec::new())
                 .await
                 .unwrap(),
             AssignOutcome::RoleNotFound
@@ -1779,13 +1772,7 @@ mod tests {
         );
         assert!(
             !store
-                .set_legacy_role(
-                    guild_id,
-                    Ulid::generate(),
-                    MemberRole::Member,
-                    NOW,
-                    Vec::new()
-                )
+                .set_legacy_role(guild_id, new_id(), MemberRole::Member, NOW, Vec::new())
                 .await
                 .unwrap()
         );

@@ -10,12 +10,13 @@
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
+use filament_ids::{GuildId, UserId};
 use sqlx::{
     AssertSqlSafe, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type,
 };
 use ulid::Ulid;
 
-use super::sql::{SqlStore, conflict_on, decode_ulid, decode_user};
+use super::sql::{SqlStore, conflict_on, decode_id, decode_user};
 use super::{OutboxEvent, OutboxFor, StoreResult, UserRecord};
 
 /// How many ids one lookup query takes. Shorter lists are padded with an id
@@ -59,7 +60,7 @@ pub struct ProfileImage {
 /// What `POST /users/lookup` returns per user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserSummary {
-    pub user_id: Ulid,
+    pub user_id: UserId,
     pub username: String,
     pub avatar_version: i64,
 }
@@ -67,7 +68,7 @@ pub struct UserSummary {
 /// One friend of a user, and since when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FriendRecord {
-    pub user_id: Ulid,
+    pub user_id: UserId,
     pub username: String,
     pub created_at_unix: i64,
 }
@@ -75,8 +76,8 @@ pub struct FriendRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewFriendRequest {
     pub request_id: Ulid,
-    pub sender_user_id: Ulid,
-    pub recipient_user_id: Ulid,
+    pub sender_user_id: UserId,
+    pub recipient_user_id: UserId,
     pub created_at_unix: i64,
 }
 
@@ -84,9 +85,9 @@ pub struct NewFriendRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FriendRequestRecord {
     pub request_id: Ulid,
-    pub sender_user_id: Ulid,
+    pub sender_user_id: UserId,
     pub sender_username: String,
-    pub recipient_user_id: Ulid,
+    pub recipient_user_id: UserId,
     pub recipient_username: String,
     pub created_at_unix: i64,
 }
@@ -102,16 +103,16 @@ pub struct AcceptedFriendRequest {
 /// The two parties of a request that was deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FriendRequestParties {
-    pub sender_user_id: Ulid,
-    pub recipient_user_id: Ulid,
+    pub sender_user_id: UserId,
+    pub recipient_user_id: UserId,
 }
 
 /// Who hears about a user's profile changes besides the user: their friends
 /// and everyone present in a guild they are a member of.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProfileAudience {
-    pub friend_ids: Vec<Ulid>,
-    pub guild_ids: Vec<Ulid>,
+    pub friend_ids: Vec<UserId>,
+    pub guild_ids: Vec<GuildId>,
 }
 
 #[async_trait]
@@ -125,13 +126,13 @@ pub trait SocialStore: Send + Sync + 'static {
     /// transaction (docs/adr/0006-outbox.md), only if the user exists.
     async fn update_profile(
         &self,
-        user_id: Ulid,
+        user_id: UserId,
         change: ProfileChange,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<UserRecord>>;
 
     /// The users among `user_ids` that exist, in the order asked, each once.
-    async fn users_by_ids(&self, user_ids: &[Ulid]) -> StoreResult<Vec<UserSummary>>;
+    async fn users_by_ids(&self, user_ids: &[UserId]) -> StoreResult<Vec<UserSummary>>;
 
     /// Stores the image and bumps its version to `max(previous + 1,
     /// now_unix)`, in one transaction; returns the user as it now is, or
@@ -142,7 +143,7 @@ pub trait SocialStore: Send + Sync + 'static {
     /// (docs/adr/0006-outbox.md).
     async fn set_profile_image(
         &self,
-        user_id: Ulid,
+        user_id: UserId,
         kind: ImageKind,
         image: ProfileImage,
         now_unix: i64,
@@ -151,15 +152,15 @@ pub trait SocialStore: Send + Sync + 'static {
 
     async fn profile_image(
         &self,
-        user_id: Ulid,
+        user_id: UserId,
         kind: ImageKind,
     ) -> StoreResult<Option<ProfileImage>>;
 
-    async fn profile_audience(&self, user_id: Ulid) -> StoreResult<ProfileAudience>;
+    async fn profile_audience(&self, user_id: UserId) -> StoreResult<ProfileAudience>;
 
     // --- friends ---------------------------------------------------------
     /// The user's friends, newest friendship first.
-    async fn friends(&self, user_id: Ulid) -> StoreResult<Vec<FriendRecord>>;
+    async fn friends(&self, user_id: UserId) -> StoreResult<Vec<FriendRecord>>;
 
     /// Creates the request unless the recipient is unknown, the two are
     /// already friends, or a request between them is pending either way;
@@ -175,7 +176,7 @@ pub trait SocialStore: Send + Sync + 'static {
     ) -> StoreResult<Option<FriendRequestRecord>>;
 
     /// Pending requests the user sent or received, newest first.
-    async fn friend_requests(&self, user_id: Ulid) -> StoreResult<Vec<FriendRequestRecord>>;
+    async fn friend_requests(&self, user_id: UserId) -> StoreResult<Vec<FriendRequestRecord>>;
 
     /// Turns the request into a friendship, if `recipient_user_id` is its
     /// recipient; otherwise `None` and nothing changes.
@@ -186,7 +187,7 @@ pub trait SocialStore: Send + Sync + 'static {
     async fn accept_friend_request(
         &self,
         request_id: Ulid,
-        recipient_user_id: Ulid,
+        recipient_user_id: UserId,
         now_unix: i64,
         outbox: OutboxFor<'_, AcceptedFriendRequest>,
     ) -> StoreResult<Option<AcceptedFriendRequest>>;
@@ -199,7 +200,7 @@ pub trait SocialStore: Send + Sync + 'static {
     async fn delete_friend_request(
         &self,
         request_id: Ulid,
-        party_user_id: Ulid,
+        party_user_id: UserId,
         outbox: OutboxFor<'_, FriendRequestParties>,
     ) -> StoreResult<Option<FriendRequestParties>>;
 
@@ -209,8 +210,8 @@ pub trait SocialStore: Send + Sync + 'static {
     /// transaction (docs/adr/0006-outbox.md), only if there was.
     async fn remove_friend(
         &self,
-        user_id: Ulid,
-        friend_user_id: Ulid,
+        user_id: UserId,
+        friend_user_id: UserId,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool>;
 }
@@ -290,7 +291,7 @@ where
 {
     async fn update_profile(
         &self,
-        user_id: Ulid,
+        user_id: UserId,
         change: ProfileChange,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<UserRecord>> {
@@ -310,8 +311,8 @@ where
         Ok(Some(user))
     }
 
-    async fn users_by_ids(&self, user_ids: &[Ulid]) -> StoreResult<Vec<UserSummary>> {
-        let mut wanted: Vec<Ulid> = Vec::with_capacity(user_ids.len());
+    async fn users_by_ids(&self, user_ids: &[UserId]) -> StoreResult<Vec<UserSummary>> {
+        let mut wanted: Vec<UserId> = Vec::with_capacity(user_ids.len());
         for id in user_ids {
             if !wanted.contains(id) {
                 wanted.push(*id);
@@ -322,11 +323,11 @@ where
             let mut query = sqlx::query(sql(&LOOKUP_SQL));
             for slot in 0..USER_LOOKUP_BATCH {
                 // '' is never a user id.
-                query = query.bind(batch.get(slot).map(Ulid::to_string).unwrap_or_default());
+                query = query.bind(batch.get(slot).map(UserId::to_string).unwrap_or_default());
             }
             for row in query.fetch_all(&self.pool).await? {
                 found.push(UserSummary {
-                    user_id: decode_ulid(&row, "user_id")?,
+                    user_id: decode_id(&row, "user_id")?,
                     username: row.try_get("username")?,
                     avatar_version: row.try_get("avatar_version")?,
                 });
@@ -339,7 +340,7 @@ where
 
     async fn set_profile_image(
         &self,
-        user_id: Ulid,
+        user_id: UserId,
         kind: ImageKind,
         image: ProfileImage,
         now_unix: i64,
@@ -385,7 +386,7 @@ where
 
     async fn profile_image(
         &self,
-        user_id: Ulid,
+        user_id: UserId,
         kind: ImageKind,
     ) -> StoreResult<Option<ProfileImage>> {
         let row = sqlx::query(
@@ -406,7 +407,7 @@ where
         .transpose()
     }
 
-    async fn profile_audience(&self, user_id: Ulid) -> StoreResult<ProfileAudience> {
+    async fn profile_audience(&self, user_id: UserId) -> StoreResult<ProfileAudience> {
         let friends = sqlx::query("SELECT friend_user_id FROM friendships WHERE user_id = $1")
             .bind(user_id.to_string())
             .fetch_all(&self.pool)
@@ -418,16 +419,16 @@ where
         Ok(ProfileAudience {
             friend_ids: friends
                 .iter()
-                .map(|row| decode_ulid(row, "friend_user_id"))
+                .map(|row| decode_id(row, "friend_user_id"))
                 .collect::<Result<_, _>>()?,
             guild_ids: guilds
                 .iter()
-                .map(|row| decode_ulid(row, "guild_id"))
+                .map(|row| decode_id(row, "guild_id"))
                 .collect::<Result<_, _>>()?,
         })
     }
 
-    async fn friends(&self, user_id: Ulid) -> StoreResult<Vec<FriendRecord>> {
+    async fn friends(&self, user_id: UserId) -> StoreResult<Vec<FriendRecord>> {
         let rows = sqlx::query(
             "SELECT f.friend_user_id, u.username, f.created_at_unix \
              FROM friendships f JOIN users u ON u.user_id = f.friend_user_id \
@@ -441,7 +442,7 @@ where
             .iter()
             .map(|row| {
                 Ok(FriendRecord {
-                    user_id: decode_ulid(row, "friend_user_id")?,
+                    user_id: decode_id(row, "friend_user_id")?,
                     username: row.try_get("username")?,
                     created_at_unix: row.try_get("created_at_unix")?,
                 })
@@ -497,7 +498,7 @@ where
         Ok(Some(record))
     }
 
-    async fn friend_requests(&self, user_id: Ulid) -> StoreResult<Vec<FriendRequestRecord>> {
+    async fn friend_requests(&self, user_id: UserId) -> StoreResult<Vec<FriendRequestRecord>> {
         let rows = sqlx::query(sql(&REQUESTS_OF_USER_SQL))
             .bind(user_id.to_string())
             .fetch_all(&self.pool)
@@ -508,7 +509,7 @@ where
     async fn accept_friend_request(
         &self,
         request_id: Ulid,
-        recipient_user_id: Ulid,
+        recipient_user_id: UserId,
         now_unix: i64,
         outbox: OutboxFor<'_, AcceptedFriendRequest>,
     ) -> StoreResult<Option<AcceptedFriendRequest>> {
@@ -527,7 +528,7 @@ where
         else {
             return Ok(None);
         };
-        let sender_user_id = decode_ulid(&deleted, "sender_user_id")?;
+        let sender_user_id: UserId = decode_id(&deleted, "sender_user_id")?;
         let created_at_unix: i64 = deleted.try_get("created_at_unix")?;
         let (sender, recipient) = (sender_user_id.to_string(), recipient_user_id.to_string());
         // DO NOTHING keeps an existing friendship and its date (a request
@@ -573,7 +574,7 @@ where
     async fn delete_friend_request(
         &self,
         request_id: Ulid,
-        party_user_id: Ulid,
+        party_user_id: UserId,
         outbox: OutboxFor<'_, FriendRequestParties>,
     ) -> StoreResult<Option<FriendRequestParties>> {
         let mut tx = self.pool.begin().await?;
@@ -590,8 +591,8 @@ where
             return Ok(None);
         };
         let parties = FriendRequestParties {
-            sender_user_id: decode_ulid(&row, "sender_user_id")?,
-            recipient_user_id: decode_ulid(&row, "recipient_user_id")?,
+            sender_user_id: decode_id(&row, "sender_user_id")?,
+            recipient_user_id: decode_id(&row, "recipient_user_id")?,
         };
         Self::enqueue_outbox_all(&mut tx, outbox(&parties)).await?;
         tx.commit().await?;
@@ -600,8 +601,8 @@ where
 
     async fn remove_friend(
         &self,
-        user_id: Ulid,
-        friend_user_id: Ulid,
+        user_id: UserId,
+        friend_user_id: UserId,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<bool> {
         self.delete_with_outbox(
@@ -627,10 +628,10 @@ where
     for<'i> &'i str: ColumnIndex<R>,
 {
     Ok(FriendRequestRecord {
-        request_id: decode_ulid(row, "request_id")?,
-        sender_user_id: decode_ulid(row, "sender_user_id")?,
+        request_id: decode_id(row, "request_id")?,
+        sender_user_id: decode_id(row, "sender_user_id")?,
         sender_username: row.try_get("sender_username")?,
-        recipient_user_id: decode_ulid(row, "recipient_user_id")?,
+        recipient_user_id: decode_id(row, "recipient_user_id")?,
         recipient_username: row.try_get("recipient_username")?,
         created_at_unix: row.try_get("created_at_unix")?,
     })
@@ -641,7 +642,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::tests::{conformance, no_events};
+    use crate::store::tests::{conformance, new_id, no_events};
     use crate::store::{GuildRecord, NewUser, Store, StoreError, Visibility};
 
     const NOW: i64 = 1_700_000_000;
@@ -656,8 +657,8 @@ mod tests {
         profile_audience_is_friends_and_guilds,
     );
 
-    async fn user(store: &dyn Store, name: &str) -> Ulid {
-        let user_id = Ulid::generate();
+    async fn user(store: &dyn Store, name: &str) -> UserId {
+        let user_id = new_id();
         store
             .create_user(NewUser {
                 user_id,
@@ -670,9 +671,9 @@ mod tests {
         user_id
     }
 
-    fn request(sender: Ulid, recipient: Ulid, at: i64) -> NewFriendRequest {
+    fn request(sender: UserId, recipient: UserId, at: i64) -> NewFriendRequest {
         NewFriendRequest {
-            request_id: Ulid::generate(),
+            request_id: new_id(),
             sender_user_id: sender,
             recipient_user_id: recipient,
             created_at_unix: at,
@@ -737,7 +738,7 @@ mod tests {
         );
 
         let unknown = store
-            .update_profile(Ulid::generate(), ProfileChange::default(), Vec::new())
+            .update_profile(new_id(), ProfileChange::default(), Vec::new())
             .await
             .unwrap();
         assert_eq!(unknown, None);
@@ -749,7 +750,7 @@ mod tests {
         // More ids than one batch, with the known ones at both ends, one
         // repeated, and unknown ones in between.
         let mut ids = vec![b];
-        ids.extend((0..USER_LOOKUP_BATCH).map(|_| Ulid::generate()));
+        ids.extend((0..USER_LOOKUP_BATCH).map(|_| new_id::<UserId>()));
         ids.extend([a, b]);
         let found = store.users_by_ids(&ids).await.unwrap();
         let got: Vec<_> = found
@@ -806,7 +807,7 @@ mod tests {
         );
 
         // An unknown user stores nothing.
-        let ghost = Ulid::generate();
+        let ghost = new_id();
         assert_eq!(
             store
                 .set_profile_image(ghost, ImageKind::Avatar, image(4), NOW, &no_events)
@@ -913,7 +914,7 @@ mod tests {
         );
         assert!(
             store
-                .create_friend_request(request(alice, Ulid::generate(), NOW), &no_events)
+                .create_friend_request(request(alice, new_id(), NOW), &no_events)
                 .await
                 .unwrap()
                 .is_none()
@@ -1006,7 +1007,7 @@ mod tests {
     async fn profile_audience_is_friends_and_guilds(store: Arc<dyn Store>) {
         let alice = user(store.as_ref(), "alice").await;
         let bob = user(store.as_ref(), "bob").await;
-        let guild_id = Ulid::generate();
+        let guild_id = new_id();
         store
             .create_guild(
                 GuildRecord {

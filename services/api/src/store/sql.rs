@@ -10,6 +10,7 @@
 //! `rows_affected()`, because sqlx has no backend-neutral `rows_affected`.
 
 use async_trait::async_trait;
+use filament_ids::{ChannelId, GuildId, SessionId, UserId};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 use ulid::Ulid;
 
@@ -76,7 +77,7 @@ where
         Ok(())
     }
 
-    async fn user_by_id(&self, user_id: Ulid) -> StoreResult<Option<UserRecord>> {
+    async fn user_by_id(&self, user_id: UserId) -> StoreResult<Option<UserRecord>> {
         let row = sqlx::query(
             "SELECT user_id, username, password_hash, about_markdown, avatar_version, \
              banner_version, created_at_unix FROM users WHERE user_id = $1",
@@ -89,8 +90,8 @@ where
 
     async fn user_in_session(
         &self,
-        user_id: Ulid,
-        session_id: Ulid,
+        user_id: UserId,
+        session_id: SessionId,
     ) -> StoreResult<Option<UserRecord>> {
         let row = sqlx::query(
             "SELECT u.user_id, u.username, u.password_hash, u.about_markdown, \
@@ -136,12 +137,12 @@ where
 
     async fn rotate_session(
         &self,
-        session_id: Ulid,
+        session_id: SessionId,
         presented_hash: &str,
         new_hash: &str,
         new_expires_at_unix: i64,
         now_unix: i64,
-        outbox: OutboxFor<'_, Ulid>,
+        outbox: OutboxFor<'_, UserId>,
     ) -> StoreResult<RotateOutcome> {
         let session_id = session_id.to_string();
         let mut tx = self.pool.begin().await?;
@@ -163,7 +164,7 @@ where
         .await?;
         let outcome = if let Some(row) = rotated {
             RotateOutcome::Rotated {
-                user_id: decode_ulid(&row, "user_id")?,
+                user_id: decode_id(&row, "user_id")?,
             }
         } else {
             // The swap failed, so a live session with this id holds another
@@ -180,7 +181,7 @@ where
             .await?;
             match revoked {
                 Some(row) => {
-                    let user_id = decode_ulid(&row, "user_id")?;
+                    let user_id = decode_id(&row, "user_id")?;
                     Self::enqueue_outbox_all(&mut tx, outbox(&user_id)).await?;
                     RotateOutcome::Replayed { user_id }
                 }
@@ -193,10 +194,10 @@ where
 
     async fn revoke_session(
         &self,
-        session_id: Ulid,
+        session_id: SessionId,
         presented_hash: &str,
-        outbox: OutboxFor<'_, Ulid>,
-    ) -> StoreResult<Option<Ulid>> {
+        outbox: OutboxFor<'_, UserId>,
+    ) -> StoreResult<Option<UserId>> {
         let mut tx = self.pool.begin().await?;
         let revoked = sqlx::query(
             "UPDATE sessions SET revoked = TRUE \
@@ -210,7 +211,7 @@ where
         let Some(row) = revoked else {
             return Ok(None);
         };
-        let user_id = decode_ulid(&row, "user_id")?;
+        let user_id = decode_id(&row, "user_id")?;
         Self::enqueue_outbox_all(&mut tx, outbox(&user_id)).await?;
         tx.commit().await?;
         Ok(Some(user_id))
@@ -257,7 +258,7 @@ where
         Ok(())
     }
 
-    async fn guild(&self, guild_id: Ulid) -> StoreResult<Option<GuildRecord>> {
+    async fn guild(&self, guild_id: GuildId) -> StoreResult<Option<GuildRecord>> {
         let row = sqlx::query(
             "SELECT guild_id, name, visibility, created_by, created_at_unix \
              FROM guilds WHERE guild_id = $1",
@@ -268,7 +269,7 @@ where
         Ok(row.as_ref().map(decode_guild).transpose()?)
     }
 
-    async fn guilds_for_user(&self, user_id: Ulid, limit: u32) -> StoreResult<Vec<GuildRecord>> {
+    async fn guilds_for_user(&self, user_id: UserId, limit: u32) -> StoreResult<Vec<GuildRecord>> {
         let rows = sqlx::query(
             "SELECT g.guild_id, g.name, g.visibility, g.created_by, g.created_at_unix \
              FROM guild_members m JOIN guilds g ON g.guild_id = m.guild_id \
@@ -282,7 +283,7 @@ where
         Ok(rows.iter().map(decode_guild).collect::<Result<_, _>>()?)
     }
 
-    async fn count_guilds_created_by(&self, user_id: Ulid) -> StoreResult<u64> {
+    async fn count_guilds_created_by(&self, user_id: UserId) -> StoreResult<u64> {
         let row = sqlx::query("SELECT COUNT(*) AS created FROM guilds WHERE created_by = $1")
             .bind(user_id.to_string())
             .fetch_one(&self.pool)
@@ -292,7 +293,11 @@ where
         Ok(created.unsigned_abs())
     }
 
-    async fn member(&self, guild_id: Ulid, user_id: Ulid) -> StoreResult<Option<MemberRecord>> {
+    async fn member(
+        &self,
+        guild_id: GuildId,
+        user_id: UserId,
+    ) -> StoreResult<Option<MemberRecord>> {
         let row = sqlx::query(
             "SELECT guild_id, user_id, role, joined_at_unix \
              FROM guild_members WHERE guild_id = $1 AND user_id = $2",
@@ -306,8 +311,8 @@ where
 
     async fn members(
         &self,
-        guild_id: Ulid,
-        after: Option<Ulid>,
+        guild_id: GuildId,
+        after: Option<UserId>,
         limit: u32,
     ) -> StoreResult<Vec<MemberRecord>> {
         let rows = sqlx::query(
@@ -350,8 +355,8 @@ where
 
     async fn channel(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
     ) -> StoreResult<Option<ChannelRecord>> {
         let row = sqlx::query(
             "SELECT channel_id, guild_id, name, kind, created_at_unix \
@@ -364,7 +369,7 @@ where
         Ok(row.as_ref().map(decode_channel).transpose()?)
     }
 
-    async fn channels(&self, guild_id: Ulid, limit: u32) -> StoreResult<Vec<ChannelRecord>> {
+    async fn channels(&self, guild_id: GuildId, limit: u32) -> StoreResult<Vec<ChannelRecord>> {
         let rows = sqlx::query(
             "SELECT channel_id, guild_id, name, kind, created_at_unix \
              FROM channels WHERE guild_id = $1 \
@@ -391,8 +396,8 @@ where
 
     async fn messages(
         &self,
-        guild_id: Ulid,
-        channel_id: Ulid,
+        guild_id: GuildId,
+        channel_id: ChannelId,
         cursor: HistoryCursor,
         limit: u32,
     ) -> StoreResult<Vec<MessageRecord>> {
@@ -457,7 +462,7 @@ where
     for<'i> &'i str: ColumnIndex<R>,
 {
     Ok(UserRecord {
-        user_id: decode_ulid(row, "user_id")?,
+        user_id: decode_id(row, "user_id")?,
         username: row.try_get("username")?,
         password_hash: row.try_get("password_hash")?,
         about_markdown: row.try_get("about_markdown")?,
@@ -475,10 +480,10 @@ where
     for<'i> &'i str: ColumnIndex<R>,
 {
     Ok(GuildRecord {
-        guild_id: decode_ulid(row, "guild_id")?,
+        guild_id: decode_id(row, "guild_id")?,
         name: row.try_get("name")?,
         visibility: decode_enum(row, "visibility", Visibility::parse)?,
-        created_by: decode_ulid(row, "created_by")?,
+        created_by: decode_id(row, "created_by")?,
         created_at_unix: row.try_get("created_at_unix")?,
     })
 }
@@ -491,8 +496,8 @@ where
     for<'i> &'i str: ColumnIndex<R>,
 {
     Ok(MemberRecord {
-        guild_id: decode_ulid(row, "guild_id")?,
-        user_id: decode_ulid(row, "user_id")?,
+        guild_id: decode_id(row, "guild_id")?,
+        user_id: decode_id(row, "user_id")?,
         role: decode_enum(row, "role", MemberRole::parse)?,
         joined_at_unix: row.try_get("joined_at_unix")?,
     })
@@ -506,8 +511,8 @@ where
     for<'i> &'i str: ColumnIndex<R>,
 {
     Ok(ChannelRecord {
-        channel_id: decode_ulid(row, "channel_id")?,
-        guild_id: decode_ulid(row, "guild_id")?,
+        channel_id: decode_id(row, "channel_id")?,
+        guild_id: decode_id(row, "guild_id")?,
         name: row.try_get("name")?,
         kind: decode_enum(row, "kind", ChannelKind::parse)?,
         created_at_unix: row.try_get("created_at_unix")?,
@@ -522,26 +527,41 @@ where
     for<'i> &'i str: ColumnIndex<R>,
 {
     Ok(MessageRecord {
-        message_id: decode_ulid(row, "message_id")?,
-        guild_id: decode_ulid(row, "guild_id")?,
-        channel_id: decode_ulid(row, "channel_id")?,
-        author_id: decode_ulid(row, "author_id")?,
+        message_id: decode_id(row, "message_id")?,
+        guild_id: decode_id(row, "guild_id")?,
+        channel_id: decode_id(row, "channel_id")?,
+        author_id: decode_id(row, "author_id")?,
         content: row.try_get("content")?,
         created_at_unix: row.try_get("created_at_unix")?,
     })
 }
 
-pub(super) fn decode_ulid<R>(row: &R, column: &str) -> Result<Ulid, sqlx::Error>
+/// A column holding an id, decoded into whichever id type the caller wants
+/// (a typed id, or a plain [`Ulid`] for ids that name no entity).
+pub(super) fn decode_id<R, T>(row: &R, column: &str) -> Result<T, sqlx::Error>
 where
     R: Row,
+    T: From<Ulid>,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
     for<'i> &'i str: ColumnIndex<R>,
 {
     let text: String = row.try_get(column)?;
-    Ulid::from_string(&text).map_err(|error| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: Box::new(error),
-    })
+    Ulid::from_string(&text)
+        .map(T::from)
+        .map_err(|error| sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: Box::new(error),
+        })
+}
+
+/// Stored id text already read from a row, decoded like [`decode_id`].
+pub(super) fn parse_stored_id<T: From<Ulid>>(text: &str, column: &str) -> Result<T, sqlx::Error> {
+    Ulid::from_string(text)
+        .map(T::from)
+        .map_err(|error| sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: Box::new(error),
+        })
 }
 
 pub(super) fn decode_enum<R, T>(

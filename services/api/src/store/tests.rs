@@ -11,6 +11,7 @@ use std::future::Future;
 use std::io::Write as _;
 use std::sync::{Arc, Once};
 
+use filament_ids::{ChannelId, GuildId, MessageId, SessionId, UserId};
 use sqlx::{Connection as _, Executor as _, PgConnection};
 use ulid::Ulid;
 
@@ -53,6 +54,11 @@ macro_rules! conformance {
 
 pub(crate) use conformance;
 
+/// A fresh id of whichever kind the caller needs.
+pub(crate) fn new_id<T: From<Ulid>>() -> T {
+    T::from(Ulid::generate())
+}
+
 /// An outbox closure that builds no event, for the writes of cases that do
 /// not look at events (`store/outbox.rs` has those that do).
 pub(crate) fn no_events<T: ?Sized>(_: &T) -> Vec<OutboxEvent> {
@@ -62,14 +68,14 @@ pub(crate) fn no_events<T: ?Sized>(_: &T) -> Vec<OutboxEvent> {
 /// A user who owns a guild with one text channel: where the message-path
 /// suites (change log, outbox, idempotency keys) write.
 pub(crate) struct TextChannel {
-    pub(crate) author: Ulid,
-    pub(crate) guild_id: Ulid,
-    pub(crate) channel_id: Ulid,
+    pub(crate) author: UserId,
+    pub(crate) guild_id: GuildId,
+    pub(crate) channel_id: ChannelId,
 }
 
 impl TextChannel {
     pub(crate) async fn create(store: &dyn Store) -> Self {
-        let author = Ulid::generate();
+        let author = new_id();
         store
             .create_user(NewUser {
                 user_id: author,
@@ -79,7 +85,7 @@ impl TextChannel {
             })
             .await
             .expect("user");
-        let guild_id = Ulid::generate();
+        let guild_id = new_id();
         store
             .create_guild(
                 GuildRecord {
@@ -93,7 +99,7 @@ impl TextChannel {
             )
             .await
             .expect("guild");
-        let channel_id = Ulid::generate();
+        let channel_id = new_id();
         store
             .create_channel(
                 ChannelRecord {
@@ -117,7 +123,7 @@ impl TextChannel {
     /// A new message by the author in the channel.
     pub(crate) fn message(&self, content: &str) -> MessageRecord {
         MessageRecord {
-            message_id: Ulid::generate(),
+            message_id: MessageId::generate(),
             guild_id: self.guild_id,
             channel_id: self.channel_id,
             author_id: self.author,
@@ -219,8 +225,8 @@ async fn drop_schema(url: &str, schema: &str) {
 
 // --- fixtures ----------------------------------------------------------------
 
-async fn create_user(store: &dyn Store, username: &str) -> Ulid {
-    let user_id = Ulid::generate();
+async fn create_user(store: &dyn Store, username: &str) -> UserId {
+    let user_id = new_id();
     store
         .create_user(NewUser {
             user_id,
@@ -233,7 +239,7 @@ async fn create_user(store: &dyn Store, username: &str) -> Ulid {
     user_id
 }
 
-fn guild_record(guild_id: Ulid, created_by: Ulid, created_at_unix: i64) -> GuildRecord {
+fn guild_record(guild_id: GuildId, created_by: UserId, created_at_unix: i64) -> GuildRecord {
     GuildRecord {
         guild_id,
         name: format!("guild {guild_id}"),
@@ -243,8 +249,8 @@ fn guild_record(guild_id: Ulid, created_by: Ulid, created_at_unix: i64) -> Guild
     }
 }
 
-async fn create_guild(store: &dyn Store, created_by: Ulid, created_at_unix: i64) -> GuildRecord {
-    let guild = guild_record(Ulid::generate(), created_by, created_at_unix);
+async fn create_guild(store: &dyn Store, created_by: UserId, created_at_unix: i64) -> GuildRecord {
+    let guild = guild_record(new_id(), created_by, created_at_unix);
     store
         .create_guild(guild.clone(), crate::store::BuiltinMasks::FOR_TESTS)
         .await
@@ -254,8 +260,8 @@ async fn create_guild(store: &dyn Store, created_by: Ulid, created_at_unix: i64)
 
 async fn create_channel(
     store: &dyn Store,
-    channel_id: Ulid,
-    guild_id: Ulid,
+    channel_id: ChannelId,
+    guild_id: GuildId,
     created_at_unix: i64,
 ) -> ChannelRecord {
     let channel = ChannelRecord {
@@ -274,11 +280,11 @@ async fn create_channel(
 
 async fn create_session(
     store: &dyn Store,
-    user_id: Ulid,
+    user_id: UserId,
     hash: &str,
     expires_at_unix: i64,
-) -> Ulid {
-    let session_id = Ulid::generate();
+) -> SessionId {
+    let session_id = new_id();
     store
         .create_session(NewSession {
             session_id,
@@ -294,20 +300,20 @@ async fn create_session(
 /// Makes the pool open a second connection now, so that two racing calls
 /// that follow really run at the same time instead of one finishing while
 /// the other is still connecting.
-async fn open_two_connections(store: &dyn Store, user_id: Ulid) {
+async fn open_two_connections(store: &dyn Store, user_id: UserId) {
     let (first, second) = tokio::join!(store.user_by_id(user_id), store.user_by_id(user_id));
     first.expect("warm-up query");
     second.expect("warm-up query");
 }
 
 /// Ids whose order is chosen by the test: ULIDs sort by their time part.
-fn ulid_at(timestamp_ms: u64) -> Ulid {
-    Ulid::from_parts(timestamp_ms, 0)
+fn ulid_at<T: From<Ulid>>(timestamp_ms: u64) -> T {
+    T::from(Ulid::from_parts(timestamp_ms, 0))
 }
 
 async fn rotate(
     store: &dyn Store,
-    session_id: Ulid,
+    session_id: SessionId,
     presented: &str,
     new: &str,
     now: i64,
@@ -337,13 +343,7 @@ async fn user_create_and_lookup(store: Arc<dyn Store>) {
     let by_name = store.user_by_username("alice").await.expect("user by name");
     assert_eq!(by_name, Some(expected));
 
-    assert_eq!(
-        store
-            .user_by_id(Ulid::generate())
-            .await
-            .expect("unknown id"),
-        None
-    );
+    assert_eq!(store.user_by_id(new_id()).await.expect("unknown id"), None);
     assert_eq!(
         store.user_by_username("bob").await.expect("unknown name"),
         None
@@ -354,7 +354,7 @@ async fn duplicate_username_is_a_conflict(store: Arc<dyn Store>) {
     let first = create_user(&*store, "alice").await;
     let second = store
         .create_user(NewUser {
-            user_id: Ulid::generate(),
+            user_id: UserId::generate(),
             username: "alice".to_owned(),
             password_hash: "other".to_owned(),
             created_at_unix: NOW,
@@ -377,7 +377,7 @@ async fn usernames_are_unique_in_any_case_and_keep_their_case(store: Arc<dyn Sto
     for twin in ["victim.1", "VICTIM.1", "vIcTiM.1"] {
         let again = store
             .create_user(NewUser {
-                user_id: Ulid::generate(),
+                user_id: UserId::generate(),
                 username: twin.to_owned(),
                 password_hash: "other".to_owned(),
                 created_at_unix: NOW,
@@ -612,7 +612,7 @@ async fn a_revoked_session_no_longer_authenticates(store: Arc<dyn Store>) {
     );
     assert!(
         store
-            .user_in_session(alice, Ulid::generate())
+            .user_in_session(alice, new_id())
             .await
             .expect("read")
             .is_none()
@@ -654,7 +654,7 @@ async fn expired_or_unknown_session_is_invalid(store: Arc<dyn Store>) {
     );
 
     assert_eq!(
-        rotate(&*store, Ulid::generate(), "h1", "h2", NOW).await,
+        rotate(&*store, new_id(), "h1", "h2", NOW).await,
         RotateOutcome::Invalid
     );
 }
@@ -699,7 +699,7 @@ async fn revoke_session_needs_the_current_hash(store: Arc<dyn Store>) {
     );
     assert_eq!(
         store
-            .revoke_session(Ulid::generate(), "h1", &no_events)
+            .revoke_session(new_id(), "h1", &no_events)
             .await
             .expect("revoke"),
         None
@@ -766,10 +766,7 @@ async fn create_guild_makes_the_creator_owner(store: Arc<dyn Store>) {
             .expect("member"),
         None
     );
-    assert_eq!(
-        store.guild(Ulid::generate()).await.expect("unknown guild"),
-        None
-    );
+    assert_eq!(store.guild(new_id()).await.expect("unknown guild"), None);
 
     let again = store
         .create_guild(guild.clone(), crate::store::BuiltinMasks::FOR_TESTS)
@@ -783,7 +780,7 @@ async fn create_guild_makes_the_creator_owner(store: Arc<dyn Store>) {
 async fn create_guild_is_atomic(store: Arc<dyn Store>) {
     // The owner membership cannot be inserted for a user that does not
     // exist, so the guild row written before it must be rolled back.
-    let guild = guild_record(Ulid::generate(), Ulid::generate(), NOW);
+    let guild = guild_record(new_id(), new_id(), NOW);
     let created = store
         .create_guild(guild.clone(), crate::store::BuiltinMasks::FOR_TESTS)
         .await;
@@ -824,10 +821,7 @@ async fn guilds_for_user_newest_first_limited_members_only(store: Arc<dyn Store>
         vec![bobs.clone()]
     );
     assert_eq!(
-        store
-            .guilds_for_user(Ulid::generate(), 10)
-            .await
-            .expect("guilds"),
+        store.guilds_for_user(new_id(), 10).await.expect("guilds"),
         vec![]
     );
 
@@ -916,7 +910,7 @@ async fn count_guilds_created_by(store: Arc<dyn Store>) {
     assert_eq!(store.count_guilds_created_by(bob).await.expect("count"), 1);
     assert_eq!(
         store
-            .count_guilds_created_by(Ulid::generate())
+            .count_guilds_created_by(new_id())
             .await
             .expect("count"),
         0
@@ -977,9 +971,9 @@ async fn channels_in_creation_order(store: Arc<dyn Store>) {
 /// two of another channel of the guild that must never show up; ids are
 /// `ulid_at(10_000 + i * 10)` for ours, `10_015` and `10_055` for theirs.
 struct History {
-    guild_id: Ulid,
-    channel_id: Ulid,
-    other_channel_id: Ulid,
+    guild_id: GuildId,
+    channel_id: ChannelId,
+    other_channel_id: ChannelId,
     ours: Vec<MessageRecord>,
     theirs: [MessageRecord; 2],
 }
@@ -988,9 +982,9 @@ impl History {
     async fn create(store: &dyn Store) -> Self {
         let author = create_user(store, "alice").await;
         let guild = create_guild(store, author, NOW).await;
-        let channel = create_channel(store, Ulid::generate(), guild.guild_id, NOW).await;
-        let other_channel = create_channel(store, Ulid::generate(), guild.guild_id, NOW).await;
-        let message = |message_id: Ulid, channel_id: Ulid| MessageRecord {
+        let channel = create_channel(store, new_id(), guild.guild_id, NOW).await;
+        let other_channel = create_channel(store, new_id(), guild.guild_id, NOW).await;
+        let message = |message_id: MessageId, channel_id: ChannelId| MessageRecord {
             message_id,
             guild_id: guild.guild_id,
             channel_id,
@@ -1061,7 +1055,7 @@ async fn messages_paginate_newest_first(store: Arc<dyn Store>) {
         .expect("messages");
     assert_eq!(other, vec![theirs[1].clone(), theirs[0].clone()]);
     let wrong_guild = store
-        .messages(Ulid::generate(), h.channel_id, HistoryCursor::Latest, 100)
+        .messages(new_id(), h.channel_id, HistoryCursor::Latest, 100)
         .await
         .expect("messages");
     assert_eq!(wrong_guild, vec![]);
@@ -1080,7 +1074,7 @@ async fn messages_after_a_cursor_come_oldest_first(store: Arc<dyn Store>) {
     assert_eq!(h.page(&*store, after(&ours[4]), 2).await, vec![]);
 
     let everything = h
-        .page(&*store, HistoryCursor::After(Ulid::nil()), 100)
+        .page(&*store, HistoryCursor::After(MessageId(Ulid::nil())), 100)
         .await;
     assert_eq!(&everything, ours);
     // Only a bound: another channel's message in between the ones asked for.
@@ -1090,7 +1084,7 @@ async fn messages_after_a_cursor_come_oldest_first(store: Arc<dyn Store>) {
     assert_eq!(past_the_end, vec![]);
 
     let wrong_guild = store
-        .messages(Ulid::generate(), h.channel_id, after(&ours[0]), 100)
+        .messages(new_id(), h.channel_id, after(&ours[0]), 100)
         .await
         .expect("messages");
     assert_eq!(wrong_guild, vec![]);
@@ -1169,7 +1163,7 @@ async fn sqlite_file_rotates_once_across_connections_and_reopens() {
 
 async fn members_page_by_user_id(store: Arc<dyn Store>) {
     let owner = create_user(store.as_ref(), "pager").await;
-    let guild_id = Ulid::generate();
+    let guild_id = new_id();
     store
         .create_guild(
             GuildRecord {
