@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo run --release -p filament-search --example bench
 //! cargo run --release -p filament-search --example bench -- --messages 200000 --queries 500
+//! cargo run --release -p filament-search --example bench -- --steady-secs 20 --commit-ms 100
 //! ```
 //!
 //! Bounded: a fixed number of messages and queries, a deterministic
@@ -13,6 +14,12 @@
 //! the end. It measures the index itself (`MessageIndex`), as the indexer
 //! and the query service drive it: changes applied in batches of 1024, a
 //! commit every 50 000, and each query run alone on one thread.
+//!
+//! Then, with `--steady-secs`, the cost of a steady trickle: 20 messages a
+//! second, each applied as it arrives and committed `--commit-ms` after the
+//! first uncommitted one, as the indexer does. It prints the process's CPU
+//! time per second and per message (from `/proc/self/stat`, so Linux only),
+//! against an idle second measured in the same run.
 
 use std::time::{Duration, Instant};
 
@@ -77,6 +84,10 @@ struct Args {
     messages: usize,
     queries: usize,
     threads: usize,
+    steady_secs: u64,
+    commit_ms: u64,
+    writer_mb: usize,
+    ram: bool,
 }
 
 fn args() -> Args {
@@ -84,16 +95,30 @@ fn args() -> Args {
         messages: 1_000_000,
         queries: 2_000,
         threads: 1,
+        steady_secs: 0,
+        commit_ms: 100,
+        writer_mb: 64,
+        ram: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--ram" {
+            parsed.ram = true;
+            continue;
+        }
         let value = args.next().and_then(|v| v.parse().ok());
         match (flag.as_str(), value) {
             ("--messages", Some(v)) => parsed.messages = v,
             ("--queries", Some(v)) => parsed.queries = v,
             ("--threads", Some(v)) => parsed.threads = v,
+            ("--steady-secs", Some(v)) => parsed.steady_secs = v as u64,
+            ("--commit-ms", Some(v)) => parsed.commit_ms = v as u64,
+            ("--writer-mb", Some(v)) => parsed.writer_mb = v,
             _ => {
-                eprintln!("usage: bench [--messages N] [--queries N] [--threads N]");
+                eprintln!(
+                    "usage: bench [--messages N] [--queries N] [--threads N] \
+                     [--steady-secs N] [--commit-ms N] [--writer-mb N] [--ram]"
+                );
                 std::process::exit(2);
             }
         }
@@ -111,10 +136,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 fn run(args: &Args, dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     let writer = WriterConfig {
-        memory_bytes: 64 * 1024 * 1024 * args.threads.max(1),
+        memory_bytes: args.writer_mb * 1024 * 1024 * args.threads.max(1),
         threads: args.threads,
     };
-    let index = MessageIndex::open(&IndexLocation::Dir(dir.to_path_buf()), writer)?;
+    let location = if args.ram {
+        IndexLocation::Ram
+    } else {
+        IndexLocation::Dir(dir.to_path_buf())
+    };
+    let index = MessageIndex::open(&location, writer)?;
     let guilds: Vec<GuildId> = (0..GUILDS).map(|_| GuildId::generate()).collect();
     let channels: Vec<Vec<ChannelId>> = guilds
         .iter()
@@ -126,10 +156,11 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<(), Box<dyn std::error::Err
         .collect();
     println!(
         "indexing {} messages ({GUILDS} guilds, {} channels, {VOCABULARY}-word vocabulary), \
-         {} writer thread(s), on disk at {}",
+         {} writer thread(s) with {} MiB each, on disk at {}",
         args.messages,
         GUILDS * CHANNELS_PER_GUILD,
         writer.threads,
+        args.writer_mb,
         dir.display()
     );
 
@@ -233,7 +264,120 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<(), Box<dyn std::error::Err
             pct(took, 99)
         );
     }
+    if args.steady_secs > 0 {
+        let make = |rng: &mut Rng, ids: &mut ulid::Generator| -> Result<DocChange, String> {
+            let guild = rng.below(GUILDS);
+            let length = 3 + rng.below(15);
+            Ok(DocChange::Upsert(IndexedDoc {
+                message_id: ids
+                    .generate()
+                    .map(MessageId::from)
+                    .map_err(|err| err.to_string())?,
+                guild_id: guilds[guild],
+                channel_id: channels[guild][rng.below(CHANNELS_PER_GUILD)],
+                content: (0..length)
+                    .map(|_| word(rng.word_rank()))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            }))
+        };
+        steady(&index, args, args.messages as u64, || {
+            make(&mut rng, &mut ids)
+        })?;
+    }
     Ok(())
+}
+
+/// Messages a second in the steady phase (the issue's W3 rate).
+const STEADY_RATE: u32 = 20;
+
+/// A steady trickle of [`STEADY_RATE`] messages a second for
+/// `args.steady_secs`, applied one by one and committed `args.commit_ms`
+/// after the first uncommitted one, after an idle second for the baseline.
+fn steady(
+    index: &MessageIndex,
+    args: &Args,
+    mut seq: u64,
+    mut next: impl FnMut() -> Result<DocChange, String>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let idle_cpu = cpu_during(Duration::from_secs(1), || Ok(()))?;
+    let interval = Duration::from_millis(args.commit_ms);
+    let gap = Duration::from_secs(1) / STEADY_RATE;
+    let messages = args.steady_secs * u64::from(STEADY_RATE);
+    let mut commits = 0u64;
+    let cpu = cpu_during(Duration::ZERO, || {
+        let started = Instant::now();
+        let mut first_uncommitted: Option<Instant> = None;
+        for n in 0..messages {
+            let arrives = started + gap * u32::try_from(n).unwrap_or(u32::MAX);
+            // Commit whatever is due before the next message arrives.
+            while let Some(since) = first_uncommitted {
+                let due = since + interval;
+                if due > arrives {
+                    break;
+                }
+                sleep_until(due);
+                index.commit(seq)?;
+                commits += 1;
+                first_uncommitted = None;
+            }
+            sleep_until(arrives);
+            index.apply(&[next()?])?;
+            seq += 1;
+            first_uncommitted.get_or_insert_with(Instant::now);
+        }
+        if first_uncommitted.is_some() {
+            index.commit(seq)?;
+            commits += 1;
+        }
+        Ok(())
+    })?;
+    let per_sec = cpu.as_secs_f64() * 1e3 / args.steady_secs as f64;
+    println!(
+        "steady {STEADY_RATE} msg/s for {} s, commit {} ms after the first change: \
+         {commits} commits, {per_sec:.1} CPU-ms/s ({:.2} CPU-ms/message), \
+         idle {:.1} CPU-ms/s",
+        args.steady_secs,
+        args.commit_ms,
+        cpu.as_secs_f64() * 1e3 / messages.max(1) as f64,
+        idle_cpu.as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+// This benchmark is synchronous: there is no reactor to block.
+#[allow(clippy::disallowed_methods)]
+fn sleep_until(deadline: Instant) {
+    if let Some(wait) = deadline.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
+}
+
+/// The process's CPU time (user and system, every thread) spent running
+/// `work` and then waiting out what is left of `at_least`.
+fn cpu_during(
+    at_least: Duration,
+    work: impl FnOnce() -> Result<(), Box<dyn std::error::Error>>,
+) -> Result<Duration, Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let before = process_cpu()?;
+    work()?;
+    sleep_until(started + at_least);
+    Ok(process_cpu()?.saturating_sub(before))
+}
+
+/// User plus system time of this process so far, from `/proc/self/stat`
+/// (fields 14 and 15, in clock ticks of 10 ms).
+fn process_cpu() -> Result<Duration, Box<dyn std::error::Error>> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name may hold spaces; the fields after it do not.
+    let after_name = stat.rsplit_once(") ").map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64, Box<dyn std::error::Error>> {
+        Ok(fields.get(i).ok_or("short /proc/self/stat")?.parse()?)
+    };
+    // Field 3 of the line is index 0 here.
+    Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
 }
 
 fn pct(samples: &mut [Duration], percentile: usize) -> Duration {
