@@ -191,9 +191,8 @@ impl RedisOptions {
     /// see README.md.
     pub fn from_env(env: &filament_runtime::Env) -> Result<Self, filament_runtime::ConfigError> {
         let defaults = Self::default();
-        let millis = |duration: Duration| u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
-        let timeout_ms: u64 = env.or("FILAMENT_REDIS_TIMEOUT_MS", millis(defaults.timeout))?;
-        if timeout_ms == 0 {
+        let timeout = env.millis_or("FILAMENT_REDIS_TIMEOUT_MS", defaults.timeout)?;
+        if timeout.is_zero() {
             return Err(filament_runtime::ConfigError::Invalid {
                 name: "FILAMENT_REDIS_TIMEOUT_MS",
                 value: "0".to_owned(),
@@ -208,17 +207,17 @@ impl RedisOptions {
                 reason: "must be at least 1".to_owned(),
             });
         }
-        let cool_down_ms: u64 = env.or(
+        let cool_down = env.millis_or(
             "FILAMENT_REDIS_BREAKER_COOL_DOWN_MS",
-            millis(defaults.breaker.cool_down),
+            defaults.breaker.cool_down,
         )?;
         Ok(Self {
             ca: RedisCa::from_env(env)?,
             ..Self::with_timeout(
-                Duration::from_millis(timeout_ms),
+                timeout,
                 BreakerConfig {
                     failures,
-                    cool_down: Duration::from_millis(cool_down_ms),
+                    cool_down,
                     call_timeout: defaults.breaker.call_timeout,
                 },
             )

@@ -130,6 +130,17 @@ impl Env {
             .optional::<u64>(name)?
             .map_or(default, std::time::Duration::from_secs))
     }
+
+    /// A duration in whole milliseconds.
+    pub fn millis_or(
+        &self,
+        name: &'static str,
+        default: std::time::Duration,
+    ) -> Result<std::time::Duration, ConfigError> {
+        Ok(self
+            .optional::<u64>(name)?
+            .map_or(default, std::time::Duration::from_millis))
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! ```sh
 //! cargo run --release -p filament-search --example bench
 //! cargo run --release -p filament-search --example bench -- --messages 200000 --queries 500
-//! cargo run --release -p filament-search --example bench -- --steady-secs 20 --commit-ms 100
+//! cargo run --release -p filament-search --example bench -- --messages 200000 --steady-secs 20
 //! ```
 //!
 //! Bounded: a fixed number of messages and queries, a deterministic
@@ -16,16 +16,18 @@
 //! commit every 50 000, and each query run alone on one thread.
 //!
 //! Then, with `--steady-secs`, the cost of a steady trickle: 20 messages a
-//! second, each applied as it arrives and committed `--commit-ms` after the
-//! first uncommitted one, as the indexer does. It prints the process's CPU
-//! time per second and per message (from `/proc/self/stat`, so Linux only),
-//! against an idle second measured in the same run.
+//! second, each applied as it arrives and committed when the indexer's
+//! policy says (`IndexerConfig::commit_due`). It runs twice on the same
+//! index: the baseline, where every change waits only `--commit-ms`, then
+//! the service's default policy, and prints the process's CPU time per
+//! second of each (from `/proc/self/stat`, so Linux only) and their ratio.
 
 use std::time::{Duration, Instant};
 
 use filament_ids::{ChannelId, GuildId, MessageId};
 use filament_search::{
-    DocChange, IndexLocation, IndexedDoc, MessageIndex, SearchRequest, WriterConfig, query,
+    DocChange, IndexLocation, IndexedDoc, IndexerConfig, MessageIndex, SearchRequest, WriterConfig,
+    query,
 };
 use ulid::Ulid;
 
@@ -265,7 +267,7 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<(), Box<dyn std::error::Err
         );
     }
     if args.steady_secs > 0 {
-        let make = |rng: &mut Rng, ids: &mut ulid::Generator| -> Result<DocChange, String> {
+        let mut next = || -> Result<DocChange, String> {
             let guild = rng.below(GUILDS);
             let length = 3 + rng.below(15);
             Ok(DocChange::Upsert(IndexedDoc {
@@ -281,9 +283,37 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<(), Box<dyn std::error::Err
                     .join(" "),
             }))
         };
-        steady(&index, args, args.messages as u64, || {
-            make(&mut rng, &mut ids)
-        })?;
+        let service = filament_search::Config::new(([127, 0, 0, 1], 0).into(), "").indexer;
+        let policies = [
+            (
+                "baseline: every change waits only the interval",
+                IndexerConfig {
+                    commit_interval: Duration::from_millis(args.commit_ms),
+                    commit_spacing: Duration::ZERO,
+                },
+            ),
+            ("the service's default policy", service),
+        ];
+        let mut seq = args.messages as u64;
+        let mut costs = Vec::new();
+        for (name, policy) in policies {
+            let settled = settle()?;
+            let (cpu, commits) = steady(&index, args.steady_secs, policy, &mut seq, &mut next)?;
+            let per_sec = cpu.as_secs_f64() * 1e3 / args.steady_secs as f64;
+            println!(
+                "steady {STEADY_RATE} msg/s for {} s, {name} (commit {:?} after a change, \
+                 {:?} apart): {commits} commits, {per_sec:.1} CPU-ms/s \
+                 (merges settled after {settled:?})",
+                args.steady_secs, policy.commit_interval, policy.commit_spacing,
+            );
+            costs.push(per_sec);
+        }
+        if let [baseline, service] = costs[..] {
+            println!(
+                "steady cost of the default policy: {:.2}x the baseline's",
+                service / baseline.max(f64::MIN_POSITIVE)
+            );
+        }
     }
     Ok(())
 }
@@ -291,58 +321,65 @@ fn run(args: &Args, dir: &std::path::Path) -> Result<(), Box<dyn std::error::Err
 /// Messages a second in the steady phase (the issue's W3 rate).
 const STEADY_RATE: u32 = 20;
 
-/// A steady trickle of [`STEADY_RATE`] messages a second for
-/// `args.steady_secs`, applied one by one and committed `args.commit_ms`
-/// after the first uncommitted one, after an idle second for the baseline.
+/// Waits (at most 60 s) for a second in which the process used at most
+/// one clock tick, so that merges left over from earlier phases are not
+/// billed to the next one. Returns how long that took.
+fn settle() -> Result<Duration, Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if cpu_during(Duration::from_secs(1), || Ok(()))? <= Duration::from_millis(10) {
+            break;
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// A steady trickle of [`STEADY_RATE`] messages a second for `secs`, each
+/// applied as it arrives and committed when `policy` says, as the indexer
+/// does. Returns the process's CPU time over the trickle, and the commits.
 fn steady(
     index: &MessageIndex,
-    args: &Args,
-    mut seq: u64,
+    secs: u64,
+    policy: IndexerConfig,
+    seq: &mut u64,
     mut next: impl FnMut() -> Result<DocChange, String>,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let idle_cpu = cpu_during(Duration::from_secs(1), || Ok(()))?;
-    let interval = Duration::from_millis(args.commit_ms);
+) -> Result<(Duration, u64), Box<dyn std::error::Error>> {
     let gap = Duration::from_secs(1) / STEADY_RATE;
-    let messages = args.steady_secs * u64::from(STEADY_RATE);
+    let messages = secs * u64::from(STEADY_RATE);
     let mut commits = 0u64;
     let cpu = cpu_during(Duration::ZERO, || {
         let started = Instant::now();
-        let mut first_uncommitted: Option<Instant> = None;
+        let mut dirty_since: Option<Instant> = None;
+        let mut last_commit: Option<Instant> = None;
+        let mut commit = |seq: u64| -> Result<Instant, Box<dyn std::error::Error>> {
+            index.commit(seq)?;
+            commits += 1;
+            Ok(Instant::now())
+        };
         for n in 0..messages {
             let arrives = started + gap * u32::try_from(n).unwrap_or(u32::MAX);
-            // Commit whatever is due before the next message arrives.
-            while let Some(since) = first_uncommitted {
-                let due = since + interval;
-                if due > arrives {
-                    break;
+            // Commit first if that is due before the next message arrives.
+            if let Some(since) = dirty_since {
+                let due = policy
+                    .commit_due(since.into(), last_commit.map(Into::into))
+                    .into_std();
+                if due <= arrives {
+                    sleep_until(due);
+                    last_commit = Some(commit(*seq)?);
+                    dirty_since = None;
                 }
-                sleep_until(due);
-                index.commit(seq)?;
-                commits += 1;
-                first_uncommitted = None;
             }
             sleep_until(arrives);
             index.apply(&[next()?])?;
-            seq += 1;
-            first_uncommitted.get_or_insert_with(Instant::now);
+            *seq += 1;
+            dirty_since.get_or_insert_with(Instant::now);
         }
-        if first_uncommitted.is_some() {
-            index.commit(seq)?;
-            commits += 1;
+        if dirty_since.is_some() {
+            commit(*seq)?;
         }
         Ok(())
     })?;
-    let per_sec = cpu.as_secs_f64() * 1e3 / args.steady_secs as f64;
-    println!(
-        "steady {STEADY_RATE} msg/s for {} s, commit {} ms after the first change: \
-         {commits} commits, {per_sec:.1} CPU-ms/s ({:.2} CPU-ms/message), \
-         idle {:.1} CPU-ms/s",
-        args.steady_secs,
-        args.commit_ms,
-        cpu.as_secs_f64() * 1e3 / messages.max(1) as f64,
-        idle_cpu.as_secs_f64() * 1e3,
-    );
-    Ok(())
+    Ok((cpu, commits))
 }
 
 // This benchmark is synchronous: there is no reactor to block.

@@ -1,8 +1,8 @@
 //! The indexer: one task that follows the api's message change log
 //! (`MessageFeed.Follow`) and is the only user of the index writer. It
 //! applies changes in log order on the blocking pool, commits in batches
-//! (every [`IndexerConfig::commit_interval`] while changes arrive, or every
-//! [`COMMIT_BATCH`] changes during a catch-up), and records the log
+//! (see [`IndexerConfig::commit_due`], or every [`COMMIT_BATCH`] changes
+//! during a catch-up), and records the log
 //! position in each commit. Rebuilds and reconciles are commands to this
 //! same task, so they interleave with the feed at a batch boundary and
 //! never race it.
@@ -46,9 +46,29 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy)]
 pub struct IndexerConfig {
-    /// The longest a received change waits before it is committed, and so
-    /// searchable.
+    /// How long a change waits to be committed, and so searchable, when
+    /// the index has not committed for [`commit_spacing`](Self::commit_spacing).
     pub commit_interval: Duration,
+    /// The least time from one commit to the next. A commit costs about
+    /// the same however few changes it holds (a new segment, its files, a
+    /// reader reload, later merges), so under a steady trickle this bounds
+    /// the cost per second, while a change after a quiet spell is still
+    /// searchable within `commit_interval`. Zero: every change waits only
+    /// `commit_interval`.
+    pub commit_spacing: Duration,
+}
+
+impl IndexerConfig {
+    /// When changes uncommitted since `dirty_since` are committed, given
+    /// the last commit (if any): `commit_interval` after the first of
+    /// them, but not before `commit_spacing` after the last commit.
+    #[must_use]
+    pub fn commit_due(&self, dirty_since: Instant, last_commit: Option<Instant>) -> Instant {
+        let after_change = dirty_since + self.commit_interval;
+        last_commit.map_or(after_change, |last| {
+            after_change.max(last + self.commit_spacing)
+        })
+    }
 }
 
 /// What the indexer did, for tests, logs and readiness.
@@ -111,6 +131,8 @@ pub(crate) struct Indexer {
     /// Handed to the writer (or pending) but not committed, and since when.
     uncommitted: usize,
     dirty_since: Option<Instant>,
+    /// When the last commit ended.
+    last_commit: Option<Instant>,
 }
 
 /// What to do with the feed after a command.
@@ -140,6 +162,7 @@ impl Indexer {
             pending: Vec::new(),
             uncommitted: 0,
             dirty_since: None,
+            last_commit: None,
         })
     }
 
@@ -155,7 +178,7 @@ impl Indexer {
         loop {
             let commit_at = self
                 .dirty_since
-                .map(|since| since + self.config.commit_interval);
+                .map(|since| self.config.commit_due(since, self.last_commit));
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -270,6 +293,7 @@ impl Indexer {
         self.stats.metrics.positions(self.applied_seq, seq);
         self.uncommitted = 0;
         self.dirty_since = None;
+        self.last_commit = Some(Instant::now());
         Ok(())
     }
 
@@ -488,4 +512,31 @@ fn indexed_doc(message: &pb::IndexedMessage) -> Option<IndexedDoc> {
         channel_id: message.channel_id.parse().ok()?,
         content: message.content.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_waits_the_interval_and_keeps_its_spacing() {
+        let policy = IndexerConfig {
+            commit_interval: Duration::from_millis(100),
+            commit_spacing: Duration::from_secs(1),
+        };
+        let t0 = Instant::now();
+        let ms = |n: u64| Duration::from_millis(n);
+        // First change ever, or after a quiet spell: the interval.
+        assert_eq!(policy.commit_due(t0, None), t0 + ms(100));
+        assert_eq!(policy.commit_due(t0 + ms(5000), Some(t0)), t0 + ms(5100));
+        // Right after a commit: not before the spacing.
+        assert_eq!(policy.commit_due(t0 + ms(50), Some(t0)), t0 + ms(1000));
+        assert_eq!(policy.commit_due(t0 + ms(950), Some(t0)), t0 + ms(1050));
+        // No spacing: only the interval counts.
+        let eager = IndexerConfig {
+            commit_spacing: Duration::ZERO,
+            ..policy
+        };
+        assert_eq!(eager.commit_due(t0 + ms(50), Some(t0)), t0 + ms(150));
+    }
 }

@@ -73,6 +73,7 @@ impl Config {
             writer: WriterConfig::default(),
             indexer: IndexerConfig {
                 commit_interval: Duration::from_millis(100),
+                commit_spacing: Duration::from_secs(1),
             },
             query_timeout: Duration::from_millis(200),
             max_concurrent_queries: 8,
@@ -90,15 +91,21 @@ impl Config {
         if let Some(dir) = env.optional::<PathBuf>("FILAMENT_SEARCH_INDEX_DIR")? {
             config.index = IndexLocation::Dir(dir);
         }
-        let commit_ms: u64 = env.or("FILAMENT_SEARCH_COMMIT_INTERVAL_MS", 100)?;
-        if commit_ms == 0 {
+        config.indexer.commit_interval = env.millis_or(
+            "FILAMENT_SEARCH_COMMIT_INTERVAL_MS",
+            config.indexer.commit_interval,
+        )?;
+        if config.indexer.commit_interval.is_zero() {
             return Err(ConfigError::Invalid {
                 name: "FILAMENT_SEARCH_COMMIT_INTERVAL_MS",
                 value: "0".to_owned(),
                 reason: "must be at least 1".to_owned(),
             });
         }
-        config.indexer.commit_interval = Duration::from_millis(commit_ms);
+        config.indexer.commit_spacing = env.millis_or(
+            "FILAMENT_SEARCH_COMMIT_SPACING_MS",
+            config.indexer.commit_spacing,
+        )?;
         let memory_mb: usize = env.or("FILAMENT_SEARCH_WRITER_MEMORY_MB", 64)?;
         config.writer.threads = env.or("FILAMENT_SEARCH_WRITER_THREADS", 1)?;
         if memory_mb < 16 * config.writer.threads.max(1) {
