@@ -426,11 +426,9 @@ impl Roster {
         clock: Clock,
         out: &mut Vec<Event>,
     ) -> bool {
-        let ttl = self.ttl;
-        let Some(participant) = self.participant_mut(key, user_id) else {
+        let Some(participant) = self.renewed(key, user_id, clock) else {
             return false;
         };
-        participant.renew(clock, ttl);
         let Some(changed) = participant.flags.apply(change) else {
             return false;
         };
@@ -596,11 +594,9 @@ impl Roster {
         livekit_sid: &str,
         clock: Clock,
     ) -> bool {
-        let ttl = self.ttl;
-        let Some(participant) = self.participant_mut(key, user_id) else {
+        let Some(participant) = self.renewed(key, user_id, clock) else {
             return false;
         };
-        participant.renew(clock, ttl);
         if !livekit_sid.is_empty() {
             participant.livekit_sid = Some(livekit_sid.to_owned());
         }
@@ -645,11 +641,9 @@ impl Roster {
         clock: Clock,
         out: &mut Vec<Event>,
     ) -> bool {
-        let ttl = self.ttl;
-        let Some(participant) = self.participant_mut(key, user_id) else {
+        let Some(participant) = self.renewed(key, user_id, clock) else {
             return false;
         };
-        participant.renew(clock, ttl);
         let mut change = VoiceStateFields::default();
         match track.stream {
             Stream::Camera => change.is_video_enabled = Some(track.published),
@@ -689,6 +683,20 @@ impl Roster {
         self.channels.get_mut(key)?.loaded.get_mut(user_id)
     }
 
+    /// The participant, its lease renewed from `clock`: something it did
+    /// proves it is still there.
+    fn renewed(
+        &mut self,
+        key: &ChannelKey,
+        user_id: &str,
+        clock: Clock,
+    ) -> Option<&mut Participant> {
+        let ttl = self.ttl;
+        let participant = self.participant_mut(key, user_id)?;
+        participant.renew(clock, ttl);
+        Some(participant)
+    }
+
     /// Whether `user_id` may enter `key` without exceeding a bound.
     fn check_room_for(&self, key: &ChannelKey, user_id: &str) -> Result<(), RosterError> {
         let in_voice = self.users.contains_key(user_id);
@@ -723,11 +731,9 @@ impl Roster {
         clock: Clock,
         out: &mut Vec<Event>,
     ) {
-        let ttl = self.ttl;
-        let Some(participant) = self.participant_mut(key, user_id) else {
+        let Some(participant) = self.renewed(key, user_id, clock) else {
             return;
         };
-        participant.renew(clock, ttl);
         participant.last_join_ms = clock.unix_ms;
         // A new token may start a new LiveKit session; the next webhook
         // about a join says which.
