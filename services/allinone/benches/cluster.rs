@@ -20,7 +20,10 @@
 //!
 //! It prints one table row per configuration, with each configuration's
 //! saturation deliveries/s as a ratio to the 1-api-1-gateway row of the
-//! same run. A benchmark prints figures; it asserts nothing about time.
+//! same run, then each phase's CPU cost: the CPU time of every service
+//! process, of the machine's Postgres and of its Redis over the phase
+//! (from `/proc/<pid>/stat`), per 1,000 deliveries, in all and by process
+//! kind. A benchmark prints figures; it asserts nothing about time.
 //!
 //! `cargo bench -p filament-allinone --bench cluster` builds the release
 //! binaries (`cargo build --release --workspace --bins`) and runs them.
@@ -203,6 +206,9 @@ struct Row {
     sockets: usize,
     saturation: Phase,
     steady: Phase,
+    /// CPU time by process kind over each phase.
+    saturation_cpu: Cpu,
+    steady_cpu: Cpu,
     /// Sockets the gateways closed (or that broke) during the run.
     closed: usize,
 }
@@ -281,8 +287,11 @@ async fn measure(
     let sockets = Sockets::connect(&cluster, &world, settings).await;
     let poster = Arc::new(Poster::new(&cluster, &world));
 
+    let before = Cpu::of(&cluster);
     let saturation = saturate(&poster, &sockets, settings).await;
+    let between = Cpu::of(&cluster);
     let steady = steady(&poster, &sockets, settings).await;
+    let after = Cpu::of(&cluster);
 
     let closed = sockets.closed();
     drop(sockets);
@@ -294,8 +303,88 @@ async fn measure(
         sockets: settings.sockets,
         saturation,
         steady,
+        saturation_cpu: between.since(&before),
+        steady_cpu: after.since(&between),
         closed,
     }
+}
+
+// --- CPU ------------------------------------------------------------------------
+
+/// CPU time (user and system) by process kind: each service's replicas,
+/// and every `postgres` and `redis-server` process on the machine.
+#[derive(Debug, Default)]
+struct Cpu(Vec<(&'static str, Duration)>);
+
+impl Cpu {
+    /// What the processes used so far.
+    fn of(cluster: &Cluster) -> Self {
+        let mut kinds: Vec<(&'static str, Duration)> = Vec::new();
+        let mut add =
+            |kind: &'static str, used: Duration| match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, total)) => *total += used,
+                None => kinds.push((kind, used)),
+            };
+        let replicas = cluster.gateways.iter().chain(
+            cluster::Producer::ALL
+                .iter()
+                .flat_map(|p| &cluster.tier(*p).replicas),
+        );
+        for replica in replicas {
+            if let Some(used) = replica.child.id().and_then(process_cpu) {
+                add(replica.kind.short(), used);
+            }
+        }
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let kind = match comm.trim_end() {
+                "postgres" => "postgres",
+                "redis-server" => "redis",
+                _ => continue,
+            };
+            if let Some(used) = process_cpu(pid) {
+                add(kind, used);
+            }
+        }
+        Self(kinds)
+    }
+
+    /// What was used between `earlier` and this reading. A process that
+    /// ended in between loses its time; one that started counts whole.
+    fn since(&self, earlier: &Self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .map(|(kind, now)| {
+                    let then = earlier
+                        .0
+                        .iter()
+                        .find(|(k, _)| k == kind)
+                        .map_or(Duration::ZERO, |(_, t)| *t);
+                    (*kind, now.saturating_sub(then))
+                })
+                .collect(),
+        )
+    }
+
+    fn total(&self) -> Duration {
+        self.0.iter().map(|(_, used)| *used).sum()
+    }
+}
+
+/// User plus system time of `pid` (fields 14 and 15 of its stat line, in
+/// clock ticks of 10 ms); `None` once it is gone.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces; the fields after it do not.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 /// Users, all members of one public guild with the benchmark's channels.
@@ -719,6 +808,24 @@ fn print_table(settings: &Settings, profile: Profile, rows: &[Row]) {
             if let Some(failure) = &phase.first_failure {
                 println!("  first failed post: {failure}");
             }
+        }
+        for (name, phase, cpu) in [
+            ("saturation", &row.saturation, &row.saturation_cpu),
+            ("steady", &row.steady, &row.steady_cpu),
+        ] {
+            let per_1k = |used: Duration| {
+                used.as_secs_f64() * 1e3 / (count_f64(phase.received) / 1e3).max(f64::MIN_POSITIVE)
+            };
+            let kinds: Vec<String> = cpu
+                .0
+                .iter()
+                .map(|(kind, used)| format!("{kind} {:.2}", per_1k(*used)))
+                .collect();
+            println!(
+                "{config}, {name}: {:.2} CPU-ms per 1k deliveries ({})",
+                per_1k(cpu.total()),
+                kinds.join(", "),
+            );
         }
         if row.closed > 0 {
             println!("{config}: {} socket(s) closed during the run", row.closed);

@@ -15,6 +15,7 @@ mod error;
 mod feed;
 mod grpc;
 mod http;
+mod id_generator;
 mod markdown;
 mod outbox;
 mod publish;

@@ -21,7 +21,17 @@
 //! [`REPUBLISH_GIVE_UP`] after its creation: it publishes it once more,
 //! counting it as missed for every gateway still without a stream, which
 //! then resynchronises its sockets.
+//!
+//! Publishing needs only a [`Publisher`]: the fanout, the store handle that
+//! claims and forgets outbox rows, the outbox's settings and the process's
+//! id generator, never the whole application state. The relay's loop
+//! ([`run_relay`]) is the one part that takes the state: the same timer
+//! also prunes idempotency keys and reads the message log's head.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use filament_fanout::Fanout;
 use filament_proto::limits::REPUBLISH_GIVE_UP;
 use filament_proto::v1::Event;
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,16 +40,63 @@ use tokio_util::sync::CancellationToken;
 use ulid::Ulid;
 
 use crate::clock::{now_unix, now_unix_ms};
-use crate::config::OutboxRequestPath;
+use crate::config::{OutboxConfig, OutboxRequestPath};
+use crate::id_generator::IdGenerator;
 use crate::publish;
 use crate::state::AppState;
-use crate::store::{OutboxEvent, StoreResult};
+use crate::store::{OutboxEvent, Store, StoreResult};
 
 /// How often expired idempotency keys are deleted.
 const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Leftovers one claim takes; a larger backlog is drained batch after batch.
 const CLAIM_BATCH: u32 = 256;
+
+/// What publishing an event needs, and nothing more: the fanout, the store
+/// handle that claims and forgets outbox rows, the outbox's request path
+/// and lease, and the process's id generator (shared with
+/// [`AppState::new_id`], so that event ids and every other id this process
+/// mints sort together). Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    inner: Arc<PublisherInner>,
+}
+
+struct PublisherInner {
+    fanout: Fanout,
+    store: Arc<dyn Store>,
+    request_path: OutboxRequestPath,
+    lease: Duration,
+    ids: IdGenerator,
+}
+
+impl Publisher {
+    pub fn new(
+        fanout: Fanout,
+        store: Arc<dyn Store>,
+        outbox: OutboxConfig,
+        ids: IdGenerator,
+    ) -> Self {
+        Self {
+            inner: Arc::new(PublisherInner {
+                fanout,
+                store,
+                request_path: outbox.request_path,
+                lease: outbox.lease,
+                ids,
+            }),
+        }
+    }
+
+    /// The fanout events go out through.
+    pub fn fanout(&self) -> &Fanout {
+        &self.inner.fanout
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+}
 
 /// An event to store with its write and to publish once that committed.
 pub struct Pending {
@@ -50,14 +107,14 @@ pub struct Pending {
 impl Pending {
     /// Mints the event's id and its outbox row; the request holds the row's
     /// lease from now.
-    pub fn new(state: &AppState, event: Event) -> Self {
-        Self::with_id(state, state.new_id(), event)
+    pub fn new(publisher: &Publisher, event: Event) -> Self {
+        Self::with_id(publisher, publisher.inner.ids.next(), event)
     }
 
     /// The same, under an id minted earlier: for an event built twice,
     /// inside the write's transaction from what only it knows (a
     /// reaction's count) and again after the commit to publish it.
-    pub fn with_id(state: &AppState, event_id: Ulid, mut event: Event) -> Self {
+    pub fn with_id(publisher: &Publisher, event_id: Ulid, mut event: Event) -> Self {
         // The row's id travels in the event, so that gateways can drop the
         // second copy of an event a relay published twice.
         event.event_id = event_id.to_string();
@@ -65,7 +122,7 @@ impl Pending {
             event_id,
             payload: event.encode_to_vec(),
             created_at_unix: now_unix(),
-            claimed_until_unix_ms: lease_end(state, now_unix_ms()),
+            claimed_until_unix_ms: lease_end(publisher, now_unix_ms()),
         };
         Self { row, event }
     }
@@ -77,20 +134,20 @@ impl Pending {
 
     /// Publishes the committed event, then forgets its row. Call it only
     /// after the store call that stored [`row`](Self::row) returned `Ok`.
-    pub async fn publish(self, state: &AppState) {
-        let forget = match state.config().outbox.request_path {
+    pub async fn publish(self, publisher: &Publisher) {
+        let forget = match publisher.inner.request_path {
             OutboxRequestPath::PublishAndForget => true,
             OutboxRequestPath::PublishOnly => false,
             OutboxRequestPath::Nothing => return,
         };
         let Self { row, event } = self;
         let (published, answered) = tokio::sync::oneshot::channel();
-        let task_state = state.clone();
+        let task_publisher = publisher.clone();
         // A task of its own: if the request is dropped now (its timeout),
         // the event still goes out and its row still goes away. It stays on
         // the request's trace.
         tokio::spawn(filament_runtime::trace::carried(async move {
-            let confirmation = task_state.fanout().publish_durable(event).await;
+            let confirmation = task_publisher.fanout().publish_durable(event).await;
             let _ = published.send(());
             if !forget {
                 return;
@@ -102,7 +159,7 @@ impl Pending {
                     "a gateway did not acknowledge the event; a relay publishes it again");
                 return;
             }
-            forget_published(&task_state, &[row.event_id]).await;
+            forget_published(&task_publisher, &[row.event_id]).await;
         }));
         // An error means the task panicked; the relay publishes the row.
         let _ = answered.await;
@@ -114,12 +171,12 @@ impl Pending {
     /// returns; then forgets its row. `what` names the event in the warning
     /// logged when a gateway missed it. Call it only after the store call
     /// that stored [`row`](Self::row) returned `Ok`.
-    pub async fn publish_acked(self, state: &AppState, what: &'static str) {
+    pub async fn publish_acked(self, publisher: &Publisher, what: &'static str) {
         let Self { row, event } = self;
         // A gateway that did not get it or did not acknowledge it in time
         // was counted as having missed it and resynchronises: the row has
         // done its work either way.
-        let report = state.fanout().publish_acked(event).await;
+        let report = publisher.fanout().publish_acked(event).await;
         if report.missed > 0 {
             tracing::warn!(
                 ?report,
@@ -127,26 +184,27 @@ impl Pending {
                 "acknowledged event missed some gateways; they will resynchronise"
             );
         }
-        forget_published(state, &[row.event_id]).await;
+        forget_published(publisher, &[row.event_id]).await;
     }
 }
 
-async fn forget_published(state: &AppState, event_ids: &[Ulid]) {
-    if let Err(err) = state.store().outbox_published(event_ids).await {
+async fn forget_published(publisher: &Publisher, event_ids: &[Ulid]) {
+    if let Err(err) = publisher.store().outbox_published(event_ids).await {
         tracing::warn!(%err, events = event_ids.len(),
             "cannot forget published events; a relay will publish them again");
     }
 }
 
-fn lease_end(state: &AppState, now_unix_ms: i64) -> i64 {
-    let lease = i64::try_from(state.config().outbox.lease.as_millis()).unwrap_or(i64::MAX);
+fn lease_end(publisher: &Publisher, now_unix_ms: i64) -> i64 {
+    let lease = i64::try_from(publisher.inner.lease.as_millis()).unwrap_or(i64::MAX);
     now_unix_ms.saturating_add(lease)
 }
 
 /// The relay: sweeps at once (what an earlier process left), then every
 /// `sweep_interval`, until `stop`. Each turn also reads the message change
 /// log's head into `log_head`, so that an operator sees how far search is
-/// behind the log, not only behind what it received.
+/// behind the log, not only behind what it received. It takes the whole
+/// state for those chores; its sweeps take only the [`Publisher`].
 pub async fn run_relay(state: AppState, log_head: Gauge, stop: CancellationToken) {
     let interval = state.config().outbox.sweep_interval;
     let mut next_prune = tokio::time::Instant::now();
@@ -163,7 +221,7 @@ pub async fn run_relay(state: AppState, log_head: Gauge, stop: CancellationToken
             }
             Err(err) => tracing::debug!(%err, "cannot read the change log's head"),
         }
-        match sweep(&state).await {
+        match sweep(state.publisher()).await {
             Ok(swept) if swept == Swept::default() => {}
             Ok(swept) => tracing::warn!(
                 relayed = swept.relayed,
@@ -195,13 +253,13 @@ struct Swept {
 /// Publishes, oldest first, every row whose lease ran out, and forgets the
 /// ones every gateway then acknowledged. The others keep the lease the
 /// claim gave them and are published again by a later sweep.
-async fn sweep(state: &AppState) -> StoreResult<Swept> {
+async fn sweep(publisher: &Publisher) -> StoreResult<Swept> {
     let mut swept = Swept::default();
     loop {
         let now = now_unix_ms();
-        let claimed = state
+        let claimed = publisher
             .store()
-            .claim_outbox(now, lease_end(state, now), CLAIM_BATCH)
+            .claim_outbox(now, lease_end(publisher, now), CLAIM_BATCH)
             .await?;
         let mut done: Vec<Ulid> = Vec::with_capacity(claimed.len());
         let mut confirmations = Vec::with_capacity(claimed.len());
@@ -219,12 +277,12 @@ async fn sweep(state: &AppState) -> StoreResult<Swept> {
             };
             swept.relayed += 1;
             if is_given_up(record.event_id, now) {
-                publish::publish(state, event).await;
+                publish::publish(publisher, event).await;
                 swept.given_up += 1;
                 done.push(record.event_id);
             } else {
                 let event_id = record.event_id;
-                let confirmation = state.fanout().publish_durable(event).await;
+                let confirmation = publisher.fanout().publish_durable(event).await;
                 confirmations
                     .push(async move { confirmation.confirmed().await.then_some(event_id) });
             }
@@ -236,7 +294,7 @@ async fn sweep(state: &AppState) -> StoreResult<Swept> {
             .collect();
         swept.confirmed += confirmed.len();
         done.extend(confirmed);
-        state.store().outbox_published(&done).await?;
+        publisher.store().outbox_published(&done).await?;
         if claimed.len() < CLAIM_BATCH as usize {
             return Ok(swept);
         }

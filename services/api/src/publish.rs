@@ -11,18 +11,23 @@
 //! and publishes it only after that call returned `Ok`.
 //! So an event never describes a write that did not commit, and a write
 //! that committed never loses its event.
+//!
+//! Publishing takes the [`Publisher`] (the fanout and the outbox's share
+//! of the store), never the whole application state. What follows a
+//! publish without being one (voice following an access change, the audit
+//! log) is the domain's: `domain::access`, `domain::voice`,
+//! `domain::audit`.
 
 use std::sync::{Mutex, PoisonError};
 
-use filament_ids::{GuildId, SessionId, UserId};
+use filament_ids::{SessionId, UserId};
 use filament_proto::v1::{
     self as pb, Audience, ChannelAudience, Event, GuildAudience, audience, event,
 };
 
 use crate::clock::now_unix_ms;
 use crate::error::{ApiError, ApiResult};
-use crate::outbox::Pending;
-use crate::state::AppState;
+use crate::outbox::{Pending, Publisher};
 use crate::store::OutboxEvent;
 
 /// An event for the sockets subscribed to one channel.
@@ -87,17 +92,17 @@ pub fn ensure_deliverable(event: &Event) -> ApiResult<()> {
 /// Handlers never call it: they store each event with its write through a
 /// [`Pending`] and publish that after the commit, so a crash in between
 /// delays the event instead of losing it (docs/adr/0006-outbox.md).
-pub(crate) async fn publish(state: &AppState, event: Event) {
-    let report = state.fanout().publish(event).await;
+pub(crate) async fn publish(publisher: &Publisher, event: Event) {
+    let report = publisher.fanout().publish(event).await;
     if report.missed > 0 {
         tracing::debug!(?report, "event missed some gateways");
     }
 }
 
 /// Publishes, in order, events whose write committed.
-pub async fn publish_all(state: &AppState, pending: Vec<Pending>) {
+pub async fn publish_all(publisher: &Publisher, pending: Vec<Pending>) {
     for event in pending {
-        event.publish(state).await;
+        event.publish(publisher).await;
     }
 }
 
@@ -107,15 +112,15 @@ pub async fn publish_all(state: &AppState, pending: Vec<Pending>) {
 /// closure: `|known| deferred.rows(events_of(known))`. It keeps each
 /// event's [`Pending`], so that what is published after the commit is
 /// exactly what was stored.
-pub struct Deferred<'s> {
-    state: &'s AppState,
+pub struct Deferred<'p> {
+    publisher: &'p Publisher,
     built: Mutex<Vec<Pending>>,
 }
 
-impl<'s> Deferred<'s> {
-    pub fn new(state: &'s AppState) -> Self {
+impl<'p> Deferred<'p> {
+    pub fn new(publisher: &'p Publisher) -> Self {
         Self {
-            state,
+            publisher,
             built: Mutex::new(Vec::new()),
         }
     }
@@ -126,7 +131,7 @@ impl<'s> Deferred<'s> {
     pub fn rows(&self, events: Vec<Event>) -> Vec<OutboxEvent> {
         let pending: Vec<Pending> = events
             .into_iter()
-            .map(|event| Pending::new(self.state, event))
+            .map(|event| Pending::new(self.publisher, event))
             .collect();
         let rows = pending.iter().map(Pending::row).collect();
         *self.built.lock().unwrap_or_else(PoisonError::into_inner) = pending;
@@ -146,7 +151,8 @@ impl<'s> Deferred<'s> {
 /// (`membership_revoked` when they are no longer members; an empty
 /// `user_ids` re-checks everyone present in the guild), or, with
 /// `ip_bans_changed`, the guild bans more addresses. Published with
-/// [`Pending::publish_acked`], or through [`AccessRevocation`].
+/// [`Pending::publish_acked`], or through
+/// [`AccessRevocation`](crate::domain::access::AccessRevocation).
 pub fn access_changed(
     guild_id: &str,
     user_ids: Vec<String>,
@@ -178,95 +184,6 @@ pub fn session_revoked(user_id: UserId, session_id: SessionId) -> Event {
             session_id: session_id.to_string(),
         }),
     )
-}
-
-/// Voice follows an access change: members who are gone leave voice, and
-/// the others are re-checked against what their voice tokens grant.
-pub async fn voice_follows_access(
-    state: &AppState,
-    guild_id: &str,
-    user_ids: &[String],
-    membership_revoked: bool,
-) {
-    if membership_revoked {
-        state.voice().remove_members(guild_id, user_ids).await;
-    } else {
-        state
-            .voice()
-            .recheck(state.authorizer(), guild_id, user_ids)
-            .await;
-    }
-}
-
-/// A change that shrinks what users may see in a guild, told to every
-/// gateway holding the guild: its `AccessChanged` row goes into the write's
-/// transaction ([`row`](Self::row)), and after the commit
-/// [`publish`](Self::publish) waits for the gateways, then voice follows.
-pub struct AccessRevocation {
-    pending: Pending,
-    guild_id: String,
-    user_ids: Vec<String>,
-    membership_revoked: bool,
-}
-
-impl AccessRevocation {
-    /// These users' access shrank (an empty `user_ids`: everyone present in
-    /// the guild is re-checked); `membership_revoked` when they are no
-    /// longer members.
-    pub fn new(
-        state: &AppState,
-        guild_id: &str,
-        user_ids: Vec<String>,
-        membership_revoked: bool,
-    ) -> Self {
-        let event = access_changed(guild_id, user_ids.clone(), membership_revoked, false);
-        Self {
-            pending: Pending::new(state, event),
-            guild_id: guild_id.to_owned(),
-            user_ids,
-            membership_revoked,
-        }
-    }
-
-    /// The row to store with the change.
-    pub fn row(&self) -> OutboxEvent {
-        self.pending.row()
-    }
-
-    /// After the commit: every gateway drops what the users can no longer
-    /// see and acknowledges it, then voice follows.
-    pub async fn publish(self, state: &AppState) {
-        self.pending.publish_acked(state, "access change").await;
-        voice_follows_access(
-            state,
-            &self.guild_id,
-            &self.user_ids,
-            self.membership_revoked,
-        )
-        .await;
-    }
-}
-
-/// Records an audit entry for a committed change. The change stands even if
-/// the entry cannot be written; that failure is logged loudly.
-pub async fn audit(
-    state: &AppState,
-    guild_id: GuildId,
-    actor_user_id: UserId,
-    target_user_id: Option<UserId>,
-    action: &'static str,
-) {
-    let entry = crate::store::NewAuditEntry {
-        audit_id: state.new_id(),
-        guild_id,
-        actor_user_id,
-        target_user_id,
-        action,
-        created_at_unix: crate::clock::now_unix(),
-    };
-    if let Err(err) = state.store().record_audit(entry).await {
-        tracing::error!(%err, action, "cannot write audit entry");
-    }
 }
 
 pub fn message_create(message: pb::Message) -> Event {

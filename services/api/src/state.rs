@@ -1,6 +1,6 @@
 //! The state every handler and RPC shares.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use filament_fanout::Fanout;
 use filament_registry::Registry;
@@ -12,6 +12,8 @@ use crate::auth::{Lockout, PasswordHasher, TokenKeys};
 use crate::config::Config;
 use crate::domain::permissions::Authorizer;
 use crate::domain::voice::VoiceLink;
+use crate::id_generator::IdGenerator;
+use crate::outbox::Publisher;
 use crate::rate_limit::AuthRouteLimiter;
 use crate::store::Store;
 
@@ -28,17 +30,18 @@ struct Inner {
     passwords: PasswordHasher,
     lockout: Lockout,
     auth_limiter: AuthRouteLimiter,
-    fanout: Fanout,
+    /// What publishing an event needs: the fanout (the one this state's
+    /// [`fanout`](AppState::fanout) is), the outbox's store handle and
+    /// settings, and the id generator (shared with [`AppState::new_id`]).
+    publisher: Publisher,
     /// The registry the fanout routes with; also the list of revoked
     /// sessions every replica consults.
     registry: Arc<dyn Registry>,
     voice: VoiceLink,
     /// Where the api's gRPC clients (voice, search) time their calls.
     grpc_clients: GrpcClientMetrics,
-    /// Monotonic within a millisecond, so ids created in the same
-    /// millisecond still sort in creation order (message pagination relies
-    /// on it).
-    ids: Mutex<ulid::Generator>,
+    /// The process's one id generator, shared with the publisher.
+    ids: IdGenerator,
 }
 
 impl AppState {
@@ -50,6 +53,8 @@ impl AppState {
         hashing_metrics: HashingMetrics,
         grpc_clients: &GrpcClientMetrics,
     ) -> anyhow::Result<Self> {
+        let ids = IdGenerator::new();
+        let publisher = Publisher::new(fanout, Arc::clone(&store), config.outbox, ids.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 authorizer: Authorizer::new(Arc::clone(&store), config.server_owner),
@@ -63,11 +68,11 @@ impl AppState {
                 auth_limiter: AuthRouteLimiter::new(config.auth_route_per_minute),
                 voice: VoiceLink::new(config.voice_url.as_deref(), grpc_clients)?,
                 grpc_clients: grpc_clients.clone(),
-                ids: Mutex::new(ulid::Generator::new()),
+                ids,
+                publisher,
                 config,
                 store,
                 registry,
-                fanout,
             }),
         })
     }
@@ -106,7 +111,12 @@ impl AppState {
     }
 
     pub fn fanout(&self) -> &Fanout {
-        &self.inner.fanout
+        self.inner.publisher.fanout()
+    }
+
+    /// What publishing an event needs, and nothing more.
+    pub fn publisher(&self) -> &Publisher {
+        &self.inner.publisher
     }
 
     pub fn registry(&self) -> &dyn Registry {
@@ -121,13 +131,6 @@ impl AppState {
     /// [`Ulid`] for an event), greater than every id this process minted
     /// before.
     pub fn new_id<T: From<Ulid>>(&self) -> T {
-        let mut generator = self
-            .inner
-            .ids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // Overflow needs 2^80 ids in one millisecond; fall back to a random
-        // id rather than fail.
-        T::from(generator.generate().unwrap_or_else(|_| Ulid::generate()))
+        self.inner.ids.next()
     }
 }

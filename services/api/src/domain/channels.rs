@@ -13,6 +13,7 @@ use filament_wire::Channel;
 
 use crate::clock::now_unix;
 use crate::domain::Name;
+use crate::domain::access;
 use crate::domain::permissions::{Permission, Permissions};
 use crate::error::{ApiError, ApiResult};
 use crate::outbox::Pending;
@@ -58,14 +59,14 @@ pub async fn create(
         created_at_unix: now_unix(),
     };
     let created = Pending::new(
-        state,
+        state.publisher(),
         publish::channel_create(&guild_id.to_string(), proto_channel(&channel)),
     );
     state
         .store()
         .create_channel(channel.clone(), vec![created.row()])
         .await?;
-    created.publish(state).await;
+    created.publish(state.publisher()).await;
     Ok(wire_channel(&channel))
 }
 
@@ -96,7 +97,7 @@ pub async fn rename(
     let now = now_unix();
     // Only a rename that changed the name is announced, which only the
     // write's transaction knows.
-    let deferred = publish::Deferred::new(state);
+    let deferred = publish::Deferred::new(state.publisher());
     let outbox = |change: &Change<ChannelRecord>| {
         if change.after.name == change.before.name {
             return Vec::new();
@@ -124,7 +125,7 @@ pub async fn rename(
         .rename_channel(guild_id, channel_id, name.into_string(), &outbox)
         .await?
         .ok_or(ApiError::NotFound)?;
-    publish::publish_all(state, deferred.into_pending()).await;
+    publish::publish_all(state.publisher(), deferred.into_pending()).await;
     Ok(wire_channel(&change.after))
 }
 
@@ -155,8 +156,8 @@ pub async fn delete(
             actor_user_id: Some(actor.to_string()),
         }),
     );
-    let deleted = Pending::new(state, event);
-    let revocation = publish::AccessRevocation::new(state, &guild, Vec::new(), false);
+    let deleted = Pending::new(state.publisher(), event);
+    let revocation = access::AccessRevocation::new(state, &guild, Vec::new(), false);
     let outbox = vec![deleted.row(), revocation.row()];
     if !state
         .store()
@@ -165,7 +166,7 @@ pub async fn delete(
     {
         return Err(ApiError::NotFound);
     }
-    deleted.publish(state).await;
+    deleted.publish(state.publisher()).await;
     revocation.publish(state).await;
     Ok(())
 }

@@ -51,7 +51,7 @@ pub async fn send_request(
     }
     // The event carries both usernames, which the write's transaction
     // reads.
-    let deferred = publish::Deferred::new(state);
+    let deferred = publish::Deferred::new(state.publisher());
     let outbox = |record: &FriendRequestRecord| {
         let parties = vec![
             record.sender_user_id.to_string(),
@@ -75,7 +75,7 @@ pub async fn send_request(
         )
         .await?
         .ok_or(ApiError::InvalidRequest)?;
-    publish::publish_all(state, deferred.into_pending()).await;
+    publish::publish_all(state.publisher(), deferred.into_pending()).await;
     Ok(record)
 }
 
@@ -94,7 +94,7 @@ pub async fn pending_requests(state: &AppState, user: UserId) -> ApiResult<Pendi
 pub async fn accept_request(state: &AppState, user: UserId, request_id: Ulid) -> ApiResult<()> {
     let now = now_unix();
     // Who sent the request, and the names, only the transaction knows.
-    let deferred = publish::Deferred::new(state);
+    let deferred = publish::Deferred::new(state.publisher());
     let outbox = |accepted: &AcceptedFriendRequest| {
         deferred.rows(request_update_copies(accepted, user, now).into())
     };
@@ -103,7 +103,7 @@ pub async fn accept_request(state: &AppState, user: UserId, request_id: Ulid) ->
         .accept_friend_request(request_id, user, now, &outbox)
         .await?
         .ok_or(ApiError::NotFound)?;
-    publish::publish_all(state, deferred.into_pending()).await;
+    publish::publish_all(state.publisher(), deferred.into_pending()).await;
     Ok(())
 }
 
@@ -112,7 +112,7 @@ pub async fn accept_request(state: &AppState, user: UserId, request_id: Ulid) ->
 pub async fn delete_request(state: &AppState, user: UserId, request_id: Ulid) -> ApiResult<()> {
     let now = now_unix();
     // The other party only the transaction knows.
-    let deferred = publish::Deferred::new(state);
+    let deferred = publish::Deferred::new(state.publisher());
     let outbox = |parties: &FriendRequestParties| {
         let payload = event::Payload::FriendRequestDelete(pb::FriendRequestDelete {
             request_id: request_id.to_string(),
@@ -130,7 +130,7 @@ pub async fn delete_request(state: &AppState, user: UserId, request_id: Ulid) ->
         .delete_friend_request(request_id, user, &outbox)
         .await?
         .ok_or(ApiError::NotFound)?;
-    publish::publish_all(state, deferred.into_pending()).await;
+    publish::publish_all(state.publisher(), deferred.into_pending()).await;
     Ok(())
 }
 
@@ -151,7 +151,7 @@ pub async fn remove_friend(state: &AppState, user_id: UserId, friend_id: UserId)
                 removed_at_unix: now,
                 actor_user_id: Some(user_id.to_string()),
             });
-            Pending::new(state, to_one_user(receiver, payload))
+            Pending::new(state.publisher(), to_one_user(receiver, payload))
         })
         .collect();
     let outbox = copies.iter().map(Pending::row).collect();
@@ -161,7 +161,7 @@ pub async fn remove_friend(state: &AppState, user_id: UserId, friend_id: UserId)
         .remove_friend(user_id, friend_id, outbox)
         .await?
     {
-        publish::publish_all(state, copies).await;
+        publish::publish_all(state.publisher(), copies).await;
     }
     Ok(())
 }

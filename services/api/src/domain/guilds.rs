@@ -17,6 +17,7 @@ use filament_proto::v1::{self as pb, event};
 use filament_wire::Guild;
 
 use crate::clock::now_unix;
+use crate::domain::audit;
 use crate::domain::members::apply_default_join_role;
 use crate::domain::permissions::Permission;
 use crate::domain::roles::builtin_masks;
@@ -162,7 +163,7 @@ pub async fn join(
         .await?
         .ok_or(ApiError::NotFound)?;
     if let Some((action, error)) = refusal(state, &guild, user_id, ip, now).await? {
-        publish::audit(state, guild_id, user_id, Some(user_id), action).await;
+        audit::record(state, guild_id, user_id, Some(user_id), action).await;
         return Err(error);
     }
     let member = MemberRecord {
@@ -173,7 +174,7 @@ pub async fn join(
     };
     let user_text = user_id.to_string();
     let added = Pending::new(
-        state,
+        state.publisher(),
         publish::member_add(&guild_id.to_string(), &user_text, now, &user_text),
     );
     // The address is recorded with the membership, in the guild, and only
@@ -188,17 +189,17 @@ pub async fn join(
         AddMemberOutcome::Banned => {
             // A ban that landed since the check above.
             let action = JOIN_REJECTED_USER_BAN;
-            publish::audit(state, guild_id, user_id, Some(user_id), action).await;
+            audit::record(state, guild_id, user_id, Some(user_id), action).await;
             return Err(ApiError::DirectoryJoinUserBanned);
         }
         AddMemberOutcome::AlreadyMember => Joined::AlreadyMember,
         AddMemberOutcome::Added => {
             apply_default_join_role(state, guild_id, user_id, now).await;
-            added.publish(state).await;
+            added.publish(state.publisher()).await;
             Joined::Accepted
         }
     };
-    publish::audit(state, guild_id, user_id, Some(user_id), JOIN_ACCEPTED).await;
+    audit::record(state, guild_id, user_id, Some(user_id), JOIN_ACCEPTED).await;
     Ok(outcome)
 }
 
@@ -237,7 +238,7 @@ pub async fn update(
         .require(Permission::ManageRoles)?;
     let now = now_unix();
     // What changed, and so the event, only the write's transaction knows.
-    let deferred = publish::Deferred::new(state);
+    let deferred = publish::Deferred::new(state.publisher());
     let outbox = |change: &Change<GuildRecord>| {
         let (before, after) = (&change.before, &change.after);
         let fields = pb::WorkspaceFields {
@@ -270,7 +271,7 @@ pub async fn update(
         )
         .await?
         .ok_or(ApiError::NotFound)?;
-    publish::publish_all(state, deferred.into_pending()).await;
+    publish::publish_all(state.publisher(), deferred.into_pending()).await;
     Ok(wire_guild(&change.after))
 }
 

@@ -14,6 +14,8 @@ use filament_ids::{GuildId, RoleId, UserId};
 use filament_proto::v1::{self as pb, event};
 
 use crate::clock::now_unix;
+use crate::domain::access;
+use crate::domain::audit;
 use crate::domain::permissions::Permission;
 use crate::domain::roles::MAX_ASSIGNMENTS;
 use crate::error::{ApiError, ApiResult};
@@ -111,7 +113,7 @@ pub async fn add(
         now,
         &actor.to_string(),
     );
-    let added = Pending::new(state, event);
+    let added = Pending::new(state.publisher(), event);
     // The event is stored only with a membership that is new.
     let outcome = state
         .store()
@@ -122,7 +124,7 @@ pub async fn add(
         AddMemberOutcome::AlreadyMember => Ok(()),
         AddMemberOutcome::Added => {
             apply_default_join_role(state, guild_id, target, now).await;
-            added.publish(state).await;
+            added.publish(state.publisher()).await;
             Ok(())
         }
     }
@@ -164,13 +166,13 @@ pub async fn update_role(
             actor_user_id: Some(actor.to_string()),
         }),
     );
-    let updated = Pending::new(state, event);
+    let updated = Pending::new(state.publisher(), event);
     // A moderator made member may no longer see moderator-only channels:
     // gateways drop them before this call returns.
     let revocation = (new_role < current)
-        .then(|| publish::AccessRevocation::new(state, &guild, vec![target.to_string()], false));
+        .then(|| access::AccessRevocation::new(state, &guild, vec![target.to_string()], false));
     let mut outbox = vec![updated.row()];
-    outbox.extend(revocation.as_ref().map(publish::AccessRevocation::row));
+    outbox.extend(revocation.as_ref().map(access::AccessRevocation::row));
     if !state
         .store()
         .set_legacy_role(guild_id, target, new_role, now, outbox)
@@ -178,11 +180,11 @@ pub async fn update_role(
     {
         return Err(ApiError::NotFound);
     }
-    updated.publish(state).await;
+    updated.publish(state.publisher()).await;
     if let Some(revocation) = revocation {
         revocation.publish(state).await;
     }
-    publish::audit(state, guild_id, actor, Some(target), MEMBER_ROLE_UPDATE).await;
+    audit::record(state, guild_id, actor, Some(target), MEMBER_ROLE_UPDATE).await;
     Ok(())
 }
 

@@ -17,6 +17,7 @@ use filament_proto::v1::{self as pb, event};
 use filament_proto::limits::MAX_ATTACHMENTS_PER_MESSAGE as MAX_ATTACHMENTS;
 
 use crate::clock::now_unix;
+use crate::domain::audit;
 use crate::domain::idempotency::IdempotencyKey;
 use crate::domain::permissions::{GuildAccess, Permission};
 use crate::domain::reactions::proto_reaction;
@@ -99,7 +100,7 @@ pub async fn post(
     let body = wire_message(&message)?;
     let event = publish::message_create(message);
     publish::ensure_deliverable(&event)?;
-    let pending = Pending::new(state, event);
+    let pending = Pending::new(state.publisher(), event);
     let idempotency = key
         .map(|key| key.record(POSTED_STATUS, &body))
         .transpose()?;
@@ -116,7 +117,7 @@ pub async fn post(
         // Another message took an upload since it was checked above.
         return Err(ApiError::InvalidRequest);
     }
-    pending.publish(state).await;
+    pending.publish(state.publisher()).await;
     Ok(body)
 }
 
@@ -165,7 +166,7 @@ pub async fn edit(
     record.content = content.into_string();
     let event = message_update(&record, now_unix());
     publish::ensure_deliverable(&event)?;
-    let pending = Pending::new(state, event);
+    let pending = Pending::new(state.publisher(), event);
     let edited = state
         .store()
         .edit_message(
@@ -179,10 +180,10 @@ pub async fn edit(
     if !edited {
         return Err(ApiError::NotFound);
     }
-    pending.publish(state).await;
+    pending.publish(state.publisher()).await;
     if moderated {
         let action = "message.edit.moderation";
-        publish::audit(state, guild_id, editor, Some(record.author_id), action).await;
+        audit::record(state, guild_id, editor, Some(record.author_id), action).await;
     }
     let full = full_messages(state, std::slice::from_ref(&record), editor).await?;
     full.first()
@@ -212,7 +213,7 @@ pub async fn delete(
     let moderated = may_change(&access, &record)?;
     let event = message_delete(&record, now_unix());
     publish::ensure_deliverable(&event)?;
-    let pending = Pending::new(state, event);
+    let pending = Pending::new(state.publisher(), event);
     let attachments = state
         .store()
         .delete_message(guild_id, channel_id, message_id, Some(pending.row()))
@@ -220,14 +221,14 @@ pub async fn delete(
         .ok_or(ApiError::NotFound)?;
     // Published before the files go: subscribers hear of the delete as soon
     // as it committed.
-    pending.publish(state).await;
+    pending.publish(state.publisher()).await;
     let storage = crate::attachments::storage(state);
     for attachment in &attachments {
         crate::attachments::remove_file(&storage, attachment.attachment_id).await;
     }
     if moderated {
         let action = "message.delete.moderation";
-        publish::audit(state, guild_id, actor, Some(record.author_id), action).await;
+        audit::record(state, guild_id, actor, Some(record.author_id), action).await;
     }
     Ok(())
 }

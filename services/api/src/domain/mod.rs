@@ -4,7 +4,9 @@
 //! converts into these values with `TryFrom` in its adapter, and past that
 //! boundary a `Username` is always a valid username, and so on.
 
+pub mod access;
 pub mod attachments;
+pub mod audit;
 pub mod channels;
 pub mod friends;
 pub mod guilds;

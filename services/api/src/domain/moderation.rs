@@ -6,7 +6,7 @@
 //! and before the call returns, the removed user's access is gone
 //! everywhere: `workspace_member_ban` (ban only) and `workspace_member_remove`
 //! go to the guild and to the removed user's own sockets, then an
-//! [`publish::AccessRevocation`] makes every gateway drop the user's
+//! [`access::AccessRevocation`] makes every gateway drop the user's
 //! subscriptions in the guild and acknowledge it. A later message in the
 //! guild cannot reach them. All of these events are stored with the
 //! removal (docs/adr/0006-outbox.md), so a crash after the commit delays
@@ -21,6 +21,8 @@ use filament_proto::v1::{self as pb, event};
 use ulid::Ulid;
 
 use crate::clock::now_unix;
+use crate::domain::access;
+use crate::domain::audit;
 use crate::domain::permissions::{GuildAccess, Permission};
 use crate::domain::roles::require_outranks;
 use crate::domain::{parse_id, storable_text};
@@ -83,7 +85,7 @@ pub async fn kick(
         return Err(ApiError::NotFound);
     }
     tear_down.publish(state).await;
-    publish::audit(state, guild_id, actor, Some(target), MEMBER_KICK).await;
+    audit::record(state, guild_id, actor, Some(target), MEMBER_KICK).await;
     Ok(())
 }
 
@@ -113,7 +115,7 @@ pub async fn ban(
     let tear_down = TearDown::new(state, guild_id, target, actor, Removal::Ban);
     state.store().ban_member(ban, tear_down.rows()).await?;
     tear_down.publish(state).await;
-    publish::audit(state, guild_id, actor, Some(target), MEMBER_BAN).await;
+    audit::record(state, guild_id, actor, Some(target), MEMBER_BAN).await;
     Ok(())
 }
 
@@ -155,7 +157,7 @@ fn may_remove(actor: MemberRole, target: MemberRole) -> bool {
 /// access.
 struct TearDown {
     told: Vec<Pending>,
-    revocation: publish::AccessRevocation,
+    revocation: access::AccessRevocation,
 }
 
 impl TearDown {
@@ -177,7 +179,7 @@ impl TearDown {
                 actor_user_id: Some(actor.clone()),
             };
             let event = publish::for_guild(&guild, event::Payload::WorkspaceMemberBan(ban));
-            told.push(Pending::new(state, event));
+            told.push(Pending::new(state.publisher(), event));
         }
         let reason = match removal {
             Removal::Kick => pb::MemberRemoveReason::Kick,
@@ -197,10 +199,10 @@ impl TearDown {
             vec![guild.clone()],
             event::Payload::WorkspaceMemberRemove(remove),
         );
-        told.push(Pending::new(state, event));
+        told.push(Pending::new(state.publisher(), event));
         Self {
             told,
-            revocation: publish::AccessRevocation::new(state, &guild, vec![user], true),
+            revocation: access::AccessRevocation::new(state, &guild, vec![user], true),
         }
     }
 
@@ -215,7 +217,7 @@ impl TearDown {
     /// the user's access on every gateway and waits for each to
     /// acknowledge.
     async fn publish(self, state: &AppState) {
-        publish::publish_all(state, self.told).await;
+        publish::publish_all(state.publisher(), self.told).await;
         self.revocation.publish(state).await;
     }
 }
@@ -389,11 +391,11 @@ pub async fn ban_ips_by_user(
     // gateways close the sockets from a banned address (PROTOCOL.md §5.8),
     // and the managers get the count only the transaction knows.
     let ip_bans_changed = Pending::new(
-        state,
+        state.publisher(),
         publish::access_changed(&guild, Vec::new(), false, true),
     );
     let managers = ip_ban_managers(state, guild_id).await;
-    let deferred = publish::Deferred::new(state);
+    let deferred = publish::Deferred::new(state.publisher());
     let outbox = |ban_ids: &[Ulid]| {
         let mut rows = vec![ip_bans_changed.row()];
         if let Some(managers) = &managers {
@@ -428,10 +430,12 @@ pub async fn ban_ips_by_user(
         return Err(ApiError::QuotaExceeded);
     };
     if !ban_ids.is_empty() {
-        ip_bans_changed.publish_acked(state, "ip ban change").await;
+        ip_bans_changed
+            .publish_acked(state.publisher(), "ip ban change")
+            .await;
         let target = Some(target_user_id);
-        publish::audit(state, guild_id, actor, target, IP_BAN_ADD).await;
-        publish::publish_all(state, deferred.into_pending()).await;
+        audit::record(state, guild_id, actor, target, IP_BAN_ADD).await;
+        publish::publish_all(state.publisher(), deferred.into_pending()).await;
     }
     Ok(ban_ids)
 }
@@ -453,7 +457,7 @@ pub async fn remove_ip_ban(
             actor,
             now_unix(),
         );
-        Pending::new(state, event)
+        Pending::new(state.publisher(), event)
     });
     let outbox = sync.iter().map(Pending::row).collect();
     let removed = state
@@ -462,8 +466,8 @@ pub async fn remove_ip_ban(
         .await?
         .ok_or(ApiError::NotFound)?;
     let target = removed.source_user_id;
-    publish::audit(state, guild_id, actor, target, IP_BAN_REMOVE).await;
-    publish::publish_all(state, sync.into_iter().collect()).await;
+    audit::record(state, guild_id, actor, target, IP_BAN_REMOVE).await;
+    publish::publish_all(state.publisher(), sync.into_iter().collect()).await;
     Ok(())
 }
 

@@ -14,6 +14,8 @@ use filament_ids::{ChannelId, GuildId, UserId};
 use filament_proto::v1::{self as pb, event};
 
 use crate::clock::now_unix;
+use crate::domain::access;
+use crate::domain::audit;
 use crate::domain::permissions::{Permission, Permissions};
 use crate::error::{ApiError, ApiResult};
 use crate::outbox::Pending;
@@ -108,14 +110,14 @@ pub async fn set_legacy(
         channel_id,
         OverrideTarget::Role(target_role.role_id),
     );
-    let updated = Pending::new(state, event);
-    let revocation = publish::AccessRevocation::new(state, &guild, Vec::new(), false);
+    let updated = Pending::new(state.publisher(), event);
+    let revocation = access::AccessRevocation::new(state, &guild, Vec::new(), false);
     state
         .store()
         .upsert_override(record, vec![updated.row(), revocation.row()])
         .await?;
-    updated.publish(state).await;
-    publish::audit(state, guild_id, actor, None, "channel.override.update").await;
+    updated.publish(state.publisher()).await;
+    audit::record(state, guild_id, actor, None, "channel.override.update").await;
     revocation.publish(state).await;
     Ok(())
 }
@@ -174,8 +176,8 @@ pub async fn set_target(
         OverrideTarget::Member(member) => (Some(member), vec![member.to_string()]),
         OverrideTarget::Role(_) => (None, Vec::new()),
     };
-    let updated = Pending::new(state, event);
-    let revocation = publish::AccessRevocation::new(state, &guild, revoked, false);
+    let updated = Pending::new(state.publisher(), event);
+    let revocation = access::AccessRevocation::new(state, &guild, revoked, false);
     state
         .store()
         .upsert_override(
@@ -183,8 +185,8 @@ pub async fn set_target(
             vec![updated.row(), revocation.row()],
         )
         .await?;
-    updated.publish(state).await;
-    publish::audit(
+    updated.publish(state.publisher()).await;
+    audit::record(
         state,
         guild_id,
         actor,

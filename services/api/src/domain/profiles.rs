@@ -122,7 +122,7 @@ pub async fn update(
         about_markdown: patch.about.map(|about| about.0),
     };
     let audience = profile_audience(state, user_id).await;
-    let updated_event = Pending::new(state, audience.event(payload));
+    let updated_event = Pending::new(state.publisher(), audience.event(payload));
     let updated = match state
         .store()
         .update_profile(user_id, change, vec![updated_event.row()])
@@ -132,7 +132,7 @@ pub async fn update(
         Err(StoreError::Conflict(_)) => return Err(ApiError::InvalidRequest),
         Err(err) => return Err(err.into()),
     };
-    updated_event.publish(state).await;
+    updated_event.publish(state.publisher()).await;
     Ok(updated)
 }
 
@@ -206,7 +206,7 @@ pub async fn set_image(
     };
     let audience = profile_audience(state, user).await;
     // The new version only the write's transaction knows.
-    let deferred = publish::Deferred::new(state);
+    let deferred = publish::Deferred::new(state.publisher());
     let outbox = |updated: &UserRecord| {
         let user_id = updated.user_id.to_string();
         let payload = match kind {
@@ -228,7 +228,7 @@ pub async fn set_image(
         .set_profile_image(user, kind, image, now, &outbox)
         .await?
         .ok_or(ApiError::InvalidCredentials)?;
-    publish::publish_all(state, deferred.into_pending()).await;
+    publish::publish_all(state.publisher(), deferred.into_pending()).await;
     Ok(updated)
 }
 

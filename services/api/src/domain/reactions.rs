@@ -99,8 +99,14 @@ async fn react(
     // The event goes to the outbox with the change (`crate::outbox`), built
     // there from the count the transaction sees.
     let event_id = state.new_id();
-    let outbox =
-        |count| Pending::with_id(state, event_id, reaction_event(&key, count, operation)).row();
+    let outbox = |count| {
+        Pending::with_id(
+            state.publisher(),
+            event_id,
+            reaction_event(&key, count, operation),
+        )
+        .row()
+    };
     let change = match operation {
         Operation::Add => {
             state
@@ -122,8 +128,8 @@ async fn react(
     };
     if changed {
         let event = reaction_event(&key, summary.count, operation);
-        Pending::with_id(state, event_id, event)
-            .publish(state)
+        Pending::with_id(state.publisher(), event_id, event)
+            .publish(state.publisher())
             .await;
     }
     Ok(filament_wire::Reaction::from(&proto_reaction(&summary)))

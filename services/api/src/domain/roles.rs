@@ -16,6 +16,8 @@ use filament_ids::{GuildId, RoleId, UserId};
 use filament_proto::v1::{self as pb, event};
 
 use crate::clock::now_unix;
+use crate::domain::access;
+use crate::domain::audit;
 use crate::domain::permissions::{GuildAccess, Permission, Permissions};
 use crate::domain::{parse_id, storable_text};
 use crate::error::{ApiError, ApiResult};
@@ -194,7 +196,7 @@ pub async fn list(state: &AppState, viewer: UserId, guild_id: GuildId) -> ApiRes
         .iter()
         .any(|role| Permissions::unknown_bits(role.permissions) != 0)
     {
-        publish::audit(
+        audit::record(
             state,
             guild_id,
             viewer,
@@ -264,7 +266,7 @@ pub async fn create(
         }),
     );
     publish::ensure_deliverable(&event)?;
-    let created = Pending::new(state, event);
+    let created = Pending::new(state.publisher(), event);
     let outcome = state
         .store()
         .create_role(record, MAX_ROLES, vec![created.row()])
@@ -273,8 +275,8 @@ pub async fn create(
         CreateRoleOutcome::Created => {}
         CreateRoleOutcome::QuotaExceeded => return Err(ApiError::QuotaExceeded),
     }
-    created.publish(state).await;
-    publish::audit(state, guild_id, actor, None, "role.create").await;
+    created.publish(state.publisher()).await;
+    audit::record(state, guild_id, actor, None, "role.create").await;
     Ok(body)
 }
 
@@ -306,20 +308,20 @@ pub async fn update(
         }),
     );
     publish::ensure_deliverable(&event)?;
-    let updated = Pending::new(state, event);
+    let updated = Pending::new(state.publisher(), event);
     // New permissions can take some away: gateways re-check everyone.
     let revocation = shrinks
-        .then(|| publish::AccessRevocation::new(state, &guild_id.to_string(), Vec::new(), false));
+        .then(|| access::AccessRevocation::new(state, &guild_id.to_string(), Vec::new(), false));
     let mut outbox = vec![updated.row()];
-    outbox.extend(revocation.as_ref().map(publish::AccessRevocation::row));
+    outbox.extend(revocation.as_ref().map(access::AccessRevocation::row));
     let role = state
         .store()
         .update_role(guild_id, role_id, update.changes, outbox)
         .await?
         .ok_or(ApiError::NotFound)?;
-    updated.publish(state).await;
+    updated.publish(state.publisher()).await;
     for (_, action) in audits.into_iter().filter(|(sent, _)| *sent) {
-        publish::audit(state, guild_id, actor, None, action).await;
+        audit::record(state, guild_id, actor, None, action).await;
     }
     if let Some(revocation) = revocation {
         revocation.publish(state).await;
@@ -349,8 +351,8 @@ pub async fn delete(
             actor_user_id: Some(actor.to_string()),
         }),
     );
-    let deleted = Pending::new(state, event);
-    let revocation = publish::AccessRevocation::new(state, &guild, Vec::new(), false);
+    let deleted = Pending::new(state.publisher(), event);
+    let revocation = access::AccessRevocation::new(state, &guild, Vec::new(), false);
     if state
         .store()
         .delete_role(guild_id, role_id, vec![deleted.row(), revocation.row()])
@@ -359,8 +361,8 @@ pub async fn delete(
     {
         return Err(ApiError::NotFound);
     }
-    deleted.publish(state).await;
-    publish::audit(state, guild_id, actor, None, "role.delete").await;
+    deleted.publish(state.publisher()).await;
+    audit::record(state, guild_id, actor, None, "role.delete").await;
     revocation.publish(state).await;
     Ok(())
 }
@@ -395,7 +397,7 @@ pub async fn reorder(
         }),
     );
     publish::ensure_deliverable(&event)?;
-    let reordered = Pending::new(state, event);
+    let reordered = Pending::new(state.publisher(), event);
     if !state
         .store()
         .reorder_roles(guild_id, &role_ids, vec![reordered.row()])
@@ -404,8 +406,8 @@ pub async fn reorder(
         // A role was deleted between the check and the write.
         return Err(ApiError::InvalidRequest);
     }
-    reordered.publish(state).await;
-    publish::audit(state, guild_id, actor, None, "role.reorder").await;
+    reordered.publish(state.publisher()).await;
+    audit::record(state, guild_id, actor, None, "role.reorder").await;
     Ok(())
 }
 
@@ -435,7 +437,7 @@ pub async fn set_default(
     {
         return Err(ApiError::InvalidRequest);
     }
-    publish::audit(state, guild_id, actor, None, "role.default_join.update").await;
+    audit::record(state, guild_id, actor, None, "role.default_join.update").await;
     Ok(())
 }
 
@@ -461,9 +463,9 @@ pub async fn assign(
             actor_user_id: Some(actor.to_string()),
         }),
     );
-    let assigned = Pending::new(state, event);
+    let assigned = Pending::new(state.publisher(), event);
     // A role can carry deny overrides, so even a new role can hide channels.
-    let revocation = publish::AccessRevocation::new(state, &guild, vec![target.to_string()], false);
+    let revocation = access::AccessRevocation::new(state, &guild, vec![target.to_string()], false);
     let outbox = vec![assigned.row(), revocation.row()];
     let outcome = state
         .store()
@@ -477,8 +479,8 @@ pub async fn assign(
         }
         AssignOutcome::QuotaExceeded => return Err(ApiError::QuotaExceeded),
     }
-    assigned.publish(state).await;
-    publish::audit(state, guild_id, actor, Some(target), "role.assign").await;
+    assigned.publish(state.publisher()).await;
+    audit::record(state, guild_id, actor, Some(target), "role.assign").await;
     revocation.publish(state).await;
     Ok(())
 }
@@ -505,8 +507,8 @@ pub async fn unassign(
             actor_user_id: Some(actor.to_string()),
         }),
     );
-    let removed = Pending::new(state, event);
-    let revocation = publish::AccessRevocation::new(state, &guild, vec![target.to_string()], false);
+    let removed = Pending::new(state.publisher(), event);
+    let revocation = access::AccessRevocation::new(state, &guild, vec![target.to_string()], false);
     let outcome = state
         .store()
         .unassign_role(
@@ -524,8 +526,8 @@ pub async fn unassign(
         }
         UnassignOutcome::LastWorkspaceOwner => return Err(ApiError::Forbidden),
     }
-    removed.publish(state).await;
-    publish::audit(state, guild_id, actor, Some(target), "role.unassign").await;
+    removed.publish(state.publisher()).await;
+    audit::record(state, guild_id, actor, Some(target), "role.unassign").await;
     revocation.publish(state).await;
     Ok(())
 }

@@ -2,13 +2,19 @@
 //! (`http::extract::AuthUser`) and the gateway's `EdgeAccess.Identify`. The
 //! user is reloaded on every call, so a deleted account's tokens stop
 //! working at once, and a logged-out session's are refused.
+//!
+//! Also how a session ends: a logout ([`logout`]) or a replayed refresh
+//! token ([`rotate`]) revokes it in the store, lists it in the registry,
+//! then tells every gateway holding the user (`SessionRevoked`).
 
-use filament_ids::SessionId;
+use filament_ids::{SessionId, UserId};
 
+use crate::auth::RefreshToken;
 use crate::domain::parse_id;
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
+use crate::publish;
 use crate::state::AppState;
-use crate::store::UserRecord;
+use crate::store::{RotateOutcome, UserRecord};
 
 /// Who a valid access token speaks for, and for how long.
 #[derive(Debug, Clone)]
@@ -52,4 +58,102 @@ pub async fn authenticate_session(
         session_id,
         expires_at_unix: claims.exp,
     })
+}
+
+/// Rotates the session `presented` names to `next` (valid until
+/// `expires_at_unix`), and returns the session's user. A replayed refresh
+/// token revokes its session and ends it everywhere ([`end_session`]):
+/// whoever replayed it may hold the session's access tokens too.
+pub async fn rotate(
+    state: &AppState,
+    presented: &RefreshToken,
+    next: &RefreshToken,
+    expires_at_unix: i64,
+    now: i64,
+) -> ApiResult<UserId> {
+    // A replay revokes the session, and stores `session_revoked` for the
+    // session's user, whom only its transaction knows.
+    let deferred = publish::Deferred::new(state.publisher());
+    let outbox = |user_id: &UserId| {
+        deferred.rows(vec![publish::session_revoked(
+            *user_id,
+            presented.session_id,
+        )])
+    };
+    let outcome = state
+        .store()
+        .rotate_session(
+            presented.session_id,
+            &presented.hash(),
+            &next.hash(),
+            expires_at_unix,
+            now,
+            &outbox,
+        )
+        .await?;
+    match outcome {
+        RotateOutcome::Rotated { user_id } => Ok(user_id),
+        RotateOutcome::Replayed { .. } => {
+            tracing::warn!(session = %presented.session_id, "refresh token replayed; session revoked");
+            // Whoever replayed it may hold the session's access tokens too.
+            end_session(state, presented.session_id, deferred).await?;
+            Err(ApiError::InvalidCredentials)
+        }
+        RotateOutcome::Invalid => Err(ApiError::InvalidCredentials),
+    }
+}
+
+/// Ends the session `presented` names, everywhere ([`end_session`]): a
+/// logout.
+pub async fn logout(state: &AppState, presented: &RefreshToken) -> ApiResult<()> {
+    // `session_revoked` for the session's user, whom only the revoking
+    // transaction knows.
+    let deferred = publish::Deferred::new(state.publisher());
+    let outbox = |user_id: &UserId| {
+        deferred.rows(vec![publish::session_revoked(
+            *user_id,
+            presented.session_id,
+        )])
+    };
+    state
+        .store()
+        .revoke_session(presented.session_id, &presented.hash(), &outbox)
+        .await?
+        .ok_or(ApiError::InvalidCredentials)?;
+    end_session(state, presented.session_id, deferred).await
+}
+
+/// Ends a session the store has just revoked, everywhere: from now on its
+/// access tokens are refused, by REST and by the gateways' `Identify`
+/// (the registry lists it for as long as any of them can still be valid),
+/// and before this returns every gateway holding the user has closed the
+/// session's sockets (4012). Only then does a logout answer 204.
+/// `revoked` holds the `session_revoked` event the revocation stored.
+async fn end_session(
+    state: &AppState,
+    session_id: SessionId,
+    revoked: publish::Deferred<'_>,
+) -> ApiResult<()> {
+    let ttl = state.config().access_token_ttl;
+    if let Err(err) = state
+        .registry()
+        .revoke_session(&session_id.to_string(), ttl)
+        .await
+    {
+        // The store has revoked the session, which is what REST and
+        // `Identify` read; the registry's list only closes the race of a
+        // socket registering during the logout. Redis being down must not
+        // keep the gateways from hearing of it: the event below goes to
+        // every gateway while the registry fails.
+        tracing::warn!(%err, "cannot list the revoked session in the registry");
+    }
+    // Only now, after the registry (see `publish::session_revoked`): a
+    // socket this misses, identified just before, finds the revocation
+    // there.
+    for pending in revoked.into_pending() {
+        pending
+            .publish_acked(state.publisher(), "session revocation")
+            .await;
+    }
+    Ok(())
 }

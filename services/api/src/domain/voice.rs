@@ -272,6 +272,24 @@ fn voice_error(err: ClientError) -> ApiError {
     }
 }
 
+/// Voice follows an access change: members who are gone leave voice, and
+/// the others are re-checked against what their voice tokens grant.
+pub async fn follow_access(
+    state: &AppState,
+    guild_id: &str,
+    user_ids: &[String],
+    membership_revoked: bool,
+) {
+    if membership_revoked {
+        state.voice().remove_members(guild_id, user_ids).await;
+    } else {
+        state
+            .voice()
+            .recheck(state.authorizer(), guild_id, user_ids)
+            .await;
+    }
+}
+
 fn proto_stream(source: Source) -> pb::VoiceStream {
     match source {
         Source::Microphone => pb::VoiceStream::Microphone,

@@ -3,7 +3,6 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use filament_ids::{SessionId, UserId};
 use filament_wire::Profile;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -11,6 +10,7 @@ use utoipa_axum::routes;
 
 use crate::auth::RefreshToken;
 use crate::clock::now_unix;
+use crate::domain::sessions;
 use crate::domain::{Password, Username, storable_text};
 use crate::error::ErrorBody;
 use crate::error::{ApiError, ApiResult};
@@ -18,10 +18,9 @@ use crate::http::client_ip::ClientIp;
 use crate::http::extract::{AuthUser, JsonBody};
 use crate::http::openapi::ApiRouter;
 use crate::http::roles::{ACK, Ack};
-use crate::publish;
 use crate::rate_limit::AuthRoute;
 use crate::state::AppState;
-use crate::store::{NewSession, NewUser, RotateOutcome, StoreError, UserRecord};
+use crate::store::{NewSession, NewUser, StoreError, UserRecord};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -192,36 +191,8 @@ pub async fn refresh(
     let presented = RefreshToken::parse(&dto.refresh_token).ok_or(ApiError::InvalidCredentials)?;
     let next = RefreshToken::generate(presented.session_id);
     let now = now_unix();
-    // A replay revokes the session, and stores `session_revoked` for the
-    // session's user, whom only its transaction knows.
-    let deferred = publish::Deferred::new(&state);
-    let outbox = |user_id: &UserId| {
-        deferred.rows(vec![publish::session_revoked(
-            *user_id,
-            presented.session_id,
-        )])
-    };
-    let outcome = state
-        .store()
-        .rotate_session(
-            presented.session_id,
-            &presented.hash(),
-            &next.hash(),
-            now + session_ttl(&state),
-            now,
-            &outbox,
-        )
-        .await?;
-    let user_id = match outcome {
-        RotateOutcome::Rotated { user_id } => user_id,
-        RotateOutcome::Replayed { .. } => {
-            tracing::warn!(session = %presented.session_id, "refresh token replayed; session revoked");
-            // Whoever replayed it may hold the session's access tokens too.
-            end_session(&state, presented.session_id, deferred).await?;
-            return Err(ApiError::InvalidCredentials);
-        }
-        RotateOutcome::Invalid => return Err(ApiError::InvalidCredentials),
-    };
+    let user_id =
+        sessions::rotate(&state, &presented, &next, now + session_ttl(&state), now).await?;
     let user = state
         .store()
         .user_by_id(user_id)
@@ -247,55 +218,8 @@ pub async fn logout(
     JsonBody(dto): JsonBody<RefreshDto>,
 ) -> ApiResult<StatusCode> {
     let presented = RefreshToken::parse(&dto.refresh_token).ok_or(ApiError::InvalidCredentials)?;
-    // `session_revoked` for the session's user, whom only the revoking
-    // transaction knows.
-    let deferred = publish::Deferred::new(&state);
-    let outbox = |user_id: &UserId| {
-        deferred.rows(vec![publish::session_revoked(
-            *user_id,
-            presented.session_id,
-        )])
-    };
-    state
-        .store()
-        .revoke_session(presented.session_id, &presented.hash(), &outbox)
-        .await?
-        .ok_or(ApiError::InvalidCredentials)?;
-    end_session(&state, presented.session_id, deferred).await?;
+    sessions::logout(&state, &presented).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Ends a session the store has just revoked, everywhere: from now on its
-/// access tokens are refused, by REST and by the gateways' `Identify`
-/// (the registry lists it for as long as any of them can still be valid),
-/// and before this returns every gateway holding the user has closed the
-/// session's sockets (4012). Only then does a logout answer 204.
-/// `revoked` holds the `session_revoked` event the revocation stored.
-async fn end_session(
-    state: &AppState,
-    session_id: SessionId,
-    revoked: publish::Deferred<'_>,
-) -> ApiResult<()> {
-    let ttl = state.config().access_token_ttl;
-    if let Err(err) = state
-        .registry()
-        .revoke_session(&session_id.to_string(), ttl)
-        .await
-    {
-        // The store has revoked the session, which is what REST and
-        // `Identify` read; the registry's list only closes the race of a
-        // socket registering during the logout. Redis being down must not
-        // keep the gateways from hearing of it: the event below goes to
-        // every gateway while the registry fails.
-        tracing::warn!(%err, "cannot list the revoked session in the registry");
-    }
-    // Only now, after the registry (see `publish::session_revoked`): a
-    // socket this misses, identified just before, finds the revocation
-    // there.
-    for pending in revoked.into_pending() {
-        pending.publish_acked(state, "session revocation").await;
-    }
-    Ok(())
 }
 
 #[utoipa::path(

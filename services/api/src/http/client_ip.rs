@@ -29,9 +29,9 @@ use filament_ids::GuildId;
 pub use filament_runtime::client_ip::resolve;
 
 use crate::clock::now_unix;
+use crate::domain::audit;
 use crate::error::{ApiError, ApiResult};
 use crate::http::extract::AuthUser;
-use crate::publish;
 use crate::state::AppState;
 
 /// The audit action of a request refused by an IP ban.
@@ -132,7 +132,7 @@ async fn check_ip_ban(state: &AppState, guild_id: GuildId, parts: &mut Parts) ->
     // Only an authenticated caller learns that a ban matched; anyone else
     // gets the 401 the route would have given them.
     let AuthUser(user) = AuthUser::from_request_parts(parts, state).await?;
-    publish::audit(
+    audit::record(
         state,
         guild_id,
         user.user_id,
