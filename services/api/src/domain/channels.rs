@@ -88,11 +88,15 @@ pub async fn rename(
     channel_id: ChannelId,
     name: Name,
 ) -> ApiResult<Channel> {
-    let (access, _) = state
+    state
         .authorizer()
-        .channel(guild_id, channel_id, actor)
+        .require_in_channel(
+            guild_id,
+            channel_id,
+            actor,
+            Permission::ManageChannelOverrides,
+        )
         .await?;
-    access.require(Permission::ManageChannelOverrides)?;
     let guild = guild_id.to_string();
     let now = now_unix();
     // Only a rename that changed the name is announced, which only the
@@ -137,11 +141,15 @@ pub async fn delete(
     guild_id: GuildId,
     channel_id: ChannelId,
 ) -> ApiResult<()> {
-    let (access, _) = state
+    state
         .authorizer()
-        .channel(guild_id, channel_id, actor)
+        .require_in_channel(
+            guild_id,
+            channel_id,
+            actor,
+            Permission::ManageChannelOverrides,
+        )
         .await?;
-    access.require(Permission::ManageChannelOverrides)?;
     let guild = guild_id.to_string();
     // The event first, to the channel's subscribers only (see `rename`): a
     // socket whose only subscription was this channel is no longer present

@@ -133,11 +133,15 @@ pub async fn set_target(
     target: OverrideTarget,
     masks: OverrideMasks,
 ) -> ApiResult<()> {
-    let (access, _) = state
+    state
         .authorizer()
-        .channel(guild_id, channel_id, actor)
+        .require_in_channel(
+            guild_id,
+            channel_id,
+            actor,
+            Permission::ManageChannelOverrides,
+        )
         .await?;
-    access.require(Permission::ManageChannelOverrides)?;
     let (target_exists, target_kind, target_id) = match target {
         OverrideTarget::Role(role_id) => (
             state.store().role(guild_id, role_id).await?.is_some(),

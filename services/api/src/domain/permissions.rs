@@ -348,6 +348,19 @@ impl Authorizer {
         Ok((access, channel))
     }
 
+    /// [`Authorizer::channel`], and then `permission` at channel level
+    /// (`Forbidden` without it).
+    pub async fn require_in_channel(
+        &self,
+        guild_id: GuildId,
+        channel_id: ChannelId,
+        user_id: UserId,
+        permission: Permission,
+    ) -> ApiResult<()> {
+        let (access, _) = self.channel(guild_id, channel_id, user_id).await?;
+        access.require(permission)
+    }
+
     /// The guild's channels the user can view (channel-level
     /// `create_message`), in creation order, from the first `limit`.
     pub async fn visible_channels(

@@ -433,24 +433,18 @@ where
         ban_id: Ulid,
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<RemovedIpBan>> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
+        self.delete_one_with_outbox(
             "DELETE FROM guild_ip_bans WHERE guild_id = $1 AND ban_id = $2 \
              RETURNING source_user_id",
+            [guild_id.to_string(), ban_id.to_string()],
+            |row| {
+                Ok(RemovedIpBan {
+                    source_user_id: decode_optional_id(row, "source_user_id")?,
+                })
+            },
+            |_| outbox,
         )
-        .bind(guild_id.to_string())
-        .bind(ban_id.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let removed = RemovedIpBan {
-            source_user_id: decode_optional_id(&row, "source_user_id")?,
-        };
-        Self::enqueue_outbox_all(&mut tx, outbox).await?;
-        tx.commit().await?;
-        Ok(Some(removed))
+        .await
     }
 }
 
@@ -558,8 +552,9 @@ where
 }
 
 /// Locks the guild's row for the rest of the transaction (see the module
-/// header). A missing guild locks nothing.
-async fn lock_guild<'c, DB>(
+/// header). A missing guild locks nothing; the reads that follow then find
+/// nothing either.
+pub(super) async fn lock_guild<'c, DB>(
     connection: &'c mut DB::Connection,
     guild_id: &str,
 ) -> Result<(), sqlx::Error>

@@ -15,7 +15,9 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use filament_ids::{AttachmentId, ChannelId, GuildId, MessageId, UserId};
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
+use sqlx::{
+    ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Transaction, Type,
+};
 
 use super::idempotency::IdempotencyRecord;
 use super::message_log::ChangeKind;
@@ -209,6 +211,35 @@ fn placeholders(first: usize, count: usize) -> String {
         .map(|n| format!("${n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Decode<'q, DB>,
+    for<'i> &'i str: ColumnIndex<DB::Row>,
+{
+    /// The end of `add_reaction` and `remove_reaction` once the write ran:
+    /// reads the emoji's summary, stores the event `outbox` builds from its
+    /// count only if the write `changed` a row, and commits.
+    async fn reaction_applied(
+        mut tx: Transaction<'_, DB>,
+        key: &ReactionKey,
+        outbox: Option<ReactionOutbox<'_>>,
+        changed: bool,
+    ) -> StoreResult<ReactionChange> {
+        let summary = reaction_summary(&mut tx, key).await?;
+        if let (Some(build), true) = (outbox, changed) {
+            Self::enqueue_outbox(&mut tx, build(summary.count)).await?;
+        }
+        tx.commit().await?;
+        Ok(ReactionChange::Applied { changed, summary })
+    }
 }
 
 #[async_trait]
@@ -480,15 +511,7 @@ where
         .bind(now_unix)
         .fetch_optional(&mut *tx)
         .await?;
-        let summary = reaction_summary(&mut tx, &key).await?;
-        if let (Some(build), Some(_)) = (outbox, &inserted) {
-            Self::enqueue_outbox(&mut tx, build(summary.count)).await?;
-        }
-        tx.commit().await?;
-        Ok(ReactionChange::Applied {
-            changed: inserted.is_some(),
-            summary,
-        })
+        Self::reaction_applied(tx, &key, outbox, inserted.is_some()).await
     }
 
     async fn remove_reaction(
@@ -510,15 +533,7 @@ where
         .bind(key.user_id.to_string())
         .fetch_optional(&mut *tx)
         .await?;
-        let summary = reaction_summary(&mut tx, &key).await?;
-        if let (Some(build), Some(_)) = (outbox, &removed) {
-            Self::enqueue_outbox(&mut tx, build(summary.count)).await?;
-        }
-        tx.commit().await?;
-        Ok(ReactionChange::Applied {
-            changed: removed.is_some(),
-            summary,
-        })
+        Self::reaction_applied(tx, &key, outbox, removed.is_some()).await
     }
 
     async fn create_attachment(

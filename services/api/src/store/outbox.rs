@@ -121,6 +121,32 @@ where
         Ok(true)
     }
 
+    /// Runs `delete`, a `DELETE … RETURNING` of at most one row keyed by
+    /// `$1` and `$2`; if it removed the row, reads it with `decode` and
+    /// stores the events `outbox` builds from that in the same transaction.
+    /// `None` if no row went.
+    pub(super) async fn delete_one_with_outbox<T: Send>(
+        &self,
+        delete: &'static str,
+        [first, second]: [String; 2],
+        decode: impl FnOnce(&DB::Row) -> Result<T, sqlx::Error> + Send,
+        outbox: impl FnOnce(&T) -> Vec<OutboxEvent> + Send,
+    ) -> StoreResult<Option<T>> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(delete)
+            .bind(first)
+            .bind(second)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let removed = decode(&row)?;
+        Self::enqueue_outbox_all(&mut tx, outbox(&removed)).await?;
+        tx.commit().await?;
+        Ok(Some(removed))
+    }
+
     /// Stores each of `events`, in order, inside `tx`.
     pub(super) async fn enqueue_outbox_all(
         tx: &mut Transaction<'_, DB>,

@@ -15,6 +15,7 @@ use filament_ids::{ChannelId, GuildId, RoleId, UserId};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
 use ulid::Ulid;
 
+use super::members::lock_guild;
 use super::sql::{SqlStore, decode_enum, decode_id, parse_stored_id};
 use super::{
     Change, ChannelRecord, GuildRecord, MemberRole, OutboxEvent, OutboxFor, StoreResult, Visibility,
@@ -1047,23 +1048,6 @@ where
 }
 
 // --- helpers inside a transaction -------------------------------------------
-
-/// Locks the guild's row for the rest of the transaction (see the module
-/// header). A missing guild locks nothing; the reads that follow then find
-/// nothing either.
-async fn lock_guild<DB>(connection: &mut DB::Connection, guild_id: &str) -> Result<(), sqlx::Error>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'q> String: Encode<'q, DB> + Type<DB>,
-{
-    sqlx::query("UPDATE guilds SET name = name WHERE guild_id = $1")
-        .bind(guild_id.to_owned())
-        .execute(&mut *connection)
-        .await?;
-    Ok(())
-}
 
 /// The member's legacy role, or `None` if they are not a member.
 async fn legacy_role<DB>(

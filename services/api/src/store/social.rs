@@ -577,26 +577,20 @@ where
         party_user_id: UserId,
         outbox: OutboxFor<'_, FriendRequestParties>,
     ) -> StoreResult<Option<FriendRequestParties>> {
-        let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
+        self.delete_one_with_outbox(
             "DELETE FROM friend_requests \
              WHERE request_id = $1 AND (sender_user_id = $2 OR recipient_user_id = $2) \
              RETURNING sender_user_id, recipient_user_id",
+            [request_id.to_string(), party_user_id.to_string()],
+            |row| {
+                Ok(FriendRequestParties {
+                    sender_user_id: decode_id(row, "sender_user_id")?,
+                    recipient_user_id: decode_id(row, "recipient_user_id")?,
+                })
+            },
+            outbox,
         )
-        .bind(request_id.to_string())
-        .bind(party_user_id.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let parties = FriendRequestParties {
-            sender_user_id: decode_id(&row, "sender_user_id")?,
-            recipient_user_id: decode_id(&row, "recipient_user_id")?,
-        };
-        Self::enqueue_outbox_all(&mut tx, outbox(&parties)).await?;
-        tx.commit().await?;
-        Ok(Some(parties))
+        .await
     }
 
     async fn remove_friend(
