@@ -126,9 +126,7 @@ impl Env {
         name: &'static str,
         default: std::time::Duration,
     ) -> Result<std::time::Duration, ConfigError> {
-        Ok(self
-            .optional::<u64>(name)?
-            .map_or(default, std::time::Duration::from_secs))
+        self.duration_or(name, default, std::time::Duration::from_secs)
     }
 
     /// A duration in whole milliseconds.
@@ -137,15 +135,37 @@ impl Env {
         name: &'static str,
         default: std::time::Duration,
     ) -> Result<std::time::Duration, ConfigError> {
-        Ok(self
-            .optional::<u64>(name)?
-            .map_or(default, std::time::Duration::from_millis))
+        self.duration_or(name, default, std::time::Duration::from_millis)
+    }
+
+    /// A whole number of `unit`s.
+    fn duration_or(
+        &self,
+        name: &'static str,
+        default: std::time::Duration,
+        unit: fn(u64) -> std::time::Duration,
+    ) -> Result<std::time::Duration, ConfigError> {
+        Ok(self.optional::<u64>(name)?.map_or(default, unit))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_whole_units() {
+        use std::time::Duration;
+        let env = Env::from_pairs([("S", "3"), ("MS", "250"), ("BAD", "1.5")]);
+        let default = Duration::from_millis(7);
+        assert_eq!(env.secs_or("S", default).unwrap(), Duration::from_secs(3));
+        assert_eq!(
+            env.millis_or("MS", default).unwrap(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(env.millis_or("UNSET", default).unwrap(), default);
+        assert!(env.millis_or("BAD", default).is_err());
+    }
 
     #[test]
     fn parses_defaults_and_names_the_bad_variable() {

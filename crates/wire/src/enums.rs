@@ -125,6 +125,25 @@ impl Permission {
     pub const fn mask(self) -> u64 {
         1 << self as u32
     }
+
+    /// The proto enum value: the bit index plus one.
+    #[must_use]
+    pub const fn proto(self) -> i32 {
+        self as i32 + 1
+    }
+
+    /// Parses a wire name such as `"create_message"`. The names are the
+    /// proto catalogue's (`PERMISSION_CREATE_MESSAGE`), which serialization
+    /// also follows, so they are spelled in one place.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return None;
+        }
+        let proto =
+            proto::Permission::from_str_name(&format!("PERMISSION_{}", name.to_ascii_uppercase()))?;
+        Self::from_proto(proto)
+    }
 }
 
 impl ProtoEnum for Permission {

@@ -11,7 +11,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use filament_ids::{ChannelId, GuildId, RoleId, UserId};
-use filament_proto::v1 as pb;
 
 use crate::error::{ApiError, ApiResult};
 use crate::store::{
@@ -19,80 +18,22 @@ use crate::store::{
     WORKSPACE_OWNER_POSITION,
 };
 
-/// One permission bit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Permission {
-    ManageRoles = 0,
-    ManageMemberRoles = 1,
-    ManageWorkspaceRoles = 2,
-    ManageChannelOverrides = 3,
-    DeleteMessage = 4,
-    BanMember = 5,
-    ViewAuditLog = 6,
-    ManageIpBans = 7,
-    /// Doubles as the right to view a channel.
-    CreateMessage = 8,
-    PublishVideo = 9,
-    PublishScreenShare = 10,
-    SubscribeStreams = 11,
-}
+/// One permission bit: the wire's enum, declared once in bit order
+/// (PROTOCOL.md §3.1). `create_message` doubles as the right to view a
+/// channel.
+pub use filament_wire::Permission;
 
-impl Permission {
-    pub const ALL: [Self; 12] = [
-        Self::ManageRoles,
-        Self::ManageMemberRoles,
-        Self::ManageWorkspaceRoles,
-        Self::ManageChannelOverrides,
-        Self::DeleteMessage,
-        Self::BanMember,
-        Self::ViewAuditLog,
-        Self::ManageIpBans,
-        Self::CreateMessage,
-        Self::PublishVideo,
-        Self::PublishScreenShare,
-        Self::SubscribeStreams,
-    ];
-
-    pub fn bit(self) -> u64 {
-        1 << (self as u64)
-    }
-
-    /// The same permission as the wire names it.
-    pub fn wire(self) -> filament_wire::Permission {
-        // Both enums are declared in bit order; a test checks it.
-        filament_wire::Permission::ALL[self as usize]
-    }
-
-    /// The proto enum value: the bit index plus one.
-    pub fn proto(self) -> i32 {
-        self as i32 + 1
-    }
-
-    /// Parses a wire name such as `"create_message"`. The names are the
-    /// proto catalogue's (`PERMISSION_CREATE_MESSAGE`), which the wire
-    /// crate also serializes from, so they are spelled in one place.
-    pub fn from_name(name: &str) -> Option<Self> {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-            return None;
+/// Parses a list of wire permission names, keeping the first occurrence of
+/// each in request order. Any unknown name is a 400.
+pub fn parse_permissions(names: &[String]) -> ApiResult<Vec<Permission>> {
+    let mut parsed = Vec::with_capacity(names.len());
+    for name in names {
+        let permission = Permission::from_name(name).ok_or(ApiError::InvalidRequest)?;
+        if !parsed.contains(&permission) {
+            parsed.push(permission);
         }
-        let proto =
-            pb::Permission::from_str_name(&format!("PERMISSION_{}", name.to_ascii_uppercase()))?;
-        let index = usize::try_from(i32::from(proto)).ok()?.checked_sub(1)?;
-        Self::ALL.get(index).copied()
     }
-
-    /// Parses a list of wire names, keeping the first occurrence of each in
-    /// request order. Any unknown name is a 400.
-    pub fn parse_list(names: &[String]) -> ApiResult<Vec<Self>> {
-        let mut parsed = Vec::with_capacity(names.len());
-        for name in names {
-            let permission = Self::from_name(name).ok_or(ApiError::InvalidRequest)?;
-            if !parsed.contains(&permission) {
-                parsed.push(permission);
-            }
-        }
-        Ok(parsed)
-    }
+    Ok(parsed)
 }
 
 /// A set of permission bits.
@@ -107,7 +48,7 @@ impl Permissions {
     pub const ALL: Self = Self(4095);
 
     pub fn contains(self, permission: Permission) -> bool {
-        self.0 & permission.bit() != 0
+        self.0 & permission.mask() != 0
     }
 
     pub fn bits(self) -> u64 {
@@ -147,8 +88,8 @@ impl Permissions {
             .filter(move |p| self.contains(*p))
     }
 
-    pub fn to_wire(self) -> Vec<filament_wire::Permission> {
-        self.iter().map(Permission::wire).collect()
+    pub fn to_wire(self) -> Vec<Permission> {
+        self.iter().collect()
     }
 
     pub fn to_proto(self) -> Vec<i32> {
@@ -167,7 +108,7 @@ impl Permissions {
 
 impl FromIterator<Permission> for Permissions {
     fn from_iter<I: IntoIterator<Item = Permission>>(iter: I) -> Self {
-        Self(iter.into_iter().fold(0, |bits, p| bits | p.bit()))
+        Self(iter.into_iter().fold(0, |bits, p| bits | p.mask()))
     }
 }
 
@@ -400,7 +341,7 @@ impl Authorizer {
         loop {
             let page = self
                 .store
-                .members_with_permission_bits(guild_id, permission.bit(), after, PAGE)
+                .members_with_permission_bits(guild_id, permission.mask(), after, PAGE)
                 .await?;
             holders.extend(&page);
             match page.last() {
@@ -493,6 +434,8 @@ impl Authorizer {
 
 #[cfg(test)]
 mod tests {
+    use filament_proto::v1 as pb;
+
     use super::*;
 
     /// Someone holding roles up to `highest`, possibly an owner.
@@ -535,7 +478,7 @@ mod tests {
         assert_eq!(count(Permissions::ALL), 12);
         assert_eq!(
             Permissions::EVERYONE.bits(),
-            Permission::CreateMessage.bit() | Permission::SubscribeStreams.bit()
+            Permission::CreateMessage.mask() | Permission::SubscribeStreams.mask()
         );
         assert!(!Permissions::MODERATOR.contains(Permission::ManageRoles));
         assert!(!Permissions::MODERATOR.contains(Permission::ManageWorkspaceRoles));
@@ -546,7 +489,7 @@ mod tests {
     #[test]
     fn names_come_from_the_catalogue_and_match_the_wire() {
         for permission in Permission::ALL {
-            let name = serde_json::to_value(permission.wire()).expect("serializes");
+            let name = serde_json::to_value(permission).expect("serializes");
             let name = name.as_str().expect("a string");
             assert_eq!(Permission::from_name(name), Some(permission), "{name}");
             assert_eq!(
@@ -570,10 +513,10 @@ mod tests {
         let names = ["subscribe_streams", "create_message", "subscribe_streams"];
         let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         assert_eq!(
-            Permission::parse_list(&names).expect("valid"),
+            parse_permissions(&names).expect("valid"),
             [Permission::SubscribeStreams, Permission::CreateMessage]
         );
-        assert!(Permission::parse_list(&["nope".to_owned()]).is_err());
+        assert!(parse_permissions(&["nope".to_owned()]).is_err());
     }
 
     #[test]
@@ -912,11 +855,11 @@ mod tests {
 
     #[test]
     fn unknown_stored_bits_are_masked() {
-        let raw = (1 << 20) | Permission::CreateMessage.bit();
+        let raw = (1 << 20) | Permission::CreateMessage.mask();
         assert_eq!(Permissions::unknown_bits(raw), 1 << 20);
         assert_eq!(
             Permissions::from_stored(raw).bits(),
-            Permission::CreateMessage.bit()
+            Permission::CreateMessage.mask()
         );
     }
 }

@@ -515,7 +515,7 @@ mod tests {
         // Nothing left to grant.
         assert!(Grants::of(&request(true, false, &[Camera]), member).is_err());
         assert!(Grants::of(&request(false, false, &all), Permissions::ALL).is_err());
-        let no_streams = Permissions::from_stored(Permission::CreateMessage.bit());
+        let no_streams = Permissions::from_stored(Permission::CreateMessage.mask());
         assert!(Grants::of(&request(false, true, &[]), no_streams).is_err());
     }
 

@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 
 use crate::domain::overrides::{self, OverrideMasks};
 use crate::domain::parse_id;
-use crate::domain::permissions::Permission;
+use crate::domain::permissions::parse_permissions;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{AuthUser, JsonBody};
 use crate::http::openapi::{ApiRouter, LegacyOverridePath, TargetOverridePath};
@@ -36,8 +36,8 @@ impl TryFrom<OverrideDto> for OverrideMasks {
     type Error = ApiError;
 
     fn try_from(dto: OverrideDto) -> Result<Self, Self::Error> {
-        let allow = Permission::parse_list(&dto.allow)?;
-        let deny = Permission::parse_list(&dto.deny)?;
+        let allow = parse_permissions(&dto.allow)?;
+        let deny = parse_permissions(&dto.deny)?;
         OverrideMasks::new(allow, deny)
     }
 }

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use utoipa_axum::routes;
 
 use crate::domain::parse_id;
-use crate::domain::permissions::Permission;
+use crate::domain::permissions::parse_permissions;
 use crate::domain::roles::{self, ColorHex, NewRole, RoleListing, RoleName, RoleOrder, RoleUpdate};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::extract::{AuthUser, Ids, JsonBody};
@@ -102,7 +102,7 @@ impl TryFrom<CreateRoleDto> for NewRole {
 
     fn try_from(dto: CreateRoleDto) -> Result<Self, Self::Error> {
         let name = RoleName::try_from(dto.name)?;
-        let permissions = Permission::parse_list(&dto.permissions)?;
+        let permissions = parse_permissions(&dto.permissions)?;
         let color_hex = dto.color_hex.map(ColorHex::try_from).transpose()?;
         NewRole::new(name, permissions, dto.position, color_hex)
     }
@@ -116,7 +116,7 @@ impl TryFrom<UpdateRoleDto> for RoleUpdate {
         let permissions = dto
             .permissions
             .as_deref()
-            .map(Permission::parse_list)
+            .map(parse_permissions)
             .transpose()?;
         let color_hex = dto
             .color_hex
