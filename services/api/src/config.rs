@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use filament_ids::UserId;
+use filament_registry::RegistryConfig;
 use filament_runtime::public::PublicLimits;
 use filament_runtime::secret::{SecretBytes, SecretUrl};
 use filament_runtime::service_auth::ServiceToken;
@@ -25,6 +26,11 @@ pub struct Config {
     pub rate_limit_per_minute: u32,
     /// `sqlite:…` or `postgres://…`; its `Debug` hides the password.
     pub database_url: SecretUrl,
+    /// The registry's Redis (`REDIS_URL`, required by the api binary);
+    /// `None` where the caller brings its own registry (the all-in-one).
+    pub redis_url: Option<SecretUrl>,
+    /// The registry's timeouts, breaker, key prefix and TLS.
+    pub registry: RegistryConfig,
     /// HS256 key for access tokens, at least 32 bytes; its `Debug` shows
     /// only the length.
     pub token_secret: SecretBytes,
@@ -178,6 +184,8 @@ impl Config {
             admin_addr: None,
             rate_limit_per_minute: 600,
             database_url: SecretUrl::new(database_url),
+            redis_url: None,
+            registry: RegistryConfig::default(),
             token_secret: SecretBytes::new(token_secret),
             access_token_ttl: Duration::from_secs(900),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
@@ -220,6 +228,8 @@ impl Config {
             secret.into_bytes(),
         );
         config.internal_token = ServiceToken::from_env(env)?;
+        config.redis_url = Some(SecretUrl::new(env.required::<String>("REDIS_URL")?));
+        config.registry = RegistryConfig::from_env(env)?;
         config.search_url = env.optional("FILAMENT_SEARCH_GRPC_URL")?;
         config.voice_url = env.optional("FILAMENT_VOICE_GRPC_URL")?;
         config.admin_addr = env.optional("FILAMENT_API_ADMIN_ADDR")?;
@@ -384,8 +394,10 @@ mod tests {
                 "FILAMENT_INTERNAL_TOKEN",
                 "an-internal-token-of-at-least-32-bytes-long",
             ),
+            ("REDIS_URL", "redis://:r3dispw@cache:6379"),
         ]))
         .expect("config");
+        assert!(!format!("{config:?}").contains("r3dispw"));
         assert_eq!(
             config.database_url.expose(),
             "postgres://filament:s3cretpw@db:5432/filament"

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use filament_registry::{RedisRegistry, RegistryConfig};
+use filament_registry::RedisRegistry;
+use filament_runtime::ConfigError;
 use filament_runtime::process::Process;
 
 /// jemalloc, not glibc's malloc: it hands large freed blocks (a 19 MiB
@@ -18,11 +19,11 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 async fn main() -> anyhow::Result<()> {
     filament_runtime::process::run(|Process { env, shutdown, .. }| async move {
         let config = filament_api::Config::from_env(&env)?;
-        let registry = RedisRegistry::connect(
-            &env.required::<String>("REDIS_URL")?,
-            RegistryConfig::from_env(&env)?,
-        )
-        .await?;
+        let redis_url = config
+            .redis_url
+            .as_ref()
+            .ok_or(ConfigError::Missing { name: "REDIS_URL" })?;
+        let registry = RedisRegistry::connect(redis_url.expose(), config.registry.clone()).await?;
         let store =
             filament_api::store::connect_with(config.database_url.expose(), config.database)
                 .await?;
