@@ -4,6 +4,8 @@
 //! the guild to drop what they can no longer see, then voice follows
 //! ([`voice::follow_access`]).
 
+use filament_ids::{GuildId, UserId};
+
 use crate::domain::voice;
 use crate::outbox::Pending;
 use crate::publish;
@@ -27,14 +29,16 @@ impl AccessRevocation {
     /// longer members.
     pub fn new(
         state: &AppState,
-        guild_id: &str,
-        user_ids: Vec<String>,
+        guild_id: GuildId,
+        user_ids: &[UserId],
         membership_revoked: bool,
     ) -> Self {
-        let event = publish::access_changed(guild_id, user_ids.clone(), membership_revoked, false);
+        let guild_id = guild_id.to_string();
+        let user_ids: Vec<String> = user_ids.iter().map(UserId::to_string).collect();
+        let event = publish::access_changed(&guild_id, user_ids.clone(), membership_revoked, false);
         Self {
             pending: Pending::new(state.publisher(), event),
-            guild_id: guild_id.to_owned(),
+            guild_id,
             user_ids,
             membership_revoked,
         }

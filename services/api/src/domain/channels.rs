@@ -165,7 +165,7 @@ pub async fn delete(
         }),
     );
     let deleted = Pending::new(state.publisher(), event);
-    let revocation = access::AccessRevocation::new(state, &guild, Vec::new(), false);
+    let revocation = access::AccessRevocation::new(state, guild_id, &[], false);
     let outbox = vec![deleted.row(), revocation.row()];
     if !state
         .store()

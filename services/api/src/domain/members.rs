@@ -170,7 +170,7 @@ pub async fn update_role(
     // A moderator made member may no longer see moderator-only channels:
     // gateways drop them before this call returns.
     let revocation = (new_role < current)
-        .then(|| access::AccessRevocation::new(state, &guild, vec![target.to_string()], false));
+        .then(|| access::AccessRevocation::new(state, guild_id, &[target], false));
     let mut outbox = vec![updated.row()];
     outbox.extend(revocation.as_ref().map(access::AccessRevocation::row));
     if !state

@@ -202,7 +202,7 @@ impl TearDown {
         told.push(Pending::new(state.publisher(), event));
         Self {
             told,
-            revocation: access::AccessRevocation::new(state, &guild, vec![user], true),
+            revocation: access::AccessRevocation::new(state, guild_id, &[user_id], true),
         }
     }
 

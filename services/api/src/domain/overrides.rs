@@ -111,7 +111,7 @@ pub async fn set_legacy(
         OverrideTarget::Role(target_role.role_id),
     );
     let updated = Pending::new(state.publisher(), event);
-    let revocation = access::AccessRevocation::new(state, &guild, Vec::new(), false);
+    let revocation = access::AccessRevocation::new(state, guild_id, &[], false);
     state
         .store()
         .upsert_override(record, vec![updated.row(), revocation.row()])
@@ -177,11 +177,11 @@ pub async fn set_target(
     );
     publish::ensure_deliverable(&event)?;
     let (audit_target, revoked) = match target {
-        OverrideTarget::Member(member) => (Some(member), vec![member.to_string()]),
+        OverrideTarget::Member(member) => (Some(member), vec![member]),
         OverrideTarget::Role(_) => (None, Vec::new()),
     };
     let updated = Pending::new(state.publisher(), event);
-    let revocation = access::AccessRevocation::new(state, &guild, revoked, false);
+    let revocation = access::AccessRevocation::new(state, guild_id, &revoked, false);
     state
         .store()
         .upsert_override(

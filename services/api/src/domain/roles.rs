@@ -310,8 +310,7 @@ pub async fn update(
     publish::ensure_deliverable(&event)?;
     let updated = Pending::new(state.publisher(), event);
     // New permissions can take some away: gateways re-check everyone.
-    let revocation = shrinks
-        .then(|| access::AccessRevocation::new(state, &guild_id.to_string(), Vec::new(), false));
+    let revocation = shrinks.then(|| access::AccessRevocation::new(state, guild_id, &[], false));
     let mut outbox = vec![updated.row()];
     outbox.extend(revocation.as_ref().map(access::AccessRevocation::row));
     let role = state
@@ -352,7 +351,7 @@ pub async fn delete(
         }),
     );
     let deleted = Pending::new(state.publisher(), event);
-    let revocation = access::AccessRevocation::new(state, &guild, Vec::new(), false);
+    let revocation = access::AccessRevocation::new(state, guild_id, &[], false);
     if state
         .store()
         .delete_role(guild_id, role_id, vec![deleted.row(), revocation.row()])
@@ -465,7 +464,7 @@ pub async fn assign(
     );
     let assigned = Pending::new(state.publisher(), event);
     // A role can carry deny overrides, so even a new role can hide channels.
-    let revocation = access::AccessRevocation::new(state, &guild, vec![target.to_string()], false);
+    let revocation = access::AccessRevocation::new(state, guild_id, &[target], false);
     let outbox = vec![assigned.row(), revocation.row()];
     let outcome = state
         .store()
@@ -508,7 +507,7 @@ pub async fn unassign(
         }),
     );
     let removed = Pending::new(state.publisher(), event);
-    let revocation = access::AccessRevocation::new(state, &guild, vec![target.to_string()], false);
+    let revocation = access::AccessRevocation::new(state, guild_id, &[target], false);
     let outcome = state
         .store()
         .unassign_role(
