@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
 use ulid::Ulid;
 
-use super::sql::{SqlStore, decode_guild, decode_id};
+use super::sql::{SqlStore, decode_guild, decode_id, parse_stored_id};
 use super::{GuildRecord, MemberRecord, OutboxEvent, OutboxFor, StoreResult};
 
 /// Join addresses kept per guild and user for bans by user; older ones are
@@ -598,15 +598,7 @@ where
     for<'i> &'i str: ColumnIndex<R>,
 {
     let text: Option<String> = row.try_get(column)?;
-    text.map(|text| {
-        Ulid::from_string(&text)
-            .map(T::from)
-            .map_err(|error| sqlx::Error::ColumnDecode {
-                index: column.to_owned(),
-                source: Box::new(error),
-            })
-    })
-    .transpose()
+    text.map(|text| parse_stored_id(&text, column)).transpose()
 }
 
 #[cfg(test)]

@@ -546,12 +546,7 @@ where
     for<'i> &'i str: ColumnIndex<R>,
 {
     let text: String = row.try_get(column)?;
-    Ulid::from_string(&text)
-        .map(T::from)
-        .map_err(|error| sqlx::Error::ColumnDecode {
-            index: column.to_owned(),
-            source: Box::new(error),
-        })
+    parse_stored_id(&text, column)
 }
 
 /// Stored id text already read from a row, decoded like [`decode_id`].
