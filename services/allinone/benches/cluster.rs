@@ -18,12 +18,23 @@
 //!   delivery, measured client-side (frame received − POST sent, one
 //!   clock), and loss.
 //!
+//! - **baseline**: the same sockets connect instead to a raw
+//!   tokio-tungstenite broadcast server (`tests/support/raw_broadcast.rs`,
+//!   a child process: this binary re-run with `FILAMENT_BENCH_RAW_SERVER`)
+//!   that is sent the frames of the steady phase at the same rate, then
+//!   `FILAMENT_BENCH_BURST` (100) frames at once. Its CPU per delivery and
+//!   its RSS per socket are what a websocket fanout costs on this machine
+//!   with nothing else to do: the floor for the gateway's.
+//!
 //! It prints one table row per configuration, with each configuration's
 //! saturation deliveries/s as a ratio to the 1-api-1-gateway row of the
 //! same run, then each phase's CPU cost: the CPU time of every service
 //! process, of the machine's Postgres and of its Redis over the phase
 //! (from `/proc/<pid>/stat`), per 1,000 deliveries, in all and by process
-//! kind. A benchmark prints figures; it asserts nothing about time.
+//! kind, and each gateway's RSS per subscribed socket (its `VmRSS` growth
+//! while the second half of the sockets connected, over those sockets). Last comes the goal table
+//! of issue 16, from the first configuration's row and the baseline. A
+//! benchmark prints figures; it asserts nothing about time.
 //!
 //! `cargo bench -p filament-allinone --bench cluster` builds the release
 //! binaries (`cargo build --release --workspace --bins`) and runs them.
@@ -32,10 +43,14 @@
 //! 2 s phases, two configurations, on the debug binaries when built so.
 //! Without `TEST_DATABASE_URL` and `TEST_REDIS_URL` it says it was skipped.
 //! `FILAMENT_BENCH_CONFIGS` (e.g. `1x1,2x3`) picks the api × gateway
-//! configurations.
+//! configurations; `FILAMENT_BENCH_BINARIES=<dir>` runs the service
+//! binaries in that directory instead of building them, to measure another
+//! build (an earlier commit's, say) on the same machine.
 
 #[path = "../tests/support/cluster.rs"]
 mod cluster;
+#[path = "../tests/support/raw_broadcast.rs"]
+mod raw_broadcast;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -50,6 +65,8 @@ use cluster::{Channel, Cluster, Layout, User, Ws, channel, public_guild, registe
 use futures_util::StreamExt as _;
 use serde_json::json;
 use support::Profile;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -60,8 +77,18 @@ const CONNECTING_AT_ONCE: usize = 16;
 /// What marks a benchmark message's content, followed by its sequence
 /// number and another `#`: clients find it without parsing the frame.
 const MARK: &str = "BENCH#";
+/// Set in the environment of the child process that serves the baseline.
+const RAW_SERVER_ROLE: &str = "FILAMENT_BENCH_RAW_SERVER";
 
 fn main() {
+    if std::env::var_os(RAW_SERVER_ROLE).is_some() {
+        raw_server();
+        return;
+    }
+    bench();
+}
+
+fn bench() {
     let bench_run = std::env::args().any(|arg| arg == "--bench");
     let quick = cfg!(debug_assertions)
         || !bench_run
@@ -84,8 +111,16 @@ fn main() {
     } else {
         Profile::Release
     };
-    eprintln!("cluster bench: building the workspace binaries ({profile:?})");
-    let binaries = support::workspace_binaries_in(profile);
+    let binaries = match std::env::var_os("FILAMENT_BENCH_BINARIES") {
+        Some(dir) => {
+            eprintln!("cluster bench: the binaries in {}", dir.to_string_lossy());
+            dir.into()
+        }
+        None => {
+            eprintln!("cluster bench: building the workspace binaries ({profile:?})");
+            support::workspace_binaries_in(profile)
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -101,7 +136,17 @@ fn main() {
         );
         rows.push(row);
     }
+    let baseline = rows
+        .first()
+        .and_then(|row| row.sample_frame.clone())
+        .map(|frame| {
+            eprintln!("cluster bench: the raw tokio-tungstenite baseline");
+            runtime.block_on(measure_baseline(&settings, &frame))
+        });
     print_table(&settings, profile, &rows);
+    if let (Some(row), Some(baseline)) = (rows.first(), &baseline) {
+        print_goals(row, baseline);
+    }
 }
 
 // --- settings ------------------------------------------------------------------
@@ -120,6 +165,8 @@ struct Settings {
     drain: Duration,
     /// (api replicas, gateways), in the order run.
     configs: Vec<(usize, usize)>,
+    /// Frames the baseline is sent at once.
+    burst: usize,
 }
 
 impl Settings {
@@ -142,6 +189,7 @@ impl Settings {
             phase: Duration::from_secs(env_or("FILAMENT_BENCH_SECS", secs).max(1)),
             drain: Duration::from_secs(drain),
             configs: configs.split(',').map(parse_config).collect(),
+            burst: env_or("FILAMENT_BENCH_BURST", if quick { 10 } else { 100 }).max(1),
         }
     }
 
@@ -211,6 +259,10 @@ struct Row {
     steady_cpu: Cpu,
     /// Sockets the gateways closed (or that broke) during the run.
     closed: usize,
+    /// Each gateway's RSS growth per socket it serves, in KiB.
+    rss_per_socket_kib: Vec<f64>,
+    /// A `message_create` frame the clients received, for the baseline.
+    sample_frame: Option<String>,
 }
 
 /// What one phase measured.
@@ -284,7 +336,7 @@ async fn measure(
     };
     let cluster = Cluster::start(binaries.to_owned(), database_url, redis.to_owned(), layout).await;
     let world = World::create(&cluster, settings).await;
-    let sockets = Sockets::connect(&cluster, &world, settings).await;
+    let (sockets, rss_per_socket_kib) = Sockets::connect(&cluster, &world, settings).await;
     let poster = Arc::new(Poster::new(&cluster, &world));
 
     let before = Cpu::of(&cluster);
@@ -294,6 +346,7 @@ async fn measure(
     let after = Cpu::of(&cluster);
 
     let closed = sockets.closed();
+    let sample_frame = sockets.arrivals.sample.lock().expect("sample").clone();
     drop(sockets);
     cluster.stop().await;
     drop_schema(pg, &schema).await;
@@ -306,7 +359,55 @@ async fn measure(
         saturation_cpu: between.since(&before),
         steady_cpu: after.since(&between),
         closed,
+        rss_per_socket_kib,
+        sample_frame,
     }
+}
+
+/// Opens sockets `0..n` with `open`, socket `k` to the server `pids[k %
+/// pids.len()]`, in two halves; returns them with each server's RSS growth
+/// over the second half, in KiB per socket it got there. Connecting the
+/// first half leaves the allocator holding transient memory (handshakes,
+/// subscribes) that the second half reuses, so the second half shows what
+/// a socket keeps.
+async fn open_in_halves<F, Fut>(n: usize, pids: &[Option<u32>], open: F) -> (Vec<Ws>, Vec<f64>)
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Ws>,
+{
+    let half = n / 2;
+    let connect = |range: std::ops::Range<usize>| {
+        futures_util::stream::iter(range)
+            .map(&open)
+            .buffered(CONNECTING_AT_ONCE)
+            .collect::<Vec<Ws>>()
+    };
+    let mut sockets = connect(0..half).await;
+    let before: Vec<u64> = pids.iter().map(|pid| rss_kib(*pid)).collect();
+    sockets.extend(connect(half..n).await);
+    let rss = pids
+        .iter()
+        .zip(before)
+        .enumerate()
+        .map(|(k, (pid, before))| {
+            let got = (half..n).filter(|s| s % pids.len() == k).count();
+            let grown = usize::try_from(rss_kib(*pid).saturating_sub(before)).expect("a size");
+            count_f64(grown) / count_f64(got.max(1))
+        })
+        .collect();
+    (sockets, rss)
+}
+
+/// `VmRSS` of `pid` in KiB; 0 once it is gone.
+fn rss_kib(pid: Option<u32>) -> u64 {
+    let status = pid
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 // --- CPU ------------------------------------------------------------------------
@@ -442,6 +543,8 @@ struct Inbox {
 struct Arrivals {
     floor: AtomicU64,
     received: AtomicUsize,
+    /// The first benchmark frame any socket received.
+    sample: Mutex<Option<String>>,
 }
 
 struct Sockets {
@@ -456,23 +559,31 @@ impl Sockets {
     /// Socket `n` goes to gateway `n % gateways` as user `n % users`,
     /// subscribed to channel `n % channels`; returns once all are
     /// subscribed.
-    async fn connect(cluster: &Cluster, world: &World, settings: &Settings) -> Self {
+    /// Also returns each gateway's RSS per socket (see [`open_in_halves`]).
+    async fn connect(cluster: &Cluster, world: &World, settings: &Settings) -> (Self, Vec<f64>) {
         let gateways: Vec<_> = cluster.gateways.iter().map(|g| g.addrs[0]).collect();
-        let connected: Vec<Ws> = futures_util::stream::iter(0..settings.sockets)
-            .map(|n| {
-                let gateway = gateways[n % gateways.len()];
-                let user = &world.users[n % world.users.len()];
-                let channel = &world.channels[n % world.channels.len()];
-                async move {
-                    let label = format!("socket {n} ({}@{gateway}/{})", user.name, channel.label);
-                    cluster::subscribed_socket(gateway, user, channel, &label)
-                        .await
-                        .0
-                }
-            })
-            .buffered(CONNECTING_AT_ONCE)
-            .collect()
-            .await;
+        let pids: Vec<_> = cluster.gateways.iter().map(|g| g.child.id()).collect();
+        let (connected, rss) = open_in_halves(settings.sockets, &pids, |n| {
+            let gateway = gateways[n % gateways.len()];
+            let user = &world.users[n % world.users.len()];
+            let channel = &world.channels[n % world.channels.len()];
+            async move {
+                let label = format!("socket {n} ({}@{gateway}/{})", user.name, channel.label);
+                cluster::subscribed_socket(gateway, user, channel, &label)
+                    .await
+                    .0
+            }
+        })
+        .await;
+        let watchers = (0..settings.channels)
+            .map(|c| settings.watchers(c))
+            .collect();
+        (Self::reading(connected, watchers), rss)
+    }
+
+    /// Starts reading `connected`, which watch the channels as `watchers`
+    /// says.
+    fn reading(connected: Vec<Ws>, watchers: Vec<usize>) -> Self {
         let arrivals = Arc::new(Arrivals::default());
         let mut inboxes = Vec::new();
         let mut readers = Vec::new();
@@ -489,9 +600,7 @@ impl Sockets {
             inboxes,
             readers,
             arrivals,
-            watchers: (0..settings.channels)
-                .map(|c| settings.watchers(c))
-                .collect(),
+            watchers,
         }
     }
 
@@ -525,6 +634,11 @@ async fn read(mut ws: Ws, inbox: Arc<Inbox>, arrivals: Arc<Arrivals>) {
                 let at = Instant::now();
                 if let Some(seq) = sequence_number(&text) {
                     inbox.frames.lock().expect("frames").push((seq, at));
+                    let mut sample = arrivals.sample.lock().expect("sample");
+                    if sample.is_none() {
+                        *sample = Some(text.as_str().to_owned());
+                    }
+                    drop(sample);
                     if seq >= arrivals.floor.load(Ordering::Relaxed) {
                         arrivals.received.fetch_add(1, Ordering::Relaxed);
                     }
@@ -660,7 +774,9 @@ async fn saturate(poster: &Arc<Poster>, sockets: &Sockets, settings: &Settings) 
         done.expect("a poster");
     }
     let posting = started.elapsed();
-    finish(poster, sockets, settings, floor, started, posting).await
+    let failure = poster.first_failure.lock().expect("failure").take();
+    let posts = std::mem::take(&mut *poster.posts.lock().expect("posts"));
+    finish(&posts, failure, sockets, settings, floor, started, posting).await
 }
 
 /// The steady phase: [`STEADY_RATE`] posts a second.
@@ -682,13 +798,16 @@ async fn steady(poster: &Arc<Poster>, sockets: &Sockets, settings: &Settings) ->
         done.expect("a post");
     }
     let posting = started.elapsed();
-    finish(poster, sockets, settings, floor, started, posting).await
+    let failure = poster.first_failure.lock().expect("failure").take();
+    let posts = std::mem::take(&mut *poster.posts.lock().expect("posts"));
+    finish(&posts, failure, sockets, settings, floor, started, posting).await
 }
 
 /// Waits until the clients received every delivery the phase's
 /// acknowledged posts should make, or the drain deadline; then counts.
 async fn finish(
-    poster: &Poster,
+    posts: &[Post],
+    first_failure: Option<String>,
     sockets: &Sockets,
     settings: &Settings,
     floor: u64,
@@ -696,7 +815,6 @@ async fn finish(
     posting: Duration,
 ) -> Phase {
     let (sent, mut phase) = {
-        let posts = poster.posts.lock().expect("posts");
         let mut sent = HashMap::new();
         let mut phase = Phase {
             posting,
@@ -713,7 +831,7 @@ async fn finish(
         }
         (sent, phase)
     };
-    phase.first_failure = poster.first_failure.lock().expect("failure").take();
+    phase.first_failure = first_failure;
     let deadline = Instant::now() + settings.drain;
     while sockets.arrivals.received.load(Ordering::Relaxed) < phase.expected
         && Instant::now() < deadline
@@ -733,6 +851,154 @@ async fn finish(
     phase.latencies.sort_unstable();
     phase.span = (last - started).max(posting);
     phase
+}
+
+// --- the baseline ------------------------------------------------------------------
+
+/// The child process of the baseline: prints its websocket address, then
+/// broadcasts each line of its standard input as a text frame, until the
+/// input ends.
+fn raw_server() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("a port");
+        println!("{}", listener.local_addr().expect("an address"));
+        // Room for a whole burst, so no socket lags behind the buffer.
+        let (frames, _) = tokio::sync::broadcast::channel(4096);
+        let accepted = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(raw_broadcast::serve(listener, frames.clone(), accepted));
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = frames.send(line.into());
+        }
+    });
+}
+
+/// The baseline server, seen from the benchmark.
+struct RawServer {
+    child: Child,
+    input: ChildStdin,
+    addr: std::net::SocketAddr,
+}
+
+impl RawServer {
+    async fn start() -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("this binary"))
+            .env(RAW_SERVER_ROLE, "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the baseline server");
+        let input = child.stdin.take().expect("its input");
+        let mut output = BufReader::new(child.stdout.take().expect("its output")).lines();
+        let addr = output
+            .next_line()
+            .await
+            .expect("its address")
+            .expect("an address line")
+            .parse()
+            .expect("a socket address");
+        Self { child, input, addr }
+    }
+
+    /// Sends the sample frame, renumbered `seq`, to every socket.
+    async fn send(&mut self, sample: &str, seq: u64) -> Post {
+        let frame = renumbered(sample, seq);
+        let sent = Instant::now();
+        let written = self.input.write_all(format!("{frame}\n").as_bytes()).await;
+        Post {
+            seq,
+            channel: 0,
+            sent,
+            acknowledged: written.is_ok(),
+        }
+    }
+
+    fn cpu(&self) -> Duration {
+        self.child.id().and_then(process_cpu).unwrap_or_default()
+    }
+}
+
+/// `frame` with its benchmark sequence number replaced by `seq`.
+fn renumbered(frame: &str, seq: u64) -> String {
+    let start = frame.find(MARK).expect("a benchmark frame") + MARK.len();
+    let end = start + frame[start..].find('#').expect("a numbered frame");
+    format!("{}{seq}{}", &frame[..start], &frame[end..])
+}
+
+/// What the baseline measured.
+#[derive(Debug)]
+struct Baseline {
+    steady: Phase,
+    burst: Phase,
+    steady_cpu: Duration,
+    burst_cpu: Duration,
+    rss_per_socket_kib: f64,
+}
+
+/// The sockets of the benchmark on the raw server: the steady phase's
+/// frames at its rate, then a burst.
+async fn measure_baseline(settings: &Settings, sample: &str) -> Baseline {
+    let mut server = RawServer::start().await;
+    let url = format!("ws://{}/", server.addr);
+    let (connected, rss) = open_in_halves(settings.sockets, &[server.child.id()], |_| {
+        let url = url.clone();
+        async move {
+            let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+                .await
+                .expect("a socket to the baseline");
+            ws
+        }
+    })
+    .await;
+    let rss_per_socket_kib = rss[0];
+    let sockets = Sockets::reading(connected, vec![settings.sockets]);
+
+    let count = STEADY_RATE * settings.phase.as_secs();
+    let cpu = server.cpu();
+    sockets.count_from(0);
+    let started = Instant::now();
+    let mut ticks =
+        tokio::time::interval(Duration::from_secs(1) / u32::try_from(STEADY_RATE).expect("small"));
+    let mut posts = Vec::new();
+    for seq in 0..count {
+        ticks.tick().await;
+        posts.push(server.send(sample, seq).await);
+    }
+    let posting = started.elapsed();
+    let steady = finish(&posts, None, &sockets, settings, 0, started, posting).await;
+    let steady_cpu = server.cpu().saturating_sub(cpu);
+
+    let floor = count;
+    let cpu = server.cpu();
+    sockets.count_from(floor);
+    let started = Instant::now();
+    let mut posts = Vec::new();
+    for seq in floor..floor + u64::try_from(settings.burst).expect("a count") {
+        posts.push(server.send(sample, seq).await);
+    }
+    let posting = started.elapsed();
+    let burst = finish(&posts, None, &sockets, settings, floor, started, posting).await;
+    let burst_cpu = server.cpu().saturating_sub(cpu);
+    drop(sockets);
+    Baseline {
+        steady,
+        burst,
+        steady_cpu,
+        burst_cpu,
+        rss_per_socket_kib,
+    }
+}
+
+/// CPU-milliseconds per 1,000 of a phase's deliveries.
+fn per_1k(used: Duration, phase: &Phase) -> f64 {
+    used.as_secs_f64() * 1e3 / (count_f64(phase.received) / 1e3).max(f64::MIN_POSITIVE)
 }
 
 // --- the table -----------------------------------------------------------------------
@@ -813,9 +1079,7 @@ fn print_table(settings: &Settings, profile: Profile, rows: &[Row]) {
             ("saturation", &row.saturation, &row.saturation_cpu),
             ("steady", &row.steady, &row.steady_cpu),
         ] {
-            let per_1k = |used: Duration| {
-                used.as_secs_f64() * 1e3 / (count_f64(phase.received) / 1e3).max(f64::MIN_POSITIVE)
-            };
+            let per_1k = |used: Duration| per_1k(used, phase);
             let kinds: Vec<String> = cpu
                 .0
                 .iter()
@@ -827,8 +1091,97 @@ fn print_table(settings: &Settings, profile: Profile, rows: &[Row]) {
                 kinds.join(", "),
             );
         }
+        let rss: Vec<String> = row
+            .rss_per_socket_kib
+            .iter()
+            .map(|kib| format!("{kib:.1}"))
+            .collect();
+        println!(
+            "{config}: gateway RSS per subscribed socket {} KiB",
+            rss.join(", ")
+        );
         if row.closed > 0 {
             println!("{config}: {} socket(s) closed during the run", row.closed);
         }
     }
+}
+
+/// The goal table of issue 16: `row` (the first configuration) against
+/// the baseline measured in the same run.
+fn print_goals(row: &Row, baseline: &Baseline) {
+    let gateway = |cpu: &Cpu| {
+        cpu.0
+            .iter()
+            .filter(|(kind, _)| *kind == "gateway")
+            .map(|(_, used)| *used)
+            .sum::<Duration>()
+    };
+    let search_share = |cpu: &Cpu| {
+        let search: Duration = cpu
+            .0
+            .iter()
+            .filter(|(k, _)| *k == "search")
+            .map(|(_, u)| *u)
+            .sum();
+        100.0 * search.as_secs_f64() / cpu.total().as_secs_f64().max(f64::MIN_POSITIVE)
+    };
+    let raw_steady = per_1k(baseline.steady_cpu, &baseline.steady);
+    let raw_burst = per_1k(baseline.burst_cpu, &baseline.burst);
+    let gateway_steady = per_1k(gateway(&row.steady_cpu), &row.steady);
+    let gateway_saturation = per_1k(gateway(&row.saturation_cpu), &row.saturation);
+    let rss = row.rss_per_socket_kib.iter().copied().fold(0.0, f64::max);
+    let ms = |value: Option<f64>| value.map_or("–".to_owned(), |ms| format!("{ms:.1}"));
+    println!();
+    println!(
+        "baseline (raw tokio-tungstenite broadcast, {} sockets): steady {} of {} deliveries, \
+         {raw_steady:.2} CPU-ms per 1k, p50 / p99 {} / {} ms; burst of {} frames: {:.0} deliveries/s, \
+         {raw_burst:.2} CPU-ms per 1k; RSS per socket {:.1} KiB",
+        row.sockets,
+        baseline.steady.received,
+        baseline.steady.expected,
+        ms(baseline.steady.percentile_ms(0.50)),
+        ms(baseline.steady.percentile_ms(0.99)),
+        baseline.burst.acknowledged,
+        baseline.burst.deliveries_per_second(),
+        baseline.rss_per_socket_kib,
+    );
+    println!();
+    println!(
+        "| figure ({} api, {} gateway(s), {} sockets) | measured | baseline, same run | goal |",
+        row.api, row.gateways, row.sockets
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| CPU-ms per 1k deliveries, steady {STEADY_RATE} msg/s, all processes | {:.2} | {raw_steady:.2} | ≤ 5 |",
+        per_1k(row.steady_cpu.total(), &row.steady),
+    );
+    println!(
+        "| search's share of that CPU | {:.1} % | – | ≤ 5 % |",
+        search_share(&row.steady_cpu),
+    );
+    println!(
+        "| CPU-ms per 1k deliveries, saturation, all processes | {:.2} | {raw_burst:.2} | ≤ 1.5 |",
+        per_1k(row.saturation_cpu.total(), &row.saturation),
+    );
+    println!(
+        "| p99 publish→deliver, steady | {} ms | {} ms | ≤ 20 ms |",
+        ms(row.steady.percentile_ms(0.99)),
+        ms(baseline.steady.percentile_ms(0.99)),
+    );
+    println!(
+        "| gateway CPU-ms per 1k deliveries, steady (baseline ÷ gateway) | {gateway_steady:.2} ({:.2}) | {raw_steady:.2} | ratio ≥ 0.8 |",
+        raw_steady / gateway_steady.max(f64::MIN_POSITIVE),
+    );
+    println!(
+        "| gateway CPU-ms per 1k deliveries, saturation (baseline ÷ gateway) | {gateway_saturation:.2} ({:.2}) | {raw_burst:.2} | ratio ≥ 0.8 |",
+        raw_burst / gateway_saturation.max(f64::MIN_POSITIVE),
+    );
+    println!(
+        "| posts/s at saturation, Postgres | {:.0} | – | ≥ 2000 |",
+        row.saturation.posts_per_second(),
+    );
+    println!(
+        "| RSS per subscribed socket, gateway | {rss:.1} KiB | {:.1} KiB | ≤ 8 KiB |",
+        baseline.rss_per_socket_kib,
+    );
 }

@@ -38,6 +38,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+#[path = "../tests/support/raw_broadcast.rs"]
+mod raw_broadcast;
+
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The allocator of the `filament` binary, so RSS per idle socket is the
@@ -587,31 +590,11 @@ async fn raw_fanout(n: usize, m: usize, frame: Utf8Bytes) -> anyhow::Result<f64>
     let url = format!("ws://{}/", listener.local_addr()?);
     let (tx, _) = broadcast::channel::<Utf8Bytes>(m.max(16));
     let accepted = Arc::new(AtomicUsize::new(0));
-    let server = {
-        let (tx, accepted) = (tx.clone(), Arc::clone(&accepted));
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let mut rx = tx.subscribe();
-                let accepted = Arc::clone(&accepted);
-                tokio::spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                        return;
-                    };
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                    loop {
-                        tokio::select! {
-                            frame = rx.recv() => match frame {
-                                Ok(frame) => if ws.send(Message::Text(frame)).await.is_err() { return },
-                                Err(_) => return,
-                            },
-                            inbound = ws.next() => if !matches!(inbound, Some(Ok(_))) { return },
-                        }
-                    }
-                });
-            }
-        })
-    };
+    let server = tokio::spawn(raw_broadcast::serve(
+        listener,
+        tx.clone(),
+        Arc::clone(&accepted),
+    ));
     let sockets = connect_many(n, || {
         let url = url.clone();
         async move { connect(&url).await }

@@ -9,6 +9,7 @@
 //! the queue (docs/adr/0003-snapshots.md). Every inbound data frame counts
 //! against the socket's ingress window before it is decoded.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +26,7 @@ use crate::Shared;
 use crate::access::{AccessError, Identity, NewMessage, Verdict};
 use crate::close::CloseReason;
 use crate::ids::{ChannelId, GuildId};
-use crate::index::{Closer, Outbound, Registration, SubscribeOutcome, Target};
+use crate::index::{Closer, Item, Outbound, Registration, SubscribeOutcome, Target};
 use crate::ingress::{self, Command};
 use crate::limits::{IngressLimiter, IpPermit};
 use crate::metrics::{IngressRejection, Metrics};
@@ -36,6 +37,11 @@ const MAX_AUTHORIZE_ATTEMPTS: usize = 3;
 
 /// Serves one upgraded socket. `permit` holds the client IP's connection
 /// slot until the socket is gone.
+///
+/// The awaits that run once per socket (registry, presence, the closing
+/// handshake) are boxed: a future is as large as its largest await, and
+/// every socket's task would otherwise carry their state for its whole
+/// life.
 pub(crate) async fn run(
     mut socket: WebSocket,
     shared: Arc<Shared>,
@@ -50,7 +56,7 @@ pub(crate) async fn run(
     // Taken before the socket is in the index: an event appended after
     // this is either written to the socket live or replayed on resume.
     let user_head = if positioned {
-        resume::head(&shared, &resume::user_log(identity.user)).await
+        Box::pin(resume::head(&shared, &resume::user_log(identity.user))).await
     } else {
         None
     };
@@ -82,10 +88,11 @@ pub(crate) async fn run(
     shared.metrics.connection_closed();
     // Presence publishes the offline transitions and takes the user out of
     // voice if this was their last connection anywhere.
-    shared.peers.disconnected(registration.id).await;
+    Box::pin(shared.peers.disconnected(registration.id)).await;
     if let Some(reason) = outcome {
         shared.metrics.closed(reason);
-        let _ = tokio::time::timeout(shared.config.close_timeout, close(&mut socket, reason)).await;
+        let closed = Box::pin(close(&mut socket, reason));
+        let _ = tokio::time::timeout(shared.config.close_timeout, closed).await;
     }
 }
 
@@ -129,7 +136,7 @@ async fn serve(
         positions,
         user_head,
     } = session;
-    if let Err(err) = shared.holdings.hold_user(identity.user).await {
+    if let Err(err) = Box::pin(shared.holdings.hold_user(identity.user)).await {
         // Not a reason to refuse the socket: the sweeps hold the user once
         // the registry answers, and until then producers whose lookups fail
         // send to every gateway, this one included (see `holdings`).
@@ -140,7 +147,7 @@ async fn serve(
     // the index or its user in the registry. Both are true now, so a later
     // logout reaches the socket, and one look at the revocation list (which
     // a logout writes before it publishes) covers the earlier ones.
-    match shared.holdings.session_revoked(identity.session).await {
+    match Box::pin(shared.holdings.session_revoked(identity.session)).await {
         Ok(false) => {}
         Ok(true) => return Some(CloseReason::AccessRevoked),
         Err(err) => {
@@ -159,7 +166,7 @@ async fn serve(
             tracing::warn!(%err, "revocation list unavailable; accepting the identified socket");
         }
     }
-    shared.peers.connected(registration.id, identity.user).await;
+    Box::pin(shared.peers.connected(registration.id, identity.user)).await;
     let ready = connection_event(event::Payload::Ready(Ready {
         user_id: identity.user.to_string(),
     }));
@@ -179,18 +186,23 @@ async fn serve(
     let mut ping = tokio::time::interval(config.ping_interval);
     let mut ingress = IngressLimiter::new(config.ingress_events_per_window, config.ingress_window);
     let closer = Arc::clone(&registration.closer);
+    // Made once, not per turn of the loop, which would register and drop
+    // a waiter on both tokens each time. The child token keeps the waiter
+    // off the shutdown token's lock, which every socket shares.
+    let shutdown = shutdown.child_token();
+    let closing = closing(&closer, &shutdown);
+    tokio::pin!(closing);
 
     loop {
         tokio::select! {
             biased;
-            reason = closer.closed() => return Some(reason),
-            () = shutdown.cancelled() => return Some(CloseReason::ServerShutdown),
+            reason = &mut closing => return Some(reason),
             () = &mut expiry => return Some(CloseReason::TokenExpired),
             () = &mut idle => return Some(CloseReason::IdleTimeout),
             item = registration.frames.recv() => {
                 let item = item?;
                 let queue = Queue { items: &mut registration.frames, positions: positions.as_deref_mut() };
-                if let Err(outcome) = write_queued(socket, &closer, shutdown, item, queue, &shared.metrics).await {
+                if let Err(outcome) = write_queued(socket, closing.as_mut(), item, queue, &shared.metrics).await {
                     return outcome;
                 }
             }
@@ -213,7 +225,7 @@ async fn serve(
                             Ok(snapshots) => snapshots,
                             Err(reason) => return Some(reason),
                         };
-                        if let Err(outcome) = write_frames(socket, &closer, shutdown, snapshots).await {
+                        if let Err(outcome) = write_frames(socket, closing.as_mut(), snapshots).await {
                             return outcome;
                         }
                     }
@@ -227,7 +239,7 @@ async fn serve(
             _ = ping.tick() => {
                 tokio::select! {
                     result = socket.send(Message::Ping(bytes::Bytes::new())) => result.ok()?,
-                    reason = closer.closed() => return Some(reason),
+                    reason = &mut closing => return Some(reason),
                 }
             }
         }
@@ -249,8 +261,7 @@ struct Queue<'a> {
 /// behind catches up in few writes instead of one per frame.
 async fn write_queued(
     socket: &mut WebSocket,
-    closer: &Closer,
-    shutdown: &CancellationToken,
+    closing: Pin<&mut impl Future<Output = CloseReason>>,
     first: Outbound,
     mut queue: Queue<'_>,
     metrics: &Metrics,
@@ -259,8 +270,8 @@ async fn write_queued(
         let mut next = Some(first);
         let mut items = 0;
         while let Some(item) = next {
-            match (&item, queue.positions.as_deref_mut()) {
-                (Outbound::Logged(logged), Some(positions)) => {
+            match (item.item(), queue.positions.as_deref_mut()) {
+                (Item::Logged(logged), Some(positions)) => {
                     if let Some(frame) = positions.frame_for(logged) {
                         socket.feed(Message::Text(frame.clone())).await?;
                     }
@@ -281,14 +292,13 @@ async fn write_queued(
         metrics.wrote_batch(items);
         socket.flush().await
     };
-    unless_closing(closer, shutdown, batch).await
+    unless_closing(closing, batch).await
 }
 
 /// Writes these frames (a subscribe's snapshots) and flushes once.
 async fn write_frames(
     socket: &mut WebSocket,
-    closer: &Closer,
-    shutdown: &CancellationToken,
+    closing: Pin<&mut impl Future<Output = CloseReason>>,
     frames: Vec<Utf8Bytes>,
 ) -> Result<(), Option<CloseReason>> {
     let batch = async {
@@ -297,20 +307,28 @@ async fn write_frames(
         }
         socket.flush().await
     };
-    unless_closing(closer, shutdown, batch).await
+    unless_closing(closing, batch).await
+}
+
+/// Resolves once the socket must close: a close request (eviction, resync,
+/// revocation) or the server's shutdown.
+async fn closing(closer: &Closer, shutdown: &CancellationToken) -> CloseReason {
+    tokio::select! {
+        biased;
+        reason = closer.closed() => reason,
+        () = shutdown.cancelled() => CloseReason::ServerShutdown,
+    }
 }
 
 /// Runs a write unless the socket must close first, so a client that
 /// stopped reading cannot hold the task. `Err(None)`: the client went away.
 async fn unless_closing(
-    closer: &Closer,
-    shutdown: &CancellationToken,
+    closing: Pin<&mut impl Future<Output = CloseReason>>,
     write: impl Future<Output = Result<(), axum::Error>>,
 ) -> Result<(), Option<CloseReason>> {
     tokio::select! {
         result = write => result.map_err(|_| None),
-        reason = closer.closed() => Err(Some(reason)),
-        () = shutdown.cancelled() => Err(Some(CloseReason::ServerShutdown)),
+        reason = closing => Err(Some(reason)),
     }
 }
 

@@ -44,17 +44,22 @@ impl Closer {
     }
 }
 
-/// What a socket's queue holds: one frame, or frames that must go out back
-/// to back (a snapshot split to fit the frame cap, see
-/// [`filament_wire::encode_frames`]). A batch takes one slot, so a large
-/// snapshot cannot overflow a queue by itself.
+/// What a socket's queue holds, shared by every socket it goes to. One
+/// pointer wide: each socket's queue allocates room for a block of items
+/// up front, idle or not.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Outbound {
+pub(crate) struct Outbound(Arc<Item>);
+
+/// One frame, or frames that must go out back to back (a snapshot split to
+/// fit the frame cap, see [`filament_wire::encode_frames`]). A batch takes
+/// one slot, so a large snapshot cannot overflow a queue by itself.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Item {
     Frame(Utf8Bytes),
-    Batch(Arc<[Utf8Bytes]>),
+    Batch(Box<[Utf8Bytes]>),
     /// An event from the replay logs (docs/adr/0011-resume.md): sockets
     /// that asked for positions write its positioned frame.
-    Logged(Arc<Logged>),
+    Logged(Logged),
 }
 
 /// One logged event's frames and positions.
@@ -72,17 +77,25 @@ impl Outbound {
         if frames.len() == 1
             && let Some(frame) = frames.pop()
         {
-            return Self::Frame(frame);
+            return Self(Arc::new(Item::Frame(frame)));
         }
-        Self::Batch(frames.into())
+        Self(Arc::new(Item::Batch(frames.into_boxed_slice())))
+    }
+
+    pub(crate) fn logged(logged: Logged) -> Self {
+        Self(Arc::new(Item::Logged(logged)))
+    }
+
+    pub(crate) fn item(&self) -> &Item {
+        &self.0
     }
 
     /// The frames, in order.
     pub(crate) fn frames(&self) -> &[Utf8Bytes] {
-        match self {
-            Self::Frame(frame) => std::slice::from_ref(frame),
-            Self::Batch(frames) => frames,
-            Self::Logged(logged) => std::slice::from_ref(&logged.plain),
+        match self.item() {
+            Item::Frame(frame) => std::slice::from_ref(frame),
+            Item::Batch(frames) => frames,
+            Item::Logged(logged) => std::slice::from_ref(&logged.plain),
         }
     }
 }
@@ -627,7 +640,7 @@ mod tests {
     }
 
     fn frame(text: &'static str) -> Outbound {
-        Outbound::Frame(Utf8Bytes::from_static(text))
+        Outbound::of(vec![Utf8Bytes::from_static(text)])
     }
 
     #[test]

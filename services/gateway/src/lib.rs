@@ -145,12 +145,12 @@ impl Shared {
             let positions: Vec<LogPosition> =
                 event.positions.iter().cloned().map(Into::into).collect();
             if let Some(positioned) = self.positioned(plain, &positions) {
-                return Outbound::Logged(Arc::new(Logged {
+                return Outbound::logged(Logged {
                     plain: plain.clone(),
                     positioned,
                     positions,
                     event_id: event.event_id.clone(),
-                }));
+                });
             }
         }
         Outbound::of(frames)
@@ -367,6 +367,7 @@ mod tests {
     use filament_registry::{GatewayId, MemoryRegistry, RegistryConfig};
     use ulid::Ulid;
 
+    use crate::index::Item;
     use crate::metrics::DropReason;
 
     const HOME: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -436,9 +437,9 @@ mod tests {
 
         let event = message_delete(guild, channel, Ulid::generate().to_string());
         assert_eq!(shared.send(&Target::Channel(channel), &event), 2);
-        let only = |item: Outbound| match item {
-            Outbound::Frame(frame) => frame,
-            Outbound::Batch(_) | Outbound::Logged(_) => panic!("one plain frame expected"),
+        let only = |item: Outbound| match item.item() {
+            Item::Frame(frame) => frame.clone(),
+            Item::Batch(_) | Item::Logged(_) => panic!("one plain frame expected"),
         };
         let (a, b) = (
             only(a.frames.try_recv().unwrap()),
@@ -553,7 +554,8 @@ mod tests {
         };
         // A queue of one slot takes it whole.
         assert_eq!(shared.send(&Target::Connection(socket.id), &roster), 1);
-        let Ok(Outbound::Batch(frames)) = socket.frames.try_recv() else {
+        let item = socket.frames.try_recv().expect("an item");
+        let Item::Batch(frames) = item.item() else {
             panic!("a batch expected");
         };
         assert!(frames.len() > 1);

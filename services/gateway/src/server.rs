@@ -37,10 +37,13 @@ use crate::upstream::Role;
 use crate::{Config, Metrics, Shared, connection};
 use filament_runtime::client_ip::resolve as client_ip;
 
-/// Read buffer per socket. Inbound frames are small (a subscribe is ~120
-/// bytes), and tungstenite grows the buffer up to the frame cap when needed;
-/// the 128 KiB default would dominate the memory of an idle socket.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Read buffer per socket, and the most one read asks the kernel for.
+/// Inbound frames are small (a subscribe is ~120 bytes), and tungstenite
+/// grows the buffer to a frame's length when it needs to. Small for two
+/// reasons: every idle socket holds it, and tungstenite zeroes it before
+/// each read attempt, including the one that finds nothing after every
+/// batch of outbound frames.
+const READ_BUFFER_BYTES: usize = 512;
 /// Frames queued for a socket are fed to tungstenite together and flushed
 /// once (see `connection::write_queued`); past this many buffered bytes it
 /// writes to the socket without waiting for the flush. Small, because a
