@@ -103,7 +103,8 @@ pub struct OutboxConfig {
 /// What a request does with its event once its write committed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutboxRequestPath {
-    /// Publishes it, then deletes its outbox row.
+    /// Publishes it, then has its outbox row deleted: by the relay's next
+    /// turn, with every row published meanwhile, while a relay runs.
     PublishAndForget,
     /// Publishes it and leaves the row, as a process killed right after
     /// publishing would: a relay publishes it again, and gateways drop the

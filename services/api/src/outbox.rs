@@ -13,22 +13,24 @@
 //! gateways keep their sockets instead of resynchronising.
 //!
 //! The request path keeps its latency: it publishes from memory, in a task
-//! of its own (so a dropped request still publishes), and deletes the row
-//! once confirmed, after answering. The relay, one task per api process,
-//! publishes only rows whose lease ran out: at start-up whatever an earlier
-//! process left, and later whatever a request, here or on another replica,
-//! did not see confirmed. It gives up on an event
-//! [`REPUBLISH_GIVE_UP`] after its creation: it publishes it once more,
-//! counting it as missed for every gateway still without a stream, which
-//! then resynchronises its sockets.
+//! of its own (so a dropped request still publishes), and once confirmed,
+//! after answering, hands the row's id to the relay, which deletes the ids
+//! handed to it in one statement per turn rather than one transaction per
+//! event. The relay, one task per api process, publishes only rows whose
+//! lease ran out: at start-up whatever an earlier process left, and later
+//! whatever a request, here or on another replica, did not see confirmed.
+//! It gives up on an event [`REPUBLISH_GIVE_UP`] after its creation: it
+//! publishes it once more, counting it as missed for every gateway still
+//! without a stream, which then resynchronises its sockets.
 //!
 //! Publishing needs only a [`Publisher`]: the fanout, the store handle that
-//! claims and forgets outbox rows, the outbox's settings and the process's
-//! id generator, never the whole application state. The relay's loop
-//! ([`run_relay`]) is the one part that takes the state: the same timer
-//! also prunes idempotency keys and reads the message log's head.
+//! claims and forgets outbox rows, the outbox's settings, the published ids
+//! waiting for the relay's delete, and the process's id generator, never
+//! the whole application state. The relay's loop ([`run_relay`]) is the
+//! one part that takes the state: the same timer also prunes idempotency
+//! keys and reads the message log's head.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use filament_fanout::Fanout;
@@ -52,6 +54,11 @@ const PRUNE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 /// Leftovers one claim takes; a larger backlog is drained batch after batch.
 const CLAIM_BATCH: u32 = 256;
 
+/// Published ids held for the relay's next delete at most; past it (the
+/// relay's turns falling behind) a request deletes its own row, as it
+/// would without a relay.
+const MAX_HELD_FORGETS: usize = 65_536;
+
 /// What publishing an event needs, and nothing more: the fanout, the store
 /// handle that claims and forgets outbox rows, the outbox's request path
 /// and lease, and the process's id generator (shared with
@@ -68,6 +75,10 @@ struct PublisherInner {
     request_path: OutboxRequestPath,
     lease: Duration,
     ids: IdGenerator,
+    /// Published ids the relay deletes on its next turn, all in one
+    /// statement; `None` while no relay runs, when each request deletes
+    /// its own row.
+    forgotten: Mutex<Option<Vec<Ulid>>>,
 }
 
 impl Publisher {
@@ -84,6 +95,7 @@ impl Publisher {
                 request_path: outbox.request_path,
                 lease: outbox.lease,
                 ids,
+                forgotten: Mutex::new(None),
             }),
         }
     }
@@ -95,6 +107,50 @@ impl Publisher {
 
     fn store(&self) -> &dyn Store {
         self.inner.store.as_ref()
+    }
+
+    fn forgotten(&self) -> std::sync::MutexGuard<'_, Option<Vec<Ulid>>> {
+        // A push or a take cannot panic half way.
+        self.inner
+            .forgotten
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets published events: holds their ids for the relay's next turn,
+    /// which deletes them in one statement; deletes them at once when no
+    /// relay runs (or too many are held). Until deleted, a row keeps the
+    /// lease its writer gave it, so no relay publishes it again meanwhile;
+    /// if this process dies first, a relay publishes it once more and
+    /// gateways drop the repeat by its id (docs/adr/0006-outbox.md).
+    async fn forget(&self, event_ids: &[Ulid]) {
+        if let Some(held) = self.forgotten().as_mut()
+            && held.len() < MAX_HELD_FORGETS
+        {
+            held.extend_from_slice(event_ids);
+            return;
+        }
+        forget_published(self, event_ids).await;
+    }
+
+    /// From now until [`stop_holding`](Self::stop_holding), published ids
+    /// wait for the relay's turn.
+    fn start_holding(&self) {
+        self.forgotten().get_or_insert_with(Vec::new);
+    }
+
+    /// The ids held since the last take, for the relay to delete.
+    fn take_held(&self) -> Vec<Ulid> {
+        self.forgotten()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// The relay stops: requests delete their own rows again, and the ids
+    /// still held are returned for one last delete.
+    fn stop_holding(&self) -> Vec<Ulid> {
+        self.forgotten().take().unwrap_or_default()
     }
 }
 
@@ -159,7 +215,7 @@ impl Pending {
                     "a gateway did not acknowledge the event; a relay publishes it again");
                 return;
             }
-            forget_published(&task_publisher, &[row.event_id]).await;
+            task_publisher.forget(&[row.event_id]).await;
         }));
         // An error means the task panicked; the relay publishes the row.
         let _ = answered.await;
@@ -184,11 +240,14 @@ impl Pending {
                 "acknowledged event missed some gateways; they will resynchronise"
             );
         }
-        forget_published(publisher, &[row.event_id]).await;
+        publisher.forget(&[row.event_id]).await;
     }
 }
 
 async fn forget_published(publisher: &Publisher, event_ids: &[Ulid]) {
+    if event_ids.is_empty() {
+        return;
+    }
     if let Err(err) = publisher.store().outbox_published(event_ids).await {
         tracing::warn!(%err, events = event_ids.len(),
             "cannot forget published events; a relay will publish them again");
@@ -201,14 +260,21 @@ fn lease_end(publisher: &Publisher, now_unix_ms: i64) -> i64 {
 }
 
 /// The relay: sweeps at once (what an earlier process left), then every
-/// `sweep_interval`, until `stop`. Each turn also reads the message change
-/// log's head into `log_head`, so that an operator sees how far search is
-/// behind the log, not only behind what it received. It takes the whole
-/// state for those chores; its sweeps take only the [`Publisher`].
+/// `sweep_interval`, until `stop`. Each turn first deletes the rows that
+/// requests published since the last turn, in one statement, before it
+/// claims, so that none of them is taken for a leftover. Each turn also
+/// reads the message change log's head into `log_head`, so that an
+/// operator sees how far search is behind the log, not only behind what it
+/// received. It takes the whole state for those chores; its sweeps take
+/// only the [`Publisher`]. When `stop` comes it deletes what is still held,
+/// and requests delete their own rows again.
 pub async fn run_relay(state: AppState, log_head: Gauge, stop: CancellationToken) {
     let interval = state.config().outbox.sweep_interval;
     let mut next_prune = tokio::time::Instant::now();
+    state.publisher().start_holding();
     loop {
+        let held = state.publisher().take_held();
+        forget_published(state.publisher(), &held).await;
         // The relay's loop is this process's one housekeeping timer: it
         // also forgets expired idempotency keys, about once a minute.
         if tokio::time::Instant::now() >= next_prune {
@@ -232,10 +298,12 @@ pub async fn run_relay(state: AppState, log_head: Gauge, stop: CancellationToken
             Err(err) => tracing::warn!(%err, "outbox sweep failed; retrying"),
         }
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             () = tokio::time::sleep(interval) => {}
         }
     }
+    let held = state.publisher().stop_holding();
+    forget_published(state.publisher(), &held).await;
 }
 
 /// What one sweep did.

@@ -3,9 +3,10 @@
 //! in a guild or channel.
 //!
 //! Every check goes through [`Authorizer`], so REST handlers and the gateway's
-//! subscribe check (over gRPC) can never disagree. It reads the roles,
-//! assignments and overrides fresh from the store on every question: a
-//! change applies to the very next request, on every backend.
+//! subscribe check (over gRPC) can never disagree. It reads the membership,
+//! roles, assignments, channel and overrides fresh from the store on every
+//! question, in one round trip (`RoleStore::access_facts`): a change
+//! applies to the very next request, on every backend.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,8 +15,8 @@ use filament_ids::{ChannelId, GuildId, RoleId, UserId};
 
 use crate::error::{ApiError, ApiResult};
 use crate::store::{
-    BuiltinRole, ChannelRecord, MemberRole, OverrideRecord, OverrideTarget, RoleRecord, Store,
-    WORKSPACE_OWNER_POSITION,
+    AccessFacts, BuiltinRole, ChannelRecord, MemberRole, OverrideRecord, OverrideTarget,
+    RoleRecord, Store, WORKSPACE_OWNER_POSITION,
 };
 
 /// One permission bit: the wire's enum, declared once in bit order
@@ -258,7 +259,7 @@ impl Authorizer {
     /// The user's guild-level access; `Forbidden` for non-members (and for
     /// unknown guilds, so guild ids cannot be probed).
     pub async fn guild(&self, guild_id: GuildId, user_id: UserId) -> ApiResult<GuildAccess> {
-        Ok(self.standing(guild_id, user_id).await?.access)
+        Ok(self.standing(guild_id, user_id, None).await?.0.access)
     }
 
     /// The user's access to a channel, which must exist in the guild
@@ -270,17 +271,9 @@ impl Authorizer {
         channel_id: ChannelId,
         user_id: UserId,
     ) -> ApiResult<(GuildAccess, ChannelRecord)> {
-        let standing = self.standing(guild_id, user_id).await?;
-        let channel = self
-            .store
-            .channel(guild_id, channel_id)
-            .await?
-            .ok_or(ApiError::NotFound)?;
-        let overrides = self
-            .store
-            .overrides_for(guild_id, Some(channel_id), user_id)
-            .await?;
-        let permissions = standing.channel_permissions(overrides.iter());
+        let (standing, facts) = self.standing(guild_id, user_id, Some(channel_id)).await?;
+        let channel = facts.channel.ok_or(ApiError::NotFound)?;
+        let permissions = standing.channel_permissions(facts.overrides.iter());
         let access = GuildAccess {
             permissions,
             ..standing.access
@@ -310,7 +303,7 @@ impl Authorizer {
         user_id: UserId,
         limit: u32,
     ) -> ApiResult<Vec<ChannelRecord>> {
-        let standing = self.standing(guild_id, user_id).await?;
+        let (standing, _) = self.standing(guild_id, user_id, None).await?;
         let channels = self.store.channels(guild_id, limit).await?;
         let overrides = self.store.overrides_for(guild_id, None, user_id).await?;
         let mut by_channel: HashMap<ChannelId, Vec<&OverrideRecord>> = HashMap::new();
@@ -369,13 +362,33 @@ impl Authorizer {
         }
     }
 
-    /// PROTOCOL.md §3.4 steps 1–4.
-    async fn standing(&self, guild_id: GuildId, user_id: UserId) -> ApiResult<Standing> {
+    /// PROTOCOL.md §3.4 steps 1–4, from one read of the store
+    /// ([`RoleStore::access_facts`]), which also brings the channel and the
+    /// overrides that may apply when `channel_id` is given: those come back
+    /// in the facts (the membership, roles and assignments went into the
+    /// standing). Nothing is kept between questions.
+    ///
+    /// [`RoleStore::access_facts`]: crate::store::RoleStore::access_facts
+    async fn standing(
+        &self,
+        guild_id: GuildId,
+        user_id: UserId,
+        channel_id: Option<ChannelId>,
+    ) -> ApiResult<(Standing, AccessFacts)> {
         if self.server_owner == Some(user_id) {
             if self.store.guild(guild_id).await?.is_none() {
                 return Err(ApiError::NotFound);
             }
-            return Ok(Standing {
+            // Above every override: only the channel's existence matters.
+            let channel = match channel_id {
+                Some(channel_id) => self.store.channel(guild_id, channel_id).await?,
+                None => None,
+            };
+            let facts = AccessFacts {
+                channel,
+                ..AccessFacts::default()
+            };
+            let standing = Standing {
                 access: GuildAccess {
                     user_id,
                     guild_id,
@@ -387,15 +400,16 @@ impl Authorizer {
                 },
                 everyone_role: None,
                 assigned: HashSet::new(),
-            });
+            };
+            return Ok((standing, facts));
         }
-        let member = self
+        let mut facts = self
             .store
-            .member(guild_id, user_id)
-            .await?
-            .ok_or(ApiError::Forbidden)?;
-        let roles = self.store.roles(guild_id).await?;
-        let explicit = self.store.assigned_role_ids(guild_id, user_id).await?;
+            .access_facts(guild_id, user_id, channel_id)
+            .await?;
+        let member = facts.member.take().ok_or(ApiError::Forbidden)?;
+        let roles = std::mem::take(&mut facts.roles);
+        let explicit = std::mem::take(&mut facts.assigned_role_ids);
         let implied = BuiltinRole::of_member_role(member.role);
         let mut standing = Standing {
             access: GuildAccess {
@@ -428,7 +442,7 @@ impl Authorizer {
         if access.workspace_owner {
             access.permissions = Permissions::ALL;
         }
-        Ok(standing)
+        Ok((standing, facts))
     }
 }
 

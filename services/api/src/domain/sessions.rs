@@ -7,7 +7,9 @@
 //! token ([`rotate`]) revokes it in the store, lists it in the registry,
 //! then tells every gateway holding the user (`SessionRevoked`).
 
-use filament_ids::{SessionId, UserId};
+use std::net::IpAddr;
+
+use filament_ids::{GuildId, SessionId, UserId};
 
 use crate::auth::RefreshToken;
 use crate::domain::parse_id;
@@ -39,24 +41,99 @@ pub async fn authenticate_session(
     state: &AppState,
     token: &str,
 ) -> Result<Authenticated, ApiError> {
-    let claims = state
-        .tokens()
-        .verify(token)
-        .ok_or(ApiError::InvalidCredentials)?;
-    let user_id = parse_id(&claims.sub).map_err(|_| ApiError::InvalidCredentials)?;
-    let session_id = parse_id(&claims.sid).map_err(|_| ApiError::InvalidCredentials)?;
+    let claimed = claimed_session(state, token)?;
     // The session is read with the user, from the store that ended it: a
     // logout holds even if the registry lost its copy of the revocation,
     // and no request waits on the registry.
     let user = state
         .store()
-        .user_in_session(user_id, session_id)
+        .user_in_session(claimed.user_id, claimed.session_id)
         .await?
         .ok_or(ApiError::InvalidCredentials)?;
     Ok(Authenticated {
         user,
-        session_id,
+        session_id: claimed.session_id,
+        expires_at_unix: claimed.expires_at_unix,
+    })
+}
+
+/// The user and session a validly signed, unexpired access token names;
+/// whether that session is still live is the store's to say.
+struct Claimed {
+    user_id: UserId,
+    session_id: SessionId,
+    expires_at_unix: i64,
+}
+
+fn claimed_session(state: &AppState, token: &str) -> Result<Claimed, ApiError> {
+    let claims = state
+        .tokens()
+        .verify(token)
+        .ok_or(ApiError::InvalidCredentials)?;
+    Ok(Claimed {
+        user_id: parse_id(&claims.sub).map_err(|_| ApiError::InvalidCredentials)?,
+        session_id: parse_id(&claims.sid).map_err(|_| ApiError::InvalidCredentials)?,
         expires_at_unix: claims.exp,
+    })
+}
+
+/// What [`authenticate`] answers for one access token.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The token is valid and its session live: whom it speaks for.
+    User(UserRecord),
+    /// An invalid or expired token, an ended session or a deleted account.
+    Refused,
+}
+
+impl Caller {
+    /// The user, or `InvalidCredentials`, as [`authenticate`] answers.
+    pub fn into_user(self) -> Result<UserRecord, ApiError> {
+        match self {
+            Self::User(user) => Ok(user),
+            Self::Refused => Err(ApiError::InvalidCredentials),
+        }
+    }
+}
+
+/// What the IP gate of a guild route read (PROTOCOL.md §1.8).
+#[derive(Debug, Clone)]
+pub struct Gate {
+    /// An active IP ban of the guild covers the caller's address.
+    pub banned: bool,
+    /// What [`authenticate`] answers for the request's access token, read
+    /// by the same statement; `None` for a request without one.
+    pub caller: Option<Caller>,
+}
+
+/// The IP gate of a guild route: whether an active ban of `guild_id`
+/// covers `ip` at `now_unix` and, when the request carries an access
+/// token, its caller, as [`authenticate`] would answer, in one store
+/// read. A route behind the gate needs the caller next; this is the same
+/// fresh read of the same request, not a remembered one.
+pub async fn gate(
+    state: &AppState,
+    guild_id: GuildId,
+    ip: IpAddr,
+    now_unix: i64,
+    token: Option<&str>,
+) -> ApiResult<Gate> {
+    let claimed = token.map(|token| claimed_session(state, token).ok());
+    let session = claimed
+        .as_ref()
+        .and_then(Option::as_ref)
+        .map(|claimed| (claimed.user_id, claimed.session_id));
+    let read = state
+        .store()
+        .ip_gate(guild_id, ip, now_unix, session)
+        .await?;
+    let caller = claimed.map(|claimed| match (claimed, read.user) {
+        (Some(_), Some(user)) => Caller::User(user),
+        _ => Caller::Refused,
+    });
+    Ok(Gate {
+        banned: read.banned,
+        caller,
     })
 }
 

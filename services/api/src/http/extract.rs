@@ -10,7 +10,7 @@ use filament_ids::{AttachmentId, ChannelId, GuildId, MessageId, RoleId, SessionI
 use serde::de::DeserializeOwned;
 use ulid::Ulid;
 
-use crate::domain::sessions::authenticate;
+use crate::domain::sessions::{Caller, authenticate};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::UserRecord;
@@ -26,14 +26,35 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(ApiError::InvalidCredentials)?;
+        let token = bearer_token(&parts.headers).ok_or(ApiError::InvalidCredentials)?;
+        // Behind the IP gate, the gate's statement already read this
+        // request's caller.
+        if let Some(read) = parts.extensions.get::<GateCaller>()
+            && read.token == token
+        {
+            return read.caller.clone().into_user().map(Self);
+        }
         authenticate(state, token).await.map(Self)
     }
+}
+
+/// The request's bearer token, if it has one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// The caller the IP gate (`client_ip.rs`) read for this request's
+/// token, together with the ban, so that [`AuthUser`] does not read it a
+/// second time. It lives in the request's extensions, which only this
+/// crate's middleware writes, and so ends with the request: nothing is
+/// remembered for the next one.
+#[derive(Debug, Clone)]
+pub struct GateCaller {
+    pub token: String,
+    pub caller: Caller,
 }
 
 /// A JSON body declared as `application/json` (else 415). Text that is not

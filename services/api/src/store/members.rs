@@ -16,13 +16,13 @@
 use std::net::IpAddr;
 
 use async_trait::async_trait;
-use filament_ids::{GuildId, UserId};
+use filament_ids::{GuildId, SessionId, UserId};
 use ipnet::IpNet;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Row, Type};
 use ulid::Ulid;
 
-use super::sql::{SqlStore, decode_guild, decode_id, parse_stored_id};
-use super::{GuildRecord, MemberRecord, OutboxEvent, OutboxFor, StoreResult};
+use super::sql::{SqlStore, decode_guild, decode_id, decode_user, parse_stored_id};
+use super::{GuildRecord, MemberRecord, OutboxEvent, OutboxFor, StoreResult, UserRecord};
 
 /// Join addresses kept per guild and user for bans by user; older ones are
 /// forgotten.
@@ -159,6 +159,17 @@ pub trait MemberStore: Send + Sync + 'static {
 
     /// Whether an IP ban of the guild, active at `now_unix`, covers `ip`.
     async fn ip_banned(&self, guild_id: GuildId, ip: IpAddr, now_unix: i64) -> StoreResult<bool>;
+    /// [`ip_banned`](Self::ip_banned) and, for the session a request's
+    /// access token names, [`user_in_session`](super::CoreStore::user_in_session),
+    /// in one statement: what the IP gate of a guild route and the
+    /// caller's authentication read for one request.
+    async fn ip_gate(
+        &self,
+        guild_id: GuildId,
+        ip: IpAddr,
+        now_unix: i64,
+        session: Option<(UserId, SessionId)>,
+    ) -> StoreResult<IpGate>;
     /// Active IP bans of the guild, newest first, strictly after `cursor`,
     /// at most `limit`.
     async fn ip_bans(
@@ -192,6 +203,36 @@ pub trait MemberStore: Send + Sync + 'static {
         outbox: Vec<OutboxEvent>,
     ) -> StoreResult<Option<RemovedIpBan>>;
 }
+
+/// What [`MemberStore::ip_gate`] read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpGate {
+    /// An IP ban of the guild, active then, covers the address.
+    pub banned: bool,
+    /// The user of the session asked about, if it is theirs and was not
+    /// revoked; `None` too when no session was asked about.
+    pub user: Option<UserRecord>,
+}
+
+/// [`MemberStore::ip_gate`]'s statement: a `ban` row when a ban matches
+/// (the query of `ip_banned`), and a `user` row for a live session (the
+/// query of `user_in_session`). `$4` and `$5`, the session's user and id,
+/// are NULL when no session is asked about, which matches no row. The
+/// NULLs of the `ban` row are typed so that Postgres takes each column's
+/// type from the first branch.
+const IP_GATE_SQL: &str = "\
+    SELECT CAST('ban' AS TEXT) AS fact, CAST(NULL AS TEXT) AS user_id, \
+      CAST(NULL AS TEXT) AS username, CAST(NULL AS TEXT) AS password_hash, \
+      CAST(NULL AS TEXT) AS about_markdown, CAST(NULL AS BIGINT) AS avatar_version, \
+      CAST(NULL AS BIGINT) AS banner_version, CAST(NULL AS BIGINT) AS created_at_unix \
+    WHERE EXISTS (SELECT 1 FROM guild_ip_bans \
+      WHERE guild_id = $1 AND ip_cidr = $2 \
+        AND (expires_at_unix IS NULL OR expires_at_unix > $3)) \
+    UNION ALL \
+    SELECT 'user', u.user_id, u.username, u.password_hash, u.about_markdown, \
+      u.avatar_version, u.banner_version, u.created_at_unix \
+    FROM users u JOIN sessions s ON s.user_id = u.user_id \
+    WHERE u.user_id = $4 AND s.session_id = $5 AND NOT s.revoked";
 
 /// The stored form of an address: its host network, IPv4-mapped IPv6
 /// folded to IPv4.
@@ -325,6 +366,39 @@ where
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.is_some())
+    }
+
+    async fn ip_gate(
+        &self,
+        guild_id: GuildId,
+        ip: IpAddr,
+        now_unix: i64,
+        session: Option<(UserId, SessionId)>,
+    ) -> StoreResult<IpGate> {
+        let (user_id, session_id) = session.map_or((None, None), |(user, session)| {
+            (Some(user.to_string()), Some(session.to_string()))
+        });
+        let rows = sqlx::query(IP_GATE_SQL)
+            .bind(guild_id.to_string())
+            .bind(host_network(ip))
+            .bind(now_unix)
+            .bind(user_id)
+            .bind(session_id)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut gate = IpGate {
+            banned: false,
+            user: None,
+        };
+        for row in &rows {
+            let fact: String = row.try_get("fact")?;
+            if fact == "ban" {
+                gate.banned = true;
+            } else {
+                gate.user = Some(decode_user(row)?);
+            }
+        }
+        Ok(gate)
     }
 
     async fn ip_bans(
@@ -620,6 +694,7 @@ mod tests {
         join_addresses_are_per_guild_and_only_from_accepted_joins,
         ip_bans_by_user_match_list_expire_and_cap,
         removed_ip_bans_report_their_source,
+        the_ip_gate_answers_the_ban_and_the_session_in_one_read,
     );
 
     async fn user(store: &dyn Store) -> UserId {
@@ -1101,6 +1176,78 @@ mod tests {
                 .await
                 .expect("check")
         );
+    }
+
+    async fn the_ip_gate_answers_the_ban_and_the_session_in_one_read(store: Arc<dyn Store>) {
+        let owner = user(store.as_ref()).await;
+        let target = user(store.as_ref()).await;
+        let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
+        let session: SessionId = new_id();
+        store
+            .create_session(crate::store::NewSession {
+                session_id: session,
+                user_id: target,
+                refresh_token_hash: "hash".to_owned(),
+                expires_at_unix: NOW + 1000,
+            })
+            .await
+            .expect("session");
+        join(&*store, g, target, "203.0.113.7", NOW).await;
+        let banned = store
+            .ban_user_ips(
+                NewIpBansByUser {
+                    guild_id: g,
+                    target_user_id: target,
+                    reason: None,
+                    created_by: owner,
+                    created_at_unix: NOW,
+                    expires_at_unix: Some(NOW + 100),
+                    max_entries: 10,
+                },
+                &no_events,
+            )
+            .await
+            .expect("ban");
+        assert!(matches!(banned, IpBanOutcome::Created(bans) if bans.len() == 1));
+        let live = store
+            .user_in_session(target, session)
+            .await
+            .expect("read")
+            .expect("live");
+        let gate = |address: &'static str, at: i64, asked: Option<(UserId, SessionId)>| {
+            let store = Arc::clone(&store);
+            async move {
+                store
+                    .ip_gate(g, ip(address), at, asked)
+                    .await
+                    .expect("gate")
+            }
+        };
+
+        let both = gate("203.0.113.7", NOW + 1, Some((target, session))).await;
+        assert_eq!(
+            both,
+            IpGate {
+                banned: true,
+                user: Some(live.clone())
+            }
+        );
+        let elsewhere = gate("203.0.113.8", NOW + 1, Some((target, session))).await;
+        assert_eq!((elsewhere.banned, elsewhere.user), (false, Some(live)));
+        // No session asked about, someone else's, or an unknown one: no user.
+        for asked in [None, Some((owner, session)), Some((target, new_id()))] {
+            let read = gate("203.0.113.7", NOW + 1, asked).await;
+            assert_eq!((read.banned, read.user), (true, None), "{asked:?}");
+        }
+        // The ban expires; the session ends.
+        assert!(!gate("203.0.113.7", NOW + 100, None).await.banned);
+        let revoked = store
+            .revoke_session(session, "hash", &no_events)
+            .await
+            .expect("revoke");
+        assert_eq!(revoked, Some(target));
+        let read = gate("203.0.113.7", NOW + 1, Some((target, session))).await;
+        assert_eq!((read.banned, read.user), (true, None));
     }
 
     async fn removed_ip_bans_report_their_source(store: Arc<dyn Store>) {

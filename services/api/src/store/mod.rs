@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use filament_ids::{ChannelId, GuildId, MessageId, SessionId, UserId};
 
+mod access;
 mod audit;
 mod channels;
 mod guilds;
@@ -32,10 +33,11 @@ mod sqlite;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use access::AccessFacts;
 pub use audit::{AuditCursor, AuditEntry, AuditPage, AuditStore, NewAuditEntry};
 pub use idempotency::{IdempotencyRecord, IdempotencyStore, StoredResponse};
 pub use members::{
-    AddMemberOutcome, IpBanCursor, IpBanOutcome, IpBanRecord, MemberStore, NewGuildBan,
+    AddMemberOutcome, IpBanCursor, IpBanOutcome, IpBanRecord, IpGate, MemberStore, NewGuildBan,
     NewIpBansByUser,
 };
 pub use message_log::{ChangeKind, LoggedChange, MessageLogStore};

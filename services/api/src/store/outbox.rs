@@ -7,7 +7,8 @@
 //! The store only keeps bytes: the api encodes the `filament.v1.Event`, and
 //! its relay (`src/outbox.rs`) decodes and publishes it. Each row carries a
 //! lease (`claimed_until_unix_ms`): the request path that wrote the row
-//! holds it from the insert and deletes the row once it published; a relay
+//! holds it from the insert until the row is deleted once published (by
+//! the relay's next turn, with every other row published meanwhile); a relay
 //! claims only rows whose lease ran out, so on several replicas each
 //! leftover is taken by one relay at a time.
 
@@ -19,6 +20,9 @@ use ulid::Ulid;
 
 use super::sql::{SqlStore, decode_id};
 use super::{StoreError, StoreResult};
+
+/// Ids one delete of published events takes at most.
+const FORGET_CHUNK: usize = 1000;
 
 /// An event to store with a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,19 +213,21 @@ where
     }
 
     async fn outbox_published(&self, event_ids: &[Ulid]) -> StoreResult<()> {
-        if event_ids.is_empty() {
-            return Ok(());
+        // One statement per chunk: the relay hands over every id published
+        // since its last turn, and a statement's bind parameters are capped
+        // (32 766 on SQLite, 65 535 on Postgres).
+        for chunk in event_ids.chunks(FORGET_CHUNK) {
+            let placeholders = (1..=chunk.len())
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("DELETE FROM event_outbox WHERE event_id IN ({placeholders})");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            query.execute(&self.pool).await?;
         }
-        let placeholders = (1..=event_ids.len())
-            .map(|n| format!("${n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!("DELETE FROM event_outbox WHERE event_id IN ({placeholders})");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in event_ids {
-            query = query.bind(id.to_string());
-        }
-        query.execute(&self.pool).await?;
         Ok(())
     }
 }

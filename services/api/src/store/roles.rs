@@ -18,7 +18,8 @@ use ulid::Ulid;
 use super::members::lock_guild;
 use super::sql::{SqlStore, decode_enum, decode_id, parse_stored_id};
 use super::{
-    Change, ChannelRecord, GuildRecord, MemberRole, OutboxEvent, OutboxFor, StoreResult, Visibility,
+    AccessFacts, Change, ChannelRecord, GuildRecord, MemberRole, OutboxEvent, OutboxFor,
+    StoreResult, Visibility,
 };
 
 /// Where the seeded roles sit (PROTOCOL.md §3.2).
@@ -348,6 +349,23 @@ pub trait RoleStore: Send + Sync + 'static {
         after: Option<UserId>,
         limit: u32,
     ) -> StoreResult<Vec<UserId>>;
+
+    // --- access ------------------------------------------------------------
+    /// Everything the permission model weighs for `user_id` in the guild
+    /// (the membership, the guild's roles, the user's explicit
+    /// assignments) and, when `channel_id` is given, in that channel of
+    /// the guild (the channel, the overrides that can apply): what
+    /// [`member`](super::CoreStore::member), [`roles`](Self::roles),
+    /// [`assigned_role_ids`](Self::assigned_role_ids),
+    /// [`channel`](super::CoreStore::channel) and
+    /// [`overrides_for`](Self::overrides_for) answer, in one statement
+    /// (`access.rs`).
+    async fn access_facts(
+        &self,
+        guild_id: GuildId,
+        user_id: UserId,
+        channel_id: Option<ChannelId>,
+    ) -> StoreResult<AccessFacts>;
 
     // --- channel overrides --------------------------------------------------
     /// The overrides that can apply to `user_id`: every role override of the
@@ -942,6 +960,15 @@ where
             .collect::<Result<_, _>>()?)
     }
 
+    async fn access_facts(
+        &self,
+        guild_id: GuildId,
+        user_id: UserId,
+        channel_id: Option<ChannelId>,
+    ) -> StoreResult<AccessFacts> {
+        self.read_access_facts(guild_id, user_id, channel_id).await
+    }
+
     async fn overrides_for(
         &self,
         guild_id: GuildId,
@@ -1218,7 +1245,7 @@ fn mask_from_db(raw: i64) -> u64 {
     u64::from_ne_bytes(raw.to_ne_bytes())
 }
 
-fn decode_role<R>(row: &R) -> Result<RoleRecord, sqlx::Error>
+pub(super) fn decode_role<R>(row: &R) -> Result<RoleRecord, sqlx::Error>
 where
     R: Row,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
@@ -1247,7 +1274,7 @@ where
     })
 }
 
-fn decode_override<R>(row: &R) -> Result<OverrideRecord, sqlx::Error>
+pub(super) fn decode_override<R>(row: &R) -> Result<OverrideRecord, sqlx::Error>
 where
     R: Row,
     for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
