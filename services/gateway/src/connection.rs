@@ -1,8 +1,8 @@
 //! One websocket connection, from `ready` to its close frame.
 //!
 //! A single task owns the socket. It waits on, in priority order: a close
-//! request (eviction, resync, revocation), shutdown, token expiry, idle
-//! timeout, the socket's outbound queue, inbound frames, and the ping timer.
+//! request (eviction, resync, revocation, the server's shutdown), token
+//! expiry, idle timeout, the socket's outbound queue, inbound frames, and the ping timer.
 //! Writes race the close request, so a client that stops reading is evicted
 //! even while a write to it is stuck; what the queue holds goes out in
 //! batches under one flush. A subscribe's snapshots are written ahead of
@@ -20,13 +20,12 @@ use futures_util::SinkExt as _;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite;
-use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::access::{AccessError, Identity, NewMessage, Verdict};
 use crate::close::CloseReason;
 use crate::ids::{ChannelId, GuildId};
-use crate::index::{Closer, Item, Outbound, Registration, SubscribeOutcome, Target};
+use crate::index::{Item, Outbound, Registration, SubscribeOutcome, Target};
 use crate::ingress::{self, Command};
 use crate::limits::{IngressLimiter, IpPermit};
 use crate::metrics::{IngressRejection, Metrics};
@@ -47,7 +46,6 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     identity: Identity,
     positioned: bool,
-    shutdown: CancellationToken,
     permit: IpPermit,
 ) {
     // Counted before the baseline is read, so that every event appended
@@ -81,7 +79,6 @@ pub(crate) async fn run(
             positions: &mut positions,
             user_head,
         },
-        &shutdown,
     )
     .await;
     shared.index.unregister(registration.id);
@@ -130,7 +127,6 @@ async fn serve(
     identity: &Identity,
     registration: &mut Registration,
     session: Session<'_>,
-    shutdown: &CancellationToken,
 ) -> Option<CloseReason> {
     let Session {
         positions,
@@ -186,11 +182,8 @@ async fn serve(
     let mut ping = tokio::time::interval(config.ping_interval);
     let mut ingress = IngressLimiter::new(config.ingress_events_per_window, config.ingress_window);
     let closer = Arc::clone(&registration.closer);
-    // Made once, not per turn of the loop, which would register and drop
-    // a waiter on both tokens each time. The child token keeps the waiter
-    // off the shutdown token's lock, which every socket shares.
-    let shutdown = shutdown.child_token();
-    let closing = closing(&closer, &shutdown);
+    // Eviction, resync, revocation or the server's shutdown.
+    let closing = closer.closed();
     tokio::pin!(closing);
 
     loop {
@@ -308,16 +301,6 @@ async fn write_frames(
         socket.flush().await
     };
     unless_closing(closing, batch).await
-}
-
-/// Resolves once the socket must close: a close request (eviction, resync,
-/// revocation) or the server's shutdown.
-async fn closing(closer: &Closer, shutdown: &CancellationToken) -> CloseReason {
-    tokio::select! {
-        biased;
-        reason = closer.closed() => reason,
-        () = shutdown.cancelled() => CloseReason::ServerShutdown,
-    }
 }
 
 /// Runs a write unless the socket must close first, so a client that

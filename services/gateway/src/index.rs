@@ -11,36 +11,51 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::task::Poll;
 
 use axum::extract::ws::Utf8Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::close::CloseReason;
 use crate::ids::{ChannelId, ConnectionId, GuildId, SessionId, UserId};
 use crate::metrics::{DropReason, Metrics};
 
 /// Asks a connection task to close its socket, with a reason. The first
-/// reason wins.
+/// reason wins. Only the connection's own task waits on it, and it looks
+/// at it on every wake-up, so it is two atomics and one waker slot, no
+/// lock.
 #[derive(Debug, Default)]
 pub(crate) struct Closer {
-    token: CancellationToken,
     reason: OnceLock<CloseReason>,
+    waker: AtomicWaker,
 }
 
 impl Closer {
     pub(crate) fn close(&self, reason: CloseReason) {
         let _ = self.reason.set(reason);
-        self.token.cancel();
+        self.waker.wake();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.reason.get().is_some()
     }
 
     /// Resolves once [`close`](Self::close) was called, with its reason.
-    pub(crate) async fn closed(&self) -> CloseReason {
-        self.token.cancelled().await;
-        self.reason
-            .get()
-            .copied()
-            .unwrap_or(CloseReason::ServerShutdown)
+    /// One task at a time may wait on it.
+    pub(crate) fn closed(&self) -> impl Future<Output = CloseReason> + '_ {
+        std::future::poll_fn(|cx| {
+            if let Some(reason) = self.reason.get() {
+                return Poll::Ready(*reason);
+            }
+            self.waker.register(cx.waker());
+            // A close between the first look and the registration woke
+            // no one: look again.
+            self.reason
+                .get()
+                .map_or(Poll::Pending, |reason| Poll::Ready(*reason))
+        })
     }
 }
 
@@ -135,6 +150,9 @@ struct State {
     /// Bumped by every revocation. A subscribe authorized before a
     /// revocation must be authorized again: the answer may be stale.
     revocation_epoch: u64,
+    /// Set by [`Index::shut_down`]: a socket registered from then on is
+    /// asked to close at once.
+    shut_down: bool,
 }
 
 /// The result of [`Index::subscribe`].
@@ -215,6 +233,9 @@ impl Index {
         let (tx, rx) = mpsc::channel(queue_capacity);
         let closer = Arc::new(Closer::default());
         let mut state = self.write();
+        if state.shut_down {
+            closer.close(CloseReason::ServerShutdown);
+        }
         state.connections.insert(
             id,
             Entry {
@@ -473,6 +494,16 @@ impl Index {
             }
         }
         delivered
+    }
+
+    /// Asks every socket to close for the server's shutdown, and every
+    /// socket registered later too.
+    pub(crate) fn shut_down(&self) {
+        let mut state = self.write();
+        state.shut_down = true;
+        for entry in state.connections.values() {
+            entry.closer.close(CloseReason::ServerShutdown);
+        }
     }
 
     /// Asks every socket to close.
@@ -755,7 +786,7 @@ mod tests {
             }]
         );
         assert_eq!(from_banned.closer.closed().await, CloseReason::IpBanned);
-        assert!(!from_home.closer.token.is_cancelled());
+        assert!(!from_home.closer.is_closed());
         assert_eq!(index.users_in_guild(guild), [bob]);
     }
 
@@ -783,12 +814,40 @@ mod tests {
         for socket in &doomed {
             assert_eq!(socket.closer.closed().await, CloseReason::AccessRevoked);
         }
-        assert!(!same_user.closer.token.is_cancelled());
-        assert!(!other_user.closer.token.is_cancelled());
+        assert!(!same_user.closer.is_closed());
+        assert!(!other_user.closer.is_closed());
         assert_eq!(
             index.close_session(alice, session(), CloseReason::AccessRevoked),
             0
         );
+    }
+
+    #[tokio::test]
+    async fn shutting_down_closes_open_sockets_and_later_ones() {
+        let index = Index::new(Arc::default());
+        let (alice, _, _) = ids();
+        let open = index.register(alice, session(), HOME, 8);
+        // The first reason wins: a socket already asked to close keeps it.
+        let evicted = index.register(alice, session(), HOME, 8);
+        evicted.closer.close(CloseReason::SlowConsumer);
+
+        index.shut_down();
+        let late = index.register(alice, session(), HOME, 8);
+        assert_eq!(open.closer.closed().await, CloseReason::ServerShutdown);
+        assert_eq!(late.closer.closed().await, CloseReason::ServerShutdown);
+        assert_eq!(evicted.closer.closed().await, CloseReason::SlowConsumer);
+    }
+
+    #[tokio::test]
+    async fn a_close_wakes_the_waiting_task() {
+        let index = Index::new(Arc::default());
+        let (alice, _, _) = ids();
+        let socket = index.register(alice, session(), HOME, 8);
+        let closer = Arc::clone(&socket.closer);
+        let waiting = tokio::spawn(async move { closer.closed().await });
+        tokio::task::yield_now().await;
+        index.close_user(alice, CloseReason::AccessRevoked);
+        assert_eq!(waiting.await.unwrap(), CloseReason::AccessRevoked);
     }
 
     #[tokio::test]

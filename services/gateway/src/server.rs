@@ -218,8 +218,10 @@ impl BoundGateway {
         )
         .await?;
 
-        // New upgrades are refused from here on; close the open sockets.
+        // New upgrades are refused from here on; close the open sockets,
+        // and any an upgrade in flight registers.
         sockets_shutdown.cancel();
+        shared.index.shut_down();
         tracker.close();
         let grace = Duration::from_secs(5);
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -349,12 +351,7 @@ async fn upgrade(
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             state.tracker.track_future(connection::run(
-                socket,
-                shared,
-                identity,
-                positioned,
-                state.shutdown,
-                permit,
+                socket, shared, identity, positioned, permit,
             ))
         })
 }
