@@ -32,9 +32,10 @@
 //! process, of the machine's Postgres and of its Redis over the phase
 //! (from `/proc/<pid>/stat`), per 1,000 deliveries, in all and by process
 //! kind, and each gateway's RSS per subscribed socket (its `VmRSS` growth
-//! while the second half of the sockets connected, over those sockets). Last comes the goal table
-//! of issue 16, from the first configuration's row and the baseline. A
-//! benchmark prints figures; it asserts nothing about time.
+//! while the second half of the sockets connected, over those sockets).
+//! Last comes the goal table of issue 16, from the first configuration's
+//! row and the baseline. A benchmark prints figures; it asserts nothing
+//! about time.
 //!
 //! `cargo bench -p filament-allinone --bench cluster` builds the release
 //! binaries (`cargo build --release --workspace --bins`) and runs them.
@@ -58,7 +59,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use cluster::{Channel, Cluster, Layout, User, Ws, channel, public_guild, register};
@@ -346,7 +347,7 @@ async fn measure(
     let after = Cpu::of(&cluster);
 
     let closed = sockets.closed();
-    let sample_frame = sockets.arrivals.sample.lock().expect("sample").clone();
+    let sample_frame = sockets.arrivals.sample.get().cloned();
     drop(sockets);
     cluster.stop().await;
     drop_schema(pg, &schema).await;
@@ -544,7 +545,7 @@ struct Arrivals {
     floor: AtomicU64,
     received: AtomicUsize,
     /// The first benchmark frame any socket received.
-    sample: Mutex<Option<String>>,
+    sample: OnceLock<String>,
 }
 
 struct Sockets {
@@ -634,11 +635,9 @@ async fn read(mut ws: Ws, inbox: Arc<Inbox>, arrivals: Arc<Arrivals>) {
                 let at = Instant::now();
                 if let Some(seq) = sequence_number(&text) {
                     inbox.frames.lock().expect("frames").push((seq, at));
-                    let mut sample = arrivals.sample.lock().expect("sample");
-                    if sample.is_none() {
-                        *sample = Some(text.as_str().to_owned());
+                    if arrivals.sample.get().is_none() {
+                        let _ = arrivals.sample.set(text.as_str().to_owned());
                     }
-                    drop(sample);
                     if seq >= arrivals.floor.load(Ordering::Relaxed) {
                         arrivals.received.fetch_add(1, Ordering::Relaxed);
                     }
@@ -750,6 +749,13 @@ impl Poster {
         });
     }
 
+    /// The posts of the phase that ended, and its first failure.
+    fn take_posts(&self) -> (Vec<Post>, Option<String>) {
+        let failure = self.first_failure.lock().expect("failure").take();
+        let posts = std::mem::take(&mut *self.posts.lock().expect("posts"));
+        (posts, failure)
+    }
+
     fn next_seq(&self) -> u64 {
         self.next.load(Ordering::SeqCst)
     }
@@ -774,8 +780,7 @@ async fn saturate(poster: &Arc<Poster>, sockets: &Sockets, settings: &Settings) 
         done.expect("a poster");
     }
     let posting = started.elapsed();
-    let failure = poster.first_failure.lock().expect("failure").take();
-    let posts = std::mem::take(&mut *poster.posts.lock().expect("posts"));
+    let (posts, failure) = poster.take_posts();
     finish(&posts, failure, sockets, settings, floor, started, posting).await
 }
 
@@ -798,8 +803,7 @@ async fn steady(poster: &Arc<Poster>, sockets: &Sockets, settings: &Settings) ->
         done.expect("a post");
     }
     let posting = started.elapsed();
-    let failure = poster.first_failure.lock().expect("failure").take();
-    let posts = std::mem::take(&mut *poster.posts.lock().expect("posts"));
+    let (posts, failure) = poster.take_posts();
     finish(&posts, failure, sockets, settings, floor, started, posting).await
 }
 
