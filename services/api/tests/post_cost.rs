@@ -16,6 +16,8 @@
 //! does it. Without `TEST_DATABASE_URL` the test passes after saying
 //! `SKIPPED:` on stderr.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -34,7 +36,6 @@ use tracing::subscriber::Interest;
 use tracing::{Event, Metadata, Subscriber};
 use ulid::Ulid;
 
-const POSTGRES_URL_VAR: &str = "TEST_DATABASE_URL";
 /// Posts measured, after [`WARM_UP`] posts that let every pooled
 /// connection prepare its statements.
 const POSTS: u32 = 100;
@@ -49,20 +50,6 @@ const SQLX_TARGET: &str = "sqlx::query";
 /// Marks this test's own statements, which are not the api's cost.
 const OWN: &str = "/* post_cost */";
 const DEADLINE: Duration = Duration::from_secs(10);
-
-fn postgres_url() -> Option<String> {
-    let url = std::env::var(POSTGRES_URL_VAR)
-        .ok()
-        .filter(|url| !url.is_empty());
-    if url.is_none() {
-        // The real stderr: the harness hides `eprintln!` of passing tests.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {POSTGRES_URL_VAR} is unset; the cost of a post was not measured"
-        );
-    }
-    url
-}
 
 /// Statements by label, round trips and transactions, while `counting`.
 #[derive(Debug, Default)]
@@ -304,7 +291,7 @@ async fn outbox_drained(connection: &mut PgConnection, schema: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_costs_few_round_trips() {
-    let Some(url) = postgres_url() else {
+    let Some(url) = support::postgres_url("the cost of a post was not measured") else {
         return;
     };
     tracing::subscriber::set_global_default(StatementCounter).expect("the only subscriber");

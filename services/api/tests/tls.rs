@@ -7,27 +7,13 @@
 //! Without `TEST_DATABASE_URL` the test passes after saying `SKIPPED:` on
 //! stderr, like the store conformance suite.
 
+mod support;
+
 use std::io::Write as _;
 
 use filament_api::store::{CoreStore as _, NewUser, PostgresStore};
 use sqlx::{Connection as _, Executor as _, PgConnection};
 use ulid::Ulid;
-
-const POSTGRES_URL_VAR: &str = "TEST_DATABASE_URL";
-
-fn postgres_url() -> Option<String> {
-    let url = std::env::var(POSTGRES_URL_VAR)
-        .ok()
-        .filter(|url| !url.is_empty());
-    if url.is_none() {
-        // The real stderr: the harness hides `eprintln!` of passing tests.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: {POSTGRES_URL_VAR} is unset; Postgres over TLS not checked"
-        );
-    }
-    url
-}
 
 /// `url` with one more query parameter; a later `sslmode` wins over one
 /// the URL already had.
@@ -50,7 +36,7 @@ async fn session_is_encrypted(url: &str) -> bool {
 
 #[tokio::test]
 async fn the_store_works_over_tls_and_the_server_sees_an_encrypted_session() {
-    let Some(url) = postgres_url() else {
+    let Some(url) = support::postgres_url("Postgres over TLS not checked") else {
         return;
     };
     let tls_url = with_param(&url, "sslmode=require");
@@ -91,7 +77,7 @@ async fn the_store_works_over_tls_and_the_server_sees_an_encrypted_session() {
 /// that the client verifies rather than accepting any certificate.
 #[tokio::test]
 async fn verify_full_refuses_a_certificate_it_cannot_trust() {
-    let Some(url) = postgres_url() else {
+    let Some(url) = support::postgres_url("Postgres over TLS not checked") else {
         return;
     };
     let refused = PgConnection::connect(&with_param(&url, "sslmode=verify-full")).await;

@@ -554,8 +554,9 @@ mod tests {
         use std::sync::Arc;
 
         use super::*;
+        use crate::store::tests::new_user;
         use crate::store::{
-            ChannelKind, GuildRecord, MemberRecord, NewUser, RoleChanges, SqliteStore, Visibility,
+            ChannelKind, GuildRecord, MemberRecord, RoleChanges, SqliteStore, Visibility,
         };
 
         const NOW: i64 = 1_700_000_000;
@@ -570,7 +571,7 @@ mod tests {
         impl World {
             async fn new() -> Self {
                 let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().await.unwrap());
-                let owner = user(&*store).await;
+                let owner = new_user(&*store).await;
                 let guild = GuildId::generate();
                 store
                     .create_guild(
@@ -608,7 +609,7 @@ mod tests {
             }
 
             async fn member(&self) -> UserId {
-                let user_id = user(&*self.store).await;
+                let user_id = new_user(&*self.store).await;
                 self.store
                     .add_member(MemberRecord {
                         guild_id: self.guild,
@@ -657,20 +658,6 @@ mod tests {
                     .await
                     .unwrap()
             }
-        }
-
-        async fn user(store: &dyn Store) -> UserId {
-            let user_id = UserId::generate();
-            store
-                .create_user(NewUser {
-                    user_id,
-                    username: format!("u{}", &user_id.to_string()[16..]).to_lowercase(),
-                    password_hash: "hash".to_owned(),
-                    created_at_unix: NOW,
-                })
-                .await
-                .unwrap();
-            user_id
         }
 
         #[tokio::test]
@@ -807,7 +794,7 @@ mod tests {
         #[tokio::test]
         async fn the_server_owner_has_everything_everywhere() {
             let world = World::new().await;
-            let stranger = user(&*world.store).await;
+            let stranger = new_user(&*world.store).await;
             let authorizer = Authorizer::new(Arc::clone(&world.store), Some(stranger));
             let access = authorizer.guild(world.guild, stranger).await.unwrap();
             assert_eq!(
@@ -820,7 +807,7 @@ mod tests {
                 Err(ApiError::NotFound)
             ));
             // Everyone else who is not a member is refused, known guild or not.
-            let other = user(&*world.store).await;
+            let other = new_user(&*world.store).await;
             assert!(matches!(
                 authorizer.guild(world.guild, other).await,
                 Err(ApiError::Forbidden)

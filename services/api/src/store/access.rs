@@ -200,10 +200,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::tests::{TextChannel, conformance, new_id};
+    use crate::store::tests::{TextChannel, conformance, new_id, new_user};
     use crate::store::{
-        MemberRole, NewUser, OverrideTarget, RoleChanges, RoleRecord, Store,
-        WORKSPACE_OWNER_POSITION,
+        MemberRole, OverrideTarget, RoleChanges, RoleRecord, Store, WORKSPACE_OWNER_POSITION,
     };
 
     conformance!(
@@ -264,22 +263,8 @@ mod tests {
         facts
     }
 
-    async fn user(store: &dyn Store) -> UserId {
-        let user_id = new_id();
-        store
-            .create_user(NewUser {
-                user_id,
-                username: format!("u{}", &user_id.to_string()[16..]).to_lowercase(),
-                password_hash: "hash".to_owned(),
-                created_at_unix: NOW,
-            })
-            .await
-            .unwrap();
-        user_id
-    }
-
     async fn member(store: &dyn Store, guild_id: GuildId) -> UserId {
-        let user_id = user(store).await;
+        let user_id = new_user(store).await;
         store
             .add_member(MemberRecord {
                 guild_id,
@@ -382,7 +367,7 @@ mod tests {
     async fn a_non_member_and_a_foreign_channel_read_nothing_of_theirs(store: Arc<dyn Store>) {
         let place = TextChannel::create(&*store).await;
         let elsewhere = TextChannel::create(&*store).await;
-        let stranger = user(&*store).await;
+        let stranger = new_user(&*store).await;
         let facts = at_once(&*store, place.guild_id, stranger, Some(place.channel_id)).await;
         assert_eq!(facts.member, None);
         assert!(facts.assigned_role_ids.is_empty());

@@ -681,8 +681,8 @@ mod tests {
 
     use super::*;
     use crate::store::Visibility;
-    use crate::store::tests::{conformance, new_id, no_events};
-    use crate::store::{MemberRole, NewUser, Store};
+    use crate::store::tests::{conformance, new_id, new_user, no_events};
+    use crate::store::{MemberRole, Store};
 
     const NOW: i64 = 1_700_000_000;
 
@@ -696,20 +696,6 @@ mod tests {
         removed_ip_bans_report_their_source,
         the_ip_gate_answers_the_ban_and_the_session_in_one_read,
     );
-
-    async fn user(store: &dyn Store) -> UserId {
-        let user_id = new_id();
-        store
-            .create_user(NewUser {
-                user_id,
-                username: format!("u{}", &user_id.to_string()[16..]).to_lowercase(),
-                password_hash: "hash".to_owned(),
-                created_at_unix: NOW,
-            })
-            .await
-            .expect("create user");
-        user_id
-    }
 
     async fn guild(
         store: &dyn Store,
@@ -796,7 +782,7 @@ mod tests {
     }
 
     async fn public_guilds_filter_by_name_newest_first(store: Arc<dyn Store>) {
-        let owner = user(store.as_ref()).await;
+        let owner = new_user(store.as_ref()).await;
         let old = guild(&*store, owner, "Rust Club", Visibility::Public, NOW).await;
         let new = guild(&*store, owner, "rusty_nails", Visibility::Public, NOW + 1).await;
         guild(&*store, owner, "Secret Rust", Visibility::Private, NOW + 2).await;
@@ -830,8 +816,8 @@ mod tests {
     }
 
     async fn bans_drop_membership_and_block_adds(store: Arc<dyn Store>) {
-        let owner = user(store.as_ref()).await;
-        let target = user(store.as_ref()).await;
+        let owner = new_user(store.as_ref()).await;
+        let target = new_user(store.as_ref()).await;
         let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
         assert_eq!(
             store
@@ -878,7 +864,7 @@ mod tests {
         assert_eq!(store.member(g, target).await.expect("member"), None);
         // Banning again, or banning a non-member, is fine and changes nothing.
         assert!(!store.ban_member(ban, Vec::new()).await.expect("ban again"));
-        let outsider = user(store.as_ref()).await;
+        let outsider = new_user(store.as_ref()).await;
         assert!(
             !store
                 .ban_member(
@@ -907,8 +893,8 @@ mod tests {
     }
 
     async fn kicks_remove_only_members(store: Arc<dyn Store>) {
-        let owner = user(store.as_ref()).await;
-        let target = user(store.as_ref()).await;
+        let owner = new_user(store.as_ref()).await;
+        let target = new_user(store.as_ref()).await;
         let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
         assert!(
             !store
@@ -939,8 +925,8 @@ mod tests {
     }
 
     async fn join_addresses_are_kept_per_member_and_bounded(store: Arc<dyn Store>) {
-        let owner = user(store.as_ref()).await;
-        let target = user(store.as_ref()).await;
+        let owner = new_user(store.as_ref()).await;
+        let target = new_user(store.as_ref()).await;
         let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
         let total = MAX_JOIN_ADDRESSES_PER_MEMBER + 3;
         for n in 0..total {
@@ -987,8 +973,8 @@ mod tests {
     /// A ban by user in one guild takes only the addresses seen joining
     /// that guild, and a refused join (a banned user) leaves no address.
     async fn join_addresses_are_per_guild_and_only_from_accepted_joins(store: Arc<dyn Store>) {
-        let owner = user(store.as_ref()).await;
-        let target = user(store.as_ref()).await;
+        let owner = new_user(store.as_ref()).await;
+        let target = new_user(store.as_ref()).await;
         let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
         let h = guild(&*store, owner, "h", Visibility::Public, NOW).await;
         assert_eq!(
@@ -1045,7 +1031,7 @@ mod tests {
             );
         }
         // A plain add (not a directory join) records nothing either.
-        let other = user(store.as_ref()).await;
+        let other = new_user(store.as_ref()).await;
         store
             .add_member_unless_banned(member(g, other), Vec::new())
             .await
@@ -1054,8 +1040,8 @@ mod tests {
     }
 
     async fn ip_bans_by_user_match_list_expire_and_cap(store: Arc<dyn Store>) {
-        let owner = user(store.as_ref()).await;
-        let target = user(store.as_ref()).await;
+        let owner = new_user(store.as_ref()).await;
+        let target = new_user(store.as_ref()).await;
         let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
         let other_guild = guild(&*store, owner, "h", Visibility::Public, NOW).await;
         let request = |at: i64, expires: Option<i64>, max_entries: u32| NewIpBansByUser {
@@ -1179,8 +1165,8 @@ mod tests {
     }
 
     async fn the_ip_gate_answers_the_ban_and_the_session_in_one_read(store: Arc<dyn Store>) {
-        let owner = user(store.as_ref()).await;
-        let target = user(store.as_ref()).await;
+        let owner = new_user(store.as_ref()).await;
+        let target = new_user(store.as_ref()).await;
         let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
         let session: SessionId = new_id();
         store
@@ -1251,8 +1237,8 @@ mod tests {
     }
 
     async fn removed_ip_bans_report_their_source(store: Arc<dyn Store>) {
-        let owner = user(store.as_ref()).await;
-        let target = user(store.as_ref()).await;
+        let owner = new_user(store.as_ref()).await;
+        let target = new_user(store.as_ref()).await;
         let g = guild(&*store, owner, "g", Visibility::Public, NOW).await;
         join(&*store, g, target, "203.0.113.7", NOW).await;
         let IpBanOutcome::Created(ids) = store

@@ -73,18 +73,24 @@ pub(crate) struct TextChannel {
     pub(crate) channel_id: ChannelId,
 }
 
+/// A new user with a unique name.
+pub(crate) async fn new_user(store: &dyn Store) -> UserId {
+    let user_id: UserId = new_id();
+    store
+        .create_user(NewUser {
+            user_id,
+            username: format!("u{}", &user_id.to_string()[16..]).to_lowercase(),
+            password_hash: "hash".to_owned(),
+            created_at_unix: NOW,
+        })
+        .await
+        .expect("create user");
+    user_id
+}
+
 impl TextChannel {
     pub(crate) async fn create(store: &dyn Store) -> Self {
-        let author = new_id();
-        store
-            .create_user(NewUser {
-                user_id: author,
-                username: format!("u{}", &author.to_string()[16..]).to_lowercase(),
-                password_hash: "x".to_owned(),
-                created_at_unix: 1,
-            })
-            .await
-            .expect("user");
+        let author = new_user(store).await;
         let guild_id = new_id();
         store
             .create_guild(
