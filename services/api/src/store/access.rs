@@ -200,7 +200,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::tests::{TextChannel, conformance, new_id, new_user};
+    use crate::store::tests::{self, TextChannel, conformance, new_id, new_user};
     use crate::store::{
         MemberRole, OverrideTarget, RoleChanges, RoleRecord, Store, WORKSPACE_OWNER_POSITION,
     };
@@ -299,17 +299,12 @@ mod tests {
             .unwrap();
     }
 
+    /// A custom role with a colour and a bit no build knows yet, to see
+    /// every column and whole masks pass through the union.
     fn custom_role(guild_id: GuildId, name: &str, position: i64) -> RoleRecord {
         RoleRecord {
-            role_id: RoleId::generate(),
-            guild_id,
-            name: name.to_owned(),
-            position,
-            builtin: None,
-            // A bit no build knows yet, to see masks pass through whole.
-            permissions: (1 << 63) | 1,
             color_hex: Some("#ABCDEF".to_owned()),
-            created_at_unix: NOW,
+            ..tests::custom_role(guild_id, name, position, (1 << 63) | 1)
         }
     }
 

@@ -1308,7 +1308,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::store::tests::{conformance, new_id};
+    use crate::store::tests::{conformance, custom_role, new_id};
     use crate::store::{ChannelKind, ChannelRecord, GuildRecord, MemberRecord, NewUser, Store};
 
     const NOW: i64 = 1_700_000_000;
@@ -1388,19 +1388,6 @@ mod tests {
             .await
             .unwrap();
         channel_id
-    }
-
-    fn custom_role(guild_id: GuildId, name: &str, position: i64, permissions: u64) -> RoleRecord {
-        RoleRecord {
-            role_id: RoleId::generate(),
-            guild_id,
-            name: name.to_owned(),
-            position,
-            builtin: None,
-            permissions,
-            color_hex: None,
-            created_at_unix: NOW,
-        }
     }
 
     async fn builtin(store: &dyn Store, guild_id: GuildId, which: BuiltinRole) -> RoleRecord {

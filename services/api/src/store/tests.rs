@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io::Write as _;
 use std::sync::{Arc, Once};
 
-use filament_ids::{ChannelId, GuildId, MessageId, SessionId, UserId};
+use filament_ids::{ChannelId, GuildId, MessageId, RoleId, SessionId, UserId};
 use sqlx::{Connection as _, Executor as _, PgConnection};
 use ulid::Ulid;
 
@@ -19,7 +19,7 @@ use super::postgres::quote_identifier;
 use super::{
     ChannelKind, ChannelRecord, CoreStore as _, GuildRecord, HistoryCursor, MemberRecord,
     MemberRole, MessageRecord, NewSession, NewUser, OutboxEvent, PostgresStore, ProfileChange,
-    RotateOutcome, SqliteStore, Store, StoreError, UserRecord, Visibility,
+    RoleRecord, RotateOutcome, SqliteStore, Store, StoreError, UserRecord, Visibility,
 };
 
 const POSTGRES_URL_VAR: &str = "TEST_DATABASE_URL";
@@ -86,6 +86,25 @@ pub(crate) async fn new_user(store: &dyn Store) -> UserId {
         .await
         .expect("create user");
     user_id
+}
+
+/// A role that is not built in, without a colour.
+pub(crate) fn custom_role(
+    guild_id: GuildId,
+    name: &str,
+    position: i64,
+    permissions: u64,
+) -> RoleRecord {
+    RoleRecord {
+        role_id: RoleId::generate(),
+        guild_id,
+        name: name.to_owned(),
+        position,
+        builtin: None,
+        permissions,
+        color_hex: None,
+        created_at_unix: NOW,
+    }
 }
 
 impl TextChannel {
